@@ -1,0 +1,1 @@
+"""pairq: NSQ hardened: durable redundant-pair message delivery over gRPC."""
