@@ -1,0 +1,148 @@
+"""pairq errors: stable codes on the wire, exceptions with structured fields in Python.
+
+The broker reports failures as gRPC statuses whose details carry a
+``google.rpc.ErrorInfo`` (domain ``pairq.dev``, reason = an ``ErrorCode``
+name). ``PairqError.from_rpc_error`` maps them back to exception classes on
+the client side.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from pairq.v1 import broker_pb2
+
+DOMAIN = "pairq.dev"
+
+# ErrorCode name -> the gRPC status code used for it.
+_GRPC_CODE: dict[int, grpc.StatusCode] = {
+    broker_pb2.ERROR_CODE_INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    broker_pb2.ERROR_CODE_BAD_TOPIC: grpc.StatusCode.INVALID_ARGUMENT,
+    broker_pb2.ERROR_CODE_BAD_CHANNEL: grpc.StatusCode.INVALID_ARGUMENT,
+    broker_pb2.ERROR_CODE_BAD_MESSAGE: grpc.StatusCode.INVALID_ARGUMENT,
+    broker_pb2.ERROR_CODE_BAD_BATCH: grpc.StatusCode.INVALID_ARGUMENT,
+    broker_pb2.ERROR_CODE_BAD_RDY: grpc.StatusCode.INVALID_ARGUMENT,
+    broker_pb2.ERROR_CODE_FIN_FAILED: grpc.StatusCode.FAILED_PRECONDITION,
+    broker_pb2.ERROR_CODE_REQ_FAILED: grpc.StatusCode.FAILED_PRECONDITION,
+    broker_pb2.ERROR_CODE_TOUCH_FAILED: grpc.StatusCode.FAILED_PRECONDITION,
+    broker_pb2.ERROR_CODE_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    broker_pb2.ERROR_CODE_STORE_FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    broker_pb2.ERROR_CODE_TOO_MANY: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    broker_pb2.ERROR_CODE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    broker_pb2.ERROR_CODE_NOT_IDENTIFIED: grpc.StatusCode.FAILED_PRECONDITION,
+    broker_pb2.ERROR_CODE_HEARTBEAT_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    broker_pb2.ERROR_CODE_DELETED: grpc.StatusCode.NOT_FOUND,
+    broker_pb2.ERROR_CODE_PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+}
+
+
+class PairqError(Exception):
+    """Base class: ``code`` is an ``ErrorCode`` value, ``grpc_code`` the status."""
+
+    code: int = broker_pb2.ERROR_CODE_UNSPECIFIED
+
+    def __init__(self, message: str, *, code: int | None = None, **fields: Any) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.fields = fields
+
+    @property
+    def reason(self) -> str:
+        return str(broker_pb2.ErrorCode.Name(self.code))
+
+    @property
+    def grpc_code(self) -> grpc.StatusCode:
+        return _GRPC_CODE.get(self.code, grpc.StatusCode.UNKNOWN)
+
+    def to_status(self) -> grpc.Status:
+        """A grpc.Status with ErrorInfo details, for ``context.abort_with_status``."""
+        info = error_details_pb2.ErrorInfo(
+            reason=self.reason,
+            domain=DOMAIN,
+            metadata={k: str(v) for k, v in self.fields.items()},
+        )
+        detail = status_pb2.Status()
+        detail.code = self.grpc_code.value[0]
+        detail.message = self.message
+        packed = detail.details.add()
+        packed.Pack(info)
+        return rpc_status.to_status(detail)
+
+    @classmethod
+    def from_rpc_error(cls, err: grpc.RpcError) -> PairqError:
+        """Map a gRPC error (from a pairq broker or a transport failure) to an exception."""
+        code = broker_pb2.ERROR_CODE_UNSPECIFIED
+        message = ""
+        try:
+            message = err.details() or ""
+            st = rpc_status.from_call(err)
+            if st is not None:
+                for d in st.details:
+                    info = error_details_pb2.ErrorInfo()
+                    if d.Unpack(info) and info.domain == DOMAIN:
+                        code = broker_pb2.ErrorCode.Value(info.reason)
+        except Exception:
+            pass
+        if code == broker_pb2.ERROR_CODE_UNSPECIFIED:
+            status = err.code() if hasattr(err, "code") else None
+            if status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return UnavailableError(message or str(status))
+            if status == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return StoreFullError(message or str(status))
+            return PairqError(message or str(status))
+        klass = _CLASS_BY_CODE.get(code, PairqError)
+        return klass(message, code=code)
+
+
+class InvalidError(PairqError):
+    """Bad input (names, sizes, RDY); do not retry unchanged."""
+
+    code = broker_pb2.ERROR_CODE_INVALID
+
+
+class NotFoundError(PairqError):
+    code = broker_pb2.ERROR_CODE_NOT_FOUND
+
+
+class StoreFullError(PairqError):
+    """The broker's store is full; publishes are refused until space is freed."""
+
+    code = broker_pb2.ERROR_CODE_STORE_FULL
+
+
+class UnavailableError(PairqError):
+    """The broker cannot take this now (shutting down, unreachable, too few copies)."""
+
+    code = broker_pb2.ERROR_CODE_UNAVAILABLE
+
+
+class NotInFlightError(PairqError):
+    """FIN/REQ/TOUCH of a message that is not in flight on this subscription."""
+
+    code = broker_pb2.ERROR_CODE_FIN_FAILED
+
+
+_CLASS_BY_CODE: dict[int, type[PairqError]] = {
+    broker_pb2.ERROR_CODE_INVALID: InvalidError,
+    broker_pb2.ERROR_CODE_BAD_TOPIC: InvalidError,
+    broker_pb2.ERROR_CODE_BAD_CHANNEL: InvalidError,
+    broker_pb2.ERROR_CODE_BAD_MESSAGE: InvalidError,
+    broker_pb2.ERROR_CODE_BAD_BATCH: InvalidError,
+    broker_pb2.ERROR_CODE_BAD_RDY: InvalidError,
+    broker_pb2.ERROR_CODE_NOT_FOUND: NotFoundError,
+    broker_pb2.ERROR_CODE_DELETED: NotFoundError,
+    broker_pb2.ERROR_CODE_STORE_FULL: StoreFullError,
+    broker_pb2.ERROR_CODE_TOO_MANY: StoreFullError,
+    broker_pb2.ERROR_CODE_UNAVAILABLE: UnavailableError,
+    broker_pb2.ERROR_CODE_FIN_FAILED: NotInFlightError,
+    broker_pb2.ERROR_CODE_REQ_FAILED: NotInFlightError,
+    broker_pb2.ERROR_CODE_TOUCH_FAILED: NotInFlightError,
+}
+
+RETRYABLE = (UnavailableError,)

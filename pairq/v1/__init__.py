@@ -1,0 +1,1 @@
+"""Generated gRPC/protobuf stubs (do not edit; `make proto`)."""
