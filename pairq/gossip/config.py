@@ -1,0 +1,203 @@
+"""Gossip configuration: one frozen dataclass and the named profiles.
+
+Every default lives in this file, each with a one-line rationale and, where it
+has one, its formula. The profiles mirror memberlist's ``DefaultLANConfig``,
+``DefaultWANConfig`` and ``DefaultLocalConfig``; where pairq departs from
+memberlist the comment says so and why.
+
+The LAN profile is pairq's production default. Compared with memberlist it
+probes twice as often (0.5 s vs 1 s) and with a tighter timeout (0.2 s vs
+0.5 s) because a broker's loss must be caught within seconds, and adds the
+pair fast path (``pair_*``), which catches a dead pair partner in well under a
+second without making the rest of the cluster chattier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+__all__ = ["ConfigError", "GossipConfig", "lan", "local", "wan"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; raised by :meth:`GossipConfig.validate`."""
+
+
+@dataclass(frozen=True, slots=True)
+class GossipConfig:
+    """All knobs of one gossip member. Build with :func:`lan`, :func:`wan` or :func:`local`."""
+
+    # --- identity and addresses --------------------------------------------------
+    # Unique member name; empty means "use the metadata's node_id" (Gossip does that).
+    name: str = ""
+    # UDP and TCP listen on the same port; 127.0.0.1 by default so nothing is
+    # exposed by accident, port 0 picks a free one (tests).
+    bind_host: str = "127.0.0.1"
+    bind_port: int = 7946
+    # What other members use to reach us; empty means "the bound address".
+    advertise_host: str = ""
+    advertise_port: int = 0
+
+    # --- SWIM failure detection --------------------------------------------------
+    # Period of the round-robin probe; one member probed per interval. Stretched by
+    # the local health score: interval * (health + 1).
+    probe_interval: float = 0.5
+    # Wait this long for a direct ack before asking others (scaled like the interval).
+    probe_timeout: float = 0.2
+    # How many members are asked to ping an unresponsive target (memberlist: 3).
+    indirect_checks: int = 3
+    # Also try a TCP ping when UDP fails: catches UDP-only loss and misconfigured firewalls.
+    tcp_fallback: bool = True
+    # Suspicion minimum = suspicion_mult * max(1, log10(N)) * probe_interval.
+    suspicion_mult: int = 4
+    # Suspicion maximum = suspicion_max_timeout_mult * minimum; Lifeguard shrinks it
+    # from max to min as independent confirmations arrive (k = suspicion_mult - 2).
+    suspicion_max_timeout_mult: int = 6
+    # Lifeguard local health: probe timeouts and interval scale by (health + 1),
+    # health in [0, awareness_max_multiplier - 1].
+    awareness_max_multiplier: int = 8
+    # Turn Lifeguard off (plain SWIM): fixed timeouts, no health, no stall
+    # compensation, suspicion timeout fixed at its minimum. For comparison only.
+    lifeguard: bool = True
+    # Event-loop stall: a gap between ticks above this counts as local sickness;
+    # timers that ran out during the stall are pushed back by the stall.
+    stall_threshold: float = 0.15
+    # Tick resolution expected from the transport (it calls Core.tick at least this often).
+    tick_interval: float = 0.02
+
+    # --- dissemination ---------------------------------------------------------------
+    # Gossip period and fanout for piggybacked broadcasts (memberlist: 200 ms, 3).
+    gossip_interval: float = 0.2
+    gossip_nodes: int = 3
+    # Keep gossiping to dead members this long so they can learn of their death and refute.
+    gossip_to_the_dead_time: float = 30.0
+    # Each broadcast is sent retransmit_mult * ceil(log10(N + 1)) times.
+    retransmit_mult: int = 4
+    # Full state exchange over TCP; stretched above 32 members (push_pull_scale).
+    push_pull_interval: float = 30.0
+    # A dead/left member may come back with a new address only after this long
+    # (memberlist LAN: 0, i.e. at once).
+    dead_node_reclaim_time: float = 0.0
+    # Forget dead/left members after this long (they stay listed as dead until then).
+    reap_after: float = 120.0
+    # Re-send our alive to an accuser holding a stale accusation at most this often.
+    stale_refute_interval: float = 1.0
+
+    # --- pair fast path (pairq) ----------------------------------------------------
+    # Members with the same non-empty metadata `pair` heartbeat each other this often.
+    pair_heartbeat_interval: float = 0.1
+    # Silence after which the partner is probed directly (UDP + TCP) and through helpers.
+    pair_suspect_after: float = 0.35
+    # Silence after which, if no probe got an ack, the partner is declared dead.
+    # Must exceed the longest pause tolerated (0.5 s) plus one heartbeat interval.
+    pair_dead_after: float = 0.75
+    # How many other members are asked to probe the partner (at least 2 where the
+    # cluster has them; with fewer, whoever exists plus a direct TCP attempt).
+    pair_probe_helpers: int = 3
+    # While the partner is silent, probes are re-sent this often (tolerates loss).
+    pair_probe_interval: float = 0.1
+
+    # --- sizes, streams, security -------------------------------------------------
+    # Largest UDP payload we build; fits a 1500-byte Ethernet MTU with headers to spare.
+    udp_buffer_size: int = 1400
+    # Node metadata limit (memberlist: 512 bytes).
+    max_meta_size: int = 512
+    # Largest push-pull stream accepted, so a peer cannot make us allocate without bound.
+    max_stream_size: int = 4 * 1024 * 1024
+    # TCP connect + exchange timeout for push-pull and the fallback ping.
+    tcp_timeout: float = 2.0
+    # Cluster label: bound into every packet (AAD when encrypted); other labels are dropped.
+    label: str = ""
+    # AES-GCM keys (16, 24 or 32 bytes); the first encrypts, all decrypt. Empty: no encryption.
+    keys: tuple[bytes, ...] = field(default=())
+    # Encrypted packets older (or newer) than this are rejected; bounds the replay cache.
+    replay_window: float = 60.0
+
+    def validate(self) -> GossipConfig:
+        """Check ranges before any socket opens; returns self for chaining."""
+        positive = {
+            "probe_interval": self.probe_interval,
+            "probe_timeout": self.probe_timeout,
+            "gossip_interval": self.gossip_interval,
+            "push_pull_interval": self.push_pull_interval,
+            "pair_heartbeat_interval": self.pair_heartbeat_interval,
+            "pair_probe_interval": self.pair_probe_interval,
+            "tcp_timeout": self.tcp_timeout,
+            "tick_interval": self.tick_interval,
+            "replay_window": self.replay_window,
+        }
+        for key, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"{key} must be > 0, got {value!r}")
+        if self.probe_timeout >= self.probe_interval:
+            raise ConfigError("probe_timeout must be shorter than probe_interval")
+        if not 0 < self.pair_suspect_after < self.pair_dead_after:
+            raise ConfigError("need 0 < pair_suspect_after < pair_dead_after")
+        if self.pair_heartbeat_interval >= self.pair_suspect_after:
+            raise ConfigError("pair_heartbeat_interval must be shorter than pair_suspect_after")
+        if self.suspicion_mult < 1 or self.suspicion_max_timeout_mult < 1:
+            raise ConfigError("suspicion multipliers must be >= 1")
+        if self.awareness_max_multiplier < 1:
+            raise ConfigError("awareness_max_multiplier must be >= 1")
+        if self.indirect_checks < 0 or self.gossip_nodes < 1 or self.retransmit_mult < 1:
+            raise ConfigError("indirect_checks >= 0, gossip_nodes >= 1, retransmit_mult >= 1")
+        if not 0 <= self.bind_port <= 65535 or not 0 <= self.advertise_port <= 65535:
+            raise ConfigError("ports must be in 0..65535")
+        if not 64 <= self.max_meta_size <= 4096:
+            raise ConfigError("max_meta_size must be in 64..4096")
+        if not 512 <= self.udp_buffer_size <= 65000:
+            raise ConfigError("udp_buffer_size must be in 512..65000")
+        if len(self.label.encode()) > 255:
+            raise ConfigError("label must be at most 255 bytes")
+        if len(self.name.encode()) > 255:
+            raise ConfigError("name must be at most 255 bytes")
+        for secret in self.keys:
+            if len(secret) not in (16, 24, 32):
+                raise ConfigError(f"AES keys must be 16, 24 or 32 bytes, got {len(secret)}")
+        return self
+
+    def replace(self, **changes: object) -> GossipConfig:
+        """A copy with some fields changed (``dataclasses.replace``), validated."""
+        return dataclasses.replace(self, **changes).validate()  # type: ignore[arg-type]
+
+
+def lan(**overrides: object) -> GossipConfig:
+    """pairq's default for one data centre: the values documented on the fields."""
+    return GossipConfig().replace(**overrides)
+
+
+def wan(**overrides: object) -> GossipConfig:
+    """Across data centres: memberlist's DefaultWANConfig timings, slower pair path."""
+    base = GossipConfig(
+        tcp_timeout=30.0,  # WAN round trips and slow handshakes (memberlist: 30 s)
+        suspicion_mult=6,  # more time for suspect messages to cross the WAN (memberlist: 6)
+        push_pull_interval=60.0,  # push-pull is expensive across links (memberlist: 60 s)
+        probe_timeout=3.0,  # WAN RTT up to hundreds of ms, plus loss (memberlist: 3 s)
+        probe_interval=5.0,  # fewer probes across expensive links (memberlist: 5 s)
+        gossip_nodes=4,  # more fanout makes up for the slower interval (memberlist: 4)
+        gossip_interval=0.5,  # (memberlist: 500 ms)
+        gossip_to_the_dead_time=60.0,  # (memberlist: 60 s)
+        pair_heartbeat_interval=0.5,  # a pair split across a WAN: 2 heartbeats/s
+        pair_suspect_after=2.0,  # 4 missed heartbeats
+        pair_dead_after=4.0,  # tolerate ~3 s of WAN trouble before failing over
+        pair_probe_interval=0.5,
+    )
+    return base.replace(**overrides)
+
+
+def local(**overrides: object) -> GossipConfig:
+    """One machine (loopback, tests, ``pairq dev``): memberlist's DefaultLocalConfig shape."""
+    base = GossipConfig(
+        bind_port=0,  # a free port; several members per machine
+        tcp_timeout=1.0,  # loopback: connect is instant (memberlist: 1 s)
+        indirect_checks=1,  # few members locally (memberlist: 1)
+        retransmit_mult=2,  # no loss on loopback (memberlist: 2)
+        suspicion_mult=3,  # (memberlist: 3)
+        push_pull_interval=15.0,  # (memberlist: 15 s)
+        probe_timeout=0.2,  # (memberlist: 200 ms)
+        probe_interval=0.5,  # (memberlist: 1 s; pairq probes faster)
+        gossip_interval=0.1,  # (memberlist: 100 ms)
+        gossip_to_the_dead_time=15.0,  # (memberlist: 15 s)
+    )
+    return base.replace(**overrides)
