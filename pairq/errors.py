@@ -77,7 +77,7 @@ class PairqError(Exception):
     @classmethod
     def from_rpc_error(cls, err: grpc.RpcError) -> PairqError:
         """Map a gRPC error (from a pairq broker or a transport failure) to an exception."""
-        code = broker_pb2.ERROR_CODE_UNSPECIFIED
+        code: int = broker_pb2.ERROR_CODE_UNSPECIFIED
         message = ""
         try:
             message = err.details() or ""
@@ -86,7 +86,7 @@ class PairqError(Exception):
                 for d in st.details:
                     info = error_details_pb2.ErrorInfo()
                     if d.Unpack(info) and info.domain == DOMAIN:
-                        code = broker_pb2.ErrorCode.Value(info.reason)
+                        code = int(broker_pb2.ErrorCode.Value(info.reason))
         except Exception:
             pass
         if code == broker_pb2.ERROR_CODE_UNSPECIFIED:

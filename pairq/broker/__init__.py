@@ -1,0 +1,1 @@
+"""The pairq broker: store, topics, channels, delivery, gRPC service."""

@@ -1,0 +1,284 @@
+"""``Broker``: the daemon as an importable object (NSQ's ``nsqd.New(opts)``).
+
+    broker = Broker(BrokerOptions(address="127.0.0.1:0", data_dir=tmp))
+    await broker.start()      # opens the store, loads topics, serves gRPC
+    ...                       # broker.address is the bound HOST:PORT
+    await broker.stop()       # drain: end streams, flush progress, close the store
+
+The CLI only builds options and runs this; tests run it in-process on port 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from pairq import __version__, grpcopts
+from pairq.broker import store as st
+from pairq.broker.channel import Channel
+from pairq.broker.channel_core import Entry
+from pairq.broker.options import BrokerOptions
+from pairq.broker.service import SERVICE, BrokerService
+from pairq.broker.topic import Topic
+from pairq.errors import PairqError
+from pairq.names import is_ephemeral
+from pairq.options import parse_hostport
+from pairq.v1 import broker_pb2 as pb
+
+log = logging.getLogger("pairq.broker")
+
+
+class Broker:
+    def __init__(self, options: BrokerOptions) -> None:
+        self.options = options.validate()
+        self.store = st.Store(
+            Path(options.data_dir) / "store",
+            sync=options.sync,
+            sync_interval_ms=options.sync_interval_ms,
+            max_bytes=options.max_store_bytes,
+            reserve_bytes=options.store_reserve_bytes,
+            max_commit_batch=options.max_commit_batch,
+        )
+        self.node_id = ""
+        self.epoch = 0
+        self.topics: dict[str, Topic] = {}
+        self.address = ""
+        self.port = 0
+        self.start_time_ns = time.time_ns()
+        self._server: Any = None
+        self._health: Any = None
+        self._next_topic_id = 1
+        self._next_channel_id = 1
+        self._creating: dict[str, asyncio.Future[Topic]] = {}
+        self._accepting = False
+        self._stopped = asyncio.Event()
+        self._ephemeral_dlq: dict[int, list[tuple[int, int, bytes]]] = {}
+        self.metrics: Any = None
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = parse_hostport(self.options.address, what="--address")
+        await asyncio.to_thread(self.store.open)
+        self.node_id = self.options.node_name or self.store.node_id()
+        self.store.start(loop)
+        self._next_topic_id, self._next_channel_id = self.store.next_ids()
+        for name, meta in self.store.load_catalog().items():
+            topic = Topic(self, meta)
+            self.topics[name] = topic
+            for cmeta in meta.channels.values():
+                topic.add_loaded_channel(cmeta)
+        for topic in self.topics.values():
+            for ch in topic.channels.values():
+                ch.schedule_pump()
+
+        server = grpc.aio.server(options=grpcopts.server_options(self.options.max_msg_size))
+        server.add_generic_rpc_handlers((BrokerService(self).generic_handler(),))
+        self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        bound = server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            self.store.close()
+            raise OSError(f"cannot listen on {self.options.address} (address in use?)")
+        self.port = bound
+        self.address = f"{host}:{bound}"
+        await server.start()
+        self._server = server
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.options.metrics_address:
+            from pairq.telemetry import start_metrics
+
+            self.metrics = start_metrics(self.options.metrics_address, self)
+        self._accepting = True
+        log.info("broker %s listening on %s (data %s)", self.node_id, self.address, self.options.data_dir)
+
+    async def _set_health(self, status: Any) -> None:
+        for name in ("", SERVICE):
+            res = self._health.set(name, status)
+            if asyncio.iscoroutine(res):
+                await res
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: refuse new work, end streams, flush progress, close the store."""
+        if not self._accepting and self._server is None:
+            return
+        grace = self.options.shutdown_grace_s if grace is None else grace
+        self._accepting = False
+        if self._health is not None:
+            await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        for topic in self.topics.values():
+            for ch in topic.channels.values():
+                for sub in list(ch.subscribers.values()):
+                    sub.finish_stream()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        for topic in self.topics.values():
+            for ch in topic.channels.values():
+                ch.flush()
+                ch.close("broker shutting down")
+        if self.metrics is not None:
+            self.metrics.shutdown()
+        await asyncio.to_thread(self.store.close)
+        self._stopped.set()
+        log.info("broker %s stopped", self.node_id)
+
+    def check_accepting(self) -> None:
+        if not self._accepting:
+            raise PairqError("broker is shutting down", code=pb.ERROR_CODE_UNAVAILABLE)
+
+    # ------------------------------------------------------------ topics
+    def alloc_channel_id(self) -> int:
+        cid = self._next_channel_id
+        self._next_channel_id += 1
+        return cid
+
+    def packed_ids(self) -> bytes:
+        return struct.pack(">II", self._next_topic_id, self._next_channel_id)
+
+    async def get_topic(self, name: str, *, create: bool = True) -> Topic:
+        topic = self.topics.get(name)
+        if topic is not None:
+            return topic
+        if not create:
+            raise PairqError(f"topic {name!r} does not exist", code=pb.ERROR_CODE_NOT_FOUND)
+        pending = self._creating.get(name)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        if len(self.topics) >= self.options.max_topics:
+            raise PairqError(
+                f"broker already has {len(self.topics)} topics (--max-topics={self.options.max_topics})",
+                code=pb.ERROR_CODE_TOO_MANY,
+            )
+        fut: asyncio.Future[Topic] = asyncio.get_running_loop().create_future()
+        self._creating[name] = fut
+        try:
+            tid = self._next_topic_id
+            self._next_topic_id += 1
+            meta = st.TopicMeta(id=tid, name=name)
+            if not is_ephemeral(name):
+                await self.store.submit_many([
+                    ("put", st.CATALOG, st.catalog_topic_key(name), st.pack_catalog(tid, False)),
+                    ("put", st.META, b"ids", self.packed_ids()),
+                ])
+            topic = Topic(self, meta)
+            self.topics[name] = topic
+            fut.set_result(topic)
+            return topic
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved
+            raise
+        finally:
+            del self._creating[name]
+
+    async def delete_topic(self, name: str) -> None:
+        topic = self.topics.pop(name, None)
+        if topic is None:
+            return
+        topic.close("topic deleted")
+        if not topic.ephemeral:
+            ops: list[tuple[Any, ...]] = [
+                ("del", st.CATALOG, st.catalog_topic_key(name)),
+                ("drop", st.MSGS, st.prefix(topic.meta.id)),
+                ("drop", st.CATALOG, b"C" + st.prefix(topic.meta.id)),
+            ]
+            for ch in topic.channels.values():
+                cid = ch.meta.id
+                ops += [
+                    ("del", st.FLOORS, st.floor_key(cid)),
+                    ("drop", st.FINS, st.prefix(cid)),
+                    ("drop", st.STATES, st.prefix(cid)),
+                    ("drop", st.DLQ, st.prefix(cid)),
+                ]
+            await self.store.submit_many(ops)
+
+    async def set_paused(self, topic: Topic, channel: Channel | None, paused: bool) -> None:
+        if channel is None:
+            topic.pause() if paused else topic.unpause()
+            if not topic.ephemeral:
+                await self.store.submit_many([
+                    ("put", st.CATALOG, st.catalog_topic_key(topic.name), st.pack_catalog(topic.meta.id, paused))
+                ])
+        else:
+            channel.meta.paused = paused
+            if paused:
+                channel.pause()
+            elif not topic.paused:
+                channel.unpause()
+            if channel.durable:
+                await self.store.submit_many([
+                    ("put", st.CATALOG, st.catalog_channel_key(topic.meta.id, channel.name),
+                     st.pack_catalog(channel.meta.id, paused))
+                ])
+
+    # ------------------------------------------------------------ ephemeral dead letters
+    def note_ephemeral_dead(self, channel: Channel, entry: Entry) -> None:
+        lst = self._ephemeral_dlq.setdefault(id(channel), [])
+        from pairq.broker import wire
+
+        lst.append((len(lst), entry.attempts, wire.encode_prefix(entry.id) + cast(bytes, entry.payload)))
+        del lst[:-1000]
+
+    def ephemeral_dead(self, channel: Channel) -> list[tuple[int, int, bytes]]:
+        return list(self._ephemeral_dlq.get(id(channel), []))
+
+    def ephemeral_dead_remove(self, channel: Channel, ids: set[bytes]) -> None:
+        lst = self._ephemeral_dlq.get(id(channel), [])
+        lst[:] = [x for x in lst if x[2][:16] not in ids]
+
+    # ------------------------------------------------------------ stats
+    def stats(self, topic: str = "", channel: str = "", clients: bool = True) -> pb.GetStatsResponse:
+        resp = pb.GetStatsResponse(
+            broker_id=self.node_id,
+            version=__version__,
+            start_time_ns=self.start_time_ns,
+            health="ok" if not self.store.full_reason else f"store full: {self.store.full_reason}",
+            store_bytes=self.store.used_bytes,
+            store_cap_bytes=self.store.max_bytes,
+        )
+        for t in self.topics.values():
+            if topic and t.name != topic:
+                continue
+            ts = resp.topics.add(
+                name=t.name, depth=t.depth, message_count=t.message_count,
+                paused=t.paused, ephemeral=t.ephemeral,
+            )
+            for c in t.channels.values():
+                if channel and c.name != channel:
+                    continue
+                core = c.core
+                cs = ts.channels.add(
+                    name=c.name, depth=c.depth, in_flight=core.in_flight, deferred=core.deferred,
+                    requeued=core.requeued, timed_out=core.timed_out, dead_lettered=c.dlq_count,
+                    message_count=core.delivered, finished=core.finished,
+                    paused=core.paused, ephemeral=c.ephemeral,
+                )
+                if clients:
+                    for sub in c.subscribers.values():
+                        try:
+                            state = core.client(sub.cid)
+                        except KeyError:
+                            continue
+                        cs.clients.add(
+                            client_id=sub.client_id, hostname=sub.hostname,
+                            user_agent=sub.user_agent, remote_address=sub.remote_address,
+                            ready_count=state.rdy, in_flight=state.in_flight,
+                            message_count=state.delivered, finish_count=state.finished,
+                            requeue_count=state.requeued, connected_at_ns=sub.connected_at_ns,
+                        )
+        return resp

@@ -1,0 +1,472 @@
+"""A channel: the asyncio glue between the pure delivery core, the store and subscribers.
+
+``ChannelCore`` (pure, in ``channel_core.py``) decides who gets what and
+when; this object feeds it entries (fresh from the topic's fan-out, or read
+back from disk when the channel lags), sends what it decides to
+subscribers, and persists what must survive a restart:
+
+* progress: a ``floor`` (every seq below it is finished) plus the sparse set
+  of finished seqs above it. FINs are coalesced and flushed once per loop
+  turn, so in-order consumption costs one floor write per flush, not one
+  write per message.
+* requeue state: attempts and due time of requeued/deferred messages, so a
+  REQ with delay keeps its due time across restarts.
+* dead letters: a copy of the message, so the body survives the topic's
+  cleanup; dead letters can be listed and replayed.
+
+After a crash, everything at or above the floor that is not marked finished
+is deliverable again (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, cast
+
+from pairq.broker import store as st
+from pairq.broker import wire
+from pairq.broker.channel_core import DEAD, ChannelCore, Entry
+
+if TYPE_CHECKING:
+    from pairq.broker.subscriber import Subscriber
+    from pairq.broker.topic import Topic
+
+log = logging.getLogger("pairq.channel")
+
+# Read from disk in chunks of this many records when the channel lags.
+READ_CHUNK = 2000
+# Keys < 0 are dead letters replayed into the channel: -(dlq seq) - 1.
+_REPLAY_BASE = -1
+
+
+def wall_to_mono(due_ns: int) -> float:
+    if due_ns <= 0:
+        return 0.0
+    return due_ns / 1e9 - time.time() + time.monotonic()
+
+
+def mono_to_wall_ns(due: float) -> int:
+    if due <= 0:
+        return 0
+    return int((due - time.monotonic() + time.time()) * 1e9)
+
+
+class Channel:
+    def __init__(self, topic: Topic, meta: st.ChannelMeta, *, ephemeral: bool) -> None:
+        self.topic = topic
+        self.broker = topic.broker
+        self.meta = meta
+        self.name = meta.name
+        self.ephemeral = ephemeral
+        self.durable = not ephemeral and not topic.ephemeral
+        self.store = self.broker.store
+        opts = self.broker.options
+        self.core = ChannelCore(
+            max_attempts=opts.max_attempts,
+            max_rdy=opts.max_rdy_count,
+            max_backlog=opts.max_backlog,
+        )
+        if meta.paused or topic.paused:
+            self.core.pause()
+        self.floor = meta.floor
+        self.read_pos = meta.floor  # next seq to load from the topic log
+        self.fin_mem: set[int] = set()  # finished seqs >= floor (persisted or not)
+        self.fin_disk: set[int] = set()  # the subset with a key in ``fins``
+        self.fin_dirty: list[int] = []  # finished since the last flush
+        self.states: dict[int, tuple[int, int]] = {}  # seq -> (attempts, due_ns) on disk
+        self.state_dirty: dict[int, tuple[int, int] | None] = {}
+        self.dlq_count = 0
+        self.subscribers: dict[int, Subscriber] = {}
+        self.deleted = False
+        self._pump_scheduled = False
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._loop = asyncio.get_running_loop()
+        self._suffix = wire.broker_fields(self.broker.node_id, self.broker.epoch)
+        if self.durable:
+            self._load_state()
+
+    # ------------------------------------------------------------ startup
+    def _load_state(self) -> None:
+        cid = self.meta.id
+        for seq, _ in self.store.scan_channel(st.FINS, cid):
+            if seq >= self.floor:
+                self.fin_mem.add(seq)
+                self.fin_disk.add(seq)
+        for seq, value in self.store.scan_channel(st.STATES, cid):
+            self.states[seq] = st.unpack_state(value)
+        replays: list[Entry] = []
+        for seq, value in self.store.scan_channel(st.DLQ, cid):
+            attempts, rec = st.unpack_dlq(value)
+            if attempts & 0x80000000:  # replaying: back in the channel
+                replays.append(self._entry(_REPLAY_BASE - seq, rec, 0, 0))
+            else:
+                self.dlq_count += 1
+        if replays:
+            self.core.push(replays, time.monotonic())
+        self._advance_floor_mem()
+
+    def _entry(self, key: int, rec: bytes, attempts: int, due_ns: int) -> Entry:
+        return Entry(
+            key=key,
+            id=rec[:16],
+            attempts=attempts,
+            due=wall_to_mono(due_ns or wire.record_due_ns(rec)),
+            payload=rec[wire.HEADER_SIZE :],
+        )
+
+    # ------------------------------------------------------------ supply
+    def offer(self, first_seq: int, records: list[bytes]) -> None:
+        """Freshly committed messages from the topic (in seq order)."""
+        if self.deleted:
+            return
+        room = self.core.wants()
+        if self.read_pos != first_seq or room < len(records):
+            if not self.topic.ephemeral:
+                self.schedule_pump()  # the refill reads them back from the log
+                return
+            # Ephemeral topic: nothing on disk to fall back on (NSQ drops too).
+            self.topic.dropped += len(records) - max(0, room)
+            records = records[: max(0, room)]
+            self.read_pos = first_seq
+        now = time.monotonic()
+        entries = []
+        seq = first_seq
+        for rec in records:
+            entries.append(
+                Entry(key=seq, id=rec[:16], attempts=0,
+                      due=wall_to_mono(wire.record_due_ns(rec)), payload=rec[wire.HEADER_SIZE :])
+            )
+            seq += 1
+        if entries:
+            self.core.push(entries, now)
+        self.read_pos = first_seq + len(records)
+        self.schedule_pump()
+
+    def _refill(self) -> None:
+        if self.topic.ephemeral:
+            return
+        want = self.core.wants()
+        head = self.topic.committed_seq
+        if want < min(READ_CHUNK // 2, self.broker.options.max_backlog // 2) and self.core.depth > 0:
+            return
+        if self.read_pos < self.topic.first_seq:
+            # Cleaned up below us (only possible for ephemeral channels).
+            self.read_pos = self.topic.first_seq
+        now = time.monotonic()
+        while want > 0 and self.read_pos < head:
+            rows = self.store.read_msgs(self.topic.meta.id, self.read_pos, head, min(want, READ_CHUNK))
+            if not rows:
+                self.read_pos = head
+                break
+            entries = []
+            fin = self.fin_mem
+            states = self.states
+            for seq, rec in rows:
+                if seq in fin:
+                    continue
+                state = states.get(seq)
+                if state is not None:
+                    entries.append(self._entry(seq, rec, state[0], state[1]))
+                else:
+                    entries.append(self._entry(seq, rec, 0, 0))
+            # Seqs missing from the log (failed appends) count as finished.
+            prev = self.read_pos
+            for seq, _ in rows:
+                if seq != prev:
+                    self._mark_gap(prev, seq)
+                prev = seq + 1
+            self.read_pos = rows[-1][0] + 1
+            if entries:
+                self.core.push(entries, now)
+            want -= len(entries)
+            if len(rows) < READ_CHUNK and self.read_pos < head:
+                # The remaining seqs are missing from the log (failed appends).
+                self._mark_gap(self.read_pos, head)
+                self.read_pos = head
+
+    def _mark_gap(self, lo: int, hi: int) -> None:
+        for seq in range(lo, hi):
+            if seq >= self.floor and seq not in self.fin_mem:
+                self.fin_mem.add(seq)
+                self.fin_dirty.append(seq)
+        self.schedule_flush()
+
+    def mark_failed(self, first_seq: int, count: int) -> None:
+        """An append that failed left a gap in the log: treat it as finished."""
+        if self.read_pos == first_seq:
+            self.read_pos = first_seq + count
+        self._mark_gap(first_seq, first_seq + count)
+
+    # ------------------------------------------------------------ delivery
+    def schedule_pump(self) -> None:
+        if not self._pump_scheduled and not self.deleted:
+            self._pump_scheduled = True
+            self._loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        if self.deleted:
+            return
+        now = time.monotonic()
+        self._handle_outcomes(self.core.tick(now))
+        self._refill()
+        for cid, entries in self.core.take(now):
+            sub = self.subscribers.get(cid)
+            if sub is None:  # pragma: no cover - core and glue disagree
+                continue
+            sub.send_deliveries(
+                wire.encode_deliveries(((cast(bytes, e.payload), e.attempts) for e in entries), self._suffix),
+                len(entries),
+            )
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        at = self.core.next_wakeup()
+        if at is None:
+            return
+        if self._timer is not None and self._timer_at <= at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._loop.call_at(self._loop_time(at), self._on_timer)
+
+    def _loop_time(self, mono: float) -> float:
+        return self._loop.time() + (mono - time.monotonic())
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = 0.0
+        self._pump()
+
+    def _handle_outcomes(self, outcomes: Iterable[Any]) -> None:
+        for out in outcomes:
+            entry = out.entry
+            if out.kind == DEAD:
+                self._dead_letter(entry)
+            else:
+                self._persist_requeue(entry)
+        self.schedule_flush()
+
+    def _persist_requeue(self, entry: Entry) -> None:
+        if not self.durable:
+            return
+        if entry.key >= 0:
+            value = (entry.attempts, mono_to_wall_ns(entry.due))
+            self.states[entry.key] = value
+            self.state_dirty[entry.key] = value
+
+    def _dead_letter(self, entry: Entry) -> None:
+        self.dlq_count += 1
+        if not self.durable:
+            self.broker.note_ephemeral_dead(self, entry)
+            return
+        rec = wire.encode_prefix(entry.id) + cast(bytes, entry.payload)
+        if entry.key >= 0:
+            self.state_dirty[entry.key] = None
+            self.states.pop(entry.key, None)
+            self.store.submit(
+                ("put", st.DLQ, st.seq_key(self.meta.id, entry.key), st.pack_dlq(entry.attempts, rec)),
+                wait=False,
+            )
+            self._finished_seq(entry.key)
+        else:
+            dseq = _REPLAY_BASE - entry.key
+            self.store.submit(
+                ("put", st.DLQ, st.seq_key(self.meta.id, dseq), st.pack_dlq(entry.attempts, rec)),
+                wait=False,
+            )
+
+    # ------------------------------------------------------------ consumer commands
+    def finish(self, cid: int, ids: list[bytes]) -> list[bytes]:
+        done, unknown = self.core.finish(cid, ids, time.monotonic())
+        for e in done:
+            if e.key >= 0:
+                self._finished_seq(e.key)
+            elif self.durable:
+                self.store.submit(("del", st.DLQ, st.seq_key(self.meta.id, _REPLAY_BASE - e.key)), wait=False)
+        if done:
+            self.schedule_flush()
+            self.schedule_pump()
+        return unknown
+
+    def requeue(self, cid: int, ids: list[bytes], delay: float) -> list[bytes]:
+        outcomes, unknown = self.core.requeue(cid, ids, delay, time.monotonic())
+        self._handle_outcomes(outcomes)
+        self.schedule_pump()
+        return unknown
+
+    def touch(self, cid: int, ids: list[bytes]) -> list[bytes]:
+        unknown = self.core.touch(cid, ids, time.monotonic())
+        return list(unknown)
+
+    def set_ready(self, cid: int, count: int) -> None:
+        self.core.set_ready(cid, count)
+        self.schedule_pump()
+
+    def add_subscriber(self, sub: Subscriber) -> None:
+        self.subscribers[sub.cid] = sub
+        self.core.add_client(sub.cid, sub.msg_timeout)
+
+    def remove_subscriber(self, sub: Subscriber) -> None:
+        if self.subscribers.pop(sub.cid, None) is None:
+            return
+        self._handle_outcomes(self.core.remove_client(sub.cid, time.monotonic()))
+        self.schedule_pump()
+        if self.ephemeral and not self.subscribers:
+            self.topic.delete_channel(self.name)
+
+    # ------------------------------------------------------------ progress
+    def _finished_seq(self, seq: int) -> None:
+        if seq >= self.floor and seq not in self.fin_mem:
+            self.fin_mem.add(seq)
+            self.fin_dirty.append(seq)
+
+    def _advance_floor_mem(self) -> list[int]:
+        """Advance the floor past finished seqs; return those that had a fins key."""
+        removed: list[int] = []
+        floor = self.floor
+        fin = self.fin_mem
+        while floor in fin:
+            fin.discard(floor)
+            if floor in self.fin_disk:
+                self.fin_disk.discard(floor)
+                removed.append(floor)
+            floor += 1
+        self.floor = floor
+        return removed
+
+    def schedule_flush(self) -> None:
+        if not self._flush_scheduled and not self.deleted:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Persist progress (coalesced): floor, finished-above-floor keys, requeue state."""
+        self._flush_scheduled = False
+        if self.deleted:
+            return
+        old_floor = self.floor
+        removed = self._advance_floor_mem()
+        dirty = self.fin_dirty
+        self.fin_dirty = []
+        if not self.durable:
+            self.state_dirty.clear()
+            return
+        cid = self.meta.id
+        ops: list[tuple[int, bytes, bytes | None]] = []
+        if self.floor != old_floor:
+            ops.append((st.FLOORS, st.floor_key(cid), st.pack_floor(self.floor)))
+        for seq in removed:
+            ops.append((st.FINS, st.seq_key(cid, seq), None))
+        floor = self.floor
+        for seq in dirty:
+            if seq >= floor and seq in self.fin_mem and seq not in self.fin_disk:
+                self.fin_disk.add(seq)
+                ops.append((st.FINS, st.seq_key(cid, seq), b""))
+        if self.state_dirty:
+            for seq, value in self.state_dirty.items():
+                if value is None or seq < floor or seq in self.fin_mem:
+                    if seq in self.states or value is None:
+                        ops.append((st.STATES, st.seq_key(cid, seq), None))
+                    self.states.pop(seq, None)
+                else:
+                    ops.append((st.STATES, st.seq_key(cid, seq), st.pack_state(*value)))
+            self.state_dirty.clear()
+        # Drop state records of seqs now below the floor.
+        if self.states and self.floor != old_floor:
+            for seq in [s for s in self.states if s < floor]:
+                del self.states[seq]
+                ops.append((st.STATES, st.seq_key(cid, seq), None))
+        if ops:
+            self.store.submit(("puts", ops), wait=False)
+        if self.floor != old_floor:
+            self.topic.on_floor_advanced()
+
+    # ------------------------------------------------------------ admin
+    def pause(self) -> None:
+        self.core.pause()
+
+    def unpause(self) -> None:
+        self.core.unpause()
+        self.schedule_pump()
+
+    def empty(self) -> None:
+        """Drop every queued, deferred and in-flight message (NSQ's channel empty)."""
+        self.core.empty()
+        head = self.topic.committed_seq
+        self.read_pos = head
+        old = self.floor
+        self.floor = head
+        self.fin_mem.clear()
+        self.fin_dirty.clear()
+        if self.durable and head != old:
+            cid = self.meta.id
+            self.store.submit(("multi", [
+                ("put", st.FLOORS, st.floor_key(cid), st.pack_floor(head)),
+                ("drop", st.FINS, st.prefix(cid)),
+                ("drop", st.STATES, st.prefix(cid)),
+            ]), wait=False)
+            self.fin_disk.clear()
+            self.states.clear()
+            self.state_dirty.clear()
+            self.topic.on_floor_advanced()
+
+    def close(self, reason: str) -> None:
+        """The channel is going away (delete or shutdown): end its subscriptions."""
+        self.deleted = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for sub in list(self.subscribers.values()):
+            sub.terminate(reason)
+        self.subscribers.clear()
+
+    # ------------------------------------------------------------ dead letters
+    def list_dead(self, limit: int) -> list[tuple[int, int, bytes]]:
+        """(dlq seq, attempts, record) of dead letters, oldest first."""
+        out = []
+        if self.durable:
+            for seq, value in self.store.scan_channel(st.DLQ, self.meta.id):
+                attempts, rec = st.unpack_dlq(value)
+                if attempts & 0x80000000:
+                    continue
+                out.append((seq, attempts, rec))
+                if len(out) >= limit:
+                    break
+        else:
+            out = self.broker.ephemeral_dead(self)[:limit]
+        return out
+
+    async def replay_dead(self, ids: set[bytes] | None) -> int:
+        """Put dead letters back into the channel with attempts reset."""
+        replays: list[Entry] = []
+        ops: list[tuple[int, bytes, bytes | None]] = []
+        for seq, _attempts, rec in self.list_dead(1 << 30):
+            if ids is not None and rec[:16] not in ids:
+                continue
+            replays.append(self._entry(_REPLAY_BASE - seq, rec, 0, 0))
+            ops.append((st.DLQ, st.seq_key(self.meta.id, seq), st.pack_dlq(0x80000000, rec)))
+        if not replays:
+            return 0
+        if self.durable:
+            fut = self.store.submit(("puts", ops))
+            assert fut is not None
+            await fut
+        else:
+            self.broker.ephemeral_dead_remove(self, {e.id for e in replays})
+        self.dlq_count -= len(replays)
+        self.core.push(replays, time.monotonic())
+        self.schedule_pump()
+        return len(replays)
+
+    # ------------------------------------------------------------ stats
+    @property
+    def depth(self) -> int:
+        """Queued in memory plus what still waits on disk."""
+        backlog = max(0, self.topic.committed_seq - self.read_pos) if self.durable else 0
+        return int(self.core.depth) + backlog

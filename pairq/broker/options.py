@@ -1,0 +1,83 @@
+"""Every broker option and its default, in one place (NSQ's ``NewOptions``).
+
+``pairq broker --help`` is generated from the field metadata below; a
+commented example file is ``deploy/broker.example.toml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from pairq.grpcopts import DEFAULT_MAX_BATCH, DEFAULT_MAX_MESSAGE_BYTES
+from pairq.options import parse_hostport
+
+
+def _o(default: Any, help: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class BrokerOptions:
+    # --- where ---
+    address: str = _o("127.0.0.1:4150", "gRPC listen address HOST:PORT (port 0 picks a free port)")
+    data_dir: str = _o("./pairq-data", "data directory (LMDB store and node id)", metavar="DIR")
+    metrics_address: str = _o("", "HOST:PORT to serve Prometheus /metrics on (empty: off)")
+    node_name: str = _o("", "human-readable node name shown in stats (default: the node id)")
+
+    # --- durability ---
+    sync: str = _o("always", "'always': fsync every group commit before any ack; 'periodic': fsync every --sync-interval-ms (NSQ-like, weaker: a power loss can lose acknowledged messages)", choices=["always", "periodic"])
+    sync_interval_ms: int = _o(100, "fsync interval with --sync=periodic")
+    max_store_bytes: int = _o(64 * 1024**3, "cap on the LMDB store size; publishes get RESOURCE_EXHAUSTED beyond it (deliveries continue)")
+    store_reserve_bytes: int = _o(64 * 1024**2, "headroom kept free for FINs and cleanup when the store is near its cap or the disk is near full")
+    max_commit_batch: int = _o(20000, "most writes applied in one group commit")
+
+    # --- messages ---
+    max_msg_size: int = _o(DEFAULT_MAX_MESSAGE_BYTES, "largest message body in bytes")
+    max_batch: int = _o(DEFAULT_MAX_BATCH, "most messages in one PublishBatch")
+    max_topics: int = _o(10000, "most topics on this broker")
+    max_channels: int = _o(1000, "most channels per topic")
+    max_defer_ms: int = _o(3600_000, "longest DPUB / REQ delay in ms")
+
+    # --- delivery ---
+    msg_timeout_ms: int = _o(60_000, "default time a consumer has to FIN/REQ/TOUCH a message before it is requeued")
+    max_msg_timeout_ms: int = _o(15 * 60_000, "largest per-subscription message timeout a client may ask for")
+    max_rdy_count: int = _o(2500, "largest RDY count a consumer may grant")
+    max_attempts: int = _o(0, "deliveries after which a message goes to the channel's dead-letter list (0: never)")
+    heartbeat_interval_ms: int = _o(30_000, "default interval between heartbeats to consumers; a consumer silent for two intervals is disconnected")
+    max_backlog: int = _o(10_000, "messages per channel buffered in memory ahead of delivery (the rest stay on disk)")
+
+    # --- process ---
+    shutdown_grace_s: float = _o(10.0, "on SIGTERM: time to let in-flight work finish before exiting")
+    log_level: str = _o("info", "debug, info, warning or error", choices=["debug", "info", "warning", "error"])
+
+    def validate(self) -> BrokerOptions:
+        """Raise ValueError with an actionable message; called before any socket opens."""
+        parse_hostport(self.address, what="--address")
+        if self.metrics_address:
+            parse_hostport(self.metrics_address, what="--metrics-address")
+        if not self.data_dir:
+            raise ValueError("--data-dir must not be empty")
+        checks = [
+            (self.max_msg_size >= 1, "--max-msg-size must be >= 1"),
+            (self.max_msg_size <= 64 * 1024 * 1024, "--max-msg-size must be <= 64 MiB"),
+            (self.max_batch >= 1, "--max-batch must be >= 1"),
+            (self.msg_timeout_ms >= 10, "--msg-timeout-ms must be >= 10"),
+            (self.max_msg_timeout_ms >= self.msg_timeout_ms, "--max-msg-timeout-ms must be >= --msg-timeout-ms"),
+            (self.max_rdy_count >= 1, "--max-rdy-count must be >= 1"),
+            (self.max_attempts >= 0, "--max-attempts must be >= 0"),
+            (self.heartbeat_interval_ms >= 100, "--heartbeat-interval-ms must be >= 100"),
+            (self.max_store_bytes >= 16 * 1024 * 1024, "--max-store-bytes must be >= 16 MiB"),
+            (self.store_reserve_bytes < self.max_store_bytes // 2, "--store-reserve-bytes must be < half of --max-store-bytes"),
+            (self.sync_interval_ms >= 1, "--sync-interval-ms must be >= 1"),
+            (self.max_backlog >= 10, "--max-backlog must be >= 10"),
+            (self.max_topics >= 1 and self.max_channels >= 1, "--max-topics and --max-channels must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return self
+
+    def replace(self, **changes: object) -> BrokerOptions:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,210 @@
+"""A topic: an append-only log of messages (stored once) fanned out to its channels.
+
+Publishing reserves consecutive seqs, appends the records through the store's
+group commit, and only after the commit hands them to every channel, in seq
+order, so nothing is delivered before it is durable. A topic with no channel
+keeps everything it receives; its first channel starts at the oldest retained
+message, later channels at the head (NSQ semantics). Bodies below the lowest
+floor of the durable channels are deleted in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from pairq.broker import store as st
+from pairq.broker.channel import Channel
+from pairq.errors import PairqError
+from pairq.names import is_ephemeral
+from pairq.v1 import broker_pb2
+
+if TYPE_CHECKING:
+    from pairq.broker.broker import Broker
+
+log = logging.getLogger("pairq.topic")
+
+GC_DELAY = 0.2  # seconds: batch body deletions
+
+
+class Topic:
+    def __init__(self, broker: Broker, meta: st.TopicMeta) -> None:
+        self.broker = broker
+        self.meta = meta
+        self.name = meta.name
+        self.ephemeral = is_ephemeral(meta.name)
+        self.paused = meta.paused
+        self.channels: dict[str, Channel] = {}
+        self.next_seq = meta.next_seq  # next seq to reserve
+        self.committed_seq = meta.next_seq  # every seq below is committed (or failed)
+        self.first_seq = meta.first_seq  # lowest retained seq
+        self._pending: dict[int, tuple[int, list[bytes] | None]] = {}
+        self.message_count = 0
+        self.dropped = 0
+        self.deleted = False
+        # Ephemeral topic with no channel yet: hold messages in memory (bounded).
+        self._mem: deque[tuple[int, bytes]] = deque(maxlen=broker.options.max_backlog)
+        self._gc_handle: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------ publish
+    async def publish(self, records: list[bytes]) -> int:
+        """Store ``records`` durably, then fan them out. Returns the first seq."""
+        if self.deleted:
+            raise PairqError(f"topic {self.name!r} was deleted", code=broker_pb2.ERROR_CODE_DELETED)
+        n = len(records)
+        seq0 = self.next_seq
+        self.next_seq += n
+        if self.ephemeral:
+            self._complete(seq0, n, records)
+            return seq0
+        fut = self.broker.store.submit(("append", self.meta.id, seq0, records))
+        assert fut is not None
+        try:
+            await fut
+        except BaseException:
+            self._complete(seq0, n, None)
+            raise
+        self._complete(seq0, n, records)
+        return seq0
+
+    def _complete(self, seq0: int, n: int, records: list[bytes] | None) -> None:
+        # Commits resolve in order, but keep fan-out strictly in seq order anyway.
+        if seq0 != self.committed_seq:
+            self._pending[seq0] = (n, records)
+            return
+        self._fan_out(seq0, n, records)
+        while self.committed_seq in self._pending:
+            s = self.committed_seq
+            n2, recs = self._pending.pop(s)
+            self._fan_out(s, n2, recs)
+
+    def _fan_out(self, seq0: int, n: int, records: list[bytes] | None) -> None:
+        self.committed_seq = seq0 + n
+        if self.deleted:
+            return
+        if records is None:
+            for ch in self.channels.values():
+                ch.mark_failed(seq0, n)
+            return
+        self.message_count += n
+        if not self.channels:
+            if self.ephemeral:
+                self._mem.extend(zip(range(seq0, seq0 + n), records, strict=True))
+            return
+        for ch in self.channels.values():
+            ch.offer(seq0, records)
+
+    # ------------------------------------------------------------ channels
+    async def get_channel(self, name: str, *, create: bool = True) -> Channel:
+        ch = self.channels.get(name)
+        if ch is not None:
+            return ch
+        if not create:
+            raise PairqError(
+                f"channel {name!r} of topic {self.name!r} does not exist",
+                code=broker_pb2.ERROR_CODE_NOT_FOUND,
+            )
+        if len(self.channels) >= self.broker.options.max_channels:
+            raise PairqError(
+                f"topic {self.name!r} already has {len(self.channels)} channels "
+                f"(--max-channels={self.broker.options.max_channels})",
+                code=broker_pb2.ERROR_CODE_TOO_MANY,
+            )
+        first = not self.channels
+        start = self.first_seq if first else self.committed_seq
+        meta = st.ChannelMeta(id=self.broker.alloc_channel_id(), name=name, floor=start)
+        ephemeral = is_ephemeral(name)
+        if not ephemeral and not self.ephemeral:
+            fut = self.broker.store.submit_many([
+                ("put", st.CATALOG, st.catalog_channel_key(self.meta.id, name), st.pack_catalog(meta.id, False)),
+                ("put", st.FLOORS, st.floor_key(meta.id), st.pack_floor(start)),
+                ("put", st.META, b"ids", self.broker.packed_ids()),
+            ])
+            await fut
+            existing = self.channels.get(name)
+            if existing is not None:  # created concurrently
+                return existing
+            start = self.first_seq if not self.channels else start
+            meta.floor = start
+        ch = Channel(self, meta, ephemeral=ephemeral)
+        self.channels[name] = ch
+        if self.ephemeral and first and self._mem:
+            for seq, rec in list(self._mem):
+                ch.read_pos = seq
+                ch.offer(seq, [rec])
+            self._mem.clear()
+        ch.schedule_pump()
+        return ch
+
+    def add_loaded_channel(self, meta: st.ChannelMeta) -> Channel:
+        ch = Channel(self, meta, ephemeral=False)
+        self.channels[meta.name] = ch
+        return ch
+
+    def delete_channel(self, name: str) -> None:
+        ch = self.channels.pop(name, None)
+        if ch is None:
+            return
+        ch.close("channel deleted")
+        if ch.durable:
+            cid = ch.meta.id
+            self.broker.store.submit(("multi", [
+                ("del", st.CATALOG, st.catalog_channel_key(self.meta.id, name)),
+                ("del", st.FLOORS, st.floor_key(cid)),
+                ("drop", st.FINS, st.prefix(cid)),
+                ("drop", st.STATES, st.prefix(cid)),
+                ("drop", st.DLQ, st.prefix(cid)),
+            ]), wait=False)
+        self.on_floor_advanced()
+
+    # ------------------------------------------------------------ cleanup
+    def on_floor_advanced(self) -> None:
+        if self._gc_handle is None and not self.ephemeral and not self.deleted:
+            self._gc_handle = asyncio.get_running_loop().call_later(GC_DELAY, self._gc)
+
+    def _gc(self) -> None:
+        self._gc_handle = None
+        if self.deleted:
+            return
+        floors = [c.floor for c in self.channels.values() if c.durable]
+        if not floors:
+            return
+        low = min(floors)
+        if low > self.first_seq:
+            self.broker.store.submit(("gc", self.meta.id, self.first_seq, low), wait=False)
+            self.first_seq = low
+
+    # ------------------------------------------------------------ admin
+    def pause(self) -> None:
+        self.paused = True
+        for ch in self.channels.values():
+            ch.pause()
+
+    def unpause(self) -> None:
+        self.paused = False
+        for ch in self.channels.values():
+            if not ch.meta.paused:
+                ch.unpause()
+
+    def empty(self) -> None:
+        for ch in self.channels.values():
+            ch.empty()
+        self._mem.clear()
+        if not self.ephemeral and self.committed_seq > self.first_seq:
+            self.broker.store.submit(("gc", self.meta.id, self.first_seq, self.committed_seq), wait=False)
+            self.first_seq = self.committed_seq
+
+    def close(self, reason: str) -> None:
+        self.deleted = True
+        if self._gc_handle is not None:
+            self._gc_handle.cancel()
+        for ch in self.channels.values():
+            ch.close(reason)
+
+    @property
+    def depth(self) -> int:
+        if self.ephemeral:
+            return len(self._mem)
+        return max(0, self.committed_seq - self.first_seq)

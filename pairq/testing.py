@@ -1,0 +1,111 @@
+"""Test fixtures as product: run real brokers in-process for your own tests.
+
+    from pairq.testing import run_broker
+
+    async with run_broker() as broker:          # port 0, temporary data dir
+        async with Producer(brokers=[broker.address]) as p:
+            await p.publish("orders", b"x")
+
+``run_broker(data_dir=..., **options)`` accepts any ``BrokerOptions`` field.
+``BrokerProcess`` runs a broker as a separate OS process (for crash tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from pairq.broker.broker import Broker
+from pairq.broker.options import BrokerOptions
+
+__all__ = ["BrokerProcess", "free_port", "run_broker", "wait_for_port"]
+
+
+@contextlib.asynccontextmanager
+async def run_broker(data_dir: str | os.PathLike[str] | None = None, **options: Any) -> AsyncIterator[Broker]:
+    """A started broker on 127.0.0.1 (port 0 unless ``address`` is given); stopped on exit."""
+    tmp = None
+    if data_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="pairq-test-")
+        data_dir = tmp.name
+    options.setdefault("address", "127.0.0.1:0")
+    broker = Broker(BrokerOptions(data_dir=str(data_dir), **options))
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.stop(grace=1.0)
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout} s")
+
+
+class BrokerProcess:
+    """``pairq broker`` as a child process; ``kill()`` is a real SIGKILL."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None,
+                 args: list[str] | None = None, log_path: str | None = None) -> None:
+        self.data_dir = str(data_dir)
+        self.port = port or free_port()
+        self.args = args or []
+        self.log_path = log_path or str(Path(self.data_dir).with_suffix(".log"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> None:
+        cmd = [sys.executable, "-m", "pairq.cli", "broker", "--address", self.address,
+               "--data-dir", self.data_dir, *self.args]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"broker exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                wait_for_port(self.port, timeout=0.2)
+                return
+            except TimeoutError:
+                continue
+        raise TimeoutError(f"broker did not listen on {self.address} in {timeout} s")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
