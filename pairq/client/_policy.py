@@ -1,0 +1,70 @@
+"""Pure client policies: retry backoff, requeue delays, RDY distribution, batch cutting.
+
+Nothing here does I/O or reads a clock; the async code in ``producer`` and
+``consumer`` calls these functions with the numbers it has, which keeps the
+rules testable on their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def retry_backoff(attempt: int, *, base: float, cap: float, jitter: float = 0.0) -> float:
+    """Seconds to wait before retry number ``attempt`` (1 = first retry).
+
+    Exponential (``base * 2**(attempt-1)``) capped at ``cap``. ``jitter`` in
+    [0, 1] is a random fraction supplied by the caller; the result is reduced
+    by up to half of it (so retries of many clients spread out), never below 0.
+    """
+    if attempt < 1:
+        return 0.0
+    delay = min(cap, base * (2.0 ** min(attempt - 1, 62)))
+    return max(0.0, delay * (1.0 - 0.5 * jitter))
+
+
+def requeue_delay_ms(attempts: int, *, base_ms: int, max_ms: int) -> int:
+    """Delay for a REQ after a failed handler run: ``base_ms * 2**(attempts-1)``, capped.
+
+    ``attempts`` is the message's delivery count including the one that
+    failed (1 on the first delivery), so the first failure waits ``base_ms``.
+    """
+    if base_ms <= 0:
+        return 0
+    n = max(1, attempts)
+    return int(min(max_ms, base_ms * (2 ** min(n - 1, 40))))
+
+
+def rdy_per_connection(max_in_flight: int, connections: int, max_rdy: int = 0) -> int:
+    """NSQ's rule: each of ``connections`` gets ``max(1, max_in_flight // connections)``.
+
+    Capped by the broker's ``max_rdy`` when that is known (> 0). With no
+    connection the answer is 0. A ``max_in_flight`` of 0 pauses delivery.
+    """
+    if connections <= 0 or max_in_flight <= 0:
+        return 0
+    rdy = max(1, max_in_flight // connections)
+    if max_rdy > 0:
+        rdy = min(rdy, max_rdy)
+    return rdy
+
+
+def cut_batch(sizes: Sequence[int], *, max_items: int, max_bytes: int) -> int:
+    """How many of the leading pending items (with encoded ``sizes``) fit in one batch.
+
+    At least one item is always taken when any is pending (a single item
+    larger than ``max_bytes`` is the caller's to reject beforehand), then items
+    are added while the count stays within ``max_items`` and the byte total
+    within ``max_bytes``.
+    """
+    if not sizes:
+        return 0
+    total = sizes[0]
+    n = 1
+    limit = min(len(sizes), max_items)
+    while n < limit:
+        total += sizes[n]
+        if total > max_bytes:
+            break
+        n += 1
+    return n

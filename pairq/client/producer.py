@@ -1,0 +1,407 @@
+"""The async Producer: transparent batching, idempotent retries, failover.
+
+Batching. Each topic has a list of pending publishes and at most
+``max_batches_in_flight`` sender tasks. A ``publish()`` that finds a free
+sender slot starts a sender at once, so a lone publish pays no linger: the
+sender takes everything pending when it first runs (publishes made in the same
+event-loop turn share the RPC) and sends it as one ``PublishBatch``. Publishes
+made while every slot is busy wait in the pending list and go out together as
+the next batch when a sender finishes, bounded by ``max_batch_size`` items and
+``max_batch_bytes``. Many concurrent ``publish()`` calls therefore become a few
+large, pipelined batch RPCs.
+
+Idempotency. The client makes every message id itself (see ``_ids``), before
+the first attempt, so a retry after a timeout or a failover re-sends the same
+ids and the broker can store each message once.
+
+Retries. UNAVAILABLE and DEADLINE_EXCEEDED are retried with exponential
+backoff, moving to the next broker of ``brokers`` after each failure, until
+``retry_timeout`` seconds have passed. Every other error (invalid input, store
+full, permission) is raised to the caller at once. A transparent batch that
+the broker rejects as invalid is re-sent item by item, so one bad publish
+cannot fail the publishes that happened to share its RPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from pairq import names
+from pairq.client._channel import DEFAULT_BROKER, BrokerConn
+from pairq.client._ids import ID_BYTES, IdGenerator
+from pairq.client._policy import cut_batch, retry_backoff
+from pairq.errors import InvalidError, PairqError, UnavailableError
+from pairq.v1 import broker_pb2
+
+__all__ = ["Producer", "PublishAck"]
+
+_MiB = 1024 * 1024
+# Bytes of protobuf framing per batch item beyond id and body (tags, lengths).
+_ITEM_OVERHEAD = 8
+_MAX_DEFER_MS = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class PublishAck:
+    """The broker's answer to one publish."""
+
+    id: bytes
+    """The 16-byte message id (made by the client unless the caller passed one)."""
+    copies: int
+    """Durable copies now held: 2 for a healthy pair, 1 for a single broker, 0 if ephemeral."""
+
+
+# A pending publish: (id, body, headers or None, defer_ms, future, size).
+_Pending = tuple[bytes, bytes, "Mapping[str, str] | None", int, "asyncio.Future[PublishAck]", int]
+
+
+class _Topic:
+    __slots__ = ("inflight", "name", "pending")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.pending: list[_Pending] = []
+        self.inflight = 0
+
+
+class Producer:
+    """Publishes messages to pairq brokers.
+
+    Use as ``async with Producer(brokers=["127.0.0.1:4150"]) as producer:``;
+    ``close()`` (called on exit) waits for publishes already made to finish.
+    All options are keyword-only:
+
+    - ``max_batch_size``: most messages in one batch RPC (transparent or explicit).
+    - ``max_batch_bytes``: most body bytes in one batch RPC.
+    - ``max_message_bytes``: largest body accepted (should equal the broker's limit);
+      bigger bodies raise ``InvalidError`` without a round trip.
+    - ``max_batches_in_flight``: concurrent batch RPCs per topic.
+    - ``rpc_timeout``: deadline of each RPC attempt, seconds.
+    - ``retry_timeout``: give up retrying an unavailable publish after this many seconds.
+    - ``retry_backoff`` / ``retry_backoff_max``: first and largest wait between retries.
+    """
+
+    def __init__(
+        self,
+        brokers: Sequence[str] = (DEFAULT_BROKER,),
+        *,
+        max_batch_size: int = 1000,
+        max_batch_bytes: int = 4 * _MiB,
+        max_message_bytes: int = _MiB,
+        max_batches_in_flight: int = 4,
+        rpc_timeout: float = 10.0,
+        retry_timeout: float = 30.0,
+        retry_backoff: float = 0.05,
+        retry_backoff_max: float = 1.0,
+    ) -> None:
+        if isinstance(brokers, str):
+            brokers = [brokers]
+        if not brokers:
+            raise ValueError("Producer needs at least one broker address")
+        if max_batch_size < 1 or max_batches_in_flight < 1:
+            raise ValueError("max_batch_size and max_batches_in_flight must be >= 1")
+        if max_message_bytes < 1 or max_batch_bytes < max_message_bytes:
+            raise ValueError("need 1 <= max_message_bytes <= max_batch_bytes")
+        self._conns = [
+            BrokerConn(a, max_message_bytes=max_batch_bytes + max_batch_size * 64) for a in brokers
+        ]
+        self._current = 0
+        self._max_batch_size = max_batch_size
+        self._max_batch_bytes = max_batch_bytes
+        self._max_message_bytes = max_message_bytes
+        self._max_inflight = max_batches_in_flight
+        self._rpc_timeout = rpc_timeout
+        self._retry_timeout = retry_timeout
+        self._retry_backoff = retry_backoff
+        self._retry_backoff_max = retry_backoff_max
+        self._ids = IdGenerator()
+        self._topics: dict[str, _Topic] = {}
+        self._senders: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.rpc_count = 0
+        """Batch and unary publish RPC attempts made (for tests and metrics)."""
+
+    # -- context manager -------------------------------------------------
+
+    async def __aenter__(self) -> Producer:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def brokers(self) -> list[str]:
+        """The broker addresses, in failover order."""
+        return [c.address for c in self._conns]
+
+    # -- publishing -------------------------------------------------------
+
+    def _topic(self, topic: str) -> _Topic:
+        t = self._topics.get(topic)
+        if t is None:
+            if not isinstance(topic, str):
+                raise TypeError(f"topic must be str, not {type(topic).__name__}")
+            names.check_topic(topic)
+            t = self._topics[topic] = _Topic(topic)
+        return t
+
+    def _check_body(self, body: Any) -> bytes:
+        if type(body) is not bytes:
+            if isinstance(body, str):
+                raise TypeError("message body must be bytes, not str (encode it first)")
+            body = bytes(body)
+        assert isinstance(body, bytes)
+        n = len(body)
+        if n == 0 or n > self._max_message_bytes:
+            raise InvalidError(
+                f"message body is {n} bytes; it must be 1 to {self._max_message_bytes} bytes",
+                code=broker_pb2.ERROR_CODE_BAD_MESSAGE,
+            )
+        return body
+
+    def _check_extras(
+        self, headers: Mapping[str, str] | None, defer_ms: int, id: bytes | None
+    ) -> int:
+        """Validate the optional fields; return the extra encoded size."""
+        extra = 0
+        if id is not None and (type(id) is not bytes or len(id) != ID_BYTES):
+            raise InvalidError(f"message id must be {ID_BYTES} bytes")
+        if defer_ms:
+            if not isinstance(defer_ms, int) or not 0 <= defer_ms <= _MAX_DEFER_MS:
+                raise InvalidError(f"defer_ms must be an int from 0 to {_MAX_DEFER_MS}")
+            extra += 6
+        if headers:
+            for k, v in headers.items():
+                if not isinstance(k, str) or not isinstance(v, str):
+                    raise InvalidError("headers must map str to str")
+                extra += len(k) + len(v) + 8
+        return extra
+
+    async def publish(
+        self,
+        topic: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        defer_ms: int = 0,
+        id: bytes | None = None,
+    ) -> PublishAck:
+        """Publish one message; return once it is durable (see ``PublishAck.copies``).
+
+        ``defer_ms`` delays delivery; ``id`` (16 bytes) overrides the generated
+        id, e.g. to make a publish idempotent across process restarts. Raises
+        ``InvalidError`` for bad input, ``UnavailableError`` when no broker
+        accepted the message within ``retry_timeout``, or another ``PairqError``.
+        """
+        if self._closed:
+            raise UnavailableError("producer is closed")
+        t = self._topics.get(topic) or self._topic(topic)
+        if type(body) is not bytes or not 0 < len(body) <= self._max_message_bytes:
+            body = self._check_body(body)
+        size = len(body) + 24
+        if headers or defer_ms or id is not None:
+            size += self._check_extras(headers, defer_ms, id)
+        if id is None:
+            id = self._ids.next()
+        fut: asyncio.Future[PublishAck] = asyncio.get_running_loop().create_future()
+        t.pending.append((id, body, headers, defer_ms, fut, size))
+        if t.inflight < self._max_inflight:
+            self._start_sender(t)
+        return await fut
+
+    async def publish_batch(
+        self,
+        topic: str,
+        bodies: Iterable[bytes],
+        *,
+        headers: Mapping[str, str] | None = None,
+        defer_ms: int = 0,
+    ) -> list[PublishAck]:
+        """Publish many messages in one batch RPC (NSQ's MPUB), stored all-or-none.
+
+        A batch larger than ``max_batch_size`` / ``max_batch_bytes`` is split
+        into several RPCs sent in order; each part is atomic on its own.
+        ``headers`` and ``defer_ms`` apply to every message.
+        """
+        if self._closed:
+            raise UnavailableError("producer is closed")
+        t = self._topic(topic)
+        extra = self._check_extras(headers, defer_ms, None)
+        items: list[tuple[bytes, bytes, int]] = []
+        for b in bodies:
+            b = self._check_body(b)
+            items.append((self._ids.next(), b, len(b) + 24 + extra))
+        if not items:
+            raise InvalidError(
+                "publish_batch needs at least one body", code=broker_pb2.ERROR_CODE_BAD_BATCH
+            )
+        acks: list[PublishAck] = []
+        start = 0
+        while start < len(items):
+            n = cut_batch(
+                [s for _, _, s in items[start : start + self._max_batch_size]],
+                max_items=self._max_batch_size,
+                max_bytes=self._max_batch_bytes,
+            )
+            req = broker_pb2.PublishBatchRequest(topic=t.name)
+            add = req.messages.add
+            for mid, b, _ in items[start : start + n]:
+                if headers or defer_ms:
+                    add(id=mid, body=b, headers=headers, defer_ms=defer_ms)
+                else:
+                    add(id=mid, body=b)
+            resp = await self._call("PublishBatch", req)
+            copies = resp.copies
+            ids = list(resp.ids) or [mid for mid, _, _ in items[start : start + n]]
+            acks.extend(PublishAck(i, copies) for i in ids)
+            start += n
+        return acks
+
+    # -- senders ------------------------------------------------------------
+
+    def _start_sender(self, t: _Topic) -> None:
+        t.inflight += 1
+        task = asyncio.get_running_loop().create_task(self._sender(t))
+        self._senders.add(task)
+        task.add_done_callback(self._senders.discard)
+
+    def _take(self, t: _Topic) -> list[_Pending]:
+        pending = t.pending
+        max_items = self._max_batch_size
+        if len(pending) <= max_items:
+            total = 0
+            for p in pending:
+                total += p[5]
+            if total <= self._max_batch_bytes:
+                t.pending = []
+                return pending
+        n = cut_batch(
+            [p[5] for p in pending[:max_items]],
+            max_items=max_items,
+            max_bytes=self._max_batch_bytes,
+        )
+        batch = pending[:n]
+        del pending[:n]
+        return batch
+
+    async def _sender(self, t: _Topic) -> None:
+        try:
+            while t.pending:
+                batch = self._take(t)
+                batch = [p for p in batch if not p[4].done()]  # drop cancelled callers
+                if batch:
+                    await self._send_batch(t.name, batch)
+        finally:
+            t.inflight -= 1
+
+    async def _send_batch(self, topic: str, batch: list[_Pending]) -> None:
+        req = broker_pb2.PublishBatchRequest(topic=topic)
+        add = req.messages.add
+        for mid, body, headers, defer_ms, _, _ in batch:
+            if headers is None and not defer_ms:
+                add(id=mid, body=body)
+            else:
+                add(id=mid, body=body, headers=headers, defer_ms=defer_ms)
+        try:
+            resp = await self._call("PublishBatch", req)
+        except InvalidError as err:
+            if len(batch) == 1:
+                _fail(batch, err)
+            else:
+                # Find the offending publish: the rest must not fail with it.
+                await asyncio.gather(*(self._send_batch(topic, [p]) for p in batch))
+            return
+        except BaseException as err:
+            _fail(batch, err)
+            if not isinstance(err, Exception):
+                raise
+            return
+        copies = resp.copies
+        ids = resp.ids
+        if len(ids) == len(batch):
+            for p, rid in zip(batch, ids, strict=True):
+                fut = p[4]
+                if not fut.done():
+                    fut.set_result(PublishAck(rid, copies))
+        else:
+            for p in batch:
+                fut = p[4]
+                if not fut.done():
+                    fut.set_result(PublishAck(p[0], copies))
+
+    # -- RPC with retry and failover -------------------------------------------
+
+    async def _call(self, method: str, request: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._retry_timeout
+        attempt = 0
+        n = len(self._conns)
+        while True:
+            index = self._current
+            conn = self._conns[index]
+            self.rpc_count += 1
+            try:
+                return await getattr(conn.get_stub(), method)(request, timeout=self._rpc_timeout)
+            except grpc.aio.AioRpcError as rpc_err:
+                err = PairqError.from_rpc_error(rpc_err)
+            if not isinstance(err, UnavailableError):
+                raise err
+            attempt += 1
+            if n > 1 and self._current == index:
+                self._current = (index + 1) % n  # fail over
+            # Try every broker once without waiting, then back off per round.
+            rounds = attempt // n
+            delay = (
+                retry_backoff(
+                    rounds,
+                    base=self._retry_backoff,
+                    cap=self._retry_backoff_max,
+                    jitter=random.random(),
+                )
+                if attempt % n == 0
+                else 0.0
+            )
+            if loop.time() + delay >= deadline:
+                raise UnavailableError(
+                    f"no broker accepted the publish within {self._retry_timeout:g}s "
+                    f"({attempt} attempts over {', '.join(self.brokers)}): {err.message}"
+                )
+            if delay:
+                await asyncio.sleep(delay)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Wait until every publish made so far has been answered."""
+        while self._senders:
+            await asyncio.gather(*list(self._senders), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Finish outstanding publishes, then close the broker connections."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.flush()
+        finally:
+            for c in self._conns:
+                await c.close()
+
+
+def _fail(batch: list[_Pending], err: BaseException) -> None:
+    for p in batch:
+        fut = p[4]
+        if not fut.done():
+            fut.set_exception(err)
