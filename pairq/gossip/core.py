@@ -175,6 +175,7 @@ class Core:
         self._pair: dict[str, _PairWatch] = {}
         self._suspicions: dict[str, _Suspicion] = {}
         self._stale_refuted: dict[str, float] = {}
+        self._unknown_synced: dict[str, float] = {}
         self._broadcasts = BroadcastQueue()
         self._timers: list[tuple[float, int, _Timer]] = []
         self._timer_seq = itertools.count()
@@ -195,7 +196,10 @@ class Core:
         jitter = self.rng.random()
         self._schedule(now + jitter * self.config.probe_interval, self._probe_tick)
         self._schedule(now + jitter * self.config.gossip_interval, self._gossip_tick)
-        self._schedule(now + self._push_pull_interval() * (0.5 + jitter), self._push_pull_tick)
+        # One early push-pull (1-3 s in) repairs whatever the join broadcasts missed
+        # when many members start at once; then the regular, scaled interval.
+        first = min(self._push_pull_interval(), 1.0 + 2.0 * jitter)
+        self._schedule(now + first, self._push_pull_tick)
         self._schedule(now + self._pair_period(), self._pair_tick)
 
     def join(self, now: float, addrs: Iterable[Addr]) -> None:
@@ -392,11 +396,28 @@ class Core:
             self._heard_from(now, msg.source)
         # PushPull arrives over streams only (merge_remote); ignore it in a packet.
 
+    def _maybe_sync_unknown(self, now: float, name: str, addr: Addr) -> None:
+        """A member we have never heard of talks to us: pull its state (rate-limited).
+
+        pairq addition: it means some join broadcast missed us; waiting for the
+        periodic push-pull would leave the views split for up to a minute.
+        """
+        if name == self.name or name in self._members or self.leaving:
+            return
+        last = self._unknown_synced.get(name, float("-inf"))
+        if now - last < 5.0:
+            return
+        self._unknown_synced[name] = now
+        if len(self._unknown_synced) > 1024:
+            self._unknown_synced.clear()
+        self._actions.append(PushPullRequest(addr, False))
+
     def _on_ping(self, now: float, src: Addr, ping: Ping) -> None:
         if ping.target and ping.target != self.name:
             return  # meant for a previous owner of this address
         if self.leaving:
             return
+        self._maybe_sync_unknown(now, ping.source, ping.source_addr)
         reply: list[Message] = [Ack(ping.seq, self.name)]
         # Tell a pinger we hold an accusation against it, so it can refute to us.
         m = self._members.get(ping.source)
@@ -434,6 +455,7 @@ class Core:
     def _on_indirect_ping(self, now: float, req: IndirectPing) -> None:
         if self.leaving:
             return
+        self._maybe_sync_unknown(now, req.source, req.source_addr)
         seq = self._next_seq()
         relay = _Relay(req.source_addr, req.seq, req.nack)
         self._relays[seq] = relay
