@@ -162,6 +162,10 @@ class MockNetwork:
             self.run_for(step)
         return None
 
+    def flush(self, name: str) -> None:
+        """Carry out what a member's core wants after a test called it directly."""
+        self._pump(self.nodes[name])
+
     # ------------------------------------------------------------ observation
     def view(self, observer: str, target: str) -> MemberState | None:
         return self.nodes[observer].state_of(target)

@@ -81,7 +81,7 @@ def test_pair_partner_kill_with_only_the_pair_and_a_lookup() -> None:
 
 @pytest.mark.parametrize("seed", range(10))
 def test_pair_partner_paused_half_a_second_is_never_dead(seed: int) -> None:
-    net, names = cluster(6, seed=seed, paired=True)
+    net, _names = cluster(6, seed=seed, paired=True)
     rng = random.Random(seed)
     for _ in range(5):
         net.run_for(rng.uniform(0.1, 1.0))
@@ -92,7 +92,7 @@ def test_pair_partner_paused_half_a_second_is_never_dead(seed: int) -> None:
 
 
 def test_long_pause_is_declared_dead_then_refuted() -> None:
-    net, names = cluster(6, paired=True)
+    net, _names = cluster(6, paired=True)
     before = net.nodes["n03"].core.incarnation
     net.pause("n03", 2.0)
     assert net.wait_for(lambda: net.view("n02", "n03") == DEAD, 2.0) is not None
@@ -123,7 +123,7 @@ def test_no_false_deaths_under_ten_percent_loss(seed: int) -> None:
 
 
 def test_convergence_after_join_under_loss() -> None:
-    net, names = cluster(10, seed=9, loss=0.2)
+    net, _names = cluster(10, seed=9, loss=0.2)
     assert net.converged()
 
 
@@ -140,9 +140,9 @@ def test_partition_declares_other_side_dead_and_heals() -> None:
 
 
 def test_graceful_leave_is_left_not_dead() -> None:
-    net, names = cluster(6)
+    net, _names = cluster(6)
     net.nodes["n02"].core.leave(net.now)
-    net._pump(net.nodes["n02"])
+    net.flush("n02")
     assert net.wait_for(lambda: net.all_see("n02", LEFT), 3.0) is not None
     net.kill("n02")
     net.run_for(10.0)
@@ -152,7 +152,7 @@ def test_graceful_leave_is_left_not_dead() -> None:
 
 
 def test_restart_with_same_name_reclaims_membership() -> None:
-    net, names = cluster(6)
+    net, _names = cluster(6)
     net.kill("n04")
     assert net.wait_for(lambda: net.all_see("n04", DEAD), 20.0) is not None
     node = net.restart("n04", join=["n00"], meta=NodeMeta(role="broker", node_id="n04", start_epoch_ms=2))
@@ -177,13 +177,13 @@ def test_stale_accusation_is_refuted_without_push_pull() -> None:
     for o in others:
         net.link_loss[(m, o)] = 1.0
     net.nodes[m].core.receive(net.now, ("10.9.9.9", 1), [Dead(0, x, "ghost")])
-    net._pump(net.nodes[m])
+    net.flush(m)
     assert net.view(m, x) == DEAD
     net.run_for(0.3)
     for o in others:
         net.link_loss[(o, m)] = 1.0
     net.nodes[x].core.update_meta(net.now, NodeMeta(role="broker", node_id=x, start_epoch_ms=5))
-    net._pump(net.nodes[x])
+    net.flush(x)
     net.run_for(1.5)  # all broadcasts of the alive (inc 1) run out; M heard none
     assert net.view(m, x) == DEAD
     assert all(net.view(o, x) == ALIVE for o in others if o != x)
@@ -196,7 +196,7 @@ def test_stale_accusation_is_refuted_without_push_pull() -> None:
 def test_metadata_update_reaches_everyone() -> None:
     net, names = cluster(6)
     net.nodes["n01"].core.update_meta(net.now, NodeMeta(role="broker", node_id="n01", grpc_address="h:1"))
-    net._pump(net.nodes["n01"])
+    net.flush("n01")
     ok = net.wait_for(
         lambda: all(net.nodes[n].core.member("n01").meta.grpc_address == "h:1" for n in names),  # type: ignore[union-attr]
         3.0,
