@@ -27,7 +27,7 @@ from typing import Any
 from pairq.broker.broker import Broker
 from pairq.broker.options import BrokerOptions
 
-__all__ = ["BrokerProcess", "free_port", "run_broker", "wait_for_port"]
+__all__ = ["BrokerProcess", "eventually", "free_port", "run_broker", "wait_for_port"]
 
 
 @contextlib.asynccontextmanager
@@ -109,3 +109,19 @@ class BrokerProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
+
+
+async def eventually(cond: Any, timeout: float = 10.0, interval: float = 0.01) -> None:
+    """Wait until ``cond()`` is truthy (polling), failing after ``timeout`` seconds.
+
+    For tests: wait on a condition with a deadline instead of sleeping.
+    """
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if cond():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)

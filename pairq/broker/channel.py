@@ -38,6 +38,8 @@ log = logging.getLogger("pairq.channel")
 
 # Read from disk in chunks of this many records when the channel lags.
 READ_CHUNK = 2000
+# Split deliveries into stream messages of at most about this many bytes.
+MAX_DELIVERY_BYTES = 1024 * 1024
 # Keys < 0 are dead letters replayed into the channel: -(dlq seq) - 1.
 _REPLAY_BASE = -1
 
@@ -219,11 +221,22 @@ class Channel:
             sub = self.subscribers.get(cid)
             if sub is None:  # pragma: no cover - core and glue disagree
                 continue
-            sub.send_deliveries(
-                wire.encode_deliveries(((cast(bytes, e.payload), e.attempts) for e in entries), self._suffix),
-                len(entries),
-            )
+            # Keep each stream message well under clients' default 4 MiB limit.
+            start = 0
+            size = 0
+            for i, e in enumerate(entries):
+                size += len(cast(bytes, e.payload))
+                if size > MAX_DELIVERY_BYTES and i > start:
+                    sub.send_deliveries(self._encode(entries[start:i]), i - start)
+                    start = i
+                    size = len(cast(bytes, e.payload))
+            sub.send_deliveries(self._encode(entries[start:]), len(entries) - start)
         self._arm_timer()
+
+    def _encode(self, entries: list[Entry]) -> bytes:
+        return wire.encode_deliveries(
+            ((cast(bytes, e.payload), e.attempts) for e in entries), self._suffix
+        )
 
     def _arm_timer(self) -> None:
         at = self.core.next_wakeup()

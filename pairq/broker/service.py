@@ -394,6 +394,9 @@ class BrokerService:
             limit = request.limit or 100
             if limit > 10000:
                 raise _invalid("ListDeadLetters: limit must be <= 10000")
+            if ch.durable:
+                ch.flush()
+                await self.broker.store.barrier()
             resp = pb.ListDeadLettersResponse(total=ch.dlq_count)
             for _seq, attempts, rec in ch.list_dead(limit):
                 m = resp.messages.add()
@@ -410,6 +413,8 @@ class BrokerService:
                 if len(i) != 16:
                     raise _invalid(f"message ids are 16 bytes; got {len(i)}")
             ids = set(request.ids) if request.ids else None
+            if ch.durable:
+                await self.broker.store.barrier()
             n = await ch.replay_dead(ids)
             return pb.ReplayDeadLettersResponse(replayed=n)
         return await self._call(context, run)  # type: ignore[no-any-return]

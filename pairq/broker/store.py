@@ -300,6 +300,12 @@ class Store:
         self._q.put((op, fut))
         return fut
 
+    def barrier(self) -> asyncio.Future[Any]:
+        """A future resolved once every write queued before it has committed."""
+        fut = self.submit(("puts", []))
+        assert fut is not None
+        return fut
+
     def submit_many(self, ops: list[Op]) -> asyncio.Future[Any]:
         """Queue several writes that commit together; one future for all."""
         assert self._loop is not None
