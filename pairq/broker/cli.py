@@ -18,7 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "broker",
         help="run a broker (stores messages in LMDB and delivers them)",
         description="Run a pairq broker: durable topics and channels with NSQ's delivery semantics.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_flags(p, BrokerOptions)
     p.set_defaults(func=run)

@@ -75,6 +75,8 @@ class RawSub:
         self.q.put_nowait(pb.SubscribeRequest(close=True))
 
     async def cancel(self) -> None:
+        self.q.put_nowait(None)  # end the request generator cleanly first
+        await asyncio.sleep(0)
         self.call.cancel()
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
