@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         for c in comps:
-            log = open(data / f"{c.name}.log", "ab")  # noqa: SIM115 - owned by the child
+            log = open(data / f"{c.name}.log", "ab")  # handed to the child
             c.proc = subprocess.Popen(
                 [sys.executable, "-m", "pairq.cli", *c.args], stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
