@@ -64,7 +64,7 @@ class GossipConfig:
     # timers that ran out during the stall are pushed back by the stall.
     stall_threshold: float = 0.15
     # Tick resolution expected from the transport (it calls Core.tick at least this often).
-    tick_interval: float = 0.02
+    tick_interval: float = 0.05
 
     # --- dissemination ---------------------------------------------------------------
     # Gossip period and fanout for piggybacked broadcasts (memberlist: 200 ms, 3).

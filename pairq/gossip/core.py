@@ -656,6 +656,9 @@ class Core:
         self.rng.shuffle(self._probe_order)
 
     def _probe_tick(self, now: float) -> None:
+        self.stats.extra["members_alive"] = sum(
+            1 for m in self._members.values() if m.state == MemberState.ALIVE
+        )
         interval = self._scaled(self.config.probe_interval)
         self._schedule(now + interval, self._probe_tick)
         if self.leaving:
