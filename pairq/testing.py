@@ -27,7 +27,7 @@ from typing import Any
 from pairq.broker.broker import Broker
 from pairq.broker.options import BrokerOptions
 
-__all__ = ["BrokerProcess", "eventually", "free_port", "run_broker", "wait_for_port"]
+__all__ = ["BrokerProcess", "eventually", "free_port", "run_broker", "run_pair", "wait_for_port"]
 
 
 @contextlib.asynccontextmanager
@@ -44,6 +44,39 @@ async def run_broker(data_dir: str | os.PathLike[str] | None = None, **options: 
         yield broker
     finally:
         await broker.stop(grace=1.0)
+        if tmp is not None:
+            tmp.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def run_pair(data_dir: str | os.PathLike[str] | None = None, *, pair: str = "p1",
+                   **options: Any) -> AsyncIterator[tuple[Broker, Broker]]:
+    """Two started brokers forming a redundant pair (A, B), in-process on loopback."""
+    tmp = None
+    if data_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="pairq-pair-")
+        data_dir = tmp.name
+    pa, pb_ = free_port(), free_port()
+    a = Broker(BrokerOptions(data_dir=str(Path(data_dir) / "a"), address=f"127.0.0.1:{pa}",
+                             pair=pair, partner=f"127.0.0.1:{pb_}", **options))
+    b = Broker(BrokerOptions(data_dir=str(Path(data_dir) / "b"), address=f"127.0.0.1:{pb_}",
+                             pair=pair, partner=f"127.0.0.1:{pa}", **options))
+    await a.start()
+    await b.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not (a.pair and b.pair and a.pair.connected and b.pair.connected
+                   and a.may_deliver() and b.may_deliver()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("pair did not connect within 10 s")
+            import asyncio
+
+            await asyncio.sleep(0.01)
+        yield a, b
+    finally:
+        for br in (a, b):
+            if br._server is not None:
+                await br.stop(grace=0.5)
         if tmp is not None:
             tmp.cleanup()
 

@@ -26,6 +26,7 @@ from pairq.broker import store as st
 from pairq.broker.channel import Channel
 from pairq.broker.channel_core import Entry
 from pairq.broker.options import BrokerOptions
+from pairq.broker.pair import Pair
 from pairq.broker.service import SERVICE, BrokerService
 from pairq.broker.topic import Topic
 from pairq.errors import PairqError
@@ -62,6 +63,7 @@ class Broker:
         self._stopped = asyncio.Event()
         self._ephemeral_dlq: dict[int, list[tuple[int, int, bytes]]] = {}
         self.metrics: Any = None
+        self.pair: Pair | None = None
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -69,7 +71,11 @@ class Broker:
         host, port = parse_hostport(self.options.address, what="--address")
         await asyncio.to_thread(self.store.open)
         self.node_id = self.options.node_name or self.store.node_id()
+        self.epoch = self._next_epoch_sync()
         self.store.start(loop)
+        if self.options.partner:
+            self.pair = Pair(self)
+            await asyncio.to_thread(self.pair.load)
         self._next_topic_id, self._next_channel_id = self.store.next_ids()
         for name, meta in self.store.load_catalog().items():
             topic = Topic(self, meta)
@@ -81,7 +87,10 @@ class Broker:
                 ch.schedule_pump()
 
         server = grpc.aio.server(options=grpcopts.server_options(self.options.max_msg_size))
-        server.add_generic_rpc_handlers((BrokerService(self).generic_handler(),))
+        handlers = [BrokerService(self).generic_handler()]
+        if self.pair is not None:
+            handlers.append(self.pair.generic_handler())
+        server.add_generic_rpc_handlers(tuple(handlers))
         self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -101,6 +110,8 @@ class Broker:
 
             self.metrics = start_metrics(self.options.metrics_address, self)
         self._accepting = True
+        if self.pair is not None:
+            self.pair.start()
         log.info("broker %s listening on %s (data %s)", self.node_id, self.address, self.options.data_dir)
 
     async def _set_health(self, status: Any) -> None:
@@ -127,6 +138,8 @@ class Broker:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self.pair is not None:
+            await self.pair.stop()
         for topic in self.topics.values():
             for ch in topic.channels.values():
                 ch.flush()
@@ -136,6 +149,32 @@ class Broker:
         await asyncio.to_thread(self.store.close)
         self._stopped.set()
         log.info("broker %s stopped", self.node_id)
+
+    def may_deliver(self) -> bool:
+        """Whether this broker may deliver its owned messages now (the pair fence)."""
+        return self.pair is None or self.pair.may_deliver()
+
+    def on_lease_renewed(self) -> None:
+        """The fence may have lifted: let every channel deliver again."""
+        if not self._fenced_channels_pending:
+            return
+        for topic in self.topics.values():
+            for ch in topic.channels.values():
+                ch.schedule_pump()
+
+    @property
+    def _fenced_channels_pending(self) -> bool:
+        return bool(self.topics)
+
+    def _next_epoch_sync(self) -> int:
+        raw = self.store.get(st.META, b"epoch")
+        epoch = (struct.unpack(">Q", raw)[0] if raw else 0) + 1
+        self.store.write_now([("put", st.META, b"epoch", struct.pack(">Q", epoch))])
+        return int(epoch)
+
+    async def bump_epoch(self) -> None:
+        self.epoch += 1
+        await self.store.submit_many([("put", st.META, b"epoch", struct.pack(">Q", self.epoch))])
 
     def check_accepting(self) -> None:
         if not self._accepting:
@@ -191,6 +230,8 @@ class Broker:
         if topic is None:
             return
         topic.close("topic deleted")
+        if self.pair is not None and not topic.ephemeral:
+            self.pair.topic_deleted(name)
         if not topic.ephemeral:
             ops: list[tuple[Any, ...]] = [
                 ("del", st.CATALOG, st.catalog_topic_key(name)),
@@ -251,6 +292,8 @@ class Broker:
             store_bytes=self.store.used_bytes,
             store_cap_bytes=self.store.max_bytes,
         )
+        if self.pair is not None:
+            resp.pair.CopyFrom(self.pair.stats())
         for t in self.topics.values():
             if topic and t.name != topic:
                 continue

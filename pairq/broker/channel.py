@@ -89,6 +89,7 @@ class Channel:
         self._timer_at = 0.0
         self._loop = asyncio.get_running_loop()
         self._suffix = wire.broker_fields(self.broker.node_id, self.broker.epoch)
+        self._suffix_epoch = self.broker.epoch
         if self.durable:
             self._load_state()
 
@@ -138,11 +139,13 @@ class Channel:
         now = time.monotonic()
         entries = []
         seq = first_seq
+        fin = self.fin_mem
         for rec in records:
-            entries.append(
-                Entry(key=seq, id=rec[:16], attempts=0,
-                      due=wall_to_mono(wire.record_due_ns(rec)), payload=rec[wire.HEADER_SIZE :])
-            )
+            if not fin or seq not in fin:
+                entries.append(
+                    Entry(key=seq, id=rec[:16], attempts=0,
+                          due=wall_to_mono(wire.record_due_ns(rec)), payload=rec[wire.HEADER_SIZE :])
+                )
             seq += 1
         if entries:
             self.core.push(entries, now)
@@ -198,6 +201,45 @@ class Channel:
                 self.fin_dirty.append(seq)
         self.schedule_flush()
 
+    def mark_finished_seqs(self, seqs: list[int]) -> None:
+        """Seqs finished elsewhere (on the partner, before a takeover)."""
+        for seq in seqs:
+            self._finished_seq(seq)
+        if seqs:
+            self.schedule_flush()
+
+    def drop_below(self, upto: int) -> None:
+        """Forget every seq below ``upto`` (the partner took them over)."""
+        if self.floor >= upto:
+            return
+        self.core.empty()
+        self.fin_mem = {s for s in self.fin_mem if s >= upto}
+        self.fin_dirty = [s for s in self.fin_dirty if s >= upto]
+        old_disk = [s for s in self.fin_disk if s < upto]
+        self.fin_disk -= set(old_disk)
+        self.floor = upto
+        self.read_pos = upto
+        for seq in [s for s in self.states if s < upto]:
+            del self.states[seq]
+            self.state_dirty[seq] = None
+        if self.durable:
+            cid = self.meta.id
+            ops: list[tuple[int, bytes, bytes | None]] = [(st.FLOORS, st.floor_key(cid), st.pack_floor(upto))]
+            ops += [(st.FINS, st.seq_key(cid, s), None) for s in old_disk]
+            self.store.submit(("puts", ops), wait=False)
+            self._reload_replays()
+        self.schedule_flush()
+        self.schedule_pump()
+
+    def _reload_replays(self) -> None:
+        replays = []
+        for seq, value in self.store.scan_channel(st.DLQ, self.meta.id):
+            attempts, rec = st.unpack_dlq(value)
+            if attempts & 0x80000000:
+                replays.append(self._entry(_REPLAY_BASE - seq, rec, 0, 0))
+        if replays:
+            self.core.push(replays, time.monotonic())
+
     def mark_failed(self, first_seq: int, count: int) -> None:
         """An append that failed left a gap in the log: treat it as finished."""
         if self.read_pos == first_seq:
@@ -217,6 +259,14 @@ class Channel:
         now = time.monotonic()
         self._handle_outcomes(self.core.tick(now))
         self._refill()
+        if not self.broker.may_deliver():
+            # Fenced: no live lease from the partner (see pair.py). The broker
+            # pumps every channel again when the lease is renewed.
+            self._arm_timer()
+            return
+        if self._suffix_epoch != self.broker.epoch:
+            self._suffix_epoch = self.broker.epoch
+            self._suffix = wire.broker_fields(self.broker.node_id, self.broker.epoch)
         for cid, entries in self.core.take(now):
             sub = self.subscribers.get(cid)
             if sub is None:  # pragma: no cover - core and glue disagree
@@ -398,6 +448,9 @@ class Channel:
                 ops.append((st.STATES, st.seq_key(cid, seq), None))
         if ops:
             self.store.submit(("puts", ops), wait=False)
+        pair = self.broker.pair
+        if pair is not None and (dirty or self.floor != old_floor):
+            pair.progress(self.topic.name, self.name, self.floor, [s for s in dirty if s >= floor])
         if self.floor != old_floor:
             self.topic.on_floor_advanced()
 

@@ -48,6 +48,13 @@ class BrokerOptions:
     heartbeat_interval_ms: int = _o(30_000, "default interval between heartbeats to consumers; a consumer silent for two intervals is disconnected")
     max_backlog: int = _o(10_000, "messages per channel buffered in memory ahead of delivery (the rest stay on disk)")
 
+    # --- pair ---
+    pair: str = _o("", "pair name; with --partner this broker is one half of a redundant pair")
+    partner: str = _o("", "gRPC address HOST:PORT of the other broker of the pair (empty: single broker)")
+    min_copies: int = _o(2, "durable copies needed to acknowledge a publish in a pair: 2 = both brokers (partner down: UNAVAILABLE), 1 = accept alone and catch the partner up later")
+    lease_ms: int = _o(800, "delivery lease: an owner delivers only while its partner acknowledged it this recently; the partner takes over after the lease lapses")
+    heartbeat_ms: int = _o(100, "replication heartbeat interval inside a pair (renews the lease)")
+
     # --- process ---
     shutdown_grace_s: float = _o(10.0, "on SIGTERM: time to let in-flight work finish before exiting")
     log_level: str = _o("info", "debug, info, warning or error", choices=["debug", "info", "warning", "error"])
@@ -57,6 +64,8 @@ class BrokerOptions:
         parse_hostport(self.address, what="--address")
         if self.metrics_address:
             parse_hostport(self.metrics_address, what="--metrics-address")
+        if self.partner:
+            parse_hostport(self.partner, what="--partner")
         if not self.data_dir:
             raise ValueError("--data-dir must not be empty")
         checks = [
@@ -73,6 +82,10 @@ class BrokerOptions:
             (self.sync_interval_ms >= 1, "--sync-interval-ms must be >= 1"),
             (self.max_backlog >= 10, "--max-backlog must be >= 10"),
             (self.max_topics >= 1 and self.max_channels >= 1, "--max-topics and --max-channels must be >= 1"),
+            (self.min_copies in (1, 2), "--min-copies must be 1 or 2"),
+            (self.lease_ms >= 100, "--lease-ms must be >= 100"),
+            (10 <= self.heartbeat_ms <= self.lease_ms // 3, "--heartbeat-ms must be 10 to a third of --lease-ms"),
+            (not self.partner or bool(self.pair), "--partner needs --pair NAME"),
         ]
         for ok, message in checks:
             if not ok:

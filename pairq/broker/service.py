@@ -114,8 +114,8 @@ class BrokerService:
             check_topic(request.topic)
             msg_id, rec = self._record(request.message, time.time_ns())
             topic = await self.broker.get_topic(request.topic)
-            await topic.publish([rec])
-            return pb.PublishResponse(id=msg_id, copies=0 if topic.ephemeral else 1)
+            _, copies = await topic.publish([rec])
+            return pb.PublishResponse(id=msg_id, copies=copies)
 
         return await self._call(context, run)  # type: ignore[no-any-return]
 
@@ -138,8 +138,8 @@ class BrokerService:
                 ids.append(i)
                 recs.append(r)
             topic = await self.broker.get_topic(request.topic)
-            await topic.publish(recs)
-            return pb.PublishBatchResponse(ids=ids, copies=0 if topic.ephemeral else 1)
+            _, copies = await topic.publish(recs)
+            return pb.PublishBatchResponse(ids=ids, copies=copies)
 
         return await self._call(context, run)  # type: ignore[no-any-return]
 
@@ -211,6 +211,13 @@ class BrokerService:
                     s = err.to_status()
                     await context.abort(s.code, s.details, s.trailing_metadata)
                     break
+                if isinstance(item, tuple):
+                    # Deliveries: re-check the fence right before they leave (a
+                    # paused process may resume after its lease lapsed); dropped
+                    # ones stay in flight and time out.
+                    if not self.broker.may_deliver():
+                        continue
+                    item = item[0]
                 yield item
         finally:
             reader.cancel()

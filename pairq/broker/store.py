@@ -13,6 +13,10 @@ floors    >I channel id               >Q floor: every seq below it is finished
 fins      >I channel id + >Q seq      b"" (finished, above the floor)
 states    >I channel id + >Q seq      >Iq attempts, due_ns (requeued/deferred)
 dlq       >I channel id + >Q seq      >I attempts + record (dead letters)
+sb_msgs   topic + 0 + >Q origin seq   the partner's record (standby copy)
+sb_floors topic + 0 + channel         >Q the partner channel's floor
+sb_fins   topic+0+channel+0+>Q seq    b"" (finished on the partner, above its floor)
+sb_meta   b"partner" / b"taken:"+topic  partner node id / >Q seqs taken over
 ========  ==========================  ==========================================
 
 Each body is stored once per topic whatever the channel count; channels only
@@ -57,8 +61,13 @@ _IQ = struct.Struct(">IQ")
 _IB = struct.Struct(">IB")
 _STATE = struct.Struct(">Iq")
 
-DB_NAMES = ("meta", "catalog", "msgs", "floors", "fins", "states", "dlq")
-META, CATALOG, MSGS, FLOORS, FINS, STATES, DLQ = range(len(DB_NAMES))
+DB_NAMES = (
+    "meta", "catalog", "msgs", "floors", "fins", "states", "dlq",
+    "sb_msgs", "sb_floors", "sb_fins", "sb_meta",
+)
+META, CATALOG, MSGS, FLOORS, FINS, STATES, DLQ, SB_MSGS, SB_FLOORS, SB_FINS, SB_META = range(
+    len(DB_NAMES)
+)
 FORMAT_VERSION = b"1"
 
 
@@ -466,6 +475,21 @@ class Store:
                 while cur.key() and cur.key().startswith(prefix):
                     if not cur.delete():
                         break
+        elif kind == "sb_append":
+            _, topic, seq, records = op
+            db = dbs[SB_MSGS]
+            base = topic.encode() + b"\0"
+            put = txn.put
+            for rec in records:
+                put(base + _Q.pack(seq), rec, db=db)
+                seq += 1
+        elif kind == "range_del":
+            _, dbi, lo_key, hi_key = op
+            cur = txn.cursor(db=dbs[dbi])
+            if cur.set_range(lo_key):
+                while cur.key() and cur.key() < hi_key:
+                    if not cur.delete():
+                        break
         elif kind == "multi":
             for sub in op[1]:
                 self._apply(txn, sub)
@@ -474,7 +498,7 @@ class Store:
 
 
 def _has_append(op: Op) -> bool:
-    if op[0] == "append":
+    if op[0] in ("append", "sb_append"):
         return True
     if op[0] == "multi":
         return any(_has_append(o) for o in op[1])
@@ -531,3 +555,28 @@ def unpack_dlq(value: bytes) -> tuple[int, bytes]:
 
 def prefix(ident: int) -> bytes:
     return _I.pack(ident)
+
+
+# Standby (partner) keys.
+def sb_topic_prefix(topic: str) -> bytes:
+    return topic.encode() + b"\0"
+
+
+def sb_msg_key(topic: str, seq: int) -> bytes:
+    return topic.encode() + b"\0" + _Q.pack(seq)
+
+
+def sb_channel_key(topic: str, channel: str) -> bytes:
+    return topic.encode() + b"\0" + channel.encode()
+
+
+def sb_fin_key(topic: str, channel: str, seq: int) -> bytes:
+    return topic.encode() + b"\0" + channel.encode() + b"\0" + _Q.pack(seq)
+
+
+def unpack_q(value: bytes) -> int:
+    return int(_Q.unpack(value)[0])
+
+
+def pack_q(value: int) -> bytes:
+    return _Q.pack(value)

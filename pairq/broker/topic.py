@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from pairq.broker import store as st
 from pairq.broker.channel import Channel
-from pairq.errors import PairqError
+from pairq.errors import PairqError, UnavailableError
 from pairq.names import is_ephemeral
 from pairq.v1 import broker_pb2
 
@@ -49,25 +49,81 @@ class Topic:
         self._gc_handle: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ publish
-    async def publish(self, records: list[bytes]) -> int:
-        """Store ``records`` durably, then fan them out. Returns the first seq."""
+    async def publish(self, records: list[bytes]) -> tuple[int, int]:
+        """Store ``records`` durably (here and, in a pair, on the partner), then fan
+        them out. Returns (first seq, durable copies)."""
         if self.deleted:
             raise PairqError(f"topic {self.name!r} was deleted", code=broker_pb2.ERROR_CODE_DELETED)
         n = len(records)
+        if self.ephemeral:
+            seq0 = self.next_seq
+            self.next_seq += n
+            self._complete(seq0, n, records)
+            return seq0, 0
+        pair = self.broker.pair
+        if pair is not None:
+            pair.check_accepting()
         seq0 = self.next_seq
         self.next_seq += n
-        if self.ephemeral:
-            self._complete(seq0, n, records)
-            return seq0
         fut = self.broker.store.submit(("append", self.meta.id, seq0, records))
         assert fut is not None
+        remote = pair.replicate(self.name, seq0, records) if pair is not None else None
         try:
             await fut
         except BaseException:
             self._complete(seq0, n, None)
             raise
+        copies = 1
+        if remote is not None:
+            try:
+                await remote
+                copies = 2
+            except UnavailableError:
+                if pair is not None and pair.min_copies >= 2:
+                    # Stored here (and delivered), but not acknowledged: the producer
+                    # retries with the same id and de-duplication absorbs the copy.
+                    self._complete(seq0, n, records)
+                    raise
+        elif pair is not None and pair.min_copies >= 2:
+            self._complete(seq0, n, records)
+            raise UnavailableError(
+                f"partner {pair.partner_address} became unreachable during the publish; "
+                "the message has 1 copy (--min-copies=2 requires 2)"
+            )
         self._complete(seq0, n, records)
-        return seq0
+        return seq0, copies
+
+    async def append_owned(self, records: list[bytes], *, extra_ops: list[st.Op],
+                           finished_for: dict[str, list[int]]) -> None:
+        """Append taken-over records as owned (one transaction with ``extra_ops``).
+
+        ``finished_for`` maps channel name -> indexes into ``records`` that the
+        channel had already finished on the partner.
+        """
+        n = len(records)
+        seq0 = self.next_seq
+        self.next_seq += n
+        ops: list[st.Op] = [("append", self.meta.id, seq0, records)] if records else []
+        fut = self.broker.store.submit_many(ops + extra_ops)
+        try:
+            await fut
+        except BaseException:
+            self._complete(seq0, n, None)
+            raise
+        for name, idxs in finished_for.items():
+            ch = self.channels.get(name)
+            if ch is not None:
+                ch.mark_finished_seqs([seq0 + i for i in idxs])
+        self._complete(seq0, n, records)
+        pair = self.broker.pair
+        if pair is not None and records:
+            pair.replicate(self.name, seq0, records)
+
+    def drop_taken_over(self, upto: int) -> None:
+        """The partner took over every seq below ``upto``: never deliver them here."""
+        for ch in self.channels.values():
+            ch.drop_below(upto)
+        self.on_floor_advanced()
 
     def _complete(self, seq0: int, n: int, records: list[bytes] | None) -> None:
         # Commits resolve in order, but keep fan-out strictly in seq order anyway.
@@ -148,6 +204,8 @@ class Topic:
         if ch is None:
             return
         ch.close("channel deleted")
+        if self.broker.pair is not None and ch.durable:
+            self.broker.pair.channel_deleted(self.name, name)
         if ch.durable:
             cid = ch.meta.id
             self.broker.store.submit(("multi", [

@@ -404,6 +404,34 @@ class TopicStats(_message.Message):
     channels: _containers.RepeatedCompositeFieldContainer[ChannelStats]
     def __init__(self, name: _Optional[str] = ..., depth: _Optional[int] = ..., message_count: _Optional[int] = ..., paused: _Optional[bool] = ..., ephemeral: _Optional[bool] = ..., channels: _Optional[_Iterable[_Union[ChannelStats, _Mapping]]] = ...) -> None: ...
 
+class PairStats(_message.Message):
+    __slots__ = ("pair", "partner_address", "partner_id", "connected", "lease_remaining_ms", "solo", "epoch", "replication_lag", "standby_messages", "min_copies", "takeovers", "partner_connected")
+    PAIR_FIELD_NUMBER: _ClassVar[int]
+    PARTNER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PARTNER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    LEASE_REMAINING_MS_FIELD_NUMBER: _ClassVar[int]
+    SOLO_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_LAG_FIELD_NUMBER: _ClassVar[int]
+    STANDBY_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    MIN_COPIES_FIELD_NUMBER: _ClassVar[int]
+    TAKEOVERS_FIELD_NUMBER: _ClassVar[int]
+    PARTNER_CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    pair: str
+    partner_address: str
+    partner_id: str
+    connected: bool
+    lease_remaining_ms: int
+    solo: bool
+    epoch: int
+    replication_lag: int
+    standby_messages: int
+    min_copies: int
+    takeovers: int
+    partner_connected: bool
+    def __init__(self, pair: _Optional[str] = ..., partner_address: _Optional[str] = ..., partner_id: _Optional[str] = ..., connected: _Optional[bool] = ..., lease_remaining_ms: _Optional[int] = ..., solo: _Optional[bool] = ..., epoch: _Optional[int] = ..., replication_lag: _Optional[int] = ..., standby_messages: _Optional[int] = ..., min_copies: _Optional[int] = ..., takeovers: _Optional[int] = ..., partner_connected: _Optional[bool] = ...) -> None: ...
+
 class GetStatsRequest(_message.Message):
     __slots__ = ("topic", "channel", "no_clients")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
@@ -415,7 +443,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., channel: _Optional[str] = ..., no_clients: _Optional[bool] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("broker_id", "version", "start_time_ns", "health", "topics", "store_bytes", "store_cap_bytes")
+    __slots__ = ("broker_id", "version", "start_time_ns", "health", "topics", "store_bytes", "store_cap_bytes", "pair")
     BROKER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     START_TIME_NS_FIELD_NUMBER: _ClassVar[int]
@@ -423,6 +451,7 @@ class GetStatsResponse(_message.Message):
     TOPICS_FIELD_NUMBER: _ClassVar[int]
     STORE_BYTES_FIELD_NUMBER: _ClassVar[int]
     STORE_CAP_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PAIR_FIELD_NUMBER: _ClassVar[int]
     broker_id: str
     version: str
     start_time_ns: int
@@ -430,7 +459,8 @@ class GetStatsResponse(_message.Message):
     topics: _containers.RepeatedCompositeFieldContainer[TopicStats]
     store_bytes: int
     store_cap_bytes: int
-    def __init__(self, broker_id: _Optional[str] = ..., version: _Optional[str] = ..., start_time_ns: _Optional[int] = ..., health: _Optional[str] = ..., topics: _Optional[_Iterable[_Union[TopicStats, _Mapping]]] = ..., store_bytes: _Optional[int] = ..., store_cap_bytes: _Optional[int] = ...) -> None: ...
+    pair: PairStats
+    def __init__(self, broker_id: _Optional[str] = ..., version: _Optional[str] = ..., start_time_ns: _Optional[int] = ..., health: _Optional[str] = ..., topics: _Optional[_Iterable[_Union[TopicStats, _Mapping]]] = ..., store_bytes: _Optional[int] = ..., store_cap_bytes: _Optional[int] = ..., pair: _Optional[_Union[PairStats, _Mapping]] = ...) -> None: ...
 
 class ListDeadLettersRequest(_message.Message):
     __slots__ = ("topic", "channel", "limit")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import tomllib
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def test_unknown_file_key_is_an_error(tmp_path: Path) -> None:
 
 def test_example_config_documents_every_option() -> None:
     text = (ROOT / "deploy" / "broker.example.toml").read_text()
-    uncommented = "\n".join(line[2:] for line in text.splitlines() if line.startswith("# ") and " = " in line)
+    keyline = re.compile(r"^# [a-z_]+ = ")
+    uncommented = "\n".join(line[2:] for line in text.splitlines() if keyline.match(line))
     values = tomllib.loads(uncommented)
     opts = BrokerOptions(**values)
     assert opts == BrokerOptions()

@@ -1,0 +1,698 @@
+"""Redundant pairs: replication to the partner, standby copies, leases and takeover.
+
+Each broker of a pair *owns* what is published to it and streams it to its
+partner over one long-lived ``Replicate`` stream (``Replicator``, outbound);
+the partner stores it as *standby* copies (``StandbyStore`` + the
+``ReplicationService`` handler, inbound) and acknowledges each batch once it
+is fsynced. A publish is acknowledged to the producer only after both the
+local commit and the partner's acknowledgement (``copies=2``), unless
+``--min-copies=1`` lets it through alone.
+
+Leases fence delivery. Every partner acknowledgement renews the sender's
+lease until ``sent_time + lease``; an owner delivers only while its lease
+is live. The partner promises not to take over until ``ack_time + lease``
+(``ack_time >= sent_time``), so the two never deliver the same message
+under live leases. When the lease lapses and the partner stays silent (a
+kill, a pause, a partition), the survivor *takes over*: it appends every
+unfinished standby message to its own log (one transaction that also
+records ``taken_upto`` and drops the standby copies) and delivers alone
+(``solo``) until the partner is back and acknowledging again.
+
+Reconcile: a returning broker says hello; the answer tells it, per topic,
+what the partner already holds (replication resumes there, so publishes
+accepted during the outage are replicated) and what was taken over (it
+marks those finished and never delivers them again). A partner that
+returns with an empty disk has a new node id: it holds nothing, so the
+survivor re-fills it from its log (re-silvering).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from pairq import grpcopts
+from pairq.broker import store as st
+from pairq.errors import PairqError, UnavailableError
+from pairq.v1 import broker_pb2 as pb
+from pairq.v1 import replication_pb2 as rpb
+from pairq.v1 import replication_pb2_grpc as rpbg
+
+if TYPE_CHECKING:
+    from pairq.broker.broker import Broker
+    from pairq.broker.topic import Topic
+
+log = logging.getLogger("pairq.pair")
+
+CATCHUP_CHUNK = 2000
+MAX_BATCHES_IN_FLIGHT = 16
+MAX_BATCH_RECORDS = 20000
+
+
+# --------------------------------------------------------------------------- standby
+@dataclass
+class StandbyChannel:
+    floor: int = 0
+    fins: set[int] = field(default_factory=set)
+
+
+@dataclass
+class StandbyTopic:
+    name: str
+    first_seq: int = 0
+    next_seq: int = 0  # one past the highest origin seq held
+    taken_upto: int = 0
+    channels: dict[str, StandbyChannel] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return max(0, self.next_seq - max(self.first_seq, self.taken_upto))
+
+    def min_floor(self) -> int | None:
+        if not self.channels:
+            return None
+        return min(c.floor for c in self.channels.values())
+
+
+class StandbyStore:
+    """In-memory index of the partner's standby copies (the data lives in LMDB)."""
+
+    def __init__(self, store: st.Store) -> None:
+        self.store = store
+        self.partner_id = ""
+        self.topics: dict[str, StandbyTopic] = {}
+
+    def load(self) -> None:
+        s = self.store
+        pid = s.get(st.SB_META, b"partner")
+        self.partner_id = pid.decode() if pid else ""
+        with s.env.begin() as txn:
+            cur = txn.cursor(db=s.dbs[st.SB_META])
+            if cur.set_range(b"taken:"):
+                for k, v in cur:
+                    if not k.startswith(b"taken:"):
+                        break
+                    name = bytes(k[6:]).decode()
+                    t = self.topic(name)
+                    t.taken_upto = st.unpack_q(v)
+                    t.first_seq = t.next_seq = max(t.next_seq, t.taken_upto)
+            cur = txn.cursor(db=s.dbs[st.SB_MSGS])
+            ok = cur.first()
+            while ok:
+                k = bytes(cur.key())
+                name = k[:-9].decode()
+                t = self.topic(name)
+                t.first_seq = st.unpack_q(k[-8:])
+                if cur.set_range(k[:-8] + b"\xff" * 8):
+                    ok = cur.prev()
+                else:
+                    ok = cur.last()
+                last = st.unpack_q(bytes(cur.key())[-8:])
+                t.next_seq = max(t.next_seq, last + 1)
+                if t.taken_upto > t.first_seq:
+                    t.first_seq = t.taken_upto
+                ok = cur.set_range(k[:-9] + b"\x01")
+            for k, v in txn.cursor(db=s.dbs[st.SB_FLOORS]):
+                tb, _, cb = bytes(k).partition(b"\0")
+                self.topic(tb.decode()).channels[cb.decode()] = StandbyChannel(floor=st.unpack_q(v))
+            for k, _v in txn.cursor(db=s.dbs[st.SB_FINS]):
+                kb = bytes(k)
+                tb, _, rest = kb[:-9].partition(b"\0")
+                t = self.topic(tb.decode())
+                c = t.channels.setdefault(rest.decode(), StandbyChannel())
+                c.fins.add(st.unpack_q(kb[-8:]))
+        for t in self.topics.values():
+            floors = [c.floor for c in t.channels.values()]
+            if floors:
+                t.next_seq = max(t.next_seq, *floors)
+                t.first_seq = max(t.first_seq, min(floors)) if t.first_seq < min(floors) else t.first_seq
+
+    def topic(self, name: str) -> StandbyTopic:
+        t = self.topics.get(name)
+        if t is None:
+            t = self.topics[name] = StandbyTopic(name)
+        return t
+
+    def apply_batch(self, batch: rpb.ReplicaBatch) -> list[st.Op]:
+        """Update the index and return the store writes for one replicated batch."""
+        ops: list[st.Op] = []
+        for a in batch.appends:
+            t = self.topic(a.topic)
+            n = len(a.records)
+            if n == 0:
+                continue
+            first = a.first_seq
+            recs = list(a.records)
+            if first < t.taken_upto:  # already ours: skip the overlap
+                skip = min(n, t.taken_upto - first)
+                first += skip
+                recs = recs[skip:]
+            if not recs:
+                continue
+            ops.append(("sb_append", a.topic, first, recs))
+            if t.next_seq <= t.first_seq and first > t.next_seq:
+                t.first_seq = first
+            t.next_seq = max(t.next_seq, first + len(recs))
+        for p in batch.progress:
+            t = self.topic(p.topic)
+            key = st.sb_channel_key(p.topic, p.channel)
+            if p.deleted:
+                c = t.channels.pop(p.channel, None)
+                ops.append(("del", st.SB_FLOORS, key))
+                ops.append(("drop", st.SB_FINS, key + b"\0"))
+            else:
+                c = t.channels.get(p.channel)
+                new = c is None
+                if c is None:
+                    c = t.channels[p.channel] = StandbyChannel(floor=p.floor)
+                if new or p.floor > c.floor:
+                    for seq in [s for s in c.fins if s < p.floor]:
+                        c.fins.discard(seq)
+                        ops.append(("del", st.SB_FINS, st.sb_fin_key(p.topic, p.channel, seq)))
+                    c.floor = max(c.floor, p.floor)
+                    ops.append(("put", st.SB_FLOORS, key, st.pack_q(c.floor)))
+                for seq in p.finished:
+                    if seq >= c.floor and seq not in c.fins:
+                        c.fins.add(seq)
+                        ops.append(("put", st.SB_FINS, st.sb_fin_key(p.topic, p.channel, seq), b""))
+            low = t.min_floor()
+            if low is not None and low > t.first_seq:
+                ops.append(("range_del", st.SB_MSGS, st.sb_msg_key(p.topic, t.first_seq),
+                            st.sb_msg_key(p.topic, low)))
+                t.first_seq = low
+        for name in batch.deleted_topics:
+            ops.extend(self.drop_topic_ops(name))
+            self.topics.pop(name, None)
+        return ops
+
+    @staticmethod
+    def drop_topic_ops(name: str) -> list[st.Op]:
+        prefix = st.sb_topic_prefix(name)
+        return [
+            ("drop", st.SB_MSGS, prefix),
+            ("drop", st.SB_FLOORS, prefix),
+            ("drop", st.SB_FINS, prefix),
+        ]
+
+    def holdings(self) -> list[rpb.ReplicaHolding]:
+        return [
+            rpb.ReplicaHolding(topic=t.name, next_seq=t.next_seq, taken_upto=t.taken_upto)
+            for t in self.topics.values()
+        ]
+
+    def count(self) -> int:
+        return sum(t.count for t in self.topics.values())
+
+
+# --------------------------------------------------------------------------- outbound
+@dataclass
+class _Pending:
+    batch_id: int
+    sent_at: float
+    futures: list[asyncio.Future[None]]
+    count: int = 0
+
+
+class Pair:
+    """Both directions of one broker's pair link, its lease and takeover."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        o = broker.options
+        self.name = o.pair
+        self.partner_address = o.partner
+        self.min_copies = o.min_copies
+        self.lease = o.lease_ms / 1000.0
+        self.heartbeat = o.heartbeat_ms / 1000.0
+        self.standby = StandbyStore(broker.store)
+        # outbound
+        self.connected = False
+        self.lease_until = 0.0
+        self._batch_id = 0
+        self._appends: list[tuple[str, int, list[bytes]]] = []
+        self._progress: dict[tuple[str, str], tuple[int, set[int], bool]] = {}
+        self._deleted: list[str] = []
+        self._futures: list[asyncio.Future[None]] = []
+        self._in_flight: deque[_Pending] = deque()
+        self._wake = asyncio.Event()
+        self._window = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
+        self._unacked_msgs = 0
+        # inbound
+        self.partner_connected = False
+        self.last_grant = 0.0
+        self.last_contact = time.monotonic()
+        self.solo = False
+        self.takeovers = 0
+        self.took_over_at = 0.0
+        self._taking_over: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._catchup: list[tuple[Topic, int, int]] = []
+        self._running = False
+        self._gossip_dead = False
+
+    # ------------------------------------------------------------ lifecycle
+    def load(self) -> None:
+        self.standby.load()
+
+    def start(self) -> None:
+        self._running = True
+        self.last_contact = time.monotonic()
+        self._tasks = [
+            asyncio.create_task(self._outbound_loop(), name="pair-outbound"),
+            asyncio.create_task(self._monitor(), name="pair-monitor"),
+        ]
+
+    async def stop(self) -> None:
+        self._running = False
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fail_pending(UnavailableError("broker is shutting down"))
+
+    # ------------------------------------------------------------ delivery fence
+    def may_deliver(self) -> bool:
+        return self.solo or time.monotonic() < self.lease_until
+
+    def lease_remaining(self) -> float:
+        return max(0.0, self.lease_until - time.monotonic())
+
+    # ------------------------------------------------------------ publish side
+    def check_accepting(self) -> None:
+        if self.min_copies >= 2 and not self.connected:
+            raise PairqError(
+                f"partner {self.partner_address} of pair {self.name!r} is unreachable and this broker "
+                "requires 2 durable copies (--min-copies=2); publish to another pair, or retry later",
+                code=pb.ERROR_CODE_UNAVAILABLE,
+            )
+
+    def replicate(self, topic: str, seq0: int, records: list[bytes]) -> asyncio.Future[None] | None:
+        """Queue records for the partner; the future resolves on its acknowledgement.
+
+        While disconnected nothing is queued (memory stays bounded): the next
+        connection catches the partner up from the log.
+        """
+        if not self.connected:
+            return None
+        self._appends.append((topic, seq0, records))
+        self._unacked_msgs += len(records)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._futures.append(fut)
+        self._wake.set()
+        return fut
+
+    def progress(self, topic: str, channel: str, floor: int, finished: list[int]) -> None:
+        if not self.connected:
+            return  # the next connection sends a full progress snapshot
+        key = (topic, channel)
+        cur = self._progress.get(key)
+        fins = set(finished) if cur is None else cur[1] | set(finished)
+        self._progress[key] = (floor, {s for s in fins if s >= floor}, False)
+        self._wake.set()
+
+    def channel_deleted(self, topic: str, channel: str) -> None:
+        self._progress[(topic, channel)] = (0, set(), True)
+        self._wake.set()
+
+    def topic_deleted(self, topic: str) -> None:
+        self._deleted.append(topic)
+        self._appends = [a for a in self._appends if a[0] != topic]
+        self._wake.set()
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        for p in self._in_flight:
+            for f in p.futures:
+                if not f.done():
+                    f.set_exception(exc)
+        self._in_flight.clear()
+        for f in self._futures:
+            if not f.done():
+                f.set_exception(exc)
+        self._futures = []
+
+    async def _outbound_loop(self) -> None:
+        backoff = 0.05
+        while self._running:
+            channel = grpc.aio.insecure_channel(
+                self.partner_address, options=grpcopts.client_options(self.broker.options.max_msg_size)
+            )
+            try:
+                stub = rpbg.ReplicationServiceStub(channel)
+                call = stub.Replicate()
+                await call.write(rpb.ReplicateRequest(
+                    hello=rpb.ReplicaHello(node_id=self.broker.node_id, pair=self.name)))
+                resp = await asyncio.wait_for(call.read(), timeout=max(2.0, 3 * self.lease))
+                if resp is grpc.aio.EOF or resp.WhichOneof("kind") != "welcome":
+                    raise ConnectionError("partner did not welcome us")
+                await self._on_welcome(call, resp.welcome)
+                backoff = 0.05
+                reader = asyncio.create_task(self._read_acks(call))
+                try:
+                    await self._send_loop(call, reader)
+                finally:
+                    reader.cancel()
+                    await asyncio.gather(reader, return_exceptions=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.connected:
+                    log.warning("replication stream to %s lost: %s", self.partner_address, exc)
+                else:
+                    log.debug("cannot reach partner %s: %s", self.partner_address, exc)
+            finally:
+                was = self.connected
+                self.connected = False
+                self._fail_pending(UnavailableError(
+                    f"lost the replication stream to partner {self.partner_address}"))
+                self._window = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
+                if was:
+                    log.info("partner %s disconnected", self.partner_address)
+                with contextlib.suppress(Exception):
+                    await channel.close(grace=None)
+            if self._running:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 0.5)
+
+    async def _on_welcome(self, call: Any, welcome: rpb.ReplicaWelcome) -> None:
+        """Reconcile with the partner's holdings, then catch it up from our log."""
+        holdings = {h.topic: h for h in welcome.holdings}
+        broker = self.broker
+        # 1. Everything the partner took over is its now: never deliver it here again.
+        for h in welcome.holdings:
+            topic = broker.topics.get(h.topic)
+            if topic is not None and h.taken_upto > 0:
+                topic.drop_taken_over(h.taken_upto)
+        # 2. Queue our un-replicated state: appends from what it holds to our head,
+        #    and a snapshot of every channel's progress.
+        self._appends = []
+        self._progress = {}
+        self._futures = []
+        self._deleted = []
+        self._unacked_msgs = 0
+        for h in welcome.holdings:
+            if h.topic not in broker.topics or broker.topics[h.topic].ephemeral:
+                self._deleted.append(h.topic)
+        self.connected = True
+        log.info("replicating to partner %s (%s)", self.partner_address, welcome.node_id)
+        catchup: list[tuple[Topic, int, int]] = []
+        for topic in list(broker.topics.values()):
+            if topic.ephemeral:
+                continue
+            held = holdings.get(topic.name)
+            start = max(held.next_seq if held is not None else 0, topic.first_seq)
+            # Every seq reserved from now on is replicated live (connected is set);
+            # the catch-up covers everything below, committed or still committing.
+            live_from = topic.next_seq
+            if start < live_from:
+                catchup.append((topic, start, live_from))
+                self._unacked_msgs += live_from - start
+            for ch in topic.channels.values():
+                if ch.durable:
+                    self._progress[(topic.name, ch.name)] = (ch.floor, set(ch.fin_mem), False)
+        self._catchup = catchup
+        self._wake.set()
+
+    async def _send_loop(self, call: Any, reader: asyncio.Task[None]) -> None:
+        # Catch-up first (no futures: the producers were acknowledged long ago).
+        for topic, start, end in self._catchup:
+            pos = start
+            while pos < end and not topic.deleted:
+                if pos >= topic.committed_seq:
+                    await asyncio.sleep(0.001)  # reserved before we connected, still committing
+                    continue
+                rows = self.broker.store.read_msgs(
+                    topic.meta.id, pos, min(end, topic.committed_seq), CATCHUP_CHUNK)
+                if not rows:
+                    pos = min(end, topic.committed_seq)  # a gap: failed appends
+                    continue
+                # Send contiguous runs (gaps are failed appends).
+                run: list[bytes] = []
+                run_start = rows[0][0]
+                appends: list[rpb.ReplicaAppend] = []
+                expect = run_start
+                for seq, rec in rows:
+                    if seq != expect and run:
+                        appends.append(rpb.ReplicaAppend(topic=topic.name, first_seq=run_start, records=run))
+                        run = []
+                        run_start = seq
+                    run.append(rec)
+                    expect = seq + 1
+                if run:
+                    appends.append(rpb.ReplicaAppend(topic=topic.name, first_seq=run_start, records=run))
+                await self._send(call, reader, appends, [], [], [])
+                pos = rows[-1][0] + 1
+        self._catchup = []
+        # Live: whatever accumulated, plus heartbeats.
+        while True:
+            if not (self._appends or self._progress or self._deleted or self._futures):
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.heartbeat)
+            if reader.done():
+                reader.result()
+                raise ConnectionError("ack stream ended")
+            appends = [rpb.ReplicaAppend(topic=t, first_seq=s, records=r) for t, s, r in self._appends]
+            progress = [
+                rpb.ReplicaProgress(topic=t, channel=c, floor=f, finished=sorted(fins), deleted=d)
+                for (t, c), (f, fins, d) in self._progress.items()
+            ]
+            deleted = self._deleted
+            futures = self._futures
+            self._appends, self._progress, self._deleted, self._futures = [], {}, [], []
+            await self._send(call, reader, appends, progress, deleted, futures)
+
+    async def _send(self, call: Any, reader: asyncio.Task[None], appends: list[rpb.ReplicaAppend],
+                    progress: list[rpb.ReplicaProgress], deleted: list[str],
+                    futures: list[asyncio.Future[None]]) -> None:
+        await self._window.acquire()
+        self._batch_id += 1
+        pending = _Pending(self._batch_id, time.monotonic(), futures)
+        self._in_flight.append(pending)
+        pending.count = sum(len(a.records) for a in appends)
+        await call.write(rpb.ReplicateRequest(batch=rpb.ReplicaBatch(
+            batch_id=pending.batch_id, appends=appends, progress=progress, deleted_topics=deleted)))
+
+    async def _read_acks(self, call: Any) -> None:
+        while True:
+            resp = await call.read()
+            if resp is grpc.aio.EOF:
+                raise ConnectionError("partner closed the replication stream")
+            if resp.WhichOneof("kind") != "ack":
+                continue
+            ack = resp.ack
+            lease = ack.lease_ms / 1000.0 if ack.lease_ms else self.lease
+            while self._in_flight and self._in_flight[0].batch_id <= ack.batch_id:
+                p = self._in_flight.popleft()
+                self._window.release()
+                self._unacked_msgs = max(0, self._unacked_msgs - p.count)
+                self.lease_until = max(self.lease_until, p.sent_at + lease)
+                for f in p.futures:
+                    if not f.done():
+                        f.set_result(None)
+            if self.solo and time.monotonic() < self.lease_until:
+                log.info("partner %s is back and acknowledging: leaving solo mode", self.partner_address)
+                self.solo = False
+            self.broker.on_lease_renewed()
+
+    # ------------------------------------------------------------ inbound (service)
+    async def Replicate(self, request_iterator: Any, context: Any) -> None:
+        hello = await context.read()
+        if hello is grpc.aio.EOF or hello.WhichOneof("kind") != "hello":
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "first message must be hello")
+            return
+        h = hello.hello
+        if h.pair != self.name:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"pair name mismatch: this broker is in pair {self.name!r}, the peer in {h.pair!r}",
+            )
+            return
+        if self._taking_over is not None:
+            await asyncio.shield(self._taking_over)
+        if self.standby.partner_id and self.standby.partner_id != h.node_id:
+            # A new identity (e.g. the partner's disk was wiped): whatever we hold of
+            # the old one is ours now, then we start afresh for the new one.
+            if self.standby.count():
+                log.warning("partner came back as %s (was %s): taking over the old standby copies",
+                            h.node_id, self.standby.partner_id)
+                await self.take_over("partner has a new node id")
+            await self._reset_standby(h.node_id)
+        elif not self.standby.partner_id:
+            await self._reset_standby(h.node_id)
+        await context.write(rpb.ReplicateResponse(welcome=rpb.ReplicaWelcome(
+            node_id=self.broker.node_id, holdings=self.standby.holdings())))
+        self.partner_connected = True
+        self.last_contact = time.monotonic()
+        acks: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None] = asyncio.Queue()
+        # A takeover ends this stream: the partner must reconnect and learn what
+        # was taken over before it may deliver again.
+        generation = self.takeovers
+        writer = asyncio.create_task(self._write_acks(context, acks, generation))
+        try:
+            while True:
+                req = await context.read()
+                if req is grpc.aio.EOF:
+                    break
+                if self.takeovers != generation:
+                    break
+                self.last_contact = time.monotonic()
+                if req.WhichOneof("kind") != "batch":
+                    continue
+                ops = self.standby.apply_batch(req.batch)
+                fut = self.broker.store.submit_many(ops) if ops else self.broker.store.barrier()
+                acks.put_nowait((req.batch.batch_id, fut))
+                if writer.done():
+                    break
+        finally:
+            acks.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await writer
+            self.partner_connected = False
+
+    async def _write_acks(self, context: Any, acks: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None],
+                          generation: int) -> None:
+        lease_ms = int(self.lease * 1000)
+        while True:
+            item = await acks.get()
+            if item is None:
+                return
+            bid, fut = item
+            try:
+                await fut
+            except Exception as exc:
+                log.error("cannot store the partner's batch: %s", exc)
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"partner store: {exc}")
+                return
+            if self.takeovers != generation or self._taking_over is not None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    "this broker took over your messages; reconnect to re-sync")
+                return
+            # Grant the lease from now: we promise not to take over before now + lease.
+            self.last_grant = time.monotonic()
+            await context.write(rpb.ReplicateResponse(ack=rpb.ReplicaAck(batch_id=bid, lease_ms=lease_ms)))
+
+    async def _reset_standby(self, node_id: str) -> None:
+        ops: list[st.Op] = [("put", st.SB_META, b"partner", node_id.encode())]
+        if self.standby.partner_id and self.standby.partner_id != node_id:
+            ops += [("drop", st.SB_MSGS, b""), ("drop", st.SB_FLOORS, b""), ("drop", st.SB_FINS, b""),
+                    ("drop", st.SB_META, b"taken:")]
+            self.standby.topics.clear()
+        self.standby.partner_id = node_id
+        await self.broker.store.submit_many(ops)
+
+    # ------------------------------------------------------------ takeover
+    def gossip_partner_dead(self, dead: bool) -> None:
+        """Gossip's view of the partner (speeds takeover up once the lease has lapsed)."""
+        self._gossip_dead = dead
+
+    async def _monitor(self) -> None:
+        while self._running:
+            await asyncio.sleep(min(0.02, self.heartbeat / 2))
+            now = time.monotonic()
+            silent_since = max(self.last_contact, self.last_grant)
+            if self.solo or self._taking_over is not None:
+                continue
+            if now - silent_since > self.lease and now - self.last_grant > self.lease:
+                reason = "gossip declared the partner dead" if self._gossip_dead else (
+                    f"partner silent for {now - silent_since:.2f} s (lease {self.lease:.2f} s lapsed)")
+                self._taking_over = asyncio.create_task(self.take_over(reason))
+                try:
+                    await self._taking_over
+                except Exception:
+                    log.exception("takeover failed; will retry")
+                finally:
+                    self._taking_over = None
+
+    async def take_over(self, reason: str) -> None:
+        """Promote every unfinished standby copy to owned and deliver alone."""
+        t0 = time.monotonic()
+        moved = 0
+        for sb in list(self.standby.topics.values()):
+            moved += await self._take_over_topic(sb)
+        self.solo = True
+        self.took_over_at = time.monotonic()
+        self.takeovers += 1
+        await self.broker.bump_epoch()
+        self.broker.on_lease_renewed()
+        if moved or reason:
+            log.warning("took over %d message(s) from partner %s in %.3f s: %s",
+                        moved, self.standby.partner_id or self.partner_address,
+                        time.monotonic() - t0, reason)
+
+    async def _take_over_topic(self, sb: StandbyTopic) -> int:
+        start = max(sb.first_seq, sb.taken_upto)
+        end = sb.next_seq
+        if end <= start and not sb.channels:
+            return 0
+        topic = await self.broker.get_topic(sb.name)
+        for ch_name in sb.channels:
+            await topic.get_channel(ch_name)
+        rows: list[tuple[int, bytes]] = []
+        prefix = st.sb_topic_prefix(sb.name)
+        s = self.broker.store
+        with s.env.begin(buffers=False) as txn:
+            cur = txn.cursor(db=s.dbs[st.SB_MSGS])
+            if cur.set_range(st.sb_msg_key(sb.name, start)):
+                for k, v in cur:
+                    if not k.startswith(prefix) or len(k) != len(prefix) + 8:
+                        break
+                    seq = st.unpack_q(k[-8:])
+                    if seq >= end:
+                        break
+                    rows.append((seq, v))
+        records: list[bytes] = []
+        finished_for: dict[str, list[int]] = {}
+        names = list(topic.channels)
+        for seq, rec in rows:
+            done = [n for n in names if (c := sb.channels.get(n)) is not None and (seq < c.floor or seq in c.fins)]
+            if names and len(done) == len(names):
+                continue
+            idx = len(records)
+            records.append(rec)
+            for n in done:
+                finished_for.setdefault(n, []).append(idx)
+        extra: list[st.Op] = [
+            ("put", st.SB_META, b"taken:" + sb.name.encode(), st.pack_q(end)),
+            *StandbyStore.drop_topic_ops(sb.name),
+        ]
+        await topic.append_owned(records, extra_ops=extra, finished_for=finished_for)
+        sb.taken_upto = end
+        sb.first_seq = end
+        sb.next_seq = max(sb.next_seq, end)
+        sb.channels.clear()
+        return len(records)
+
+    # ------------------------------------------------------------ stats
+    def stats(self) -> pb.PairStats:
+        return pb.PairStats(
+            pair=self.name,
+            partner_address=self.partner_address,
+            partner_id=self.standby.partner_id,
+            connected=self.connected,
+            lease_remaining_ms=int(self.lease_remaining() * 1000),
+            solo=self.solo,
+            epoch=self.broker.epoch,
+            replication_lag=self._unacked_msgs,
+            standby_messages=self.standby.count(),
+            min_copies=self.min_copies,
+            takeovers=self.takeovers,
+            partner_connected=self.partner_connected,
+        )
+
+    def generic_handler(self) -> Any:
+        return grpc.method_handlers_generic_handler(
+            "pairq.v1.ReplicationService",
+            {
+                "Replicate": grpc.stream_stream_rpc_method_handler(
+                    self.Replicate,
+                    request_deserializer=rpb.ReplicateRequest.FromString,
+                    response_serializer=rpb.ReplicateResponse.SerializeToString,
+                )
+            },
+        )

@@ -1,0 +1,93 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ReplicaAppend(_message.Message):
+    __slots__ = ("topic", "first_seq", "records")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    first_seq: int
+    records: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, topic: _Optional[str] = ..., first_seq: _Optional[int] = ..., records: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class ReplicaProgress(_message.Message):
+    __slots__ = ("topic", "channel", "floor", "finished", "deleted")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    FLOOR_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    channel: str
+    floor: int
+    finished: _containers.RepeatedScalarFieldContainer[int]
+    deleted: bool
+    def __init__(self, topic: _Optional[str] = ..., channel: _Optional[str] = ..., floor: _Optional[int] = ..., finished: _Optional[_Iterable[int]] = ..., deleted: _Optional[bool] = ...) -> None: ...
+
+class ReplicaHello(_message.Message):
+    __slots__ = ("node_id", "pair")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PAIR_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    pair: str
+    def __init__(self, node_id: _Optional[str] = ..., pair: _Optional[str] = ...) -> None: ...
+
+class ReplicaBatch(_message.Message):
+    __slots__ = ("batch_id", "appends", "progress", "deleted_topics")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    APPENDS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    DELETED_TOPICS_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    appends: _containers.RepeatedCompositeFieldContainer[ReplicaAppend]
+    progress: _containers.RepeatedCompositeFieldContainer[ReplicaProgress]
+    deleted_topics: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, batch_id: _Optional[int] = ..., appends: _Optional[_Iterable[_Union[ReplicaAppend, _Mapping]]] = ..., progress: _Optional[_Iterable[_Union[ReplicaProgress, _Mapping]]] = ..., deleted_topics: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReplicateRequest(_message.Message):
+    __slots__ = ("hello", "batch")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    hello: ReplicaHello
+    batch: ReplicaBatch
+    def __init__(self, hello: _Optional[_Union[ReplicaHello, _Mapping]] = ..., batch: _Optional[_Union[ReplicaBatch, _Mapping]] = ...) -> None: ...
+
+class ReplicaHolding(_message.Message):
+    __slots__ = ("topic", "next_seq", "taken_upto")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    NEXT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    TAKEN_UPTO_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    next_seq: int
+    taken_upto: int
+    def __init__(self, topic: _Optional[str] = ..., next_seq: _Optional[int] = ..., taken_upto: _Optional[int] = ...) -> None: ...
+
+class ReplicaWelcome(_message.Message):
+    __slots__ = ("node_id", "holdings")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOLDINGS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    holdings: _containers.RepeatedCompositeFieldContainer[ReplicaHolding]
+    def __init__(self, node_id: _Optional[str] = ..., holdings: _Optional[_Iterable[_Union[ReplicaHolding, _Mapping]]] = ...) -> None: ...
+
+class ReplicaAck(_message.Message):
+    __slots__ = ("batch_id", "lease_ms")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_MS_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    lease_ms: int
+    def __init__(self, batch_id: _Optional[int] = ..., lease_ms: _Optional[int] = ...) -> None: ...
+
+class ReplicateResponse(_message.Message):
+    __slots__ = ("welcome", "ack")
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    welcome: ReplicaWelcome
+    ack: ReplicaAck
+    def __init__(self, welcome: _Optional[_Union[ReplicaWelcome, _Mapping]] = ..., ack: _Optional[_Union[ReplicaAck, _Mapping]] = ...) -> None: ...
