@@ -156,7 +156,7 @@ class _Conn:
 
     def __init__(self, consumer: Consumer, address: str) -> None:
         self.consumer = consumer
-        self.broker = BrokerConn(address, max_message_bytes=4 * 1024 * 1024, max_receive_bytes=-1)
+        self.broker = BrokerConn(address)
         self.address = self.broker.address
         self.gen = 0
         self.live = False
@@ -169,6 +169,7 @@ class _Conn:
         self.reqs: dict[int, list[bytes]] = {}
         self.touches: list[bytes] = []
         self.nop = False
+        self.fin_threshold = consumer._fin_batch_size
         self.close_requested = False
         self.close_sent = False
         self.writing = False
@@ -184,7 +185,7 @@ class _Conn:
             return  # the stream that delivered it is gone; the broker requeued it
         fins = self.fins
         fins.append(mid)
-        if len(fins) >= self.consumer._fin_batch_size:
+        if len(fins) >= self.fin_threshold:
             self.wake()
         elif self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(
@@ -205,6 +206,9 @@ class _Conn:
         self.wake()
 
     def set_rdy(self, count: int) -> None:
+        # Send FINs in quarters of the credit, so the broker refills this
+        # stream while the rest of the batch is still being handled.
+        self.fin_threshold = max(1, min(self.consumer._fin_batch_size, count // 4))
         if count != self.sent_rdy or self.rdy is not None:
             self.rdy = count
             self.wake()
@@ -368,8 +372,9 @@ class Consumer:
     - ``dedupe``: a ``Dedupe`` window, or a path for one (opened and closed by the consumer).
     - ``requeue_delay`` / ``max_requeue_delay``: REQ backoff after a handler failure, seconds:
       ``requeue_delay * 2**(attempts-1)``, capped.
-    - ``fin_batch_size`` / ``fin_linger``: send FINs when this many are buffered, or after
-      this many seconds, whichever comes first (and whenever the workers go idle).
+    - ``fin_batch_size`` / ``fin_linger``: send a stream's FINs when this many (at most a
+      quarter of its RDY) are buffered, or after this many seconds, whichever comes first
+      (and whenever the workers go idle).
     - ``idle_quiet``: quiet period for ``wait_idle``, seconds.
     - ``msg_timeout_ms`` / ``heartbeat_interval_ms``: asked of the broker (0: its default).
     - ``reconnect_backoff`` / ``reconnect_backoff_max``: wait between reconnects, seconds.
@@ -544,7 +549,7 @@ class Consumer:
 
     close = stop
 
-    async def wait_idle(self, timeout: float = 5.0, *, quiet: float | None = None) -> None:  # noqa: ASYNC109
+    async def wait_idle(self, timeout: float = 5.0, *, quiet: float | None = None) -> None:
         """Wait until the consumer is idle; raise ``TimeoutError`` after ``timeout`` seconds.
 
         Idle means all of: at least one stream has been accepted by a broker;
@@ -579,7 +584,7 @@ class Consumer:
             return False
         return not any(c.has_outgoing() for c in self._conns)
 
-    async def _wait_changed(self, timeout: float) -> None:  # noqa: ASYNC109
+    async def _wait_changed(self, timeout: float) -> None:
         self._changed.clear()
         try:
             await asyncio.wait_for(self._changed.wait(), max(0.0, timeout))
