@@ -136,7 +136,9 @@ class _PairWatch:
     probing_since: float | None = None
     last_probe: float = float("-inf")
     helpers_asked: set[str] = field(default_factory=set)
+    nackers: set[str] = field(default_factory=set)
     tcp_tried: bool = False
+    refused: bool = False
 
 
 class Core:
@@ -238,10 +240,16 @@ class Core:
         for msg in msgs:
             self._dispatch(now, src, msg)
 
-    def tcp_ping_result(self, now: float, seq: int, ok: bool) -> None:
-        """Outcome of a :class:`TcpPing` action."""
+    def tcp_ping_result(self, now: float, seq: int, ok: bool, refused: bool = False) -> None:
+        """Outcome of a :class:`TcpPing` action; ``refused``: nobody listens on that port."""
         if ok:
             self._on_ack(now, Ack(seq, ""))
+            return
+        pair = self._pair_seqs.get(seq)
+        if refused and pair is not None:
+            w = self._pair.get(pair[0])
+            if w is not None and w.probing_since is not None:
+                w.refused = True
 
     def local_state(self, join: bool) -> PushPull:
         """Our full state for a push-pull exchange."""
@@ -451,6 +459,12 @@ class Core:
         probe = self._probes.get(nack.seq)
         if probe is not None:
             probe.nacks += 1
+            return
+        pair = self._pair_seqs.get(nack.seq)
+        if pair is not None:
+            w = self._pair.get(pair[0])
+            if w is not None and w.probing_since is not None:
+                w.nackers.add(nack.source)
 
     def _on_indirect_ping(self, now: float, req: IndirectPing) -> None:
         if self.leaving:
@@ -767,7 +781,9 @@ class Core:
             w.last_heard = max(w.last_heard, now)
             w.probing_since = None
             w.helpers_asked.clear()
+            w.nackers.clear()
             w.tcp_tried = False
+            w.refused = False
 
     def _pair_tick(self, now: float) -> None:
         """pairq's pair fast path.
@@ -777,8 +793,11 @@ class Core:
         TCP) and through up to ``pair_probe_helpers`` other members, repeating
         every ``pair_probe_interval``. After ``pair_dead_after`` of silence, if no
         probe got an ack and at least min(2, others available) helpers were
-        asked, the partner is declared dead. Any heartbeat, ping or ack from the
-        partner (directly or relayed) resets the watch.
+        asked, the partner is declared dead. Sooner, if the TCP ping was refused
+        (no process listens: a crash, never a pause) and min(2, others available)
+        helpers answered with a nack (they are up and could not reach it either).
+        Any heartbeat, ping or ack from the partner (directly or relayed) resets
+        the watch.
         """
         self._schedule(now + self._pair_period(), self._pair_tick)
         if self.leaving or not self.meta.pair:
@@ -806,15 +825,19 @@ class Core:
                 w.probing_since = now
             if now - w.last_probe >= self.config.pair_probe_interval:
                 self._pair_probe(now, m, w)
-            if silence >= self.config.pair_dead_after:
-                others = [
-                    o for o in self._live_members(exclude=(self.name, m.name)) if not self._is_partner(o)
-                ]
-                need = min(2, len(others))
-                tcp_ok = w.tcp_tried or not self.config.tcp_fallback
-                if len(w.helpers_asked) >= need and tcp_ok:
-                    self.stats.pair_deaths += 1
-                    self._on_dead(now, Dead(m.incarnation, m.name, self.name))
+            others = [
+                o for o in self._live_members(exclude=(self.name, m.name)) if not self._is_partner(o)
+            ]
+            need = min(2, len(others))
+            tcp_ok = w.tcp_tried or not self.config.tcp_fallback
+            slow = silence >= self.config.pair_dead_after and len(w.helpers_asked) >= need and tcp_ok
+            fast = w.refused and len(w.nackers) >= need
+            if slow or fast:
+                self.stats.pair_deaths += 1
+                self.stats.extra["pair_deaths_refused"] = (
+                    self.stats.extra.get("pair_deaths_refused", 0) + (1 if fast and not slow else 0)
+                )
+                self._on_dead(now, Dead(m.incarnation, m.name, self.name))
 
     def _pair_probe(self, now: float, m: Member, w: _PairWatch) -> None:
         w.last_probe = now
@@ -830,7 +853,7 @@ class Core:
         self.rng.shuffle(others)
         # Prefer helpers not asked yet, so the evidence comes from several members.
         others.sort(key=lambda o: o.name in w.helpers_asked)
-        req = IndirectPing(seq, m.name, m.addr, False, self.name, self.addr)
+        req = IndirectPing(seq, m.name, m.addr, True, self.name, self.addr)
         for h in others[: self.config.pair_probe_helpers]:
             self._send(h.addr, [req], piggyback=False)
             w.helpers_asked.add(h.name)

@@ -293,7 +293,9 @@ class MockNetwork:
 
     def _tcp_ping(self, node: SimNode, peer: SimNode | None, action: TcpPing) -> None:
         if peer is None or (action.ping.target and action.ping.target != peer.name):
-            node.core.tcp_ping_result(self.now, action.ping.seq, False)
+            dst = self.by_addr.get(action.addr)
+            refused = dst is None or not dst.alive
+            node.core.tcp_ping_result(self.now, action.ping.seq, False, refused=refused)
             return
         peer.core.receive(self.now, node.addr, [action.ping])
         self._pump(peer)

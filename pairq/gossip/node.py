@@ -407,13 +407,15 @@ class Gossip:
         await self._push_pull(action.addr, action.join)
 
     async def _tcp_ping(self, action: TcpPing) -> None:
-        ok = False
+        ok = refused = False
         try:
             raw = await self._exchange(action.addr, encode_message(action.ping), self.config.tcp_timeout)
             ack = decode_message(raw)
             ok = isinstance(ack, Ack) and ack.seq == action.ping.seq
+        except ConnectionRefusedError:
+            refused = True  # nobody listens there: the process is gone (a pause never refuses)
         except (TimeoutError, DecodeError, OSError, asyncio.IncompleteReadError) as exc:
             log.debug("tcp ping to %s failed: %s", action.addr, exc)
         if not self._stopping:
-            self.core.tcp_ping_result(self._now(), action.ping.seq, ok)
+            self.core.tcp_ping_result(self._now(), action.ping.seq, ok, refused=refused)
             self._flush()

@@ -231,3 +231,22 @@ def test_dissemination_traffic_is_small_at_n50() -> None:
     net.run_for(30.0)
     per_member = sum(net.nodes[n].bytes_sent for n in names) / len(names) / 30.0
     assert per_member < 500, per_member
+
+
+def test_crash_with_refused_tcp_takes_the_fast_branch() -> None:
+    net, _ = cluster(8, seed=11, paired=True)
+    net.kill("n03")  # partner of n02; nothing listens any more, so TCP is refused
+    took = net.wait_for(lambda: net.view("n02", "n03") == DEAD, timeout=5.0, step=0.005)
+    assert took is not None and took <= 0.65
+    assert net.nodes["n02"].core.stats.extra.get("pair_deaths_refused") == 1
+
+
+def test_pair_link_cut_but_partner_reachable_by_others_is_not_dead() -> None:
+    net, names = cluster(8, seed=12, paired=True)
+    net.set_loss("n02", "n03", 1.0)  # the pair cannot hear each other over UDP ...
+    net.partition([n for n in names if n != "n03"], [n for n in names if n != "n02"])  # ... nor TCP
+    net.run_for(5.0)
+    # The helpers still reach n03 and relay its acks, so n02 never declares it dead.
+    assert dead_events(net, "n03") == 0 and dead_events(net, "n02") == 0
+    assert net.nodes["n02"].core.stats.pair_deaths == 0
+    assert sum(net.nodes[n].core.stats.indirect_probes for n in names) > 10  # helpers were used
