@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pairq import names
+from pairq.errors import InvalidError, PairqError
+
 
 def retry_backoff(attempt: int, *, base: float, cap: float, jitter: float = 0.0) -> float:
     """Seconds to wait before retry number ``attempt`` (1 = first retry).
@@ -68,3 +71,19 @@ def cut_batch(sizes: Sequence[int], *, max_items: int, max_bytes: int) -> int:
             break
         n += 1
     return n
+
+
+def check_topic(name: str) -> str:
+    """``pairq.names.check_topic``, raising ``InvalidError`` (so callers can catch bad input)."""
+    try:
+        return names.check_topic(name)
+    except PairqError as exc:
+        raise InvalidError(exc.message, code=exc.code) from None
+
+
+def check_channel(name: str) -> str:
+    """``pairq.names.check_channel``, raising ``InvalidError``."""
+    try:
+        return names.check_channel(name)
+    except PairqError as exc:
+        raise InvalidError(exc.message, code=exc.code) from None

@@ -27,8 +27,8 @@ from typing import Any
 
 import grpc
 
-from pairq import names
 from pairq.client._channel import DEFAULT_BROKER, BrokerConn, normalize_address
+from pairq.client._policy import check_channel, check_topic
 from pairq.client.consumer import Consumer
 from pairq.client.message import Message
 from pairq.client.producer import Producer
@@ -161,7 +161,7 @@ def _parse_headers(raw: list[str] | None) -> dict[str, str] | None:
 
 
 async def _pub(args: argparse.Namespace) -> int:
-    names.check_topic(args.topic)
+    check_topic(args.topic)
     headers = _parse_headers(args.header)
     async with Producer(_brokers(args), retry_timeout=args.timeout) as producer:
         if args.body is not None:
@@ -244,9 +244,9 @@ def _message_json(msg: Message) -> str:
 
 
 async def _tail(args: argparse.Namespace) -> int:
-    names.check_topic(args.topic)
+    check_topic(args.topic)
     channel = args.channel or f"tail{secrets.randbelow(1_000_000):06d}#ephemeral"
-    names.check_channel(channel)
+    check_channel(channel)
     brokers = _brokers(args)
     await _check_reachable(brokers, args.timeout)
     out = sys.stdout
@@ -355,11 +355,11 @@ def _format_table(
 
 async def _stat(args: argparse.Namespace) -> int:
     if args.topic:
-        names.check_topic(args.topic)
+        check_topic(args.topic)
     if args.channel:
         if not args.topic:
             raise CliError("--channel needs --topic")
-        names.check_channel(args.channel)
+        check_channel(args.channel)
     conns = [BrokerConn(a) for a in _brokers(args)]
     prev: dict[tuple[str, str], dict[str, int]] | None = None
     prev_t = 0.0
@@ -478,8 +478,8 @@ class _RotatingFile:
 
 
 async def _to_file(args: argparse.Namespace) -> int:
-    names.check_topic(args.topic)
-    names.check_channel(args.channel)
+    check_topic(args.topic)
+    check_channel(args.channel)
     out_dir = Path(args.output_dir)
     work_dir = Path(args.work_dir) if args.work_dir else out_dir
     for d in (out_dir, work_dir):
@@ -556,8 +556,8 @@ async def _to_file(args: argparse.Namespace) -> int:
 
 
 async def _dlq(args: argparse.Namespace) -> int:
-    names.check_topic(args.topic)
-    names.check_channel(args.channel)
+    check_topic(args.topic)
+    check_channel(args.channel)
     conns = [BrokerConn(a) for a in _brokers(args)]
     try:
         if args.action == "list":

@@ -51,9 +51,14 @@ from typing import Any
 
 import grpc
 
-from pairq import names
 from pairq.client._channel import DEFAULT_BROKER, BrokerConn
-from pairq.client._policy import rdy_per_connection, requeue_delay_ms, retry_backoff
+from pairq.client._policy import (
+    check_channel,
+    check_topic,
+    rdy_per_connection,
+    requeue_delay_ms,
+    retry_backoff,
+)
 from pairq.client.dedupe import Dedupe
 from pairq.client.message import _FINISHED, _PENDING, _REQUEUED, Message
 from pairq.errors import PairqError
@@ -405,8 +410,8 @@ class Consumer:
         hostname: str | None = None,
         user_agent: str = _USER_AGENT,
     ) -> None:
-        names.check_topic(topic)
-        names.check_channel(channel)
+        check_topic(topic)
+        check_channel(channel)
         if isinstance(brokers, str):
             brokers = [brokers]
         if not brokers:

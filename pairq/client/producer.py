@@ -33,10 +33,9 @@ from typing import Any
 
 import grpc
 
-from pairq import names
 from pairq.client._channel import DEFAULT_BROKER, BrokerConn
 from pairq.client._ids import ID_BYTES, IdGenerator
-from pairq.client._policy import cut_batch, retry_backoff
+from pairq.client._policy import check_topic, cut_batch, retry_backoff
 from pairq.errors import InvalidError, PairqError, UnavailableError
 from pairq.v1 import broker_pb2
 
@@ -153,7 +152,7 @@ class Producer:
         if t is None:
             if not isinstance(topic, str):
                 raise TypeError(f"topic must be str, not {type(topic).__name__}")
-            names.check_topic(topic)
+            check_topic(topic)
             t = self._topics[topic] = _Topic(topic)
         return t
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from pairq.errors import PairqError
 from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import broker_pb2_grpc
 
@@ -54,6 +55,7 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):  # type: ignore[misc]
         self.channels: dict[tuple[str, str], _Channel] = {}
         self.seen: set[bytes] = set()
         self.heartbeat_interval_ms = 0
+        self.reject_body = b"\x00reject"
 
     def _channel(self, topic: str, channel: str) -> _Channel:
         ch = self.channels.get((topic, channel))
@@ -103,8 +105,9 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):  # type: ignore[misc]
         self.batch_sizes.append(len(request.messages))
         await self._maybe_fail(context, [m.id for m in request.messages])
         for m in request.messages:
-            if not m.body:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty body")
+            if not m.body or m.body == self.reject_body:
+                st = PairqError("bad body", code=pb.ERROR_CODE_BAD_MESSAGE).to_status()
+                await context.abort(st.code, st.details, st.trailing_metadata)
         ids, copies = self._store(request.topic, request.messages)
         return pb.PublishBatchResponse(ids=ids, copies=copies)
 

@@ -1,0 +1,92 @@
+"""Pure client policies: backoff, requeue delay, RDY spreading, batch cutting, ids."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pairq.client._ids import IdGenerator
+from pairq.client._policy import cut_batch, rdy_per_connection, requeue_delay_ms, retry_backoff
+
+
+def test_retry_backoff_doubles_and_caps() -> None:
+    assert retry_backoff(0, base=0.05, cap=1.0) == 0.0
+    assert [retry_backoff(n, base=0.05, cap=1.0) for n in (1, 2, 3, 4, 5, 6)] == [
+        0.05, 0.1, 0.2, 0.4, 0.8, 1.0,
+    ]
+    assert retry_backoff(10_000, base=0.05, cap=1.0) == 1.0
+    # Jitter takes off at most half.
+    assert retry_backoff(3, base=0.05, cap=1.0, jitter=1.0) == 0.1
+
+
+def test_requeue_delay_by_attempts() -> None:
+    assert [requeue_delay_ms(a, base_ms=1000, max_ms=60_000) for a in (1, 2, 3, 4)] == [
+        1000, 2000, 4000, 8000,
+    ]
+    assert requeue_delay_ms(0, base_ms=1000, max_ms=60_000) == 1000
+    assert requeue_delay_ms(100, base_ms=1000, max_ms=60_000) == 60_000
+    assert requeue_delay_ms(3, base_ms=0, max_ms=60_000) == 0
+
+
+def test_rdy_follows_nsq_rule() -> None:
+    assert rdy_per_connection(200, 1) == 200
+    assert rdy_per_connection(200, 2) == 100
+    assert rdy_per_connection(200, 3) == 66
+    assert rdy_per_connection(2, 5) == 1  # never starve a connection
+    assert rdy_per_connection(200, 0) == 0
+    assert rdy_per_connection(0, 2) == 0
+    assert rdy_per_connection(5000, 1, max_rdy=2500) == 2500
+
+
+@given(st.integers(1, 100_000), st.integers(1, 64), st.integers(0, 5000))
+def test_rdy_bounds(mif: int, n: int, cap: int) -> None:
+    r = rdy_per_connection(mif, n, cap)
+    assert r >= 1
+    if cap:
+        assert r <= cap
+    if mif >= n:
+        assert r * n <= mif
+
+
+def test_cut_batch() -> None:
+    assert cut_batch([], max_items=10, max_bytes=100) == 0
+    assert cut_batch([500], max_items=10, max_bytes=100) == 1  # oversize single still goes
+    assert cut_batch([10] * 20, max_items=5, max_bytes=1000) == 5
+    assert cut_batch([40, 40, 40], max_items=10, max_bytes=100) == 2
+
+
+@given(st.lists(st.integers(1, 1000), max_size=200), st.integers(1, 50), st.integers(1, 5000))
+def test_cut_batch_bounds(sizes: list[int], max_items: int, max_bytes: int) -> None:
+    n = cut_batch(sizes, max_items=max_items, max_bytes=max_bytes)
+    if not sizes:
+        assert n == 0
+        return
+    assert 1 <= n <= min(max_items, len(sizes))
+    if n > 1:
+        assert sum(sizes[:n]) <= max_bytes
+    if n < min(max_items, len(sizes)):
+        assert sum(sizes[: n + 1]) > max_bytes
+
+
+def test_ids_unique_and_16_bytes() -> None:
+    a, b = IdGenerator(), IdGenerator()
+    ids = [a.next() for _ in range(10_000)] + [b.next() for _ in range(10_000)]
+    assert all(len(i) == 16 for i in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_ids_differ_after_fork() -> None:
+    gen = IdGenerator()
+    gen.next()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.write(w, gen.next())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(r, 16)
+    os.close(r)
+    os.close(w)
+    assert child[:10] != gen.next()[:10]
