@@ -1,0 +1,324 @@
+"""The Python client against the real broker over loopback gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from pairq.client import Consumer, Dedupe, InvalidError, Message, Producer
+from pairq.testing import eventually, free_port, run_broker
+from pairq.v1 import broker_pb2 as pb
+from pairq.v1 import broker_pb2_grpc as pbg
+
+
+async def stats(address: str, topic: str) -> pb.TopicStats:
+    async with grpc.aio.insecure_channel(address) as ch:
+        resp = await pbg.BrokerServiceStub(ch).GetStats(pb.GetStatsRequest(topic=topic))
+    return resp.topics[0]
+
+
+async def create_channel(address: str, topic: str, channel: str) -> None:
+    async with grpc.aio.insecure_channel(address) as ch:
+        await pbg.BrokerServiceStub(ch).CreateChannel(
+            pb.CreateChannelRequest(topic=topic, channel=channel)
+        )
+
+
+async def test_publish_consume_roundtrip(tmp_path: Path) -> None:
+    async with run_broker(tmp_path) as b:
+        async with Producer([b.address]) as p:
+            ack = await p.publish("orders", b"payload", headers={"k": "v"})
+            assert len(ack.id) == 16 and ack.copies == 1
+            acks = await p.publish_batch("orders", [b"a", b"b"])
+            assert len(acks) == 2 and all(a.copies == 1 for a in acks)
+        got: list[Message] = []
+
+        async def handle(msg: Message) -> None:
+            got.append(msg)
+
+        async with Consumer("orders", "billing", [b.address], handler=handle) as c:
+            await c.wait_idle(timeout=10)
+            assert c.stats.finished == 3
+        assert [m.body for m in got] == [b"payload", b"a", b"b"]
+        assert [m.id for m in got] == [ack.id] + [a.id for a in acks]
+        assert got[0].headers == {"k": "v"}
+        assert all(m.attempts == 1 and m.broker_id == b.node_id for m in got)
+        assert abs(got[0].timestamp - time.time()) < 60
+        t = await stats(b.address, "orders")
+        ch = t.channels[0]
+        assert (ch.depth, ch.in_flight, ch.finished) == (0, 0, 3)
+
+
+async def test_concurrent_publishes_coalesce_into_few_rpcs(tmp_path: Path) -> None:
+    async with run_broker(tmp_path) as b:
+        await create_channel(b.address, "t", "c")
+        async with Producer([b.address], max_batches_in_flight=2) as p:
+            await p.publish("t", b"first")
+            assert p.rpc_count == 1  # a lone publish goes out at once
+            acks = await asyncio.gather(*(p.publish("t", b"%d" % i) for i in range(3000)))
+            assert len({a.id for a in acks}) == 3000
+            assert p.rpc_count < 1 + 30
+        t = await stats(b.address, "t")
+        assert t.message_count == 3001
+        assert t.channels[0].depth == 3001
+
+
+async def test_publish_retries_until_broker_is_back_with_the_same_id(tmp_path: Path) -> None:
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    async with run_broker(tmp_path / "b", address=addr) as b:
+        await create_channel(b.address, "t", "c")
+    async with Producer([addr], retry_backoff=0.02, retry_backoff_max=0.1) as p:
+        mid = bytes(range(16))
+        task = asyncio.ensure_future(p.publish("t", b"late", id=mid))
+        await eventually(lambda: p.rpc_count >= 2)  # failed at least once
+        assert not task.done()
+        async with run_broker(tmp_path / "b", address=addr):
+            ack = await asyncio.wait_for(task, 20)
+            assert ack.id == mid
+            got: list[Message] = []
+            async with Consumer("t", "c", [addr], handler=got.append) as c:
+                await c.wait_idle(timeout=10)
+            assert [(m.id, m.body) for m in got] == [(mid, b"late")]
+
+
+async def test_invalid_input_raised_not_retried(tmp_path: Path) -> None:
+    async with run_broker(tmp_path) as b, Producer([b.address]) as p:
+        with pytest.raises(InvalidError):
+            await p.publish("no spaces", b"x")
+        with pytest.raises(InvalidError):
+            await p.publish("t", b"")
+        with pytest.raises(InvalidError):
+            await p.publish("t", b"x" * (1024 * 1024 + 1))
+        assert p.rpc_count == 0
+    with pytest.raises(InvalidError):
+        Consumer("t", "bad channel", ["127.0.0.1:1"])
+
+
+async def test_failed_handler_requeues_with_backoff(tmp_path: Path) -> None:
+    async with run_broker(tmp_path) as b:
+        async with Producer([b.address]) as p:
+            await p.publish("t", b"x")
+        seen: list[tuple[int, float]] = []
+
+        def handle(msg: Message) -> None:
+            seen.append((msg.attempts, time.monotonic()))
+            if msg.attempts < 3:
+                raise RuntimeError("not yet")
+
+        async with Consumer("t", "c", [b.address], handler=handle, requeue_delay=0.2) as c:
+            await eventually(lambda: c.stats.finished == 1, timeout=10)
+            assert c.stats.requeued == 2 and c.stats.handler_errors == 2
+        assert [a for a, _ in seen] == [1, 2, 3]
+        assert seen[1][1] - seen[0][1] >= 0.18  # 0.2 s after the first failure
+        assert seen[2][1] - seen[1][1] >= 0.38  # then 0.4 s
+
+
+async def test_touch_keeps_a_long_handler_alive(tmp_path: Path) -> None:
+    async with run_broker(tmp_path) as b:
+        async with Producer([b.address]) as p:
+            await p.publish("t", b"slow")
+        attempts: list[int] = []
+
+        async def handle(msg: Message) -> None:
+            attempts.append(msg.attempts)
+            for _ in range(8):  # 0.8 s of work, with a 0.3 s message timeout
+                await asyncio.sleep(0.1)
+                msg.touch()
+
+        async with Consumer("t", "c", [b.address], handler=handle, msg_timeout_ms=300) as c:
+            await c.wait_idle(timeout=10)
+            assert c.stats.finished == 1 and c.stats.touched == 8
+        assert attempts == [1]
+        t = await stats(b.address, "t")
+        assert t.channels[0].timed_out == 0
+
+
+async def test_without_touch_the_message_times_out(tmp_path: Path) -> None:
+    async with run_broker(tmp_path) as b:
+        async with Producer([b.address]) as p:
+            await p.publish("t", b"slow")
+        attempts: list[int] = []
+
+        async def handle(msg: Message) -> None:
+            attempts.append(msg.attempts)
+            if msg.attempts == 1:
+                await asyncio.sleep(0.6)
+
+        async with Consumer("t", "c", [b.address], handler=handle, msg_timeout_ms=200) as c:
+            await eventually(lambda: c.stats.finished >= 1, timeout=10)
+            await c.wait_idle(timeout=10)
+        assert attempts[:2] == [1, 2]
+
+
+async def test_wait_idle_times_out_while_busy(tmp_path: Path) -> None:
+    async with run_broker(tmp_path) as b:
+        async with Producer([b.address]) as p:
+            await p.publish("t", b"x")
+        release = asyncio.Event()
+
+        async def handle(msg: Message) -> None:
+            await release.wait()
+
+        async with Consumer("t", "c", [b.address], handler=handle) as c:
+            with pytest.raises(TimeoutError):
+                await c.wait_idle(timeout=0.5)
+            assert c.in_flight == 1
+            release.set()
+            await c.wait_idle(timeout=5)
+            assert c.stats.finished == 1
+
+
+async def test_wait_idle_raises_when_no_broker_reachable() -> None:
+    async with Consumer("t", "c", [f"127.0.0.1:{free_port()}"], handler=lambda m: None) as c:
+        with pytest.raises(TimeoutError):
+            await c.wait_idle(timeout=0.3)
+
+
+async def test_handler_concurrency_is_bounded_by_max_in_flight(tmp_path: Path) -> None:
+    async with run_broker(tmp_path) as b:
+        async with Producer([b.address]) as p:
+            await p.publish_batch("t", [b"%d" % i for i in range(200)])
+        active = peak = 0
+
+        async def handle(msg: Message) -> None:
+            nonlocal active, peak
+            active += 1
+            peak = max(peak, active)
+            await asyncio.sleep(0.01)
+            active -= 1
+
+        async with Consumer("t", "c", [b.address], handler=handle, max_in_flight=20) as c:
+            await c.wait_idle(timeout=20)
+            assert c.stats.finished == 200
+        assert 1 < peak <= 20
+
+
+async def test_rdy_is_spread_over_brokers(tmp_path: Path) -> None:
+    async with run_broker(tmp_path / "a") as a, run_broker(tmp_path / "b") as b:
+        async with Producer([a.address]) as pa, Producer([b.address]) as pb_:
+            await pa.publish_batch("t", [b"a%d" % i for i in range(50)])
+            await pb_.publish_batch("t", [b"b%d" % i for i in range(50)])
+        got: list[bytes] = []
+        async with Consumer(
+            "t", "c", [a.address, b.address], handler=lambda m: got.append(m.body), max_in_flight=200
+        ) as c:
+            await c.wait_idle(timeout=10)
+            assert c.connected == 2
+            for addr in (a.address, b.address):
+                t = await stats(addr, "t")
+                assert t.channels[0].clients[0].ready_count == 100
+        assert sorted(got) == sorted([b"a%d" % i for i in range(50)] + [b"b%d" % i for i in range(50)])
+
+
+async def test_consumer_reconnects_after_broker_restart(tmp_path: Path) -> None:
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    got: list[bytes] = []
+    async with Consumer(
+        "t", "c", [addr], handler=lambda m: got.append(m.body), reconnect_backoff=0.02,
+        reconnect_backoff_max=0.2,
+    ) as c:
+        async with run_broker(tmp_path, address=addr) as b:
+            async with Producer([b.address]) as p:
+                await p.publish("t", b"1")
+            await eventually(lambda: got == [b"1"])
+        await eventually(lambda: c.connected == 0)
+        async with run_broker(tmp_path, address=addr) as b:
+            async with Producer([b.address]) as p:
+                await p.publish("t", b"2")
+            await eventually(lambda: got == [b"1", b"2"], timeout=15)
+            assert c.stats.reconnects >= 1
+
+
+async def test_stop_finishes_running_handlers(tmp_path: Path) -> None:
+    async with run_broker(tmp_path) as b:
+        async with Producer([b.address]) as p:
+            await p.publish_batch("t", [b"%d" % i for i in range(10)])
+        done: list[bytes] = []
+        started = asyncio.Event()
+
+        async def handle(msg: Message) -> None:
+            started.set()
+            await asyncio.sleep(0.2)
+            done.append(msg.body)
+
+        c = Consumer("t", "c", [b.address], handler=handle, max_in_flight=10)
+        await c.start()
+        await started.wait()
+        await c.stop()
+        assert len(done) == 10 and c.stats.finished == 10
+        t = await stats(b.address, "t")
+        assert (t.channels[0].in_flight, t.channels[0].finished) == (0, 10)
+
+
+async def test_iterate_messages_without_handler(tmp_path: Path) -> None:
+    async with run_broker(tmp_path) as b:
+        async with Producer([b.address]) as p:
+            await p.publish_batch("t", [b"1", b"2", b"3"])
+        bodies = []
+        async with Consumer("t", "c", [b.address]) as c:
+            async for msg in c:
+                bodies.append(msg.body)
+                if msg.body == b"2":
+                    msg.requeue(0)
+                else:
+                    msg.finish()
+                if len(bodies) == 4:
+                    break
+            assert sorted(bodies) == [b"1", b"2", b"2", b"3"]
+
+
+async def test_dedupe_runs_handler_once_per_id(tmp_path: Path) -> None:
+    async with run_broker(tmp_path / "b") as b:
+        mid = bytes(16)
+        with Dedupe(tmp_path / "dd.lmdb") as dd:
+            dd.add(bytes([1]) * 16)  # handled before: arrives as a duplicate
+        async with Producer([b.address]) as p:
+            await p.publish("t", b"seen", id=bytes([1]) * 16)
+            await p.publish("t", b"new", id=mid)
+        runs: list[bytes] = []
+        async with Consumer(
+            "t", "c", [b.address], handler=lambda m: runs.append(m.body), dedupe=tmp_path / "dd.lmdb"
+        ) as c:
+            await c.wait_idle(timeout=10)
+            assert runs == [b"new"]
+            assert (c.stats.duplicates, c.stats.finished) == (1, 1)
+            # The same id again, later (e.g. redelivered after a failover):
+            async with Producer([b.address]) as p:
+                await p.publish("t", b"new again", id=mid)
+            await c.wait_idle(timeout=10)
+            assert runs == [b"new"]
+        t = await stats(b.address, "t")
+        assert t.channels[0].in_flight == 0 and t.channels[0].depth == 0
+        # A second consumer with the same window also skips them (persistent).
+        with Dedupe(tmp_path / "dd.lmdb") as dd:
+            assert mid in dd and bytes([1]) * 16 in dd
+
+
+async def test_dedupe_holds_concurrent_duplicates(tmp_path: Path) -> None:
+    async with run_broker(tmp_path / "a") as a, run_broker(tmp_path / "b") as b:
+        mid = bytes([7]) * 16
+        async with Producer([a.address]) as pa, Producer([b.address]) as pb_:
+            await pa.publish("t", b"x", id=mid)  # the same message on both brokers
+            await pb_.publish("t", b"x", id=mid)
+        runs = 0
+        gate = asyncio.Event()
+
+        async def handle(msg: Message) -> None:
+            nonlocal runs
+            runs += 1
+            await gate.wait()
+
+        async with Consumer(
+            "t", "c", [a.address, b.address], handler=handle, dedupe=tmp_path / "dd"
+        ) as c:
+            await eventually(lambda: c.stats.received == 2)
+            gate.set()
+            await c.wait_idle(timeout=10)
+            assert runs == 1
+            assert (c.stats.finished, c.stats.duplicates) == (1, 1)
