@@ -1,0 +1,282 @@
+"""Redundant pairs with real processes: kill -9, SIGSTOP, restarts with and without data.
+
+The producer publishes to the pair (failing over between its two brokers),
+the consumer subscribes to both and de-duplicates by message id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import grpc
+from rawclient import RawSub
+
+from pairq.client import Consumer, Dedupe, Producer
+from pairq.errors import PairqError
+from pairq.testing import BrokerProcess, eventually, free_port, run_pair
+from pairq.v1 import broker_pb2 as pb
+from pairq.v1 import broker_pb2_grpc as pbg
+
+
+def make_pair(tmp: Path, *extra: str) -> tuple[BrokerProcess, BrokerProcess]:
+    pa, pb_ = free_port(), free_port()
+    a = BrokerProcess(tmp / "a", port=pa, log_path=str(tmp / "a.log"),
+                      args=["--pair", "p", "--partner", f"127.0.0.1:{pb_}", *extra])
+    b = BrokerProcess(tmp / "b", port=pb_, log_path=str(tmp / "b.log"),
+                      args=["--pair", "p", "--partner", f"127.0.0.1:{pa}", *extra])
+    return a, b
+
+
+async def stats(addr: str) -> pb.GetStatsResponse:
+    async with grpc.aio.insecure_channel(addr) as ch:
+        return await pbg.BrokerServiceStub(ch).GetStats(pb.GetStatsRequest(), timeout=2)
+
+
+async def pair_healthy(a: BrokerProcess, b: BrokerProcess) -> bool:
+    try:
+        sa, sb = await stats(a.address), await stats(b.address)
+    except grpc.aio.AioRpcError:
+        return False
+    return all(s.pair.connected and s.pair.lease_remaining_ms > 0 for s in (sa, sb))
+
+
+async def wait_healthy(a: BrokerProcess, b: BrokerProcess, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not await pair_healthy(a, b):
+        assert time.monotonic() < deadline, "pair did not become healthy"
+        await asyncio.sleep(0.05)
+
+
+# ------------------------------------------------------------------ in-process basics
+async def test_publish_acked_with_two_copies_and_fin_drops_standby(tmp_path: Path) -> None:
+    async with run_pair(tmp_path) as (a, b):
+        assert a.pair is not None and b.pair is not None
+        sa = pbg.BrokerServiceStub(grpc.aio.insecure_channel(a.address))
+        r = await sa.PublishBatch(pb.PublishBatchRequest(topic="t", messages=[pb.PublishItem(body=b"%d" % i) for i in range(20)]))
+        assert r.copies == 2
+        assert b.pair.standby.count() == 20
+        # Standby copies cost no consumer work: a consumer on B gets nothing of A's.
+        sb = pbg.BrokerServiceStub(grpc.aio.insecure_channel(b.address))
+        on_b = RawSub(sb, "t", "c")
+        on_b.rdy(100)
+        sub = RawSub(sa, "t", "c")
+        sub.rdy(100)
+        await eventually(lambda: len(sub.messages) == 20)
+        sub.fin([m.id for m in sub.messages])
+        await eventually(lambda: b.pair.standby.count() == 0)
+        assert on_b.messages == []
+        st = await sa.GetStats(pb.GetStatsRequest())
+        assert st.pair.connected and st.pair.replication_lag == 0 and st.pair.lease_remaining_ms > 0
+        await sub.cancel()
+        await on_b.cancel()
+
+
+async def test_min_copies_1_accepts_alone_then_catches_partner_up(tmp_path: Path) -> None:
+    a, b = make_pair(tmp_path, "--min-copies", "1")
+    try:
+        a.start()
+        b.start()
+        await wait_healthy(a, b)
+        b.kill()
+        stub = pbg.BrokerServiceStub(grpc.aio.insecure_channel(a.address))
+
+        async def copies() -> int:
+            r = await stub.Publish(pb.PublishRequest(topic="t", message=pb.PublishItem(body=b"x")), timeout=5)
+            return int(r.copies)
+
+        c = await copies()
+        deadline = time.monotonic() + 5
+        while c != 1 and time.monotonic() < deadline:
+            c = await copies()
+        assert c == 1
+        for _ in range(50):
+            await copies()
+        b.start()
+        await wait_healthy(a, b)
+        await eventually(lambda: True)
+        deadline = time.monotonic() + 10
+        while True:
+            sb = await stats(b.address)
+            if sb.pair.standby_messages >= 51:
+                break
+            assert time.monotonic() < deadline, f"partner holds only {sb.pair.standby_messages}"
+            await asyncio.sleep(0.05)
+        assert (await stats(a.address)).pair.replication_lag == 0
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_min_copies_2_refuses_with_clear_unavailable(tmp_path: Path) -> None:
+    a, b = make_pair(tmp_path)
+    try:
+        a.start()
+        b.start()
+        await wait_healthy(a, b)
+        b.kill()
+        stub = pbg.BrokerServiceStub(grpc.aio.insecure_channel(a.address))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                await stub.Publish(pb.PublishRequest(topic="t", message=pb.PublishItem(body=b"x")), timeout=5)
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                assert "--min-copies=2" in (exc.details() or "") or "partner" in (exc.details() or "")
+                break
+            assert time.monotonic() < deadline
+    finally:
+        a.stop()
+        b.stop()
+
+
+# ------------------------------------------------------------------ kill -9 cycles
+async def test_kill9_owner_cycles_deliver_every_acked_message_once_after_dedupe(tmp_path: Path) -> None:
+    rng = random.Random(4)
+    a, b = make_pair(tmp_path)
+    acked: set[bytes] = set()
+    handled: dict[bytes, int] = {}
+
+    async def handler(msg) -> None:  # type: ignore[no-untyped-def]
+        handled[msg.id] = handled.get(msg.id, 0) + 1
+
+    try:
+        a.start()
+        b.start()
+        await wait_healthy(a, b)
+        stop = asyncio.Event()
+
+        async def produce() -> None:
+            async with Producer(brokers=[a.address, b.address], retry_timeout=30) as p:
+                while not stop.is_set():
+                    try:
+                        acks = await p.publish_batch("orders", [b"m"] * rng.randint(1, 20))
+                        assert all(x.copies == 2 for x in acks)
+                        acked.update(x.id for x in acks)
+                    except PairqError:
+                        await asyncio.sleep(0.05)
+
+        dedupe = Dedupe(tmp_path / "dedupe")
+        async with Consumer("orders", "work", brokers=[a.address, b.address], handler=handler,
+                            dedupe=dedupe, max_in_flight=100, reconnect_backoff=0.05,
+                            reconnect_backoff_max=0.3) as consumer:
+            producers = [asyncio.create_task(produce()) for _ in range(2)]
+            for _cycle in range(20):
+                await asyncio.sleep(rng.uniform(0.2, 0.8))  # random kill instant
+                a.kill()
+                # The survivor takes over; bring the owner back (data kept) once it has.
+                await asyncio.sleep(rng.uniform(0.0, 1.5))
+                a.start()
+                await wait_healthy(a, b)
+            stop.set()
+            await asyncio.gather(*producers)
+            await eventually(lambda: acked <= set(handled), timeout=60)
+            await consumer.wait_idle(timeout=30)
+            dups = consumer.stats.duplicates
+        dedupe.close()
+    finally:
+        a.stop()
+        b.stop()
+    lost = acked - set(handled)
+    twice = [i for i, n in handled.items() if n > 1]
+    print(f"acked={len(acked)} handled={len(handled)} raw_duplicates_absorbed={dups}")
+    assert len(acked) > 500
+    assert not lost, f"{len(lost)} acknowledged messages never handled"
+    assert not twice, f"{len(twice)} ids handled more than once"
+
+
+# ------------------------------------------------------------------ SIGSTOP fencing
+async def test_sigstop_owner_is_fenced_and_partner_takes_over(tmp_path: Path) -> None:
+    a, b = make_pair(tmp_path)
+    try:
+        a.start()
+        b.start()
+        await wait_healthy(a, b)
+        sa = pbg.BrokerServiceStub(grpc.aio.insecure_channel(a.address))
+        sb = pbg.BrokerServiceStub(grpc.aio.insecure_channel(b.address))
+        r = await sa.PublishBatch(pb.PublishBatchRequest(
+            topic="t", messages=[pb.PublishItem(body=b"%d" % i) for i in range(300)]), timeout=10)
+        ids = set(r.ids)
+        a_id = (await stats(a.address)).broker_id
+        b_id = (await stats(b.address)).broker_id
+        log: list[tuple[float, str, int, bytes]] = []
+        subs = [RawSub(sa, "t", "c", msg_timeout_ms=60000), RawSub(sb, "t", "c", msg_timeout_ms=60000)]
+        for s in subs:
+            s.rdy(5)
+
+        async def record_and_fin() -> None:
+            while True:
+                await asyncio.sleep(0.01)
+                for s in subs:
+                    got = s.take()
+                    for m in got:
+                        log.append((time.monotonic(), m.broker_id, m.epoch, m.id))
+                    if got:
+                        s.fin([m.id for m in got])
+
+        rec = asyncio.create_task(record_and_fin())
+        await eventually(lambda: len(log) >= 20)
+        assert a.proc is not None
+        os.kill(a.proc.pid, signal.SIGSTOP)
+        await asyncio.sleep(5)  # the pause itself is what is being tested
+        os.kill(a.proc.pid, signal.SIGCONT)
+        await eventually(lambda: ids <= {m for *_, m in log}, timeout=30)
+        rec.cancel()
+        took_over = [t for t, broker, _, m in log if broker == b_id]
+        assert took_over, "the partner never delivered the paused owner's messages"
+        first_takeover = min(took_over)
+        late = [x for x in log if x[1] == a_id and x[0] > first_takeover]
+        assert not late, f"ex-owner delivered {len(late)} message(s) after the takeover"
+        assert {m for *_, m in log} == ids
+        for s in subs:
+            await s.cancel()
+    finally:
+        for p in (a, b):
+            if p.proc is not None and p.proc.poll() is None:
+                os.kill(p.proc.pid, signal.SIGCONT)
+        a.stop()
+        b.stop()
+
+
+# ------------------------------------------------------------------ restarts and re-silvering
+async def test_partner_restart_with_and_without_data_returns_to_two_copies(tmp_path: Path) -> None:
+    a, b = make_pair(tmp_path)
+    try:
+        a.start()
+        b.start()
+        await wait_healthy(a, b)
+        async with Producer(brokers=[a.address]) as p:
+            for _ in range(20):
+                await p.publish_batch("t", [b"x" * 200] * 100)
+        await eventually(lambda: True)
+        # Restart B with its data: it resumes as standby for everything.
+        b.terminate()
+        b.start()
+        await wait_healthy(a, b)
+        assert (await stats(b.address)).pair.standby_messages == 2000
+        # Wipe B: it comes back with a new node id and is re-filled from A.
+        old_id = (await stats(b.address)).broker_id
+        b.kill()
+        shutil.rmtree(tmp_path / "b")
+        # A takes over (B's lease lapsed) and then owns all 2000 messages.
+        b.start()
+        t0 = time.monotonic()
+        await wait_healthy(a, b)
+        deadline = time.monotonic() + 60
+        while True:
+            sb = await stats(b.address)
+            sa = await stats(a.address)
+            if sb.pair.standby_messages >= 2000 and sa.pair.replication_lag == 0:
+                break
+            assert time.monotonic() < deadline, (sb.pair, sa.pair)
+            await asyncio.sleep(0.05)
+        print(f"re-silvered 2000 messages in {time.monotonic() - t0:.2f} s")
+        assert sb.broker_id != old_id
+    finally:
+        a.stop()
+        b.stop()
