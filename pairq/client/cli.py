@@ -163,7 +163,10 @@ def _parse_headers(raw: list[str] | None) -> dict[str, str] | None:
 async def _pub(args: argparse.Namespace) -> int:
     check_topic(args.topic)
     headers = _parse_headers(args.header)
-    async with Producer(_brokers(args), retry_timeout=args.timeout) as producer:
+    # One batch in flight at a time keeps stdin lines in order.
+    async with Producer(
+        _brokers(args), retry_timeout=args.timeout, max_batches_in_flight=1
+    ) as producer:
         if args.body is not None:
             ack = await producer.publish(
                 args.topic, args.body.encode(), headers=headers, defer_ms=args.defer_ms

@@ -81,7 +81,8 @@ class Producer:
     - ``max_batch_bytes``: most body bytes in one batch RPC.
     - ``max_message_bytes``: largest body accepted (should equal the broker's limit);
       bigger bodies raise ``InvalidError`` without a round trip.
-    - ``max_batches_in_flight``: concurrent batch RPCs per topic.
+    - ``max_batches_in_flight``: concurrent batch RPCs per topic. With 1, messages are
+      stored in the order ``publish()`` was called; with more, batches may overtake each other.
     - ``rpc_timeout``: deadline of each RPC attempt, seconds.
     - ``retry_timeout``: give up retrying an unavailable publish after this many seconds.
     - ``retry_backoff`` / ``retry_backoff_max``: first and largest wait between retries.
