@@ -64,6 +64,8 @@ class Broker:
         self._ephemeral_dlq: dict[int, list[tuple[int, int, bytes]]] = {}
         self.metrics: Any = None
         self.pair: Pair | None = None
+        self.pending_ids: dict[bytes, asyncio.Future[int]] = {}
+        self._rotator: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -112,6 +114,9 @@ class Broker:
         self._accepting = True
         if self.pair is not None:
             self.pair.start()
+        self.store.index_ids = self.options.idempotency_window_s > 0
+        if self.options.idempotency_window_s > 0:
+            self._rotator = asyncio.create_task(self._rotate_ids())
         log.info("broker %s listening on %s (data %s)", self.node_id, self.address, self.options.data_dir)
 
     async def _set_health(self, status: Any) -> None:
@@ -140,6 +145,8 @@ class Broker:
             self._server = None
         if self.pair is not None:
             await self.pair.stop()
+        if self._rotator is not None:
+            self._rotator.cancel()
         for topic in self.topics.values():
             for ch in topic.channels.values():
                 ch.flush()
@@ -149,6 +156,18 @@ class Broker:
         await asyncio.to_thread(self.store.close)
         self._stopped.set()
         log.info("broker %s stopped", self.node_id)
+
+    async def _rotate_ids(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.idempotency_window_s)
+            self.store.submit(("rotate_ids", 1 - self.store.ids_gen), wait=False)
+
+    def current_copies(self, topic: Topic) -> int:
+        if topic.ephemeral:
+            return 0
+        if self.pair is not None and self.pair.connected:
+            return 2
+        return 1
 
     def may_deliver(self) -> bool:
         """Whether this broker may deliver its owned messages now (the pair fence)."""

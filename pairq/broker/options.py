@@ -39,6 +39,7 @@ class BrokerOptions:
     max_topics: int = _o(10000, "most topics on this broker")
     max_channels: int = _o(1000, "most channels per topic")
     max_defer_ms: int = _o(3600_000, "longest DPUB / REQ delay in ms")
+    idempotency_window_s: int = _o(300, "a producer-supplied message id published again within this many seconds (up to twice as long) is stored only once (0: off)")
 
     # --- delivery ---
     msg_timeout_ms: int = _o(60_000, "default time a consumer has to FIN/REQ/TOUCH a message before it is requeued")
@@ -94,3 +95,22 @@ class BrokerOptions:
 
     def replace(self, **changes: object) -> BrokerOptions:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def example_toml() -> str:
+    """The commented example config (``deploy/broker.example.toml``), generated from the fields."""
+    lines = [
+        "# pairq broker configuration (TOML). Every key is also a flag (--key-name) and an",
+        "# environment variable (PAIRQ_KEY_NAME); precedence: flag > env > this file > default.",
+        "# Values shown are the defaults.",
+        "",
+    ]
+    for f in dataclasses.fields(BrokerOptions):
+        v: Any = f.default
+        shown = f'"{v}"' if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v
+        lines += [f"# {f.metadata['help']}", f"# {f.name} = {shown}", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(example_toml(), end="")

@@ -108,13 +108,58 @@ class BrokerService:
         return msg_id, wire.encode_record(msg_id, body, now_ns, due_ns, headers)
 
     # ------------------------------------------------------------ publish
+    async def _publish(self, topic_name: str, items: list[tuple[bytes, bytes, bool]]) -> int:
+        """Store (id, record, producer-supplied) items, skipping ids already stored
+        within the idempotency window; returns the copies."""
+        broker = self.broker
+        topic = await broker.get_topic(topic_name)
+        supplied = [i for i, _, s in items if s]
+        if not supplied or topic.ephemeral or not self.opts.idempotency_window_s:
+            _, copies = await topic.publish([r for _, r, _ in items])
+            return copies
+        known = broker.store.known_ids(supplied)
+        pending = broker.pending_ids
+        waits: list[asyncio.Future[int]] = []
+        fresh: list[bytes] = []
+        fresh_ids: list[bytes] = []
+        seen: set[bytes] = set()
+        for msg_id, rec, is_supplied in items:
+            if is_supplied:
+                if msg_id in known or msg_id in seen:
+                    continue
+                other = pending.get(msg_id)
+                if other is not None:
+                    waits.append(other)
+                    continue
+                seen.add(msg_id)
+                fresh_ids.append(msg_id)
+            fresh.append(rec)
+        copies = broker.current_copies(topic)
+        if fresh:
+            mine: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            for i in fresh_ids:
+                pending[i] = mine
+            try:
+                _, copies = await topic.publish(fresh)
+                mine.set_result(copies)
+            except BaseException as exc:
+                mine.set_exception(exc)
+                mine.exception()  # retrieved: waiters re-raise it
+                raise
+            finally:
+                for i in fresh_ids:
+                    if pending.get(i) is mine:
+                        del pending[i]
+        for w in waits:
+            copies = min(copies, await asyncio.shield(w))
+        return copies
+
     async def Publish(self, request: pb.PublishRequest, context: Any) -> pb.PublishResponse:
         async def run() -> pb.PublishResponse:
             self.broker.check_accepting()
             check_topic(request.topic)
             msg_id, rec = self._record(request.message, time.time_ns())
-            topic = await self.broker.get_topic(request.topic)
-            _, copies = await topic.publish([rec])
+            copies = await self._publish(request.topic, [(msg_id, rec, bool(request.message.id))])
             return pb.PublishResponse(id=msg_id, copies=copies)
 
         return await self._call(context, run)  # type: ignore[no-any-return]
@@ -130,16 +175,13 @@ class BrokerService:
                     pb.ERROR_CODE_BAD_BATCH,
                 )
             now_ns = time.time_ns()
-            ids = []
-            recs = []
+            items = []
             make = self._record
             for item in request.messages:
                 i, r = make(item, now_ns)
-                ids.append(i)
-                recs.append(r)
-            topic = await self.broker.get_topic(request.topic)
-            _, copies = await topic.publish(recs)
-            return pb.PublishBatchResponse(ids=ids, copies=copies)
+                items.append((i, r, bool(item.id)))
+            copies = await self._publish(request.topic, items)
+            return pb.PublishBatchResponse(ids=[i for i, _, _ in items], copies=copies)
 
         return await self._call(context, run)  # type: ignore[no-any-return]
 

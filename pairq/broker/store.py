@@ -17,7 +17,13 @@ sb_msgs   topic + 0 + >Q origin seq   the partner's record (standby copy)
 sb_floors topic + 0 + channel         >Q the partner channel's floor
 sb_fins   topic+0+channel+0+>Q seq    b"" (finished on the partner, above its floor)
 sb_meta   b"partner" / b"taken:"+topic  partner node id / >Q seqs taken over
+ids_0/1   message id (16 bytes)       b"" (idempotency window, two generations)
 ========  ==========================  ==========================================
+
+Idempotency: every stored message id (owned or standby) goes into the
+current ``ids_N`` generation; ``rotate_ids`` empties the older generation
+and makes it current, so an id is remembered for between one and two
+rotation periods at the cost of one put per message.
 
 Each body is stored once per topic whatever the channel count; channels only
 keep a floor, a sparse set of finished seqs above it and small state records.
@@ -63,11 +69,10 @@ _STATE = struct.Struct(">Iq")
 
 DB_NAMES = (
     "meta", "catalog", "msgs", "floors", "fins", "states", "dlq",
-    "sb_msgs", "sb_floors", "sb_fins", "sb_meta",
+    "sb_msgs", "sb_floors", "sb_fins", "sb_meta", "ids_0", "ids_1",
 )
-META, CATALOG, MSGS, FLOORS, FINS, STATES, DLQ, SB_MSGS, SB_FLOORS, SB_FINS, SB_META = range(
-    len(DB_NAMES)
-)
+(META, CATALOG, MSGS, FLOORS, FINS, STATES, DLQ, SB_MSGS, SB_FLOORS, SB_FINS, SB_META,
+ IDS0, IDS1) = range(len(DB_NAMES))
 FORMAT_VERSION = b"1"
 
 
@@ -139,6 +144,8 @@ class Store:
         self.used_bytes = 0
         self._last_space_check = 0.0
         self.on_error: Callable[[BaseException], None] | None = None
+        self.ids_gen = 0  # current idempotency generation (0 or 1)
+        self.index_ids = True
 
     # ----------------------------------------------------------------- life
     def open(self) -> None:
@@ -157,6 +164,8 @@ class Store:
         self.env.reader_check()
         with self.env.begin(write=True) as txn:
             self.dbs = [self.env.open_db(n.encode(), txn=txn) for n in DB_NAMES]
+            gen = txn.get(b"ids_gen", db=self.dbs[META])
+            self.ids_gen = gen[0] & 1 if gen else 0
             version = txn.get(b"format", db=self.dbs[META])
             if version is None:
                 txn.put(b"format", FORMAT_VERSION, db=self.dbs[META])
@@ -264,6 +273,17 @@ class Store:
         return top_t + 1, top_c + 1
 
     # ---------------------------------------------------------------- reads
+    def known_ids(self, ids: list[bytes]) -> set[bytes]:
+        """Which of ``ids`` were stored within the idempotency window."""
+        found: set[bytes] = set()
+        with self.env.begin() as txn:
+            d0, d1 = self.dbs[IDS0], self.dbs[IDS1]
+            get = txn.get
+            for i in ids:
+                if get(i, db=d0) is not None or get(i, db=d1) is not None:
+                    found.add(i)
+        return found
+
     def read_msgs(self, topic_id: int, from_seq: int, to_seq: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` (seq, record) with from_seq <= seq < to_seq."""
         out: list[tuple[int, bytes]] = []
@@ -450,6 +470,15 @@ class Store:
             for rec in records:
                 put(_IQ.pack(topic_id, seq), rec, db=db)
                 seq += 1
+            if self.index_ids:
+                idb = dbs[IDS0 + self.ids_gen]
+                for rec in records:
+                    put(rec[:16], b"", db=idb)
+        elif kind == "rotate_ids":
+            new = op[1]  # idempotent if the transaction is retried
+            txn.drop(dbs[IDS0 + new], delete=False)
+            txn.put(b"ids_gen", bytes((new,)), db=dbs[META])
+            self.ids_gen = new
         elif kind == "puts":
             for dbi, key, value in op[1]:
                 if value is None:
@@ -483,6 +512,10 @@ class Store:
             for rec in records:
                 put(base + _Q.pack(seq), rec, db=db)
                 seq += 1
+            if self.index_ids:
+                idb = dbs[IDS0 + self.ids_gen]
+                for rec in records:
+                    put(rec[:16], b"", db=idb)
         elif kind == "range_del":
             _, dbi, lo_key, hi_key = op
             cur = txn.cursor(db=dbs[dbi])

@@ -280,3 +280,29 @@ async def test_partner_restart_with_and_without_data_returns_to_two_copies(tmp_p
     finally:
         a.stop()
         b.stop()
+
+
+async def test_idempotent_publish_same_id_to_both_brokers_is_stored_once(tmp_path: Path) -> None:
+    async with run_pair(tmp_path) as (a, b):
+        assert b.pair is not None
+        sa = pbg.BrokerServiceStub(grpc.aio.insecure_channel(a.address))
+        sb = pbg.BrokerServiceStub(grpc.aio.insecure_channel(b.address))
+        mid = os.urandom(16)
+        item = pb.PublishItem(id=mid, body=b"once")
+        r1 = await sa.Publish(pb.PublishRequest(topic="t", message=item))
+        r2 = await sa.Publish(pb.PublishRequest(topic="t", message=item))  # retry after a timeout
+        r3 = await sb.Publish(pb.PublishRequest(topic="t", message=item))  # failover to the partner
+        r4 = await sa.PublishBatch(pb.PublishBatchRequest(topic="t", messages=[item, item]))
+        assert r1.id == r2.id == r3.id == mid and list(r4.ids) == [mid, mid]
+        assert r1.copies == r2.copies == r3.copies == 2
+        assert a.topics["t"].message_count == 1
+        assert "t" not in b.topics or b.topics["t"].message_count == 0
+        assert b.pair.standby.count() == 1
+        # Concurrent duplicates wait for the first and share its outcome.
+        mid2 = os.urandom(16)
+        rs = await asyncio.gather(*[
+            sa.Publish(pb.PublishRequest(topic="t", message=pb.PublishItem(id=mid2, body=b"c")))
+            for _ in range(5)
+        ])
+        assert {r.id for r in rs} == {mid2}
+        assert a.topics["t"].message_count == 2

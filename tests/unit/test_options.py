@@ -58,3 +58,11 @@ def test_help_lists_every_flag_with_default(capsys: pytest.CaptureFixture[str]) 
     for flag in ("--address", "--data-dir", "--sync", "--max-rdy-count", "--max-attempts"):
         assert flag in out
     assert "default: '127.0.0.1:4150'" in out
+
+
+def test_example_config_is_generated_from_the_options() -> None:
+    from pairq.broker.options import example_toml
+
+    assert (ROOT / "deploy" / "broker.example.toml").read_text() == example_toml(), (
+        "regenerate: python -m pairq.broker.options > deploy/broker.example.toml"
+    )
