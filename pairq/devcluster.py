@@ -44,12 +44,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def components(args: argparse.Namespace) -> list[Component]:
     data = Path(args.data_dir)
     h = args.host
+    pa, pb = args.broker_port, args.broker_port + 1
     return [
         Component(
             "broker-a",
-            ["broker", "--address", f"{h}:{args.broker_port}", "--data-dir", str(data / "broker-a"),
-             "--metrics-address", f"{h}:{args.metrics_port}"],
-            args.broker_port,
+            ["broker", "--address", f"{h}:{pa}", "--data-dir", str(data / "broker-a"),
+             "--metrics-address", f"{h}:{args.metrics_port}",
+             "--pair", "dev", "--partner", f"{h}:{pb}"],
+            pa,
+        ),
+        Component(
+            "broker-b",
+            ["broker", "--address", f"{h}:{pb}", "--data-dir", str(data / "broker-b"),
+             "--metrics-address", f"{h}:{args.metrics_port + 1}",
+             "--pair", "dev", "--partner", f"{h}:{pa}"],
+            pb,
         ),
     ]
 
@@ -79,19 +88,23 @@ def run(args: argparse.Namespace) -> int:
                 print(f"pairq dev: {c.name} did not start; see {data / (c.name + '.log')}", file=sys.stderr)
                 return 1
         broker = f"{args.host}:{args.broker_port}"
+        broker_b = f"{args.host}:{args.broker_port + 1}"
         print(
             f"""
 pairq dev cluster is up (data and logs in {data.resolve()}):
-  broker-a   gRPC {broker}   metrics http://{args.host}:{args.metrics_port}/metrics
+  pair "dev":
+    broker-a   gRPC {broker}   metrics http://{args.host}:{args.metrics_port}/metrics
+    broker-b   gRPC {broker_b}   metrics http://{args.host}:{args.metrics_port + 1}/metrics
+  every publish is fsynced on both brokers before it is acknowledged (copies=2)
 
 Try it (in another terminal, with .venv/bin on PATH or via `.venv/bin/pairq`):
   echo hello | pairq pub orders                 # publish stdin lines
   pairq pub orders 'one message'                # publish one message
-  pairq tail orders -n 2                        # print bodies (ephemeral channel)
+  pairq tail orders -n 2 --broker {broker} --broker {broker_b}   # print bodies
   pairq stat                                    # live topic/channel table
 Python:
   from pairq.client import Producer
-  async with Producer(brokers=["{broker}"]) as p: await p.publish("orders", b"x")
+  async with Producer(brokers=["{broker}", "{broker_b}"]) as p: await p.publish("orders", b"x")
 
 Ctrl-C stops everything.""",
             flush=True,
