@@ -50,18 +50,24 @@ async def run_broker(data_dir: str | os.PathLike[str] | None = None, **options: 
 
 @contextlib.asynccontextmanager
 async def run_pair(data_dir: str | os.PathLike[str] | None = None, *, pair: str = "p1",
-                   **options: Any) -> AsyncIterator[tuple[Broker, Broker]]:
-    """Two started brokers forming a redundant pair (A, B), in-process on loopback."""
+                   gossip: bool = False, **options: Any) -> AsyncIterator[tuple[Broker, Broker]]:
+    """Two started brokers forming a redundant pair (A, B), in-process on loopback.
+
+    With ``gossip=True`` both run gossip (local profile, port 0) and B joins A.
+    """
     tmp = None
     if data_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="pairq-pair-")
         data_dir = tmp.name
     pa, pb_ = free_port(), free_port()
+    g: dict[str, Any] = {"gossip_address": "127.0.0.1:0", "gossip_profile": "local"} if gossip else {}
     a = Broker(BrokerOptions(data_dir=str(Path(data_dir) / "a"), address=f"127.0.0.1:{pa}",
-                             pair=pair, partner=f"127.0.0.1:{pb_}", **options))
-    b = Broker(BrokerOptions(data_dir=str(Path(data_dir) / "b"), address=f"127.0.0.1:{pb_}",
-                             pair=pair, partner=f"127.0.0.1:{pa}", **options))
+                             pair=pair, partner=f"127.0.0.1:{pb_}", **g, **options))
     await a.start()
+    if gossip and a.membership is not None:
+        g["join"] = (a.membership.address,)
+    b = Broker(BrokerOptions(data_dir=str(Path(data_dir) / "b"), address=f"127.0.0.1:{pb_}",
+                             pair=pair, partner=f"127.0.0.1:{pa}", **g, **options))
     await b.start()
     try:
         deadline = time.monotonic() + 10

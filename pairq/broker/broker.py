@@ -25,6 +25,7 @@ from pairq import __version__, grpcopts
 from pairq.broker import store as st
 from pairq.broker.channel import Channel
 from pairq.broker.channel_core import Entry
+from pairq.broker.membership import Membership
 from pairq.broker.options import BrokerOptions
 from pairq.broker.pair import Pair
 from pairq.broker.service import SERVICE, BrokerService
@@ -64,6 +65,7 @@ class Broker:
         self._ephemeral_dlq: dict[int, list[tuple[int, int, bytes]]] = {}
         self.metrics: Any = None
         self.pair: Pair | None = None
+        self.membership: Membership | None = None
         self.pending_ids: dict[bytes, asyncio.Future[int]] = {}
         self._rotator: asyncio.Task[None] | None = None
 
@@ -114,6 +116,9 @@ class Broker:
         self._accepting = True
         if self.pair is not None:
             self.pair.start()
+        if self.options.gossip_address:
+            self.membership = Membership(self)
+            await self.membership.start()
         self.store.index_ids = self.options.idempotency_window_s > 0
         if self.options.idempotency_window_s > 0:
             self._rotator = asyncio.create_task(self._rotate_ids())
@@ -143,6 +148,8 @@ class Broker:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self.membership is not None:
+            await self.membership.stop()
         if self.pair is not None:
             await self.pair.stop()
         if self._rotator is not None:

@@ -56,6 +56,14 @@ class BrokerOptions:
     lease_ms: int = _o(800, "delivery lease: an owner delivers only while its partner acknowledged it this recently; the partner takes over after the lease lapses")
     heartbeat_ms: int = _o(100, "replication heartbeat interval inside a pair (renews the lease)")
 
+    # --- gossip (SWIM + Lifeguard membership; see pairq/gossip) ---
+    gossip_address: str = _o("", "UDP+TCP HOST:PORT for gossip (empty: gossip off; port 0 picks one)")
+    gossip_advertise: str = _o("", "address other members use to reach this one, if not --gossip-address")
+    join: tuple[str, ...] = _o((), "gossip member HOST:PORT to join through", kind="tuple", metavar="HOST:PORT")
+    gossip_profile: str = _o("lan", "gossip timing profile", choices=["lan", "wan", "local"])
+    gossip_key: tuple[str, ...] = _o((), "AES-GCM gossip key (base64 of 16/24/32 bytes); the first encrypts, the others are accepted during rotation", kind="tuple", metavar="KEY")
+    gossip_label: str = _o("", "cluster label bound into every gossip packet")
+
     # --- process ---
     shutdown_grace_s: float = _o(10.0, "on SIGTERM: time to let in-flight work finish before exiting")
     log_level: str = _o("info", "debug, info, warning or error", choices=["debug", "info", "warning", "error"])
@@ -67,6 +75,10 @@ class BrokerOptions:
             parse_hostport(self.metrics_address, what="--metrics-address")
         if self.partner:
             parse_hostport(self.partner, what="--partner")
+        if self.gossip_address:
+            parse_hostport(self.gossip_address, what="--gossip-address")
+        for j in self.join:
+            parse_hostport(j, what="--join")
         if not self.data_dir:
             raise ValueError("--data-dir must not be empty")
         checks = [
@@ -107,7 +119,14 @@ def example_toml() -> str:
     ]
     for f in dataclasses.fields(BrokerOptions):
         v: Any = f.default
-        shown = f'"{v}"' if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v
+        if isinstance(v, tuple):
+            shown: Any = "[" + ", ".join(f'"{x}"' for x in v) + "]"
+        elif isinstance(v, str):
+            shown = f'"{v}"'
+        elif isinstance(v, bool):
+            shown = str(v).lower()
+        else:
+            shown = v
         lines += [f"# {f.metadata['help']}", f"# {f.name} = {shown}", ""]
     return "\n".join(lines)
 

@@ -306,3 +306,19 @@ async def test_idempotent_publish_same_id_to_both_brokers_is_stored_once(tmp_pat
         ])
         assert {r.id for r in rs} == {mid2}
         assert a.topics["t"].message_count == 2
+
+
+async def test_gossip_members_and_partner_death_reach_the_pair(tmp_path: Path) -> None:
+    async with run_pair(tmp_path, gossip=True) as (a, b):
+        assert a.membership is not None and b.membership is not None
+        ga, gb = a.membership.gossip, b.membership.gossip
+        assert ga is not None and gb is not None
+        await eventually(lambda: len(ga.members()) == 2 and len(gb.members()) == 2, timeout=10)
+        metas = {m.meta.node_id: m.meta for m in gb.members()}
+        assert metas[a.node_id].role == "broker" and metas[a.node_id].pair == "p1"
+        assert metas[a.node_id].grpc_address == a.address
+        assert b.pair is not None and not b.pair._gossip_dead
+        # A's gossip dies without leaving (as in a crash): B's pair hears of it.
+        await ga.stop(leave=False)
+        a.membership.gossip = None
+        await eventually(lambda: b.pair is not None and b.pair._gossip_dead, timeout=15)

@@ -1,0 +1,81 @@
+"""The broker's gossip membership: starts a ``pairq.gossip.Gossip`` member and feeds
+what it learns about the partner into the pair.
+
+Takeover stays fenced by the lease (pair.py); gossip's verdict is recorded as
+the reason and is what lookups use for liveness.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from pairq.gossip import EventKind, Gossip, MemberEvent, NodeMeta
+from pairq.gossip.cli import PROFILES, decode_key
+from pairq.options import parse_hostport
+
+if TYPE_CHECKING:
+    from pairq.broker.broker import Broker
+
+log = logging.getLogger("pairq.membership")
+
+
+class Membership:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        o = broker.options
+        host, port = parse_hostport(o.gossip_address, what="--gossip-address")
+        changes: dict[str, object] = {
+            "bind_host": host,
+            "bind_port": port,
+            "label": o.gossip_label,
+            "keys": tuple(decode_key(k) for k in o.gossip_key),
+        }
+        if o.gossip_advertise:
+            ah, ap = parse_hostport(o.gossip_advertise, what="--gossip-advertise")
+            changes.update(advertise_host=ah, advertise_port=ap)
+        self.config = PROFILES[o.gossip_profile](**changes)
+        self.gossip: Gossip | None = None
+
+    async def start(self) -> None:
+        b = self.broker
+        meta = NodeMeta(
+            role="broker",
+            node_id=b.node_id,
+            pair=b.options.pair,
+            grpc_address=b.address,
+            start_epoch_ms=int(time.time() * 1000),
+        )
+        self.gossip = Gossip(self.config, meta)
+        await self.gossip.start()
+        self.gossip.subscribe(self._on_event)
+        if b.options.join:
+            n = await self.gossip.join(list(b.options.join))
+            if n == 0:
+                log.warning("could not join any of %s yet; gossip keeps trying", ", ".join(b.options.join))
+
+    async def stop(self) -> None:
+        if self.gossip is not None:
+            await self.gossip.stop(leave=True)
+            self.gossip = None
+
+    def _on_event(self, event: MemberEvent) -> None:
+        pair = self.broker.pair
+        m = event.member
+        if pair is None or m.meta.role != "broker" or m.meta.pair != pair.name:
+            return
+        if m.meta.node_id == self.broker.node_id:
+            return
+        if event.kind == EventKind.DEAD:
+            log.warning("gossip: partner %s (%s) is dead", m.meta.node_id, m.meta.grpc_address)
+            pair.gossip_partner_dead(True)
+        elif event.kind in (EventKind.ALIVE, EventKind.JOIN):
+            pair.gossip_partner_dead(False)
+
+    @property
+    def address(self) -> str:
+        if self.gossip is None:
+            return ""
+        h, p = self.gossip.address
+        return f"{h}:{p}"
