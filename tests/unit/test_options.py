@@ -45,7 +45,7 @@ def test_example_config_documents_every_option() -> None:
     keyline = re.compile(r"^# [a-z_]+ = ")
     uncommented = "\n".join(line[2:] for line in text.splitlines() if keyline.match(line))
     values = tomllib.loads(uncommented)
-    opts = BrokerOptions(**values)
+    opts = BrokerOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
     assert opts == BrokerOptions()
 
 
