@@ -85,6 +85,7 @@ class ConsumerStats:
         "errors",
         "finished",
         "handler_errors",
+        "heartbeats",
         "received",
         "reconnects",
         "requeued",
@@ -108,6 +109,8 @@ class ConsumerStats:
         """Non-fatal SubscribeError events from brokers (e.g. FIN of a timed-out message)."""
         self.reconnects = 0
         """Streams reopened after a failure."""
+        self.heartbeats = 0
+        """Heartbeats received from brokers (each answered with a nop)."""
         self.connections = 0
         """Streams currently accepted by a broker."""
         self.dedupe_errors = 0
@@ -309,6 +312,7 @@ class _Conn:
                     if kind == "deliveries":
                         deliver(self, resp.deliveries.messages)
                     elif kind == "heartbeat":
+                        c.stats.heartbeats += 1
                         self.nop = True
                         self._wake.set()
                     elif kind == "error":
@@ -530,8 +534,12 @@ class Consumer:
             for c in self._conns:
                 c.close_requested = True
                 c.wake()
-            # The broker ends each stream once nothing is in flight on it.
+            # The broker ends each stream once nothing is in flight on it;
+            # streams not connected now have nothing to wait for.
             tasks = [c.task for c in self._conns if c.task is not None]
+            for c in self._conns:
+                if c.task is not None and not c.live:
+                    c.task.cancel()
             if tasks:
                 _, pending = await asyncio.wait(tasks, timeout=2.0)
                 for t in pending:

@@ -322,3 +322,41 @@ async def test_dedupe_holds_concurrent_duplicates(tmp_path: Path) -> None:
             await c.wait_idle(timeout=10)
             assert runs == 1
             assert (c.stats.finished, c.stats.duplicates) == (1, 1)
+
+
+async def test_heartbeats_are_answered(tmp_path: Path) -> None:
+    async with run_broker(tmp_path) as b:
+        async with Consumer(
+            "t", "c", [b.address], handler=lambda m: None, heartbeat_interval_ms=100
+        ) as c:
+            # The broker drops a client silent for two intervals; 10 heartbeats
+            # later the one stream is still there.
+            await eventually(lambda: c.stats.heartbeats >= 10, timeout=10)
+            assert c.stats.reconnects == 0 and c.connected == 1
+
+
+async def test_stop_is_quick_when_no_broker_is_reachable() -> None:
+    c = Consumer("t", "c", [f"127.0.0.1:{free_port()}"], handler=lambda m: None)
+    await c.start()
+    await eventually(lambda: c.stats.reconnects >= 1)
+    t0 = time.monotonic()
+    await c.stop()
+    assert time.monotonic() - t0 < 1.0
+
+
+async def test_asyncio_timeout_inside_a_handler_only_fails_that_message(tmp_path: Path) -> None:
+    async with run_broker(tmp_path) as b:
+        async with Producer([b.address]) as p:
+            await p.publish_batch("t", [b"slow", b"fast"])
+        results: list[tuple[bytes, int]] = []
+
+        async def handle(msg: Message) -> None:
+            results.append((msg.body, msg.attempts))
+            if msg.body == b"slow" and msg.attempts == 1:
+                async with asyncio.timeout(0.05):
+                    await asyncio.sleep(10)
+
+        async with Consumer("t", "c", [b.address], handler=handle, requeue_delay=0.01) as c:
+            await eventually(lambda: c.stats.finished == 2, timeout=10)
+            assert c.stats.handler_errors == 1 and c.stats.requeued == 1
+        assert sorted(results) == [(b"fast", 1), (b"slow", 1), (b"slow", 2)]
