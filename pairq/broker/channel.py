@@ -164,14 +164,21 @@ class Channel:
             self.read_pos = self.topic.first_seq
         now = time.monotonic()
         while want > 0 and self.read_pos < head:
-            rows = self.store.read_msgs(self.topic.meta.id, self.read_pos, head, min(want, READ_CHUNK))
+            limit = min(want, READ_CHUNK)
+            rows = self.store.read_msgs(self.topic.meta.id, self.read_pos, head, limit)
             if not rows:
+                # Nothing left below the head: the rest are failed appends.
+                self._mark_gap(self.read_pos, head)
                 self.read_pos = head
                 break
             entries = []
             fin = self.fin_mem
             states = self.states
+            prev = self.read_pos
             for seq, rec in rows:
+                if seq != prev:
+                    self._mark_gap(prev, seq)  # seqs missing from the log: failed appends
+                prev = seq + 1
                 if seq in fin:
                     continue
                 state = states.get(seq)
@@ -179,18 +186,13 @@ class Channel:
                     entries.append(self._entry(seq, rec, state[0], state[1]))
                 else:
                     entries.append(self._entry(seq, rec, 0, 0))
-            # Seqs missing from the log (failed appends) count as finished.
-            prev = self.read_pos
-            for seq, _ in rows:
-                if seq != prev:
-                    self._mark_gap(prev, seq)
-                prev = seq + 1
-            self.read_pos = rows[-1][0] + 1
+            self.read_pos = prev
             if entries:
                 self.core.push(entries, now)
             want -= len(entries)
-            if len(rows) < READ_CHUNK and self.read_pos < head:
-                # The remaining seqs are missing from the log (failed appends).
+            if len(rows) < limit and self.read_pos < head:
+                # The read stopped short of its limit, so nothing else is below the
+                # head: the remaining seqs are failed appends.
                 self._mark_gap(self.read_pos, head)
                 self.read_pos = head
 
