@@ -268,6 +268,7 @@ class CpuProbe:
     def __init__(self) -> None:
         self.broker_pid = 0
         self._t = self._client = self._broker = 0.0
+        self.client_s = self.broker_s = 0.0
         self.last = ""
 
     def _broker_cpu(self) -> float:
@@ -284,10 +285,21 @@ class CpuProbe:
     def stop(self) -> str:
         t = os.times()
         wall = time.perf_counter() - self._t
-        client = (t.user + t.system - self._client) / wall * 100
-        broker = (self._broker_cpu() - self._broker) / wall * 100
-        self.last = f"cpu: client {client:.0f}%, broker {broker:.0f}%"
+        self.client_s = t.user + t.system - self._client
+        self.broker_s = self._broker_cpu() - self._broker
+        self.last = f"cpu: client {self.client_s / wall:.0%}, broker {self.broker_s / wall:.0%}"
         return self.last
+
+    def per_msg(self, n: int) -> dict[str, float]:
+        """CPU microseconds per message of each process over the last section.
+
+        Much steadier than throughput on a shared machine: it does not count
+        time spent waiting for the disk or for a CPU.
+        """
+        n = max(n, 1)
+        us = {"client_us": self.client_s / n * 1e6, "broker_us": self.broker_s / n * 1e6}
+        self.last += f" = client {us['client_us']:.1f} us/msg, broker {us['broker_us']:.1f} us/msg"
+        return us
 
 
 CPU = CpuProbe()
@@ -341,12 +353,13 @@ async def publish_single(address: str, sz: Sizes, topic: str = "bench_single") -
         rpcs = p.rpc_count - rpc0
     n = len(lats)
     rate = n / elapsed
+    cpu = CPU.per_msg(n)
     log(
         f"  publish single  : {rate:>10,.0f} msg/s  ({n:,} msgs in {elapsed:.2f} s, "
         f"{sz.single_in_flight} in flight, {rpcs:,} RPCs, avg batch {n / max(rpcs, 1):.0f})  "
         f"{lat_summary(lats)}; {CPU.last}"
     )
-    return {"msgs_per_s": rate, "n": n, "p50_ms": pct(lats, 50) * 1000, "p99_ms": pct(lats, 99) * 1000}
+    return {"msgs_per_s": rate, "n": n, "p50_ms": pct(lats, 50) * 1000, "p99_ms": pct(lats, 99) * 1000, **cpu}
 
 
 async def publish_batches(
@@ -377,11 +390,12 @@ async def publish_batches(
         CPU.stop()
     n = len(lats) * sz.batch_size
     rate = n / elapsed
+    cpu = CPU.per_msg(n)
     log(
         f"  {label:<16}: {rate:>10,.0f} msg/s  ({n:,} msgs in {elapsed:.2f} s, batches of "
         f"{sz.batch_size}, {sz.batch_in_flight} in flight)  per batch {lat_summary(lats)}; {CPU.last}"
     )
-    return {"msgs_per_s": rate, "n": n, "batch_p50_ms": pct(lats, 50) * 1000}
+    return {"msgs_per_s": rate, "n": n, "batch_p50_ms": pct(lats, 50) * 1000, **cpu}
 
 
 async def publish_batch(address: str, sz: Sizes) -> dict[str, Any]:
@@ -448,6 +462,7 @@ async def consume(address: str, sz: Sizes) -> dict[str, Any]:
             await consumer.stop()
         finished = st.finished - before.finished
     rate = finished / elapsed
+    cpu = CPU.per_msg(finished)
     ok = finished >= n and consumer.stats.finished >= n
     lost = ""
     if not ok:
@@ -460,7 +475,7 @@ async def consume(address: str, sz: Sizes) -> dict[str, Any]:
         f"{CPU.last})"
         + lost
     )
-    return {"msgs_per_s": rate, "n": finished, "complete": ok}
+    return {"msgs_per_s": rate, "n": finished, "complete": ok, **cpu}
 
 
 async def publish_latency(address: str, sz: Sizes, topic: str = "bench_latency") -> dict[str, Any]:
@@ -494,6 +509,7 @@ async def publish_latency(address: str, sz: Sizes, topic: str = "bench_latency")
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
         CPU.stop()
+    cpu = CPU.per_msg(len(lats))
     ms = [x * 1000 for x in lats]
     log(
         f"  latency @{sz.latency_rate}/s : p50 {pct(ms, 50):.3f} ms  p90 {pct(ms, 90):.3f} ms  "
@@ -501,7 +517,7 @@ async def publish_latency(address: str, sz: Sizes, topic: str = "bench_latency")
         f"open loop; schedule lag p99 {pct(lags, 99) * 1000:.2f} ms; LMDB commit just before "
         f"{fsync_ms:.3f} ms; {CPU.last})"
     )
-    return {"p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99), "n": len(ms), "fsync_ms": fsync_ms}
+    return {"p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99), "n": len(ms), "fsync_ms": fsync_ms, **cpu}
 
 
 # -- driver ------------------------------------------------------------------------------
@@ -594,6 +610,10 @@ async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
         "publish_single_msgs_per_fsync": _num(single / fsyncs, 2),
         "publish_p50_vs_rtt_plus_fsync_ratio": _num(median(floors, "r"), 2),
         "latency_lmdb_commit_ms": _num(median(results["latency"], "fsync_ms"), 3),
+        "cpu_us_per_msg": {
+            side: {name: _num(median(results[name], f"{side}_us"), 1) for name in ALL_MEASUREMENTS}
+            for side in ("broker", "client")
+        },
         "consume_max_in_flight": sz.consume_max_in_flight,
         "loadavg_1m_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
         "runs": sz.runs,
