@@ -233,6 +233,10 @@ class Core:
         me.meta = meta
         me.incarnation = self.incarnation
         self._queue_alive_self()
+        # Our pair may have changed: watch every partner we now have.
+        for m in self._members.values():
+            if m.state == MemberState.ALIVE and self._is_partner(m) and m.name not in self._pair:
+                self._pair[m.name] = _PairWatch(last_heard=now)
 
     def receive(self, now: float, src: Addr, msgs: Sequence[Message]) -> None:
         """Handle the messages of one received UDP packet from ``src``."""
@@ -533,6 +537,8 @@ class Core:
             self._pair_alive(now, m)
         elif meta_changed:
             self._emit(EventKind.UPDATE, m, now)
+            if m.name not in self._pair:
+                self._pair_alive(now, m)  # it may have just become our partner
         self._broadcasts.queue(a.node, a)
 
     def _on_suspect(self, now: float, s: Suspect) -> None:

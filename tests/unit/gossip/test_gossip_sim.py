@@ -250,3 +250,15 @@ def test_pair_link_cut_but_partner_reachable_by_others_is_not_dead() -> None:
     assert dead_events(net, "n03") == 0 and dead_events(net, "n02") == 0
     assert net.nodes["n02"].core.stats.pair_deaths == 0
     assert sum(net.nodes[n].core.stats.indirect_probes for n in names) > 10  # helpers were used
+
+
+def test_joining_a_pair_later_via_metadata_update_starts_the_fast_path() -> None:
+    net, _ = cluster(4, seed=13)
+    for n in ("n00", "n01"):
+        net.nodes[n].core.update_meta(net.now, NodeMeta(role="broker", node_id=n, pair="late"))
+        net.flush(n)
+    net.run_for(1.0)
+    net.kill("n01")
+    took = net.wait_for(lambda: net.view("n00", "n01") == DEAD, timeout=5.0, step=0.005)
+    assert took is not None and took <= 0.8
+    assert net.nodes["n00"].core.stats.pair_deaths == 1
