@@ -363,6 +363,14 @@ class _Conn:
                         await call.write(Req(close=True))
                     else:
                         break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # A stream we cannot write to is useless: end it so the
+                # session reconnects (the broker requeues what was in flight).
+                log.warning("writing to %s failed: %r", self.address, exc)
+                call.cancel()
+                return
             finally:
                 self.writing = False
             c._changed.set()
