@@ -59,6 +59,7 @@ from pairq.client._policy import (
     requeue_delay_ms,
     retry_backoff,
 )
+from pairq.client._tracing import TRACEPARENT, ProcessSpan
 from pairq.client.dedupe import Dedupe
 from pairq.client.message import _FINISHED, _PENDING, _REQUEUED, Message
 from pairq.errors import PairqError
@@ -397,6 +398,11 @@ class Consumer:
     - ``reconnect_backoff`` / ``reconnect_backoff_max``: wait between reconnects, seconds.
     - ``stop_timeout``: how long ``stop()`` waits for running handlers, seconds.
     - ``client_id``, ``hostname``, ``user_agent``: shown in broker stats.
+    - ``trace_context``: run the handler of a message that carries W3C trace context
+      (``traceparent`` header) inside an OpenTelemetry CONSUMER span parented by it.
+
+    Sync handlers run on the event loop: hand blocking work to a thread
+    (``await asyncio.to_thread(...)``) in an async handler instead.
     """
 
     def __init__(
@@ -421,6 +427,7 @@ class Consumer:
         client_id: str = "",
         hostname: str | None = None,
         user_agent: str = _USER_AGENT,
+        trace_context: bool = True,
     ) -> None:
         check_topic(topic)
         check_channel(channel)
@@ -433,6 +440,7 @@ class Consumer:
         self.topic = topic
         self.channel = channel
         self._handler = handler
+        self._trace = trace_context
         self._max_in_flight = max_in_flight
         self._requeue_base_ms = round(requeue_delay * 1000)
         self._requeue_max_ms = round(max_requeue_delay * 1000)
@@ -682,6 +690,7 @@ class Consumer:
         loop = asyncio.get_running_loop()
         admit = self._admit
         answer = self._answer
+        trace_ctx = self._trace
         while True:
             if not q:
                 self._flush_all()
@@ -692,6 +701,9 @@ class Consumer:
                 continue
             msg = q.popleft()
             if not admit(msg):
+                continue
+            if trace_ctx and TRACEPARENT in msg._pb.headers:
+                await self._run_traced(handler, msg)
                 continue
             try:
                 r = handler(msg)
@@ -725,6 +737,36 @@ class Consumer:
                 if msg._state == _PENDING:
                     msg._state = _FINISHED
                     answer(msg, True, None)
+
+    async def _run_traced(self, handler: Handler, msg: Message) -> None:
+        """Run the handler inside a CONSUMER span parented by the message's trace context."""
+        span = ProcessSpan(dict(msg._pb.headers), self.topic, self.channel, msg.id, msg.attempts)
+        error: BaseException | None = None
+        try:
+            r = handler(msg)
+            if r is not None and inspect.isawaitable(r):
+                await self._suspended(r)
+        except asyncio.CancelledError as exc:
+            error = exc
+            if msg._state == _PENDING:
+                msg._state = _REQUEUED
+                self._answer(msg, False, 0)
+            raise
+        except Exception as exc:
+            error = exc
+            self.stats.handler_errors += 1
+            log.warning(
+                "handler failed for message %s (attempt %d): %r", msg.id.hex(), msg.attempts, exc
+            )
+            if msg._state == _PENDING:
+                msg._state = _REQUEUED
+                self._answer(msg, False, None)
+        else:
+            if msg._state == _PENDING:
+                msg._state = _FINISHED
+                self._answer(msg, True, None)
+        finally:
+            span.end(error)
 
     async def _suspended(self, aw: Any) -> Any:
         # This worker is about to wait: let another one take the queue.

@@ -36,6 +36,7 @@ import grpc
 from pairq.client._channel import DEFAULT_BROKER, BrokerConn
 from pairq.client._ids import ID_BYTES, IdGenerator
 from pairq.client._policy import check_topic, cut_batch, retry_backoff
+from pairq.client._tracing import inject
 from pairq.errors import InvalidError, PairqError, UnavailableError
 from pairq.v1 import broker_pb2
 
@@ -86,6 +87,8 @@ class Producer:
     - ``rpc_timeout``: deadline of each RPC attempt, seconds.
     - ``retry_timeout``: give up retrying an unavailable publish after this many seconds.
     - ``retry_backoff`` / ``retry_backoff_max``: first and largest wait between retries.
+    - ``trace_context``: add the current OpenTelemetry span's W3C trace context
+      (``traceparent``) to the headers of messages published inside a span.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class Producer:
         retry_timeout: float = 30.0,
         retry_backoff: float = 0.05,
         retry_backoff_max: float = 1.0,
+        trace_context: bool = True,
     ) -> None:
         if isinstance(brokers, str):
             brokers = [brokers]
@@ -121,6 +125,7 @@ class Producer:
         self._retry_timeout = retry_timeout
         self._retry_backoff = retry_backoff
         self._retry_backoff_max = retry_backoff_max
+        self._trace = trace_context
         self._ids = IdGenerator()
         self._topics: dict[str, _Topic] = {}
         self._senders: set[asyncio.Task[None]] = set()
@@ -211,6 +216,8 @@ class Producer:
         if type(body) is not bytes or not 0 < len(body) <= self._max_message_bytes:
             body = self._check_body(body)
         size = len(body) + 24
+        if self._trace:
+            headers = inject(headers)
         if headers or defer_ms or id is not None:
             size += self._check_extras(headers, defer_ms, id)
         if id is None:
@@ -238,6 +245,8 @@ class Producer:
         if self._closed:
             raise UnavailableError("producer is closed")
         t = self._topic(topic)
+        if self._trace:
+            headers = inject(headers)
         extra = self._check_extras(headers, defer_ms, None)
         items: list[tuple[bytes, bytes, int]] = []
         for b in bodies:

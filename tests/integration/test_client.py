@@ -360,3 +360,53 @@ async def test_asyncio_timeout_inside_a_handler_only_fails_that_message(tmp_path
             await eventually(lambda: c.stats.finished == 2, timeout=10)
             assert c.stats.handler_errors == 1 and c.stats.requeued == 1
         assert sorted(results) == [(b"fast", 1), (b"slow", 1), (b"slow", 2)]
+
+
+_TRACE_SCRIPT = r'''
+import asyncio, json
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pairq.client import Consumer, Producer
+from pairq.testing import run_broker
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+
+async def main():
+    async with run_broker() as b:
+        tracer = trace.get_tracer("test")
+        with tracer.start_as_current_span("request") as span:
+            async with Producer([b.address]) as p:
+                await p.publish("t", b"traced")
+            trace_id = span.get_span_context().trace_id
+        async with Producer([b.address]) as p:
+            await p.publish("t", b"plain")
+        inner = []
+        def handle(msg):
+            inner.append((msg.body.decode(), trace.get_current_span().get_span_context().trace_id))
+        async with Consumer("t", "c", [b.address], handler=handle) as c:
+            await c.wait_idle(timeout=10)
+    spans = [s for s in exporter.get_finished_spans() if s.name == "t process"]
+    print(json.dumps({"trace_id": trace_id, "inner": inner,
+                      "spans": [[s.context.trace_id, s.kind.name] for s in spans]}))
+asyncio.run(main())
+'''
+
+
+def test_trace_context_links_publish_and_handler() -> None:
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _TRACE_SCRIPT], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    tid = out["trace_id"]
+    assert out["inner"] == [["traced", tid], ["plain", 0]]
+    assert out["spans"] == [[tid, "CONSUMER"]]
