@@ -475,6 +475,7 @@ class Consumer:
         self._workers: set[asyncio.Task[None]] = set()
         self._draining = 0
         self._inprogress: dict[bytes, list[Message]] = {}
+        self._yielded: set[Message] = set()
         self._to_record: list[Message] = []
         self._record_wake = asyncio.Event()
         self._recorder: asyncio.Task[None] | None = None
@@ -543,6 +544,8 @@ class Consumer:
                     c.set_rdy(0)
             if self._handler is None:
                 self._requeue_queued()
+                for msg in list(self._yielded):  # iterated but never answered
+                    msg.requeue(0)
             self._items.set()
             deadline = loop.time() + self._stop_timeout
             while self._busy > 0 and loop.time() < deadline:
@@ -800,6 +803,8 @@ class Consumer:
 
     def _answer(self, msg: Message, ok: bool, delay_ms: int | None) -> None:
         """Record the outcome of a message (FIN if ``ok``, else REQ after ``delay_ms``)."""
+        if self._handler is None:
+            self._yielded.discard(msg)
         if ok:
             if self._dedupe is not None and msg.id in self._inprogress:
                 self._to_record.append(msg)
@@ -862,7 +867,8 @@ class Consumer:
     async def messages(self) -> AsyncIterator[Message]:
         """Yield messages as they arrive (only without a handler); answer each one.
 
-        Ends when the consumer stops. With ``dedupe``, duplicates are answered
+        Ends when the consumer stops; ``stop()`` requeues messages that were
+        yielded but not answered yet. With ``dedupe``, duplicates are answered
         for you and not yielded; ``finish()`` records the id.
         """
         if self._handler is not None:
@@ -874,6 +880,7 @@ class Consumer:
             while q:
                 msg = q.popleft()
                 if self._admit(msg):
+                    self._yielded.add(msg)
                     yield msg
             if self._stopping:
                 return

@@ -410,3 +410,21 @@ def test_trace_context_links_publish_and_handler() -> None:
     tid = out["trace_id"]
     assert out["inner"] == [["traced", tid], ["plain", 0]]
     assert out["spans"] == [[tid, "CONSUMER"]]
+
+
+async def test_stop_requeues_unanswered_iterated_messages(tmp_path: Path) -> None:
+    async with run_broker(tmp_path) as b:
+        async with Producer([b.address]) as p:
+            await p.publish("t", b"x")
+        c = Consumer("t", "c", [b.address], stop_timeout=30)
+        async for msg in c:
+            assert msg.body == b"x"
+            break  # never answered
+        t0 = time.monotonic()
+        await c.stop()
+        assert time.monotonic() - t0 < 3
+        assert c.stats.requeued == 1
+        got: list[Message] = []
+        async with Consumer("t", "c", [b.address], handler=got.append) as c2:
+            await c2.wait_idle(timeout=10)
+        assert [(m.body, m.attempts) for m in got] == [(b"x", 2)]
