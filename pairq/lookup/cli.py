@@ -1,0 +1,131 @@
+"""``pairq lookup`` (run a lookup until SIGTERM) and ``pairq nodes`` (list brokers).
+
+Thin: ``pairq lookup`` only builds :class:`LookupOptions` and runs :class:`Lookup`;
+``pairq nodes`` asks every lookup through :class:`~pairq.client.discovery.Discovery`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from pairq.client.discovery import Discovery, NodeView
+from pairq.errors import PairqError
+from pairq.lookup.lookup import Lookup
+from pairq.lookup.options import LookupOptions
+from pairq.options import add_flags, resolve
+
+__all__ = ["default_lookups", "format_nodes", "register"]
+
+DEFAULT_LOOKUP = "127.0.0.1:4160"
+
+
+def default_lookups() -> list[str]:
+    """``PAIRQ_LOOKUP`` (comma-separated), else the default lookup address."""
+    raw = os.environ.get("PAIRQ_LOOKUP", "")
+    return [a.strip() for a in raw.split(",") if a.strip()] or [DEFAULT_LOOKUP]
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "lookup",
+        help="run a lookup (topology: which pairs hold which topics, which brokers are alive)",
+        description="Run a pairq lookup (nsqlookupd's role). Brokers register with it "
+        "(pairq broker --lookup); clients ask it where topics live.",
+    )
+    add_flags(p, LookupOptions)
+    p.set_defaults(func=run_lookup)
+
+    n = sub.add_parser(
+        "nodes",
+        help="list every broker registered with the lookups (pair, liveness, topics)",
+        description="Ask every lookup for its registered brokers and print them merged: a broker "
+        "is as alive as the most optimistic lookup says; SEEN BY counts the lookups that list it.",
+    )
+    n.add_argument("--lookup", metavar="HOST:PORT", action="append", default=None,
+                   help=f"a lookup's gRPC address; repeatable (env PAIRQ_LOOKUP, comma-separated; "
+                   f"default: {DEFAULT_LOOKUP})")
+    n.add_argument("--json", action="store_true", help="print JSON for scripts (default: a table)")
+    n.add_argument("--timeout", type=float, default=3.0,
+                   help="seconds to wait for each lookup (default %(default)s)")
+    n.set_defaults(func=run_nodes)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_lookup(args: argparse.Namespace) -> int:
+    try:
+        opts = resolve(LookupOptions, args).validate()
+    except (ValueError, OSError) as exc:
+        print(f"pairq lookup: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(opts.log_level)
+    try:
+        return asyncio.run(_main(opts))
+    except OSError as exc:
+        print(f"pairq lookup: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _main(opts: LookupOptions) -> int:
+    lookup = Lookup(opts)
+    await lookup.start()
+    gossip = f", gossip {lookup.gossip_address}" if lookup.gossip_address else ""
+    print(f"pairq lookup {lookup.lookup_id} listening on {lookup.address}{gossip}",
+          file=sys.stderr, flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await lookup.stop()
+    return 0
+
+
+def format_nodes(nodes: Sequence[NodeView], lookups: int) -> str:
+    rows = [("NODE", "PAIR", "ADDRESS", "VERSION", "LIVENESS", "GOSSIP", "LAST SEEN", "SEEN BY",
+             "TOPICS", "TOMBSTONES")]
+    for n in nodes:
+        topics = ",".join(f"{t}({len(c)})" for t, c in sorted(n.topics.items())) or "-"
+        rows.append((
+            n.node_id, n.pair or "-", n.address, n.version or "-", n.liveness, n.gossip_state or "-",
+            f"{n.last_seen_ms_ago / 1000:.1f}s", f"{len(n.seen_by)}/{lookups}", topics,
+            ",".join(sorted(n.tombstones)) or "-",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+async def _fetch(lookups: list[str], timeout: float) -> tuple[list[NodeView], dict[str, str]]:
+    async with Discovery(lookups, timeout=timeout) as d:
+        nodes = await d.nodes()
+        return nodes, dict(d.errors)
+
+
+def run_nodes(args: argparse.Namespace) -> int:
+    lookups = args.lookup or default_lookups()
+    try:
+        nodes, errors = asyncio.run(_fetch(lookups, args.timeout))
+    except (PairqError, OSError, ValueError) as exc:
+        print(f"pairq nodes: {exc}", file=sys.stderr)
+        return 1
+    for address, err in sorted(errors.items()):
+        print(f"pairq nodes: lookup {address} did not answer: {err}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"nodes": [n.to_dict() for n in nodes], "lookups": lookups,
+                          "unreachable": sorted(errors)}, indent=2, sort_keys=True))
+    else:
+        print(format_nodes(nodes, len(lookups)))
+    return 0
