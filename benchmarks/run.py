@@ -602,6 +602,11 @@ async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
         "channels1_msgs_per_s": _num(ch1),
         "channels10_msgs_per_s": _num(ch10),
         "channels10_vs_1_ratio": _num(ch10 / ch1, 3),
+        # The same comparison in broker CPU per message (1.0: no per-channel cost);
+        # steadier than the throughput ratio when other work shares the machine.
+        "channels10_vs_1_broker_cpu_ratio": _num(
+            median(results["channels1"], "broker_us") / median(results["channels10"], "broker_us"), 3
+        ),
         "consume_complete": all(r["complete"] for r in results["consume"]) if results["consume"] else None,
         "baseline_lmdb_fsync_commits_per_s": _num(fsyncs),
         "baseline_grpc_unary_rtt_p50_ms": _num(rtt_ms, 3),
