@@ -250,8 +250,10 @@ async def baseline(lmdb_dir: Path, seconds: float) -> dict[str, float]:
     fsyncs = baseline_lmdb(lmdb_dir, seconds)
     with echo_process() as echo:
         rtt_ms, grpc_calls = await baseline_grpc(echo, seconds)
-    log(f"  baseline        : LMDB fsync'd commits {fsyncs:,.0f}/s ({1000 / fsyncs:.3f} ms each); "
-        f"unary gRPC echo round trip p50 {rtt_ms:.3f} ms, pipelined {grpc_calls:,.0f} calls/s")
+    log(
+        f"  baseline        : LMDB fsync'd commits {fsyncs:,.0f}/s ({1000 / fsyncs:.3f} ms each); "
+        f"unary gRPC echo round trip p50 {rtt_ms:.3f} ms, pipelined {grpc_calls:,.0f} calls/s"
+    )
     return {"lmdb_commits_per_s": fsyncs, "grpc_rtt_p50_ms": rtt_ms, "grpc_calls_per_s": grpc_calls}
 
 
@@ -280,7 +282,11 @@ class CpuProbe:
 
     def start(self) -> None:
         t = os.times()
-        self._t, self._client, self._broker = time.perf_counter(), t.user + t.system, self._broker_cpu()
+        self._t, self._client, self._broker = (
+            time.perf_counter(),
+            t.user + t.system,
+            self._broker_cpu(),
+        )
 
     def stop(self) -> str:
         t = os.times()
@@ -359,7 +365,13 @@ async def publish_single(address: str, sz: Sizes, topic: str = "bench_single") -
         f"{sz.single_in_flight} in flight, {rpcs:,} RPCs, avg batch {n / max(rpcs, 1):.0f})  "
         f"{lat_summary(lats)}; {CPU.last}"
     )
-    return {"msgs_per_s": rate, "n": n, "p50_ms": pct(lats, 50) * 1000, "p99_ms": pct(lats, 99) * 1000, **cpu}
+    return {
+        "msgs_per_s": rate,
+        "n": n,
+        "p50_ms": pct(lats, 50) * 1000,
+        "p99_ms": pct(lats, 99) * 1000,
+        **cpu,
+    }
 
 
 async def publish_batches(
@@ -432,7 +444,11 @@ async def consume(address: str, sz: Sizes) -> dict[str, Any]:
             return None
 
         consumer = Consumer(
-            topic, channel, brokers=[address], handler=handle, max_in_flight=sz.consume_max_in_flight
+            topic,
+            channel,
+            brokers=[address],
+            handler=handle,
+            max_in_flight=sz.consume_max_in_flight,
         )
         CPU.start()
         t0 = time.perf_counter()
@@ -466,14 +482,15 @@ async def consume(address: str, sz: Sizes) -> dict[str, Any]:
     ok = finished >= n and consumer.stats.finished >= n
     lost = ""
     if not ok:
-        lost = (f"  ** INCOMPLETE: stalled; broker channel depth now {st.depth}, in flight "
-                f"{st.in_flight} for {n - finished:,} unfinished (rate is up to the stall) **")
+        lost = (
+            f"  ** INCOMPLETE: stalled; broker channel depth now {st.depth}, in flight "
+            f"{st.in_flight} for {n - finished:,} unfinished (rate is up to the stall) **"
+        )
     log(
         f"  consume + FIN   : {rate:>10,.0f} msg/s  ({finished:,}/{n:,} finished per broker stats in "
         f"{elapsed:.2f} s; client counted {consumer.stats.finished:,} after {t_client:.2f} s; received "
         f"{consumer.stats.received:,}, requeued {consumer.stats.requeued}; pre-load {preload_s:.1f} s; "
-        f"{CPU.last})"
-        + lost
+        f"{CPU.last})" + lost
     )
     return {"msgs_per_s": rate, "n": finished, "complete": ok, **cpu}
 
@@ -564,8 +581,10 @@ async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="pairq-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        log(f"pairq benchmark ({'quick, 1 run' if quick else f'full, median of {sz.runs} runs'}); "
-            f"200-byte messages, broker --sync=always in its own process, data in {tmp}")
+        log(
+            f"pairq benchmark ({'quick, 1 run' if quick else f'full, median of {sz.runs} runs'}); "
+            f"200-byte messages, broker --sync=always in its own process, data in {tmp}"
+        )
         results: dict[str, list[dict[str, Any]]] = {name: [] for name in ALL_MEASUREMENTS}
         baselines: list[dict[str, float]] = []
         for run in range(sz.runs):
@@ -605,9 +624,12 @@ async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
         # The same comparison in broker CPU per message (1.0: no per-channel cost);
         # steadier than the throughput ratio when other work shares the machine.
         "channels10_vs_1_broker_cpu_ratio": _num(
-            median(results["channels1"], "broker_us") / median(results["channels10"], "broker_us"), 3
+            median(results["channels1"], "broker_us") / median(results["channels10"], "broker_us"),
+            3,
         ),
-        "consume_complete": all(r["complete"] for r in results["consume"]) if results["consume"] else None,
+        "consume_complete": all(r["complete"] for r in results["consume"])
+        if results["consume"]
+        else None,
         "baseline_lmdb_fsync_commits_per_s": _num(fsyncs),
         "baseline_grpc_unary_rtt_p50_ms": _num(rtt_ms, 3),
         "baseline_grpc_unary_calls_per_s": _num(grpc_calls),
@@ -641,14 +663,22 @@ async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="one smaller run (under 60 s)")
     ap.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--only", help="comma-separated measurement names (for profiling)")
-    ap.add_argument("--consume-max-in-flight", type=int, default=0,
-                    help="Consumer max_in_flight for the consume measurement (default 2500)")
+    ap.add_argument(
+        "--consume-max-in-flight",
+        type=int,
+        default=0,
+        help="Consumer max_in_flight for the consume measurement (default 2500)",
+    )
     ap.add_argument("--address", help="use this running broker (HOST:PORT) instead of starting one")
-    ap.add_argument("--broker-pid", type=int, default=0, help="with --address: its PID, for CPU accounting")
+    ap.add_argument(
+        "--broker-pid", type=int, default=0, help="with --address: its PID, for CPU accounting"
+    )
     ap.add_argument("--broker-args", default="", help="extra broker flags, e.g. '--sync periodic'")
     args = ap.parse_args()
     BROKER_ARGS[:] = shlex.split(args.broker_args)
