@@ -654,11 +654,19 @@ class Consumer:
             return
         self._busy += n
         q = self._queue
+        if self._handler is None:
+            # Iterator mode: de-duplicate on arrival, so duplicates are answered
+            # even while nobody iterates.
+            admit = self._admit
+            for m in msgs:
+                msg = Message(m, conn, gen)
+                if admit(msg):
+                    q.append(msg)
+            self._items.set()
+            return
         for m in msgs:
             q.append(Message(m, conn, gen))
-        if self._handler is None:
-            self._items.set()
-        elif self._draining == 0:
+        if self._draining == 0:
             self._wake_worker()
 
     def _requeue_queued(self) -> None:
@@ -807,9 +815,12 @@ class Consumer:
             self._yielded.discard(msg)
         if ok:
             if self._dedupe is not None and msg.id in self._inprogress:
-                self._to_record.append(msg)
-                if len(self._to_record) >= self._fin_batch_size:
+                rec = self._to_record
+                rec.append(msg)
+                if len(rec) >= self._fin_batch_size:
                     self._record_wake.set()
+                elif len(rec) == 1:
+                    asyncio.get_running_loop().call_later(self._fin_linger, self._record_wake.set)
                 return
             self.stats.finished += 1
             msg._conn.fin(msg.id, msg._gen)
@@ -879,9 +890,8 @@ class Consumer:
         while True:
             while q:
                 msg = q.popleft()
-                if self._admit(msg):
-                    self._yielded.add(msg)
-                    yield msg
+                self._yielded.add(msg)
+                yield msg
             if self._stopping:
                 return
             self._flush_all()
