@@ -356,6 +356,25 @@ def _format_table(
     )
 
 
+def _pair_line(address: str, r: Any) -> str:
+    """One line of pair health for a broker's GetStats answer."""
+    p = r.pair
+    if p.solo:
+        lease = "solo (took over its partner)"
+    elif p.lease_remaining_ms:
+        lease = f"lease {p.lease_remaining_ms} ms"
+    else:
+        lease = "lease LAPSED (not delivering)"
+    repl = "up" if p.connected else "DOWN"
+    back = "up" if p.partner_connected else "DOWN"
+    return (
+        f"    pair {p.pair} {r.broker_id}@{address} <-> {p.partner_id or '?'}@{p.partner_address}: "
+        f"replication {repl}/{back}, {lease}, epoch {p.epoch}, "
+        f"1-copy (lag) {p.replication_lag}, standby {p.standby_messages}, "
+        f"min-copies {p.min_copies}, takeovers {p.takeovers}"
+    )
+
+
 async def _stat(args: argparse.Namespace) -> int:
     if args.topic:
         check_topic(args.topic)
@@ -381,6 +400,9 @@ async def _stat(args: argparse.Namespace) -> int:
             stamp = datetime.datetime.now().strftime("%H:%M:%S")
             health = ", ".join(f"{r.broker_id}:{r.health}" for r in responses)
             print(f"--- {stamp}  brokers {health}")
+            for c, r in zip(conns, responses, strict=True):
+                if r.HasField("pair"):
+                    print(_pair_line(c.address, r))
             print(_format_table(rows, prev, now - prev_t) if rows else "(no topics)", flush=True)
             prev, prev_t = rows, now
             n += 1

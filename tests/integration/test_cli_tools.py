@@ -141,3 +141,16 @@ def test_subprocess_exit_code_and_stderr() -> None:
     )
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "pairq pub: error:" in proc.stderr
+
+
+async def test_stat_shows_pair_health(capsys: pytest.CaptureFixture[str]) -> None:
+    from pairq.testing import run_pair
+
+    async with run_pair() as (a, b):
+        async with Producer([a.address, b.address]) as p:
+            ack = await p.publish("t", b"x")
+            assert ack.copies == 2
+        assert await run_cli("stat", "--count", "1", "--broker", a.address, "--broker", b.address) == 0
+    out = capsys.readouterr().out
+    assert out.count("pair p1 ") == 2
+    assert "replication up/up" in out and "lease " in out
