@@ -129,3 +129,15 @@ def run_nodes(args: argparse.Namespace) -> int:
     else:
         print(format_nodes(nodes, len(lookups)))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pairq.lookup.cli lookup|nodes ...`` (the same as ``pairq lookup|nodes``)."""
+    parser = argparse.ArgumentParser(prog="pairq")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

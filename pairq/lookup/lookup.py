@@ -182,6 +182,8 @@ class Lookup:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self.service is not None:
+            await self.service.close()
         if self.gossip is not None:
             await self.gossip.stop(leave=True)
         self._stopped.set()

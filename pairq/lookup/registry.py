@@ -19,7 +19,12 @@ Liveness rules (one place, ``liveness``):
    - stream closed: SUSPECT, and DEAD once it has stayed closed for
      ``dead_after`` unless gossip says the broker is alive (so with gossip off,
      a killed broker is answered dead about 3 heartbeat intervals after its
-     stream broke).
+     stream broke);
+   - stream closed **and** a second independent sign of failure: gossip
+     suspects it, or the lookup's connect to the broker's gRPC port was refused
+     (``refused``: nobody listens there, the process is gone): **DEAD** at once.
+     A ``kill -9`` closes the stream and the port together, so a crashed broker
+     is answered dead within milliseconds; a lost link alone only makes it SUSPECT.
 3. A registration silent for ``inactivity_timeout`` is dropped entirely
    (``expire``), dead or not.
 
@@ -81,6 +86,7 @@ class _Registration:
     last_seen: float
     connected: bool = True
     disconnected_at: float = 0.0
+    refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +192,12 @@ class Registry:
             reg.connected = False
             reg.disconnected_at = now
 
+    def refused(self, node_id: str, token: int) -> None:
+        """After the stream closed, a connect to the broker's gRPC port was refused."""
+        reg = self._current(node_id, token)
+        if reg is not None and not reg.connected:
+            reg.refused = True
+
     def _current(self, node_id: str, token: int) -> _Registration | None:
         reg = self._regs.get(node_id)
         if reg is None or reg.token != token:
@@ -275,6 +287,8 @@ class Registry:
             return Liveness.DEAD
         level = Liveness.SUSPECT if g is not None and g.state == "suspect" else Liveness.ALIVE
         if not reg.connected:
+            if reg.refused or level is Liveness.SUSPECT:
+                return Liveness.DEAD
             gossip_alive = g is not None and g.state == "alive"
             if not gossip_alive and now - reg.disconnected_at >= self.dead_after:
                 return Liveness.DEAD

@@ -8,6 +8,7 @@ never sees bad input.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
@@ -34,6 +35,7 @@ SERVICE = "pairq.v1.LookupService"
 MAX_TOPICS_PER_NODE = 100_000
 MAX_CHANNELS_PER_TOPIC = 10_000
 MAX_ID_LEN = 255
+PROBE_TIMEOUT = 1.0
 
 
 def _invalid(message: str, code: int = broker_pb2.ERROR_CODE_INVALID) -> PairqError:
@@ -104,6 +106,7 @@ class LookupService:
         self.clock = clock
         self.gossip_enabled = gossip_enabled
         self.streams = 0
+        self._probes: set[asyncio.Task[None]] = set()
 
     async def _call(self, context: Any, fn: Callable[[], Awaitable[Any]]) -> Any:
         try:
@@ -132,6 +135,7 @@ class LookupService:
                        ) -> AsyncIterator[pb.RegisterResponse]:
         node_id = ""
         token = 0
+        address = ""
         self.streams += 1
         try:
             async for req in requests:
@@ -145,6 +149,7 @@ class LookupService:
                         topics = topics_from_pb(req.hello.topics)
                         token = self.registry.connect(identity, topics, self.clock())
                         node_id = identity.node_id
+                        address = identity.grpc_address
                         log.info("broker %s (%s, pair %r) registered", node_id,
                                  identity.grpc_address, identity.pair)
                     elif kind == "hello":
@@ -164,6 +169,31 @@ class LookupService:
             if node_id:
                 self.registry.disconnect(node_id, token, self.clock())
                 log.info("broker %s registration stream closed", node_id)
+                task = asyncio.get_running_loop().create_task(self._probe(node_id, token, address))
+                self._probes.add(task)
+                task.add_done_callback(self._probes.discard)
+
+    async def close(self) -> None:
+        """Cancel probes still running (the lookup is stopping)."""
+        for t in list(self._probes):
+            t.cancel()
+        await asyncio.gather(*self._probes, return_exceptions=True)
+
+    async def _probe(self, node_id: str, token: int, address: str) -> None:
+        """After a stream closed: is anything still listening on the broker's port?
+        A refused connect means the process is gone (a pause or a partition never refuses)."""
+        try:
+            host, port = parse_hostport(address)
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT)
+        except ConnectionRefusedError:
+            self.registry.refused(node_id, token)
+            log.info("broker %s: connection refused after its stream closed: answering dead", node_id)
+            return
+        except (OSError, ValueError, TimeoutError):
+            return
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
     # ------------------------------------------------------------ queries
     async def LookupTopic(self, request: pb.LookupTopicRequest, context: Any) -> pb.LookupTopicResponse:
