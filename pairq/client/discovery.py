@@ -183,7 +183,8 @@ class Discovery:
             self._channels[address] = ch
         return ch
 
-    async def _ask_one(self, address: str, method: str, request: Any, response_type: Any, key: str) -> Any:
+    async def _ask_one(self, address: str, method: str, request: Any, response_type: Any, key: str,
+                       *, cache: bool = True) -> Any:
         rpc = self._channel(address).unary_unary(
             f"/pairq.v1.LookupService/{method}",
             request_serializer=type(request).SerializeToString,
@@ -196,9 +197,10 @@ class Discovery:
                 raise PairqError.from_rpc_error(exc) from None
             self.errors[address] = f"{exc.code().name}: {exc.details()}"
             log.debug("lookup %s %s failed: %s", address, method, self.errors[address])
-            return self._last.get((address, method, key))
+            return self._last.get((address, method, key)) if cache else None
         self.errors.pop(address, None)
-        self._last[(address, method, key)] = resp
+        if cache:
+            self._last[(address, method, key)] = resp
         return resp
 
     async def _ask_all(self, method: str, request: Any, response_type: Any, key: str = "") -> list[Any]:
@@ -291,6 +293,22 @@ class Discovery:
         answers = await self._ask_all("ListChannels", pb.ListChannelsRequest(topic=topic),
                                       pb.ListChannelsResponse, topic)
         return sorted({c for r in answers for c in r.channels})
+
+    async def tombstone_topic(self, topic: str, node: str) -> list[str]:
+        """Operator: tombstone ``topic`` on ``node`` (node id or address) at every lookup;
+        returns the lookups that accepted it (a lookup that is down is skipped)."""
+        req = pb.TombstoneTopicRequest(topic=topic, node=node)
+        results = await asyncio.gather(*(
+            self._ask_one(a, "TombstoneTopic", req, pb.TombstoneTopicResponse, "", cache=False)
+            for a in self.lookups
+        ), return_exceptions=True)
+        ok = [a for a, r in zip(self.lookups, results, strict=True) if isinstance(r, pb.TombstoneTopicResponse)]
+        if not ok:
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
+            raise UnavailableError(f"no lookup accepted the tombstone of {topic!r} on {node!r}")
+        return ok
 
     # ------------------------------------------------------------ for Producer / Consumer
     async def placement(self, topic: str) -> list[PairState]:

@@ -1,0 +1,321 @@
+"""Lookup with real brokers and lookups on loopback: registration, discovery, restarts,
+tombstones, inactivity expiry, and liveness from gossip (child processes for kill -9)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from test_lookup_procs import BrokerHarness, LookupProc, liveness, stopping
+
+from pairq.broker.registration import LookupRegistrar
+from pairq.client import Consumer, Message, Producer
+from pairq.client.discovery import Discovery
+from pairq.errors import NotFoundError
+from pairq.lookup import Lookup, LookupOptions
+from pairq.testing import eventually, free_port, run_pair
+from pairq.v1 import lookup_pb2 as pb
+
+
+async def _lookups(n: int, **opts: object) -> list[Lookup]:
+    out = []
+    for _ in range(n):
+        lk = Lookup(LookupOptions(address="127.0.0.1:0", **opts))  # type: ignore[arg-type]
+        await lk.start()
+        out.append(lk)
+    return out
+
+
+def _registrar(broker: object, lookups: list[str]) -> LookupRegistrar:
+    return LookupRegistrar(broker, lookups, poll_interval=0.1,  # type: ignore[arg-type]
+                           initial_backoff=0.05, max_backoff=0.3)
+
+
+async def _stop(*things: Lookup | LookupRegistrar) -> None:
+    for t in things:
+        await t.stop()
+
+
+async def test_registration_visible_on_both_lookups_and_merged_by_discovery() -> None:
+    l1, l2 = await _lookups(2, tombstone_lifetime_s=1.0)
+    addrs = [l1.address, l2.address]
+    async with run_pair(pair="p1") as (a, b):
+        await (await a.get_topic("orders")).get_channel("billing")
+        ra, rb = _registrar(a, addrs), _registrar(b, addrs)
+        ra.start()
+        rb.start()
+        try:
+            for lk in (l1, l2):
+                await eventually(lambda lk=lk: [
+                    (p.pair, [x.status.identity.node_id for x in p.brokers])
+                    for p in lk.registry.lookup_topic("orders", time.monotonic()).pairs
+                ] == [("p1", sorted([a.node_id, b.node_id]))], timeout=5)
+            async with Discovery([*addrs, f"127.0.0.1:{free_port()}"], timeout=1.0) as d:
+                pairs = await d.brokers_for_topic("orders")
+                assert [p.pair for p in pairs] == ["p1"]
+                assert sorted(x.address for x in pairs[0].brokers) == sorted([a.address, b.address])
+                assert all(x.alive and x.liveness == "alive" and not x.tombstoned for x in pairs[0].brokers)
+                assert await d.channels("orders") == ["billing"]
+                assert sorted(await d.consumer_addresses("orders")) == sorted([a.address, b.address])
+                (p1,) = await d.all_pairs()
+                assert p1.healthy and "orders" in p1.topics
+                assert [p.pair for p in await d.placement("brand-new")] == ["p1"]
+                assert len(d.errors) == 1  # the address where no lookup runs
+
+                # a topic created later is registered within the registrar's poll
+                await b.get_topic("later")
+                await eventually(lambda: all("later" in lk.registry.topics(time.monotonic())
+                                             for lk in (l1, l2)), timeout=3)
+
+                # tombstone the topic on b: consumers stop using b for it, until it expires
+                assert await d.tombstone_topic("orders", b.node_id) == addrs
+                assert await d.consumer_addresses("orders") == [a.address]
+                nodes = {n.node_id: n for n in await d.nodes()}
+                assert nodes[b.node_id].tombstones == ["orders"]
+                assert nodes[b.node_id].seen_by == addrs
+                with pytest.raises(NotFoundError):
+                    await d.tombstone_topic("orders", "no-such-node")
+                t0 = time.monotonic()
+                while await d.consumer_addresses("orders") != sorted([a.address, b.address]):
+                    assert time.monotonic() - t0 < 5, "tombstone did not expire"
+                    await asyncio.sleep(0.05)
+                assert time.monotonic() - t0 > 0.5  # it held for (most of) its 1 s lifetime
+        finally:
+            await _stop(ra, rb, l1, l2)
+
+
+async def test_nodes_command_lists_every_broker_from_every_lookup(tmp_path: Path) -> None:
+    l1, l2 = await _lookups(2)
+    addrs = [l1.address, l2.address]
+    async with run_pair(pair="px") as (a, b):
+        await a.get_topic("t1")
+        ra, rb = _registrar(a, addrs), _registrar(b, addrs)
+        ra.start()
+        rb.start()
+        try:
+            await eventually(lambda: all(len(lk.registry.nodes(time.monotonic())) == 2 for lk in (l1, l2)))
+            args = ["-m", "pairq.lookup.cli", "nodes", "--lookup", l1.address, "--lookup", l2.address]
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, *args, "--json", stdout=asyncio.subprocess.PIPE)
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+            assert proc.returncode == 0
+            doc = json.loads(out)
+            assert sorted(n["node_id"] for n in doc["nodes"]) == sorted([a.node_id, b.node_id])
+            assert all(n["pair"] == "px" and n["liveness"] == "alive" and len(n["seen_by"]) == 2
+                       for n in doc["nodes"])
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, *args, stdout=asyncio.subprocess.PIPE)
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+            table = out.decode().splitlines()
+            assert table[0].split()[:3] == ["NODE", "PAIR", "ADDRESS"]
+            assert any(a.node_id in row and "t1(0)" in row and "2/2" in row for row in table[1:])
+        finally:
+            await _stop(ra, rb, l1, l2)
+
+
+async def test_lookup_kill9_does_not_affect_brokers_and_restart_reregisters(tmp_path: Path) -> None:
+    """Two lookup processes; kill -9 one during publish + consume: nothing notices;
+    restart it on the same port: complete again as soon as the brokers re-register."""
+    l1, l2 = LookupProc(tmp_path, "l1"), LookupProc(tmp_path, "l2")
+    await asyncio.gather(l1.start(), l2.start())
+    addrs = [l1.address, l2.address]
+    got: set[bytes] = set()
+
+    async def handle(msg: Message) -> None:
+        got.add(bytes(msg.body))
+
+    async with stopping(l1, l2), run_pair(pair="p1") as (a, b):
+        await (await a.get_topic("orders")).get_channel("c")
+        ra, rb = _registrar(a, addrs), _registrar(b, addrs)
+        ra.start()
+        rb.start()
+        try:
+            await eventually(lambda: all(r.connected[x] for r in (ra, rb) for x in addrs), timeout=10)
+            async with Producer([a.address, b.address]) as prod, \
+                    Consumer("orders", "c", [a.address, b.address], handler=handle) as cons:
+                for i in range(100):
+                    ack = await prod.publish("orders", b"m%d" % i)
+                    assert ack.copies == 2
+                    if i == 30:
+                        await l1.kill9()
+                await eventually(lambda: len(got) == 100, timeout=10)
+                await cons.wait_idle(timeout=5)
+            assert not ra.connected[l1.address] and ra.connected[l2.address]
+            # the surviving lookup still answers everything
+            async with Discovery(addrs, timeout=0.5) as d:
+                assert sorted(await d.consumer_addresses("orders")) == sorted([a.address, b.address])
+
+            before = (ra.registrations[l1.address], rb.registrations[l1.address])
+            l1b = LookupProc(tmp_path, "l1-restarted", port=l1.port)
+            await l1b.start()
+            async with stopping(l1b):
+                await eventually(lambda: (ra.registrations[l1.address], rb.registrations[l1.address])
+                                 == (before[0] + 1, before[1] + 1), timeout=10)
+                async with Discovery([l1b.address], timeout=1.0) as d:
+                    pairs = await d.brokers_for_topic("orders")
+                    assert [(p.pair, len(p.brokers)) for p in pairs] == [("p1", 2)]
+                    assert await d.channels("orders") == ["c"]
+        finally:
+            await _stop(ra, rb)
+
+
+async def _raw_register(address: str, node_id: str) -> AsyncIterator[pb.RegisterResponse]:
+    async with grpc.aio.insecure_channel(address) as ch:
+        call = ch.stream_stream("/pairq.v1.LookupService/Register",
+                                request_serializer=pb.RegisterRequest.SerializeToString,
+                                response_deserializer=pb.RegisterResponse.FromString)()
+        await call.write(pb.RegisterRequest(seq=7, hello=pb.RegisterHello(
+            broker=pb.BrokerIdentity(node_id=node_id, grpc_address="127.0.0.1:1", pair="q"),
+            topics=[pb.TopicRegistration(name="t", channels=["c"])])))
+        yield await call.read()
+        yield await call.read()  # blocks while the stream stays open
+
+
+async def test_inactivity_expiry_of_a_silent_registration_with_its_stream_open() -> None:
+    (lk,) = await _lookups(1, heartbeat_interval_ms=100, inactivity_timeout_s=0.6)
+    stream = _raw_register(lk.address, "silent")
+    try:
+        ack = await anext(stream)
+        assert (ack.seq, ack.heartbeat_interval_ms, ack.inactivity_timeout_ms) == (7, 100, 600)
+        assert await liveness(lk.address, "silent") == "alive"
+        await eventually(lambda: lk.registry.topics(time.monotonic()) == [], timeout=3)
+        assert await liveness(lk.address, "silent") == "absent"
+        await eventually(lambda: lk.registry._regs == {}, timeout=3)  # the sweep dropped it
+    finally:
+        await stream.aclose()
+        await lk.stop()
+
+
+async def test_register_rejects_bad_input() -> None:
+    (lk,) = await _lookups(1)
+    try:
+        async with grpc.aio.insecure_channel(lk.address) as ch:
+            reg = ch.stream_stream("/pairq.v1.LookupService/Register",
+                                   request_serializer=pb.RegisterRequest.SerializeToString,
+                                   response_deserializer=pb.RegisterResponse.FromString)
+            for bad in (
+                pb.RegisterRequest(heartbeat=pb.RegisterHeartbeat()),
+                pb.RegisterRequest(hello=pb.RegisterHello(broker=pb.BrokerIdentity(node_id="x"))),
+                pb.RegisterRequest(hello=pb.RegisterHello(
+                    broker=pb.BrokerIdentity(node_id="x", grpc_address="127.0.0.1:1"),
+                    topics=[pb.TopicRegistration(name="bad name!")])),
+            ):
+                call = reg()
+                await call.write(bad)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call.read()
+                assert info.value.code() in (grpc.StatusCode.INVALID_ARGUMENT,
+                                             grpc.StatusCode.FAILED_PRECONDITION)
+            lookup_topic = ch.unary_unary("/pairq.v1.LookupService/LookupTopic",
+                                          request_serializer=pb.LookupTopicRequest.SerializeToString,
+                                          response_deserializer=pb.LookupTopicResponse.FromString)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await lookup_topic(pb.LookupTopicRequest(topic=""))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert not (await lookup_topic(pb.LookupTopicRequest(topic="unknown"))).known
+        assert lk.registry.nodes(time.monotonic()) == []
+    finally:
+        await lk.stop()
+
+
+async def _gossip_cluster(tmp: Path) -> tuple[LookupProc, LookupProc, list[str]]:
+    g1, g2 = free_port(), free_port()
+    l1 = LookupProc(tmp, "gl1", gossip_port=g1)
+    await l1.start()
+    l2 = LookupProc(tmp, "gl2", gossip_port=g2, join=[f"127.0.0.1:{g1}"])
+    await l2.start()
+    return l1, l2, [f"127.0.0.1:{g1}", f"127.0.0.1:{g2}"]
+
+
+async def _answers(lookups: list[LookupProc], node_id: str) -> list[str]:
+    return list(await asyncio.gather(*(liveness(lk.address, node_id) for lk in lookups)))
+
+
+async def test_gossip_declares_a_paused_broker_dead_on_both_lookups(tmp_path: Path) -> None:
+    """SIGSTOP keeps the broker's streams open and its port listening: only gossip can
+    tell. Then kill -9 the other broker: dead on both lookups within 2 s."""
+    l1, l2, seeds = await _gossip_cluster(tmp_path)
+    lookups = [l1, l2]
+    pa, pb_ = free_port(), free_port()
+    a = BrokerHarness(tmp_path, "a", [l1.address, l2.address], gossip=True, join=seeds,
+                      pair="p1", partner=f"127.0.0.1:{pb_}", port=pa, topics=["t"])
+    b = BrokerHarness(tmp_path, "b", [l1.address, l2.address], gossip=True, join=seeds,
+                      pair="p1", partner=f"127.0.0.1:{pa}", port=pb_)
+    async with stopping(a, b, l1, l2):
+        await asyncio.gather(a.start(), b.start())
+        for br in (a, b):
+            await _eventually_async(lambda br=br: _answers(lookups, br.node_id), ["alive", "alive"], 10)
+        a.signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        await _eventually_async(lambda: _answers(lookups, a.node_id), ["dead", "dead"], 15)
+        paused_detect = time.monotonic() - t0
+        for lk in lookups:
+            async with Discovery([lk.address]) as d:
+                (node,) = [n for n in await d.nodes() if n.node_id == a.node_id]
+                assert node.gossip_state == "dead"  # gossip said so: the stream is still open
+        a.signal(signal.SIGCONT)
+        await _eventually_async(lambda: _answers(lookups, a.node_id), ["alive", "alive"], 15)
+
+        await b.kill9()
+        t0 = time.monotonic()
+        await _eventually_async(lambda: _answers(lookups, b.node_id), ["dead", "dead"], 10)
+        crash_detect = time.monotonic() - t0
+        print(f"paused broker dead on both lookups after {paused_detect:.2f} s; "
+              f"killed broker after {crash_detect:.3f} s")
+        assert crash_detect < 2.0
+
+
+async def _eventually_async(fn: object, want: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = await fn()  # type: ignore[operator]
+        if last == want:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"wanted {want!r} within {timeout} s, last {last!r}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+async def test_kill9_broker_dead_on_both_lookups_p99(tmp_path: Path) -> None:
+    """kill -9 of a broker -> both lookups answer it dead: p99 over TRIALS trials (and the
+    gossip-only path: SIGSTOP -> dead, for comparison). Run:
+    pytest -m slow -s tests/integration/test_lookup.py -k p99"""
+    trials = int(os.environ.get("PAIRQ_LOOKUP_TRIALS", "25"))
+    l1, l2, seeds = await _gossip_cluster(tmp_path)
+    lookups = [l1, l2]
+    witness = BrokerHarness(tmp_path, "w", [l1.address, l2.address], gossip=True, join=seeds)
+    crash: list[float] = []
+    paused: list[float] = []
+    async with stopping(witness, l1, l2):
+        await witness.start()
+        for i in range(trials):
+            for kind, out in (("kill", crash), ("stop", paused)):
+                br = BrokerHarness(tmp_path, f"{kind}{i}", [l1.address, l2.address], gossip=True, join=seeds)
+                async with stopping(br):
+                    await br.start()
+                    await _eventually_async(lambda br=br: _answers(lookups, br.node_id), ["alive", "alive"], 10)
+                    t0 = time.monotonic()
+                    if kind == "kill":
+                        await br.kill9()
+                    else:
+                        br.signal(signal.SIGSTOP)
+                    await _eventually_async(lambda br=br: _answers(lookups, br.node_id), ["dead", "dead"], 20)
+                    out.append(time.monotonic() - t0)
+                    if kind == "stop":
+                        await br.kill9()
+    for name, xs in (("kill -9", crash), ("SIGSTOP (gossip only)", paused)):
+        xs.sort()
+        p50 = xs[len(xs) // 2]
+        p99 = xs[min(len(xs) - 1, int(round(0.99 * (len(xs) - 1))))]
+        print(f"{name}: n={len(xs)} p50={p50:.3f} s p99={p99:.3f} s max={xs[-1]:.3f} s")
+    assert crash[min(len(crash) - 1, int(round(0.99 * (len(crash) - 1))))] <= 2.0
