@@ -428,3 +428,21 @@ async def test_stop_requeues_unanswered_iterated_messages(tmp_path: Path) -> Non
         async with Consumer("t", "c", [b.address], handler=got.append) as c2:
             await c2.wait_idle(timeout=10)
         assert [(m.body, m.attempts) for m in got] == [(b"x", 2)]
+
+
+async def test_package_docstring_example_runs(tmp_path: Path) -> None:
+    import textwrap
+
+    import pairq.client
+
+    doc = pairq.client.__doc__ or ""
+    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    async with run_broker(tmp_path / "b") as b:
+        code = code.replace("127.0.0.1:4150", b.address).replace(
+            "/var/lib/billing/dedupe.lmdb", str(tmp_path / "dd.lmdb")
+        )
+        src = "async def _example():\n" + textwrap.indent(code, "    ") + "\n    return ack, acks\n"
+        ns: dict[str, object] = {}
+        exec(src, ns)
+        ack, acks = await ns["_example"]()  # type: ignore[operator]
+        assert len(ack.id) == 16 and len(acks) == 2
