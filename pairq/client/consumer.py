@@ -518,6 +518,19 @@ class Consumer:
         return sum(1 for c in self._conns if c.live)
 
     @property
+    def max_in_flight(self) -> int:
+        """Total RDY credit over all streams."""
+        return self._max_in_flight
+
+    def set_max_in_flight(self, max_in_flight: int) -> None:
+        """Change the total credit (0 pauses delivery); RDY is re-sent to every stream."""
+        if max_in_flight < 0:
+            raise ValueError("max_in_flight must be >= 0")
+        self._max_in_flight = max_in_flight
+        if self._started and not self._stopping:
+            self._conn_changed()
+
+    @property
     def in_flight(self) -> int:
         """Messages received and not yet answered."""
         return self._busy
@@ -682,7 +695,7 @@ class Consumer:
         if self._idle_workers:
             self._idle_workers.pop().set_result(None)
             self._draining += 1
-        elif len(self._workers) < self._max_in_flight:
+        elif len(self._workers) < max(1, self._max_in_flight):
             self._draining += 1
             task = asyncio.get_running_loop().create_task(self._worker())
             self._workers.add(task)

@@ -446,3 +446,30 @@ async def test_package_docstring_example_runs(tmp_path: Path) -> None:
         exec(src, ns)
         ack, acks = await ns["_example"]()  # type: ignore[operator]
         assert len(ack.id) == 16 and len(acks) == 2
+
+
+async def test_deferred_publish_and_pausing_with_max_in_flight(tmp_path: Path) -> None:
+    async with run_broker(tmp_path) as b:
+        got: list[tuple[bytes, float]] = []
+        async with Consumer(
+            "t", "c", [b.address], handler=lambda m: got.append((m.body, time.monotonic()))
+        ) as c:
+            await c.wait_idle(timeout=5)
+            async with Producer([b.address]) as p:
+                t0 = time.monotonic()
+                await p.publish("t", b"later", defer_ms=300)
+                await p.publish("t", b"now")
+                await eventually(lambda: len(got) == 2)
+            assert [body for body, _ in got] == [b"now", b"later"]
+            assert got[1][1] - t0 >= 0.29
+            c.set_max_in_flight(0)  # pause
+            deadline = time.monotonic() + 10
+            while (await stats(b.address, "t")).channels[0].clients[0].ready_count != 0:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            async with Producer([b.address]) as p:
+                await p.publish("t", b"held")
+            t = await stats(b.address, "t")
+            assert t.channels[0].depth == 1 and len(got) == 2
+            c.set_max_in_flight(10)
+            await eventually(lambda: len(got) == 3)
