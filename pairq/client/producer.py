@@ -235,12 +235,14 @@ class Producer:
         *,
         headers: Mapping[str, str] | None = None,
         defer_ms: int = 0,
+        ids: Sequence[bytes] | None = None,
     ) -> list[PublishAck]:
         """Publish many messages in one batch RPC (NSQ's MPUB), stored all-or-none.
 
         A batch larger than ``max_batch_size`` / ``max_batch_bytes`` is split
         into several RPCs sent in order; each part is atomic on its own.
-        ``headers`` and ``defer_ms`` apply to every message.
+        ``headers`` and ``defer_ms`` apply to every message; ``ids`` (16 bytes
+        each, one per body) override the generated ids.
         """
         if self._closed:
             raise UnavailableError("producer is closed")
@@ -252,6 +254,12 @@ class Producer:
         for b in bodies:
             b = self._check_body(b)
             items.append((self._ids.next(), b, len(b) + 24 + extra))
+        if ids is not None:
+            if len(ids) != len(items):
+                raise InvalidError(f"got {len(ids)} ids for {len(items)} bodies")
+            for mid in ids:
+                self._check_extras(None, 0, mid)
+            items = [(mid, b, n) for mid, (_, b, n) in zip(ids, items, strict=True)]
         if not items:
             raise InvalidError(
                 "publish_batch needs at least one body", code=broker_pb2.ERROR_CODE_BAD_BATCH

@@ -67,12 +67,15 @@ class SyncProducer:
         *,
         headers: Mapping[str, str] | None = None,
         defer_ms: int = 0,
+        ids: Sequence[bytes] | None = None,
     ) -> list[PublishAck]:
         """Publish a batch and wait for its acks (see ``Producer.publish_batch``)."""
         if self._closed:
             raise RuntimeError("SyncProducer is closed")
         return self._run(
-            self._producer.publish_batch(topic, list(bodies), headers=headers, defer_ms=defer_ms)
+            self._producer.publish_batch(
+                topic, list(bodies), headers=headers, defer_ms=defer_ms, ids=ids
+            )
         )
 
     def close(self) -> None:

@@ -103,6 +103,11 @@ async def test_publish_batch_explicit_and_split() -> None:
         assert dict(fake.broker.stored["t"][0].headers) == {"k": "v"}
         with pytest.raises(InvalidError):
             await p.publish_batch("t", [])
+        mine = [bytes([i]) * 16 for i in range(3)]
+        acks = await p.publish_batch("t", [b"x", b"y", b"z"], ids=mine)
+        assert [a.id for a in acks] == mine
+        with pytest.raises(InvalidError):
+            await p.publish_batch("t", [b"x"], ids=mine)
 
 
 async def test_close_waits_for_outstanding() -> None:
