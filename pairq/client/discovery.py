@@ -43,7 +43,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -321,7 +321,7 @@ class Discovery:
         pairs = await self.brokers_for_topic(topic)
         return sorted({b.address for p in pairs for b in p.brokers if b.alive and not b.tombstoned})
 
-    async def watch(self, topic: str) -> AsyncIterator[list[str]]:
+    async def watch(self, topic: str) -> AsyncGenerator[list[str], None]:
         """Consumer: yields :meth:`consumer_addresses` at once and then whenever it
         changes, polling every ``poll_interval``. While no lookup answers, nothing
         is yielded (keep the connections you have)."""
