@@ -30,6 +30,9 @@ Interface::
     core.tick(now) -> list[Outcome]                # timeouts + due deferred entries
     core.next_wakeup() -> float | None             # when ``tick`` next has work
 
+The core never delivers on its own: call ``take`` after anything that adds
+entries or frees credit (push, FIN, REQ, RDY, tick, remove_client, unpause).
+
     core.pause(); core.unpause(); core.paused
     core.empty() -> list[Entry]                    # everything dropped, returned
 
