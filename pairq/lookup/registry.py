@@ -20,11 +20,14 @@ Liveness rules (one place, ``liveness``):
      ``dead_after`` unless gossip says the broker is alive (so with gossip off,
      a killed broker is answered dead about 3 heartbeat intervals after its
      stream broke);
-   - stream closed **and** a second independent sign of failure: gossip
-     suspects it, or the lookup's connect to the broker's gRPC port was refused
-     (``refused``: nobody listens there, the process is gone): **DEAD** at once.
-     A ``kill -9`` closes the stream and the port together, so a crashed broker
-     is answered dead within milliseconds; a lost link alone only makes it SUSPECT.
+   - two independent signs of failure together: **DEAD** at once. The
+     registration side says "stream closed" or "heartbeats late" (longer than
+     ``dead_after``); the other side is gossip suspecting the broker or, after the
+     stream closed, the lookup's connect to the broker's gRPC port being refused
+     (``refused``: nobody listens there, the process is gone). A ``kill -9``
+     closes the stream and the port together, so a crashed broker is answered
+     dead within milliseconds; a lost link alone, or a suspicion alone, only
+     makes it SUSPECT.
 3. A registration silent for ``inactivity_timeout`` is dropped entirely
    (``expire``), dead or not.
 
@@ -192,6 +195,11 @@ class Registry:
             reg.connected = False
             reg.disconnected_at = now
 
+    def closed(self, node_id: str, token: int) -> bool:
+        """Whether this stream is still the node's registration and is closed."""
+        reg = self._current(node_id, token)
+        return reg is not None and not reg.connected
+
     def refused(self, node_id: str, token: int) -> None:
         """After the stream closed, a connect to the broker's gRPC port was refused."""
         reg = self._current(node_id, token)
@@ -286,15 +294,18 @@ class Registry:
         if g is not None and g.state in ("dead", "left"):
             return Liveness.DEAD
         level = Liveness.SUSPECT if g is not None and g.state == "suspect" else Liveness.ALIVE
+        late = now - reg.last_seen > self.dead_after
+        if (not reg.connected or late) and level is Liveness.SUSPECT:
+            return Liveness.DEAD
         if not reg.connected:
-            if reg.refused or level is Liveness.SUSPECT:
+            if reg.refused:
                 return Liveness.DEAD
             gossip_alive = g is not None and g.state == "alive"
             if not gossip_alive and now - reg.disconnected_at >= self.dead_after:
                 return Liveness.DEAD
             return max(level, Liveness.SUSPECT)
-        if now - reg.last_seen > self.dead_after:
-            return max(level, Liveness.SUSPECT)
+        if late:
+            return Liveness.SUSPECT
         return level
 
     def _active(self, now: float) -> list[_Registration]:

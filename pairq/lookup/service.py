@@ -36,6 +36,7 @@ MAX_TOPICS_PER_NODE = 100_000
 MAX_CHANNELS_PER_TOPIC = 10_000
 MAX_ID_LEN = 255
 PROBE_TIMEOUT = 1.0
+PROBE_ATTEMPTS = 5  # at 0, 50, 150, 350, 750 ms after the stream closed
 
 
 def _invalid(message: str, code: int = broker_pb2.ERROR_CODE_INVALID) -> PairqError:
@@ -181,19 +182,30 @@ class LookupService:
 
     async def _probe(self, node_id: str, token: int, address: str) -> None:
         """After a stream closed: is anything still listening on the broker's port?
-        A refused connect means the process is gone (a pause or a partition never refuses)."""
+        A refused connect means the process is gone (a pause or a partition never refuses).
+        A dying process may close its streams a moment before its listening socket, so an
+        accepted connect is retried a few times while the registration stays closed."""
         try:
             host, port = parse_hostport(address)
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT)
-        except ConnectionRefusedError:
-            self.registry.refused(node_id, token)
-            log.info("broker %s: connection refused after its stream closed: answering dead", node_id)
+        except ValueError:
             return
-        except (OSError, ValueError, TimeoutError):
-            return
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+        delay = 0.05
+        for _ in range(PROBE_ATTEMPTS):
+            if not self.registry.closed(node_id, token):
+                return  # reconnected, or replaced by a newer registration
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT)
+            except ConnectionRefusedError:
+                self.registry.refused(node_id, token)
+                log.info("broker %s: connection refused after its stream closed: answering dead", node_id)
+                return
+            except (OSError, TimeoutError):
+                return  # unreachable host or timeout: leave it to gossip and the timers
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            await asyncio.sleep(delay)
+            delay *= 2
 
     # ------------------------------------------------------------ queries
     async def LookupTopic(self, request: pb.LookupTopicRequest, context: Any) -> pb.LookupTopicResponse:

@@ -55,6 +55,8 @@ def test_gossip_dead_is_dead_at_once_and_overrides_an_open_stream() -> None:
     r.heartbeat("a", tok, 1.0)
     r.gossip("a", "suspect", 1.1)
     assert r.liveness("a", 1.1) is Liveness.SUSPECT
+    assert r.liveness("a", 4.0) is Liveness.SUSPECT
+    assert r.liveness("a", 4.1) is Liveness.DEAD  # suspected and silent for 3 intervals
     r.gossip("a", "dead", 1.2)
     assert r.liveness("a", 1.2) is Liveness.DEAD
     ans = r.lookup_topic("t", 1.2)
