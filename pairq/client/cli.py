@@ -1,7 +1,9 @@
 """Client command-line tools: ``pairq pub``, ``tail``, ``stat``, ``to-file`` and ``dlq``.
 
 ``register(subparsers)`` adds them to the ``pairq`` command. Every tool takes
-``--broker HOST:PORT`` (repeatable; default 127.0.0.1:4150). Expected failures
+``--broker HOST:PORT`` (repeatable; default 127.0.0.1:4150); ``pub``, ``tail``,
+``stat`` and ``to-file`` also take ``--lookup HOST:PORT`` (repeatable) to find
+brokers through lookups instead of (or besides) naming them. Expected failures
 (unreachable broker, invalid names, bad input) print one line to stderr and
 exit with status 1; bad usage exits with 2 (argparse).
 """
@@ -30,9 +32,10 @@ import grpc
 from pairq.client._channel import DEFAULT_BROKER, BrokerConn, normalize_address
 from pairq.client._policy import check_channel, check_topic
 from pairq.client.consumer import Consumer
+from pairq.client.discovery import Discovery
 from pairq.client.message import Message
 from pairq.client.producer import Producer
-from pairq.errors import PairqError
+from pairq.errors import PairqError, UnavailableError
 from pairq.v1 import broker_pb2 as pb
 
 __all__ = ["register"]
@@ -43,6 +46,23 @@ class CliError(Exception):
 
 
 # -- plumbing ---------------------------------------------------------------------
+
+
+def _lookups(args: argparse.Namespace) -> list[str] | None:
+    raw = getattr(args, "lookup", None)
+    if not raw:
+        return None
+    try:
+        return list(dict.fromkeys(normalize_address(a) for a in raw))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _brokers_or_none(args: argparse.Namespace) -> list[str] | None:
+    """The --broker addresses; None when only lookups were given."""
+    if not args.broker and _lookups(args):
+        return None
+    return _brokers(args)
 
 
 def _brokers(args: argparse.Namespace) -> list[str]:
@@ -83,13 +103,30 @@ def _rpc_message(exc: grpc.aio.AioRpcError) -> str:
     return err.message or str(exc.code())
 
 
-def _add_broker_arg(p: argparse.ArgumentParser) -> None:
+def _add_broker_arg(p: argparse.ArgumentParser, *, lookup: bool = False) -> None:
     p.add_argument(
         "--broker",
         action="append",
         metavar="HOST:PORT",
-        help=f"broker gRPC address; repeat for several (default: {DEFAULT_BROKER})",
+        help=f"broker gRPC address; repeat for several (default: {DEFAULT_BROKER}, "
+        "unless --lookup is given)",
     )
+    if lookup:
+        p.add_argument(
+            "--lookup",
+            action="append",
+            metavar="HOST:PORT",
+            help="lookup gRPC address to find brokers through; repeat for several",
+        )
+
+
+async def _check_lookups(lookups: list[str], topic: str, timeout: float) -> None:
+    """Fail with one clear line when no lookup answers."""
+    async with Discovery(lookups, timeout=timeout) as d:
+        try:
+            await d.brokers_for_topic(topic)
+        except UnavailableError as exc:
+            raise CliError(exc.message) from None
 
 
 async def _unary(conn: BrokerConn, method: str, request: Any, timeout: float) -> Any:
@@ -165,7 +202,10 @@ async def _pub(args: argparse.Namespace) -> int:
     headers = _parse_headers(args.header)
     # One batch in flight at a time keeps stdin lines in order.
     async with Producer(
-        _brokers(args), retry_timeout=args.timeout, max_batches_in_flight=1
+        _brokers_or_none(args),
+        lookups=_lookups(args),
+        retry_timeout=args.timeout,
+        max_batches_in_flight=1,
     ) as producer:
         if args.body is not None:
             ack = await producer.publish(
@@ -250,14 +290,17 @@ async def _tail(args: argparse.Namespace) -> int:
     check_topic(args.topic)
     channel = args.channel or f"tail{secrets.randbelow(1_000_000):06d}#ephemeral"
     check_channel(channel)
-    brokers = _brokers(args)
-    await _check_reachable(brokers, args.timeout)
+    brokers, lookups = _brokers_or_none(args), _lookups(args)
+    if brokers:
+        await _check_reachable(brokers, args.timeout)
+    if lookups:
+        await _check_lookups(lookups, args.topic, args.timeout)
     out = sys.stdout
     stop = _stop_event()
     limit = args.n
     count = 0
     mif = min(200, limit) if limit else 200
-    consumer = Consumer(args.topic, channel, brokers, max_in_flight=mif)
+    consumer = Consumer(args.topic, channel, brokers, lookups=lookups, max_in_flight=mif)
 
     async def loop() -> None:
         nonlocal count
@@ -382,7 +425,18 @@ async def _stat(args: argparse.Namespace) -> int:
         if not args.topic:
             raise CliError("--channel needs --topic")
         check_channel(args.channel)
-    conns = [BrokerConn(a) for a in _brokers(args)]
+    addresses = list(_brokers_or_none(args) or [])
+    lookups = _lookups(args)
+    if lookups:
+        async with Discovery(lookups, timeout=args.timeout) as d:
+            try:
+                nodes = await d.nodes()
+            except UnavailableError as exc:
+                raise CliError(exc.message) from None
+        addresses += [n.address for n in nodes if n.liveness != "dead"]
+        if not addresses:
+            raise CliError("the lookups know no live broker")
+    conns = [BrokerConn(a) for a in dict.fromkeys(addresses)]
     prev: dict[tuple[str, str], dict[str, int]] | None = None
     prev_t = 0.0
     n = 0
@@ -509,8 +563,11 @@ async def _to_file(args: argparse.Namespace) -> int:
     work_dir = Path(args.work_dir) if args.work_dir else out_dir
     for d in (out_dir, work_dir):
         await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
-    brokers = _brokers(args)
-    await _check_reachable(brokers, args.timeout)
+    brokers, lookups = _brokers_or_none(args), _lookups(args)
+    if brokers:
+        await _check_reachable(brokers, args.timeout)
+    if lookups:
+        await _check_lookups(lookups, args.topic, args.timeout)
     rf = _RotatingFile(
         args.topic,
         out_dir,
@@ -520,7 +577,7 @@ async def _to_file(args: argparse.Namespace) -> int:
     )
     stop = _stop_event()
     mif = args.max_in_flight
-    consumer = Consumer(args.topic, args.channel, brokers, max_in_flight=mif)
+    consumer = Consumer(args.topic, args.channel, brokers, lookups=lookups, max_in_flight=mif)
     pending: list[Message] = []
     written = 0
     limit = args.n
@@ -682,7 +739,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--timeout", type=float, default=10.0, help="give up after retrying this many seconds"
     )
-    _add_broker_arg(p)
+    _add_broker_arg(p, lookup=True)
     p.set_defaults(func=_run("pub", _pub))
 
     p = subparsers.add_parser(
@@ -710,7 +767,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--timeout", type=float, default=5.0, help="seconds to wait for a broker to answer at start"
     )
-    _add_broker_arg(p)
+    _add_broker_arg(p, lookup=True)
     p.set_defaults(func=_run("tail", _tail))
 
     p = subparsers.add_parser(
@@ -727,7 +784,7 @@ def register(subparsers: Any) -> None:
         "--count", type=int, default=0, help="print this many tables, then exit (0: forever)"
     )
     p.add_argument("--timeout", type=float, default=5.0, help="per-request deadline, seconds")
-    _add_broker_arg(p)
+    _add_broker_arg(p, lookup=True)
     p.set_defaults(func=_run("stat", _stat))
 
     p = subparsers.add_parser(
@@ -775,7 +832,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--timeout", type=float, default=5.0, help="seconds to wait for a broker to answer at start"
     )
-    _add_broker_arg(p)
+    _add_broker_arg(p, lookup=True)
     p.set_defaults(func=_run("to-file", _to_file))
 
     p = subparsers.add_parser(

@@ -51,7 +51,7 @@ from typing import Any
 
 import grpc
 
-from pairq.client._channel import DEFAULT_BROKER, BrokerConn
+from pairq.client._channel import DEFAULT_BROKER, BrokerConn, normalize_address
 from pairq.client._policy import (
     check_channel,
     check_topic,
@@ -61,6 +61,7 @@ from pairq.client._policy import (
 )
 from pairq.client._tracing import TRACEPARENT, ProcessSpan
 from pairq.client.dedupe import Dedupe
+from pairq.client.discovery import Discovery
 from pairq.client.message import _FINISHED, _PENDING, _REQUEUED, Message
 from pairq.errors import PairqError
 from pairq.v1 import broker_pb2 as pb
@@ -183,6 +184,7 @@ class _Conn:
         self.close_sent = False
         self.writing = False
         self.last_error: str | None = None
+        self.retired = False  # discovery no longer lists it: do not reconnect
         self._wake = asyncio.Event()
         self._flush_handle: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
@@ -241,7 +243,7 @@ class _Conn:
     async def run(self) -> None:
         c = self.consumer
         attempt = 0
-        while not c._stopping:
+        while not c._stopping and not self.retired:
             try:
                 await self._session()
                 self.last_error = None
@@ -256,7 +258,7 @@ class _Conn:
                 self.last_error = repr(exc)
                 if not c._stopping:
                     log.warning("subscription to %s failed: %r", self.address, exc)
-            if c._stopping:
+            if c._stopping or self.retired:
                 break
             if self._was_live:
                 attempt = 0
@@ -397,6 +399,9 @@ class Consumer:
     - ``msg_timeout_ms`` / ``heartbeat_interval_ms``: asked of the broker (0: its default).
     - ``reconnect_backoff`` / ``reconnect_backoff_max``: wait between reconnects, seconds.
     - ``stop_timeout``: how long ``stop()`` waits for running handlers, seconds.
+    - ``lookups`` / ``lookup_poll_interval``: find the brokers holding the topic through
+      these lookups (asked every ``lookup_poll_interval`` seconds): connect to new ones,
+      stop reconnecting to ones answered dead or tombstoned. ``brokers`` are always used.
     - ``client_id``, ``hostname``, ``user_agent``: shown in broker stats.
     - ``trace_context``: run the handler of a message that carries W3C trace context
       (``traceparent`` header) inside an OpenTelemetry CONSUMER span parented by it.
@@ -409,8 +414,10 @@ class Consumer:
         self,
         topic: str,
         channel: str,
-        brokers: Sequence[str] = (DEFAULT_BROKER,),
+        brokers: Sequence[str] | None = None,
         *,
+        lookups: Sequence[str] | None = None,
+        lookup_poll_interval: float = 15.0,
         handler: Handler | None = None,
         max_in_flight: int = 200,
         dedupe: Dedupe | str | os.PathLike[str] | None = None,
@@ -433,8 +440,12 @@ class Consumer:
         check_channel(channel)
         if isinstance(brokers, str):
             brokers = [brokers]
-        if not brokers:
-            raise ValueError("Consumer needs at least one broker address")
+        if isinstance(lookups, str):
+            lookups = [lookups]
+        if brokers is None:
+            brokers = [] if lookups else [DEFAULT_BROKER]
+        if not brokers and not lookups:
+            raise ValueError("Consumer needs at least one broker or lookup address")
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
         self.topic = topic
@@ -465,6 +476,12 @@ class Consumer:
             self._owns_dedupe = True
         self._dedupe: Dedupe | None = dedupe
         self._conns = [_Conn(self, a) for a in dict.fromkeys(brokers)]
+        self._static = {c.address for c in self._conns}
+        self._lookups = list(lookups or [])
+        self._lookup_poll_interval = lookup_poll_interval
+        self._discovery: Discovery | None = None
+        self._discovery_task: asyncio.Task[None] | None = None
+        self._dropped: list[_Conn] = []
         self.stats = ConsumerStats()
         self._queue: collections.deque[Message] = collections.deque()
         self._busy = 0  # received and not yet answered (FIN/REQ buffered)
@@ -511,6 +528,9 @@ class Consumer:
             self._recorder = loop.create_task(self._record_loop())
         for c in self._conns:
             c.task = loop.create_task(c.run())
+        if self._lookups:
+            self._discovery = Discovery(self._lookups, poll_interval=self._lookup_poll_interval)
+            self._discovery_task = loop.create_task(self._discover())
 
     @property
     def connected(self) -> int:
@@ -551,6 +571,9 @@ class Consumer:
             return
         self._stopping = True
         loop = asyncio.get_running_loop()
+        if self._discovery_task is not None:
+            self._discovery_task.cancel()
+            await asyncio.gather(self._discovery_task, return_exceptions=True)
         try:
             for c in self._conns:
                 if c.live:
@@ -585,8 +608,10 @@ class Consumer:
             if self._recorder is not None:
                 self._recorder.cancel()
                 await asyncio.gather(self._recorder, return_exceptions=True)
-            for c in self._conns:
+            for c in self._conns + self._dropped:
                 await c.broker.close()
+            if self._discovery is not None:
+                await self._discovery.close()
             if self._owns_dedupe and self._dedupe is not None:
                 self._dedupe.close()
             self._stopped.set()
@@ -635,6 +660,53 @@ class Consumer:
             await asyncio.wait_for(self._changed.wait(), max(0.0, timeout))
         except TimeoutError:
             pass
+
+    # -- discovery ------------------------------------------------------------
+
+    @property
+    def brokers(self) -> list[str]:
+        """Addresses of the brokers this consumer connects to now (given and discovered)."""
+        return [c.address for c in self._conns if not c.retired]
+
+    async def _discover(self) -> None:
+        assert self._discovery is not None
+        async for addresses in self._discovery.watch(self.topic):
+            self._apply_discovered(addresses)
+
+    def _apply_discovered(self, addresses: Sequence[str]) -> None:
+        """Connect to newly listed brokers; stop reconnecting to ones no longer listed.
+
+        A stream that is up to a broker that disappeared from the answer (dead
+        or tombstoned) is left to end on its own (a tombstoned broker drains;
+        a dead one has ended it already); it is then not reopened.
+        """
+        loop = asyncio.get_running_loop()
+        wanted = set(self._static)
+        for a in addresses:
+            try:
+                wanted.add(normalize_address(a))
+            except ValueError:
+                log.warning("lookup listed an invalid broker address %r", a)
+        by_addr = {c.address: c for c in self._conns}
+        for address in sorted(wanted):
+            c = by_addr.get(address)
+            if c is None or c.task is None or c.task.done():
+                if c is not None:
+                    self._conns.remove(c)
+                c = _Conn(self, address)
+                self._conns.append(c)
+                c.task = loop.create_task(c.run())
+                log.info("consuming %s/%s from %s (discovered)", self.topic, self.channel, address)
+            else:
+                c.retired = False
+        for c in list(self._conns):
+            if c.address not in wanted and not c.retired:
+                c.retired = True
+                log.info("%s no longer listed for %s: not reconnecting", c.address, self.topic)
+                if not c.live and c.task is not None:
+                    c.task.cancel()
+                    self._conns.remove(c)
+                    self._dropped.append(c)  # its channel is closed at stop()
 
     # -- delivery ------------------------------------------------------------
 

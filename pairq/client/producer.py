@@ -25,6 +25,7 @@ cannot fail the publishes that happened to share its RPC.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,10 +38,13 @@ from pairq.client._channel import DEFAULT_BROKER, BrokerConn
 from pairq.client._ids import ID_BYTES, IdGenerator
 from pairq.client._policy import check_topic, cut_batch, retry_backoff
 from pairq.client._tracing import inject
+from pairq.client.discovery import Discovery
 from pairq.errors import InvalidError, PairqError, UnavailableError
 from pairq.v1 import broker_pb2
 
 __all__ = ["Producer", "PublishAck"]
+
+log = logging.getLogger("pairq.client.producer")
 
 _MiB = 1024 * 1024
 # Bytes of protobuf framing per batch item beyond id and body (tags, lengths).
@@ -60,6 +64,17 @@ class PublishAck:
 
 # A pending publish: (id, body, headers or None, defer_ms, future, size).
 _Pending = tuple[bytes, bytes, "Mapping[str, str] | None", int, "asyncio.Future[PublishAck]", int]
+
+
+class _Route:
+    """Where a topic's publishes go: brokers in failover order and the one in use."""
+
+    __slots__ = ("conns", "current", "expires")
+
+    def __init__(self, conns: list[BrokerConn], expires: float = float("inf")) -> None:
+        self.conns = conns
+        self.current = 0
+        self.expires = expires
 
 
 class _Topic:
@@ -87,14 +102,21 @@ class Producer:
     - ``rpc_timeout``: deadline of each RPC attempt, seconds.
     - ``retry_timeout``: give up retrying an unavailable publish after this many seconds.
     - ``retry_backoff`` / ``retry_backoff_max``: first and largest wait between retries.
+    - ``lookups`` / ``lookup_poll_interval``: place each topic through these lookups
+      (``pairq.client.discovery.place``: pairs already holding it first, healthy pairs
+      first, rendezvous hashing within) and fail over down that order; the placement is
+      refreshed every ``lookup_poll_interval`` seconds and whenever every broker of it
+      failed. ``brokers`` given as well are tried after the discovered ones.
     - ``trace_context``: add the current OpenTelemetry span's W3C trace context
       (``traceparent``) to the headers of messages published inside a span.
     """
 
     def __init__(
         self,
-        brokers: Sequence[str] = (DEFAULT_BROKER,),
+        brokers: Sequence[str] | None = None,
         *,
+        lookups: Sequence[str] | None = None,
+        lookup_poll_interval: float = 15.0,
         max_batch_size: int = 1000,
         max_batch_bytes: int = 4 * _MiB,
         max_message_bytes: int = _MiB,
@@ -107,16 +129,29 @@ class Producer:
     ) -> None:
         if isinstance(brokers, str):
             brokers = [brokers]
-        if not brokers:
-            raise ValueError("Producer needs at least one broker address")
+        if isinstance(lookups, str):
+            lookups = [lookups]
+        if brokers is None:
+            brokers = [] if lookups else [DEFAULT_BROKER]
+        if not brokers and not lookups:
+            raise ValueError("Producer needs at least one broker or lookup address")
         if max_batch_size < 1 or max_batches_in_flight < 1:
             raise ValueError("max_batch_size and max_batches_in_flight must be >= 1")
         if max_message_bytes < 1 or max_batch_bytes < max_message_bytes:
             raise ValueError("need 1 <= max_message_bytes <= max_batch_bytes")
-        self._conns = [
-            BrokerConn(a, max_message_bytes=max_batch_bytes + max_batch_size * 64) for a in brokers
-        ]
-        self._current = 0
+        self._conn_opts = {
+            "max_message_bytes": max_message_bytes,
+            "max_rpc_bytes": max_batch_bytes + max_batch_size * 64,
+        }
+        self._pool: dict[str, BrokerConn] = {}
+        self._conns = [self._conn(a) for a in dict.fromkeys(brokers)]
+        self._static_route = _Route(self._conns)
+        self._discovery = (
+            Discovery(list(lookups), poll_interval=lookup_poll_interval) if lookups else None
+        )
+        self._lookup_poll_interval = lookup_poll_interval
+        self._routes: dict[str, _Route] = {}
+        self._refreshing: dict[str, asyncio.Task[_Route]] = {}
         self._max_batch_size = max_batch_size
         self._max_batch_bytes = max_batch_bytes
         self._max_message_bytes = max_message_bytes
@@ -148,8 +183,60 @@ class Producer:
 
     @property
     def brokers(self) -> list[str]:
-        """The broker addresses, in failover order."""
+        """The broker addresses given, in failover order (see ``brokers_for``)."""
         return [c.address for c in self._conns]
+
+    def brokers_for(self, topic: str) -> list[str]:
+        """Where ``topic`` is published now, in failover order (discovered, then given)."""
+        route = self._routes.get(topic, self._static_route)
+        return [c.address for c in route.conns]
+
+    def _conn(self, address: str) -> BrokerConn:
+        conn = BrokerConn(address, **self._conn_opts)
+        return self._pool.setdefault(conn.address, conn)
+
+    async def _route(self, topic: str) -> _Route:
+        if self._discovery is None:
+            return self._static_route
+        route = self._routes.get(topic)
+        if route is not None and route.expires > asyncio.get_running_loop().time():
+            return route
+        task = self._refreshing.get(topic)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._refresh_route(topic, route))
+            self._refreshing[topic] = task
+            task.add_done_callback(lambda _t: self._refreshing.pop(topic, None))
+        return await asyncio.shield(task)
+
+    async def _refresh_route(self, topic: str, old: _Route | None) -> _Route:
+        """Ask the lookups where ``topic`` goes (placement order), keeping the old route on failure."""
+        assert self._discovery is not None
+        loop = asyncio.get_running_loop()
+        try:
+            pairs = await self._discovery.placement(topic)
+        except PairqError as exc:
+            if old is not None or self._conns:
+                log.warning(
+                    "lookups unavailable for %r (%s); keeping the known brokers", topic, exc
+                )
+                route = old or _Route(self._conns)
+                route.expires = loop.time() + min(1.0, self._lookup_poll_interval)
+                self._routes[topic] = route
+                return route
+            raise UnavailableError(f"cannot place topic {topic!r}: {exc.message}") from None
+        addresses = [a for p in pairs for a in p.addresses()]
+        conns = [self._conn(a) for a in dict.fromkeys(addresses)]
+        conns += [c for c in self._conns if c not in conns]
+        if not conns:
+            raise UnavailableError(f"the lookups know no live broker to publish {topic!r} to")
+        route = _Route(conns, loop.time() + self._lookup_poll_interval)
+        if old is not None and old.conns and old.current < len(old.conns):
+            # Stay on the broker in use while it is still listed.
+            cur = old.conns[old.current]
+            if cur in conns:
+                route.current = conns.index(cur)
+        self._routes[topic] = route
+        return route
 
     # -- publishing -------------------------------------------------------
 
@@ -279,7 +366,7 @@ class Producer:
                     add(id=mid, body=b, headers=headers, defer_ms=defer_ms)
                 else:
                     add(id=mid, body=b)
-            resp = await self._call("PublishBatch", req)
+            resp = await self._call("PublishBatch", req, t.name)
             copies = resp.copies
             ids = list(resp.ids) or [mid for mid, _, _ in items[start : start + n]]
             acks.extend(PublishAck(i, copies) for i in ids)
@@ -332,7 +419,7 @@ class Producer:
             else:
                 add(id=mid, body=body, headers=headers, defer_ms=defer_ms)
         try:
-            resp = await self._call("PublishBatch", req)
+            resp = await self._call("PublishBatch", req, topic)
         except InvalidError as err:
             if len(batch) == 1:
                 _fail(batch, err)
@@ -360,24 +447,37 @@ class Producer:
 
     # -- RPC with retry and failover -------------------------------------------
 
-    async def _call(self, method: str, request: Any) -> Any:
+    async def _call(self, method: str, request: Any, topic: str) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._retry_timeout
         attempt = 0
-        n = len(self._conns)
+        tried: list[str] = []
         while True:
-            index = self._current
-            conn = self._conns[index]
-            self.rpc_count += 1
             try:
-                return await getattr(conn.get_stub(), method)(request, timeout=self._rpc_timeout)
-            except grpc.aio.AioRpcError as rpc_err:
-                err = PairqError.from_rpc_error(rpc_err)
-            if not isinstance(err, UnavailableError):
-                raise err
+                route = await self._route(topic)
+            except UnavailableError as exc:
+                err: PairqError = exc
+                n = 1
+            else:
+                n = len(route.conns)
+                index = route.current % n
+                conn = route.conns[index]
+                self.rpc_count += 1
+                try:
+                    return await getattr(conn.get_stub(), method)(
+                        request, timeout=self._rpc_timeout
+                    )
+                except grpc.aio.AioRpcError as rpc_err:
+                    err = PairqError.from_rpc_error(rpc_err)
+                if not isinstance(err, UnavailableError):
+                    raise err
+                if conn.address not in tried:
+                    tried.append(conn.address)
+                if n > 1 and route.current == index:
+                    route.current = (index + 1) % n  # fail over
+                if (attempt + 1) % n == 0:
+                    route.expires = 0.0  # tried them all: ask the lookups again
             attempt += 1
-            if n > 1 and self._current == index:
-                self._current = (index + 1) % n  # fail over
             # Try every broker once without waiting, then back off per round.
             rounds = attempt // n
             delay = (
@@ -393,7 +493,7 @@ class Producer:
             if loop.time() + delay >= deadline:
                 raise UnavailableError(
                     f"no broker accepted the publish within {self._retry_timeout:g}s "
-                    f"({attempt} attempts over {', '.join(self.brokers)}): {err.message}"
+                    f"({attempt} attempts over {', '.join(tried) or 'no broker'}): {err.message}"
                 )
             if delay:
                 await asyncio.sleep(delay)
@@ -413,8 +513,10 @@ class Producer:
         try:
             await self.flush()
         finally:
-            for c in self._conns:
+            for c in self._pool.values():
                 await c.close()
+            if self._discovery is not None:
+                await self._discovery.close()
 
 
 def _fail(batch: list[_Pending], err: BaseException) -> None:
