@@ -118,6 +118,13 @@ def _add_broker_arg(p: argparse.ArgumentParser, *, lookup: bool = False) -> None
             metavar="HOST:PORT",
             help="lookup gRPC address to find brokers through; repeat for several",
         )
+        p.add_argument(
+            "--lookup-poll-interval",
+            type=float,
+            default=15.0,
+            metavar="SECONDS",
+            help="how often to ask the lookups again, seconds",
+        )
 
 
 async def _check_lookups(lookups: list[str], topic: str, timeout: float) -> None:
@@ -204,6 +211,7 @@ async def _pub(args: argparse.Namespace) -> int:
     async with Producer(
         _brokers_or_none(args),
         lookups=_lookups(args),
+        lookup_poll_interval=args.lookup_poll_interval,
         retry_timeout=args.timeout,
         max_batches_in_flight=1,
     ) as producer:
@@ -300,7 +308,14 @@ async def _tail(args: argparse.Namespace) -> int:
     limit = args.n
     count = 0
     mif = min(200, limit) if limit else 200
-    consumer = Consumer(args.topic, channel, brokers, lookups=lookups, max_in_flight=mif)
+    consumer = Consumer(
+        args.topic,
+        channel,
+        brokers,
+        lookups=lookups,
+        lookup_poll_interval=args.lookup_poll_interval,
+        max_in_flight=mif,
+    )
 
     async def loop() -> None:
         nonlocal count
@@ -577,7 +592,14 @@ async def _to_file(args: argparse.Namespace) -> int:
     )
     stop = _stop_event()
     mif = args.max_in_flight
-    consumer = Consumer(args.topic, args.channel, brokers, lookups=lookups, max_in_flight=mif)
+    consumer = Consumer(
+        args.topic,
+        args.channel,
+        brokers,
+        lookups=lookups,
+        lookup_poll_interval=args.lookup_poll_interval,
+        max_in_flight=mif,
+    )
     pending: list[Message] = []
     written = 0
     limit = args.n
@@ -710,9 +732,19 @@ async def _dlq_replay(args: argparse.Namespace, conns: list[BrokerConn]) -> int:
 # -- registration -----------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except empty ones and ones the help text already states."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+
 def register(subparsers: Any) -> None:
     """Add ``pub``, ``tail``, ``stat``, ``to-file`` and ``dlq`` to the ``pairq`` command."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
 
     p = subparsers.add_parser(
         "pub",
