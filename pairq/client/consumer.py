@@ -77,6 +77,12 @@ _USER_AGENT = "pairq-python/0.1.0"
 _CoroutineType = types.CoroutineType
 
 
+def _being_cancelled() -> bool:
+    """Whether the running task was asked to stop (vs. a CancelledError from a handler)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class ConsumerStats:
     """Live counters of a Consumer (plain ints, read them any time)."""
 
@@ -813,11 +819,13 @@ class Consumer:
                             await self._suspended(_Resume(r, y))
                     elif inspect.isawaitable(r):
                         await self._suspended(r)
-            except asyncio.CancelledError:
-                if msg._state == _PENDING:
-                    msg._state = _REQUEUED
-                    answer(msg, False, 0)
-                raise
+            except asyncio.CancelledError as exc:
+                if _being_cancelled():
+                    if msg._state == _PENDING:
+                        msg._state = _REQUEUED
+                        answer(msg, False, 0)
+                    raise
+                self._failed(msg, exc)  # the handler itself raised CancelledError
             except Exception as exc:
                 self.stats.handler_errors += 1
                 log.warning(
@@ -844,10 +852,12 @@ class Consumer:
                 await self._suspended(r)
         except asyncio.CancelledError as exc:
             error = exc
-            if msg._state == _PENDING:
-                msg._state = _REQUEUED
-                self._answer(msg, False, 0)
-            raise
+            if _being_cancelled():
+                if msg._state == _PENDING:
+                    msg._state = _REQUEUED
+                    self._answer(msg, False, 0)
+                raise
+            self._failed(msg, exc)
         except Exception as exc:
             error = exc
             self.stats.handler_errors += 1
@@ -863,6 +873,15 @@ class Consumer:
                 self._answer(msg, True, None)
         finally:
             span.end(error)
+
+    def _failed(self, msg: Message, exc: BaseException) -> None:
+        self.stats.handler_errors += 1
+        log.warning(
+            "handler failed for message %s (attempt %d): %r", msg.id.hex(), msg.attempts, exc
+        )
+        if msg._state == _PENDING:
+            msg._state = _REQUEUED
+            self._answer(msg, False, None)
 
     async def _suspended(self, aw: Any) -> Any:
         # This worker is about to wait: let another one take the queue.
@@ -885,7 +904,13 @@ class Consumer:
         if waiting is not None:
             waiting.append(msg)  # resolved with the run in progress
             return False
-        if dd.contains(msg.id):
+        try:
+            seen = dd.contains(msg.id)
+        except Exception as exc:  # a broken window must not stop consumption
+            self.stats.dedupe_errors += 1
+            log.error("dedupe lookup failed for %s: %r", msg.id.hex(), exc)
+            seen = False
+        if seen:
             msg._state = _FINISHED
             self.stats.duplicates += 1
             self._done(msg)

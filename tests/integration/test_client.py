@@ -473,3 +473,22 @@ async def test_deferred_publish_and_pausing_with_max_in_flight(tmp_path: Path) -
             assert t.channels[0].depth == 1 and len(got) == 2
             c.set_max_in_flight(10)
             await eventually(lambda: len(got) == 3)
+
+
+async def test_handler_raising_cancelled_error_is_a_failure_not_a_dead_worker(tmp_path: Path) -> None:
+    async with run_broker(tmp_path) as b:
+        async with Producer([b.address]) as p:
+            await p.publish_batch("t", [b"a", b"b", b"c"])
+        seen: list[tuple[bytes, int]] = []
+
+        async def handle(msg: Message) -> None:
+            seen.append((msg.body, msg.attempts))
+            if msg.attempts == 1 and msg.body == b"a":
+                fut = asyncio.get_running_loop().create_future()
+                fut.cancel()
+                await fut  # raises CancelledError inside the handler
+
+        async with Consumer("t", "c", [b.address], handler=handle, requeue_delay=0.01) as c:
+            await eventually(lambda: c.stats.finished == 3, timeout=10)
+            assert c.stats.handler_errors == 1
+        assert sorted(seen) == [(b"a", 1), (b"a", 2), (b"b", 1), (b"c", 1)]
