@@ -290,7 +290,7 @@ async def _eventually_async(fn: object, want: object, timeout: float) -> None:
 @pytest.mark.timeout(900)
 async def test_kill9_broker_dead_on_both_lookups_p99(tmp_path: Path) -> None:
     """kill -9 of a broker -> both lookups answer it dead: p99 over TRIALS trials (and the
-    gossip-only path: SIGSTOP -> dead, for comparison). Run:
+    paused path, where only gossip and heartbeat silence can tell: SIGSTOP -> dead, for comparison). Run:
     pytest -m slow -s tests/integration/test_lookup.py -k p99"""
     trials = int(os.environ.get("PAIRQ_LOOKUP_TRIALS", "25"))
     l1, l2, seeds = await _gossip_cluster(tmp_path)
@@ -315,7 +315,7 @@ async def test_kill9_broker_dead_on_both_lookups_p99(tmp_path: Path) -> None:
                     out.append(time.monotonic() - t0)
                     if kind == "stop":
                         await br.kill9()
-    for name, xs in (("kill -9", crash), ("SIGSTOP (gossip only)", paused)):
+    for name, xs in (("kill -9", crash), ("SIGSTOP (stream open, port listening: gossip + heartbeat silence)", paused)):
         xs.sort()
         p50 = xs[len(xs) // 2]
         p99 = _p99(xs)
