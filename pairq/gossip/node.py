@@ -102,7 +102,6 @@ class Gossip:
         self._tasks: set[asyncio.Task[None]] = set()
         self._callbacks: list[Callable[[MemberEvent], None]] = []
         self._queues: list[asyncio.Queue[MemberEvent]] = []
-        self._wake = asyncio.Event()
         self._stopping = False
         self.dropped_events = 0
         self.address: Addr = (config.bind_host, config.bind_port)
