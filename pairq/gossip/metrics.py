@@ -19,7 +19,7 @@ from pairq.gossip.events import Stats
 if TYPE_CHECKING:
     from pairq.gossip.node import Gossip
 
-__all__ = ["register"]
+__all__ = ["create_instruments", "register"]
 
 _members: weakref.WeakSet[Gossip] = weakref.WeakSet()
 _registered = False
@@ -50,13 +50,17 @@ def _observe(read: Callable[[Stats], int]) -> Callable[[CallbackOptions], Iterab
 
 
 def register(member: Gossip) -> None:
-    """Report ``member``'s stats; instruments are created once per process."""
+    """Report ``member``'s stats; instruments are created once per process on the global meter."""
     global _registered
     _members.add(member)
     if _registered:
         return
     _registered = True
-    meter = metrics.get_meter("pairq.gossip")
+    create_instruments(metrics.get_meter("pairq.gossip"))
+
+
+def create_instruments(meter: metrics.Meter) -> None:
+    """Create the gossip instruments on ``meter`` (tests pass their own provider's meter)."""
     for name, (unit, desc, read) in _COUNTERS.items():
         meter.create_observable_counter(name, callbacks=[_observe(read)], unit=unit, description=desc)
     meter.create_observable_gauge(

@@ -207,3 +207,30 @@ def test_agent_processes_members_cli_and_kill(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
+
+
+async def test_metrics_are_reported_per_member(trio: list[Gossip]) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from pairq.gossip.metrics import create_instruments
+
+    a = trio[0]
+    await until(lambda: a.stats.probes > 0 and a.stats.bytes_sent > 0, 3, "some traffic")
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    create_instruments(provider.get_meter("pairq.gossip"))
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = {
+        (m.name, str(p.attributes.get("member"))): p.value  # type: ignore[union-attr, attr-defined]
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        for p in m.data.data_points
+    }
+    assert points[("pairq.gossip.probes", "a")] > 0
+    assert points[("pairq.gossip.bytes_sent", "a")] > 0
+    assert points[("pairq.gossip.health_score", "a")] == a.health
+    assert ("pairq.gossip.refutations", "b") in points
+    provider.shutdown()
