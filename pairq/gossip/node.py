@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import socket
@@ -87,8 +88,8 @@ class Gossip:
     ) -> None:
         self.config = config.validate()
         self.name = name or config.name or meta.node_id
-        if not self.name:
-            raise ValueError("gossip needs a name: set config.name or meta.node_id")
+        if not self.name or len(self.name.encode("utf-8")) > 255:
+            raise ValueError("gossip needs a name of 1..255 bytes: set config.name or meta.node_id")
         meta.encode(config.max_meta_size)  # MetaTooLargeError before any socket opens
         self._meta = meta
         self._rng = rng
@@ -135,7 +136,10 @@ class Gossip:
         port = int(self._udp.getsockname()[1])
         self.address = (cfg.advertise_host or cfg.bind_host, cfg.advertise_port or port)
         now = self._loop.time()
-        self._core = Core(cfg, self.name, self.address, self._meta, now, self._rng)
+        # The envelope (label, nonce, tag) rides on every packet: leave room for it
+        # so a full packet still fits one Ethernet frame.
+        core_cfg = dataclasses.replace(cfg, udp_buffer_size=cfg.udp_buffer_size - self._envelope.overhead())
+        self._core = Core(core_cfg, self.name, self.address, self._meta, now, self._rng)
         self._loop.add_reader(self._udp.fileno(), self._on_readable)
         self._core.start(now)
         self._flush()

@@ -177,3 +177,17 @@ def test_address_conflict_is_ignored_but_dead_member_can_reclaim() -> None:
     c.receive(T0 + 1, ("h", 1), [Alive(0, "x", ("10.9.9.9", 1), NodeMeta(node_id="x"))])
     m = c.member("x")
     assert m is not None and m.addr == ("10.9.9.9", 1) and m.state == MemberState.ALIVE
+
+
+def test_packets_never_exceed_the_udp_budget() -> None:
+    from pairq.gossip.codec import encode_packet
+
+    c = core()
+    for i in range(300):  # lots of pending broadcasts to piggyback
+        meta = NodeMeta(role="broker", node_id=f"node-{i:03d}", pair=f"pair-{i}", grpc_address="10.1.1.1:4150")
+        c.receive(T0, ("h", 1), [Alive(0, f"node-{i:03d}", ("10.2.0.1", 7000 + i), meta)])
+    c.drain_actions()
+    run(c, T0 + 2.0)
+    sizes = [len(encode_packet(a.msgs)) for a in c.drain_actions() if isinstance(a, SendPacket)]
+    assert sizes and max(sizes) <= c.config.udp_buffer_size
+    assert max(sizes) > c.config.udp_buffer_size // 2  # and the budget is actually used
