@@ -21,6 +21,7 @@ is deliverable again (at-least-once).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections.abc import Iterable
@@ -78,6 +79,7 @@ class Channel:
         self.fin_mem: set[int] = set()  # finished seqs >= floor (persisted or not)
         self.fin_disk: set[int] = set()  # the subset with a key in ``fins``
         self.fin_dirty: list[int] = []  # finished since the last flush
+        self.gaps: list[tuple[int, int]] = []  # sorted [lo, hi) ranges holding no message
         self.states: dict[int, tuple[int, int]] = {}  # seq -> (attempts, due_ns) on disk
         self.state_dirty: dict[int, tuple[int, int] | None] = {}
         self.dlq_count = 0
@@ -197,10 +199,22 @@ class Channel:
                 self.read_pos = head
 
     def _mark_gap(self, lo: int, hi: int) -> None:
-        for seq in range(lo, hi):
-            if seq >= self.floor and seq not in self.fin_mem:
-                self.fin_mem.add(seq)
-                self.fin_dirty.append(seq)
+        """Seqs [lo, hi) hold no message (failed appends, or the range a restarted
+        broker skips): finished as a range, never one by one (it can be large)."""
+        lo = max(lo, self.floor)
+        if lo >= hi:
+            return
+        gaps = self.gaps
+        i = bisect.bisect_left(gaps, (lo, hi))
+        gaps.insert(i, (lo, hi))
+        # Merge overlapping or adjacent ranges.
+        merged: list[tuple[int, int]] = []
+        for g in gaps:
+            if merged and g[0] <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], g[1]))
+            else:
+                merged.append(g)
+        self.gaps = merged
         self.schedule_flush()
 
     def mark_finished_seqs(self, seqs: list[int]) -> None:
@@ -216,6 +230,7 @@ class Channel:
             return
         self.core.empty()
         self.fin_mem = {s for s in self.fin_mem if s >= upto}
+        self.gaps = [(max(lo, upto), hi) for lo, hi in self.gaps if hi > upto]
         self.fin_dirty = [s for s in self.fin_dirty if s >= upto]
         old_disk = [s for s in self.fin_disk if s < upto]
         self.fin_disk -= set(old_disk)
@@ -397,12 +412,19 @@ class Channel:
         removed: list[int] = []
         floor = self.floor
         fin = self.fin_mem
-        while floor in fin:
-            fin.discard(floor)
-            if floor in self.fin_disk:
-                self.fin_disk.discard(floor)
-                removed.append(floor)
-            floor += 1
+        gaps = self.gaps
+        while True:
+            if floor in fin:
+                fin.discard(floor)
+                if floor in self.fin_disk:
+                    self.fin_disk.discard(floor)
+                    removed.append(floor)
+                floor += 1
+            elif gaps and gaps[0][0] <= floor:
+                _lo, hi = gaps.pop(0)
+                floor = max(floor, hi)
+            else:
+                break
         self.floor = floor
         return removed
 
@@ -473,6 +495,7 @@ class Channel:
         self.floor = head
         self.fin_mem.clear()
         self.fin_dirty.clear()
+        self.gaps = []
         if self.durable and head != old:
             cid = self.meta.id
             self.store.submit(("multi", [

@@ -52,6 +52,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("pairq.pair")
 
 CATCHUP_CHUNK = 2000
+# A seq is sent to the partner only below a persisted high-water mark, raised
+# this far ahead at a time (one extra commit per HWM_STEP seqs): a restarted
+# broker starts above it, so it never reuses a seq the partner may hold.
+HWM_STEP = 100_000
 MAX_BATCHES_IN_FLIGHT = 16
 MAX_BATCH_RECORDS = 20000
 
@@ -252,6 +256,7 @@ class Pair:
         self.takeovers = 0
         self.took_over_at = 0.0
         self._taking_over: asyncio.Task[None] | None = None
+        self._inbound_fenced = False  # set during a takeover: apply/ack nothing from the partner
         self._tasks: list[asyncio.Task[Any]] = []
         self._catchup: list[tuple[Topic, int, int]] = []
         self._running = False
@@ -302,6 +307,16 @@ class Pair:
             return None
         self._appends.append((topic, seq0, records))
         self._unacked_msgs += len(records)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._futures.append(fut)
+        self._wake.set()
+        return fut
+
+    def barrier(self) -> asyncio.Future[None] | None:
+        """A future resolved once the partner acknowledged everything queued so far
+        (catch-up included); None while disconnected."""
+        if not self.connected:
+            return None
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._futures.append(fut)
         self._wake.set()
@@ -470,6 +485,15 @@ class Pair:
     async def _send(self, call: Any, reader: asyncio.Task[None], appends: list[rpb.ReplicaAppend],
                     progress: list[rpb.ReplicaProgress], deleted: list[str],
                     futures: list[asyncio.Future[None]]) -> None:
+        raise_hwm: list[st.Op] = []
+        for a in appends:
+            topic = self.broker.topics.get(a.topic)
+            top = a.first_seq + len(a.records)
+            if topic is not None and top > topic.hwm:
+                topic.hwm = top + HWM_STEP
+                raise_hwm.append(("put", st.META, st.hwm_key(topic.meta.id), st.pack_q(topic.hwm)))
+        if raise_hwm:
+            await self.broker.store.submit_many(raise_hwm)
         await self._window.acquire()
         self._batch_id += 1
         pending = _Pending(self._batch_id, time.monotonic(), futures)
@@ -539,7 +563,7 @@ class Pair:
                 req = await context.read()
                 if req is grpc.aio.EOF:
                     break
-                if self.takeovers != generation:
+                if self.takeovers != generation or self._inbound_fenced:
                     break
                 self.last_contact = time.monotonic()
                 if req.WhichOneof("kind") != "batch":
@@ -569,7 +593,7 @@ class Pair:
                 log.error("cannot store the partner's batch: %s", exc)
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"partner store: {exc}")
                 return
-            if self.takeovers != generation or self._taking_over is not None:
+            if self.takeovers != generation or self._inbound_fenced:
                 await context.abort(grpc.StatusCode.UNAVAILABLE,
                                     "this broker took over your messages; reconnect to re-sync")
                 return
@@ -613,11 +637,18 @@ class Pair:
         """Promote every unfinished standby copy to owned and deliver alone."""
         t0 = time.monotonic()
         moved = 0
-        for sb in list(self.standby.topics.values()):
-            moved += await self._take_over_topic(sb)
+        # Stop applying and acknowledging the partner's batches, and let every
+        # standby write already queued commit, so what we read is all we hold.
+        self._inbound_fenced = True
+        try:
+            await self.broker.store.barrier()
+            for sb in list(self.standby.topics.values()):
+                moved += await self._take_over_topic(sb)
+            self.takeovers += 1
+        finally:
+            self._inbound_fenced = False
         self.solo = True
         self.took_over_at = time.monotonic()
-        self.takeovers += 1
         await self.broker.bump_epoch()
         self.broker.on_lease_renewed()
         if moved or reason:
@@ -664,7 +695,7 @@ class Pair:
         await topic.append_owned(records, extra_ops=extra, finished_for=finished_for)
         sb.taken_upto = end
         sb.first_seq = end
-        sb.next_seq = max(sb.next_seq, end)
+        sb.next_seq = end  # the partner resends anything above from its log
         sb.channels.clear()
         return len(records)
 

@@ -23,7 +23,7 @@ from pairq.broker import wire
 from pairq.broker.channel import Channel
 from pairq.broker.channel_core import DelayError, RdyError
 from pairq.broker.subscriber import Subscriber, Terminate
-from pairq.errors import PairqError
+from pairq.errors import PairqError, UnavailableError
 from pairq.names import check_channel, check_topic
 from pairq.v1 import broker_pb2 as pb
 
@@ -117,6 +117,9 @@ class BrokerService:
         if not supplied or topic.ephemeral or not self.opts.idempotency_window_s:
             _, copies = await topic.publish([r for _, r, _ in items])
             return copies
+        pair = broker.pair
+        if pair is not None:
+            pair.check_accepting()
         known = broker.store.known_ids(supplied)
         pending = broker.pending_ids
         waits: list[asyncio.Future[int]] = []
@@ -152,6 +155,21 @@ class BrokerService:
                         del pending[i]
         for w in waits:
             copies = min(copies, await asyncio.shield(w))
+        if known and pair is not None:
+            # A retried id: its first copy may predate a reconnect, so answer only
+            # once the partner has acknowledged everything up to now.
+            barrier = pair.barrier()
+            try:
+                if barrier is None:
+                    raise UnavailableError("partner unreachable")
+                await barrier
+            except UnavailableError as exc:
+                if pair.min_copies >= 2:
+                    raise UnavailableError(
+                        f"message already stored here, but partner {pair.partner_address} is "
+                        "unreachable, so it may have only 1 copy (--min-copies=2); retry"
+                    ) from exc
+                copies = 1
         return copies
 
     async def Publish(self, request: pb.PublishRequest, context: Any) -> pb.PublishResponse:

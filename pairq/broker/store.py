@@ -100,6 +100,7 @@ class TopicMeta:
     paused: bool = False
     next_seq: int = 0
     first_seq: int = 0  # lowest retained seq
+    hwm: int = 0  # every seq ever sent to the partner is below this (see pair.py)
     channels: dict[str, ChannelMeta] = field(default_factory=dict)
 
 
@@ -236,6 +237,8 @@ class Store:
                 floors = [c.floor for c in t.channels.values()]
                 t.next_seq = max([last + 1 if last is not None else 0, *floors])
                 t.first_seq = first if first is not None else t.next_seq
+                hwm = txn.get(hwm_key(t.id), db=self.dbs[META])
+                t.hwm = _Q.unpack(hwm)[0] if hwm else 0
         return topics
 
     @staticmethod
@@ -613,3 +616,7 @@ def unpack_q(value: bytes) -> int:
 
 def pack_q(value: int) -> bytes:
     return _Q.pack(value)
+
+
+def hwm_key(topic_id: int) -> bytes:
+    return b"hwm:" + _I.pack(topic_id)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pairq.broker import store as st
 from pairq.broker.channel import Channel
@@ -40,6 +40,13 @@ class Topic:
         self.next_seq = meta.next_seq  # next seq to reserve
         self.committed_seq = meta.next_seq  # every seq below is committed (or failed)
         self.first_seq = meta.first_seq  # lowest retained seq
+        # Seqs up to the persisted high-water mark may have reached the partner
+        # without committing here before a crash: never reuse them (pair.py).
+        self.hwm = meta.hwm
+        self.gap_size = 0
+        if meta.hwm > self.next_seq:
+            self.gap_size = meta.hwm - self.next_seq
+            self.next_seq = self.committed_seq = meta.hwm
         self._pending: dict[int, tuple[int, list[bytes] | None]] = {}
         self.message_count = 0
         self.dropped = 0
@@ -68,8 +75,23 @@ class Topic:
         fut = self.broker.store.submit(("append", self.meta.id, seq0, records))
         assert fut is not None
         remote = pair.replicate(self.name, seq0, records) if pair is not None else None
+        # The outcome (fan-out, or a gap for a failed append) must follow the commit,
+        # not the caller: a cancelled RPC must not turn a committed record into a gap.
+        done = asyncio.ensure_future(self._settle(seq0, n, records, fut, remote))
+        copies = await asyncio.shield(done)
+        if pair is not None and pair.min_copies >= 2 and copies < 2:
+            # Stored here (and delivered), but not acknowledged: the producer
+            # retries with the same id and idempotency/de-duplication absorb it.
+            raise UnavailableError(
+                f"partner {pair.partner_address} did not acknowledge the copy "
+                "(--min-copies=2 requires 2 durable copies); retry"
+            )
+        return seq0, copies
+
+    async def _settle(self, seq0: int, n: int, records: list[bytes], local: asyncio.Future[Any],
+                      remote: asyncio.Future[None] | None) -> int:
         try:
-            await fut
+            await local
         except BaseException:
             self._complete(seq0, n, None)
             raise
@@ -79,19 +101,9 @@ class Topic:
                 await remote
                 copies = 2
             except UnavailableError:
-                if pair is not None and pair.min_copies >= 2:
-                    # Stored here (and delivered), but not acknowledged: the producer
-                    # retries with the same id and de-duplication absorbs the copy.
-                    self._complete(seq0, n, records)
-                    raise
-        elif pair is not None and pair.min_copies >= 2:
-            self._complete(seq0, n, records)
-            raise UnavailableError(
-                f"partner {pair.partner_address} became unreachable during the publish; "
-                "the message has 1 copy (--min-copies=2 requires 2)"
-            )
+                pass
         self._complete(seq0, n, records)
-        return seq0, copies
+        return copies
 
     async def append_owned(self, records: list[bytes], *, extra_ops: list[st.Op],
                            finished_for: dict[str, list[int]]) -> None:
@@ -106,7 +118,11 @@ class Topic:
         ops: list[st.Op] = [("append", self.meta.id, seq0, records)] if records else []
         fut = self.broker.store.submit_many(ops + extra_ops)
         try:
-            await fut
+            await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            fut.add_done_callback(lambda f: self._complete(
+                seq0, n, records if not f.cancelled() and f.exception() is None else None))
+            raise
         except BaseException:
             self._complete(seq0, n, None)
             raise
@@ -233,6 +249,8 @@ class Topic:
         if low > self.first_seq:
             self.broker.store.submit(("gc", self.meta.id, self.first_seq, low), wait=False)
             self.first_seq = low
+            if self.gap_size and low >= self.committed_seq - 1:
+                self.gap_size = 0
 
     # ------------------------------------------------------------ admin
     def pause(self) -> None:
@@ -265,4 +283,4 @@ class Topic:
     def depth(self) -> int:
         if self.ephemeral:
             return len(self._mem)
-        return max(0, self.committed_seq - self.first_seq)
+        return max(0, self.committed_seq - self.first_seq - self.gap_size)
