@@ -97,6 +97,18 @@ class GossipConfig:
     pair_probe_helpers: int = 3
     # While the partner is silent, probes are re-sent this often (tolerates loss).
     pair_probe_interval: float = 0.1
+    # Members without a pair (lookups) heartbeat this many watchers (chosen on a
+    # hash ring), who catch their death like a partner would. 0 turns it off.
+    watchers: int = 2
+    # Half the pair rate: a lookup's loss matters less than a broker's, and this
+    # keeps its own traffic (2 watchers) under 0.5 KB/s.
+    watch_heartbeat_interval: float = 0.2
+    # pair_suspect_after / pair_dead_after plus the longer heartbeat gap (0.1 s).
+    watch_suspect_after: float = 0.45
+    watch_dead_after: float = 0.85
+    # A watch is dropped when the watched member stops heartbeating us for this
+    # long yet still answers probes (it picked other watchers).
+    watch_expire: float = 3.0
 
     # --- sizes, streams, security -------------------------------------------------
     # Largest UDP payload we build; fits a 1500-byte Ethernet MTU with headers to spare.
@@ -136,6 +148,10 @@ class GossipConfig:
             raise ConfigError("need 0 < pair_suspect_after < pair_dead_after")
         if self.pair_heartbeat_interval >= self.pair_suspect_after:
             raise ConfigError("pair_heartbeat_interval must be shorter than pair_suspect_after")
+        if not 0 < self.watch_heartbeat_interval < self.watch_suspect_after < self.watch_dead_after:
+            raise ConfigError("need 0 < watch_heartbeat_interval < watch_suspect_after < watch_dead_after")
+        if self.watch_expire <= self.watch_dead_after or self.watchers < 0:
+            raise ConfigError("watch_expire must exceed watch_dead_after; watchers >= 0")
         if self.suspicion_mult < 1 or self.suspicion_max_timeout_mult < 1:
             raise ConfigError("suspicion multipliers must be >= 1")
         if self.awareness_max_multiplier < 1:
@@ -182,6 +198,10 @@ def wan(**overrides: object) -> GossipConfig:
         pair_suspect_after=2.0,  # 4 missed heartbeats
         pair_dead_after=4.0,  # tolerate ~3 s of WAN trouble before failing over
         pair_probe_interval=0.5,
+        watch_heartbeat_interval=1.0,  # a lookup across a WAN: 1 heartbeat/s per watcher
+        watch_suspect_after=3.0,
+        watch_dead_after=5.0,
+        watch_expire=15.0,
     )
     return base.replace(**overrides)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -139,6 +140,9 @@ class _PairWatch:
     nackers: set[str] = field(default_factory=set)
     tcp_tried: bool = False
     refused: bool = False
+    # A watch of an unpaired member (started by its heartbeats), not a pair partner.
+    watched: bool = False
+    last_hb: float = float("-inf")
 
 
 class Core:
@@ -186,6 +190,7 @@ class Core:
         self._events: list[MemberEvent] = []
         self._last_tick = now
         self._next_heartbeat = now
+        self._next_watch_heartbeat = now
 
     # ------------------------------------------------------------------ public API
     def start(self, now: float) -> None:
@@ -343,6 +348,7 @@ class Core:
             s.start += by
         for w in self._pair.values():
             w.last_heard += by
+            w.last_hb += by
             if w.probing_since is not None:
                 w.probing_since += by
 
@@ -405,7 +411,7 @@ class Core:
         elif isinstance(msg, Dead):
             self._on_dead(now, msg)
         elif isinstance(msg, PairHeartbeat):
-            self._heard_from(now, msg.source)
+            self._on_pair_heartbeat(now, msg)
         # PushPull arrives over streams only (merge_remote); ignore it in a packet.
 
     def _maybe_sync_unknown(self, now: float, name: str, addr: Addr) -> None:
@@ -792,7 +798,7 @@ class Core:
             w.refused = False
 
     def _pair_tick(self, now: float) -> None:
-        """pairq's pair fast path.
+        """pairq's pair fast path (and the watch of unpaired members).
 
         Partners heartbeat each other every ``pair_heartbeat_interval``. After
         ``pair_suspect_after`` of silence we probe the partner directly (UDP and
@@ -804,28 +810,51 @@ class Core:
         helpers answered with a nack (they are up and could not reach it either).
         Any heartbeat, ping or ack from the partner (directly or relayed) resets
         the watch.
+
+        A member without a pair (a lookup) picks ``watchers`` members and
+        heartbeats them every ``watch_heartbeat_interval``; a member receiving
+        such heartbeats watches the sender the same way, with the ``watch_*``
+        thresholds. A watch is only ever started by the watched member's own
+        heartbeat, and dropped when those stop while the member still answers
+        probes (it chose other watchers), so differing views cannot make a
+        watcher declare a live member dead: the probes would be answered.
         """
         self._schedule(now + self._pair_period(), self._pair_tick)
-        if self.leaving or not self.meta.pair:
+        if self.leaving:
             return
-        send_hb = now >= self._next_heartbeat
-        if send_hb:
-            self._next_heartbeat = now + self.config.pair_heartbeat_interval
         for seq, (_, sent) in list(self._pair_seqs.items()):
             if now - sent > 2.0:
                 del self._pair_seqs[seq]
+        send_hb = now >= self._next_heartbeat
+        if send_hb:
+            self._next_heartbeat = now + self.config.pair_heartbeat_interval
+        if not self.meta.pair and self.config.watchers > 0 and now >= self._next_watch_heartbeat:
+            self._next_watch_heartbeat = now + self.config.watch_heartbeat_interval
+            for watcher in self._my_watchers():
+                self.stats.extra["watch_heartbeats"] = self.stats.extra.get("watch_heartbeats", 0) + 1
+                self._actions.append(
+                    SendPacket(watcher.addr, (PairHeartbeat(self._next_seq(), self.name, self.incarnation),))
+                )
         for name, w in list(self._pair.items()):
             m = self._members.get(name)
-            if m is None or not self._is_partner(m) or m.state not in (MemberState.ALIVE, MemberState.SUSPECT):
+            keep = m is not None and m.state in (MemberState.ALIVE, MemberState.SUSPECT)
+            if keep and m is not None and not self._is_partner(m):
+                # A watch: only while the member is unpaired and still chooses us.
+                keep = w.watched and not m.meta.pair and now - w.last_hb < self.config.watch_expire
+            if not keep or m is None:
                 self._pair.pop(name, None)
                 continue
-            if send_hb:
+            if send_hb and not w.watched:
                 self.stats.extra["pair_heartbeats"] = self.stats.extra.get("pair_heartbeats", 0) + 1
                 self._actions.append(
                     SendPacket(m.addr, (PairHeartbeat(self._next_seq(), self.name, self.incarnation),))
                 )
+            if w.watched:
+                suspect_after, dead_after = self.config.watch_suspect_after, self.config.watch_dead_after
+            else:
+                suspect_after, dead_after = self.config.pair_suspect_after, self.config.pair_dead_after
             silence = now - w.last_heard
-            if silence < self.config.pair_suspect_after:
+            if silence < suspect_after:
                 continue
             if w.probing_since is None:
                 w.probing_since = now
@@ -836,14 +865,35 @@ class Core:
             ]
             need = min(2, len(others))
             tcp_ok = w.tcp_tried or not self.config.tcp_fallback
-            slow = silence >= self.config.pair_dead_after and len(w.helpers_asked) >= need and tcp_ok
+            slow = silence >= dead_after and len(w.helpers_asked) >= need and tcp_ok
             fast = w.refused and len(w.nackers) >= need
             if slow or fast:
-                self.stats.pair_deaths += 1
-                self.stats.extra["pair_deaths_refused"] = (
-                    self.stats.extra.get("pair_deaths_refused", 0) + (1 if fast and not slow else 0)
-                )
+                key = "watch_deaths" if w.watched else "pair_deaths"
+                if w.watched:
+                    self.stats.extra[key] = self.stats.extra.get(key, 0) + 1
+                else:
+                    self.stats.pair_deaths += 1
+                if fast and not slow:
+                    self.stats.extra[key + "_refused"] = self.stats.extra.get(key + "_refused", 0) + 1
                 self._on_dead(now, Dead(m.incarnation, m.name, self.name))
+
+    def _my_watchers(self) -> list[Member]:
+        """The live members that follow us on a hash ring: spread evenly, stable across views."""
+        me = zlib.crc32(self.name.encode())
+        live = [m for m in self._members.values() if m.name != self.name and m.state == MemberState.ALIVE]
+        live.sort(key=lambda m: ((zlib.crc32(m.name.encode()) - me) % 2**32, m.name))
+        return live[: self.config.watchers]
+
+    def _on_pair_heartbeat(self, now: float, hb: PairHeartbeat) -> None:
+        m = self._members.get(hb.source)
+        if m is None or m.state not in (MemberState.ALIVE, MemberState.SUSPECT):
+            return
+        w = self._pair.get(hb.source)
+        if w is None and not m.meta.pair and self.config.watchers > 0:
+            w = self._pair[hb.source] = _PairWatch(last_heard=now, watched=True)
+        if w is not None:
+            w.last_hb = now
+        self._heard_from(now, hb.source)
 
     def _pair_probe(self, now: float, m: Member, w: _PairWatch) -> None:
         w.last_probe = now
