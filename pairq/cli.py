@@ -14,6 +14,7 @@ import sys
 # progress) is skipped rather than breaking the whole command.
 _COMMAND_MODULES = (
     "pairq.broker.cli",
+    "pairq.lookup.cli",
     "pairq.client.cli",
     "pairq.gossip.cli",
     "pairq.devcluster",
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name == name:
                 continue
             raise
-        register = getattr(mod, "register", None)
+        register = getattr(mod, "register", None) or getattr(mod, "add_members_command", None)
         if register is not None:
             register(sub)
     return parser

@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--host", default="127.0.0.1", help="address every component binds")
     p.add_argument("--broker-port", type=int, default=4150, help="gRPC port of the first broker")
     p.add_argument("--metrics-port", type=int, default=9150, help="Prometheus port of the first broker")
+    p.add_argument("--lookup-port", type=int, default=4160, help="gRPC port of the lookup (gossip: +1)")
+    p.add_argument("--gossip-port", type=int, default=4170, help="gossip port of the first broker")
     p.set_defaults(func=run)
 
 
@@ -45,19 +47,26 @@ def components(args: argparse.Namespace) -> list[Component]:
     data = Path(args.data_dir)
     h = args.host
     pa, pb = args.broker_port, args.broker_port + 1
+    lk, lg = args.lookup_port, args.lookup_port + 1
+    common = ["--pair", "dev", "--lookup", f"{h}:{lk}", "--join", f"{h}:{lg}", "--gossip-profile", "local"]
     return [
+        Component(
+            "lookup",
+            ["lookup", "--address", f"{h}:{lk}", "--gossip-address", f"{h}:{lg}", "--gossip-profile", "local"],
+            lk,
+        ),
         Component(
             "broker-a",
             ["broker", "--address", f"{h}:{pa}", "--data-dir", str(data / "broker-a"),
-             "--metrics-address", f"{h}:{args.metrics_port}",
-             "--pair", "dev", "--partner", f"{h}:{pb}"],
+             "--metrics-address", f"{h}:{args.metrics_port}", "--partner", f"{h}:{pb}",
+             "--gossip-address", f"{h}:{args.gossip_port}", *common],
             pa,
         ),
         Component(
             "broker-b",
             ["broker", "--address", f"{h}:{pb}", "--data-dir", str(data / "broker-b"),
-             "--metrics-address", f"{h}:{args.metrics_port + 1}",
-             "--pair", "dev", "--partner", f"{h}:{pa}"],
+             "--metrics-address", f"{h}:{args.metrics_port + 1}", "--partner", f"{h}:{pa}",
+             "--gossip-address", f"{h}:{args.gossip_port + 1}", *common],
             pb,
         ),
     ]
@@ -92,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"""
 pairq dev cluster is up (data and logs in {data.resolve()}):
+  lookup       gRPC {args.host}:{args.lookup_port}   (gossip {args.host}:{args.lookup_port + 1})
   pair "dev":
     broker-a   gRPC {broker}   metrics http://{args.host}:{args.metrics_port}/metrics
     broker-b   gRPC {broker_b}   metrics http://{args.host}:{args.metrics_port + 1}/metrics
@@ -100,8 +110,10 @@ pairq dev cluster is up (data and logs in {data.resolve()}):
 Try it (in another terminal, with .venv/bin on PATH or via `.venv/bin/pairq`):
   echo hello | pairq pub orders                 # publish stdin lines
   pairq pub orders 'one message'                # publish one message
-  pairq tail orders -n 2 --broker {broker} --broker {broker_b}   # print bodies
-  pairq stat                                    # live topic/channel table
+  pairq tail orders -n 2 --lookup {args.host}:{args.lookup_port}   # print bodies
+  pairq stat --lookup {args.host}:{args.lookup_port}                # live topic/channel table
+  pairq nodes --lookup {args.host}:{args.lookup_port}               # brokers, pairs, liveness
+  pairq members --gossip {args.host}:{args.lookup_port + 1}          # gossip membership
 Python:
   from pairq.client import Producer
   async with Producer(brokers=["{broker}", "{broker_b}"]) as p: await p.publish("orders", b"x")

@@ -28,6 +28,7 @@ from pairq.broker.channel_core import Entry
 from pairq.broker.membership import Membership
 from pairq.broker.options import BrokerOptions
 from pairq.broker.pair import Pair
+from pairq.broker.registration import LookupRegistrar
 from pairq.broker.service import SERVICE, BrokerService
 from pairq.broker.topic import Topic
 from pairq.errors import PairqError
@@ -66,6 +67,7 @@ class Broker:
         self.metrics: Any = None
         self.pair: Pair | None = None
         self.membership: Membership | None = None
+        self.registrar: LookupRegistrar | None = None
         self.pending_ids: dict[bytes, asyncio.Future[int]] = {}
         self._rotator: asyncio.Task[None] | None = None
 
@@ -119,6 +121,12 @@ class Broker:
         if self.options.gossip_address:
             self.membership = Membership(self)
             await self.membership.start()
+        if self.options.lookup:
+            self.registrar = LookupRegistrar(
+                self, list(self.options.lookup),
+                gossip_address=self.membership.address if self.membership is not None else "",
+            )
+            self.registrar.start()
         self.store.index_ids = self.options.idempotency_window_s > 0
         if self.options.idempotency_window_s > 0:
             self._rotator = asyncio.create_task(self._rotate_ids())
@@ -139,6 +147,9 @@ class Broker:
             return
         grace = self.options.shutdown_grace_s if grace is None else grace
         self._accepting = False
+        if self.registrar is not None:
+            await self.registrar.stop()
+            self.registrar = None
         if self._health is not None:
             await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         for topic in self.topics.values():

@@ -56,6 +56,9 @@ class BrokerOptions:
     lease_ms: int = _o(800, "delivery lease: an owner delivers only while its partner acknowledged it this recently; the partner takes over after the lease lapses")
     heartbeat_ms: int = _o(100, "replication heartbeat interval inside a pair (renews the lease)")
 
+    # --- lookup ---
+    lookup: tuple[str, ...] = _o((), "gRPC address HOST:PORT of a lookup to register with (empty: none)", kind="tuple", metavar="HOST:PORT")
+
     # --- gossip (SWIM + Lifeguard membership; see pairq/gossip) ---
     gossip_address: str = _o("", "UDP+TCP HOST:PORT for gossip (empty: gossip off; port 0 picks one)")
     gossip_advertise: str = _o("", "address other members use to reach this one, if not --gossip-address")
@@ -79,6 +82,8 @@ class BrokerOptions:
             parse_hostport(self.gossip_address, what="--gossip-address")
         for j in self.join:
             parse_hostport(j, what="--join")
+        for lk in self.lookup:
+            parse_hostport(lk, what="--lookup")
         if not self.data_dir:
             raise ValueError("--data-dir must not be empty")
         checks = [
