@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from pairq.client import Dedupe
 
@@ -80,3 +83,55 @@ def test_rejects_bad_options(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         Dedupe(tmp_path / "d", ttl=0)
     assert not os.path.exists(tmp_path / "d")
+
+
+class DedupeModel(RuleBasedStateMachine):
+    """The LMDB window against a dict model: bounded size, TTL, oldest evicted first."""
+
+    MAX = 20
+    TTL_S = 5
+
+    def __init__(self) -> None:
+        super().__init__()
+        import tempfile
+
+        self.tmp = tempfile.TemporaryDirectory()
+        self.clock = Clock()
+        self.d = Dedupe(Path(self.tmp.name) / "d", max_entries=self.MAX, ttl=self.TTL_S,
+                        clock=self.clock, sync=False)
+        self.model: dict[bytes, int] = {}  # id -> recorded at (ns)
+
+    def teardown(self) -> None:
+        self.d.close()
+        self.tmp.cleanup()
+
+    @rule(keys=st.lists(st.integers(0, 60), min_size=1, max_size=8))
+    def add(self, keys: list[int]) -> None:
+        batch = [k.to_bytes(16, "big") for k in keys]
+        self.d.add_many(batch)
+        for mid in batch:
+            self.model[mid] = self.clock.ns
+
+    @rule(seconds=st.integers(0, 3))
+    def tick(self, seconds: int) -> None:
+        self.clock.ns += seconds * 10**9 + 1
+
+    @rule(k=st.integers(0, 60))
+    def check(self, k: int) -> None:
+        mid = k.to_bytes(16, "big")
+        fresh = mid in self.model and self.model[mid] >= self.clock.ns - self.TTL_S * 10**9
+        if not fresh:
+            assert not self.d.contains(mid)
+        # A fresh id may only be missing if it was evicted as one of the oldest
+        # beyond the size bound (ties in time are evicted in id order).
+        elif not self.d.contains(mid):
+            at_least_as_new = sum(1 for t in self.model.values() if t >= self.model[mid])
+            assert at_least_as_new > self.MAX
+
+    @invariant()
+    def bounded(self) -> None:
+        assert len(self.d) <= self.MAX
+
+
+DedupeModel.TestCase.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+TestDedupeModel = DedupeModel.TestCase
