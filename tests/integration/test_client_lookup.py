@@ -169,3 +169,24 @@ async def test_cli_tools_with_lookup(tmp_path: Path, capsys: Any) -> None:
     assert await run_cli("stat", "--count", "1", "--lookup", dead, "--timeout", "0.3") == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and all("no lookup answered" in e for e in err)
+
+
+async def test_consumer_stops_using_a_tombstoned_broker(tmp_path: Path) -> None:
+    lk = Lookup(LookupOptions(address="127.0.0.1:0"))
+    await lk.start()
+    try:
+        async with run_pair(tmp_path) as (a, b), registered([a, b], [lk.address]):
+            await (await a.get_topic("orders")).get_channel("c")
+            await (await b.get_topic("orders")).get_channel("c")
+            await pairs_healthy(lk.address, 1)
+            async with Consumer(
+                "orders", "c", lookups=[lk.address], lookup_poll_interval=0.1,
+                handler=lambda m: None,
+            ) as cons:
+                await eventually(lambda: sorted(cons.brokers) == sorted([a.address, b.address]))
+                await eventually(lambda: cons.connected == 2)
+                async with Discovery([lk.address]) as d:
+                    await d.tombstone_topic("orders", b.node_id)
+                await eventually(lambda: cons.brokers == [a.address], timeout=5)
+    finally:
+        await lk.stop()
