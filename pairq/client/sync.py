@@ -8,7 +8,6 @@ from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from pairq.client._channel import DEFAULT_BROKER
 from pairq.client.producer import Producer, PublishAck
 
 __all__ = ["SyncProducer"]
@@ -21,10 +20,11 @@ class SyncProducer:
 
     Runs an event loop in a daemon thread; every call blocks until its
     publish is answered. Safe to call from several threads at once (their
-    publishes are batched together). Keyword options are the Producer's.
+    publishes are batched together). Keyword options are the Producer's
+    (``lookups=``, ``retry_timeout=``, ...), checked when it is made.
     """
 
-    def __init__(self, brokers: Sequence[str] = (DEFAULT_BROKER,), **options: Any) -> None:
+    def __init__(self, brokers: Sequence[str] | None = None, **options: Any) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="pairq-sync-producer", daemon=True
@@ -38,7 +38,7 @@ class SyncProducer:
             raise
 
     @staticmethod
-    async def _make(brokers: Sequence[str], options: dict[str, Any]) -> Producer:
+    async def _make(brokers: Sequence[str] | None, options: dict[str, Any]) -> Producer:
         return Producer(brokers, **options)
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
