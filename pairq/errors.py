@@ -93,8 +93,8 @@ class PairqError(Exception):
             status = err.code() if hasattr(err, "code") else None
             if status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 return UnavailableError(message or str(status))
-            if status == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                return StoreFullError(message or str(status))
+            if status == grpc.StatusCode.RESOURCE_EXHAUSTED and "full" in message:
+                return StoreFullError(message)
             return PairqError(message or str(status))
         klass = _CLASS_BY_CODE.get(code, PairqError)
         return klass(message, code=code)

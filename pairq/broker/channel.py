@@ -125,8 +125,9 @@ class Channel:
         )
 
     # ------------------------------------------------------------ supply
-    def offer(self, first_seq: int, records: list[bytes]) -> None:
-        """Freshly committed messages from the topic (in seq order)."""
+    def offer(self, first_seq: int, records: list[tuple[bytes, float, bytes]]) -> None:
+        """Freshly committed messages from the topic, in seq order, decoded once by
+        the topic for all its channels: (id, due (monotonic), message bytes)."""
         if self.deleted:
             return
         room = self.core.wants()
@@ -142,12 +143,9 @@ class Channel:
         entries = []
         seq = first_seq
         fin = self.fin_mem
-        for rec in records:
+        for msg_id, due, payload in records:
             if not fin or seq not in fin:
-                entries.append(
-                    Entry(key=seq, id=rec[:16], attempts=0,
-                          due=wall_to_mono(wire.record_due_ns(rec)), payload=rec[wire.HEADER_SIZE :])
-                )
+                entries.append(Entry(seq, msg_id, 0, due, payload))
             seq += 1
         if entries:
             self.core.push(entries, now)
@@ -561,3 +559,12 @@ class Channel:
         """Queued in memory plus what still waits on disk."""
         backlog = max(0, self.topic.committed_seq - self.read_pos) if self.durable else 0
         return int(self.core.depth) + backlog
+
+
+def decode_records(records: list[bytes]) -> list[tuple[bytes, float, bytes]]:
+    """(id, due as monotonic time, message bytes) of stored records, for ``offer``."""
+    out = []
+    for rec in records:
+        due_ns = wire.record_due_ns(rec)
+        out.append((rec[:16], wall_to_mono(due_ns) if due_ns else 0.0, rec[wire.HEADER_SIZE :]))
+    return out

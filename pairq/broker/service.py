@@ -74,7 +74,7 @@ class BrokerService:
             log.exception("internal error")
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
 
-    def _record(self, item: pb.PublishItem, now_ns: int) -> tuple[bytes, bytes]:
+    def _record(self, item: pb.PublishItem, now_ns: int, ts_field: bytes) -> tuple[bytes, bytes]:
         body = item.body
         size = len(body)
         if size == 0 or size > self.opts.max_msg_size:
@@ -90,13 +90,14 @@ class BrokerService:
         else:
             msg_id = self.new_id()
         due_ns = 0
-        if item.defer_ms:
-            if item.defer_ms > self.opts.max_defer_ms:
+        defer_ms = item.defer_ms
+        if defer_ms:
+            if defer_ms > self.opts.max_defer_ms:
                 raise _invalid(
-                    f"defer_ms {item.defer_ms} exceeds the maximum {self.opts.max_defer_ms} "
+                    f"defer_ms {defer_ms} exceeds the maximum {self.opts.max_defer_ms} "
                     "(--max-defer-ms)"
                 )
-            due_ns = now_ns + item.defer_ms * 1_000_000
+            due_ns = now_ns + defer_ms * 1_000_000
         headers = b""
         if item.headers:
             h = dict(item.headers)
@@ -105,7 +106,7 @@ class BrokerService:
             if any(not k for k in h):
                 raise _invalid("header names must not be empty")
             headers = wire.encode_headers(h)
-        return msg_id, wire.encode_record(msg_id, body, now_ns, due_ns, headers)
+        return msg_id, wire.encode_record(msg_id, body, now_ns, due_ns, headers, ts_field=ts_field)
 
     # ------------------------------------------------------------ publish
     async def _publish(self, topic_name: str, items: list[tuple[bytes, bytes, bool]]) -> int:
@@ -176,7 +177,8 @@ class BrokerService:
         async def run() -> pb.PublishResponse:
             self.broker.check_accepting()
             check_topic(request.topic)
-            msg_id, rec = self._record(request.message, time.time_ns())
+            now_ns = time.time_ns()
+            msg_id, rec = self._record(request.message, now_ns, wire.timestamp_field(now_ns))
             copies = await self._publish(request.topic, [(msg_id, rec, bool(request.message.id))])
             return pb.PublishResponse(id=msg_id, copies=copies)
 
@@ -193,10 +195,11 @@ class BrokerService:
                     pb.ERROR_CODE_BAD_BATCH,
                 )
             now_ns = time.time_ns()
+            ts_field = wire.timestamp_field(now_ns)
             items = []
             make = self._record
             for item in request.messages:
-                i, r = make(item, now_ns)
+                i, r = make(item, now_ns, ts_field)
                 items.append((i, r, bool(item.id)))
             copies = await self._publish(request.topic, items)
             return pb.PublishBatchResponse(ids=[i for i, _, _ in items], copies=copies)

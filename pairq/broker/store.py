@@ -468,15 +468,12 @@ class Store:
         dbs = self.dbs
         if kind == "append":
             _, topic_id, seq, records = op
-            db = dbs[MSGS]
-            put = txn.put
-            for rec in records:
-                put(_IQ.pack(topic_id, seq), rec, db=db)
-                seq += 1
+            pack = _IQ.pack
+            txn.cursor(db=dbs[MSGS]).putmulti(
+                [(pack(topic_id, s), rec) for s, rec in enumerate(records, seq)]
+            )
             if self.index_ids:
-                idb = dbs[IDS0 + self.ids_gen]
-                for rec in records:
-                    put(rec[:16], b"", db=idb)
+                txn.cursor(db=dbs[IDS0 + self.ids_gen]).putmulti([(rec[:16], b"") for rec in records])
         elif kind == "rotate_ids":
             new = op[1]  # idempotent if the transaction is retried
             txn.drop(dbs[IDS0 + new], delete=False)

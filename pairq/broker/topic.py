@@ -16,7 +16,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pairq.broker import store as st
-from pairq.broker.channel import Channel
+from pairq.broker.channel import Channel, decode_records
 from pairq.errors import PairqError, UnavailableError
 from pairq.names import is_ephemeral
 from pairq.v1 import broker_pb2
@@ -165,8 +165,9 @@ class Topic:
             if self.ephemeral:
                 self._mem.extend(zip(range(seq0, seq0 + n), records, strict=True))
             return
+        decoded = decode_records(records)
         for ch in self.channels.values():
-            ch.offer(seq0, records)
+            ch.offer(seq0, decoded)
 
     # ------------------------------------------------------------ channels
     async def get_channel(self, name: str, *, create: bool = True) -> Channel:
@@ -205,7 +206,7 @@ class Topic:
         if self.ephemeral and first and self._mem:
             for seq, rec in list(self._mem):
                 ch.read_pos = seq
-                ch.offer(seq, [rec])
+                ch.offer(seq, decode_records([rec]))
             self._mem.clear()
         ch.schedule_pump()
         return ch

@@ -52,8 +52,14 @@ def encode_headers(headers: Mapping[str, str]) -> bytes:
     return b"".join(out)
 
 
+def timestamp_field(timestamp_ns: int) -> bytes:
+    """Encoded ``Message.timestamp_ns`` (computed once per request, shared by its messages)."""
+    return b"\x20" + varint(timestamp_ns)
+
+
 def encode_record(
-    msg_id: bytes, body: bytes, timestamp_ns: int, due_ns: int = 0, headers: bytes = b""
+    msg_id: bytes, body: bytes, timestamp_ns: int, due_ns: int = 0, headers: bytes = b"",
+    *, ts_field: bytes | None = None,
 ) -> bytes:
     """The stored record for one message (``headers`` from ``encode_headers``)."""
     return b"".join(
@@ -65,8 +71,7 @@ def encode_record(
             _v(len(body)),
             body,
             headers,
-            b"\x20",
-            varint(timestamp_ns),
+            ts_field if ts_field is not None else timestamp_field(timestamp_ns),
         )
     )
 
