@@ -143,9 +143,14 @@ class Channel:
         entries = []
         seq = first_seq
         fin = self.fin_mem
+        states = self.states
         for msg_id, due, payload in records:
             if not fin or seq not in fin:
-                entries.append(Entry(seq, msg_id, 0, due, payload))
+                state = states.get(seq) if states else None
+                if state is None:
+                    entries.append(Entry(seq, msg_id, 0, due, payload))
+                else:  # requeue state carried over from the partner by a takeover
+                    entries.append(Entry(seq, msg_id, state[0], max(due, wall_to_mono(state[1])), payload))
             seq += 1
         if entries:
             self.core.push(entries, now)
@@ -454,6 +459,7 @@ class Channel:
             if seq >= floor and seq in self.fin_mem and seq not in self.fin_disk:
                 self.fin_disk.add(seq)
                 ops.append((st.FINS, st.seq_key(cid, seq), b""))
+        replicate_states = dict(self.state_dirty) if self.broker.pair is not None else None
         if self.state_dirty:
             for seq, value in self.state_dirty.items():
                 if value is None or seq < floor or seq in self.fin_mem:
@@ -471,8 +477,9 @@ class Channel:
         if ops:
             self.store.submit(("puts", ops), wait=False)
         pair = self.broker.pair
-        if pair is not None and (dirty or self.floor != old_floor):
-            pair.progress(self.topic.name, self.name, self.floor, [s for s in dirty if s >= floor])
+        if pair is not None and (dirty or self.floor != old_floor or replicate_states):
+            pair.progress(self.topic.name, self.name, self.floor, [s for s in dirty if s >= floor],
+                          replicate_states)
         if self.floor != old_floor:
             self.topic.on_floor_advanced()
 

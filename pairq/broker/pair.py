@@ -65,6 +65,7 @@ MAX_BATCH_RECORDS = 20000
 class StandbyChannel:
     floor: int = 0
     fins: set[int] = field(default_factory=set)
+    states: dict[int, tuple[int, int]] = field(default_factory=dict)  # seq -> (attempts, due_ns)
 
 
 @dataclass
@@ -132,6 +133,11 @@ class StandbyStore:
                 t = self.topic(tb.decode())
                 c = t.channels.setdefault(rest.decode(), StandbyChannel())
                 c.fins.add(st.unpack_q(kb[-8:]))
+            for k, v in txn.cursor(db=s.dbs[st.SB_STATES]):
+                kb = bytes(k)
+                tb, _, rest = kb[:-9].partition(b"\0")
+                c = self.topic(tb.decode()).channels.setdefault(rest.decode(), StandbyChannel())
+                c.states[st.unpack_q(kb[-8:])] = st.unpack_state(bytes(v))
         for t in self.topics.values():
             floors = [c.floor for c in t.channels.values()]
             if floors:
@@ -171,6 +177,7 @@ class StandbyStore:
                 c = t.channels.pop(p.channel, None)
                 ops.append(("del", st.SB_FLOORS, key))
                 ops.append(("drop", st.SB_FINS, key + b"\0"))
+                ops.append(("drop", st.SB_STATES, key + b"\0"))
             else:
                 c = t.channels.get(p.channel)
                 new = c is None
@@ -182,6 +189,17 @@ class StandbyStore:
                         ops.append(("del", st.SB_FINS, st.sb_fin_key(p.topic, p.channel, seq)))
                     c.floor = max(c.floor, p.floor)
                     ops.append(("put", st.SB_FLOORS, key, st.pack_q(c.floor)))
+                    for seq in [s for s in c.states if s < c.floor]:
+                        del c.states[seq]
+                        ops.append(("del", st.SB_STATES, st.sb_fin_key(p.topic, p.channel, seq)))
+                for rs in p.states:
+                    skey = st.sb_fin_key(p.topic, p.channel, rs.seq)
+                    if rs.cleared or rs.seq < c.floor:
+                        if c.states.pop(rs.seq, None) is not None:
+                            ops.append(("del", st.SB_STATES, skey))
+                    else:
+                        c.states[rs.seq] = (rs.attempts, rs.due_ns)
+                        ops.append(("put", st.SB_STATES, skey, st.pack_state(rs.attempts, rs.due_ns)))
                 for seq in p.finished:
                     if seq >= c.floor and seq not in c.fins:
                         c.fins.add(seq)
@@ -203,6 +221,7 @@ class StandbyStore:
             ("drop", st.SB_MSGS, prefix),
             ("drop", st.SB_FLOORS, prefix),
             ("drop", st.SB_FINS, prefix),
+            ("drop", st.SB_STATES, prefix),
         ]
 
     def holdings(self) -> list[rpb.ReplicaHolding]:
@@ -241,7 +260,8 @@ class Pair:
         self.lease_until = 0.0
         self._batch_id = 0
         self._appends: list[tuple[str, int, list[bytes]]] = []
-        self._progress: dict[tuple[str, str], tuple[int, set[int], bool]] = {}
+        # (topic, channel) -> (floor, finished above it, deleted, requeue states (None: cleared))
+        self._progress: dict[tuple[str, str], tuple[int, set[int], bool, dict[int, tuple[int, int] | None]]] = {}
         self._deleted: list[str] = []
         self._futures: list[asyncio.Future[None]] = []
         self._in_flight: deque[_Pending] = deque()
@@ -322,17 +342,21 @@ class Pair:
         self._wake.set()
         return fut
 
-    def progress(self, topic: str, channel: str, floor: int, finished: list[int]) -> None:
+    def progress(self, topic: str, channel: str, floor: int, finished: list[int],
+                 states: dict[int, tuple[int, int] | None] | None = None) -> None:
         if not self.connected:
             return  # the next connection sends a full progress snapshot
         key = (topic, channel)
         cur = self._progress.get(key)
         fins = set(finished) if cur is None else cur[1] | set(finished)
-        self._progress[key] = (floor, {s for s in fins if s >= floor}, False)
+        merged = dict(cur[3]) if cur is not None else {}
+        if states:
+            merged.update(states)
+        self._progress[key] = (floor, {s for s in fins if s >= floor}, False, merged)
         self._wake.set()
 
     def channel_deleted(self, topic: str, channel: str) -> None:
-        self._progress[(topic, channel)] = (0, set(), True)
+        self._progress[(topic, channel)] = (0, set(), True, {})
         self._wake.set()
 
     def topic_deleted(self, topic: str) -> None:
@@ -429,7 +453,8 @@ class Pair:
                 self._unacked_msgs += live_from - start
             for ch in topic.channels.values():
                 if ch.durable:
-                    self._progress[(topic.name, ch.name)] = (ch.floor, set(ch.fin_mem), False)
+                    self._progress[(topic.name, ch.name)] = (
+                        ch.floor, set(ch.fin_mem), False, dict(ch.states))
         self._catchup = catchup
         self._wake.set()
 
@@ -474,8 +499,15 @@ class Pair:
                 raise ConnectionError("ack stream ended")
             appends = [rpb.ReplicaAppend(topic=t, first_seq=s, records=r) for t, s, r in self._appends]
             progress = [
-                rpb.ReplicaProgress(topic=t, channel=c, floor=f, finished=sorted(fins), deleted=d)
-                for (t, c), (f, fins, d) in self._progress.items()
+                rpb.ReplicaProgress(
+                    topic=t, channel=c, floor=f, finished=sorted(fins), deleted=d,
+                    states=[
+                        rpb.ReplicaState(seq=seq, cleared=True) if v is None
+                        else rpb.ReplicaState(seq=seq, attempts=v[0], due_ns=v[1])
+                        for seq, v in sts.items()
+                    ],
+                )
+                for (t, c), (f, fins, d, sts) in self._progress.items()
             ]
             deleted = self._deleted
             futures = self._futures
@@ -605,7 +637,7 @@ class Pair:
         ops: list[st.Op] = [("put", st.SB_META, b"partner", node_id.encode())]
         if self.standby.partner_id and self.standby.partner_id != node_id:
             ops += [("drop", st.SB_MSGS, b""), ("drop", st.SB_FLOORS, b""), ("drop", st.SB_FINS, b""),
-                    ("drop", st.SB_META, b"taken:")]
+                    ("drop", st.SB_STATES, b""), ("drop", st.SB_META, b"taken:")]
             self.standby.topics.clear()
         self.standby.partner_id = node_id
         await self.broker.store.submit_many(ops)
@@ -679,6 +711,7 @@ class Pair:
                     rows.append((seq, v))
         records: list[bytes] = []
         finished_for: dict[str, list[int]] = {}
+        states_for: dict[str, dict[int, tuple[int, int]]] = {}
         names = list(topic.channels)
         for seq, rec in rows:
             done = [n for n in names if (c := sb.channels.get(n)) is not None and (seq < c.floor or seq in c.fins)]
@@ -688,11 +721,16 @@ class Pair:
             records.append(rec)
             for n in done:
                 finished_for.setdefault(n, []).append(idx)
+            for n, c in sb.channels.items():
+                state = c.states.get(seq)
+                if state is not None and n not in done:
+                    states_for.setdefault(n, {})[idx] = state
         extra: list[st.Op] = [
             ("put", st.SB_META, b"taken:" + sb.name.encode(), st.pack_q(end)),
             *StandbyStore.drop_topic_ops(sb.name),
         ]
-        await topic.append_owned(records, extra_ops=extra, finished_for=finished_for)
+        await topic.append_owned(records, extra_ops=extra, finished_for=finished_for,
+                                 states_for=states_for)
         sb.taken_upto = end
         sb.first_seq = end
         sb.next_seq = end  # the partner resends anything above from its log

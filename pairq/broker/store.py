@@ -16,6 +16,7 @@ dlq       >I channel id + >Q seq      >I attempts + record (dead letters)
 sb_msgs   topic + 0 + >Q origin seq   the partner's record (standby copy)
 sb_floors topic + 0 + channel         >Q the partner channel's floor
 sb_fins   topic+0+channel+0+>Q seq    b"" (finished on the partner, above its floor)
+sb_states topic+0+channel+0+>Q seq    >Iq attempts, due_ns (partner's requeue state)
 sb_meta   b"partner" / b"taken:"+topic  partner node id / >Q seqs taken over
 ids_0/1   message id (16 bytes)       b"" (idempotency window, two generations)
 ========  ==========================  ==========================================
@@ -69,10 +70,10 @@ _STATE = struct.Struct(">Iq")
 
 DB_NAMES = (
     "meta", "catalog", "msgs", "floors", "fins", "states", "dlq",
-    "sb_msgs", "sb_floors", "sb_fins", "sb_meta", "ids_0", "ids_1",
+    "sb_msgs", "sb_floors", "sb_fins", "sb_meta", "ids_0", "ids_1", "sb_states",
 )
 (META, CATALOG, MSGS, FLOORS, FINS, STATES, DLQ, SB_MSGS, SB_FLOORS, SB_FINS, SB_META,
- IDS0, IDS1) = range(len(DB_NAMES))
+ IDS0, IDS1, SB_STATES) = range(len(DB_NAMES))
 FORMAT_VERSION = b"1"
 
 

@@ -106,7 +106,8 @@ class Topic:
         return copies
 
     async def append_owned(self, records: list[bytes], *, extra_ops: list[st.Op],
-                           finished_for: dict[str, list[int]]) -> None:
+                           finished_for: dict[str, list[int]],
+                           states_for: dict[str, dict[int, tuple[int, int]]] | None = None) -> None:
         """Append taken-over records as owned (one transaction with ``extra_ops``).
 
         ``finished_for`` maps channel name -> indexes into ``records`` that the
@@ -116,6 +117,15 @@ class Topic:
         seq0 = self.next_seq
         self.next_seq += n
         ops: list[st.Op] = [("append", self.meta.id, seq0, records)] if records else []
+        # Requeue state (attempts, due time) from the partner, under the new seqs.
+        for name, states in (states_for or {}).items():
+            ch = self.channels.get(name)
+            if ch is None or not ch.durable:
+                continue
+            for idx, (attempts, due_ns) in states.items():
+                ch.states[seq0 + idx] = (attempts, due_ns)
+                ops.append(("put", st.STATES, st.seq_key(ch.meta.id, seq0 + idx),
+                            st.pack_state(attempts, due_ns)))
         fut = self.broker.store.submit_many(ops + extra_ops)
         try:
             await asyncio.shield(fut)

@@ -16,19 +16,33 @@ class ReplicaAppend(_message.Message):
     records: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, topic: _Optional[str] = ..., first_seq: _Optional[int] = ..., records: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
+class ReplicaState(_message.Message):
+    __slots__ = ("seq", "attempts", "due_ns", "cleared")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    DUE_NS_FIELD_NUMBER: _ClassVar[int]
+    CLEARED_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    attempts: int
+    due_ns: int
+    cleared: bool
+    def __init__(self, seq: _Optional[int] = ..., attempts: _Optional[int] = ..., due_ns: _Optional[int] = ..., cleared: _Optional[bool] = ...) -> None: ...
+
 class ReplicaProgress(_message.Message):
-    __slots__ = ("topic", "channel", "floor", "finished", "deleted")
+    __slots__ = ("topic", "channel", "floor", "finished", "deleted", "states")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     FLOOR_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
     topic: str
     channel: str
     floor: int
     finished: _containers.RepeatedScalarFieldContainer[int]
     deleted: bool
-    def __init__(self, topic: _Optional[str] = ..., channel: _Optional[str] = ..., floor: _Optional[int] = ..., finished: _Optional[_Iterable[int]] = ..., deleted: _Optional[bool] = ...) -> None: ...
+    states: _containers.RepeatedCompositeFieldContainer[ReplicaState]
+    def __init__(self, topic: _Optional[str] = ..., channel: _Optional[str] = ..., floor: _Optional[int] = ..., finished: _Optional[_Iterable[int]] = ..., deleted: _Optional[bool] = ..., states: _Optional[_Iterable[_Union[ReplicaState, _Mapping]]] = ...) -> None: ...
 
 class ReplicaHello(_message.Message):
     __slots__ = ("node_id", "pair")

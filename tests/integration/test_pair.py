@@ -322,3 +322,28 @@ async def test_gossip_members_and_partner_death_reach_the_pair(tmp_path: Path) -
         await ga.stop(leave=False)
         a.membership.gossip = None
         await eventually(lambda: b.pair is not None and b.pair._gossip_dead, timeout=15)
+
+
+async def test_requeue_delay_and_attempts_survive_a_takeover(tmp_path: Path) -> None:
+    async with run_pair(tmp_path) as (a, b):
+        assert b.pair is not None
+        sa = pbg.BrokerServiceStub(grpc.aio.insecure_channel(a.address))
+        sb = pbg.BrokerServiceStub(grpc.aio.insecure_channel(b.address))
+        await sa.Publish(pb.PublishRequest(topic="t", message=pb.PublishItem(body=b"slow")))
+        sub = RawSub(sa, "t", "c")
+        sub.rdy(1)
+        await eventually(lambda: len(sub.messages) == 1)
+        m = sub.take()[0]
+        sub.req([m.id], delay_ms=2500)
+        t_req = time.monotonic()
+        await eventually(lambda: any(
+            c.states for t in b.pair.standby.topics.values() for c in t.channels.values()))
+        await sub.cancel()
+        on_b = RawSub(sb, "t", "c")
+        on_b.rdy(1)
+        await a.stop(grace=0.1)
+        await eventually(lambda: b.pair is not None and b.pair.takeovers == 1, timeout=5)
+        await eventually(lambda: len(on_b.messages) == 1, timeout=10)
+        assert time.monotonic() - t_req >= 2.4, "the REQ delay was lost in the takeover"
+        assert on_b.messages[0].id == m.id and on_b.messages[0].attempts == 2
+        await on_b.cancel()
