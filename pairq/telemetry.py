@@ -23,6 +23,42 @@ from pairq.options import parse_hostport
 log = logging.getLogger("pairq.telemetry")
 
 _provider: MeterProvider | None = None
+_tracing = False
+
+
+def setup_tracing(service_name: str) -> bool:
+    """Install an SDK TracerProvider exporting by OTLP when the standard
+    ``OTEL_EXPORTER_OTLP_*`` / ``OTEL_TRACES_EXPORTER`` variables ask for it."""
+    global _tracing
+    if _tracing:
+        return True
+    want = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "")
+    if not want and exporter_name not in ("otlp", "console"):
+        return False
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    if exporter_name == "console":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    else:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    _tracing = True
+    return True
+
+
+def tracing_active() -> bool:
+    """Whether spans are recorded by a real SDK provider (else skip per-message work)."""
+    from opentelemetry import trace
+
+    return _tracing or type(trace.get_tracer_provider()).__name__ == "TracerProvider"
 
 
 class MetricsHandle:

@@ -68,12 +68,20 @@ class Broker:
         self.pair: Pair | None = None
         self.membership: Membership | None = None
         self.registrar: LookupRegistrar | None = None
+        self.tracer: Any = None  # an OpenTelemetry tracer when tracing is on
         self.pending_ids: dict[bytes, asyncio.Future[int]] = {}
         self._rotator: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        from pairq.telemetry import setup_tracing, tracing_active
+
+        setup_tracing("pairq-broker")
+        if tracing_active():
+            from opentelemetry import trace
+
+            self.tracer = trace.get_tracer("pairq.broker")
         host, port = parse_hostport(self.options.address, what="--address")
         await asyncio.to_thread(self.store.open)
         self.node_id = self.options.node_name or self.store.node_id()

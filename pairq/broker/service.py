@@ -34,6 +34,7 @@ log = logging.getLogger("pairq.service")
 
 SERVICE = "pairq.v1.BrokerService"
 MAX_HEADER_BYTES = 64 * 1024
+TRACEPARENT = "traceparent"
 IDENTIFY_TIMEOUT = 30.0
 
 
@@ -109,9 +110,16 @@ class BrokerService:
         return msg_id, wire.encode_record(msg_id, body, now_ns, due_ns, headers, ts_field=ts_field)
 
     # ------------------------------------------------------------ publish
-    async def _publish(self, topic_name: str, items: list[tuple[bytes, bytes, bool]]) -> int:
+    async def _publish(self, topic_name: str, items: list[tuple[bytes, bytes, bool]],
+                       traced: list[tuple[bytes, str]] | None = None) -> int:
         """Store (id, record, producer-supplied) items, skipping ids already stored
-        within the idempotency window; returns the copies."""
+        within the idempotency window; returns the copies.
+
+        ``traced``: (id, traceparent) of messages carrying W3C trace context; with
+        tracing on, each gets a ``pairq publish`` span in its producer's trace,
+        covering the durable store (and the partner's copy)."""
+        if traced and self.broker.tracer is not None:
+            return await self._publish_traced(topic_name, items, traced)
         broker = self.broker
         topic = await broker.get_topic(topic_name)
         supplied = [i for i, _, s in items if s]
@@ -173,13 +181,46 @@ class BrokerService:
                 copies = 1
         return copies
 
+    async def _publish_traced(self, topic_name: str, items: list[tuple[bytes, bytes, bool]],
+                              traced: list[tuple[bytes, str]]) -> int:
+        from opentelemetry.trace import SpanKind
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        tracer = self.broker.tracer
+        prop = TraceContextTextMapPropagator()
+        spans = []
+        for msg_id, parent in traced:
+            ctx = prop.extract({"traceparent": parent})
+            span = tracer.start_span(
+                "pairq publish", context=ctx, kind=SpanKind.SERVER,
+                attributes={"messaging.system": "pairq", "messaging.destination.name": topic_name,
+                            "messaging.message.id": msg_id.hex(), "pairq.broker_id": self.broker.node_id},
+            )
+            spans.append(span)
+        try:
+            copies = await self._publish(topic_name, items)
+            for span in spans:
+                span.set_attribute("pairq.copies", copies)
+            return copies
+        except Exception as exc:
+            for span in spans:
+                span.record_exception(exc)
+            raise
+        finally:
+            for span in spans:
+                span.end()
+
     async def Publish(self, request: pb.PublishRequest, context: Any) -> pb.PublishResponse:
         async def run() -> pb.PublishResponse:
             self.broker.check_accepting()
             check_topic(request.topic)
             now_ns = time.time_ns()
             msg_id, rec = self._record(request.message, now_ns, wire.timestamp_field(now_ns))
-            copies = await self._publish(request.topic, [(msg_id, rec, bool(request.message.id))])
+            traced = None
+            if self.broker.tracer is not None and request.message.headers:
+                tp = request.message.headers.get(TRACEPARENT)
+                traced = [(msg_id, tp)] if tp else None
+            copies = await self._publish(request.topic, [(msg_id, rec, bool(request.message.id))], traced)
             return pb.PublishResponse(id=msg_id, copies=copies)
 
         return await self._call(context, run)  # type: ignore[no-any-return]
@@ -198,10 +239,16 @@ class BrokerService:
             ts_field = wire.timestamp_field(now_ns)
             items = []
             make = self._record
+            traced: list[tuple[bytes, str]] = []
+            tracing = self.broker.tracer is not None
             for item in request.messages:
                 i, r = make(item, now_ns, ts_field)
                 items.append((i, r, bool(item.id)))
-            copies = await self._publish(request.topic, items)
+                if tracing and item.headers:
+                    tp = item.headers.get(TRACEPARENT)
+                    if tp:
+                        traced.append((i, tp))
+            copies = await self._publish(request.topic, items, traced or None)
             return pb.PublishBatchResponse(ids=[i for i, _, _ in items], copies=copies)
 
         return await self._call(context, run)  # type: ignore[no-any-return]
