@@ -40,6 +40,7 @@ import grpc
 
 from pairq import grpcopts
 from pairq.broker import store as st
+from pairq.broker import wire
 from pairq.errors import PairqError, UnavailableError
 from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import replication_pb2 as rpb
@@ -232,6 +233,30 @@ class StandbyStore:
 
     def count(self) -> int:
         return sum(t.count for t in self.topics.values())
+
+
+def validate_batch(batch: rpb.ReplicaBatch, max_msg_size: int) -> str:
+    """Why a replicated batch is unacceptable ("" if it is fine): names that would
+    corrupt standby keys, impossible seqs, malformed records."""
+    from pairq.names import is_valid_name
+
+    for a in batch.appends:
+        if not is_valid_name(a.topic):
+            return f"invalid topic name {a.topic[:80]!r}"
+        if a.first_seq > 2**62:
+            return f"seq {a.first_seq} out of range"
+        for rec in a.records:
+            if len(rec) < wire.HEADER_SIZE + 20 or len(rec) > max_msg_size + 65536 + 128:
+                return f"malformed record of {len(rec)} bytes"
+    for p in batch.progress:
+        if not is_valid_name(p.topic) or not is_valid_name(p.channel):
+            return f"invalid name {p.topic[:80]!r}/{p.channel[:80]!r}"
+        if p.floor > 2**62 or any(s > 2**62 for s in p.finished):
+            return "seq out of range"
+    for name in batch.deleted_topics:
+        if not is_valid_name(name):
+            return f"invalid topic name {name[:80]!r}"
+    return ""
 
 
 # --------------------------------------------------------------------------- outbound
@@ -600,6 +625,11 @@ class Pair:
                 self.last_contact = time.monotonic()
                 if req.WhichOneof("kind") != "batch":
                     continue
+                problem = validate_batch(req.batch, self.broker.options.max_msg_size)
+                if problem:
+                    log.error("rejecting a replication batch from %s: %s", h.node_id, problem)
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad replication batch: {problem}")
+                    return
                 ops = self.standby.apply_batch(req.batch)
                 fut = self.broker.store.submit_many(ops) if ops else self.broker.store.barrier()
                 acks.put_nowait((req.batch.batch_id, fut))

@@ -347,3 +347,41 @@ async def test_requeue_delay_and_attempts_survive_a_takeover(tmp_path: Path) -> 
         assert time.monotonic() - t_req >= 2.4, "the REQ delay was lost in the takeover"
         assert on_b.messages[0].id == m.id and on_b.messages[0].attempts == 2
         await on_b.cancel()
+
+
+async def test_garbage_replication_input_is_rejected_and_nothing_is_stored(tmp_path: Path) -> None:
+    from pairq.v1 import replication_pb2 as rpb
+    from pairq.v1 import replication_pb2_grpc as rpbg
+
+    async with run_pair(tmp_path) as (_a, b):
+        assert b.pair is not None
+        before = b.pair.standby.count()
+        stub = rpbg.ReplicationServiceStub(grpc.aio.insecure_channel(b.address))
+        bad_batches = [
+            rpb.ReplicaBatch(batch_id=1, appends=[rpb.ReplicaAppend(topic="a\0b", first_seq=0, records=[b"x" * 100])]),
+            rpb.ReplicaBatch(batch_id=1, appends=[rpb.ReplicaAppend(topic="t", first_seq=0, records=[b"short"])]),
+            rpb.ReplicaBatch(batch_id=1, progress=[rpb.ReplicaProgress(topic="t", channel="", floor=1)]),
+        ]
+        for batch in bad_batches:
+            # A hello with the wrong pair name is refused outright.
+            call = stub.Replicate()
+            await call.write(rpb.ReplicateRequest(hello=rpb.ReplicaHello(node_id="x", pair="other")))
+            try:
+                await call.read()
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+            call = stub.Replicate()
+            await call.write(rpb.ReplicateRequest(hello=rpb.ReplicaHello(node_id=b.pair.standby.partner_id, pair="p1")))
+            resp = await call.read()
+            assert resp.WhichOneof("kind") == "welcome"
+            await call.write(rpb.ReplicateRequest(batch=batch))
+            try:
+                while True:
+                    r = await call.read()
+                    assert r is grpc.aio.EOF or r.WhichOneof("kind") != "ack"
+                    if r is grpc.aio.EOF:
+                        break
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert b.pair.standby.count() == before
+        assert all("\0" not in t for t in b.pair.standby.topics)
