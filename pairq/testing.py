@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -27,7 +28,16 @@ from typing import Any
 from pairq.broker.broker import Broker
 from pairq.broker.options import BrokerOptions
 
-__all__ = ["BrokerProcess", "eventually", "free_port", "run_broker", "run_pair", "wait_for_port"]
+__all__ = [
+    "BrokerProcess",
+    "Cluster",
+    "eventually",
+    "free_port",
+    "run_broker",
+    "run_cluster",
+    "run_pair",
+    "wait_for_port",
+]
 
 
 @contextlib.asynccontextmanager
@@ -85,6 +95,90 @@ async def run_pair(data_dir: str | os.PathLike[str] | None = None, *, pair: str 
                 await br.stop(grace=0.5)
         if tmp is not None:
             tmp.cleanup()
+
+
+@dataclasses.dataclass
+class Cluster:
+    """What ``run_cluster`` started: lookups and pairs, all in this process."""
+
+    lookups: list[Any]
+    pairs: list[tuple[Broker, Broker]]
+
+    @property
+    def lookup_addresses(self) -> list[str]:
+        return [lk.address for lk in self.lookups]
+
+    @property
+    def brokers(self) -> list[Broker]:
+        return [b for pair in self.pairs for b in pair]
+
+
+@contextlib.asynccontextmanager
+async def run_cluster(data_dir: str | os.PathLike[str] | None = None, *, pairs: int = 1,
+                      lookups: int = 1, **options: Any) -> AsyncIterator[Cluster]:
+    """Lookups + broker pairs on loopback, gossiping and registered (what ``pairq dev``
+    runs, in-process): ``async with run_cluster(pairs=2) as c: c.lookup_addresses``."""
+    from pairq.lookup.lookup import Lookup
+    from pairq.lookup.options import LookupOptions
+
+    tmp = None
+    if data_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="pairq-cluster-")
+        data_dir = tmp.name
+    started_lookups: list[Any] = []
+    stack = contextlib.AsyncExitStack()
+    try:
+        for _ in range(lookups):
+            join = tuple(lk.gossip_address for lk in started_lookups[:1])
+            lk = Lookup(LookupOptions(address="127.0.0.1:0", gossip_address="127.0.0.1:0",
+                                      gossip_profile="local", join=join))
+            await lk.start()
+            started_lookups.append(lk)
+        common = {
+            "lookup": tuple(lk.address for lk in started_lookups),
+            "gossip_address": "127.0.0.1:0",
+            "gossip_profile": "local",
+            "join": tuple(lk.gossip_address for lk in started_lookups),
+            **options,
+        }
+        started_pairs = []
+        for i in range(pairs):
+            pair = await stack.enter_async_context(
+                _pair(Path(data_dir) / f"pair{i}", f"p{i}", common)
+            )
+            started_pairs.append(pair)
+        yield Cluster(started_lookups, started_pairs)
+    finally:
+        await stack.aclose()
+        for lk in started_lookups:
+            await lk.stop(grace=0.5)
+        if tmp is not None:
+            tmp.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def _pair(data_dir: Path, name: str, options: dict[str, Any]) -> AsyncIterator[tuple[Broker, Broker]]:
+    pa, pb_ = free_port(), free_port()
+    a = Broker(BrokerOptions(data_dir=str(data_dir / "a"), address=f"127.0.0.1:{pa}",
+                             pair=name, partner=f"127.0.0.1:{pb_}", **options))
+    b = Broker(BrokerOptions(data_dir=str(data_dir / "b"), address=f"127.0.0.1:{pb_}",
+                             pair=name, partner=f"127.0.0.1:{pa}", **options))
+    await a.start()
+    try:
+        await b.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not (a.may_deliver() and b.may_deliver()):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"pair {name} did not connect within 10 s")
+                import asyncio
+
+                await asyncio.sleep(0.01)
+            yield a, b
+        finally:
+            await b.stop(grace=0.5)
+    finally:
+        await a.stop(grace=0.5)
 
 
 def free_port() -> int:
