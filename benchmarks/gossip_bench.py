@@ -346,10 +346,16 @@ def bench_n50(root: Path, trials: int, traffic_window: float, rng: random.Random
             def everyone_knows(v: str = victim, t: float = t_kill, others: list[Agent] = others) -> bool:
                 return all(dead_time(a, v, t) is not None for a in others)
 
-            if c.wait(everyone_knows, 30.0, step=0.05) is not None:
-                last = max(dead_time(a, victim, t_kill) or 0.0 for a in others)
-                (unpaired if victim == "l0" else all_know).append(last - t_kill)
             partner = next((n for n in names if n != victim and meta[n].get("pair") == meta[victim].get("pair")), names[0])
+            if c.wait(everyone_knows, 30.0, step=0.05) is not None:
+                times = {a.name: (dead_time(a, victim, t_kill) or 0.0) - t_kill for a in others}
+                slowest = max(times, key=lambda n: times[n])
+                (unpaired if victim == "l0" else all_know).append(times[slowest])
+                first = f"partner {partner} {times[partner]:.3f}s" if victim != "l0" else (
+                    f"first {min(times, key=lambda n: times[n])} {min(times.values()):.3f}s")
+                print(f"  kill {victim}: {first}, last {slowest} {times[slowest]:.3f}s")
+            else:
+                print(f"  kill {victim}: not everyone knew within 30 s")
             restart_same_port(c, victim, meta[victim], [c.agents[partner if partner != victim else names[0]].addr])
             c.wait(c.converged, 20)
         print(summary("n50 all members know (paired broker)", all_know))
@@ -433,6 +439,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer trials, under 5 minutes")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--only", action="append", default=[], help="partner, n50, sick, mass")
+    ap.add_argument("--n50-trials", type=int, default=0, help="override the number of N=50 kills")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     q = args.quick
@@ -444,7 +451,8 @@ def main() -> None:
         if "partner" in only:
             result.update(bench_partner(root, trials=16 if q else 60, pause_trials=30 if q else 200, rng=rng))
         if "n50" in only:
-            result.update(bench_n50(root, trials=4 if q else 20, traffic_window=15 if q else 60, rng=rng))
+            trials = args.n50_trials or (4 if q else 20)
+            result.update(bench_n50(root, trials=trials, traffic_window=15 if q else 60, rng=rng))
         if "sick" in only:
             result.update(bench_sick(root, duration=45 if q else 300))
         if "mass" in only:

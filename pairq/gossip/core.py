@@ -893,7 +893,17 @@ class Core:
             w = self._pair[hb.source] = _PairWatch(last_heard=now, watched=True)
         if w is not None:
             w.last_hb = now
+            if hb.incarnation > m.incarnation:
+                # We missed an alive of our partner/watched member; our verdict on it
+                # would carry a stale incarnation that up-to-date members ignore.
+                self._sync_with(now, m)
         self._heard_from(now, hb.source)
+
+    def _sync_with(self, now: float, m: Member) -> None:
+        last = self._unknown_synced.get(m.name, float("-inf"))
+        if now - last >= 1.0:
+            self._unknown_synced[m.name] = now
+            self._actions.append(PushPullRequest(m.addr, False))
 
     def _pair_probe(self, now: float, m: Member, w: _PairWatch) -> None:
         w.last_probe = now

@@ -191,3 +191,16 @@ def test_packets_never_exceed_the_udp_budget() -> None:
     sizes = [len(encode_packet(a.msgs)) for a in c.drain_actions() if isinstance(a, SendPacket)]
     assert sizes and max(sizes) <= c.config.udp_buffer_size
     assert max(sizes) > c.config.udp_buffer_size // 2  # and the budget is actually used
+
+
+def test_partner_heartbeat_with_newer_incarnation_pulls_its_state() -> None:
+    from pairq.gossip.messages import PairHeartbeat
+
+    c = Core(lan(), "a", ("10.0.0.1", 7946), NodeMeta(node_id="a", pair="p"), T0, random.Random(1))
+    c.start(T0)
+    c.receive(T0, ("h", 1), [Alive(0, "b", ("10.0.0.2", 7946), NodeMeta(node_id="b", pair="p"))])
+    c.drain_actions()
+    c.receive(T0, ("10.0.0.2", 7946), [PairHeartbeat(1, "b", 0)])
+    assert not any(isinstance(a, PushPullRequest) for a in c.drain_actions())
+    c.receive(T0, ("10.0.0.2", 7946), [PairHeartbeat(2, "b", 3)])  # it refuted something we missed
+    assert PushPullRequest(("10.0.0.2", 7946), False) in c.drain_actions()
