@@ -608,7 +608,20 @@ class Core:
             self._refute(now, d.incarnation)
             return
         m = self._members.get(d.node)
-        if m is None or d.incarnation < m.incarnation:
+        if m is None:
+            return
+        if d.incarnation < m.incarnation:
+            # Someone saw it die at an incarnation we have already seen it outbid.
+            # Ignoring that (memberlist) leaves us on round-robin SWIM for a member
+            # that may really be gone: probe it now instead.
+            if (
+                m.state == MemberState.ALIVE
+                and d.sender != d.node
+                and not self.leaving
+                and not any(p.target == m.name for p in self._probes.values())
+            ):
+                self.stats.extra["verify_probes"] = self.stats.extra.get("verify_probes", 0) + 1
+                self._probe(now, m, self._scaled(self.config.probe_interval))
             return
         if m.state in (MemberState.DEAD, MemberState.LEFT):
             return
@@ -692,6 +705,9 @@ class Core:
         target = self._next_target()
         if target is None:
             return
+        self._probe(now, target, interval)
+
+    def _probe(self, now: float, target: Member, interval: float) -> None:
         seq = self._next_seq()
         probe = _Probe(seq, target.name, now)
         self._probes[seq] = probe

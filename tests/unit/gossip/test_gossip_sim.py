@@ -310,3 +310,18 @@ def test_watchers_that_disagree_never_kill_a_live_member() -> None:
     assert dead_events(net, "n03") == 0
     watching = [n for n in names if n != "n03" and "n03" in net.nodes[n].core._pair]
     assert len(watching) == 1
+
+
+def test_death_reported_at_a_stale_incarnation_is_verified_quickly() -> None:
+    """n05 is dead; the news carries an incarnation n01 has seen outbid. n01 probes at once."""
+    net, names = cluster(10, seed=31, config=lan(watchers=0))
+    net.nodes["n05"].core.update_meta(net.now, NodeMeta(role="broker", node_id="n05", start_epoch_ms=9))
+    net.flush("n05")
+    assert net.wait_for(lambda: all(net.nodes[n].core.member("n05").incarnation == 1 for n in names), 3.0)  # type: ignore[union-attr]
+    net.kill("n05")
+    net.nodes["n01"].core.receive(net.now, ("h", 1), [Dead(0, "n05", "n02")])
+    net.flush("n01")
+    assert net.nodes["n01"].core.stats.extra.get("verify_probes") == 1
+    # The verify probe fails, so n01 suspects n05 well before its round-robin turn.
+    took = net.wait_for(lambda: net.view("n01", "n05") in (SUSPECT, DEAD), 1.0)
+    assert took is not None and took <= 0.6
