@@ -156,9 +156,12 @@ class LookupService:
                     elif kind == "hello":
                         raise _invalid("hello sent twice on one Register stream")
                     elif kind == "state":
-                        self.registry.update(node_id, token, topics_from_pb(req.state.topics), self.clock())
+                        if not self.registry.update(node_id, token, topics_from_pb(req.state.topics),
+                                                    self.clock()):
+                            raise self._forgotten(node_id)
                     elif kind == "heartbeat":
-                        self.registry.heartbeat(node_id, token, self.clock())
+                        if not self.registry.heartbeat(node_id, token, self.clock()):
+                            raise self._forgotten(node_id)
                     else:
                         raise _invalid("a RegisterRequest must carry hello, state or heartbeat")
                 except PairqError as exc:
@@ -173,6 +176,19 @@ class LookupService:
                 task = asyncio.get_running_loop().create_task(self._probe(node_id, token, address))
                 self._probes.add(task)
                 task.add_done_callback(self._probes.discard)
+
+    def _forgotten(self, node_id: str) -> PairqError:
+        """The stream outlived its registration: it expired (the broker was silent for the
+        inactivity timeout, e.g. paused, with the stream still open) or a newer stream of
+        the same node replaced it. Heartbeats on it would be acknowledged and ignored, leaving
+        the broker missing from every answer for good, so end the stream: the registrar
+        reconnects with a full hello."""
+        log.info("broker %s: registration expired or replaced; ending its old stream", node_id)
+        return _invalid(
+            f"the registration of {node_id!r} expired (silent for {self.registry.inactivity_timeout:g} s) "
+            "or was replaced by a newer stream: open a new Register stream with a hello",
+            code=broker_pb2.ERROR_CODE_NOT_IDENTIFIED,
+        )
 
     async def close(self) -> None:
         """Cancel probes still running (the lookup is stopping)."""
