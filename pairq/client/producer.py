@@ -10,6 +10,13 @@ the next batch when a sender finishes, bounded by ``max_batch_size`` items and
 ``max_batch_bytes``. Many concurrent ``publish()`` calls therefore become a few
 large, pipelined batch RPCs.
 
+``publish_batch()`` calls join the same pending list as one unit each (a
+call larger than ``max_batch_size`` / ``max_batch_bytes`` is cut into parts
+that are queued one after another, each once the previous part is stored), so
+concurrent batch calls share RPCs too. A unit is never split across RPCs: its
+messages stay contiguous and in order, and the RPC carrying it stores or
+fails all of them.
+
 Idempotency. The client makes every message id itself (see ``_ids``), before
 the first attempt, so a retry after a timeout or a failover re-sends the same
 ids and the broker can store each message once.
@@ -18,8 +25,10 @@ Retries. UNAVAILABLE and DEADLINE_EXCEEDED are retried with exponential
 backoff, moving to the next broker of ``brokers`` after each failure, until
 ``retry_timeout`` seconds have passed. Every other error (invalid input, store
 full, permission) is raised to the caller at once. A transparent batch that
-the broker rejects as invalid is re-sent item by item, so one bad publish
-cannot fail the publishes that happened to share its RPC.
+the broker rejects as invalid is split and re-sent, so one bad publish
+cannot fail the publishes that happened to share its RPC: the batch is re-sent
+in halves down to single units (a ``publish_batch`` call or part is one unit, so
+it fails only if its own messages are invalid).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 
 from pairq.client._channel import DEFAULT_BROKER, BrokerConn
 from pairq.client._ids import ID_BYTES, IdGenerator
@@ -40,6 +50,7 @@ from pairq.client._policy import check_topic, cut_batch, retry_backoff
 from pairq.client._tracing import inject
 from pairq.client.discovery import Discovery
 from pairq.errors import InvalidError, PairqError, UnavailableError
+from pairq.grpcopts import DEFAULT_MAX_BATCH
 from pairq.v1 import broker_pb2
 
 __all__ = ["Producer", "PublishAck"]
@@ -64,6 +75,17 @@ class PublishAck:
 
 # A pending publish: (id, body, headers or None, defer_ms, future, size).
 _Pending = tuple[bytes, bytes, "Mapping[str, str] | None", int, "asyncio.Future[PublishAck]", int]
+# A pending publish_batch part, one unit in the pending list (same positions):
+# (ids, bodies, headers or None, defer_ms, future of its acks, total size).
+_Part = tuple[
+    list[bytes],
+    list[bytes],
+    "Mapping[str, str] | None",
+    int,
+    "asyncio.Future[list[PublishAck]]",
+    int,
+]
+_Unit = _Pending | _Part
 
 
 class _Route:
@@ -78,11 +100,13 @@ class _Route:
 
 
 class _Topic:
-    __slots__ = ("inflight", "name", "pending")
+    __slots__ = ("inflight", "name", "pending", "pending_bytes", "pending_msgs")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.pending: list[_Pending] = []
+        self.pending: list[_Unit] = []
+        self.pending_msgs = 0  # messages in ``pending`` (a part counts its bodies)
+        self.pending_bytes = 0  # their encoded size
         self.inflight = 0
 
 
@@ -93,7 +117,8 @@ class Producer:
     ``close()`` (called on exit) waits for publishes already made to finish.
     All options are keyword-only:
 
-    - ``max_batch_size``: most messages in one batch RPC (transparent or explicit).
+    - ``max_batch_size``: most messages in one batch RPC (transparent or explicit); the
+      default is the broker's default ``--max-batch`` (5000), keep it at most the brokers'.
     - ``max_batch_bytes``: most body bytes in one batch RPC.
     - ``max_message_bytes``: largest body accepted (should equal the broker's limit);
       bigger bodies raise ``InvalidError`` without a round trip.
@@ -117,7 +142,7 @@ class Producer:
         *,
         lookups: Sequence[str] | None = None,
         lookup_poll_interval: float = 15.0,
-        max_batch_size: int = 1000,
+        max_batch_size: int = DEFAULT_MAX_BATCH,
         max_batch_bytes: int = 4 * _MiB,
         max_message_bytes: int = _MiB,
         max_batches_in_flight: int = 4,
@@ -303,7 +328,9 @@ class Producer:
         if type(body) is not bytes or not 0 < len(body) <= self._max_message_bytes:
             body = self._check_body(body)
         size = len(body) + 24
-        if self._trace:
+        # An empty OpenTelemetry context has no span to propagate: skip inject()
+        # (most of its cost) when nothing was ever attached, e.g. no tracing set up.
+        if self._trace and otel_context.get_current():
             headers = inject(headers)
         if headers or defer_ms or id is not None:
             size += self._check_extras(headers, defer_ms, id)
@@ -311,6 +338,8 @@ class Producer:
             id = self._ids.next()
         fut: asyncio.Future[PublishAck] = asyncio.get_running_loop().create_future()
         t.pending.append((id, body, headers, defer_ms, fut, size))
+        t.pending_msgs += 1
+        t.pending_bytes += size
         if t.inflight < self._max_inflight:
             self._start_sender(t)
         return await fut
@@ -324,54 +353,74 @@ class Producer:
         defer_ms: int = 0,
         ids: Sequence[bytes] | None = None,
     ) -> list[PublishAck]:
-        """Publish many messages in one batch RPC (NSQ's MPUB), stored all-or-none.
+        """Publish many messages together (NSQ's MPUB), stored all-or-none.
 
-        A batch larger than ``max_batch_size`` / ``max_batch_bytes`` is split
-        into several RPCs sent in order; each part is atomic on its own.
-        ``headers`` and ``defer_ms`` apply to every message; ``ids`` (16 bytes
-        each, one per body) override the generated ids.
+        The messages go out contiguous and in order in one batch RPC, which
+        concurrent ``publish()`` and ``publish_batch()`` calls for the topic may
+        share (each call stands or falls on its own). A batch larger than
+        ``max_batch_size`` / ``max_batch_bytes`` is split into parts sent one
+        after another; each part is atomic on its own, and a failed part stops
+        the rest. ``headers`` and ``defer_ms`` apply to every message; ``ids``
+        (16 bytes each, one per body) override the generated ids.
         """
         if self._closed:
             raise UnavailableError("producer is closed")
-        t = self._topic(topic)
-        if self._trace:
+        t = self._topics.get(topic) or self._topic(topic)
+        if self._trace and otel_context.get_current():
             headers = inject(headers)
-        extra = self._check_extras(headers, defer_ms, None)
-        items: list[tuple[bytes, bytes, int]] = []
-        for b in bodies:
-            b = self._check_body(b)
-            items.append((self._ids.next(), b, len(b) + 24 + extra))
-        if ids is not None:
-            if len(ids) != len(items):
-                raise InvalidError(f"got {len(ids)} ids for {len(items)} bodies")
-            for mid in ids:
-                self._check_extras(None, 0, mid)
-            items = [(mid, b, n) for mid, (_, b, n) in zip(ids, items, strict=True)]
-        if not items:
+        if headers or defer_ms:
+            extra = 24 + self._check_extras(headers, defer_ms, None)
+        else:
+            headers, extra = None, 24
+        body_list = [b if type(b) is bytes else self._check_body(b) for b in bodies]
+        max_body = self._max_message_bytes
+        for b in body_list:
+            if not 0 < len(b) <= max_body:
+                self._check_body(b)
+        n = len(body_list)
+        if not n:
             raise InvalidError(
                 "publish_batch needs at least one body", code=broker_pb2.ERROR_CODE_BAD_BATCH
             )
+        if ids is None:
+            nxt = self._ids.next
+            id_list = [nxt() for _ in range(n)]
+        else:
+            if len(ids) != n:
+                raise InvalidError(f"got {len(ids)} ids for {n} bodies")
+            for mid in ids:
+                self._check_extras(None, 0, mid)
+            id_list = list(ids)
+        total = sum(map(len, body_list)) + extra * n
+        loop = asyncio.get_running_loop()
+        if n <= self._max_batch_size and total <= self._max_batch_bytes:
+            fut: asyncio.Future[list[PublishAck]] = loop.create_future()
+            self._enqueue(t, (id_list, body_list, headers, defer_ms, fut, total), n)
+            return await fut
+        # Too big for one RPC: queue the parts in order, each after the last is stored.
+        sizes = [len(b) + extra for b in body_list]
         acks: list[PublishAck] = []
         start = 0
-        while start < len(items):
-            n = cut_batch(
-                [s for _, _, s in items[start : start + self._max_batch_size]],
+        while start < n:
+            k = cut_batch(
+                sizes[start : start + self._max_batch_size],
                 max_items=self._max_batch_size,
                 max_bytes=self._max_batch_bytes,
             )
-            req = broker_pb2.PublishBatchRequest(topic=t.name)
-            add = req.messages.add
-            for mid, b, _ in items[start : start + n]:
-                if headers or defer_ms:
-                    add(id=mid, body=b, headers=headers, defer_ms=defer_ms)
-                else:
-                    add(id=mid, body=b)
-            resp = await self._call("PublishBatch", req, t.name)
-            copies = resp.copies
-            ids = list(resp.ids) or [mid for mid, _, _ in items[start : start + n]]
-            acks.extend(PublishAck(i, copies) for i in ids)
-            start += n
+            end = start + k
+            fut = loop.create_future()
+            part = (id_list[start:end], body_list[start:end], headers, defer_ms, fut)
+            self._enqueue(t, (*part, sum(sizes[start:end])), k)
+            acks += await fut
+            start = end
         return acks
+
+    def _enqueue(self, t: _Topic, part: _Part, n: int) -> None:
+        t.pending.append(part)
+        t.pending_msgs += n
+        t.pending_bytes += part[5]
+        if t.inflight < self._max_inflight:
+            self._start_sender(t)
 
     # -- senders ------------------------------------------------------------
 
@@ -381,23 +430,27 @@ class Producer:
         self._senders.add(task)
         task.add_done_callback(self._senders.discard)
 
-    def _take(self, t: _Topic) -> list[_Pending]:
+    def _take(self, t: _Topic) -> list[_Unit]:
+        """The leading pending units that fit in one RPC (at least one); whole units only."""
         pending = t.pending
-        max_items = self._max_batch_size
-        if len(pending) <= max_items:
-            total = 0
-            for p in pending:
-                total += p[5]
-            if total <= self._max_batch_bytes:
-                t.pending = []
-                return pending
-        n = cut_batch(
-            [p[5] for p in pending[:max_items]],
-            max_items=max_items,
-            max_bytes=self._max_batch_bytes,
-        )
-        batch = pending[:n]
-        del pending[:n]
+        max_msgs = self._max_batch_size
+        max_bytes = self._max_batch_bytes
+        if t.pending_msgs <= max_msgs and t.pending_bytes <= max_bytes:
+            t.pending = []
+            t.pending_msgs = t.pending_bytes = 0
+            return pending
+        msgs = nbytes = i = 0
+        for p in pending:
+            k = 1 if type(p[0]) is bytes else len(p[0])
+            if i and (msgs + k > max_msgs or nbytes + p[5] > max_bytes):
+                break
+            msgs += k
+            nbytes += p[5]
+            i += 1
+        batch = pending[:i]
+        del pending[:i]
+        t.pending_msgs -= msgs
+        t.pending_bytes -= nbytes
         return batch
 
     async def _sender(self, t: _Topic) -> None:
@@ -410,22 +463,37 @@ class Producer:
         finally:
             t.inflight -= 1
 
-    async def _send_batch(self, topic: str, batch: list[_Pending]) -> None:
+    async def _send_batch(self, topic: str, batch: list[_Unit]) -> None:
         req = broker_pb2.PublishBatchRequest(topic=topic)
         add = req.messages.add
+        n = 0
         for mid, body, headers, defer_ms, _, _ in batch:
-            if headers is None and not defer_ms:
-                add(id=mid, body=body)
+            if type(mid) is bytes:
+                n += 1
+                if headers is None and not defer_ms:
+                    add(id=mid, body=body)
+                else:
+                    add(id=mid, body=body, headers=headers, defer_ms=defer_ms)
             else:
-                add(id=mid, body=body, headers=headers, defer_ms=defer_ms)
+                n += len(mid)
+                if headers is None and not defer_ms:
+                    for i, b in zip(mid, body, strict=True):
+                        add(id=i, body=b)
+                else:
+                    for i, b in zip(mid, body, strict=True):
+                        add(id=i, body=b, headers=headers, defer_ms=defer_ms)
         try:
             resp = await self._call("PublishBatch", req, topic)
         except InvalidError as err:
             if len(batch) == 1:
                 _fail(batch, err)
             else:
-                # Find the offending publish: the rest must not fail with it.
-                await asyncio.gather(*(self._send_batch(topic, [p]) for p in batch))
+                # Isolate the offending unit(s) by halves: the rest must not fail with
+                # them (also recovers when the broker's --max-batch is below ours).
+                half = len(batch) // 2
+                await asyncio.gather(
+                    self._send_batch(topic, batch[:half]), self._send_batch(topic, batch[half:])
+                )
             return
         except BaseException as err:
             _fail(batch, err)
@@ -433,17 +501,24 @@ class Producer:
                 raise
             return
         copies = resp.copies
-        ids = resp.ids
-        if len(ids) == len(batch):
-            for p, rid in zip(batch, ids, strict=True):
-                fut = p[4]
+        rids = resp.ids
+        own = len(rids) != n
+        if not own:
+            rids = list(rids)
+        pos = 0
+        # mypy cannot tell from ``type(mid)`` which of the two unit shapes ``fut`` belongs to.
+        for p in batch:
+            mid, fut = p[0], p[4]
+            if type(mid) is bytes:
                 if not fut.done():
-                    fut.set_result(PublishAck(rid, copies))
-        else:
-            for p in batch:
-                fut = p[4]
+                    fut.set_result(PublishAck(mid if own else rids[pos], copies))  # type: ignore[arg-type]
+                pos += 1
+            else:
+                k = len(mid)
                 if not fut.done():
-                    fut.set_result(PublishAck(p[0], copies))
+                    got = mid if own else rids[pos : pos + k]
+                    fut.set_result([PublishAck(i, copies) for i in got])  # type: ignore[arg-type]
+                pos += k
 
     # -- RPC with retry and failover -------------------------------------------
 
@@ -519,7 +594,7 @@ class Producer:
                 await self._discovery.close()
 
 
-def _fail(batch: list[_Pending], err: BaseException) -> None:
+def _fail(batch: list[_Unit], err: BaseException) -> None:
     for p in batch:
         fut = p[4]
         if not fut.done():

@@ -492,3 +492,91 @@ async def test_handler_raising_cancelled_error_is_a_failure_not_a_dead_worker(tm
             await eventually(lambda: c.stats.finished == 3, timeout=10)
             assert c.stats.handler_errors == 1
         assert sorted(seen) == [(b"a", 1), (b"a", 2), (b"b", 1), (b"c", 1)]
+
+
+async def consume_all(address: str, topic: str, channel: str) -> list[Message]:
+    got: list[Message] = []
+    async with Consumer(topic, channel, [address], handler=got.append) as c:
+        await c.wait_idle(timeout=10)
+    return got
+
+
+async def test_concurrent_publish_batches_share_rpcs(tmp_path: Path) -> None:
+    async with run_broker(tmp_path) as b:
+        await create_channel(b.address, "t", "c")
+        async with Producer([b.address]) as p:
+            await p.publish_batch("t", [b"warm"])
+            assert p.rpc_count == 1
+            calls: list[list[bytes]] = []
+            acks: list[list[bytes]] = []
+
+            async def worker(w: int) -> None:
+                for r in range(10):
+                    bodies = [b"%d-%d-%d" % (w, r, i) for i in range(100)]
+                    calls.append(bodies)
+                    acks.append([a.id for a in await p.publish_batch("t", bodies)])
+
+            await asyncio.gather(*(worker(w) for w in range(16)))
+            # 160 calls of 100, as the benchmark makes them, in far fewer RPCs.
+            assert p.rpc_count - 1 <= 40
+        got = await consume_all(b.address, "t", "c")
+    assert len(got) == 1 + 16_000 and len({m.id for m in got}) == len(got)
+    pos = {m.body: i for i, m in enumerate(got)}
+    ids = {m.body: m.id for m in got}
+    for bodies, call_ids in zip(calls, acks, strict=True):
+        first = pos[bodies[0]]
+        assert [pos[x] for x in bodies] == list(range(first, first + 100))  # contiguous, in order
+        assert [ids[x] for x in bodies] == call_ids
+
+
+async def test_invalid_batch_call_fails_alone_against_the_broker(tmp_path: Path) -> None:
+    async with run_broker(tmp_path, max_msg_size=1000) as b:
+        await create_channel(b.address, "t", "c")
+        async with Producer([b.address], max_batches_in_flight=1) as p:
+            await p.publish("t", b"warm")
+            calls = [[b"%d-%d" % (c, i) for i in range(10)] for c in range(8)]
+            calls[3][5] = b"x" * 2000  # the client allows it; the broker does not
+            results = await asyncio.gather(
+                *(p.publish_batch("t", bodies) for bodies in calls), return_exceptions=True
+            )
+            assert isinstance(results[3], InvalidError)
+            assert all(isinstance(r, list) for i, r in enumerate(results) if i != 3)
+            assert p.rpc_count <= 2 + 2 * 3  # one shared RPC, then halving to the bad call
+        got = await consume_all(b.address, "t", "c")
+    assert sorted(m.body for m in got) == sorted(
+        [b"warm"] + [x for i, c in enumerate(calls) if i != 3 for x in c]
+    )
+
+
+async def test_coalesced_batches_fit_a_broker_with_a_smaller_max_batch(tmp_path: Path) -> None:
+    async with run_broker(tmp_path, max_batch=100) as b:
+        async with Producer([b.address]) as p:  # max_batch_size 5000 by default
+            results = await asyncio.gather(
+                *(p.publish_batch("t", [b"%d-%d" % (c, i) for i in range(40)]) for c in range(20))
+            )
+        assert [len(r) for r in results] == [40] * 20
+        assert (await stats(b.address, "t")).message_count == 800
+
+
+async def test_publish_batches_retried_with_the_same_ids(tmp_path: Path) -> None:
+    addr = f"127.0.0.1:{free_port()}"
+    async with run_broker(tmp_path / "b", address=addr) as b:
+        await create_channel(b.address, "t", "c")
+    async with Producer([addr], retry_backoff=0.02, retry_backoff_max=0.1) as p:
+        mine = [bytes([9, i]) * 8 for i in range(5)]
+        tasks = [
+            asyncio.ensure_future(p.publish_batch("t", [b"a%d" % i for i in range(5)], ids=mine)),
+            *(
+                asyncio.ensure_future(p.publish_batch("t", [b"%d-%d" % (c, i) for i in range(20)]))
+                for c in range(5)
+            ),
+        ]
+        await eventually(lambda: p.rpc_count >= 3)  # failed a few times
+        assert not any(t.done() for t in tasks)
+        async with run_broker(tmp_path / "b", address=addr):
+            results = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+            got = await consume_all(addr, "t", "c")
+    assert [a.id for a in results[0]] == mine
+    acked = {a.id for r in results for a in r}
+    assert len(acked) == 105 and sorted(m.id for m in got) == sorted(acked)
+    assert all(m.attempts == 1 for m in got)

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 from fakebroker import run_fake_broker
 
-from pairq.client import InvalidError, Producer, SyncProducer, UnavailableError
-from pairq.testing import free_port
+from pairq.client import InvalidError, PairqError, Producer, SyncProducer, UnavailableError
+from pairq.testing import eventually, free_port
 
 
 async def test_lone_publish_goes_at_once_and_concurrent_ones_coalesce() -> None:
-    async with run_fake_broker() as fake, Producer([fake.address], max_batches_in_flight=1) as p:
+    async with (
+        run_fake_broker() as fake,
+        Producer([fake.address], max_batch_size=1000, max_batches_in_flight=1) as p,
+    ):
         ack = await p.publish("t", b"one")
         assert len(ack.id) == 16 and ack.copies == 1
         assert fake.broker.batch_sizes == [1]
@@ -133,3 +137,153 @@ async def test_sync_producer() -> None:
 
         assert await asyncio.to_thread(work) == (16, 2)
         assert len(fake.broker.stored["t"]) == 3
+
+
+def _contiguous(stored: list[bytes], calls: list[list[bytes]]) -> bool:
+    """Each call's bodies appear in ``stored`` in order with nothing in between."""
+    where = {b: i for i, b in enumerate(stored)}
+    return all(
+        [where[b] for b in bodies] == list(range(where[bodies[0]], where[bodies[0]] + len(bodies)))
+        for bodies in calls
+    )
+
+
+async def test_concurrent_publish_batches_coalesce_contiguously() -> None:
+    async with run_fake_broker() as fake, Producer([fake.address], max_batches_in_flight=1) as p:
+        await p.publish_batch("t", [b"warm"])
+        assert fake.broker.batch_sizes == [1]
+        calls = [[b"c%d-%d" % (c, i) for i in range(50)] for c in range(30)]
+        first = asyncio.ensure_future(p.publish_batch("t", calls[0]))
+        await eventually(lambda: p.rpc_count == 2)  # nothing in flight: it went out at once
+        results = [
+            await first,
+            *await asyncio.gather(
+                *(p.publish_batch("t", bodies) for bodies in calls[1:]),
+                *(p.publish("t", b"single%d" % i) for i in range(5)),
+            ),
+        ]
+        # The calls made while it was in flight shared one RPC.
+        assert fake.broker.batch_sizes == [1, 50, 29 * 50 + 5]
+        stored = [m for m in fake.broker.stored["t"]]
+        by_body = {m.body: m.id for m in stored}
+        for bodies, acks in zip(calls, results[:30], strict=True):
+            assert [by_body[b] for b in bodies] == [a.id for a in acks]
+            assert all(a.copies == 1 for a in acks)
+        assert len({m.id for m in stored}) == len(stored)
+        assert _contiguous([m.body for m in stored], calls)
+
+
+async def test_coalesced_batches_respect_size_and_bytes_limits() -> None:
+    async with run_fake_broker() as fake:
+        async with Producer(
+            [fake.address],
+            max_batch_size=120,
+            max_batch_bytes=20_000,
+            max_message_bytes=1000,
+            max_batches_in_flight=1,
+        ) as p:
+            await p.publish("t", b"warm")
+            calls = [[b"%d-%d" % (c, i) + b"x" * 200 for i in range(40)] for c in range(20)]
+            big = [b"big%d" % i for i in range(300)]  # larger than one RPC: split in order
+            acks = await asyncio.gather(
+                *(p.publish_batch("t", bodies) for bodies in calls), p.publish_batch("t", big)
+            )
+        assert [len(a) for a in acks] == [40] * 20 + [300]
+        assert max(fake.broker.batch_sizes) <= 120
+        stored = [m.body for m in fake.broker.stored["t"]]
+        assert len(stored) == 1 + 20 * 40 + 300
+        assert _contiguous(stored, calls)  # never split across RPCs
+        assert [b for b in stored if b.startswith(b"big")] == big
+        # One RPC at a time, so the store order shows each RPC's bytes: within the limit.
+        start = 0
+        for n in fake.broker.batch_sizes:
+            assert sum(len(b) + 24 for b in stored[start : start + n]) <= 20_000
+            start += n
+
+
+async def test_invalid_batch_call_does_not_fail_calls_sharing_its_rpc() -> None:
+    async with run_fake_broker() as fake, Producer([fake.address], max_batches_in_flight=1) as p:
+        await p.publish("t", b"warm")
+        calls = [[b"c%d-%d" % (c, i) for i in range(20)] for c in range(9)]
+        calls[4][7] = fake.broker.reject_body
+        results = await asyncio.gather(
+            *(p.publish_batch("t", bodies) for bodies in calls),
+            p.publish("t", b"single"),
+            return_exceptions=True,
+        )
+        assert isinstance(results[4], InvalidError)
+        assert all(isinstance(r, list) and len(r) == 20 for i, r in enumerate(results[:9]) if i != 4)
+        assert not isinstance(results[9], BaseException)
+        assert fake.broker.batch_sizes[1] == 9 * 20 + 1  # they did share an RPC first
+        stored = [m.body for m in fake.broker.stored["t"]]
+        assert not set(calls[4]) & set(stored)  # the bad call stored nothing
+        good = [c for i, c in enumerate(calls) if i != 4]
+        assert len(stored) == 1 + 8 * 20 + 1 and _contiguous(stored, good)
+        # Halving finds the bad call in O(log n) RPCs, not one per call.
+        assert fake.broker.calls["PublishBatch"] <= 2 + 2 * 4
+
+
+async def test_coalesced_batch_retry_reuses_ids() -> None:
+    async with run_fake_broker() as fake, Producer([fake.address], retry_backoff=0.01) as p:
+        fake.broker.fail_next = 2
+        mine = [bytes([7, i]) * 8 for i in range(3)]
+        results = await asyncio.gather(
+            p.publish_batch("t", [b"a%d" % i for i in range(10)]),
+            p.publish_batch("t", [b"x", b"y", b"z"], ids=mine),
+            p.publish("t", b"s"),
+        )
+        ids = [a.id for a in results[0]] + [a.id for a in results[1]] + [results[2].id]
+        assert [a.id for a in results[1]] == mine
+        assert len(set(ids)) == 14
+        # Every attempt carried the same ids; each message was stored once.
+        assert len(fake.broker.attempted_ids) == 3 * 14
+        assert set(fake.broker.attempted_ids) == set(ids)
+        assert sorted(m.id for m in fake.broker.stored["t"]) == sorted(ids)
+
+
+async def test_failed_rpc_fails_every_call_it_carried() -> None:
+    async with run_fake_broker() as fake:
+        async with Producer([fake.address], max_batches_in_flight=1) as p:
+            await p.publish("t", b"warm")
+            fake.broker.fail_next = 1
+            fake.broker.fail_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            results = await asyncio.gather(
+                *(p.publish_batch("t", [b"%d" % i] * 5) for i in range(4)),
+                return_exceptions=True,
+            )
+        assert all(isinstance(r, PairqError) for r in results)
+        assert fake.broker.batch_sizes == [1, 20]  # one RPC, no retry
+        assert len(fake.broker.stored["t"]) == 1
+
+
+async def test_cancelled_batch_call_is_not_sent() -> None:
+    async with run_fake_broker() as fake, Producer([fake.address], max_batches_in_flight=1) as p:
+        first = asyncio.ensure_future(p.publish_batch("t", [b"a", b"b"]))
+        await asyncio.sleep(0)
+        gone = asyncio.ensure_future(p.publish_batch("t", [b"gone"]))
+        kept = asyncio.ensure_future(p.publish_batch("t", [b"kept"]))
+        await asyncio.sleep(0)
+        gone.cancel()
+        await first
+        assert len(await kept) == 1
+        assert [m.body for m in fake.broker.stored["t"]] == [b"a", b"b", b"kept"]
+
+
+async def test_trace_context_injected_only_when_a_context_is_active() -> None:
+    from opentelemetry import context, propagate
+
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with run_fake_broker() as fake, Producer([fake.address]) as p:
+        await p.publish("t", b"plain")
+        await p.publish_batch("t", [b"plain2"])
+        # An extracted remote parent propagates even without a tracer provider (SDK).
+        token = context.attach(propagate.extract({"traceparent": parent}))
+        try:
+            await p.publish("t", b"traced", headers={"k": "v"})
+            await p.publish_batch("t", [b"traced2"])
+        finally:
+            context.detach(token)
+    headers = [dict(m.headers) for m in fake.broker.stored["t"]]
+    assert headers[:2] == [{}, {}]
+    assert headers[2]["k"] == "v"
+    assert [h["traceparent"].split("-")[1] for h in headers[2:]] == [parent.split("-")[1]] * 2
