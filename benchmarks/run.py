@@ -1,7 +1,7 @@
-"""pairq benchmarks: one broker, 200-byte messages, fsync before every ack.
+"""pairq benchmarks: one broker, then a redundant pair; 200-byte messages, fsync before every ack.
 
-    .venv/bin/python benchmarks/run.py            # full: medians of 3 runs (a few minutes)
-    .venv/bin/python benchmarks/run.py --quick    # one smaller run, under 60 s
+    .venv/bin/python benchmarks/run.py            # full: medians of 3 runs (about 5 minutes)
+    .venv/bin/python benchmarks/run.py --quick    # one smaller run, about a minute
 
 The broker runs as a separate OS process (``pairq broker --sync=always``,
 fresh data directory and free loopback port for every measurement); this
@@ -21,7 +21,15 @@ process is the client. Measured:
 Baselines measured in the same run (absolute numbers on a shared 2-core
 machine are noisy): fsync'd LMDB commits/s on this disk, and raw unary gRPC
 round trips (sequential latency and pipelined calls/s) against a trivial
-echo server in another process. The last line of stdout is one JSON object.
+echo server in another process.
+
+Then the redundant-pair measurements of ``benchmarks/pair_bench.py`` (two
+``pairq broker --pair p --sync=always`` processes partnered on loopback):
+pipelined singles, batches of 100 and latency at 1,000 msg/s on the pair
+(every ack must say copies == 2), takeover time after a kill -9 of the owner,
+and re-silvering of a partner restarted with an empty data dir.
+
+The last line of stdout is one JSON object.
 """
 
 from __future__ import annotations
@@ -52,6 +60,15 @@ from pairq.client import Consumer, Producer
 from pairq.testing import BrokerProcess, free_port, wait_for_port
 from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import broker_pb2_grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pair_bench import (
+    PAIR_FULL,
+    PAIR_MEASUREMENTS,
+    PAIR_QUICK,
+    PAIR_TARGETS,
+    run_pair_benchmarks,
+)
 
 BODY = bytes(range(200))  # 200-byte messages
 assert len(BODY) == 200
@@ -576,6 +593,10 @@ def _num(x: float, digits: int = 0) -> float | int | None:
     return round(x, digits) if digits else round(x)
 
 
+PAIR_ONLY: list[set[str]] = []
+"""``--only`` names of pair measurements (empty list: all of them)."""
+
+
 async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
     started = time.perf_counter()
     load0 = os.getloadavg()[0]
@@ -598,6 +619,15 @@ async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
                     assert bp.proc is not None
                     CPU.broker_pid = bp.proc.pid
                     results[name].append(await fn(bp.address, sz))
+        pair_summary: dict[str, Any] = {}
+        if not EXTERNAL_BROKER:
+            log(
+                "redundant pair: two brokers, --sync=always on both (ack after both fsyncs), "
+                "each in its own process"
+            )
+            pair_summary, _ = await run_pair_benchmarks(
+                tmp, PAIR_QUICK if quick else PAIR_FULL, log, PAIR_ONLY[0] if PAIR_ONLY else None
+            )
 
     single = median(results["publish_single"], "msgs_per_s")
     ch1 = median(results["channels1"], "msgs_per_s")
@@ -641,6 +671,7 @@ async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
             side: {name: _num(median(results[name], f"{side}_us"), 1) for name in ALL_MEASUREMENTS}
             for side in ("broker", "client")
         },
+        **pair_summary,
         "consume_max_in_flight": sz.consume_max_in_flight,
         "loadavg_1m_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
         "runs": sz.runs,
@@ -650,8 +681,8 @@ async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
         "host": f"{platform.node()} {os.cpu_count()} cpu, Python {platform.python_version()}",
     }
     log("summary (medians)" if sz.runs > 1 else "summary")
-    for key, (op, target) in TARGETS.items():
-        value = summary[key]
+    for key, (op, target) in {**TARGETS, **PAIR_TARGETS}.items():
+        value = summary.get(key)
         if value is None:
             continue
         ok = value >= target if op == ">=" else value <= target
@@ -666,9 +697,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--quick", action="store_true", help="one smaller run (under 60 s)")
+    ap.add_argument("--quick", action="store_true", help="one smaller run (about a minute)")
     ap.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
-    ap.add_argument("--only", help="comma-separated measurement names (for profiling)")
+    ap.add_argument(
+        "--only",
+        help="comma-separated measurement names (for profiling); pair ones: "
+        + ", ".join(PAIR_MEASUREMENTS),
+    )
     ap.add_argument(
         "--consume-max-in-flight",
         type=int,
@@ -693,10 +728,11 @@ def main() -> int:
         sz = dataclasses.replace(sz, consume_max_in_flight=args.consume_max_in_flight)
     if args.only:
         keep = set(args.only.split(","))
-        known = [n for n, _ in MEASUREMENTS]
+        known = [n for n, _ in MEASUREMENTS] + PAIR_MEASUREMENTS
         if not keep <= set(known):
             ap.error(f"--only: choose from {', '.join(known)}")
         MEASUREMENTS[:] = [(n, f) for n, f in MEASUREMENTS if n in keep]
+        PAIR_ONLY[:] = [keep & set(PAIR_MEASUREMENTS)]
     summary = asyncio.run(main_async(sz, args.quick))
     print(json.dumps(summary), flush=True)
     return 0
