@@ -200,12 +200,15 @@ class LookupService:
         """After a stream closed: is anything still listening on the broker's port?
         A refused connect means the process is gone (a pause or a partition never refuses).
         A dying process may close its streams a moment before its listening socket, so an
-        accepted connect is retried a few times while the registration stays closed."""
+        accepted connect is retried a few times while the registration stays closed; so is a
+        connect reset (the listener closed with our connection still in its accept queue:
+        the process is going, and the next connect is refused)."""
         try:
             host, port = parse_hostport(address)
         except ValueError:
             return
         delay = 0.05
+        outcome = "still accepts connections"
         for _ in range(PROBE_ATTEMPTS):
             if not self.registry.closed(node_id, token):
                 return  # reconnected, or replaced by a newer registration
@@ -215,13 +218,22 @@ class LookupService:
                 self.registry.refused(node_id, token)
                 log.info("broker %s: connection refused after its stream closed: answering dead", node_id)
                 return
-            except (OSError, TimeoutError):
-                return  # unreachable host or timeout: leave it to gossip and the timers
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            except (ConnectionResetError, ConnectionAbortedError) as exc:
+                outcome = f"reset the connect ({exc!r})"
+            except (OSError, TimeoutError) as exc:
+                # unreachable host or timeout: leave it to gossip and the timers
+                log.info("broker %s: probe of %s after its stream closed failed (%r): "
+                         "liveness left to gossip and heartbeats", node_id, address, exc)
+                return
+            else:
+                outcome = "still accepts connections"
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
             await asyncio.sleep(delay)
             delay *= 2
+        log.info("broker %s: %s %s %d times after its stream closed: liveness left to gossip "
+                 "and heartbeats", node_id, address, outcome, PROBE_ATTEMPTS)
 
     # ------------------------------------------------------------ queries
     async def LookupTopic(self, request: pb.LookupTopicRequest, context: Any) -> pb.LookupTopicResponse:
