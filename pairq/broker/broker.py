@@ -164,13 +164,13 @@ class Broker:
             for ch in topic.channels.values():
                 for sub in list(ch.subscribers.values()):
                     sub.finish_stream()
+        if self.pair is not None:
+            await self.pair.stop()
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
         if self.membership is not None:
             await self.membership.stop()
-        if self.pair is not None:
-            await self.pair.stop()
         if self._rotator is not None:
             self._rotator.cancel()
         for topic in self.topics.values():

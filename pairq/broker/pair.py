@@ -245,9 +245,10 @@ def validate_batch(batch: rpb.ReplicaBatch, max_msg_size: int) -> str:
             return f"invalid topic name {a.topic[:80]!r}"
         if a.first_seq > 2**62:
             return f"seq {a.first_seq} out of range"
-        for rec in a.records:
-            if len(rec) < wire.HEADER_SIZE + 20 or len(rec) > max_msg_size + 65536 + 128:
-                return f"malformed record of {len(rec)} bytes"
+        if a.records:
+            sizes = list(map(len, a.records))
+            if min(sizes) < wire.HEADER_SIZE + 20 or max(sizes) > max_msg_size + 65536 + 128:
+                return "malformed record (size out of range)"
     for p in batch.progress:
         if not is_valid_name(p.topic) or not is_valid_name(p.channel):
             return f"invalid name {p.topic[:80]!r}/{p.channel[:80]!r}"
@@ -257,6 +258,20 @@ def validate_batch(batch: rpb.ReplicaBatch, max_msg_size: int) -> str:
         if not is_valid_name(name):
             return f"invalid topic name {name[:80]!r}"
     return ""
+
+
+def _merge_appends(pending: list[tuple[str, int, list[bytes]]]) -> list[rpb.ReplicaAppend]:
+    """One ReplicaAppend per contiguous run of seqs of a topic (fewer submessages)."""
+    out: list[rpb.ReplicaAppend] = []
+    runs: list[tuple[str, int, list[bytes]]] = []
+    for topic, seq, recs in sorted(pending, key=lambda x: (x[0], x[1])):
+        if runs and runs[-1][0] == topic and runs[-1][1] + len(runs[-1][2]) == seq:
+            runs[-1][2].extend(recs)
+        else:
+            runs.append((topic, seq, list(recs)))
+    for topic, seq, recs in runs:
+        out.append(rpb.ReplicaAppend(topic=topic, first_seq=seq, records=recs))
+    return out
 
 
 # --------------------------------------------------------------------------- outbound
@@ -302,6 +317,7 @@ class Pair:
         self.took_over_at = 0.0
         self._taking_over: asyncio.Task[None] | None = None
         self._inbound_fenced = False  # set during a takeover: apply/ack nothing from the partner
+        self._closing = asyncio.Event()  # set by stop(): inbound streams end
         self._tasks: list[asyncio.Task[Any]] = []
         self._catchup: list[tuple[Topic, int, int]] = []
         self._running = False
@@ -320,7 +336,10 @@ class Pair:
         ]
 
     async def stop(self) -> None:
+        """Stop both directions now (the partner's long-lived stream would otherwise
+        hold the gRPC server open for the whole shutdown grace period)."""
         self._running = False
+        self._closing.set()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -522,7 +541,7 @@ class Pair:
             if reader.done():
                 reader.result()
                 raise ConnectionError("ack stream ended")
-            appends = [rpb.ReplicaAppend(topic=t, first_seq=s, records=r) for t, s, r in self._appends]
+            appends = _merge_appends(self._appends)
             progress = [
                 rpb.ReplicaProgress(
                     topic=t, channel=c, floor=f, finished=sorted(fins), deleted=d,
@@ -583,6 +602,9 @@ class Pair:
 
     # ------------------------------------------------------------ inbound (service)
     async def Replicate(self, request_iterator: Any, context: Any) -> None:
+        if not self._running:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "broker is shutting down")
+            return
         hello = await context.read()
         if hello is grpc.aio.EOF or hello.WhichOneof("kind") != "hello":
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "first message must be hello")
@@ -616,9 +638,20 @@ class Pair:
         generation = self.takeovers
         writer = asyncio.create_task(self._write_acks(context, acks, generation))
         try:
+            closing = asyncio.ensure_future(self._closing.wait())
             while True:
-                req = await context.read()
+                read = asyncio.ensure_future(context.read())
+                await asyncio.wait((read, closing), return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    # Shutting down: end the partner's stream now (it reconnects to us
+                    # or takes over), instead of holding the server open for the grace.
+                    read.cancel()
+                    closing.cancel()
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "broker is shutting down")
+                    return
+                req = read.result()
                 if req is grpc.aio.EOF:
+                    closing.cancel()
                     break
                 if self.takeovers != generation or self._inbound_fenced:
                     break
@@ -637,7 +670,7 @@ class Pair:
                     break
         finally:
             acks.put_nowait(None)
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(BaseException):
                 await writer
             self.partner_connected = False
 

@@ -507,16 +507,13 @@ class Store:
                         break
         elif kind == "sb_append":
             _, topic, seq, records = op
-            db = dbs[SB_MSGS]
             base = topic.encode() + b"\0"
-            put = txn.put
-            for rec in records:
-                put(base + _Q.pack(seq), rec, db=db)
-                seq += 1
+            pack = _Q.pack
+            txn.cursor(db=dbs[SB_MSGS]).putmulti(
+                [(base + pack(s), rec) for s, rec in enumerate(records, seq)]
+            )
             if self.index_ids:
-                idb = dbs[IDS0 + self.ids_gen]
-                for rec in records:
-                    put(rec[:16], b"", db=idb)
+                txn.cursor(db=dbs[IDS0 + self.ids_gen]).putmulti([(rec[:16], b"") for rec in records])
         elif kind == "range_del":
             _, dbi, lo_key, hi_key = op
             cur = txn.cursor(db=dbs[dbi])
