@@ -197,7 +197,7 @@ class Discovery:
                 raise PairqError.from_rpc_error(exc) from None
             self.errors[address] = f"{exc.code().name}: {exc.details()}"
             log.debug("lookup %s %s failed: %s", address, method, self.errors[address])
-            return self._last.get((address, method, key)) if cache else None
+            return None
         self.errors.pop(address, None)
         if cache:
             self._last[(address, method, key)] = resp
@@ -208,6 +208,15 @@ class Discovery:
             *(self._ask_one(a, method, request, response_type, key) for a in self.lookups)
         )
         answers = [r for r in results if r is not None]
+        if not answers:
+            # Nobody answers: fall back to the last good answers (a dead lookup
+            # never stops publishing or consuming). While any lookup answers, a
+            # down lookup's stale answer is ignored: merging it "most hopeful
+            # wins" would keep a broker that died since then alive forever.
+            answers = [
+                cached for a in self.lookups
+                if (cached := self._last.get((a, method, key))) is not None
+            ]
         if not answers:
             raise UnavailableError(
                 f"no lookup answered {method} ({'; '.join(f'{a}: {e}' for a, e in self.errors.items())})"

@@ -338,10 +338,6 @@ async def test_inactivity_expiry_with_real_brokers(tmp_path: Path) -> None:
             await until(d.topics, lambda ts: "t-paused" in ts, 5, "resumed broker's topics")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "client bug: Discovery keeps a lookup's last good answer while that lookup is down and "
-    "merges liveness optimistically, so once a lookup dies a broker that dies later stays "
-    "'alive' for every long-lived Producer/Consumer (pairq/client/discovery.py _ask_one)"))
 async def test_a_broker_dying_after_a_lookup_died_is_dropped(tmp_path: Path) -> None:
     async with cluster(tmp_path) as c:
         await c.start_lookups(2)
