@@ -121,7 +121,7 @@ class BrokerService:
         if traced and self.broker.tracer is not None:
             return await self._publish_traced(topic_name, items, traced)
         broker = self.broker
-        topic = await broker.get_topic(topic_name)
+        topic = broker.topics.get(topic_name) or await broker.get_topic(topic_name)
         supplied = [i for i, _, s in items if s]
         if not supplied or topic.ephemeral or not self.opts.idempotency_window_s:
             _, copies = await topic.publish([r for _, r, _ in items])

@@ -29,6 +29,11 @@ log = logging.getLogger("pairq.topic")
 GC_DELAY = 0.2  # seconds: batch body deletions
 
 
+def _retrieve(f: asyncio.Future[Any]) -> None:
+    if not f.cancelled():
+        f.exception()
+
+
 class Topic:
     def __init__(self, broker: Broker, meta: st.TopicMeta) -> None:
         self.broker = broker
@@ -75,10 +80,35 @@ class Topic:
         fut = self.broker.store.submit(("append", self.meta.id, seq0, records))
         assert fut is not None
         remote = pair.replicate(self.name, seq0, records) if pair is not None else None
-        # The outcome (fan-out, or a gap for a failed append) must follow the commit,
-        # not the caller: a cancelled RPC must not turn a committed record into a gap.
-        done = asyncio.ensure_future(self._settle(seq0, n, records, fut, remote))
-        copies = await asyncio.shield(done)
+        # The outcome (fan-out, or a gap for a failed append) follows the commit
+        # through callbacks, not the caller: a cancelled RPC must not turn a
+        # committed record into a gap. Callbacks also spare a task and a loop
+        # turn per publish.
+        result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def on_remote(f: asyncio.Future[None]) -> None:
+            ok = not f.cancelled() and f.exception() is None  # (marks it retrieved)
+            self._complete(seq0, n, records)
+            if not result.done():
+                result.set_result(2 if ok else 1)
+
+        def on_local(f: asyncio.Future[Any]) -> None:
+            exc = BaseException("cancelled") if f.cancelled() else f.exception()
+            if exc is not None:
+                self._complete(seq0, n, None)
+                if not result.done():
+                    result.set_exception(exc)
+                if remote is not None:
+                    remote.add_done_callback(_retrieve)
+            elif remote is None:
+                self._complete(seq0, n, records)
+                if not result.done():
+                    result.set_result(1)
+            else:
+                remote.add_done_callback(on_remote)
+
+        fut.add_done_callback(on_local)
+        copies = await result
         if pair is not None and pair.min_copies >= 2 and copies < 2:
             # Stored here (and delivered), but not acknowledged: the producer
             # retries with the same id and idempotency/de-duplication absorb it.
@@ -87,23 +117,6 @@ class Topic:
                 "(--min-copies=2 requires 2 durable copies); retry"
             )
         return seq0, copies
-
-    async def _settle(self, seq0: int, n: int, records: list[bytes], local: asyncio.Future[Any],
-                      remote: asyncio.Future[None] | None) -> int:
-        try:
-            await local
-        except BaseException:
-            self._complete(seq0, n, None)
-            raise
-        copies = 1
-        if remote is not None:
-            try:
-                await remote
-                copies = 2
-            except UnavailableError:
-                pass
-        self._complete(seq0, n, records)
-        return copies
 
     async def append_owned(self, records: list[bytes], *, extra_ops: list[st.Op],
                            finished_for: dict[str, list[int]],
