@@ -131,9 +131,13 @@ class Channel:
         if self.deleted:
             return
         room = self.core.wants()
-        if self.read_pos != first_seq or room < len(records):
+        if self.read_pos != first_seq or room < len(records) or not self.subscribers:
             if not self.topic.ephemeral:
-                self.schedule_pump()  # the refill reads them back from the log
+                # Behind, full, or nobody to deliver to: leave it in the log and read
+                # it back when a consumer needs it, so idle channels cost a publish
+                # nothing (publish cost must not grow with the channel count).
+                if self.subscribers:
+                    self.schedule_pump()  # the refill reads them back from the log
                 return
             # Ephemeral topic: nothing on disk to fall back on (NSQ drops too).
             self.topic.dropped += len(records) - max(0, room)
@@ -158,7 +162,7 @@ class Channel:
         self.schedule_pump()
 
     def _refill(self) -> None:
-        if self.topic.ephemeral:
+        if self.topic.ephemeral or not self.subscribers:
             return
         want = self.core.wants()
         head = self.topic.committed_seq

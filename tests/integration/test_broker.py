@@ -208,9 +208,11 @@ async def test_requeue_delay_survives_restart(tmp_path) -> None:
         await sub.cancel()
     async with run_broker(tmp_path) as b:
         stub = stub_for(b)
-        assert b.topics["t"].channels["c"].core.deferred == 1
         sub = RawSub(stub, "t", "c")
         sub.rdy(1)
+        # Read back from the log when a consumer arrives: still deferred, not ready.
+        await eventually(lambda: b.topics["t"].channels["c"].core.deferred == 1)
+        assert sub.messages == []
         await eventually(lambda: len(sub.messages) == 1, timeout=10)
         assert time.monotonic() - t_req >= 1.4
         assert sub.messages[0].attempts == 2
