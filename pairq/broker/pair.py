@@ -632,26 +632,18 @@ class Pair:
             node_id=self.broker.node_id, holdings=self.standby.holdings())))
         self.partner_connected = True
         self.last_contact = time.monotonic()
+        # On shutdown, end the partner's stream at once (it reconnects to us or
+        # takes over) instead of holding the server open for the whole grace.
+        watcher = asyncio.ensure_future(self._abort_on_close(context))
         acks: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None] = asyncio.Queue()
         # A takeover ends this stream: the partner must reconnect and learn what
         # was taken over before it may deliver again.
         generation = self.takeovers
         writer = asyncio.create_task(self._write_acks(context, acks, generation))
         try:
-            closing = asyncio.ensure_future(self._closing.wait())
             while True:
-                read = asyncio.ensure_future(context.read())
-                await asyncio.wait((read, closing), return_when=asyncio.FIRST_COMPLETED)
-                if not read.done():
-                    # Shutting down: end the partner's stream now (it reconnects to us
-                    # or takes over), instead of holding the server open for the grace.
-                    read.cancel()
-                    closing.cancel()
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, "broker is shutting down")
-                    return
-                req = read.result()
+                req = await context.read()
                 if req is grpc.aio.EOF:
-                    closing.cancel()
                     break
                 if self.takeovers != generation or self._inbound_fenced:
                     break
@@ -669,10 +661,16 @@ class Pair:
                 if writer.done():
                     break
         finally:
+            watcher.cancel()
             acks.put_nowait(None)
             with contextlib.suppress(BaseException):
                 await writer
             self.partner_connected = False
+
+    async def _abort_on_close(self, context: Any) -> None:
+        await self._closing.wait()
+        with contextlib.suppress(BaseException):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "broker is shutting down")
 
     async def _write_acks(self, context: Any, acks: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None],
                           generation: int) -> None:
