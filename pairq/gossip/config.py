@@ -79,8 +79,13 @@ class GossipConfig:
     # A dead/left member may come back with a new address only after this long
     # (memberlist LAN: 0, i.e. at once).
     dead_node_reclaim_time: float = 0.0
-    # Forget dead/left members after this long (they stay listed as dead until then).
-    reap_after: float = 120.0
+    # Forget dead/left members after this long (they stay listed as dead until then,
+    # and reconnect is attempted with the dead ones, so a partition healing within
+    # this window always merges back).
+    reap_after: float = 3600.0
+    # Push-pull with one random dead member this often, to merge healed partitions
+    # (Serf's reconnect; memberlist has none). Also retries join seeds while alone.
+    reconnect_interval: float = 5.0
     # Re-send our alive to an accuser holding a stale accusation at most this often.
     stale_refute_interval: float = 1.0
 
@@ -138,6 +143,7 @@ class GossipConfig:
             "tcp_timeout": self.tcp_timeout,
             "tick_interval": self.tick_interval,
             "replay_window": self.replay_window,
+            "reconnect_interval": self.reconnect_interval,
         }
         for key, value in positive.items():
             if not value > 0:
@@ -194,6 +200,7 @@ def wan(**overrides: object) -> GossipConfig:
         gossip_nodes=4,  # more fanout makes up for the slower interval (memberlist: 4)
         gossip_interval=0.5,  # (memberlist: 500 ms)
         gossip_to_the_dead_time=60.0,  # (memberlist: 60 s)
+        reconnect_interval=30.0,  # TCP attempts across a WAN are costly (Serf: 30 s)
         pair_heartbeat_interval=0.5,  # a pair split across a WAN: 2 heartbeats/s
         pair_suspect_after=2.0,  # 4 missed heartbeats
         pair_dead_after=4.0,  # tolerate ~3 s of WAN trouble before failing over

@@ -182,6 +182,7 @@ class Core:
         self._suspicions: dict[str, _Suspicion] = {}
         self._stale_refuted: dict[str, float] = {}
         self._unknown_synced: dict[str, float] = {}
+        self._seeds: set[Addr] = set()
         self._broadcasts = BroadcastQueue()
         self._timers: list[tuple[float, int, _Timer]] = []
         self._timer_seq = itertools.count()
@@ -207,13 +208,24 @@ class Core:
         # when many members start at once; then the regular, scaled interval.
         first = min(self._push_pull_interval(), 1.0 + 2.0 * jitter)
         self._schedule(now + first, self._push_pull_tick)
+        self._schedule(now + self.config.reconnect_interval * (0.5 + jitter), self._reconnect_tick)
         self._schedule(now + self._pair_period(), self._pair_tick)
 
     def join(self, now: float, addrs: Iterable[Addr]) -> None:
-        """Start a joining push-pull with each seed address (names unknown yet)."""
+        """Start a joining push-pull with each seed address (names unknown yet).
+
+        The seeds are remembered: while we know no other live member, the
+        reconnect timer tries them again (a join during a partition or before
+        any seed is up must not leave us alone for good).
+        """
         for a in addrs:
             if a != self.addr:
+                self._seeds.add(a)
                 self._actions.append(PushPullRequest(a, True))
+
+    def remember_seeds(self, addrs: Iterable[Addr]) -> None:
+        """Record seeds joined by the embedder itself (see :meth:`join`)."""
+        self._seeds.update(a for a in addrs if a != self.addr)
 
     def leave(self, now: float) -> None:
         """Announce a graceful leave; keep ticking until :meth:`pending_broadcasts` is 0."""
@@ -791,6 +803,25 @@ class Core:
         peers = [m for m in self._members.values() if m.name != self.name and m.state == MemberState.ALIVE]
         if peers:
             self._actions.append(PushPullRequest(self.rng.choice(peers).addr, False))
+
+    def _reconnect_tick(self, now: float) -> None:
+        """Reach across healed partitions (Serf's reconnect; memberlist has none).
+
+        Push-pull and gossip only go to live members, so two sides that declared
+        each other dead would stay apart once the dead broadcasts ran out. Every
+        ``reconnect_interval`` we push-pull with one random DEAD member (not LEFT):
+        if it is back, it sees its death in our state and refutes, and we merge its
+        view. While we know no live member at all, we retry our join seeds too.
+        """
+        self._schedule(now + self.config.reconnect_interval * (0.75 + 0.5 * self.rng.random()), self._reconnect_tick)
+        if self.leaving:
+            return
+        dead = [m for m in self._members.values() if m.state == MemberState.DEAD]
+        if dead:
+            self._actions.append(PushPullRequest(self.rng.choice(dead).addr, False))
+        if self._seeds and not self._live_members(exclude=(self.name,)):
+            for a in sorted(self._seeds):
+                self._actions.append(PushPullRequest(a, True))
 
     # ------------------------------------------------------------------ pair fast path
     def _pair_period(self) -> float:

@@ -154,6 +154,7 @@ class Gossip:
         targets = [a for a in targets if a != self.address]
         if not targets:
             return 0
+        self.core.remember_seeds(targets)
         results = await asyncio.gather(
             *(self._push_pull(a, join=True, within=within) for a in targets), return_exceptions=True
         )

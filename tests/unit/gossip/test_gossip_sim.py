@@ -325,3 +325,25 @@ def test_death_reported_at_a_stale_incarnation_is_verified_quickly() -> None:
     # The verify probe fails, so n01 suspects n05 well before its round-robin turn.
     took = net.wait_for(lambda: net.view("n01", "n05") in (SUSPECT, DEAD), 1.0)
     assert took is not None and took <= 0.6
+
+
+def test_long_partition_merges_back_after_the_broadcasts_ran_out() -> None:
+    net, names = cluster(8, seed=41)
+    left, right = names[:4], names[4:]
+    net.partition(left, right)
+    assert net.wait_for(lambda: all(net.view(a, b) == DEAD for a in left for b in right), 30.0) is not None
+    net.run_for(60.0)  # long after every dead broadcast was spent
+    assert all(net.nodes[n].core.pending_broadcasts() == 0 for n in names)
+    net.heal()
+    took = net.wait_for(net.converged, 30.0)
+    assert took is not None and took <= 12.0  # reconnect_interval 5 s, jittered
+
+
+def test_join_retried_while_alone() -> None:
+    net, names = cluster(4, seed=42)
+    net.partition(["n00"], [*names[1:], "late"])
+    late = net.add("late", lan(), NodeMeta(node_id="late"), join=["n00"])  # the only seed is cut off
+    net.run_for(3.0)
+    assert [m.name for m in late.core.members()] == ["late"]
+    net.heal()
+    assert net.wait_for(net.converged, 15.0) is not None
