@@ -535,9 +535,12 @@ class Pair:
         # Live: whatever accumulated, plus heartbeats.
         while True:
             if not (self._appends or self._progress or self._deleted or self._futures):
+                # Sleep until there is something to send or a heartbeat is due (a
+                # timer, not wait_for: that costs a task per batch on the hot path).
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.heartbeat)
+                timer = asyncio.get_running_loop().call_later(self.heartbeat, self._wake.set)
+                await self._wake.wait()
+                timer.cancel()
             if reader.done():
                 reader.result()
                 raise ConnectionError("ack stream ended")
