@@ -51,6 +51,7 @@ class Broker:
             max_commit_batch=options.max_commit_batch,
         )
         self.node_id = ""
+        self.store_id = ""
         self.epoch = 0
         self.topics: dict[str, Topic] = {}
         self.address = ""
@@ -84,7 +85,10 @@ class Broker:
             self.tracer = trace.get_tracer("pairq.broker")
         host, port = parse_hostport(self.options.address, what="--address")
         await asyncio.to_thread(self.store.open)
-        self.node_id = self.options.node_name or self.store.node_id()
+        # The store's id names this data dir: a wiped disk gets a new one, which is
+        # how the partner knows to re-fill it (pair.py), whatever --node-name says.
+        self.store_id = self.store.node_id()
+        self.node_id = self.options.node_name or self.store_id
         self.epoch = self._next_epoch_sync()
         self.store.start(loop)
         if self.options.partner:

@@ -429,7 +429,7 @@ class Pair:
                 stub = rpbg.ReplicationServiceStub(channel)
                 call = stub.Replicate()
                 await call.write(rpb.ReplicateRequest(
-                    hello=rpb.ReplicaHello(node_id=self.broker.node_id, pair=self.name)))
+                    hello=rpb.ReplicaHello(node_id=self.broker.store_id, pair=self.name)))
                 resp = await asyncio.wait_for(call.read(), timeout=max(2.0, 3 * self.lease))
                 if resp is grpc.aio.EOF or resp.WhichOneof("kind") != "welcome":
                     raise ConnectionError("partner did not welcome us")
@@ -632,7 +632,7 @@ class Pair:
         elif not self.standby.partner_id:
             await self._reset_standby(h.node_id)
         await context.write(rpb.ReplicateResponse(welcome=rpb.ReplicaWelcome(
-            node_id=self.broker.node_id, holdings=self.standby.holdings())))
+            node_id=self.broker.store_id, holdings=self.standby.holdings())))
         self.partner_connected = True
         self.last_contact = time.monotonic()
         # On shutdown, end the partner's stream at once (it reconnects to us or

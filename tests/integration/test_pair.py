@@ -26,10 +26,12 @@ from pairq.v1 import broker_pb2_grpc as pbg
 
 def make_pair(tmp: Path, *extra: str) -> tuple[BrokerProcess, BrokerProcess]:
     pa, pb_ = free_port(), free_port()
+    # Fixed --node-name on purpose: a wiped data dir must still be recognised as
+    # a new identity (the pair uses the store's id, not the display name).
     a = BrokerProcess(tmp / "a", port=pa, log_path=str(tmp / "a.log"),
-                      args=["--pair", "p", "--partner", f"127.0.0.1:{pb_}", *extra])
+                      args=["--pair", "p", "--partner", f"127.0.0.1:{pb_}", "--node-name", "broker-a", *extra])
     b = BrokerProcess(tmp / "b", port=pb_, log_path=str(tmp / "b.log"),
-                      args=["--pair", "p", "--partner", f"127.0.0.1:{pa}", *extra])
+                      args=["--pair", "p", "--partner", f"127.0.0.1:{pa}", "--node-name", "broker-b", *extra])
     return a, b
 
 
@@ -259,8 +261,8 @@ async def test_partner_restart_with_and_without_data_returns_to_two_copies(tmp_p
         b.start()
         await wait_healthy(a, b)
         assert (await stats(b.address)).pair.standby_messages == 2000
-        # Wipe B: it comes back with a new node id and is re-filled from A.
-        old_id = (await stats(b.address)).broker_id
+        # Wipe B: it comes back with a new store id and is re-filled from A.
+        old_id = (await stats(a.address)).pair.partner_id
         b.kill()
         shutil.rmtree(tmp_path / "b")
         # A takes over (B's lease lapsed) and then owns all 2000 messages.
@@ -276,7 +278,7 @@ async def test_partner_restart_with_and_without_data_returns_to_two_copies(tmp_p
             assert time.monotonic() < deadline, (sb.pair, sa.pair)
             await asyncio.sleep(0.05)
         print(f"re-silvered 2000 messages in {time.monotonic() - t0:.2f} s")
-        assert sb.broker_id != old_id
+        assert sa.pair.partner_id != old_id and sb.broker_id == "broker-b"
     finally:
         a.stop()
         b.stop()
