@@ -29,10 +29,6 @@ log = logging.getLogger("pairq.topic")
 GC_DELAY = 0.2  # seconds: batch body deletions
 
 
-def _retrieve(f: asyncio.Future[Any]) -> None:
-    if not f.cancelled():
-        f.exception()
-
 
 class Topic:
     def __init__(self, broker: Broker, meta: st.TopicMeta) -> None:
@@ -79,11 +75,16 @@ class Topic:
         self.next_seq += n
         fut = self.broker.store.submit(("append", self.meta.id, seq0, records))
         assert fut is not None
-        remote = pair.replicate(self.name, seq0, records) if pair is not None else None
         # The outcome (fan-out, or a gap for a failed append) follows the commit
         # through callbacks, not the caller: a cancelled RPC must not turn a
         # committed record into a gap. Callbacks also spare a task and a loop
         # turn per publish.
+        #
+        # The partner gets the records only once they are committed here, so a
+        # standby copy always stands for a record its owner holds. (Sent in
+        # parallel, a crash between the partner's commit and ours left an orphan
+        # standby copy that an idempotent retry to the partner counted as stored,
+        # and that was then cleaned up when our floor passed the gap: lost.)
         result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
         def on_remote(f: asyncio.Future[None]) -> None:
@@ -98,9 +99,9 @@ class Topic:
                 self._complete(seq0, n, None)
                 if not result.done():
                     result.set_exception(exc)
-                if remote is not None:
-                    remote.add_done_callback(_retrieve)
-            elif remote is None:
+                return
+            remote = pair.replicate(self.name, seq0, records) if pair is not None else None
+            if remote is None:
                 self._complete(seq0, n, records)
                 if not result.done():
                     result.set_result(1)
