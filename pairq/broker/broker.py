@@ -114,7 +114,10 @@ class Broker:
         reflection.enable_server_reflection(
             (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        bound = server.add_insecure_port(f"{host}:{port}")
+        try:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:  # grpcio >= 1.60 raises instead of returning 0
+            bound = 0
         if bound == 0:
             self.store.close()
             raise OSError(f"cannot listen on {self.options.address} (address in use?)")
@@ -199,6 +202,12 @@ class Broker:
             return 2
         return 1
 
+    def topology_changed(self) -> None:
+        """A topic or channel appeared or went away: tell the lookups now, not at the
+        next poll, so consumers discovering through them find it at once."""
+        if self.registrar is not None:
+            self.registrar.notify()
+
     def may_deliver(self) -> bool:
         """Whether this broker may deliver its owned messages now (the pair fence)."""
         return self.pair is None or self.pair.may_deliver()
@@ -266,6 +275,7 @@ class Broker:
             topic = Topic(self, meta)
             self.topics[name] = topic
             fut.set_result(topic)
+            self.topology_changed()
             return topic
         except BaseException as exc:
             fut.set_exception(exc)
@@ -278,6 +288,7 @@ class Broker:
         topic = self.topics.pop(name, None)
         if topic is None:
             return
+        self.topology_changed()
         topic.close("topic deleted")
         if self.pair is not None and not topic.ephemeral:
             self.pair.topic_deleted(name)

@@ -227,6 +227,7 @@ class Topic:
             meta.floor = start
         ch = Channel(self, meta, ephemeral=ephemeral)
         self.channels[name] = ch
+        self.broker.topology_changed()
         if self.ephemeral and first and self._mem:
             for seq, rec in list(self._mem):
                 ch.read_pos = seq
@@ -244,6 +245,7 @@ class Topic:
         ch = self.channels.pop(name, None)
         if ch is None:
             return
+        self.broker.topology_changed()
         ch.close("channel deleted")
         if self.broker.pair is not None and ch.durable:
             self.broker.pair.channel_deleted(self.name, name)

@@ -90,7 +90,10 @@ class Lookup:
     async def start(self) -> None:
         host, port = parse_hostport(self.options.address, what="--address")
         server = grpc.aio.server(options=grpcopts.server_options())
-        bound = server.add_insecure_port(f"{host}:{port}")
+        try:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:  # grpcio >= 1.60 raises instead of returning 0
+            bound = 0
         if bound == 0:
             raise OSError(f"cannot listen on {self.options.address} (address in use?)")
         self.address = f"{host}:{bound}"

@@ -457,3 +457,20 @@ async def test_backlog_larger_than_memory_is_read_back_in_chunks_without_loss(tm
         ch = b.topics["t"].channels["c"]
         await eventually(lambda: ch.floor == 10_000 and not ch.fin_mem)
         await sub.cancel()
+
+
+def test_cli_port_in_use_is_one_clear_line(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        for cmd in (["broker", "--data-dir", str(tmp_path / "d")], ["lookup"]):
+            proc = subprocess.run(
+                [sys.executable, "-m", "pairq.cli", *cmd, "--address", f"127.0.0.1:{port}"],
+                capture_output=True, text=True, timeout=60,
+            )
+            assert proc.returncode != 0
+            assert "address in use" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
