@@ -8,6 +8,9 @@ the client side.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -73,6 +76,11 @@ class PairqError(Exception):
         packed = detail.details.add()
         packed.Pack(info)
         return rpc_status.to_status(detail)
+
+    async def abort(self, context: Any) -> None:
+        """End the RPC served by ``context`` with this error's status (raises AbortError)."""
+        status = self.to_status()
+        await context.abort(status.code, status.details, status.trailing_metadata)
 
     @classmethod
     def from_rpc_error(cls, err: grpc.RpcError) -> PairqError:
@@ -146,3 +154,21 @@ _CLASS_BY_CODE: dict[int, type[PairqError]] = {
 }
 
 RETRYABLE = (UnavailableError,)
+
+_log = logging.getLogger("pairq.rpc")
+
+
+async def serve_rpc(context: Any, fn: Callable[[], Awaitable[Any]]) -> Any:
+    """Run a unary handler body: a PairqError becomes its status, any other
+    exception (a bug) is logged and answered INTERNAL, and the server keeps serving."""
+    try:
+        return await fn()
+    except PairqError as exc:
+        await exc.abort(context)
+    except asyncio.CancelledError:
+        raise
+    except grpc.aio.AbortError:
+        raise
+    except Exception as exc:
+        _log.exception("internal error")
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")

@@ -23,7 +23,7 @@ from pairq.broker import wire
 from pairq.broker.channel import Channel
 from pairq.broker.channel_core import DelayError, RdyError
 from pairq.broker.subscriber import Subscriber, Terminate
-from pairq.errors import PairqError, UnavailableError
+from pairq.errors import PairqError, UnavailableError, serve_rpc
 from pairq.names import check_channel, check_topic
 from pairq.v1 import broker_pb2 as pb
 
@@ -62,18 +62,7 @@ class BrokerService:
 
     # ------------------------------------------------------------ helpers
     async def _call(self, context: Any, fn: Callable[[], Awaitable[Any]]) -> Any:
-        try:
-            return await fn()
-        except PairqError as exc:
-            status = exc.to_status()
-            await context.abort(status.code, status.details, status.trailing_metadata)
-        except asyncio.CancelledError:
-            raise
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:  # a bug: report it, keep serving
-            log.exception("internal error")
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+        return await serve_rpc(context, fn)
 
     def _record(self, item: pb.PublishItem, now_ns: int, ts_field: bytes) -> tuple[bytes, bytes]:
         body = item.body
@@ -267,8 +256,7 @@ class BrokerService:
                 "the first message on a Subscribe stream must be SubscribeIdentify",
                 pb.ERROR_CODE_NOT_IDENTIFIED,
             )
-            s = err.to_status()
-            await context.abort(s.code, s.details, s.trailing_metadata)
+            await err.abort(context)
             return
         ident = first.identify
         try:
@@ -286,8 +274,7 @@ class BrokerService:
             topic = await self.broker.get_topic(ident.topic)
             channel = await topic.get_channel(ident.channel)
         except PairqError as exc:
-            s = exc.to_status()
-            await context.abort(s.code, s.details, s.trailing_metadata)
+            await exc.abort(context)
             return
         sub = Subscriber(
             channel,
@@ -318,8 +305,7 @@ class BrokerService:
                     break
                 if isinstance(item, Terminate):
                     err = PairqError(item.message, code=item.code)
-                    s = err.to_status()
-                    await context.abort(s.code, s.details, s.trailing_metadata)
+                    await err.abort(context)
                     break
                 if isinstance(item, tuple):
                     # Deliveries: re-check the fence right before they leave (a

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import grpc
 
-from pairq.errors import PairqError
+from pairq.errors import PairqError, serve_rpc
 from pairq.lookup.registry import (
     BrokerIdentity,
     BrokerStatus,
@@ -110,18 +110,7 @@ class LookupService:
         self._probes: set[asyncio.Task[None]] = set()
 
     async def _call(self, context: Any, fn: Callable[[], Awaitable[Any]]) -> Any:
-        try:
-            return await fn()
-        except PairqError as exc:
-            status = exc.to_status()
-            await context.abort(status.code, status.details, status.trailing_metadata)
-        except asyncio.CancelledError:
-            raise
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:  # a bug: report it, keep serving
-            log.exception("internal error")
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+        return await serve_rpc(context, fn)
 
     # ------------------------------------------------------------ registration
     def _ack(self, seq: int) -> pb.RegisterResponse:
@@ -165,8 +154,7 @@ class LookupService:
                     else:
                         raise _invalid("a RegisterRequest must carry hello, state or heartbeat")
                 except PairqError as exc:
-                    status = exc.to_status()
-                    await context.abort(status.code, status.details, status.trailing_metadata)
+                    await exc.abort(context)
                 yield self._ack(req.seq)
         finally:
             self.streams -= 1
