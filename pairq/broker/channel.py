@@ -43,6 +43,8 @@ READ_CHUNK = 2000
 MAX_DELIVERY_BYTES = 1024 * 1024
 # Keys < 0 are dead letters replayed into the channel: -(dlq seq) - 1.
 _REPLAY_BASE = -1
+# High bit of a dead letter's stored attempts: it is being replayed (back in the channel).
+REPLAYING = 0x80000000
 
 
 def wall_to_mono(due_ns: int) -> float:
@@ -104,15 +106,7 @@ class Channel:
                 self.fin_disk.add(seq)
         for seq, value in self.store.scan_channel(st.STATES, cid):
             self.states[seq] = st.unpack_state(value)
-        replays: list[Entry] = []
-        for seq, value in self.store.scan_channel(st.DLQ, cid):
-            attempts, rec = st.unpack_dlq(value)
-            if attempts & 0x80000000:  # replaying: back in the channel
-                replays.append(self._entry(_REPLAY_BASE - seq, rec, 0, 0))
-            else:
-                self.dlq_count += 1
-        if replays:
-            self.core.push(replays, time.monotonic())
+        self.dlq_count = self._reload_replays()
         self._advance_floor_mem()
 
     def _entry(self, key: int, rec: bytes, attempts: int, due_ns: int) -> Entry:
@@ -255,14 +249,20 @@ class Channel:
         self.schedule_flush()
         self.schedule_pump()
 
-    def _reload_replays(self) -> None:
+    def _reload_replays(self) -> int:
+        """Push dead letters being replayed back into the core; return how many
+        dead letters are not being replayed."""
         replays = []
+        dead = 0
         for seq, value in self.store.scan_channel(st.DLQ, self.meta.id):
             attempts, rec = st.unpack_dlq(value)
-            if attempts & 0x80000000:
+            if attempts & REPLAYING:
                 replays.append(self._entry(_REPLAY_BASE - seq, rec, 0, 0))
+            else:
+                dead += 1
         if replays:
             self.core.push(replays, time.monotonic())
+        return dead
 
     def mark_failed(self, first_seq: int, count: int) -> None:
         """An append that failed left a gap in the log: treat it as finished."""
@@ -533,7 +533,7 @@ class Channel:
         if self.durable:
             for seq, value in self.store.scan_channel(st.DLQ, self.meta.id):
                 attempts, rec = st.unpack_dlq(value)
-                if attempts & 0x80000000:
+                if attempts & REPLAYING:
                     continue
                 out.append((seq, attempts, rec))
                 if len(out) >= limit:
@@ -550,7 +550,7 @@ class Channel:
             if ids is not None and rec[:16] not in ids:
                 continue
             replays.append(self._entry(_REPLAY_BASE - seq, rec, 0, 0))
-            ops.append((st.DLQ, st.seq_key(self.meta.id, seq), st.pack_dlq(0x80000000, rec)))
+            ops.append((st.DLQ, st.seq_key(self.meta.id, seq), st.pack_dlq(REPLAYING, rec)))
         if not replays:
             return 0
         if self.durable:
