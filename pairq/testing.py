@@ -69,30 +69,11 @@ async def run_pair(data_dir: str | os.PathLike[str] | None = None, *, pair: str 
     if data_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="pairq-pair-")
         data_dir = tmp.name
-    pa, pb_ = free_port(), free_port()
     g: dict[str, Any] = {"gossip_address": "127.0.0.1:0", "gossip_profile": "local"} if gossip else {}
-    a = Broker(BrokerOptions(data_dir=str(Path(data_dir) / "a"), address=f"127.0.0.1:{pa}",
-                             pair=pair, partner=f"127.0.0.1:{pb_}", **g, **options))
-    await a.start()
-    if gossip and a.membership is not None:
-        g["join"] = (a.membership.address,)
-    b = Broker(BrokerOptions(data_dir=str(Path(data_dir) / "b"), address=f"127.0.0.1:{pb_}",
-                             pair=pair, partner=f"127.0.0.1:{pa}", **g, **options))
-    await b.start()
     try:
-        deadline = time.monotonic() + 10
-        while not (a.pair and b.pair and a.pair.connected and b.pair.connected
-                   and a.may_deliver() and b.may_deliver()):
-            if time.monotonic() > deadline:
-                raise TimeoutError("pair did not connect within 10 s")
-            import asyncio
-
-            await asyncio.sleep(0.01)
-        yield a, b
+        async with _pair(Path(data_dir), pair, {**g, **options}, b_joins_a=gossip) as brokers:
+            yield brokers
     finally:
-        for br in (a, b):
-            if br._server is not None:
-                await br.stop(grace=0.5)
         if tmp is not None:
             tmp.cleanup()
 
@@ -157,18 +138,24 @@ async def run_cluster(data_dir: str | os.PathLike[str] | None = None, *, pairs: 
 
 
 @contextlib.asynccontextmanager
-async def _pair(data_dir: Path, name: str, options: dict[str, Any]) -> AsyncIterator[tuple[Broker, Broker]]:
+async def _pair(data_dir: Path, name: str, options: dict[str, Any], *,
+                b_joins_a: bool = False) -> AsyncIterator[tuple[Broker, Broker]]:
+    """Start A then B as a pair; stop both on exit. ``b_joins_a``: B joins A's gossip."""
     pa, pb_ = free_port(), free_port()
     a = Broker(BrokerOptions(data_dir=str(data_dir / "a"), address=f"127.0.0.1:{pa}",
                              pair=name, partner=f"127.0.0.1:{pb_}", **options))
-    b = Broker(BrokerOptions(data_dir=str(data_dir / "b"), address=f"127.0.0.1:{pb_}",
-                             pair=name, partner=f"127.0.0.1:{pa}", **options))
     await a.start()
     try:
+        b_options = dict(options)
+        if b_joins_a and a.membership is not None:
+            b_options["join"] = (a.membership.address,)
+        b = Broker(BrokerOptions(data_dir=str(data_dir / "b"), address=f"127.0.0.1:{pb_}",
+                                 pair=name, partner=f"127.0.0.1:{pa}", **b_options))
         await b.start()
         try:
             deadline = time.monotonic() + 10
-            while not (a.may_deliver() and b.may_deliver()):
+            while not (a.pair and b.pair and a.pair.connected and b.pair.connected
+                       and a.may_deliver() and b.may_deliver()):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"pair {name} did not connect within 10 s")
                 import asyncio
