@@ -104,6 +104,11 @@ class PairqError(Exception):
             if status == grpc.StatusCode.RESOURCE_EXHAUSTED and "full" in message:
                 return StoreFullError(message)
             return PairqError(message or str(status))
+        return cls.from_code(code, message)
+
+    @classmethod
+    def from_code(cls, code: int, message: str) -> PairqError:
+        """The exception for an ``ErrorCode`` value (e.g. from a ``PublishError``)."""
         klass = _CLASS_BY_CODE.get(code, PairqError)
         return klass(message, code=code)
 

@@ -58,6 +58,7 @@ class Broker:
         self.port = 0
         self.start_time_ns = time.time_ns()
         self._server: Any = None
+        self.service: BrokerService | None = None
         self._health: Any = None
         self._next_topic_id = 1
         self._next_channel_id = 1
@@ -105,7 +106,8 @@ class Broker:
                 ch.schedule_pump()
 
         server = grpc.aio.server(options=grpcopts.server_options(self.options.max_msg_size))
-        handlers = [BrokerService(self).generic_handler()]
+        self.service = BrokerService(self)
+        handlers = [self.service.generic_handler()]
         if self.pair is not None:
             handlers.append(self.pair.generic_handler())
         server.add_generic_rpc_handlers(tuple(handlers))
@@ -171,6 +173,8 @@ class Broker:
             for ch in topic.channels.values():
                 for sub in list(ch.subscribers.values()):
                     sub.finish_stream()
+        if self.service is not None:
+            self.service.close_publish_streams()
         if self.pair is not None:
             await self.pair.stop()
         if self._server is not None:

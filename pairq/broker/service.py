@@ -15,7 +15,7 @@ import os
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
@@ -36,6 +36,8 @@ SERVICE = "pairq.v1.BrokerService"
 MAX_HEADER_BYTES = 64 * 1024
 TRACEPARENT = "traceparent"
 IDENTIFY_TIMEOUT = 30.0
+# Requests of one PublishStream served at once (more wait in gRPC's flow control).
+MAX_STREAM_REQUESTS = 64
 
 
 def _invalid(message: str, code: int = pb.ERROR_CODE_INVALID) -> PairqError:
@@ -59,6 +61,7 @@ class BrokerService:
         self.broker = broker
         self.opts = broker.options
         self.new_id = IdMaker()
+        self.publish_streams: set[PublishStream] = set()
 
     # ------------------------------------------------------------ helpers
     async def _call(self, context: Any, fn: Callable[[], Awaitable[Any]]) -> Any:
@@ -214,33 +217,52 @@ class BrokerService:
 
         return await self._call(context, run)  # type: ignore[no-any-return]
 
+    async def _publish_items(self, topic: str, messages: Any) -> tuple[list[bytes], int]:
+        """Validate and store one batch (PublishBatch or one PublishStream request):
+        returns (ids in request order, copies)."""
+        self.broker.check_accepting()
+        check_topic(topic)
+        n = len(messages)
+        if n == 0 or n > self.opts.max_batch:
+            raise _invalid(
+                f"batch has {n} messages; it must have 1 to {self.opts.max_batch} (--max-batch)",
+                pb.ERROR_CODE_BAD_BATCH,
+            )
+        now_ns = time.time_ns()
+        ts_field = wire.timestamp_field(now_ns)
+        items = []
+        make = self._record
+        traced: list[tuple[bytes, str]] = []
+        tracing = self.broker.tracer is not None
+        for item in messages:
+            i, r = make(item, now_ns, ts_field)
+            items.append((i, r, bool(item.id)))
+            if tracing and item.headers:
+                tp = item.headers.get(TRACEPARENT)
+                if tp:
+                    traced.append((i, tp))
+        copies = await self._publish(topic, items, traced or None)
+        return [i for i, _, _ in items], copies
+
     async def PublishBatch(self, request: pb.PublishBatchRequest, context: Any) -> pb.PublishBatchResponse:
         async def run() -> pb.PublishBatchResponse:
-            self.broker.check_accepting()
-            check_topic(request.topic)
-            n = len(request.messages)
-            if n == 0 or n > self.opts.max_batch:
-                raise _invalid(
-                    f"batch has {n} messages; it must have 1 to {self.opts.max_batch} (--max-batch)",
-                    pb.ERROR_CODE_BAD_BATCH,
-                )
-            now_ns = time.time_ns()
-            ts_field = wire.timestamp_field(now_ns)
-            items = []
-            make = self._record
-            traced: list[tuple[bytes, str]] = []
-            tracing = self.broker.tracer is not None
-            for item in request.messages:
-                i, r = make(item, now_ns, ts_field)
-                items.append((i, r, bool(item.id)))
-                if tracing and item.headers:
-                    tp = item.headers.get(TRACEPARENT)
-                    if tp:
-                        traced.append((i, tp))
-            copies = await self._publish(request.topic, items, traced or None)
-            return pb.PublishBatchResponse(ids=[i for i, _, _ in items], copies=copies)
+            ids, copies = await self._publish_items(request.topic, request.messages)
+            return pb.PublishBatchResponse(ids=ids, copies=copies)
 
         return await self._call(context, run)  # type: ignore[no-any-return]
+
+    async def PublishStream(self, request_iterator: Any, context: Any) -> None:
+        stream = PublishStream(self, context)
+        self.publish_streams.add(stream)
+        try:
+            await stream.run()
+        finally:
+            self.publish_streams.discard(stream)
+
+    def close_publish_streams(self) -> None:
+        """Shutdown: stop reading every PublishStream; each ends once its requests are answered."""
+        for stream in list(self.publish_streams):
+            stream.close()
 
     # ------------------------------------------------------------ subscribe
     async def Subscribe(self, request_iterator: Any, context: Any) -> AsyncIterator[bytes]:
@@ -532,6 +554,11 @@ class BrokerService:
         handlers = {
             "Publish": unary(self.Publish, pb.PublishRequest, pb.PublishResponse),
             "PublishBatch": unary(self.PublishBatch, pb.PublishBatchRequest, pb.PublishBatchResponse),
+            "PublishStream": grpc.stream_stream_rpc_method_handler(
+                self.PublishStream,
+                request_deserializer=pb.PublishStreamRequest.FromString,
+                response_serializer=pb.PublishStreamResponse.SerializeToString,
+            ),
             "Subscribe": grpc.stream_stream_rpc_method_handler(
                 self.Subscribe,
                 request_deserializer=pb.SubscribeRequest.FromString,
@@ -551,3 +578,89 @@ class BrokerService:
 
 def _identity(b: bytes) -> bytes:
     return b
+
+
+class PublishStream:
+    """One ``PublishStream`` call: requests are read in order and served
+    concurrently (up to ``MAX_STREAM_REQUESTS`` at once; beyond that the broker
+    stops reading and gRPC flow control holds the client back); each answer is
+    written as soon as its batch is durable, one write at a time."""
+
+    def __init__(self, service: BrokerService, context: Any) -> None:
+        self.service = service
+        self.context = context
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._out: list[pb.PublishStreamResponse] = []
+        self._writing = False
+        self._broken = False
+        self._reader: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def run(self) -> None:
+        self._reader = asyncio.ensure_future(self._read())
+        try:
+            await self._reader
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+        except Exception as exc:  # the stream broke (client gone): nothing to answer
+            log.debug("publish stream ended: %s", exc)
+        # Answer what was accepted before ending the stream.
+        while self.tasks:
+            await asyncio.wait(list(self.tasks))
+
+    def close(self) -> None:
+        self._closing = True
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def _read(self) -> None:
+        context = self.context
+        loop = asyncio.get_running_loop()
+        while True:
+            if len(self.tasks) >= MAX_STREAM_REQUESTS:
+                self._room.clear()
+                await self._room.wait()
+            req = await context.read()
+            if req is grpc.aio.EOF:
+                return
+            task = loop.create_task(self._serve(req))
+            self.tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if len(self.tasks) < MAX_STREAM_REQUESTS:
+            self._room.set()
+
+    async def _serve(self, req: pb.PublishStreamRequest) -> None:
+        rid = req.request_id
+        try:
+            ids, copies = await self.service._publish_items(req.topic, req.messages)
+            resp = pb.PublishStreamResponse(request_id=rid, ids=ids, copies=copies)
+        except PairqError as exc:
+            resp = pb.PublishStreamResponse(
+                request_id=rid, error=pb.PublishError(code=cast(Any, exc.code), message=exc.message))
+        except Exception as exc:
+            log.exception("internal error serving a publish stream request")
+            resp = pb.PublishStreamResponse(
+                request_id=rid, error=pb.PublishError(message=f"internal error: {exc}"))
+        await self._write(resp)
+
+    async def _write(self, resp: pb.PublishStreamResponse) -> None:
+        self._out.append(resp)
+        if self._writing or self._broken:
+            return  # the task already writing sends it next
+        self._writing = True
+        try:
+            out = self._out
+            while out:
+                await self.context.write(out.pop(0))
+        except Exception as exc:  # the client went away; its retries go elsewhere
+            self._broken = True
+            self._out.clear()
+            log.debug("cannot answer on a publish stream: %s", exc)
+        finally:
+            self._writing = False

@@ -7,12 +7,19 @@ permits gets GOAWAY "too_many_pings").
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import grpc
 
 from pairq import grpcopts
-from pairq.v1 import broker_pb2_grpc
+from pairq.errors import PairqError, UnavailableError
+from pairq.v1 import broker_pb2, broker_pb2_grpc
+
+_PUBLISH_STREAM = "/pairq.v1.BrokerService/PublishStream"
+_TRANSIENT = (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
+              grpc.StatusCode.ABORTED)
 
 # Room for the protobuf framing around bodies when sizing the channel limit.
 _FRAMING_SLACK = 64 * 1024
@@ -53,10 +60,126 @@ def channel_options(max_message_bytes: int, max_rpc_bytes: int = 0) -> list[tupl
     return list(opts.items())
 
 
+class _StreamUnsupported(Exception):
+    """The broker does not serve PublishStream (an older broker): use PublishBatch."""
+
+
+class PublishStreamClient:
+    """One ``PublishStream`` call to a broker, shared by every publish through a
+    ``BrokerConn``: requests are tagged with a ``request_id`` and written one at
+    a time; a reader task matches answers to waiting callers.
+
+    Any failure of the stream (broker gone, reset, an unanswered request past
+    its deadline) fails every request waiting on it with ``UnavailableError``
+    and marks the stream ``broken``; the connection opens a new one for the
+    next publish, and the producer retries with the same message ids.
+    """
+
+    def __init__(self, channel: Any, address: str) -> None:
+        self.address = address
+        self._call = channel.stream_stream(
+            _PUBLISH_STREAM,
+            request_serializer=_identity,
+            response_deserializer=broker_pb2.PublishStreamResponse.FromString,
+        )()
+        self._loop = asyncio.get_running_loop()
+        self._pending: dict[int, asyncio.Future[broker_pb2.PublishStreamResponse]] = {}
+        self._next_id = 1
+        self._out: list[bytes] = []
+        self._writing = False
+        self.broken: BaseException | None = None
+        self._reader = self._loop.create_task(self._read())
+
+    async def request(self, req: broker_pb2.PublishStreamRequest, timeout: float) -> Any:
+        """Send one request; its answer (ids, copies) or the error it carried as an exception."""
+        if self.broken is not None:
+            raise self.broken
+        rid = self._next_id
+        self._next_id += 1
+        req.request_id = rid
+        fut: asyncio.Future[broker_pb2.PublishStreamResponse] = self._loop.create_future()
+        self._pending[rid] = fut
+        timer = self._loop.call_later(timeout, self._expire, rid, timeout)
+        try:
+            self._out.append(req.SerializeToString())
+            if not self._writing:
+                await self._write()
+            resp = await fut
+        finally:
+            timer.cancel()
+            self._pending.pop(rid, None)
+        if resp.HasField("error"):
+            raise PairqError.from_code(resp.error.code, resp.error.message)
+        return resp
+
+    async def _write(self) -> None:
+        self._writing = True
+        try:
+            out = self._out
+            while out and self.broken is None:
+                await self._call.write(out.pop(0))
+        except grpc.aio.AioRpcError as exc:
+            self._break(self._error(exc))
+        except Exception as exc:  # the call ended under us (e.g. cancelled)
+            self._break(UnavailableError(f"publish stream to {self.address} ended: {exc}"))
+        finally:
+            self._writing = False
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                resp = await self._call.read()
+                if resp is grpc.aio.EOF:
+                    self._break(UnavailableError(f"broker {self.address} ended the publish stream"))
+                    return
+                fut = self._pending.pop(resp.request_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(resp)
+        except grpc.aio.AioRpcError as exc:
+            self._break(self._error(exc))
+        except asyncio.CancelledError:
+            self._break(UnavailableError("publish stream closed"))
+            raise
+
+    def _error(self, exc: grpc.aio.AioRpcError) -> BaseException:
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return _StreamUnsupported(exc.details())
+        err = PairqError.from_rpc_error(exc)
+        if err.code == broker_pb2.ERROR_CODE_UNSPECIFIED and exc.code() in _TRANSIENT:
+            # The stream broke (reset, cancelled, broker crash): retry elsewhere.
+            return UnavailableError(f"publish stream to {self.address} failed: {err.message}")
+        return err
+
+    def _expire(self, rid: int, timeout: float) -> None:
+        if rid in self._pending:
+            self._break(UnavailableError(
+                f"broker {self.address} did not answer a publish within {timeout:g}s"))
+
+    def _break(self, err: BaseException) -> None:
+        if self.broken is None:
+            self.broken = err
+        pending, self._pending = self._pending, {}
+        self._out.clear()
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(self.broken)
+        self._call.cancel()
+
+    async def close(self) -> None:
+        self._break(UnavailableError("publish stream closed"))
+        self._reader.cancel()
+        with contextlib.suppress(BaseException):
+            await self._reader
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
 class BrokerConn:
     """A lazily created ``grpc.aio`` channel and stub for one broker address."""
 
-    __slots__ = ("_channel", "_options", "address", "stub")
+    __slots__ = ("_channel", "_options", "_pstream", "_stream_ok", "address", "stub")
 
     def __init__(
         self,
@@ -69,6 +192,8 @@ class BrokerConn:
         self._options = channel_options(max_message_bytes, max_rpc_bytes)
         self._channel: Any = None
         self.stub: Any = None
+        self._pstream: PublishStreamClient | None = None
+        self._stream_ok = True
 
     def get_stub(self) -> Any:
         if self.stub is None:
@@ -76,7 +201,30 @@ class BrokerConn:
             self.stub = broker_pb2_grpc.BrokerServiceStub(self._channel)
         return self.stub
 
+    async def publish(self, req: broker_pb2.PublishStreamRequest, timeout: float) -> Any:
+        """Store one batch on this broker: over the shared PublishStream, or with a
+        PublishBatch call if the broker does not serve streams. Returns the answer
+        (``.ids``, ``.copies``); raises ``PairqError`` (``UnavailableError`` when
+        it may be retried)."""
+        if self._stream_ok:
+            self.get_stub()
+            stream = self._pstream
+            if stream is None or stream.broken is not None:
+                stream = self._pstream = PublishStreamClient(self._channel, self.address)
+            try:
+                return await stream.request(req, timeout)
+            except _StreamUnsupported:
+                self._stream_ok = False
+        batch = broker_pb2.PublishBatchRequest(topic=req.topic, messages=req.messages)
+        try:
+            return await self.get_stub().PublishBatch(batch, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise PairqError.from_rpc_error(exc) from None
+
     async def close(self) -> None:
+        stream, self._pstream = self._pstream, None
+        if stream is not None:
+            await stream.close()
         ch, self._channel, self.stub = self._channel, None, None
         if ch is not None:
             await ch.close(grace=None)

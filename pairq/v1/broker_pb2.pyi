@@ -122,6 +122,36 @@ class PublishBatchResponse(_message.Message):
     copies: int
     def __init__(self, ids: _Optional[_Iterable[bytes]] = ..., copies: _Optional[int] = ...) -> None: ...
 
+class PublishStreamRequest(_message.Message):
+    __slots__ = ("request_id", "topic", "messages")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    topic: str
+    messages: _containers.RepeatedCompositeFieldContainer[PublishItem]
+    def __init__(self, request_id: _Optional[int] = ..., topic: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[PublishItem, _Mapping]]] = ...) -> None: ...
+
+class PublishError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: ErrorCode
+    message: str
+    def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class PublishStreamResponse(_message.Message):
+    __slots__ = ("request_id", "ids", "copies", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    COPIES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    ids: _containers.RepeatedScalarFieldContainer[bytes]
+    copies: int
+    error: PublishError
+    def __init__(self, request_id: _Optional[int] = ..., ids: _Optional[_Iterable[bytes]] = ..., copies: _Optional[int] = ..., error: _Optional[_Union[PublishError, _Mapping]] = ...) -> None: ...
+
 class SubscribeIdentify(_message.Message):
     __slots__ = ("topic", "channel", "client_id", "hostname", "user_agent", "msg_timeout_ms", "heartbeat_interval_ms")
     TOPIC_FIELD_NUMBER: _ClassVar[int]

@@ -474,3 +474,33 @@ def test_cli_port_in_use_is_one_clear_line(tmp_path) -> None:
             )
             assert proc.returncode != 0
             assert "address in use" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+async def test_publish_stream_answers_each_request_and_survives_bad_ones(tmp_path) -> None:
+    async with run_broker(tmp_path) as b:
+        ch = grpc.aio.insecure_channel(b.address)
+        call = pbg.BrokerServiceStub(ch).PublishStream()
+        reqs = [
+            pb.PublishStreamRequest(request_id=1, topic="t", messages=[pb.PublishItem(body=b"a"), pb.PublishItem(body=b"b")]),
+            pb.PublishStreamRequest(request_id=2, topic="bad topic!", messages=[pb.PublishItem(body=b"x")]),
+            pb.PublishStreamRequest(request_id=3, topic="t", messages=[]),
+            pb.PublishStreamRequest(request_id=4, topic="t", messages=[pb.PublishItem(body=b"c")]),
+        ]
+        for r in reqs:
+            await call.write(r)
+        answers = {}
+        for _ in reqs:
+            resp = await asyncio.wait_for(call.read(), 5)
+            answers[resp.request_id] = resp
+        assert len(answers[1].ids) == 2 and answers[1].copies == 1 and not answers[1].HasField("error")
+        assert answers[2].error.code == pb.ERROR_CODE_BAD_TOPIC and "topic" in answers[2].error.message
+        assert answers[3].error.code == pb.ERROR_CODE_BAD_BATCH and not answers[3].ids
+        assert len(answers[4].ids) == 1
+        st = await pbg.BrokerServiceStub(ch).GetStats(pb.GetStatsRequest(topic="t"))
+        assert st.topics[0].message_count == 3
+        # Shutdown ends the stream cleanly (and promptly: the grace is not waited out).
+        t0 = time.monotonic()
+        await b.stop(grace=10)
+        assert time.monotonic() - t0 < 5
+        assert await asyncio.wait_for(call.read(), 5) is grpc.aio.EOF
+        await ch.close()

@@ -56,6 +56,7 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):  # type: ignore[misc]
         self.seen: set[bytes] = set()
         self.heartbeat_interval_ms = 0
         self.reject_body = b"\x00reject"
+        self.streams = True  # False: answer PublishStream UNIMPLEMENTED (an older broker)
 
     def _channel(self, topic: str, channel: str) -> _Channel:
         ch = self.channels.get((topic, channel))
@@ -110,6 +111,24 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):  # type: ignore[misc]
                 await context.abort(st.code, st.details, st.trailing_metadata)
         ids, copies = self._store(request.topic, request.messages)
         return pb.PublishBatchResponse(ids=ids, copies=copies)
+
+    async def PublishStream(self, request_iterator: Any, context: Any) -> Any:
+        """Each request is counted as a ``PublishBatch`` (a batch request is a batch
+        request, unary or streamed). An injected failure ends the whole stream with
+        ``fail_code``, like a broker that went away; a bad body fails only its request."""
+        if not self.streams:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        self.calls["PublishStream"] += 1
+        async for req in request_iterator:
+            self.calls["PublishBatch"] += 1
+            self.batch_sizes.append(len(req.messages))
+            await self._maybe_fail(context, [m.id for m in req.messages])
+            if any(not m.body or m.body == self.reject_body for m in req.messages):
+                yield pb.PublishStreamResponse(request_id=req.request_id, error=pb.PublishError(
+                    code=pb.ERROR_CODE_BAD_MESSAGE, message="bad body"))
+                continue
+            ids, copies = self._store(req.topic, req.messages)
+            yield pb.PublishStreamResponse(request_id=req.request_id, ids=ids, copies=copies)
 
     async def Subscribe(self, request_iterator: Any, context: Any) -> Any:
         self.calls["Subscribe"] += 1

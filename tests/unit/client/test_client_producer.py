@@ -149,7 +149,9 @@ def _contiguous(stored: list[bytes], calls: list[list[bytes]]) -> bool:
 
 
 async def test_concurrent_publish_batches_coalesce_contiguously() -> None:
-    async with run_fake_broker() as fake, Producer([fake.address], max_batches_in_flight=1) as p:
+    async with run_fake_broker() as fake, Producer(
+        [fake.address], max_batches_in_flight=1, max_batch_size=5000
+    ) as p:
         await p.publish_batch("t", [b"warm"])
         assert fake.broker.batch_sizes == [1]
         calls = [[b"c%d-%d" % (c, i) for i in range(50)] for c in range(30)]
@@ -287,3 +289,29 @@ async def test_trace_context_injected_only_when_a_context_is_active() -> None:
     assert headers[:2] == [{}, {}]
     assert headers[2]["k"] == "v"
     assert [h["traceparent"].split("-")[1] for h in headers[2:]] == [parent.split("-")[1]] * 2
+
+
+async def test_publishes_travel_on_one_stream_and_fall_back_to_unary_batches() -> None:
+    async with run_fake_broker() as fake:
+        async with Producer([fake.address]) as p:
+            for i in range(3):
+                await p.publish("t", b"m%d" % i)
+            # Three requests, one stream.
+            assert fake.broker.calls["PublishStream"] == 1
+            assert fake.broker.calls["PublishBatch"] == 3
+        fake.broker.streams = False  # an older broker without PublishStream
+        fake.broker.calls.clear()
+        async with Producer([fake.address]) as p:
+            acks = [await p.publish("t", b"n%d" % i) for i in range(3)]
+            assert [len(a.id) for a in acks] == [16, 16, 16]
+            assert fake.broker.calls["PublishBatch"] == 3
+        assert [m.body for m in fake.broker.stored["t"]][-3:] == [b"n0", b"n1", b"n2"]
+
+
+async def test_a_bad_request_on_the_stream_fails_alone() -> None:
+    async with run_fake_broker() as fake, Producer([fake.address]) as p:
+        with pytest.raises(InvalidError):
+            await p.publish_batch("t", [fake.broker.reject_body])
+        ack = await p.publish("t", b"fine")  # the stream survived the error
+        assert ack.copies == 1
+        assert fake.broker.calls["PublishStream"] == 1
