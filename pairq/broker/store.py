@@ -280,12 +280,9 @@ class Store:
     def known_ids(self, ids: list[bytes]) -> set[bytes]:
         """Which of ``ids`` were stored within the idempotency window."""
         found: set[bytes] = set()
-        with self.env.begin() as txn:
-            d0, d1 = self.dbs[IDS0], self.dbs[IDS1]
-            get = txn.get
-            for i in ids:
-                if get(i, db=d0) is not None or get(i, db=d1) is not None:
-                    found.add(i)
+        with self.env.begin(buffers=False) as txn:
+            for db in (self.dbs[IDS0], self.dbs[IDS1]):
+                found.update(k for k, _ in txn.cursor(db=db).getmulti(ids))
         return found
 
     def read_msgs(self, topic_id: int, from_seq: int, to_seq: int, limit: int) -> list[tuple[int, bytes]]:
