@@ -59,6 +59,9 @@ CATCHUP_CHUNK = 2000
 HWM_STEP = 100_000
 MAX_BATCHES_IN_FLIGHT = 16
 MAX_BATCH_RECORDS = 20000
+# Longest a confirmation of a parallel-replicated publish waits for a batch to
+# ride on before it is sent alone (see Pair.committed).
+CONFIRM_DELAY = 0.005
 
 
 # --------------------------------------------------------------------------- standby
@@ -88,12 +91,27 @@ class StandbyTopic:
 
 
 class StandbyStore:
-    """In-memory index of the partner's standby copies (the data lives in LMDB)."""
+    """In-memory index of the partner's standby copies (the data lives in LMDB).
+
+    Unconfirmed copies. The partner replicates a live publish in parallel with
+    its own commit (``ReplicaAppend.uncommitted``) and confirms it later
+    (``ReplicaBatch.committed``). Until then the copy is kept (and taken over
+    if the partner dies) but its id is not indexed for idempotency: if the
+    partner's commit failed or it crashed first, the copy is an orphan that
+    nobody acknowledged, and a retry of that id must be stored afresh rather
+    than answered "already stored" (the orphan is dropped once the partner's
+    floor passes it). A publish here of an unconfirmed id waits for the
+    confirmation (``wait_confirmed``). This bookkeeping is memory only: a new
+    stream or a restart forgets it, which at worst stores a retry twice.
+    """
 
     def __init__(self, store: st.Store) -> None:
         self.store = store
         self.partner_id = ""
         self.topics: dict[str, StandbyTopic] = {}
+        self.unconfirmed: dict[str, dict[int, bytes]] = {}  # topic -> seq -> id
+        self.unconfirmed_ids: set[bytes] = set()
+        self._waiters: dict[bytes, list[asyncio.Future[bool]]] = {}
 
     def load(self) -> None:
         s = self.store
@@ -151,8 +169,59 @@ class StandbyStore:
             t = self.topics[name] = StandbyTopic(name)
         return t
 
-    def apply_batch(self, batch: rpb.ReplicaBatch) -> list[st.Op]:
-        """Update the index and return the store writes for one replicated batch."""
+    # ------------------------------------------------------------ unconfirmed copies
+    def _resolve(self, ids: list[bytes], stored: bool) -> None:
+        for i in ids:
+            self.unconfirmed_ids.discard(i)
+            for f in self._waiters.pop(i, ()):
+                if not f.done():
+                    f.set_result(stored)
+
+    def confirm_after(self, fut: asyncio.Future[Any], ids: list[bytes]) -> None:
+        """Tell waiters these ids are stored once ``fut`` (their batch's commit) is done."""
+        if ids:
+            fut.add_done_callback(lambda f: self._resolve(
+                ids, not f.cancelled() and f.exception() is None))
+
+    def forget_unconfirmed(self, topic: str | None = None, *, taken_over: bool = False) -> None:
+        """Drop the unconfirmed bookkeeping (of one topic, or all): on a new or ended
+        stream their fate is unknown (waiters hear "not stored"); after a takeover
+        they are owned here (waiters hear "stored")."""
+        names = [topic] if topic is not None else list(self.unconfirmed)
+        for name in names:
+            m = self.unconfirmed.pop(name, None)
+            if m:
+                self._resolve(list(m.values()), taken_over)
+
+    async def wait_confirmed(self, ids: list[bytes], timeout: float) -> set[bytes]:
+        """Of ``ids`` (unconfirmed standby copies), those confirmed within ``timeout``."""
+        loop = asyncio.get_running_loop()
+        waits: list[tuple[bytes, asyncio.Future[bool]]] = []
+        for i in ids:
+            if i in self.unconfirmed_ids:
+                f: asyncio.Future[bool] = loop.create_future()
+                self._waiters.setdefault(i, []).append(f)
+                waits.append((i, f))
+        if not waits:
+            return set()
+        await asyncio.wait([f for _, f in waits], timeout=timeout)
+        out = set()
+        for i, f in waits:
+            if f.done():
+                if f.result():
+                    out.add(i)
+            else:
+                f.cancel()
+                lst = self._waiters.get(i)
+                if lst is not None and f in lst:
+                    lst.remove(f)
+                    if not lst:
+                        del self._waiters[i]
+        return out
+
+    def apply_batch(self, batch: rpb.ReplicaBatch) -> tuple[list[st.Op], list[bytes]]:
+        """Update the index; return the store writes for one replicated batch and
+        the ids it confirms (stored for idempotency once those writes commit)."""
         ops: list[st.Op] = []
         for a in batch.appends:
             t = self.topic(a.topic)
@@ -167,10 +236,27 @@ class StandbyStore:
                 recs = recs[skip:]
             if not recs:
                 continue
-            ops.append(("sb_append", a.topic, first, recs))
+            ops.append(("sb_append", a.topic, first, recs, not a.uncommitted))
+            if a.uncommitted:
+                m = self.unconfirmed.setdefault(a.topic, {})
+                for seq, rec in enumerate(recs, first):
+                    i = rec[:16]
+                    m[seq] = i
+                    self.unconfirmed_ids.add(i)
             if t.next_seq <= t.first_seq and first > t.next_seq:
                 t.first_seq = first
             t.next_seq = max(t.next_seq, first + len(recs))
+        confirmed: list[bytes] = []
+        for r in batch.committed:
+            waiting = self.unconfirmed.get(r.topic)
+            if not waiting:
+                continue
+            for seq in range(r.first_seq, r.first_seq + r.count):
+                got = waiting.pop(seq, None)
+                if got is not None:
+                    confirmed.append(got)
+        if confirmed:
+            ops.append(("index_ids", confirmed))
         for p in batch.progress:
             t = self.topic(p.topic)
             key = st.sb_channel_key(p.topic, p.channel)
@@ -206,6 +292,11 @@ class StandbyStore:
                         c.fins.add(seq)
                         ops.append(("put", st.SB_FINS, st.sb_fin_key(p.topic, p.channel, seq), b""))
             low = t.min_floor()
+            pend = self.unconfirmed.get(p.topic)
+            if pend and low is not None:
+                # Below the partner's floor: never confirmed means its commit failed.
+                orphans = [seq for seq in pend if seq < low]
+                self._resolve([pend.pop(seq) for seq in orphans], False)
             if low is not None and low > t.first_seq:
                 ops.append(("range_del", st.SB_MSGS, st.sb_msg_key(p.topic, t.first_seq),
                             st.sb_msg_key(p.topic, low)))
@@ -213,7 +304,8 @@ class StandbyStore:
         for name in batch.deleted_topics:
             ops.extend(self.drop_topic_ops(name))
             self.topics.pop(name, None)
-        return ops
+            self.forget_unconfirmed(name)
+        return ops, confirmed
 
     @staticmethod
     def drop_topic_ops(name: str) -> list[st.Op]:
@@ -257,21 +349,39 @@ def validate_batch(batch: rpb.ReplicaBatch, max_msg_size: int) -> str:
     for name in batch.deleted_topics:
         if not is_valid_name(name):
             return f"invalid topic name {name[:80]!r}"
+    for r in batch.committed:
+        if not is_valid_name(r.topic):
+            return f"invalid topic name {r.topic[:80]!r}"
+        if r.first_seq > 2**62 or r.count > MAX_BATCH_RECORDS:
+            return "committed range out of bounds"
     return ""
 
 
-def _merge_appends(pending: list[tuple[str, int, list[bytes]]]) -> list[rpb.ReplicaAppend]:
+def _merge_appends(pending: list[tuple[str, int, list[bytes], bool]]) -> list[rpb.ReplicaAppend]:
     """One ReplicaAppend per contiguous run of seqs of a topic (fewer submessages)."""
+    if len(pending) == 1:
+        topic, seq, recs, unc = pending[0]
+        return [rpb.ReplicaAppend(topic=topic, first_seq=seq, records=recs, uncommitted=unc)]
     out: list[rpb.ReplicaAppend] = []
-    runs: list[tuple[str, int, list[bytes]]] = []
-    for topic, seq, recs in sorted(pending, key=lambda x: (x[0], x[1])):
-        if runs and runs[-1][0] == topic and runs[-1][1] + len(runs[-1][2]) == seq:
+    runs: list[tuple[str, int, list[bytes], bool]] = []
+    for topic, seq, recs, unc in sorted(pending, key=lambda x: (x[0], x[1])):
+        if runs and runs[-1][0] == topic and runs[-1][3] == unc and runs[-1][1] + len(runs[-1][2]) == seq:
             runs[-1][2].extend(recs)
         else:
-            runs.append((topic, seq, list(recs)))
-    for topic, seq, recs in runs:
-        out.append(rpb.ReplicaAppend(topic=topic, first_seq=seq, records=recs))
+            runs.append((topic, seq, list(recs), unc))
+    for topic, seq, recs, unc in runs:
+        out.append(rpb.ReplicaAppend(topic=topic, first_seq=seq, records=recs, uncommitted=unc))
     return out
+
+
+def _merge_ranges(ranges: list[tuple[str, int, int]]) -> list[rpb.ReplicaRange]:
+    out: list[tuple[str, int, int]] = []
+    for topic, seq, n in sorted(ranges):
+        if out and out[-1][0] == topic and out[-1][1] + out[-1][2] == seq and out[-1][2] + n <= MAX_BATCH_RECORDS:
+            out[-1] = (topic, out[-1][1], out[-1][2] + n)
+        else:
+            out.append((topic, seq, n))
+    return [rpb.ReplicaRange(topic=t, first_seq=q, count=n) for t, q, n in out]
 
 
 # --------------------------------------------------------------------------- outbound
@@ -299,7 +409,9 @@ class Pair:
         self.connected = False
         self.lease_until = 0.0
         self._batch_id = 0
-        self._appends: list[tuple[str, int, list[bytes]]] = []
+        self._appends: list[tuple[str, int, list[bytes], bool]] = []  # (topic, seq, records, uncommitted)
+        self._confirms: list[tuple[str, int, int]] = []  # committed here since sent uncommitted
+        self._confirm_timer: asyncio.TimerHandle | None = None
         # (topic, channel) -> (floor, finished above it, deleted, requeue states (None: cleared))
         self._progress: dict[tuple[str, str], tuple[int, set[int], bool, dict[int, tuple[int, int] | None]]] = {}
         self._deleted: list[str] = []
@@ -361,20 +473,38 @@ class Pair:
                 code=pb.ERROR_CODE_UNAVAILABLE,
             )
 
-    def replicate(self, topic: str, seq0: int, records: list[bytes]) -> asyncio.Future[None] | None:
+    def replicate(self, topic: str, seq0: int, records: list[bytes], *,
+                  uncommitted: bool = False) -> asyncio.Future[None] | None:
         """Queue records for the partner; the future resolves on its acknowledgement.
 
-        While disconnected nothing is queued (memory stays bounded): the next
-        connection catches the partner up from the log.
+        ``uncommitted``: our own commit of them is still running (a live
+        publish); call ``committed`` once it succeeds. While disconnected
+        nothing is queued (memory stays bounded): the next connection catches
+        the partner up from the log.
         """
         if not self.connected:
             return None
-        self._appends.append((topic, seq0, records))
+        self._appends.append((topic, seq0, records, uncommitted))
         self._unacked_msgs += len(records)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._futures.append(fut)
         self._wake.set()
         return fut
+
+    def committed(self, topic: str, seq0: int, n: int) -> None:
+        """Records sent ``uncommitted`` are now durable here. The confirmation
+        rides on the next batch; only if none goes out within CONFIRM_DELAY does
+        it get a batch of its own (a steady publisher pays nothing for it)."""
+        if not self.connected:
+            return  # that stream is gone; the partner forgot what it was waiting for
+        self._confirms.append((topic, seq0, n))
+        if self._confirm_timer is None:
+            self._confirm_timer = asyncio.get_running_loop().call_later(CONFIRM_DELAY, self._confirm_due)
+
+    def _confirm_due(self) -> None:
+        self._confirm_timer = None
+        if self._confirms:
+            self._wake.set()
 
     def barrier(self) -> asyncio.Future[None] | None:
         """A future resolved once the partner acknowledged everything queued so far
@@ -406,6 +536,7 @@ class Pair:
     def topic_deleted(self, topic: str) -> None:
         self._deleted.append(topic)
         self._appends = [a for a in self._appends if a[0] != topic]
+        self._confirms = [c for c in self._confirms if c[0] != topic]
         self._wake.set()
 
     def _fail_pending(self, exc: BaseException) -> None:
@@ -474,6 +605,7 @@ class Pair:
         # 2. Queue our un-replicated state: appends from what it holds to our head,
         #    and a snapshot of every channel's progress.
         self._appends = []
+        self._confirms = []
         self._progress = {}
         self._futures = []
         self._deleted = []
@@ -544,7 +676,8 @@ class Pair:
             if reader.done():
                 reader.result()
                 raise ConnectionError("ack stream ended")
-            appends = _merge_appends(self._appends)
+            appends = _merge_appends(self._appends) if self._appends else []
+            confirms = _merge_ranges(self._confirms) if self._confirms else []
             progress = [
                 rpb.ReplicaProgress(
                     topic=t, channel=c, floor=f, finished=sorted(fins), deleted=d,
@@ -559,11 +692,16 @@ class Pair:
             deleted = self._deleted
             futures = self._futures
             self._appends, self._progress, self._deleted, self._futures = [], {}, [], []
-            await self._send(call, reader, appends, progress, deleted, futures)
+            self._confirms = []
+            if self._confirm_timer is not None:  # they ride on this batch
+                self._confirm_timer.cancel()
+                self._confirm_timer = None
+            await self._send(call, reader, appends, progress, deleted, futures, confirms)
 
     async def _send(self, call: Any, reader: asyncio.Task[None], appends: list[rpb.ReplicaAppend],
                     progress: list[rpb.ReplicaProgress], deleted: list[str],
-                    futures: list[asyncio.Future[None]]) -> None:
+                    futures: list[asyncio.Future[None]],
+                    confirms: list[rpb.ReplicaRange] | None = None) -> None:
         raise_hwm: list[st.Op] = []
         for a in appends:
             topic = self.broker.topics.get(a.topic)
@@ -579,7 +717,8 @@ class Pair:
         self._in_flight.append(pending)
         pending.count = sum(len(a.records) for a in appends)
         await call.write(rpb.ReplicateRequest(batch=rpb.ReplicaBatch(
-            batch_id=pending.batch_id, appends=appends, progress=progress, deleted_topics=deleted)))
+            batch_id=pending.batch_id, appends=appends, progress=progress, deleted_topics=deleted,
+            committed=confirms)))
 
     async def _read_acks(self, call: Any) -> None:
         while True:
@@ -633,6 +772,9 @@ class Pair:
             await self._reset_standby(h.node_id)
         await context.write(rpb.ReplicateResponse(welcome=rpb.ReplicaWelcome(
             node_id=self.broker.store_id, holdings=self.standby.holdings())))
+        # Whatever the last stream left unconfirmed is of unknown fate (the partner
+        # may have crashed before committing it): never count it as stored.
+        self.standby.forget_unconfirmed()
         self.partner_connected = True
         self.last_contact = time.monotonic()
         # On shutdown, end the partner's stream at once (it reconnects to us or
@@ -658,8 +800,9 @@ class Pair:
                     log.error("rejecting a replication batch from %s: %s", h.node_id, problem)
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad replication batch: {problem}")
                     return
-                ops = self.standby.apply_batch(req.batch)
+                ops, confirmed = self.standby.apply_batch(req.batch)
                 fut = self.broker.store.submit_many(ops) if ops else self.broker.store.barrier()
+                self.standby.confirm_after(fut, confirmed)
                 acks.put_nowait((req.batch.batch_id, fut))
                 if writer.done():
                     break
@@ -795,6 +938,7 @@ class Pair:
         ]
         await topic.append_owned(records, extra_ops=extra, finished_for=finished_for,
                                  states_for=states_for)
+        self.standby.forget_unconfirmed(sb.name, taken_over=True)  # owned (and indexed) here now
         sb.taken_upto = end
         sb.first_seq = end
         sb.next_seq = end  # the partner resends anything above from its log

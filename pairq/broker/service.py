@@ -122,6 +122,12 @@ class BrokerService:
         if pair is not None:
             pair.check_accepting()
         known = broker.store.known_ids(supplied)
+        if pair is not None and pair.standby.unconfirmed_ids:
+            # The partner's copy of these is still unconfirmed (pair.StandbyStore):
+            # stored only if the partner confirms its own commit.
+            maybe = [i for i in supplied if i not in known and i in pair.standby.unconfirmed_ids]
+            if maybe:
+                known |= await pair.standby.wait_confirmed(maybe, timeout=3 * pair.lease)
         pending = broker.pending_ids
         waits: list[asyncio.Future[int]] = []
         fresh: list[bytes] = []

@@ -75,23 +75,30 @@ class Topic:
         self.next_seq += n
         fut = self.broker.store.submit(("append", self.meta.id, seq0, records))
         assert fut is not None
-        # The outcome (fan-out, or a gap for a failed append) follows the commit
+        # The partner gets the records at once, in parallel with our commit (the
+        # pair's latency is then the slower of the two fsyncs, not their sum),
+        # marked uncommitted: it keeps them but does not count their ids as
+        # stored until we confirm our commit (pair.StandbyStore explains why:
+        # a crash or a failed commit here would otherwise leave an orphan copy
+        # that an idempotent retry to the partner took for a stored message).
+        #
+        # The outcome (fan-out, or a gap for a failed append) follows the commits
         # through callbacks, not the caller: a cancelled RPC must not turn a
         # committed record into a gap. Callbacks also spare a task and a loop
         # turn per publish.
-        #
-        # The partner gets the records only once they are committed here, so a
-        # standby copy always stands for a record its owner holds. (Sent in
-        # parallel, a crash between the partner's commit and ours left an orphan
-        # standby copy that an idempotent retry to the partner counted as stored,
-        # and that was then cleaned up when our floor passed the gap: lost.)
+        remote = pair.replicate(self.name, seq0, records, uncommitted=True) if pair is not None else None
         result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        local_ok: list[bool] = []  # set once the local commit is done
 
-        def on_remote(f: asyncio.Future[None]) -> None:
-            ok = not f.cancelled() and f.exception() is None  # (marks it retrieved)
+        def settle() -> None:
+            if not local_ok or (remote is not None and not remote.done()) or result.done():
+                return
+            if remote is None:
+                copies = 1
+            else:
+                copies = 2 if not remote.cancelled() and remote.exception() is None else 1
             self._complete(seq0, n, records)
-            if not result.done():
-                result.set_result(2 if ok else 1)
+            result.set_result(copies)
 
         def on_local(f: asyncio.Future[Any]) -> None:
             exc = BaseException("cancelled") if f.cancelled() else f.exception()
@@ -100,15 +107,19 @@ class Topic:
                 if not result.done():
                     result.set_exception(exc)
                 return
-            remote = pair.replicate(self.name, seq0, records) if pair is not None else None
-            if remote is None:
-                self._complete(seq0, n, records)
-                if not result.done():
-                    result.set_result(1)
-            else:
-                remote.add_done_callback(on_remote)
+            if remote is not None and pair is not None:
+                pair.committed(self.name, seq0, n)
+            local_ok.append(True)
+            settle()
+
+        def on_remote(f: asyncio.Future[None]) -> None:
+            if not f.cancelled():
+                f.exception()  # retrieved (settle reads the outcome)
+            settle()
 
         fut.add_done_callback(on_local)
+        if remote is not None:
+            remote.add_done_callback(on_remote)
         copies = await result
         if pair is not None and pair.min_copies >= 2 and copies < 2:
             # Stored here (and delivered), but not acknowledged: the producer

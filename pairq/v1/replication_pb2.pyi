@@ -7,14 +7,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ReplicaAppend(_message.Message):
-    __slots__ = ("topic", "first_seq", "records")
+    __slots__ = ("topic", "first_seq", "records", "uncommitted")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    UNCOMMITTED_FIELD_NUMBER: _ClassVar[int]
     topic: str
     first_seq: int
     records: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, topic: _Optional[str] = ..., first_seq: _Optional[int] = ..., records: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    uncommitted: bool
+    def __init__(self, topic: _Optional[str] = ..., first_seq: _Optional[int] = ..., records: _Optional[_Iterable[bytes]] = ..., uncommitted: _Optional[bool] = ...) -> None: ...
+
+class ReplicaRange(_message.Message):
+    __slots__ = ("topic", "first_seq", "count")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    first_seq: int
+    count: int
+    def __init__(self, topic: _Optional[str] = ..., first_seq: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ReplicaState(_message.Message):
     __slots__ = ("seq", "attempts", "due_ns", "cleared")
@@ -53,16 +65,18 @@ class ReplicaHello(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., pair: _Optional[str] = ...) -> None: ...
 
 class ReplicaBatch(_message.Message):
-    __slots__ = ("batch_id", "appends", "progress", "deleted_topics")
+    __slots__ = ("batch_id", "appends", "progress", "deleted_topics", "committed")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     APPENDS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     DELETED_TOPICS_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     appends: _containers.RepeatedCompositeFieldContainer[ReplicaAppend]
     progress: _containers.RepeatedCompositeFieldContainer[ReplicaProgress]
     deleted_topics: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, batch_id: _Optional[int] = ..., appends: _Optional[_Iterable[_Union[ReplicaAppend, _Mapping]]] = ..., progress: _Optional[_Iterable[_Union[ReplicaProgress, _Mapping]]] = ..., deleted_topics: _Optional[_Iterable[str]] = ...) -> None: ...
+    committed: _containers.RepeatedCompositeFieldContainer[ReplicaRange]
+    def __init__(self, batch_id: _Optional[int] = ..., appends: _Optional[_Iterable[_Union[ReplicaAppend, _Mapping]]] = ..., progress: _Optional[_Iterable[_Union[ReplicaProgress, _Mapping]]] = ..., deleted_topics: _Optional[_Iterable[str]] = ..., committed: _Optional[_Iterable[_Union[ReplicaRange, _Mapping]]] = ...) -> None: ...
 
 class ReplicateRequest(_message.Message):
     __slots__ = ("hello", "batch")

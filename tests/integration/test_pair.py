@@ -387,3 +387,70 @@ async def test_garbage_replication_input_is_rejected_and_nothing_is_stored(tmp_p
                 assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert b.pair.standby.count() == before
         assert all("\0" not in t for t in b.pair.standby.topics)
+
+
+async def test_uncommitted_copies_count_as_stored_only_once_the_owner_confirms(tmp_path: Path) -> None:
+    """Live publishes reach the partner in parallel with the owner's own commit. A
+    copy the owner never confirmed (it crashed first) must not make a retry of that
+    id look stored on the partner; a confirmed one must (stored once per pair)."""
+    from pairq.broker import wire
+    from pairq.v1 import replication_pb2 as rpb
+    from pairq.v1 import replication_pb2_grpc as rpbg
+
+    async with run_pair(tmp_path) as (_a, b):
+        assert b.pair is not None
+        standby = b.pair.standby
+        stub = rpbg.ReplicationServiceStub(grpc.aio.insecure_channel(b.address))
+        pub = pbg.BrokerServiceStub(grpc.aio.insecure_channel(b.address))
+
+        async def owner_stream() -> grpc.aio.StreamStreamCall:
+            # Speaks for B's partner (same node id) about topics the real one never uses.
+            call = stub.Replicate()
+            await call.write(rpb.ReplicateRequest(hello=rpb.ReplicaHello(node_id=standby.partner_id, pair="p1")))
+            assert (await call.read()).WhichOneof("kind") == "welcome"
+            return call
+
+        async def send(call: grpc.aio.StreamStreamCall, batch: rpb.ReplicaBatch) -> None:
+            await call.write(rpb.ReplicateRequest(batch=batch))
+            while True:
+                r = await asyncio.wait_for(call.read(), 5)
+                if r.WhichOneof("kind") == "ack" and r.ack.batch_id >= batch.batch_id:
+                    return
+
+        def append(topic: str, seq: int, mid: bytes) -> rpb.ReplicaAppend:
+            rec = wire.encode_record(mid, b"body", time.time_ns())
+            return rpb.ReplicaAppend(topic=topic, first_seq=seq, records=[rec], uncommitted=True)
+
+        # 1. An orphan: sent uncommitted, then the owner "crashed" (a new stream).
+        orphan = os.urandom(16)
+        call = await owner_stream()
+        await send(call, rpb.ReplicaBatch(batch_id=1, appends=[append("orph", 0, orphan)]))
+        assert orphan in standby.unconfirmed_ids and standby.count() >= 1
+        call.cancel()
+        call = await owner_stream()
+        assert orphan not in standby.unconfirmed_ids
+        r = await pub.Publish(pb.PublishRequest(topic="orph", message=pb.PublishItem(id=orphan, body=b"retry")))
+        assert r.copies == 2
+        assert b.topics["orph"].message_count == 1  # stored afresh, as B's own
+
+        # 2. Confirmed: a retry on the partner is recognised (stored once per pair).
+        done = os.urandom(16)
+        await send(call, rpb.ReplicaBatch(batch_id=1, appends=[append("conf", 0, done)]))
+        await send(call, rpb.ReplicaBatch(batch_id=2, committed=[rpb.ReplicaRange(topic="conf", first_seq=0, count=1)]))
+        assert done not in standby.unconfirmed_ids
+        r = await pub.Publish(pb.PublishRequest(topic="conf", message=pb.PublishItem(id=done, body=b"retry")))
+        assert r.id == done and r.copies == 2
+        assert "conf" not in b.topics or b.topics["conf"].message_count == 0
+
+        # 3. A retry that arrives before the confirmation waits for it.
+        late = os.urandom(16)
+        await send(call, rpb.ReplicaBatch(batch_id=3, appends=[append("wait", 0, late)]))
+        retry = asyncio.ensure_future(
+            pub.Publish(pb.PublishRequest(topic="wait", message=pb.PublishItem(id=late, body=b"retry"))))
+        await eventually(lambda: late in standby._waiters)
+        assert not retry.done()
+        await send(call, rpb.ReplicaBatch(batch_id=4, committed=[rpb.ReplicaRange(topic="wait", first_seq=0, count=1)]))
+        r = await asyncio.wait_for(retry, 5)
+        assert r.copies == 2
+        assert "wait" not in b.topics or b.topics["wait"].message_count == 0
+        call.cancel()

@@ -1,0 +1,94 @@
+"""StandbyStore's bookkeeping of copies the owner has not confirmed yet (real LMDB)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from pairq.broker import store as st
+from pairq.broker import wire
+from pairq.broker.pair import StandbyStore, validate_batch
+from pairq.v1 import replication_pb2 as rpb
+
+
+def _batch(topic: str, seq: int, ids: list[bytes], *, uncommitted: bool = True, **kw: object) -> rpb.ReplicaBatch:
+    recs = [wire.encode_record(i, b"body", time.time_ns()) for i in ids]
+    return rpb.ReplicaBatch(
+        batch_id=1, appends=[rpb.ReplicaAppend(topic=topic, first_seq=seq, records=recs, uncommitted=uncommitted)],
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_uncommitted_ids_are_indexed_only_when_confirmed(tmp_path: Path) -> None:
+    store = st.Store(tmp_path)
+    store.open()
+    store.start(asyncio.get_running_loop())
+    try:
+        sb = StandbyStore(store)
+        ids = [os.urandom(16) for _ in range(3)]
+        ops, confirmed = sb.apply_batch(_batch("t", 10, ids))
+        assert confirmed == [] and ops[0][0] == "sb_append" and ops[0][4] is False
+        await store.submit_many(ops)
+        assert store.known_ids(ids) == set()
+        assert sb.unconfirmed_ids == set(ids)
+        # Confirming two of them indexes exactly those, once their batch commits.
+        ops, confirmed = sb.apply_batch(rpb.ReplicaBatch(
+            batch_id=2, committed=[rpb.ReplicaRange(topic="t", first_seq=10, count=2)]))
+        assert confirmed == ids[:2]
+        waiter = asyncio.ensure_future(sb.wait_confirmed(ids[:2], timeout=5))
+        await asyncio.sleep(0)
+        fut = store.submit_many(ops)
+        sb.confirm_after(fut, confirmed)
+        assert await waiter == set(ids[:2])
+        assert store.known_ids(ids) == set(ids[:2])
+        assert sb.unconfirmed_ids == {ids[2]}
+        # Committed appends (catch-up) are indexed at once.
+        done = [os.urandom(16)]
+        ops, _ = sb.apply_batch(_batch("t", 13, done, uncommitted=False))
+        await store.submit_many(ops)
+        assert store.known_ids(done) == set(done)
+    finally:
+        store.close()
+
+
+async def test_unconfirmed_fates_new_stream_floor_takeover_timeout(tmp_path: Path) -> None:
+    store = st.Store(tmp_path)
+    store.open()
+    store.start(asyncio.get_running_loop())
+    try:
+        sb = StandbyStore(store)
+        a, b, c, d = (os.urandom(16) for _ in range(4))
+        sb.apply_batch(_batch("t", 0, [a, b]))
+        sb.apply_batch(_batch("u", 0, [c]))
+        sb.apply_batch(_batch("v", 0, [d]))
+        # The owner's floor passed seq 0 of "t" without confirming it: its commit failed.
+        w = asyncio.ensure_future(sb.wait_confirmed([a, b], timeout=5))
+        await asyncio.sleep(0)
+        sb.apply_batch(rpb.ReplicaBatch(batch_id=2, progress=[rpb.ReplicaProgress(topic="t", channel="c", floor=1)]))
+        assert a not in sb.unconfirmed_ids and b in sb.unconfirmed_ids
+        # Taken over: owned here now, so "stored".
+        w2 = asyncio.ensure_future(sb.wait_confirmed([c], timeout=5))
+        await asyncio.sleep(0)
+        sb.forget_unconfirmed("u", taken_over=True)
+        assert await w2 == {c}
+        # A new stream: unknown fate, so "not stored" (a retry is stored afresh).
+        sb.forget_unconfirmed()
+        assert await w == set()
+        assert sb.unconfirmed_ids == set()
+        # Nobody confirms: the wait ends at its timeout with nothing stored.
+        sb.apply_batch(_batch("v", 1, [d]))
+        t0 = time.monotonic()
+        assert await sb.wait_confirmed([d], timeout=0.05) == set()
+        assert time.monotonic() - t0 < 2
+        assert sb._waiters == {}
+    finally:
+        store.close()
+
+
+def test_committed_ranges_are_validated() -> None:
+    ok = rpb.ReplicaBatch(committed=[rpb.ReplicaRange(topic="t", first_seq=5, count=10)])
+    assert validate_batch(ok, 1024) == ""
+    assert "topic" in validate_batch(rpb.ReplicaBatch(committed=[rpb.ReplicaRange(topic="a\0b", count=1)]), 1024)
+    assert validate_batch(rpb.ReplicaBatch(committed=[rpb.ReplicaRange(topic="t", count=10**6)]), 1024)
