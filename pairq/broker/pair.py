@@ -109,7 +109,9 @@ class StandbyStore:
         self.store = store
         self.partner_id = ""
         self.topics: dict[str, StandbyTopic] = {}
-        self.unconfirmed: dict[str, dict[int, bytes]] = {}  # topic -> seq -> id
+        # topic -> first seq of a run of unconfirmed copies -> their ids (runs, not
+        # single seqs: the bookkeeping costs a few C-level set operations per batch)
+        self.unconfirmed: dict[str, dict[int, list[bytes]]] = {}
         self.unconfirmed_ids: set[bytes] = set()
         self._waiters: dict[bytes, list[asyncio.Future[bool]]] = {}
 
@@ -171,11 +173,31 @@ class StandbyStore:
 
     # ------------------------------------------------------------ unconfirmed copies
     def _resolve(self, ids: list[bytes], stored: bool) -> None:
-        for i in ids:
-            self.unconfirmed_ids.discard(i)
-            for f in self._waiters.pop(i, ()):
-                if not f.done():
-                    f.set_result(stored)
+        self.unconfirmed_ids.difference_update(ids)
+        if self._waiters:
+            for i in ids:
+                for f in self._waiters.pop(i, ()):
+                    if not f.done():
+                        f.set_result(stored)
+
+    def _cut(self, topic: str, lo: int, hi: int) -> list[bytes]:
+        """Remove and return the ids of unconfirmed seqs in [lo, hi) of ``topic``."""
+        runs = self.unconfirmed.get(topic)
+        if not runs:
+            return []
+        out: list[bytes] = []
+        for start in [q for q, ids in runs.items() if q < hi and q + len(ids) > lo]:
+            ids = runs.pop(start)
+            a = max(lo, start) - start
+            b = min(hi, start + len(ids)) - start
+            out += ids[a:b]
+            if a > 0:
+                runs[start] = ids[:a]
+            if b < len(ids):
+                runs[start + b] = ids[b:]
+        if not runs:
+            del self.unconfirmed[topic]
+        return out
 
     def confirm_after(self, fut: asyncio.Future[Any], ids: list[bytes]) -> None:
         """Tell waiters these ids are stored once ``fut`` (their batch's commit) is done."""
@@ -189,9 +211,9 @@ class StandbyStore:
         they are owned here (waiters hear "stored")."""
         names = [topic] if topic is not None else list(self.unconfirmed)
         for name in names:
-            m = self.unconfirmed.pop(name, None)
-            if m:
-                self._resolve(list(m.values()), taken_over)
+            runs = self.unconfirmed.pop(name, None)
+            if runs:
+                self._resolve([i for ids in runs.values() for i in ids], taken_over)
 
     async def wait_confirmed(self, ids: list[bytes], timeout: float) -> set[bytes]:
         """Of ``ids`` (unconfirmed standby copies), those confirmed within ``timeout``."""
@@ -238,23 +260,15 @@ class StandbyStore:
                 continue
             ops.append(("sb_append", a.topic, first, recs, not a.uncommitted))
             if a.uncommitted:
-                m = self.unconfirmed.setdefault(a.topic, {})
-                for seq, rec in enumerate(recs, first):
-                    i = rec[:16]
-                    m[seq] = i
-                    self.unconfirmed_ids.add(i)
+                ids = [rec[:16] for rec in recs]
+                self.unconfirmed.setdefault(a.topic, {})[first] = ids
+                self.unconfirmed_ids.update(ids)
             if t.next_seq <= t.first_seq and first > t.next_seq:
                 t.first_seq = first
             t.next_seq = max(t.next_seq, first + len(recs))
         confirmed: list[bytes] = []
         for r in batch.committed:
-            waiting = self.unconfirmed.get(r.topic)
-            if not waiting:
-                continue
-            for seq in range(r.first_seq, r.first_seq + r.count):
-                got = waiting.pop(seq, None)
-                if got is not None:
-                    confirmed.append(got)
+            confirmed += self._cut(r.topic, r.first_seq, r.first_seq + r.count)
         if confirmed:
             ops.append(("index_ids", confirmed))
         for p in batch.progress:
@@ -292,11 +306,9 @@ class StandbyStore:
                         c.fins.add(seq)
                         ops.append(("put", st.SB_FINS, st.sb_fin_key(p.topic, p.channel, seq), b""))
             low = t.min_floor()
-            pend = self.unconfirmed.get(p.topic)
-            if pend and low is not None:
+            if low is not None and p.topic in self.unconfirmed:
                 # Below the partner's floor: never confirmed means its commit failed.
-                orphans = [seq for seq in pend if seq < low]
-                self._resolve([pend.pop(seq) for seq in orphans], False)
+                self._resolve(self._cut(p.topic, 0, low), False)
             if low is not None and low > t.first_seq:
                 ops.append(("range_del", st.SB_MSGS, st.sb_msg_key(p.topic, t.first_seq),
                             st.sb_msg_key(p.topic, low)))

@@ -92,3 +92,21 @@ def test_committed_ranges_are_validated() -> None:
     assert validate_batch(ok, 1024) == ""
     assert "topic" in validate_batch(rpb.ReplicaBatch(committed=[rpb.ReplicaRange(topic="a\0b", count=1)]), 1024)
     assert validate_batch(rpb.ReplicaBatch(committed=[rpb.ReplicaRange(topic="t", count=10**6)]), 1024)
+
+
+def test_confirmations_and_floors_split_runs_of_unconfirmed_copies(tmp_path: Path) -> None:
+    sb = StandbyStore(st.Store(tmp_path))
+    ids = [os.urandom(16) for _ in range(5)]  # seqs 10..14
+    sb.apply_batch(_batch("t", 10, ids))
+    _, confirmed = sb.apply_batch(rpb.ReplicaBatch(
+        batch_id=2, committed=[rpb.ReplicaRange(topic="t", first_seq=11, count=2)]))
+    assert confirmed == ids[1:3]
+    sb._resolve(confirmed, True)
+    assert sb.unconfirmed_ids == {ids[0], ids[3], ids[4]}
+    assert sb.unconfirmed["t"] == {10: [ids[0]], 13: ids[3:]}
+    # The owner's floor passed 10 and 13 unconfirmed: those commits failed.
+    sb.apply_batch(rpb.ReplicaBatch(batch_id=3, progress=[rpb.ReplicaProgress(topic="t", channel="c", floor=14)]))
+    assert sb.unconfirmed_ids == {ids[4]} and sb.unconfirmed["t"] == {14: [ids[4]]}
+    _, confirmed = sb.apply_batch(rpb.ReplicaBatch(
+        batch_id=4, committed=[rpb.ReplicaRange(topic="t", first_seq=0, count=100)]))
+    assert confirmed == [ids[4]] and "t" not in sb.unconfirmed
