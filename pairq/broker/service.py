@@ -103,18 +103,21 @@ class BrokerService:
 
     # ------------------------------------------------------------ publish
     async def _publish(self, topic_name: str, items: list[tuple[bytes, bytes, bool]],
-                       traced: list[tuple[bytes, str]] | None = None) -> int:
+                       traced: list[tuple[bytes, str]] | None = None, *, new_ids: bool = False) -> int:
         """Store (id, record, producer-supplied) items, skipping ids already stored
         within the idempotency window; returns the copies.
 
         ``traced``: (id, traceparent) of messages carrying W3C trace context; with
         tracing on, each gets a ``pairq publish`` span in its producer's trace,
-        covering the durable store (and the partner's copy)."""
+        covering the durable store (and the partner's copy).
+
+        ``new_ids``: the client vouches that every id is new (PublishStreamRequest.new_ids),
+        so the idempotency lookup is skipped; the ids are recorded all the same."""
         if traced and self.broker.tracer is not None:
             return await self._publish_traced(topic_name, items, traced)
         broker = self.broker
         topic = broker.topics.get(topic_name) or await broker.get_topic(topic_name)
-        supplied = [i for i, _, s in items if s]
+        supplied = [] if new_ids else [i for i, _, s in items if s]
         if not supplied or topic.ephemeral or not self.opts.idempotency_window_s:
             _, copies = await topic.publish([r for _, r, _ in items])
             return copies
@@ -223,7 +226,7 @@ class BrokerService:
 
         return await self._call(context, run)  # type: ignore[no-any-return]
 
-    async def _publish_items(self, topic: str, messages: Any) -> tuple[list[bytes], int]:
+    async def _publish_items(self, topic: str, messages: Any, *, new_ids: bool = False) -> tuple[list[bytes], int]:
         """Validate and store one batch (PublishBatch or one PublishStream request):
         returns (ids in request order, copies)."""
         self.broker.check_accepting()
@@ -255,7 +258,7 @@ class BrokerService:
                 tp = item.headers.get(TRACEPARENT)
                 if tp:
                     traced.append((i, tp))
-        copies = await self._publish(topic, items, traced or None)
+        copies = await self._publish(topic, items, traced or None, new_ids=new_ids)
         return [i for i, _, _ in items], copies
 
     async def PublishBatch(self, request: pb.PublishBatchRequest, context: Any) -> pb.PublishBatchResponse:
@@ -652,7 +655,7 @@ class PublishStream:
     async def _serve(self, req: pb.PublishStreamRequest) -> None:
         rid = req.request_id
         try:
-            ids, copies = await self.service._publish_items(req.topic, req.messages)
+            ids, copies = await self.service._publish_items(req.topic, req.messages, new_ids=req.new_ids)
             resp = pb.PublishStreamResponse(request_id=rid, ids=ids, copies=copies)
         except PairqError as exc:
             resp = pb.PublishStreamResponse(

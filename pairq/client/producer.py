@@ -201,6 +201,9 @@ class Producer:
         self._ids = IdGenerator()
         self._topics: dict[str, _Topic] = {}
         self._senders: set[asyncio.Task[None]] = set()
+        # Futures of pending units whose ids the caller chose: a request carrying
+        # one of them cannot claim new_ids (the broker must look them up).
+        self._supplied: set[asyncio.Future[Any]] = set()
         self._closed = False
         self.rpc_count = 0
         """Batch and unary publish RPC attempts made (for tests and metrics)."""
@@ -346,9 +349,11 @@ class Producer:
             headers = inject(headers)
         if headers or defer_ms or id is not None:
             size += self._check_extras(headers, defer_ms, id)
+        fut: asyncio.Future[PublishAck] = asyncio.get_running_loop().create_future()
         if id is None:
             id = self._ids.next()
-        fut: asyncio.Future[PublishAck] = asyncio.get_running_loop().create_future()
+        else:
+            self._mark_supplied(fut)
         t.pending.append((id, body, headers, defer_ms, fut, size))
         t.pending_msgs += 1
         t.pending_bytes += size
@@ -407,6 +412,8 @@ class Producer:
         loop = asyncio.get_running_loop()
         if n <= self._max_batch_size and total <= self._max_batch_bytes:
             fut: asyncio.Future[list[PublishAck]] = loop.create_future()
+            if ids is not None:
+                self._mark_supplied(fut)
             self._enqueue(t, (id_list, body_list, headers, defer_ms, fut, total), n)
             return await fut
         # Too big for one RPC: queue the parts in order, each after the last is stored.
@@ -421,11 +428,17 @@ class Producer:
             )
             end = start + k
             fut = loop.create_future()
+            if ids is not None:
+                self._mark_supplied(fut)
             part = (id_list[start:end], body_list[start:end], headers, defer_ms, fut)
             self._enqueue(t, (*part, sum(sizes[start:end])), k)
             acks += await fut
             start = end
         return acks
+
+    def _mark_supplied(self, fut: asyncio.Future[Any]) -> None:
+        self._supplied.add(fut)
+        fut.add_done_callback(self._supplied.discard)
 
     def _enqueue(self, t: _Topic, part: _Part, n: int) -> None:
         t.pending.append(part)
@@ -475,8 +488,13 @@ class Producer:
         finally:
             t.inflight -= 1
 
-    async def _send_batch(self, topic: str, batch: list[_Unit]) -> None:
-        req = broker_pb2.PublishStreamRequest(topic=topic)
+    async def _send_batch(self, topic: str, batch: list[_Unit], *, first: bool = True) -> None:
+        # Ids this producer made and sends for the first time need no idempotency
+        # lookup on the broker (PublishStreamRequest.new_ids); retries and
+        # caller-chosen ids do.
+        supplied = self._supplied
+        new_ids = first and not (supplied and any(p[4] in supplied for p in batch))
+        req = broker_pb2.PublishStreamRequest(topic=topic, new_ids=new_ids)
         add = req.messages.add
         n = 0
         for mid, body, headers, defer_ms, _, _ in batch:
@@ -504,7 +522,8 @@ class Producer:
                 # them (also recovers when the broker's --max-batch is below ours).
                 half = len(batch) // 2
                 await asyncio.gather(
-                    self._send_batch(topic, batch[:half]), self._send_batch(topic, batch[half:])
+                    self._send_batch(topic, batch[:half], first=False),
+                    self._send_batch(topic, batch[half:], first=False),
                 )
             return
         except BaseException as err:
@@ -550,6 +569,8 @@ class Producer:
                 index = route.current % n
                 conn = route.conns[index]
                 self.rpc_count += 1
+                if attempt:
+                    request.new_ids = False  # an earlier attempt may have been stored
                 try:
                     return await conn.publish(request, self._rpc_timeout)
                 except PairqError as exc:

@@ -123,14 +123,16 @@ class PublishBatchResponse(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[bytes]] = ..., copies: _Optional[int] = ...) -> None: ...
 
 class PublishStreamRequest(_message.Message):
-    __slots__ = ("request_id", "topic", "messages")
+    __slots__ = ("request_id", "topic", "messages", "new_ids")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    NEW_IDS_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     topic: str
     messages: _containers.RepeatedCompositeFieldContainer[PublishItem]
-    def __init__(self, request_id: _Optional[int] = ..., topic: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[PublishItem, _Mapping]]] = ...) -> None: ...
+    new_ids: bool
+    def __init__(self, request_id: _Optional[int] = ..., topic: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[PublishItem, _Mapping]]] = ..., new_ids: _Optional[bool] = ...) -> None: ...
 
 class PublishError(_message.Message):
     __slots__ = ("code", "message")

@@ -57,6 +57,7 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):  # type: ignore[misc]
         self.heartbeat_interval_ms = 0
         self.reject_body = b"\x00reject"
         self.streams = True  # False: answer PublishStream UNIMPLEMENTED (an older broker)
+        self.new_ids: list[bool] = []  # PublishStreamRequest.new_ids of each request
 
     def _channel(self, topic: str, channel: str) -> _Channel:
         ch = self.channels.get((topic, channel))
@@ -122,6 +123,7 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):  # type: ignore[misc]
         async for req in request_iterator:
             self.calls["PublishBatch"] += 1
             self.batch_sizes.append(len(req.messages))
+            self.new_ids.append(req.new_ids)
             await self._maybe_fail(context, [m.id for m in req.messages])
             if any(not m.body or m.body == self.reject_body for m in req.messages):
                 yield pb.PublishStreamResponse(request_id=req.request_id, error=pb.PublishError(

@@ -315,3 +315,16 @@ async def test_a_bad_request_on_the_stream_fails_alone() -> None:
         ack = await p.publish("t", b"fine")  # the stream survived the error
         assert ack.copies == 1
         assert fake.broker.calls["PublishStream"] == 1
+
+
+async def test_new_ids_is_claimed_only_for_first_attempts_of_our_own_ids() -> None:
+    async with run_fake_broker() as fake, Producer([fake.address], retry_backoff=0.01) as p:
+        await p.publish("t", b"ours")
+        await p.publish_batch("t", [b"a", b"b"])
+        await p.publish("t", b"chosen", id=b"\x01" * 16)
+        await p.publish_batch("t", [b"c"], ids=[b"\x02" * 16])
+        assert fake.broker.new_ids == [True, True, False, False]
+        fake.broker.fail_next = 1  # the first attempt fails: the retry must not claim new ids
+        await p.publish("t", b"retried")
+        assert fake.broker.new_ids[-1] is False
+        assert p._supplied == set()  # nothing left behind
