@@ -148,10 +148,10 @@ class Pair:
         return time.perf_counter() - t0
 
     def stop(self) -> None:
-        """SIGKILL both (their data is thrown away): a SIGTERM'd paired broker takes its
-        whole ``--shutdown-grace-s`` (10 s) to exit, see benchmarks/README.md."""
+        """SIGKILL both and delete their data (every measurement starts on a fresh disk state)."""
         for bp in (self.a, self.b):
             bp.kill()
+            shutil.rmtree(bp.data_dir, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager

@@ -43,6 +43,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -180,6 +181,9 @@ def broker_process(tmp: Path, name: str) -> Iterator[BrokerProcess]:
             bp.terminate(timeout=15)
         except subprocess.TimeoutExpired:
             bp.kill()
+        # Each measurement starts on a fresh disk state: drop this one's data now
+        # rather than letting every run's LMDB files pile up until the end.
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -226,9 +226,10 @@ class BrokerService:
 
         return await self._call(context, run)  # type: ignore[no-any-return]
 
-    async def _publish_items(self, topic: str, messages: Any, *, new_ids: bool = False) -> tuple[list[bytes], int]:
+    async def _publish_items(self, topic: str, messages: Any, *,
+                             new_ids: bool = False) -> tuple[list[bytes], int, bool]:
         """Validate and store one batch (PublishBatch or one PublishStream request):
-        returns (ids in request order, copies)."""
+        returns (ids in request order, copies, whether every message carried its id)."""
         self.broker.check_accepting()
         check_topic(topic)
         n = len(messages)
@@ -245,6 +246,7 @@ class BrokerService:
         max_size = self.opts.max_msg_size
         traced: list[tuple[bytes, str]] = []
         tracing = self.broker.tracer is not None
+        all_supplied = True
         for item in messages:
             body = item.body
             i = item.id
@@ -253,17 +255,19 @@ class BrokerService:
                 items.append((i, plain(i, body, ts_field), True))
                 continue
             i, r = make(item, now_ns, ts_field)
-            items.append((i, r, bool(item.id)))
+            supplied = bool(item.id)
+            all_supplied = all_supplied and supplied
+            items.append((i, r, supplied))
             if tracing and item.headers:
                 tp = item.headers.get(TRACEPARENT)
                 if tp:
                     traced.append((i, tp))
         copies = await self._publish(topic, items, traced or None, new_ids=new_ids)
-        return [i for i, _, _ in items], copies
+        return [i for i, _, _ in items], copies, all_supplied
 
     async def PublishBatch(self, request: pb.PublishBatchRequest, context: Any) -> pb.PublishBatchResponse:
         async def run() -> pb.PublishBatchResponse:
-            ids, copies = await self._publish_items(request.topic, request.messages)
+            ids, copies, _ = await self._publish_items(request.topic, request.messages)
             return pb.PublishBatchResponse(ids=ids, copies=copies)
 
         return await self._call(context, run)  # type: ignore[no-any-return]
@@ -655,8 +659,10 @@ class PublishStream:
     async def _serve(self, req: pb.PublishStreamRequest) -> None:
         rid = req.request_id
         try:
-            ids, copies = await self.service._publish_items(req.topic, req.messages, new_ids=req.new_ids)
-            resp = pb.PublishStreamResponse(request_id=rid, ids=ids, copies=copies)
+            ids, copies, all_supplied = await self.service._publish_items(
+                req.topic, req.messages, new_ids=req.new_ids)
+            resp = (pb.PublishStreamResponse(request_id=rid, copies=copies) if all_supplied
+                    else pb.PublishStreamResponse(request_id=rid, ids=ids, copies=copies))
         except PairqError as exc:
             resp = pb.PublishStreamResponse(
                 request_id=rid, error=pb.PublishError(code=cast(Any, exc.code), message=exc.message))

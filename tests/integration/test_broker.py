@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 
@@ -480,8 +481,10 @@ async def test_publish_stream_answers_each_request_and_survives_bad_ones(tmp_pat
     async with run_broker(tmp_path) as b:
         ch = grpc.aio.insecure_channel(b.address)
         call = pbg.BrokerServiceStub(ch).PublishStream()
+        own = os.urandom(16)
         reqs = [
             pb.PublishStreamRequest(request_id=1, topic="t", messages=[pb.PublishItem(body=b"a"), pb.PublishItem(body=b"b")]),
+            pb.PublishStreamRequest(request_id=5, topic="t", messages=[pb.PublishItem(id=own, body=b"d")]),
             pb.PublishStreamRequest(request_id=2, topic="bad topic!", messages=[pb.PublishItem(body=b"x")]),
             pb.PublishStreamRequest(request_id=3, topic="t", messages=[]),
             pb.PublishStreamRequest(request_id=4, topic="t", messages=[pb.PublishItem(body=b"c")]),
@@ -496,8 +499,9 @@ async def test_publish_stream_answers_each_request_and_survives_bad_ones(tmp_pat
         assert answers[2].error.code == pb.ERROR_CODE_BAD_TOPIC and "topic" in answers[2].error.message
         assert answers[3].error.code == pb.ERROR_CODE_BAD_BATCH and not answers[3].ids
         assert len(answers[4].ids) == 1
+        assert answers[5].copies == 1 and not answers[5].ids  # the client knows its own ids
         st = await pbg.BrokerServiceStub(ch).GetStats(pb.GetStatsRequest(topic="t"))
-        assert st.topics[0].message_count == 3
+        assert st.topics[0].message_count == 4
         # Shutdown ends the stream cleanly (and promptly: the grace is not waited out).
         t0 = time.monotonic()
         await b.stop(grace=10)
