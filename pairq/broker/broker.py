@@ -134,6 +134,7 @@ class Broker:
             self.metrics = start_metrics(self.options.metrics_address, self)
         self._accepting = True
         if self.pair is not None:
+            await self.pair.start_tcp()
             self.pair.start()
         if self.options.gossip_address:
             self.membership = Membership(self)

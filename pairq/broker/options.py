@@ -55,6 +55,7 @@ class BrokerOptions:
     min_copies: int = _o(2, "durable copies needed to acknowledge a publish in a pair: 2 = both brokers (partner down: UNAVAILABLE), 1 = accept alone and catch the partner up later")
     lease_ms: int = _o(800, "delivery lease: an owner delivers only while its partner acknowledged it this recently; the partner takes over after the lease lapses")
     heartbeat_ms: int = _o(100, "replication heartbeat interval inside a pair (renews the lease)")
+    replication_address: str = _o("auto", "where this broker takes its partner's plain TCP replication link (offered during the gRPC handshake; much cheaper than the gRPC stream): auto = the --address host on a free port, HOST:PORT (e.g. for a firewall rule), or off = replicate over the gRPC stream only")
 
     # --- lookup ---
     lookup: tuple[str, ...] = _o((), "gRPC address HOST:PORT of a lookup to register with (empty: none)", kind="tuple", metavar="HOST:PORT")
@@ -80,6 +81,8 @@ class BrokerOptions:
             parse_hostport(self.partner, what="--partner")
         if self.gossip_address:
             parse_hostport(self.gossip_address, what="--gossip-address")
+        if self.replication_address not in ("auto", "off"):
+            parse_hostport(self.replication_address, what="--replication-address (or auto, off)")
         for j in self.join:
             parse_hostport(j, what="--join")
         for lk in self.lookup:

@@ -31,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -41,7 +43,9 @@ import grpc
 from pairq import grpcopts
 from pairq.broker import store as st
 from pairq.broker import wire
+from pairq.broker.link import TOKEN_BYTES, FramedLink, LinkError, read_token
 from pairq.errors import PairqError, UnavailableError
+from pairq.options import parse_hostport
 from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import replication_pb2 as rpb
 from pairq.v1 import replication_pb2_grpc as rpbg
@@ -396,6 +400,13 @@ def _merge_ranges(ranges: list[tuple[str, int, int]]) -> list[rpb.ReplicaRange]:
     return [rpb.ReplicaRange(topic=t, first_seq=q, count=n) for t, q, n in out]
 
 
+async def _end(context: Any, link: Any, code: grpc.StatusCode, message: str) -> None:
+    """End an inbound session: close the TCP link (if any), then abort the stream."""
+    if isinstance(link, FramedLink):
+        link.close()
+    await context.abort(code, message)
+
+
 # --------------------------------------------------------------------------- outbound
 @dataclass
 class _Pending:
@@ -424,6 +435,10 @@ class Pair:
         self._appends: list[tuple[str, int, list[bytes], bool]] = []  # (topic, seq, records, uncommitted)
         self._confirms: list[tuple[str, int, int]] = []  # committed here since sent uncommitted
         self._confirm_timer: asyncio.TimerHandle | None = None
+        self._link: Any = None  # the outbound session's gRPC call or FramedLink
+        self._tcp_server: asyncio.Server | None = None
+        self._tcp_port = 0
+        self._tcp_waiters: dict[bytes, asyncio.Future[FramedLink]] = {}
         # (topic, channel) -> (floor, finished above it, deleted, requeue states (None: cleared))
         self._progress: dict[tuple[str, str], tuple[int, set[int], bool, dict[int, tuple[int, int] | None]]] = {}
         self._deleted: list[str] = []
@@ -468,6 +483,9 @@ class Pair:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._fail_pending(UnavailableError("broker is shutting down"))
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+            self._tcp_server = None
 
     # ------------------------------------------------------------ delivery fence
     def may_deliver(self) -> bool:
@@ -572,15 +590,17 @@ class Pair:
                 stub = rpbg.ReplicationServiceStub(channel)
                 call = stub.Replicate()
                 await call.write(rpb.ReplicateRequest(
-                    hello=rpb.ReplicaHello(node_id=self.broker.store_id, pair=self.name)))
+                    hello=rpb.ReplicaHello(node_id=self.broker.store_id, pair=self.name, tcp=True)))
                 resp = await asyncio.wait_for(call.read(), timeout=max(2.0, 3 * self.lease))
                 if resp is grpc.aio.EOF or resp.WhichOneof("kind") != "welcome":
                     raise ConnectionError("partner did not welcome us")
-                await self._on_welcome(call, resp.welcome)
+                link = await self._open_tcp_link(resp.welcome) or call
+                self._link = link
+                await self._on_welcome(link, resp.welcome)
                 backoff = 0.05
-                reader = asyncio.create_task(self._read_acks(call))
+                reader = asyncio.create_task(self._read_acks(link))
                 try:
-                    await self._send_loop(call, reader)
+                    await self._send_loop(link, reader)
                 finally:
                     reader.cancel()
                     await asyncio.gather(reader, return_exceptions=True)
@@ -599,11 +619,32 @@ class Pair:
                 self._window = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
                 if was:
                     log.info("partner %s disconnected", self.partner_address)
+                if isinstance(self._link, FramedLink):
+                    self._link.close()
+                self._link = None
                 with contextlib.suppress(Exception):
                     await channel.close(grace=None)
             if self._running:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 0.5)
+
+    async def _open_tcp_link(self, welcome: rpb.ReplicaWelcome) -> FramedLink | None:
+        """Switch to the partner's plain TCP link if it offered one (None: stay on gRPC)."""
+        if not welcome.tcp_port or len(welcome.tcp_token) != TOKEN_BYTES:
+            return None
+        host, _ = parse_hostport(self.partner_address)
+        try:
+            r, w = await asyncio.wait_for(asyncio.open_connection(host, welcome.tcp_port), 2.0)
+        except (OSError, TimeoutError) as exc:
+            log.warning("cannot open the TCP replication link to %s:%d (%s); replicating over gRPC",
+                        host, welcome.tcp_port, exc)
+            return None
+        with contextlib.suppress(Exception):
+            w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        link = FramedLink(r, w, rpb.ReplicateResponse.FromString,
+                          grpcopts.frame_limit(self.broker.options.max_msg_size))
+        await link.write_raw(welcome.tcp_token)
+        return link
 
     async def _on_welcome(self, call: Any, welcome: rpb.ReplicaWelcome) -> None:
         """Reconcile with the partner's holdings, then catch it up from our log."""
@@ -782,24 +823,59 @@ class Pair:
             await self._reset_standby(h.node_id)
         elif not self.standby.partner_id:
             await self._reset_standby(h.node_id)
+        token = b""
+        tcp_fut: asyncio.Future[FramedLink] | None = None
+        if h.tcp and self._tcp_server is not None:
+            token = os.urandom(TOKEN_BYTES)
+            tcp_fut = asyncio.get_running_loop().create_future()
+            self._tcp_waiters[token] = tcp_fut
         await context.write(rpb.ReplicateResponse(welcome=rpb.ReplicaWelcome(
-            node_id=self.broker.store_id, holdings=self.standby.holdings())))
+            node_id=self.broker.store_id, holdings=self.standby.holdings(),
+            tcp_port=self._tcp_port if tcp_fut is not None else 0, tcp_token=token)))
         # Whatever the last stream left unconfirmed is of unknown fate (the partner
         # may have crashed before committing it): never count it as stored.
         self.standby.forget_unconfirmed()
         self.partner_connected = True
         self.last_contact = time.monotonic()
+        # The link: the partner's TCP connection if it makes one (link.py), else
+        # this stream. Its first message over either decides.
+        link: Any = context
+        first: Any = None
+        idle_read: asyncio.Future[Any] | None = None  # the gRPC stream, idle while on TCP
+        if tcp_fut is not None:
+            idle_read = asyncio.ensure_future(context.read())
+            try:
+                await asyncio.wait({tcp_fut, idle_read}, timeout=max(2.0, 3 * self.lease),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._tcp_waiters.pop(token, None)
+            if tcp_fut.done() and not tcp_fut.cancelled():
+                link = tcp_fut.result()
+            elif idle_read.done():
+                first, idle_read = idle_read.result(), None
+            tcp_fut.cancel()
+            if link is context and first is None:
+                self.partner_connected = False
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no replication traffic after welcome")
+                return
         # On shutdown, end the partner's stream at once (it reconnects to us or
         # takes over) instead of holding the server open for the whole grace.
-        watcher = asyncio.ensure_future(self._abort_on_close(context))
+        watcher = asyncio.ensure_future(self._abort_on_close(context, link))
         acks: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None] = asyncio.Queue()
         # A takeover ends this stream: the partner must reconnect and learn what
         # was taken over before it may deliver again.
         generation = self.takeovers
-        writer = asyncio.create_task(self._write_acks(context, acks, generation))
+        writer = asyncio.create_task(self._write_acks(context, link, acks, generation))
         try:
             while True:
-                req = await context.read()
+                if first is not None:
+                    req, first = first, None
+                else:
+                    try:
+                        req = await link.read()
+                    except LinkError as exc:
+                        log.error("closing the replication link from %s: %s", h.node_id, exc)
+                        break
                 if req is grpc.aio.EOF:
                     break
                 if self.takeovers != generation or self._inbound_fenced:
@@ -810,7 +886,7 @@ class Pair:
                 problem = validate_batch(req.batch, self.broker.options.max_msg_size)
                 if problem:
                     log.error("rejecting a replication batch from %s: %s", h.node_id, problem)
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad replication batch: {problem}")
+                    await _end(context, link, grpc.StatusCode.INVALID_ARGUMENT, f"bad replication batch: {problem}")
                     return
                 ops, confirmed = self.standby.apply_batch(req.batch)
                 fut = self.broker.store.submit_many(ops) if ops else self.broker.store.barrier()
@@ -823,14 +899,21 @@ class Pair:
             acks.put_nowait(None)
             with contextlib.suppress(BaseException):
                 await writer
+            if isinstance(link, FramedLink):
+                link.close()
+            if idle_read is not None:
+                idle_read.cancel()
+                with contextlib.suppress(BaseException):
+                    await idle_read
             self.partner_connected = False
 
-    async def _abort_on_close(self, context: Any) -> None:
+    async def _abort_on_close(self, context: Any, link: Any) -> None:
         await self._closing.wait()
         with contextlib.suppress(BaseException):
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "broker is shutting down")
+            await _end(context, link, grpc.StatusCode.UNAVAILABLE, "broker is shutting down")
 
-    async def _write_acks(self, context: Any, acks: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None],
+    async def _write_acks(self, context: Any, link: Any,
+                          acks: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None],
                           generation: int) -> None:
         lease_ms = int(self.lease * 1000)
         while True:
@@ -842,15 +925,40 @@ class Pair:
                 await fut
             except Exception as exc:
                 log.error("cannot store the partner's batch: %s", exc)
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"partner store: {exc}")
+                await _end(context, link, grpc.StatusCode.RESOURCE_EXHAUSTED, f"partner store: {exc}")
                 return
             if self.takeovers != generation or self._inbound_fenced:
-                await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                    "this broker took over your messages; reconnect to re-sync")
+                await _end(context, link, grpc.StatusCode.UNAVAILABLE,
+                           "this broker took over your messages; reconnect to re-sync")
                 return
             # Grant the lease from now: we promise not to take over before now + lease.
             self.last_grant = time.monotonic()
-            await context.write(rpb.ReplicateResponse(ack=rpb.ReplicaAck(batch_id=bid, lease_ms=lease_ms)))
+            await link.write(rpb.ReplicateResponse(ack=rpb.ReplicaAck(batch_id=bid, lease_ms=lease_ms)))
+
+    # ------------------------------------------------------------ TCP link (inbound)
+    async def start_tcp(self) -> None:
+        """Listen for the partner's TCP replication link (``--replication-address``)."""
+        o = self.broker.options
+        if o.replication_address == "off":
+            return
+        if o.replication_address == "auto":
+            host, port = parse_hostport(self.broker.address)[0], 0
+        else:
+            host, port = parse_hostport(o.replication_address, what="--replication-address")
+        self._tcp_server = await asyncio.start_server(self._on_tcp, host, port)
+        self._tcp_port = self._tcp_server.sockets[0].getsockname()[1]
+        log.info("replication link listening on %s:%d", host, self._tcp_port)
+
+    async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        token = await read_token(reader, timeout=5.0)
+        fut = self._tcp_waiters.pop(token, None) if token else None
+        if fut is None or fut.done():
+            writer.close()  # not a session of ours: garbage, a stale or a reused token
+            return
+        with contextlib.suppress(Exception):
+            writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        fut.set_result(FramedLink(reader, writer, rpb.ReplicateRequest.FromString,
+                                  grpcopts.frame_limit(self.broker.options.max_msg_size)))
 
     async def _reset_standby(self, node_id: str) -> None:
         ops: list[st.Op] = [("put", st.SB_META, b"partner", node_id.encode())]
@@ -870,6 +978,14 @@ class Pair:
         while self._running:
             await asyncio.sleep(min(0.02, self.heartbeat / 2))
             now = time.monotonic()
+            link = self._link
+            if (isinstance(link, FramedLink) and self._in_flight
+                    and now - self._in_flight[0].sent_at > max(2.0, 5 * self.lease)):
+                # A plain TCP link has no keepalive of its own: a partner that stopped
+                # acknowledging (paused, or its host gone) ends the session here.
+                log.warning("partner %s stopped acknowledging on the TCP link; reconnecting",
+                            self.partner_address)
+                link.close()
             silent_since = max(self.last_contact, self.last_grant)
             if self.solo or self._taking_over is not None:
                 continue
@@ -972,6 +1088,8 @@ class Pair:
             min_copies=self.min_copies,
             takeovers=self.takeovers,
             partner_connected=self.partner_connected,
+            link=("" if not self.connected or self._link is None
+                  else "tcp" if isinstance(self._link, FramedLink) else "grpc"),
         )
 
     def generic_handler(self) -> Any:

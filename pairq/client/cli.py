@@ -423,7 +423,7 @@ def _pair_line(address: str, r: Any) -> str:
         lease = f"lease {p.lease_remaining_ms} ms"
     else:
         lease = "lease LAPSED (not delivering)"
-    repl = "up" if p.connected else "DOWN"
+    repl = f"up ({p.link})" if p.connected and p.link else "up" if p.connected else "DOWN"
     back = "up" if p.partner_connected else "DOWN"
     return (
         f"    pair {p.pair} {r.broker_id}@{address} <-> {p.partner_id or '?'}@{p.partner_address}: "

@@ -57,12 +57,14 @@ class ReplicaProgress(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., channel: _Optional[str] = ..., floor: _Optional[int] = ..., finished: _Optional[_Iterable[int]] = ..., deleted: _Optional[bool] = ..., states: _Optional[_Iterable[_Union[ReplicaState, _Mapping]]] = ...) -> None: ...
 
 class ReplicaHello(_message.Message):
-    __slots__ = ("node_id", "pair")
+    __slots__ = ("node_id", "pair", "tcp")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PAIR_FIELD_NUMBER: _ClassVar[int]
+    TCP_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     pair: str
-    def __init__(self, node_id: _Optional[str] = ..., pair: _Optional[str] = ...) -> None: ...
+    tcp: bool
+    def __init__(self, node_id: _Optional[str] = ..., pair: _Optional[str] = ..., tcp: _Optional[bool] = ...) -> None: ...
 
 class ReplicaBatch(_message.Message):
     __slots__ = ("batch_id", "appends", "progress", "deleted_topics", "committed")
@@ -97,12 +99,16 @@ class ReplicaHolding(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., next_seq: _Optional[int] = ..., taken_upto: _Optional[int] = ...) -> None: ...
 
 class ReplicaWelcome(_message.Message):
-    __slots__ = ("node_id", "holdings")
+    __slots__ = ("node_id", "holdings", "tcp_port", "tcp_token")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HOLDINGS_FIELD_NUMBER: _ClassVar[int]
+    TCP_PORT_FIELD_NUMBER: _ClassVar[int]
+    TCP_TOKEN_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     holdings: _containers.RepeatedCompositeFieldContainer[ReplicaHolding]
-    def __init__(self, node_id: _Optional[str] = ..., holdings: _Optional[_Iterable[_Union[ReplicaHolding, _Mapping]]] = ...) -> None: ...
+    tcp_port: int
+    tcp_token: bytes
+    def __init__(self, node_id: _Optional[str] = ..., holdings: _Optional[_Iterable[_Union[ReplicaHolding, _Mapping]]] = ..., tcp_port: _Optional[int] = ..., tcp_token: _Optional[bytes] = ...) -> None: ...
 
 class ReplicaAck(_message.Message):
     __slots__ = ("batch_id", "lease_ms")

@@ -153,4 +153,4 @@ async def test_stat_shows_pair_health(capsys: pytest.CaptureFixture[str]) -> Non
         assert await run_cli("stat", "--count", "1", "--broker", a.address, "--broker", b.address) == 0
     out = capsys.readouterr().out
     assert out.count("pair p1 ") == 2
-    assert "replication up/up" in out and "lease " in out
+    assert "replication up (tcp)/up" in out and "lease " in out

@@ -454,3 +454,31 @@ async def test_uncommitted_copies_count_as_stored_only_once_the_owner_confirms(t
         assert r.copies == 2
         assert "wait" not in b.topics or b.topics["wait"].message_count == 0
         call.cancel()
+
+
+async def test_replication_runs_over_the_tcp_link_and_survives_garbage_on_its_port(tmp_path: Path) -> None:
+    async with run_pair(tmp_path) as (a, b):
+        assert a.pair is not None and b.pair is not None
+        await eventually(lambda: a.pair.stats().link == "tcp" and b.pair.stats().link == "tcp")
+        port = b.pair._tcp_port
+        assert port
+        # Garbage, a wrong token, a half frame: each connection is dropped, nothing else.
+        for junk in (b"GET / HTTP/1.1\r\n\r\n", b"\x00\x00\x00\x10" + os.urandom(16), b"\x00\x00"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(junk)
+            writer.write_eof()
+            assert await asyncio.wait_for(reader.read(100), 10) == b""  # closed by the broker
+            writer.close()
+        sa = pbg.BrokerServiceStub(grpc.aio.insecure_channel(a.address))
+        r = await sa.Publish(pb.PublishRequest(topic="t", message=pb.PublishItem(body=b"after")))
+        assert r.copies == 2 and a.pair.stats().link == "tcp"
+
+
+async def test_replication_address_off_replicates_over_grpc(tmp_path: Path) -> None:
+    async with run_pair(tmp_path, replication_address="off") as (a, b):
+        assert a.pair is not None and b.pair is not None
+        await eventually(lambda: a.pair.stats().link == "grpc" and b.pair.stats().link == "grpc")
+        sa = pbg.BrokerServiceStub(grpc.aio.insecure_channel(a.address))
+        r = await sa.Publish(pb.PublishRequest(topic="t", message=pb.PublishItem(body=b"x")))
+        assert r.copies == 2
+        await eventually(lambda: b.pair.standby.count() == 1)
