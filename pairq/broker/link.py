@@ -65,6 +65,14 @@ class FramedLink:
         data = msg.SerializeToString()
         await self.write_raw(data)
 
+    def send(self, msg: Any) -> None:
+        """Queue a small message without waiting for the socket (e.g. an ack from a
+        callback); a closed link drops it."""
+        if self.closed:
+            return
+        data = msg.SerializeToString()
+        self._w.write(len(data).to_bytes(4, "big") + data)
+
     async def write_raw(self, data: bytes) -> None:
         if self.closed:
             raise ConnectionError("replication link closed")

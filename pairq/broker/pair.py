@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -866,6 +867,8 @@ class Pair:
         # was taken over before it may deliver again.
         generation = self.takeovers
         writer = asyncio.create_task(self._write_acks(context, link, acks, generation))
+        tcp_acks = (functools.partial(self._ack_now, context, link, generation, acks)
+                    if isinstance(link, FramedLink) else None)
         try:
             while True:
                 if first is not None:
@@ -891,7 +894,12 @@ class Pair:
                 ops, confirmed = self.standby.apply_batch(req.batch)
                 fut = self.broker.store.submit_many(ops) if ops else self.broker.store.barrier()
                 self.standby.confirm_after(fut, confirmed)
-                acks.put_nowait((req.batch.batch_id, fut))
+                if tcp_acks is not None:
+                    # On TCP the ack goes out from the commit's callback: no task
+                    # switch between our fsync and the partner hearing of it.
+                    fut.add_done_callback(functools.partial(tcp_acks, req.batch.batch_id))
+                else:
+                    acks.put_nowait((req.batch.batch_id, fut))
                 if writer.done():
                     break
         finally:
@@ -934,6 +942,22 @@ class Pair:
             # Grant the lease from now: we promise not to take over before now + lease.
             self.last_grant = time.monotonic()
             await link.write(rpb.ReplicateResponse(ack=rpb.ReplicaAck(batch_id=bid, lease_ms=lease_ms)))
+
+    def _ack_now(self, context: Any, link: FramedLink, generation: int,
+                 acks: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None],
+                 bid: int, fut: asyncio.Future[Any]) -> None:
+        """``_write_acks`` for the TCP link, run as the commit's done-callback (commits
+        complete in order, so acks go out in order); failures go to the writer task."""
+        if link.closed:
+            return
+        if fut.cancelled() or fut.exception() is not None or self.takeovers != generation or self._inbound_fenced:
+            # Acks are cumulative: nothing may be acknowledged after this one. Close
+            # the link now; the task ends the session with the right status.
+            link.close()
+            acks.put_nowait((bid, fut))
+            return
+        self.last_grant = time.monotonic()
+        link.send(rpb.ReplicateResponse(ack=rpb.ReplicaAck(batch_id=bid, lease_ms=int(self.lease * 1000))))
 
     # ------------------------------------------------------------ TCP link (inbound)
     async def start_tcp(self) -> None:
