@@ -1,12 +1,23 @@
 """Redundant pairs: replication to the partner, standby copies, leases and takeover.
 
 Each broker of a pair *owns* what is published to it and streams it to its
-partner over one long-lived ``Replicate`` stream (``Replicator``, outbound);
-the partner stores it as *standby* copies (``StandbyStore`` + the
-``ReplicationService`` handler, inbound) and acknowledges each batch once it
-is fsynced. A publish is acknowledged to the producer only after both the
-local commit and the partner's acknowledgement (``copies=2``), unless
-``--min-copies=1`` lets it through alone.
+partner over one long-lived session (outbound: ``_outbound_loop``); the
+partner stores it as *standby* copies (``StandbyStore`` + the ``Replicate``
+handler, inbound) and acknowledges each batch once it is fsynced. A publish
+is acknowledged to the producer only after both the local commit and the
+partner's acknowledgement (``copies=2``), unless ``--min-copies=1`` lets it
+through alone.
+
+Transport. The session starts as the ``Replicate`` gRPC stream (hello,
+welcome); when the partner offers its plain TCP link (``link.py``,
+``--replication-address``), both directions move there, carrying the same
+messages at a fraction of gRPC's cost per message.
+
+Parallel replication. A live publish is sent to the partner while the local
+commit is still running, so the pair's latency is the slower of the two
+fsyncs rather than their sum. Such copies are *unconfirmed* on the partner
+until the owner confirms its commit (``StandbyStore`` explains why and what
+that changes).
 
 Leases fence delivery. Every partner acknowledgement renews the sender's
 lease until ``sent_time + lease``; an owner delivers only while its lease
