@@ -333,18 +333,30 @@ class Discovery:
     async def watch(self, topic: str) -> AsyncGenerator[list[str], None]:
         """Consumer: yields :meth:`consumer_addresses` at once and then whenever it
         changes, polling every ``poll_interval``. While no lookup answers, nothing
-        is yielded (keep the connections you have)."""
+        is yielded (keep the connections you have).
+
+        While no broker holds the topic yet (or no lookup answers), it asks again
+        sooner: after 0.25 s, doubling up to ``poll_interval``, so a consumer started
+        before the first publish does not sit out a whole poll."""
         last: list[str] | None = None
+        first_wait = min(0.25, self.poll_interval)
+        wait = first_wait
         while True:
             try:
                 addrs = await self.consumer_addresses(topic)
             except UnavailableError as exc:
                 log.warning("discovery for %r: %s", topic, exc)
+                addrs = []
             else:
                 if addrs != last:
                     last = addrs
                     yield addrs
-            await asyncio.sleep(self.poll_interval)
+            if addrs:
+                wait = first_wait
+                await asyncio.sleep(self.poll_interval)
+            else:
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, self.poll_interval)
 
 
 def _merge(merged: dict[str, dict[str, Any]], status: Any, *, tombstoned: bool) -> None:

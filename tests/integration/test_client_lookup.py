@@ -190,3 +190,18 @@ async def test_consumer_stops_using_a_tombstoned_broker(tmp_path: Path) -> None:
                 await eventually(lambda: cons.brokers == [a.address], timeout=5)
     finally:
         await lk.stop()
+
+
+async def test_consumer_started_before_the_topic_exists_finds_it_without_a_full_poll(tmp_path: Path) -> None:
+    async with lookups(1) as addrs, run_broker(tmp_path) as b, registered([b], addrs):
+        got: list[Message] = []
+        # The default 15 s poll: the first broker holding the topic must still be
+        # found within a few seconds of its first publish.
+        async with Consumer("late", "c", lookups=addrs, handler=got.append) as cons:
+            await asyncio.sleep(0.5)  # a real gap before the topic exists (not a synchronisation)
+            assert cons.brokers == []
+            async with Producer([b.address]) as prod:
+                await prod.publish("late", b"first")
+            t0 = time.monotonic()
+            await eventually(lambda: len(got) == 1, timeout=5)
+            assert time.monotonic() - t0 < 5  # the old behaviour waited out the 15 s poll
