@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import common
 import grpc
+from common import proc_cpu
 
 from pairq.client import Producer
 from pairq.testing import BrokerProcess, free_port
@@ -103,20 +105,7 @@ PAIR_MEASUREMENTS = ["pair_publish_single", "pair_publish_batch", "pair_latency"
 
 def pct(values: list[float], p: float) -> float:
     """The p-th percentile (nearest rank) of ``values``; NaN when empty."""
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))
-    return s[k]
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) used so far by process ``pid`` (Linux /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return float("nan")
+    return common.pct(values, p, empty=float("nan"))
 
 
 # -- the pair ----------------------------------------------------------------------

@@ -63,6 +63,7 @@ from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import broker_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import pct, proc_cpu
 from pair_bench import (
     PAIR_FULL,
     PAIR_MEASUREMENTS,
@@ -139,15 +140,6 @@ TARGETS: dict[str, tuple[str, float]] = {
 
 def log(line: str) -> None:
     print(line, flush=True)
-
-
-def pct(values: list[float], p: float) -> float:
-    """The p-th percentile (nearest rank) of ``values``; 0 when empty."""
-    if not values:
-        return 0.0
-    s = sorted(values)
-    k = min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))
-    return s[k]
 
 
 def lat_summary(seconds: list[float]) -> str:
@@ -295,11 +287,7 @@ class CpuProbe:
         self.last = ""
 
     def _broker_cpu(self) -> float:
-        try:
-            fields = Path(f"/proc/{self.broker_pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            return float("nan")
+        return proc_cpu(self.broker_pid)
 
     def start(self) -> None:
         t = os.times()

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
-import logging
-import signal
 import sys
 
 from pairq.broker.broker import Broker
 from pairq.broker.options import BrokerOptions
-from pairq.options import add_flags, resolve
+from pairq.daemon import run_daemon
+from pairq.options import add_flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,29 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def run(args: argparse.Namespace) -> int:
-    try:
-        opts = resolve(BrokerOptions, args).validate()
-    except (ValueError, OSError) as exc:
-        print(f"pairq broker: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(opts.log_level)
-    try:
-        return asyncio.run(_main(opts))
-    except OSError as exc:
-        print(f"pairq broker: {exc}", file=sys.stderr)
-        return 1
+    return run_daemon("broker", BrokerOptions, args, _start)
 
 
-async def _main(opts: BrokerOptions) -> int:
+async def _start(opts: BrokerOptions) -> Broker:
     broker = Broker(opts)
     await broker.start()
     # Latency: keep what start-up allocated (modules, catalog, stubs) out of every
@@ -56,10 +36,4 @@ async def _main(opts: BrokerOptions) -> int:
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
     print(f"pairq broker {broker.node_id} listening on {broker.address}", file=sys.stderr, flush=True)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await broker.stop()
-    return 0
+    return broker

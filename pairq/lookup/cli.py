@@ -9,17 +9,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 
 from pairq.client.discovery import Discovery, NodeView
+from pairq.daemon import run_daemon
 from pairq.errors import PairqError
 from pairq.lookup.lookup import Lookup
 from pairq.lookup.options import LookupOptions
-from pairq.options import add_flags, resolve
+from pairq.options import add_flags
 
 __all__ = ["default_lookups", "format_nodes", "register"]
 
@@ -57,41 +56,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     n.set_defaults(func=run_nodes)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def run_lookup(args: argparse.Namespace) -> int:
-    try:
-        opts = resolve(LookupOptions, args).validate()
-    except (ValueError, OSError) as exc:
-        print(f"pairq lookup: {exc}", file=sys.stderr)
-        return 2
-    _setup_logging(opts.log_level)
-    try:
-        return asyncio.run(_main(opts))
-    except OSError as exc:
-        print(f"pairq lookup: {exc}", file=sys.stderr)
-        return 1
+    return run_daemon("lookup", LookupOptions, args, _start)
 
 
-async def _main(opts: LookupOptions) -> int:
+async def _start(opts: LookupOptions) -> Lookup:
     lookup = Lookup(opts)
     await lookup.start()
     gossip = f", gossip {lookup.gossip_address}" if lookup.gossip_address else ""
     print(f"pairq lookup {lookup.lookup_id} listening on {lookup.address}{gossip}",
           file=sys.stderr, flush=True)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await lookup.stop()
-    return 0
+    return lookup
 
 
 def format_nodes(nodes: Sequence[NodeView], lookups: int) -> str:
