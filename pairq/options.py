@@ -23,18 +23,26 @@ def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def env_name(field: str) -> str:
-    return "PAIRQ_" + field.upper()
+def env_prefix(cls: type[Any]) -> str:
+    """``PAIRQ_`` for the broker; another process's options set ``ENV_PREFIX`` (the
+    lookup: ``PAIRQ_LOOKUP_``) so one shared environment cannot hand a lookup the
+    broker's ``PAIRQ_ADDRESS``."""
+    return str(getattr(cls, "ENV_PREFIX", "PAIRQ_"))
+
+
+def env_name(field: str, prefix: str = "PAIRQ_") -> str:
+    return prefix + field.upper()
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
     """Add one flag per dataclass field (default None so fallbacks can apply)."""
+    prefix = env_prefix(cls)
     parser.add_argument(
         "--config",
         metavar="FILE",
         default=None,
-        help="optional TOML file with the same keys as the flags (dashes or underscores); "
-        "precedence: flag > PAIRQ_* env var > file > default",
+        help=f"optional TOML file with the same keys as the flags (dashes or underscores; "
+        f"env {prefix}CONFIG); precedence: flag > {prefix}* env var > file > default",
     )
     for f in dataclasses.fields(cls):
         if f.metadata.get("internal"):
@@ -44,7 +52,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
             default = f.default_factory()
         help_text = f.metadata.get("help", "")
         shown = default if not isinstance(default, tuple) else list(default)
-        help_text = f"{help_text} (default: {shown!r}; env {env_name(f.name)})"
+        help_text = f"{help_text} (default: {shown!r}; env {env_name(f.name, prefix)})"
         kind = f.metadata.get("kind", type(default).__name__ if default is not None else "str")
         if kind == "bool":
             parser.add_argument(
@@ -85,9 +93,10 @@ def resolve(cls: type[T], args: argparse.Namespace | None = None,
             env: dict[str, str] | None = None) -> T:
     """Build ``cls`` from flags, then env, then TOML file, then defaults."""
     env = dict(os.environ) if env is None else env
+    prefix = env_prefix(cls)
     file_values: dict[str, Any] = {}
     config_path = getattr(args, "config", None) if args is not None else None
-    config_path = config_path or env.get("PAIRQ_CONFIG")
+    config_path = config_path or env.get(prefix + "CONFIG")
     if config_path:
         with Path(config_path).open("rb") as fh:
             raw = tomllib.load(fh)
@@ -101,8 +110,8 @@ def resolve(cls: type[T], args: argparse.Namespace | None = None,
         default = f.default if f.default is not dataclasses.MISSING else None
         kind = f.metadata.get("kind", type(default).__name__ if default is not None else "str")
         value = getattr(args, f.name, None) if args is not None else None
-        if value is None and env_name(f.name) in env:
-            value = env[env_name(f.name)]
+        if value is None and env_name(f.name, prefix) in env:
+            value = env[env_name(f.name, prefix)]
         if value is None and f.name in file_values:
             value = file_values[f.name]
         if value is not None:

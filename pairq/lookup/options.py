@@ -1,14 +1,14 @@
 """Every lookup option and its default, in one place.
 
 ``pairq lookup --help`` is generated from the field metadata below (flags,
-then ``PAIRQ_*`` environment variables, then a TOML file; see ``pairq.options``).
+then ``PAIRQ_LOOKUP_*`` environment variables, then a TOML file; see ``pairq.options``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from pairq.options import parse_hostport
 
@@ -21,6 +21,9 @@ def _o(default: Any, help: str, **meta: Any) -> Any:
 
 @dataclass(frozen=True)
 class LookupOptions:
+    # Environment: PAIRQ_LOOKUP_<FIELD> (not PAIRQ_<FIELD>: that is the broker's).
+    ENV_PREFIX: ClassVar[str] = "PAIRQ_LOOKUP_"
+
     # --- where ---
     address: str = _o("127.0.0.1:4160", "gRPC listen address HOST:PORT (port 0 picks a free port)")
     node_name: str = _o("", "this lookup's id in gossip and answers (default: lookup-HOST-PORT)")

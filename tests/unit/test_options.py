@@ -66,3 +66,16 @@ def test_example_config_is_generated_from_the_options() -> None:
     assert (ROOT / "deploy" / "broker.example.toml").read_text() == example_toml(), (
         "regenerate: python -m pairq.broker.options > deploy/broker.example.toml"
     )
+
+
+def test_lookup_reads_its_own_env_prefix_not_the_brokers() -> None:
+    from pairq.lookup.options import LookupOptions
+
+    env = {"PAIRQ_ADDRESS": "10.0.0.1:4150", "PAIRQ_LOOKUP_ADDRESS": "10.0.0.9:4160",
+           "PAIRQ_NODE_NAME": "broker-a"}
+    lk = resolve(LookupOptions, None, env=env)
+    assert lk.address == "10.0.0.9:4160" and lk.node_name == ""
+    assert resolve(BrokerOptions, None, env=env).address == "10.0.0.1:4150"
+    parser = argparse.ArgumentParser()
+    add_flags(parser, LookupOptions)
+    assert "PAIRQ_LOOKUP_ADDRESS" in parser.format_help()
