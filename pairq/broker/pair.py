@@ -864,7 +864,11 @@ class Pair:
             if tcp_fut.done() and not tcp_fut.cancelled():
                 link = tcp_fut.result()
             elif idle_read.done():
-                first, idle_read = idle_read.result(), None
+                done_read, idle_read = idle_read, None
+                try:
+                    first = done_read.result()
+                except Exception:  # the partner's stream broke before anything came
+                    first = grpc.aio.EOF
             tcp_fut.cancel()
             if link is context and first is None:
                 self.partner_connected = False
