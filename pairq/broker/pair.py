@@ -421,6 +421,16 @@ async def _end(context: Any, link: Any, code: grpc.StatusCode, message: str) -> 
 
 # --------------------------------------------------------------------------- outbound
 @dataclass
+class _Progress:
+    """A channel's progress not yet sent to the partner."""
+
+    floor: int
+    finished: set[int]  # finished seqs >= floor
+    deleted: bool
+    states: dict[int, tuple[int, int] | None]  # seq -> (attempts, due_ns); None: cleared
+
+
+@dataclass
 class _Pending:
     batch_id: int
     sent_at: float
@@ -452,7 +462,7 @@ class Pair:
         self._tcp_port = 0
         self._tcp_waiters: dict[bytes, asyncio.Future[FramedLink]] = {}
         # (topic, channel) -> (floor, finished above it, deleted, requeue states (None: cleared))
-        self._progress: dict[tuple[str, str], tuple[int, set[int], bool, dict[int, tuple[int, int] | None]]] = {}
+        self._progress: dict[tuple[str, str], _Progress] = {}  # (topic, channel) -> unsent progress
         self._deleted: list[str] = []
         self._futures: list[asyncio.Future[None]] = []
         self._in_flight: deque[_Pending] = deque()
@@ -564,15 +574,15 @@ class Pair:
             return  # the next connection sends a full progress snapshot
         key = (topic, channel)
         cur = self._progress.get(key)
-        fins = set(finished) if cur is None else cur[1] | set(finished)
-        merged = dict(cur[3]) if cur is not None else {}
+        fins = set(finished) if cur is None else cur.finished | set(finished)
+        merged = dict(cur.states) if cur is not None else {}
         if states:
             merged.update(states)
-        self._progress[key] = (floor, {s for s in fins if s >= floor}, False, merged)
+        self._progress[key] = _Progress(floor, {s for s in fins if s >= floor}, False, merged)
         self._wake.set()
 
     def channel_deleted(self, topic: str, channel: str) -> None:
-        self._progress[(topic, channel)] = (0, set(), True, {})
+        self._progress[(topic, channel)] = _Progress(0, set(), True, {})
         self._wake.set()
 
     def topic_deleted(self, topic: str) -> None:
@@ -694,7 +704,7 @@ class Pair:
                 self._unacked_msgs += live_from - start
             for ch in topic.channels.values():
                 if ch.durable:
-                    self._progress[(topic.name, ch.name)] = (
+                    self._progress[(topic.name, ch.name)] = _Progress(
                         ch.floor, set(ch.fin_mem), False, dict(ch.states))
         self._catchup = catchup
         self._wake.set()
@@ -745,14 +755,14 @@ class Pair:
             confirms = _merge_ranges(self._confirms) if self._confirms else []
             progress = [
                 rpb.ReplicaProgress(
-                    topic=t, channel=c, floor=f, finished=sorted(fins), deleted=d,
+                    topic=t, channel=c, floor=pr.floor, finished=sorted(pr.finished), deleted=pr.deleted,
                     states=[
                         rpb.ReplicaState(seq=seq, cleared=True) if v is None
                         else rpb.ReplicaState(seq=seq, attempts=v[0], due_ns=v[1])
-                        for seq, v in sts.items()
+                        for seq, v in pr.states.items()
                     ],
                 )
-                for (t, c), (f, fins, d, sts) in self._progress.items()
+                for (t, c), pr in self._progress.items()
             ]
             deleted = self._deleted
             futures = self._futures

@@ -103,6 +103,20 @@ def _rpc_message(exc: grpc.aio.AioRpcError) -> str:
     return err.message or str(exc.code())
 
 
+def _add_consume_stop_args(p: argparse.ArgumentParser) -> None:
+    """-n and --timeout, as every consuming command (tail, to-file) takes them."""
+    p.add_argument(
+        "-n",
+        type=int,
+        default=0,
+        metavar="N",
+        help="exit after N messages (0: run until interrupted)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for a broker to answer at start"
+    )
+
+
 def _add_broker_arg(p: argparse.ArgumentParser, *, lookup: bool = False) -> None:
     p.add_argument(
         "--broker",
@@ -789,16 +803,7 @@ def register(subparsers: Any) -> None:
         help="one JSON object per message: id (hex), body "
         "(utf-8, or body_base64), headers, attempts, timestamp (Unix s), timestamp_ns, broker_id",
     )
-    p.add_argument(
-        "-n",
-        type=int,
-        default=0,
-        metavar="N",
-        help="exit after N messages (0: run until interrupted)",
-    )
-    p.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to wait for a broker to answer at start"
-    )
+    _add_consume_stop_args(p)
     _add_broker_arg(p, lookup=True)
     p.set_defaults(func=_run("tail", _tail))
 
@@ -854,16 +859,7 @@ def register(subparsers: Any) -> None:
         help="fsync (and FIN) pending messages at least this often, seconds",
     )
     p.add_argument("--max-in-flight", type=int, default=1000, help="RDY credit")
-    p.add_argument(
-        "-n",
-        type=int,
-        default=0,
-        metavar="N",
-        help="exit after N messages (0: run until interrupted)",
-    )
-    p.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to wait for a broker to answer at start"
-    )
+    _add_consume_stop_args(p)
     _add_broker_arg(p, lookup=True)
     p.set_defaults(func=_run("to-file", _to_file))
 
