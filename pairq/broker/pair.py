@@ -461,6 +461,9 @@ class Pair:
         self._tcp_server: asyncio.Server | None = None
         self._tcp_port = 0
         self._tcp_waiters: dict[bytes, asyncio.Future[FramedLink]] = {}
+        # Inbound TCP links: a takeover closes them (a partner silent long enough to
+        # be taken over may be gone without a reset; its session must not linger).
+        self._inbound_links: set[FramedLink] = set()
         # (topic, channel) -> (floor, finished above it, deleted, requeue states (None: cleared))
         self._progress: dict[tuple[str, str], _Progress] = {}  # (topic, channel) -> unsent progress
         self._deleted: list[str] = []
@@ -934,6 +937,7 @@ class Pair:
                 await writer
             if isinstance(link, FramedLink):
                 link.close()
+                self._inbound_links.discard(link)
             if idle_read is not None:
                 idle_read.cancel()
                 with contextlib.suppress(BaseException):
@@ -1005,9 +1009,13 @@ class Pair:
             writer.close()  # not a session of ours: garbage, a stale or a reused token
             return
         with contextlib.suppress(Exception):
-            writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        fut.set_result(FramedLink(reader, writer, rpb.ReplicateRequest.FromString,
-                                  grpcopts.frame_limit(self.broker.options.max_msg_size)))
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        link = FramedLink(reader, writer, rpb.ReplicateRequest.FromString,
+                          grpcopts.frame_limit(self.broker.options.max_msg_size))
+        self._inbound_links.add(link)
+        fut.set_result(link)
 
     async def _reset_standby(self, node_id: str) -> None:
         ops: list[st.Op] = [("put", st.SB_META, b"partner", node_id.encode())]
@@ -1061,6 +1069,8 @@ class Pair:
             for sb in list(self.standby.topics.values()):
                 moved += await self._take_over_topic(sb)
             self.takeovers += 1
+            for link in list(self._inbound_links):
+                link.close()
         finally:
             self._inbound_fenced = False
         self.solo = True

@@ -482,3 +482,29 @@ async def test_replication_address_off_replicates_over_grpc(tmp_path: Path) -> N
         r = await sa.Publish(pb.PublishRequest(topic="t", message=pb.PublishItem(body=b"x")))
         assert r.copies == 2
         await eventually(lambda: b.pair.standby.count() == 1)
+
+
+async def test_a_takeover_closes_a_silent_partners_tcp_link(tmp_path: Path) -> None:
+    """A partner gone without a reset (host lost, paused) leaves its TCP link open;
+    once the survivor takes over, that link is closed rather than left behind."""
+    from pairq.v1 import replication_pb2 as rpb
+    from pairq.v1 import replication_pb2_grpc as rpbg
+
+    async with run_pair(tmp_path) as (a, b):
+        assert b.pair is not None
+        await eventually(lambda: b.pair.stats().link == "tcp")
+        stub = rpbg.ReplicationServiceStub(grpc.aio.insecure_channel(b.address))
+        call = stub.Replicate()
+        await call.write(rpb.ReplicateRequest(
+            hello=rpb.ReplicaHello(node_id=b.pair.standby.partner_id, pair="p1", tcp=True)))
+        welcome = (await call.read()).welcome
+        assert welcome.tcp_port and len(welcome.tcp_token) == 16
+        reader, writer = await asyncio.open_connection("127.0.0.1", welcome.tcp_port)
+        writer.write(len(welcome.tcp_token).to_bytes(4, "big") + welcome.tcp_token)
+        await writer.drain()
+        await eventually(lambda: len(b.pair._inbound_links) >= 2)  # the real partner's and ours
+        await a.stop()  # now nobody speaks for the partner: B takes over after the lease
+        await eventually(lambda: b.pair.takeovers >= 1, timeout=10)
+        assert await asyncio.wait_for(reader.read(100), 5) == b""  # closed by B
+        writer.close()
+        call.cancel()
