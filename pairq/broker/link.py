@@ -62,27 +62,26 @@ class FramedLink:
             raise LinkError(f"undecodable replication frame: {exc}") from exc
 
     async def write(self, msg: Any) -> None:
-        data = msg.SerializeToString()
-        await self.write_raw(data)
+        await self.write_raw(msg.SerializeToString())
 
     def send(self, msg: Any) -> None:
         """Queue a small message without waiting for the socket (e.g. an ack from a
         callback); a closed link drops it."""
-        if self.closed:
-            return
-        data = msg.SerializeToString()
-        self._w.write(len(data).to_bytes(4, "big") + data)
+        if not self.closed:
+            self._frame(msg.SerializeToString())
 
     async def write_raw(self, data: bytes) -> None:
         if self.closed:
             raise ConnectionError("replication link closed")
-        w = self._w
+        self._frame(data)
+        if self._w.transport.get_write_buffer_size() > _HIGH_WATER:
+            await self._w.drain()
+
+    def _frame(self, data: bytes) -> None:
         if len(data) < 65536:
-            w.write(len(data).to_bytes(4, "big") + data)
+            self._w.write(len(data).to_bytes(4, "big") + data)
         else:  # no copy of a big batch
-            w.writelines((len(data).to_bytes(4, "big"), data))
-        if w.transport.get_write_buffer_size() > _HIGH_WATER:
-            await w.drain()
+            self._w.writelines((len(data).to_bytes(4, "big"), data))
 
     def close(self) -> None:
         if not self.closed:

@@ -909,7 +909,7 @@ class Pair:
                         break
                 if req is grpc.aio.EOF:
                     break
-                if self.takeovers != generation or self._inbound_fenced:
+                if self._fenced(generation):
                     break
                 self.last_contact = time.monotonic()
                 if req.WhichOneof("kind") != "batch":
@@ -952,7 +952,6 @@ class Pair:
     async def _write_acks(self, context: Any, link: Any,
                           acks: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None],
                           generation: int) -> None:
-        lease_ms = int(self.lease * 1000)
         while True:
             item = await acks.get()
             if item is None:
@@ -964,13 +963,21 @@ class Pair:
                 log.error("cannot store the partner's batch: %s", exc)
                 await _end(context, link, grpc.StatusCode.RESOURCE_EXHAUSTED, f"partner store: {exc}")
                 return
-            if self.takeovers != generation or self._inbound_fenced:
+            if self._fenced(generation):
                 await _end(context, link, grpc.StatusCode.UNAVAILABLE,
                            "this broker took over your messages; reconnect to re-sync")
                 return
-            # Grant the lease from now: we promise not to take over before now + lease.
-            self.last_grant = time.monotonic()
-            await link.write(rpb.ReplicateResponse(ack=rpb.ReplicaAck(batch_id=bid, lease_ms=lease_ms)))
+            await link.write(self._grant_ack(bid))
+
+    def _fenced(self, generation: int) -> bool:
+        """A takeover happened (or is running) since the session of ``generation`` began."""
+        return self.takeovers != generation or self._inbound_fenced
+
+    def _grant_ack(self, bid: int) -> rpb.ReplicateResponse:
+        """The ack of batch ``bid``, granting the lease from now: we promise not to take
+        over before now + lease."""
+        self.last_grant = time.monotonic()
+        return rpb.ReplicateResponse(ack=rpb.ReplicaAck(batch_id=bid, lease_ms=int(self.lease * 1000)))
 
     def _ack_now(self, context: Any, link: FramedLink, generation: int,
                  acks: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None],
@@ -979,14 +986,13 @@ class Pair:
         complete in order, so acks go out in order); failures go to the writer task."""
         if link.closed:
             return
-        if fut.cancelled() or fut.exception() is not None or self.takeovers != generation or self._inbound_fenced:
+        if fut.cancelled() or fut.exception() is not None or self._fenced(generation):
             # Acks are cumulative: nothing may be acknowledged after this one. Close
             # the link now; the task ends the session with the right status.
             link.close()
             acks.put_nowait((bid, fut))
             return
-        self.last_grant = time.monotonic()
-        link.send(rpb.ReplicateResponse(ack=rpb.ReplicaAck(batch_id=bid, lease_ms=int(self.lease * 1000))))
+        link.send(self._grant_ack(bid))
 
     # ------------------------------------------------------------ TCP link (inbound)
     async def start_tcp(self) -> None:

@@ -25,6 +25,7 @@ from pairq.broker.channel_core import DelayError, RdyError
 from pairq.broker.subscriber import Subscriber, Terminate
 from pairq.errors import PairqError, UnavailableError, serve_rpc
 from pairq.names import check_channel, check_topic
+from pairq.streams import SerialWriter, identity
 from pairq.v1 import broker_pb2 as pb
 
 if TYPE_CHECKING:
@@ -583,7 +584,7 @@ class BrokerService:
             "Subscribe": grpc.stream_stream_rpc_method_handler(
                 self.Subscribe,
                 request_deserializer=pb.SubscribeRequest.FromString,
-                response_serializer=_identity,
+                response_serializer=identity,
             ),
         }
         for name in (
@@ -595,10 +596,6 @@ class BrokerService:
                 getattr(self, name), getattr(pb, name + "Request"), getattr(pb, name + "Response")
             )
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
-
-
-def _identity(b: bytes) -> bytes:
-    return b
 
 
 class PublishStream:
@@ -613,9 +610,7 @@ class PublishStream:
         self.tasks: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._room.set()
-        self._out: list[pb.PublishStreamResponse] = []
-        self._writing = False
-        self._broken = False
+        self._writer = SerialWriter(context.write, self._write_failed)
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -670,20 +665,9 @@ class PublishStream:
             log.exception("internal error serving a publish stream request")
             resp = pb.PublishStreamResponse(
                 request_id=rid, error=pb.PublishError(message=f"internal error: {exc}"))
-        await self._write(resp)
+        await self._writer.put(resp)
 
-    async def _write(self, resp: pb.PublishStreamResponse) -> None:
-        self._out.append(resp)
-        if self._writing or self._broken:
-            return  # the task already writing sends it next
-        self._writing = True
-        try:
-            out = self._out
-            while out:
-                await self.context.write(out.pop(0))
-        except Exception as exc:  # the client went away; its retries go elsewhere
-            self._broken = True
-            self._out.clear()
-            log.debug("cannot answer on a publish stream: %s", exc)
-        finally:
-            self._writing = False
+    @staticmethod
+    def _write_failed(exc: Exception) -> None:
+        # The client went away; its retries go elsewhere.
+        log.debug("cannot answer on a publish stream: %s", exc)

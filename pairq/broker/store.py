@@ -503,15 +503,15 @@ class Store:
                     if not cur.delete():
                         break
         elif kind == "sb_append":
-            # (kind, topic, seq, records[, index]): index=False for copies the owner
-            # has not confirmed yet (see pair.StandbyStore); "index_ids" follows.
-            topic, seq, records = op[1], op[2], op[3]
+            # index=False for copies the owner has not confirmed yet (see
+            # pair.StandbyStore); "index_ids" follows once it does.
+            _, topic, seq, records, index = op
             base = topic.encode() + b"\0"
             pack = _Q.pack
             txn.cursor(db=dbs[SB_MSGS]).putmulti(
                 [(base + pack(s), rec) for s, rec in enumerate(records, seq)]
             )
-            if self.index_ids and (len(op) < 5 or op[4]):
+            if self.index_ids and index:
                 txn.cursor(db=dbs[IDS0 + self.ids_gen]).putmulti([(rec[:16], b"") for rec in records])
         elif kind == "index_ids":
             if self.index_ids:

@@ -88,7 +88,7 @@ class Topic:
         # turn per publish.
         remote = pair.replicate(self.name, seq0, records, uncommitted=True) if pair is not None else None
         result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        local_ok: list[bool] = []  # set once the local commit is done
+        local_ok = False  # set once the local commit is done
 
         def settle() -> None:
             if not local_ok or (remote is not None and not remote.done()) or result.done():
@@ -101,6 +101,7 @@ class Topic:
             result.set_result(copies)
 
         def on_local(f: asyncio.Future[Any]) -> None:
+            nonlocal local_ok
             exc = BaseException("cancelled") if f.cancelled() else f.exception()
             if exc is not None:
                 self._complete(seq0, n, None)
@@ -109,7 +110,7 @@ class Topic:
                 return
             if remote is not None and pair is not None:
                 pair.committed(self.name, seq0, n)
-            local_ok.append(True)
+            local_ok = True
             settle()
 
         def on_remote(f: asyncio.Future[None]) -> None:

@@ -15,6 +15,7 @@ import grpc
 
 from pairq import grpcopts
 from pairq.errors import PairqError, UnavailableError
+from pairq.streams import SerialWriter, identity
 from pairq.v1 import broker_pb2, broker_pb2_grpc
 
 _PUBLISH_STREAM = "/pairq.v1.BrokerService/PublishStream"
@@ -79,14 +80,13 @@ class PublishStreamClient:
         self.address = address
         self._call = channel.stream_stream(
             _PUBLISH_STREAM,
-            request_serializer=_identity,
+            request_serializer=identity,
             response_deserializer=broker_pb2.PublishStreamResponse.FromString,
         )()
         self._loop = asyncio.get_running_loop()
         self._pending: dict[int, asyncio.Future[broker_pb2.PublishStreamResponse]] = {}
         self._next_id = 1
-        self._out: list[bytes] = []
-        self._writing = False
+        self._writer = SerialWriter(self._call.write, self._write_failed)
         self.broken: BaseException | None = None
         self._reader = self._loop.create_task(self._read())
 
@@ -101,9 +101,7 @@ class PublishStreamClient:
         self._pending[rid] = fut
         timer = self._loop.call_later(timeout, self._expire, rid, timeout)
         try:
-            self._out.append(req.SerializeToString())
-            if not self._writing:
-                await self._write()
+            await self._writer.put(req.SerializeToString())
             resp = await fut
         finally:
             timer.cancel()
@@ -112,18 +110,11 @@ class PublishStreamClient:
             raise PairqError.from_code(resp.error.code, resp.error.message)
         return resp
 
-    async def _write(self) -> None:
-        self._writing = True
-        try:
-            out = self._out
-            while out and self.broken is None:
-                await self._call.write(out.pop(0))
-        except grpc.aio.AioRpcError as exc:
+    def _write_failed(self, exc: Exception) -> None:
+        if isinstance(exc, grpc.aio.AioRpcError):
             self._break(self._error(exc))
-        except Exception as exc:  # the call ended under us (e.g. cancelled)
+        else:  # the call ended under us (e.g. cancelled)
             self._break(UnavailableError(f"publish stream to {self.address} ended: {exc}"))
-        finally:
-            self._writing = False
 
     async def _read(self) -> None:
         try:
@@ -159,7 +150,7 @@ class PublishStreamClient:
         if self.broken is None:
             self.broken = err
         pending, self._pending = self._pending, {}
-        self._out.clear()
+        self._writer.stop()
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(self.broken)
@@ -170,10 +161,6 @@ class PublishStreamClient:
         self._reader.cancel()
         with contextlib.suppress(BaseException):
             await self._reader
-
-
-def _identity(b: bytes) -> bytes:
-    return b
 
 
 class BrokerConn:
