@@ -73,6 +73,7 @@ class Broker:
         self.tracer: Any = None  # an OpenTelemetry tracer when tracing is on
         self.pending_ids: dict[bytes, asyncio.Future[int]] = {}
         self._rotator: asyncio.Task[None] | None = None
+        self._register_later: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -144,11 +145,22 @@ class Broker:
                 self, list(self.options.lookup),
                 gossip_address=self.membership.address if self.membership is not None else "",
             )
-            self.registrar.start()
+            if self.pair is not None and not self.pair.core.catalog_ready:
+                # A new store serves nothing until it has the pair's catalog: announce
+                # it to the lookups only then, or placement would send work here.
+                self._register_later = asyncio.create_task(self._register_when_ready())
+            else:
+                self.registrar.start()
         self.store.index_ids = self.options.idempotency_window_s > 0
         if self.options.idempotency_window_s > 0:
             self._rotator = asyncio.create_task(self._rotate_ids())
         log.info("broker %s listening on %s (data %s)", self.node_id, self.address, self.options.data_dir)
+
+    async def _register_when_ready(self) -> None:
+        assert self.pair is not None and self.registrar is not None
+        await self.pair.catalog_event.wait()
+        if self.registrar is not None and self._accepting:
+            self.registrar.start()
 
     async def _set_health(self, status: Any) -> None:
         for name in ("", SERVICE):
@@ -165,6 +177,8 @@ class Broker:
             return
         grace = self.options.shutdown_grace_s if grace is None else grace
         self._accepting = False
+        if self._register_later is not None:
+            self._register_later.cancel()
         if self.registrar is not None:
             await self.registrar.stop()
             self.registrar = None
@@ -217,6 +231,11 @@ class Broker:
         """Whether this broker may deliver its owned messages now (the pair fence)."""
         return self.pair is None or self.pair.may_deliver()
 
+    def fence(self) -> int:
+        """The pair's fence generation (0 without a pair): deliveries queued under an
+        older one are not sent (see Pair.fence)."""
+        return 0 if self.pair is None else self.pair.fence
+
     def on_lease_renewed(self) -> None:
         """The fence may have lifted: let every channel deliver again."""
         if not self._fenced_channels_pending:
@@ -252,12 +271,16 @@ class Broker:
     def packed_ids(self) -> bytes:
         return struct.pack(">II", self._next_topic_id, self._next_channel_id)
 
-    async def get_topic(self, name: str, *, create: bool = True) -> Topic:
+    async def get_topic(self, name: str, *, create: bool = True, from_partner: bool = False) -> Topic:
+        """The topic, created if needed. ``from_partner``: created because the partner
+        has it (replicated catalog), so the new-store gate does not apply."""
         topic = self.topics.get(name)
         if topic is not None:
             return topic
         if not create:
             raise PairqError(f"topic {name!r} does not exist", code=pb.ERROR_CODE_NOT_FOUND)
+        if self.pair is not None and not from_partner and not is_ephemeral(name):
+            self.pair.check_catalog()
         pending = self._creating.get(name)
         if pending is not None:
             return await asyncio.shield(pending)

@@ -225,10 +225,18 @@ class Channel:
         if seqs:
             self.schedule_flush()
 
-    def drop_below(self, upto: int) -> None:
-        """Forget every seq below ``upto`` (the partner took them over)."""
+    def skip_gap(self, lo: int, hi: int) -> None:
+        """Seqs [lo, hi) were never used (a restart skips up to the high-water mark):
+        finished, so they count in no depth."""
+        self._mark_gap(lo, hi)
+        if self.read_pos >= lo:
+            self.read_pos = max(self.read_pos, hi)
+
+    def drop_below(self, upto: int) -> bool:
+        """Forget every seq below ``upto`` (the partner took them over); True if the
+        channel had any."""
         if self.floor >= upto:
-            return
+            return False
         self.core.empty()
         self.fin_mem = {s for s in self.fin_mem if s >= upto}
         self.gaps = [(max(lo, upto), hi) for lo, hi in self.gaps if hi > upto]
@@ -248,6 +256,7 @@ class Channel:
             self._reload_replays()
         self.schedule_flush()
         self.schedule_pump()
+        return True
 
     def _reload_replays(self) -> int:
         """Push dead letters being replayed back into the core; return how many
@@ -291,6 +300,7 @@ class Channel:
         if self._suffix_epoch != self.broker.epoch:
             self._suffix_epoch = self.broker.epoch
             self._suffix = wire.broker_fields(self.broker.node_id, self.broker.epoch)
+        fence = self.broker.fence()
         for cid, entries in self.core.take(now):
             sub = self.subscribers.get(cid)
             if sub is None:  # pragma: no cover - core and glue disagree
@@ -301,10 +311,10 @@ class Channel:
             for i, e in enumerate(entries):
                 size += len(cast(bytes, e.payload))
                 if size > MAX_DELIVERY_BYTES and i > start:
-                    sub.send_deliveries(self._encode(entries[start:i]), i - start)
+                    sub.send_deliveries(self._encode(entries[start:i]), i - start, fence)
                     start = i
                     size = len(cast(bytes, e.payload))
-            sub.send_deliveries(self._encode(entries[start:]), len(entries) - start)
+            sub.send_deliveries(self._encode(entries[start:]), len(entries) - start, fence)
         self._arm_timer()
 
     def _encode(self, entries: list[Entry]) -> bytes:
@@ -568,8 +578,13 @@ class Channel:
     @property
     def depth(self) -> int:
         """Queued in memory plus what still waits on disk."""
-        backlog = max(0, self.topic.committed_seq - self.read_pos) if self.durable else 0
-        return int(self.core.depth) + backlog
+        if not self.durable:
+            return int(self.core.depth)
+        pos, head = self.read_pos, self.topic.committed_seq
+        # Seqs known to hold nothing (failed appends, a restart's skipped range) are
+        # not messages waiting.
+        empty = sum(min(hi, head) - max(lo, pos) for lo, hi in self.gaps if hi > pos and lo < head)
+        return int(self.core.depth) + max(0, head - pos - empty)
 
 
 def decode_records(records: list[bytes]) -> list[tuple[bytes, float, bytes]]:

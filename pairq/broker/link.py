@@ -84,10 +84,13 @@ class FramedLink:
             self._w.writelines((len(data).to_bytes(4, "big"), data))
 
     def close(self) -> None:
+        """Drop the connection at once: abort, not close, which would first wait to
+        flush what is buffered (forever, to a stopped peer) and leave a writer
+        blocked in ``drain``."""
         if not self.closed:
             self.closed = True
             with contextlib.suppress(Exception):
-                self._w.close()
+                self._w.transport.abort()
 
 
 async def read_token(reader: asyncio.StreamReader, timeout: float) -> bytes:

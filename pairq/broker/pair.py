@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from pairq import grpcopts
+from pairq.broker import pair_core as pc
 from pairq.broker import store as st
 from pairq.broker import wire
 from pairq.broker.link import TOKEN_BYTES, FramedLink, LinkError, read_token
@@ -75,6 +76,11 @@ CATCHUP_CHUNK = 2000
 HWM_STEP = 100_000
 MAX_BATCHES_IN_FLIGHT = 16
 MAX_BATCH_RECORDS = 20000
+# Most record bytes in one replication batch: a batch the broker accepts (up
+# to --max-batch bodies of --max-msg-size) is split into frames well under the
+# link's frame limit (grpcopts.frame_limit), and a slow partner acknowledges
+# each in turn (back-pressure through the in-flight window, not a takeover).
+MAX_BATCH_BYTES = 8 * 1024 * 1024
 # Longest a confirmation of a parallel-replicated publish waits for a batch to
 # ride on before it is sent alone (see Pair.committed).
 CONFIRM_DELAY = 0.005
@@ -402,6 +408,45 @@ def _merge_appends(pending: list[tuple[str, int, list[bytes], bool]]) -> list[rp
     return out
 
 
+def _split_appends(pending: list[tuple[str, int, list[bytes], bool]]) -> list[list[rpb.ReplicaAppend]]:
+    """The appends of one round, merged (``_merge_appends``) and cut into frames of at
+    most MAX_BATCH_BYTES of records each (a record larger than that goes alone)."""
+    frames: list[list[rpb.ReplicaAppend]] = []
+    cur: list[rpb.ReplicaAppend] = []
+    size = 0
+    for a in _merge_appends(pending):
+        total = sum(map(len, a.records))
+        if size + total <= MAX_BATCH_BYTES:  # the common case: the whole run fits
+            cur.append(a)
+            size += total
+            continue
+        recs = list(a.records)
+        start = 0
+        for i, rec in enumerate(recs):
+            if size and size + len(rec) > MAX_BATCH_BYTES:
+                if i > start:
+                    cur.append(rpb.ReplicaAppend(topic=a.topic, first_seq=a.first_seq + start,
+                                                 records=recs[start:i], uncommitted=a.uncommitted))
+                frames.append(cur)
+                cur, size, start = [], 0, i
+            size += len(rec)
+        cur.append(rpb.ReplicaAppend(topic=a.topic, first_seq=a.first_seq + start,
+                                     records=recs[start:], uncommitted=a.uncommitted))
+    frames.append(cur)
+    return frames
+
+
+def _progress_msg(topic: str, channel: str, pr: _Progress) -> rpb.ReplicaProgress:
+    return rpb.ReplicaProgress(
+        topic=topic, channel=channel, floor=pr.floor, finished=sorted(pr.finished), deleted=pr.deleted,
+        states=[
+            rpb.ReplicaState(seq=seq, cleared=True) if v is None
+            else rpb.ReplicaState(seq=seq, attempts=v[0], due_ns=v[1])
+            for seq, v in pr.states.items()
+        ],
+    )
+
+
 def _merge_ranges(ranges: list[tuple[str, int, int]]) -> list[rpb.ReplicaRange]:
     out: list[tuple[str, int, int]] = []
     for topic, seq, n in sorted(ranges):
@@ -450,9 +495,18 @@ class Pair:
         self.lease = o.lease_ms / 1000.0
         self.heartbeat = o.heartbeat_ms / 1000.0
         self.standby = StandbyStore(broker.store)
+        # Every decision about the partner (lease, silence, pauses, takeover,
+        # the catalog gate) is the pure core's; this object carries them out.
+        self.core = pc.PairCore(lease=self.lease, ack_timeout=max(1.0, 2 * self.lease),
+                                now=time.monotonic())
+        # Bumped whenever deliveries already queued for subscribers became invalid
+        # (the partner took messages of ours over): the service drops queued
+        # deliveries of an older fence, and holds the others while the lease is
+        # lapsed.
+        self.fence = 0
+        self._fence_waiters: list[asyncio.Future[None]] = []
         # outbound
         self.connected = False
-        self.lease_until = 0.0
         self._batch_id = 0
         self._appends: list[tuple[str, int, list[bytes], bool]] = []  # (topic, seq, records, uncommitted)
         self._confirms: list[tuple[str, int, int]] = []  # committed here since sent uncommitted
@@ -474,26 +528,41 @@ class Pair:
         self._unacked_msgs = 0
         # inbound
         self.partner_connected = False
-        self.last_grant = 0.0
-        self.last_contact = time.monotonic()
-        self.solo = False
-        self.takeovers = 0
         self.took_over_at = 0.0
         self._taking_over: asyncio.Task[None] | None = None
         self._inbound_fenced = False  # set during a takeover: apply/ack nothing from the partner
+        self._generation = 0  # bumped by every takeover: the inbound sessions before it are over
         self._closing = asyncio.Event()  # set by stop(): inbound streams end
         self._tasks: list[asyncio.Task[Any]] = []
         self._catchup: list[tuple[Topic, int, int]] = []
+        self._catalog: list[rpb.ReplicaProgress] = []
         self._running = False
-        self._gossip_dead = False
+        self.catalog_event = asyncio.Event()
 
     # ------------------------------------------------------------ lifecycle
     def load(self) -> None:
         self.standby.load()
+        # A store that never had the pair's catalog (new, or wiped) waits for it.
+        self.core.catalog_ready = self.broker.store.get(st.META, b"catalog") is not None
+        if self.core.catalog_ready:
+            self.catalog_event.set()
+
+    @property
+    def solo(self) -> bool:
+        return self.core.mode == pc.SOLO
+
+    @property
+    def takeovers(self) -> int:
+        return self.core.takeovers
+
+    @property
+    def lease_until(self) -> float:
+        return self.core.lease_until
 
     def start(self) -> None:
         self._running = True
-        self.last_contact = time.monotonic()
+        self.core = pc.PairCore(lease=self.lease, ack_timeout=self.core.ack_timeout,
+                                now=time.monotonic(), catalog_ready=self.core.catalog_ready)
         self._tasks = [
             asyncio.create_task(self._outbound_loop(), name="pair-outbound"),
             asyncio.create_task(self._monitor(), name="pair-monitor"),
@@ -514,13 +583,37 @@ class Pair:
 
     # ------------------------------------------------------------ delivery fence
     def may_deliver(self) -> bool:
-        return self.solo or time.monotonic() < self.lease_until
+        return self.core.may_deliver(time.monotonic())
 
     def lease_remaining(self) -> float:
-        return max(0.0, self.lease_until - time.monotonic())
+        return self.core.lease_remaining(time.monotonic())
+
+    async def fence_moved(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) for the next lease renewal or fence change."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._fence_waiters.append(fut)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(fut, timeout)
+
+    def _kick_fence_waiters(self) -> None:
+        waiters, self._fence_waiters = self._fence_waiters, []
+        for f in waiters:
+            if not f.done():
+                f.set_result(None)
 
     # ------------------------------------------------------------ publish side
+    def check_catalog(self) -> None:
+        """Refuse publishes and new channels until the pair's catalog is here (a new or
+        wiped store would otherwise create topics without the pair's channels)."""
+        if not self.core.catalog_ready:
+            raise PairqError(
+                f"this broker's store is new and it has not yet received the pair's topics and "
+                f"channels from partner {self.partner_address}; retry shortly, or use the partner",
+                code=pb.ERROR_CODE_UNAVAILABLE,
+            )
+
     def check_accepting(self) -> None:
+        self.check_catalog()
         if self.min_copies >= 2 and not self.connected:
             raise PairqError(
                 f"partner {self.partner_address} of pair {self.name!r} is unreachable and this broker "
@@ -560,6 +653,20 @@ class Pair:
         self._confirm_timer = None
         if self._confirms:
             self._wake.set()
+
+    async def wait_replicated(self) -> None:
+        """Wait (at most an ack timeout) until the partner acknowledged everything
+        queued so far. A link that is down or breaks meanwhile is fine: every new
+        session sends the whole catalog before anything else."""
+        fut = self.barrier()
+        if fut is None:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(fut), self.core.ack_timeout)
+        if not fut.done():
+            fut.cancel()
+        elif not fut.cancelled():
+            fut.exception()  # retrieved
 
     def barrier(self) -> asyncio.Future[None] | None:
         """A future resolved once the partner acknowledged everything queued so far
@@ -614,9 +721,9 @@ class Pair:
             try:
                 stub = rpbg.ReplicationServiceStub(channel)
                 call = stub.Replicate()
-                await call.write(rpb.ReplicateRequest(
-                    hello=rpb.ReplicaHello(node_id=self.broker.store_id, pair=self.name, tcp=True)))
-                resp = await asyncio.wait_for(call.read(), timeout=max(2.0, 3 * self.lease))
+                # The whole handshake is bounded: a stopped partner accepts the TCP
+                # connection (its kernel does) but never answers.
+                resp = await asyncio.wait_for(self._handshake(call), timeout=max(2.0, 3 * self.lease))
                 if resp is grpc.aio.EOF or resp.WhichOneof("kind") != "welcome":
                     raise ConnectionError("partner did not welcome us")
                 link = await self._open_tcp_link(resp.welcome) or call
@@ -653,6 +760,11 @@ class Pair:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 0.5)
 
+    async def _handshake(self, call: Any) -> Any:
+        await call.write(rpb.ReplicateRequest(hello=rpb.ReplicaHello(
+            node_id=self.broker.store_id, pair=self.name, tcp=True)))
+        return await call.read()
+
     async def _open_tcp_link(self, welcome: rpb.ReplicaWelcome) -> FramedLink | None:
         """Switch to the partner's plain TCP link if it offered one (None: stay on gRPC)."""
         if not welcome.tcp_port or len(welcome.tcp_token) != TOKEN_BYTES:
@@ -676,12 +788,16 @@ class Pair:
         holdings = {h.topic: h for h in welcome.holdings}
         broker = self.broker
         # 1. Everything the partner took over is its now: never deliver it here again.
+        dropped = False
         for h in welcome.holdings:
             topic = broker.topics.get(h.topic)
             if topic is not None and h.taken_upto > 0:
-                topic.drop_taken_over(h.taken_upto)
-        # 2. Queue our un-replicated state: appends from what it holds to our head,
-        #    and a snapshot of every channel's progress.
+                dropped = topic.drop_taken_over(h.taken_upto) or dropped
+        if dropped:
+            self.fence += 1  # deliveries queued before this are of messages no longer ours
+            self._kick_fence_waiters()
+        # 2. Queue our un-replicated state: the catalog (every channel with its
+        #    progress) first, then appends from what it holds to our head.
         self._appends = []
         self._confirms = []
         self._progress = {}
@@ -694,6 +810,7 @@ class Pair:
         self.connected = True
         log.info("replicating to partner %s (%s)", self.partner_address, welcome.node_id)
         catchup: list[tuple[Topic, int, int]] = []
+        catalog: list[rpb.ReplicaProgress] = []
         for topic in list(broker.topics.values()):
             if topic.ephemeral:
                 continue
@@ -707,23 +824,33 @@ class Pair:
                 self._unacked_msgs += live_from - start
             for ch in topic.channels.values():
                 if ch.durable:
-                    self._progress[(topic.name, ch.name)] = _Progress(
-                        ch.floor, set(ch.fin_mem), False, dict(ch.states))
+                    catalog.append(_progress_msg(topic.name, ch.name, _Progress(
+                        ch.floor, set(ch.fin_mem), False, dict(ch.states))))
+        self._catalog = catalog
         self._catchup = catchup
         self._wake.set()
 
     async def _send_loop(self, call: Any, reader: asyncio.Task[None]) -> None:
-        # Catch-up first (no futures: the producers were acknowledged long ago).
+        # The catalog first: the partner creates every channel before it holds a
+        # message of ours (and a new store may accept publishes only after it).
+        catalog, self._catalog = self._catalog, []
+        for i in range(0, max(1, len(catalog)), 1000):
+            await self._send(call, reader, [], catalog[i:i + 1000], list(self._deleted), [],
+                             catalog=i + 1000 >= len(catalog))
+            self._deleted = []
+        # Catch-up next (no futures: the producers were acknowledged long ago).
         for topic, start, end in self._catchup:
             pos = start
             while pos < end and not topic.deleted:
                 if pos >= topic.committed_seq:
                     await asyncio.sleep(0.001)  # reserved before we connected, still committing
                     continue
-                rows = self.broker.store.read_msgs(
-                    topic.meta.id, pos, min(end, topic.committed_seq), CATCHUP_CHUNK)
+                top = min(end, topic.committed_seq)
+                rows = self.broker.store.read_msgs(topic.meta.id, pos, top, CATCHUP_CHUNK,
+                                                   max_bytes=MAX_BATCH_BYTES)
                 if not rows:
-                    pos = min(end, topic.committed_seq)  # a gap: failed appends
+                    self._unacked_msgs = max(0, self._unacked_msgs - (top - pos))
+                    pos = top  # a gap: failed appends
                     continue
                 # Send contiguous runs (gaps are failed appends).
                 run: list[bytes] = []
@@ -739,7 +866,8 @@ class Pair:
                     expect = seq + 1
                 if run:
                     appends.append(rpb.ReplicaAppend(topic=topic.name, first_seq=run_start, records=run))
-                await self._send(call, reader, appends, [], [], [])
+                # The lag counts seqs: a chunk settles the whole span it covers.
+                await self._send(call, reader, appends, [], [], [], span=rows[-1][0] + 1 - pos)
                 pos = rows[-1][0] + 1
         self._catchup = []
         # Live: whatever accumulated, plus heartbeats.
@@ -754,19 +882,9 @@ class Pair:
             if reader.done():
                 reader.result()
                 raise ConnectionError("ack stream ended")
-            appends = _merge_appends(self._appends) if self._appends else []
+            pending = self._appends
             confirms = _merge_ranges(self._confirms) if self._confirms else []
-            progress = [
-                rpb.ReplicaProgress(
-                    topic=t, channel=c, floor=pr.floor, finished=sorted(pr.finished), deleted=pr.deleted,
-                    states=[
-                        rpb.ReplicaState(seq=seq, cleared=True) if v is None
-                        else rpb.ReplicaState(seq=seq, attempts=v[0], due_ns=v[1])
-                        for seq, v in pr.states.items()
-                    ],
-                )
-                for (t, c), pr in self._progress.items()
-            ]
+            progress = [_progress_msg(t, c, pr) for (t, c), pr in self._progress.items()]
             deleted = self._deleted
             futures = self._futures
             self._appends, self._progress, self._deleted, self._futures = [], {}, [], []
@@ -774,12 +892,18 @@ class Pair:
             if self._confirm_timer is not None:  # they ride on this batch
                 self._confirm_timer.cancel()
                 self._confirm_timer = None
-            await self._send(call, reader, appends, progress, deleted, futures, confirms)
+            frames = _split_appends(pending) if pending else [[]]
+            # Everything but the appends rides on the last frame, whose ack (acks are
+            # cumulative) resolves every future of this round.
+            for appends in frames[:-1]:
+                await self._send(call, reader, appends, [], [], [])
+            await self._send(call, reader, frames[-1], progress, deleted, futures, confirms)
 
     async def _send(self, call: Any, reader: asyncio.Task[None], appends: list[rpb.ReplicaAppend],
                     progress: list[rpb.ReplicaProgress], deleted: list[str],
                     futures: list[asyncio.Future[None]],
-                    confirms: list[rpb.ReplicaRange] | None = None) -> None:
+                    confirms: list[rpb.ReplicaRange] | None = None, *,
+                    catalog: bool = False, span: int | None = None) -> None:
         raise_hwm: list[st.Op] = []
         for a in appends:
             topic = self.broker.topics.get(a.topic)
@@ -789,14 +913,30 @@ class Pair:
                 raise_hwm.append(("put", st.META, st.hwm_key(topic.meta.id), st.pack_q(topic.hwm)))
         if raise_hwm:
             await self.broker.store.submit_many(raise_hwm)
-        await self._window.acquire()
+        # Wait for room in the window, but never past the session's end: a reader
+        # that died (the partner reset, stopped or was partitioned) ends the wait.
+        if self._window.locked():
+            acquire = asyncio.ensure_future(self._window.acquire())
+            try:
+                await asyncio.wait({acquire, reader}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not acquire.done():
+                    acquire.cancel()
+            if not acquire.done() or acquire.cancelled():
+                for f in futures:
+                    if not f.done():
+                        f.set_exception(UnavailableError(
+                            f"lost the replication stream to partner {self.partner_address}"))
+                raise ConnectionError("replication session ended while waiting for acknowledgements")
+        else:
+            await self._window.acquire()
         self._batch_id += 1
         pending = _Pending(self._batch_id, time.monotonic(), futures)
         self._in_flight.append(pending)
-        pending.count = sum(len(a.records) for a in appends)
+        pending.count = span if span is not None else sum(len(a.records) for a in appends)
         await call.write(rpb.ReplicateRequest(batch=rpb.ReplicaBatch(
             batch_id=pending.batch_id, appends=appends, progress=progress, deleted_topics=deleted,
-            committed=confirms)))
+            committed=confirms, catalog=catalog)))
 
     async def _read_acks(self, call: Any) -> None:
         while True:
@@ -807,18 +947,25 @@ class Pair:
                 continue
             ack = resp.ack
             lease = ack.lease_ms / 1000.0 if ack.lease_ms else self.lease
+            now = time.monotonic()
+            sent_at = 0.0
             while self._in_flight and self._in_flight[0].batch_id <= ack.batch_id:
                 p = self._in_flight.popleft()
                 self._window.release()
                 self._unacked_msgs = max(0, self._unacked_msgs - p.count)
-                self.lease_until = max(self.lease_until, p.sent_at + lease)
+                sent_at = p.sent_at
                 for f in p.futures:
                     if not f.done():
                         f.set_result(None)
-            if self.solo and time.monotonic() < self.lease_until:
-                log.info("partner %s is back and acknowledging: leaving solo mode", self.partner_address)
-                self.solo = False
+            if sent_at:
+                for action in self.core.on_ack(sent_at, lease, now):
+                    if action.kind == pc.LEFT_SOLO:
+                        log.info("partner %s is back and acknowledging: leaving solo mode",
+                                 self.partner_address)
             self.broker.on_lease_renewed()
+            if self._fence_waiters:
+                self._kick_fence_waiters()
+
 
     # ------------------------------------------------------------ inbound (service)
     async def Replicate(self, request_iterator: Any, context: Any) -> None:
@@ -844,7 +991,11 @@ class Pair:
             if self.standby.count():
                 log.warning("partner came back as %s (was %s): taking over the old standby copies",
                             h.node_id, self.standby.partner_id)
-                await self.take_over("partner has a new node id")
+                for action in self.core.on_new_identity(time.monotonic()):
+                    if action.kind == pc.TAKE_OVER:
+                        await self._run_takeover(action.reason)
+                if self._taking_over is not None:
+                    await asyncio.shield(self._taking_over)
             await self._reset_standby(h.node_id)
         elif not self.standby.partner_id:
             await self._reset_standby(h.node_id)
@@ -861,7 +1012,7 @@ class Pair:
         # may have crashed before committing it): never count it as stored.
         self.standby.forget_unconfirmed()
         self.partner_connected = True
-        self.last_contact = time.monotonic()
+        self.core.on_heard(time.monotonic())
         # The link: the partner's TCP connection if it makes one (link.py), else
         # this stream. Its first message over either decides.
         link: Any = context
@@ -893,7 +1044,7 @@ class Pair:
         acks: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None] = asyncio.Queue()
         # A takeover ends this stream: the partner must reconnect and learn what
         # was taken over before it may deliver again.
-        generation = self.takeovers
+        generation = self._generation
         writer = asyncio.create_task(self._write_acks(context, link, acks, generation))
         tcp_acks = (functools.partial(self._ack_now, context, link, generation, acks)
                     if isinstance(link, FramedLink) else None)
@@ -911,7 +1062,7 @@ class Pair:
                     break
                 if self._fenced(generation):
                     break
-                self.last_contact = time.monotonic()
+                self.core.on_heard(time.monotonic())
                 if req.WhichOneof("kind") != "batch":
                     continue
                 problem = validate_batch(req.batch, self.broker.options.max_msg_size)
@@ -920,6 +1071,9 @@ class Pair:
                     await _end(context, link, grpc.StatusCode.INVALID_ARGUMENT, f"bad replication batch: {problem}")
                     return
                 ops, confirmed = self.standby.apply_batch(req.batch)
+                if req.batch.progress or req.batch.catalog:
+                    # Channels are pair state: adopt the partner's before acknowledging.
+                    await self._adopt_channels(req.batch)
                 fut = self.broker.store.submit_many(ops) if ops else self.broker.store.barrier()
                 self.standby.confirm_after(fut, confirmed)
                 if tcp_acks is not None:
@@ -969,14 +1123,40 @@ class Pair:
                 return
             await link.write(self._grant_ack(bid))
 
+    async def _adopt_channels(self, batch: rpb.ReplicaBatch) -> None:
+        """Create (or delete) on our own topics the channels the partner reports, so a
+        channel exists on both brokers before any later publish is acknowledged; the
+        first complete catalog lifts a new store's gate (``check_catalog``)."""
+        broker = self.broker
+        for p in batch.progress:
+            topic = broker.topics.get(p.topic)
+            if p.deleted:
+                if topic is not None and p.channel in topic.channels:
+                    log.info("partner deleted channel %s/%s: deleting it here too", p.topic, p.channel)
+                    topic.delete_channel(p.channel)
+                continue
+            if topic is None or p.channel not in topic.channels:
+                try:
+                    topic = await broker.get_topic(p.topic, from_partner=True)
+                    await topic.get_channel(p.channel, from_partner=True)
+                except PairqError as exc:  # a limit (--max-topics/--max-channels) here
+                    log.error("cannot create the partner's channel %s/%s here: %s",
+                              p.topic, p.channel, exc)
+        if batch.catalog and not self.core.catalog_ready:
+            await broker.store.submit_many([("put", st.META, b"catalog", b"1")])
+            self.core.on_catalog(time.monotonic())
+            self.catalog_event.set()
+            log.info("received the pair's catalog from partner %s (%d channel(s)): accepting "
+                     "publishes", self.partner_address, len(batch.progress))
+
     def _fenced(self, generation: int) -> bool:
         """A takeover happened (or is running) since the session of ``generation`` began."""
-        return self.takeovers != generation or self._inbound_fenced
+        return self._generation != generation or self._inbound_fenced
 
     def _grant_ack(self, bid: int) -> rpb.ReplicateResponse:
         """The ack of batch ``bid``, granting the lease from now: we promise not to take
         over before now + lease."""
-        self.last_grant = time.monotonic()
+        self.core.on_grant(time.monotonic())
         return rpb.ReplicateResponse(ack=rpb.ReplicaAck(batch_id=bid, lease_ms=int(self.lease * 1000)))
 
     def _ack_now(self, context: Any, link: FramedLink, generation: int,
@@ -1034,37 +1214,51 @@ class Pair:
 
     # ------------------------------------------------------------ takeover
     def gossip_partner_dead(self, dead: bool) -> None:
-        """Gossip's view of the partner (speeds takeover up once the lease has lapsed)."""
-        self._gossip_dead = dead
+        """Gossip's view of the partner (recorded; the lease decides, see pair_core)."""
+        self.core.on_gossip(dead)
 
     async def _monitor(self) -> None:
+        """Feed the core the clock and carry out what it decides."""
         while self._running:
             await asyncio.sleep(min(0.02, self.heartbeat / 2))
             now = time.monotonic()
-            link = self._link
-            if (isinstance(link, FramedLink) and self._in_flight
-                    and now - self._in_flight[0].sent_at > max(2.0, 5 * self.lease)):
-                # A plain TCP link has no keepalive of its own: a partner that stopped
-                # acknowledging (paused, or its host gone) ends the session here.
-                log.warning("partner %s stopped acknowledging on the TCP link; reconnecting",
-                            self.partner_address)
-                link.close()
-            silent_since = max(self.last_contact, self.last_grant)
-            if self.solo or self._taking_over is not None:
-                continue
-            if now - silent_since > self.lease and now - self.last_grant > self.lease:
-                reason = "gossip declared the partner dead" if self._gossip_dead else (
-                    f"partner silent for {now - silent_since:.2f} s (lease {self.lease:.2f} s lapsed)")
-                self._taking_over = asyncio.create_task(self.take_over(reason))
-                try:
-                    await self._taking_over
-                except Exception:
-                    log.exception("takeover failed; will retry")
-                finally:
-                    self._taking_over = None
+            for action in self.core.tick(now, unacked=bool(self._in_flight)):
+                if action.kind == pc.RESUMED:
+                    log.warning("this broker was stopped for %.2f s (paused process, suspended "
+                                "host or a stalled loop): delivering again only under a fresh "
+                                "lease; not judging the partner's silence across the gap", action.gap)
+                elif action.kind == pc.RESET_LINK:
+                    link = self._link
+                    if link is not None:
+                        log.warning("partner %s: %s; dropping the replication session and "
+                                    "reconnecting", self.partner_address, action.reason)
+                        self._reset_session()
+                elif action.kind == pc.TAKE_OVER:
+                    await self._run_takeover(action.reason)
+
+    def _reset_session(self) -> None:
+        """End the outbound session now: close its link and fail whatever waits on it."""
+        link = self._link
+        if isinstance(link, FramedLink):
+            link.close()
+        elif link is not None:
+            link.cancel()
+        self._fail_pending(UnavailableError(
+            f"partner {self.partner_address} stopped acknowledging; retry"))
+
+    async def _run_takeover(self, reason: str) -> None:
+        self._taking_over = asyncio.create_task(self.take_over(reason))
+        try:
+            await self._taking_over
+        except Exception:
+            log.exception("takeover failed; will retry")
+            self.core.on_takeover_failed(time.monotonic())
+        finally:
+            self._taking_over = None
 
     async def take_over(self, reason: str) -> None:
-        """Promote every unfinished standby copy to owned and deliver alone."""
+        """Promote every unfinished standby copy to owned and deliver alone (the core
+        decided; see pair_core)."""
         t0 = time.monotonic()
         moved = 0
         # Stop applying and acknowledging the partner's batches, and let every
@@ -1074,28 +1268,28 @@ class Pair:
             await self.broker.store.barrier()
             for sb in list(self.standby.topics.values()):
                 moved += await self._take_over_topic(sb)
-            self.takeovers += 1
+            self._generation += 1
             for link in list(self._inbound_links):
                 link.close()
         finally:
             self._inbound_fenced = False
-        self.solo = True
         self.took_over_at = time.monotonic()
-        await self.broker.bump_epoch()
+        for action in self.core.on_takeover_done(self.took_over_at):
+            if action.kind == pc.EPOCH:
+                await self.broker.bump_epoch()
         self.broker.on_lease_renewed()
-        if moved or reason:
-            log.warning("took over %d message(s) from partner %s in %.3f s: %s",
-                        moved, self.standby.partner_id or self.partner_address,
-                        time.monotonic() - t0, reason)
+        log.warning("took over %d message(s) from partner %s in %.3f s: %s",
+                    moved, self.standby.partner_id or self.partner_address,
+                    time.monotonic() - t0, reason)
 
     async def _take_over_topic(self, sb: StandbyTopic) -> int:
         start = max(sb.first_seq, sb.taken_upto)
         end = sb.next_seq
         if end <= start and not sb.channels:
             return 0
-        topic = await self.broker.get_topic(sb.name)
+        topic = await self.broker.get_topic(sb.name, from_partner=True)
         for ch_name in sb.channels:
-            await topic.get_channel(ch_name)
+            await topic.get_channel(ch_name, from_partner=True)
         rows: list[tuple[int, bytes]] = []
         prefix = st.sb_topic_prefix(sb.name)
         s = self.broker.store

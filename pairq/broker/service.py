@@ -352,10 +352,12 @@ class BrokerService:
                     await err.abort(context)
                     break
                 if isinstance(item, tuple):
-                    # Deliveries: re-check the fence right before they leave (a
-                    # paused process may resume after its lease lapsed); dropped
-                    # ones stay in flight and time out.
-                    if not self.broker.may_deliver():
+                    # Deliveries: re-check the fence right before they leave. A
+                    # paused process may resume after its lease lapsed: hold them
+                    # until the lease is back; if the partner took them over
+                    # meanwhile (the fence generation moved), drop them (the
+                    # channel forgot them too).
+                    if not await self._fence_allows(sub, item[1]):
                         continue
                     item = item[0]
                 yield item
@@ -364,6 +366,13 @@ class BrokerService:
             heartbeat.cancel()
             sub.done = True
             channel.remove_subscriber(sub)
+
+    async def _fence_allows(self, sub: Subscriber, fence: int) -> bool:
+        broker = self.broker
+        pair = broker.pair
+        while pair is not None and not broker.may_deliver() and fence == pair.fence and not sub.done:
+            await pair.fence_moved(timeout=0.1)  # an ack renewed the lease, or a drop moved the fence
+        return fence == broker.fence() and broker.may_deliver()
 
     async def _heartbeats(self, sub: Subscriber) -> None:
         hb = pb.SubscribeResponse(heartbeat=True).SerializeToString()

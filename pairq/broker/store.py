@@ -285,9 +285,12 @@ class Store:
                 found.update(k for k, _ in txn.cursor(db=db).getmulti(ids))
         return found
 
-    def read_msgs(self, topic_id: int, from_seq: int, to_seq: int, limit: int) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` (seq, record) with from_seq <= seq < to_seq."""
+    def read_msgs(self, topic_id: int, from_seq: int, to_seq: int, limit: int,
+                  max_bytes: int = 0) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` (seq, record) with from_seq <= seq < to_seq; with ``max_bytes``,
+        stop once that many record bytes are read (always at least one record)."""
         out: list[tuple[int, bytes]] = []
+        size = 0
         if from_seq >= to_seq or limit <= 0:
             return out
         end = _IQ.pack(topic_id, to_seq)
@@ -299,7 +302,8 @@ class Store:
                 if k >= end:
                     break
                 out.append((_IQ.unpack(k)[1], v))
-                if len(out) >= limit:
+                size += len(v)
+                if len(out) >= limit or (max_bytes and size >= max_bytes):
                     break
         return out
 

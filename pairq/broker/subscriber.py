@@ -47,13 +47,14 @@ class Subscriber:
         self.heartbeat_interval = heartbeat_interval
         self.connected_at_ns = time.time_ns()
         self.last_seen = time.monotonic()
-        # bytes: a serialized response; (bytes,): deliveries (fenced at send time).
-        self.queue: asyncio.Queue[bytes | tuple[bytes] | Terminate | None] = asyncio.Queue()
+        # bytes: a serialized response; (bytes, fence): deliveries, made under the
+        # pair's fence generation ``fence`` (re-checked at send time, see service.py).
+        self.queue: asyncio.Queue[bytes | tuple[bytes, int] | Terminate | None] = asyncio.Queue()
         self.closing = False
         self.done = False
 
-    def send_deliveries(self, data: bytes, count: int) -> None:
-        self.queue.put_nowait((data,))
+    def send_deliveries(self, data: bytes, count: int, fence: int = 0) -> None:
+        self.queue.put_nowait((data, fence))
 
     def send(self, msg: broker_pb2.SubscribeResponse) -> None:
         self.queue.put_nowait(msg.SerializeToString())

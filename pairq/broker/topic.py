@@ -171,11 +171,14 @@ class Topic:
         if pair is not None and records:
             pair.replicate(self.name, seq0, records)
 
-    def drop_taken_over(self, upto: int) -> None:
-        """The partner took over every seq below ``upto``: never deliver them here."""
+    def drop_taken_over(self, upto: int) -> bool:
+        """The partner took over every seq below ``upto``: never deliver them here.
+        True if any channel had something below it."""
+        dropped = False
         for ch in self.channels.values():
-            ch.drop_below(upto)
+            dropped = ch.drop_below(upto) or dropped
         self.on_floor_advanced()
+        return dropped
 
     def _complete(self, seq0: int, n: int, records: list[bytes] | None) -> None:
         # Commits resolve in order, but keep fan-out strictly in seq order anyway.
@@ -206,7 +209,16 @@ class Topic:
             ch.offer(seq0, decoded)
 
     # ------------------------------------------------------------ channels
-    async def get_channel(self, name: str, *, create: bool = True) -> Channel:
+    async def get_channel(self, name: str, *, create: bool = True,
+                          from_partner: bool = False) -> Channel:
+        """The channel, created if needed (NSQ's starting point: the first channel at the
+        oldest retained message, later ones at the head).
+
+        In a pair a channel is pair state: a new durable channel's existence and
+        starting point reach the partner, which creates it on its own topic too,
+        before this returns (``from_partner``: the partner is why we create it, so
+        neither the new-store gate nor that wait applies).
+        """
         ch = self.channels.get(name)
         if ch is not None:
             return ch
@@ -215,6 +227,10 @@ class Topic:
                 f"channel {name!r} of topic {self.name!r} does not exist",
                 code=broker_pb2.ERROR_CODE_NOT_FOUND,
             )
+        pair = self.broker.pair
+        durable = not is_ephemeral(name) and not self.ephemeral
+        if pair is not None and durable and not from_partner:
+            pair.check_catalog()
         if len(self.channels) >= self.broker.options.max_channels:
             raise PairqError(
                 f"topic {self.name!r} already has {len(self.channels)} channels "
@@ -245,12 +261,19 @@ class Topic:
                 ch.read_pos = seq
                 ch.offer(seq, decode_records([rec]))
             self._mem.clear()
+        if pair is not None and ch.durable:
+            pair.progress(self.name, name, ch.floor, [])
+            if not from_partner:
+                await pair.wait_replicated()
         ch.schedule_pump()
         return ch
 
     def add_loaded_channel(self, meta: st.ChannelMeta) -> Channel:
         ch = Channel(self, meta, ephemeral=False)
         self.channels[meta.name] = ch
+        if self.gap_size:
+            # The seqs a restart skipped (up to the high-water mark) hold nothing.
+            ch.skip_gap(self.next_seq - self.gap_size, self.next_seq)
         return ch
 
     def delete_channel(self, name: str) -> None:

@@ -67,18 +67,20 @@ class ReplicaHello(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., pair: _Optional[str] = ..., tcp: _Optional[bool] = ...) -> None: ...
 
 class ReplicaBatch(_message.Message):
-    __slots__ = ("batch_id", "appends", "progress", "deleted_topics", "committed")
+    __slots__ = ("batch_id", "appends", "progress", "deleted_topics", "committed", "catalog")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     APPENDS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     DELETED_TOPICS_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     appends: _containers.RepeatedCompositeFieldContainer[ReplicaAppend]
     progress: _containers.RepeatedCompositeFieldContainer[ReplicaProgress]
     deleted_topics: _containers.RepeatedScalarFieldContainer[str]
     committed: _containers.RepeatedCompositeFieldContainer[ReplicaRange]
-    def __init__(self, batch_id: _Optional[int] = ..., appends: _Optional[_Iterable[_Union[ReplicaAppend, _Mapping]]] = ..., progress: _Optional[_Iterable[_Union[ReplicaProgress, _Mapping]]] = ..., deleted_topics: _Optional[_Iterable[str]] = ..., committed: _Optional[_Iterable[_Union[ReplicaRange, _Mapping]]] = ...) -> None: ...
+    catalog: bool
+    def __init__(self, batch_id: _Optional[int] = ..., appends: _Optional[_Iterable[_Union[ReplicaAppend, _Mapping]]] = ..., progress: _Optional[_Iterable[_Union[ReplicaProgress, _Mapping]]] = ..., deleted_topics: _Optional[_Iterable[str]] = ..., committed: _Optional[_Iterable[_Union[ReplicaRange, _Mapping]]] = ..., catalog: _Optional[bool] = ...) -> None: ...
 
 class ReplicateRequest(_message.Message):
     __slots__ = ("hello", "batch")

@@ -319,11 +319,11 @@ async def test_gossip_members_and_partner_death_reach_the_pair(tmp_path: Path) -
         metas = {m.meta.node_id: m.meta for m in gb.members()}
         assert metas[a.node_id].role == "broker" and metas[a.node_id].pair == "p1"
         assert metas[a.node_id].grpc_address == a.address
-        assert b.pair is not None and not b.pair._gossip_dead
+        assert b.pair is not None and not b.pair.core.gossip_dead
         # A's gossip dies without leaving (as in a crash): B's pair hears of it.
         await ga.stop(leave=False)
         a.membership.gossip = None
-        await eventually(lambda: b.pair is not None and b.pair._gossip_dead, timeout=15)
+        await eventually(lambda: b.pair is not None and b.pair.core.gossip_dead, timeout=15)
 
 
 async def test_requeue_delay_and_attempts_survive_a_takeover(tmp_path: Path) -> None:

@@ -1,0 +1,222 @@
+"""The pair's decisions as one pure state machine: lease, silence, pauses, takeover.
+
+Every decision a broker makes about its partner lives here (DESIGN.md
+"Pairs"); ``pair.py`` owns the sockets, the store and the tasks, feeds this
+object events and carries out the actions it returns. The object does no
+I/O, starts no tasks and never reads a clock: every method takes ``now``
+(seconds of a monotonic clock, non-decreasing; an older value than one seen
+is treated as the latest one seen).
+
+Interface::
+
+    core = PairCore(lease=0.8, ack_timeout=1.6, now=t, catalog_ready=True)
+
+    core.tick(now, unacked=bool) -> list[Action]   # call every few tens of ms
+    core.on_ack(sent_at, lease, now) -> list[Action]  # the partner acked a batch sent at sent_at
+    core.on_heard(now)                          # any message from the partner (inbound stream)
+    core.on_grant(now)                          # we acked the partner: promise made
+    core.on_takeover_done(now) -> list[Action]
+    core.on_takeover_failed(now)
+    core.on_new_identity(now) -> list[Action]   # the partner returned with a new store id
+    core.on_catalog(now)                        # the pair's catalog is here (see below)
+    core.on_gossip(dead)                        # gossip's verdict on the partner
+
+    core.may_deliver(now) -> bool               # the delivery fence
+    core.lease_remaining(now) -> float
+    core.mode                                   # PAIRED | TAKING_OVER | SOLO
+    core.catalog_ready, core.takeovers, core.check_invariants()
+
+Modes and every transition (nothing else changes ``mode``)::
+
+    PAIRED      --tick: partner silent >= lease, promise expired-->  TAKING_OVER  (TAKE_OVER)
+    PAIRED|SOLO --on_new_identity-->                                 TAKING_OVER  (TAKE_OVER)
+    TAKING_OVER --on_takeover_done-->                                SOLO         (EPOCH)
+    TAKING_OVER --on_takeover_failed-->                              PAIRED
+    SOLO        --on_ack with a live lease-->                        PAIRED       (LEFT_SOLO)
+    SOLO        --tick after a pause of this process-->              PAIRED       (RESUMED)
+
+Rules (tests/unit/test_pair_core*.py check each one):
+
+- Lease (the fence). The partner's ack of a batch sent at ``sent_at``
+  renews our lease to ``sent_at + lease`` (the partner acked at or after
+  ``sent_at``, and promised not to take over before ack time + lease, so the
+  two never deliver the same message under live leases). ``may_deliver`` is
+  true while the lease is live, or in SOLO (we took over: the partner is
+  gone). The lease runs on the real clock, so a pause of this process makes
+  it lapse like any other silence.
+- Promise. ``on_grant`` records that we granted the partner a lease until
+  ``now + lease``; we never start a takeover before that instant.
+- Silence is measured in *running* time. Between two calls the core counts
+  at most ``max_gap`` seconds: a process that was stopped (SIGSTOP, a host
+  suspend, a VM migration, a loop stalled by load) cannot tell whether its
+  partner spoke meanwhile, because the partner's messages are still unread
+  in its sockets. So a resumed broker never takes over on resume: it must
+  hear nothing for a whole lease while running first. Any message from the
+  partner, in either direction (an ack on our stream, a batch on its),
+  restarts the silence.
+- Pause. A gap of more than ``max_gap`` between calls ends SOLO: while we
+  were stopped the partner may have come back and taken our messages over
+  (it saw us silent), so we deliver again only under a fresh lease, or after
+  we have seen the partner silent for a lease again (a new takeover, which
+  bumps the epoch). The tick returns RESUMED with the gap.
+- Takeover. In PAIRED, once the partner has been silent for ``lease`` of
+  running time and our promise has expired, the tick returns TAKE_OVER (and
+  the mode is TAKING_OVER until the I/O layer reports the result). A
+  successful takeover counts, bumps the epoch (EPOCH) and enters SOLO. A
+  partner that says hello with a new store id lost its disk: everything we
+  hold of its old identity is ours at once (``on_new_identity``).
+- Ack timeout. When batches have been waiting for an acknowledgement for
+  ``ack_timeout`` of running time (counted from the first tick that saw them
+  unacknowledged, restarted by every ack), the tick returns RESET_LINK: our
+  link is dead or the partner stopped, so the sender drops the session
+  (publishes waiting on it fail with UNAVAILABLE at once) and reconnects.
+  Only acks count here: a partner whose own stream still reaches us (a
+  one-way partition) does not keep a dead link of ours alive.
+- Catalog gate. A broker whose store is new (a fresh or wiped disk) starts
+  with ``catalog_ready`` false: it must not accept publishes or create
+  channels until ``on_catalog`` (the partner's full channel list arrived),
+  or it would create topics without the pair's channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PAIRED = "paired"
+TAKING_OVER = "taking_over"
+SOLO = "solo"
+
+# Action kinds
+TAKE_OVER = "take_over"  # promote the partner's standby copies, then on_takeover_done
+EPOCH = "epoch"  # a new ownership epoch: persist it, stamp it on deliveries
+LEFT_SOLO = "left_solo"  # the partner is back and acknowledging
+RESUMED = "resumed"  # this process was stopped for ``gap`` seconds
+RESET_LINK = "reset_link"  # drop the outbound session and reconnect
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str
+    reason: str = ""
+    gap: float = 0.0
+
+
+class PairCore:
+    """Lease, silence, pause and takeover decisions of one broker of a pair."""
+
+    def __init__(self, *, lease: float, ack_timeout: float, now: float,
+                 catalog_ready: bool = True, max_gap: float | None = None) -> None:
+        if lease <= 0 or ack_timeout <= 0:
+            raise ValueError("lease and ack_timeout must be > 0")
+        self.lease = lease
+        self.ack_timeout = ack_timeout
+        # Longest step of the running clock between two calls (see "Silence").
+        self.max_gap = min(0.25, lease / 3) if max_gap is None else max_gap
+        self.mode = PAIRED
+        self.catalog_ready = catalog_ready
+        self.takeovers = 0
+        self.gossip_dead = False
+        self.lease_until = 0.0  # real clock
+        self.granted_until = 0.0  # real clock
+        self._last = now  # real time of the latest call
+        self._run = 0.0  # running time at ``_last``
+        self.heard_run = 0.0  # running time when the partner was last heard
+        self._stall_from: float | None = None  # running time unacked batches were first seen
+
+    # ------------------------------------------------------------ clocks
+    def _advance(self, now: float) -> float:
+        """Move both clocks to ``now``; return the real gap since the last call."""
+        gap = now - self._last
+        if gap <= 0:
+            return 0.0
+        self._run += min(gap, self.max_gap)
+        self._last = now
+        return gap
+
+    def silence(self, now: float) -> float:
+        """Running time since the partner was last heard (as of ``now``)."""
+        gap = max(0.0, now - self._last)
+        return self._run + min(gap, self.max_gap) - self.heard_run
+
+    # ------------------------------------------------------------ events
+    def tick(self, now: float, *, unacked: bool = False) -> list[Action]:
+        gap = self._advance(now)
+        now = self._last
+        out: list[Action] = []
+        if gap > self.max_gap:
+            out.append(Action(RESUMED, gap=gap))
+            if self.mode == SOLO:
+                self.mode = PAIRED
+        silent = self._run - self.heard_run
+        if not unacked:
+            self._stall_from = None
+        elif self._stall_from is None:
+            self._stall_from = self._run
+        elif self._run - self._stall_from >= self.ack_timeout:
+            out.append(Action(RESET_LINK, reason=(
+                f"no acknowledgement for {self._run - self._stall_from:.2f} s")))
+            self._stall_from = None
+        if self.mode == PAIRED and silent >= self.lease and now >= self.granted_until:
+            self.mode = TAKING_OVER
+            why = "gossip declared the partner dead" if self.gossip_dead else (
+                f"partner silent for {silent:.2f} s (lease {self.lease:.2f} s lapsed)")
+            out.append(Action(TAKE_OVER, reason=why))
+        return out
+
+    def on_heard(self, now: float) -> None:
+        self._advance(now)
+        self.heard_run = self._run
+
+    def on_ack(self, sent_at: float, lease: float, now: float) -> list[Action]:
+        self.on_heard(now)
+        self._stall_from = None
+        self.lease_until = max(self.lease_until, sent_at + lease)
+        if self.mode == SOLO and self._last < self.lease_until:
+            self.mode = PAIRED
+            return [Action(LEFT_SOLO)]
+        return []
+
+    def on_grant(self, now: float) -> None:
+        self._advance(now)
+        self.granted_until = max(self.granted_until, self._last + self.lease)
+
+    def on_takeover_done(self, now: float) -> list[Action]:
+        self._advance(now)
+        if self.mode != TAKING_OVER:
+            raise AssertionError(f"takeover finished in mode {self.mode}")
+        self.mode = SOLO
+        self.takeovers += 1
+        return [Action(EPOCH)]
+
+    def on_takeover_failed(self, now: float) -> None:
+        self._advance(now)
+        if self.mode == TAKING_OVER:
+            self.mode = PAIRED
+
+    def on_new_identity(self, now: float) -> list[Action]:
+        self.on_heard(now)
+        if self.mode == TAKING_OVER:
+            return []
+        self.mode = TAKING_OVER
+        return [Action(TAKE_OVER, reason="partner came back with a new store id (its disk was wiped)")]
+
+    def on_catalog(self, now: float) -> None:
+        self._advance(now)
+        self.catalog_ready = True
+
+    def on_gossip(self, dead: bool) -> None:
+        self.gossip_dead = dead
+
+    # ------------------------------------------------------------ queries
+    def may_deliver(self, now: float) -> bool:
+        return self.mode == SOLO or now < self.lease_until
+
+    def lease_remaining(self, now: float) -> float:
+        return max(0.0, self.lease_until - now)
+
+    def check_invariants(self) -> None:
+        """Verify the bookkeeping (for tests). Raises AssertionError."""
+        assert self.mode in (PAIRED, TAKING_OVER, SOLO), self.mode
+        assert self.heard_run <= self._run + 1e-9, "heard in the future"
+        assert self._run >= 0 and self.takeovers >= 0
+        assert self.granted_until <= self._last + self.lease + 1e-9, "promise beyond one lease"
