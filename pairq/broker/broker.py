@@ -254,9 +254,10 @@ class Broker:
         self.store.write_now([("put", st.META, b"epoch", struct.pack(">Q", epoch))])
         return int(epoch)
 
-    async def bump_epoch(self) -> None:
+    def next_epoch(self) -> asyncio.Future[Any]:
+        """Move to the next ownership epoch now; the future resolves once it is durable."""
         self.epoch += 1
-        await self.store.submit_many([("put", st.META, b"epoch", struct.pack(">Q", self.epoch))])
+        return self.store.submit_many([("put", st.META, b"epoch", struct.pack(">Q", self.epoch))])
 
     def check_accepting(self) -> None:
         if not self._accepting:

@@ -504,6 +504,7 @@ class Pair:
         # deliveries of an older fence, and holds the others while the lease is
         # lapsed.
         self.fence = 0
+        self._epoch_pending = 0  # new epochs not yet durable: no delivery meanwhile
         self._fence_waiters: list[asyncio.Future[None]] = []
         # outbound
         self.connected = False
@@ -583,7 +584,21 @@ class Pair:
 
     # ------------------------------------------------------------ delivery fence
     def may_deliver(self) -> bool:
-        return self.core.may_deliver(time.monotonic())
+        return not self._epoch_pending and self.core.may_deliver(time.monotonic())
+
+    def _new_epoch(self) -> None:
+        """Move to a new epoch now (deliveries carry it) and fence delivery until it
+        is durable, so a restart can never reuse it."""
+        fut = self.broker.next_epoch()
+        self._epoch_pending += 1
+
+        def done(f: asyncio.Future[Any]) -> None:
+            self._epoch_pending -= 1
+            if not f.cancelled() and f.exception() is not None:
+                log.error("cannot persist the new epoch: %s", f.exception())
+            self.broker.on_lease_renewed()
+
+        fut.add_done_callback(done)
 
     def lease_remaining(self) -> float:
         return self.core.lease_remaining(time.monotonic())
@@ -962,6 +977,8 @@ class Pair:
                     if action.kind == pc.LEFT_SOLO:
                         log.info("partner %s is back and acknowledging: leaving solo mode",
                                  self.partner_address)
+                    elif action.kind == pc.EPOCH:
+                        self._new_epoch()
             self.broker.on_lease_renewed()
             if self._fence_waiters:
                 self._kick_fence_waiters()
@@ -1224,9 +1241,10 @@ class Pair:
             now = time.monotonic()
             for action in self.core.tick(now, unacked=bool(self._in_flight)):
                 if action.kind == pc.RESUMED:
-                    log.warning("this broker was stopped for %.2f s (paused process, suspended "
-                                "host or a stalled loop): delivering again only under a fresh "
-                                "lease; not judging the partner's silence across the gap", action.gap)
+                    log.log(logging.WARNING if action.gap >= self.lease / 2 else logging.INFO,
+                            "this broker was stopped for %.2f s (paused process, suspended host "
+                            "or a stalled loop): not judging the partner's silence across the gap",
+                            action.gap)
                 elif action.kind == pc.RESET_LINK:
                     link = self._link
                     if link is not None:
@@ -1276,7 +1294,7 @@ class Pair:
         self.took_over_at = time.monotonic()
         for action in self.core.on_takeover_done(self.took_over_at):
             if action.kind == pc.EPOCH:
-                await self.broker.bump_epoch()
+                self._new_epoch()
         self.broker.on_lease_renewed()
         log.warning("took over %d message(s) from partner %s in %.3f s: %s",
                     moved, self.standby.partner_id or self.partner_address,
@@ -1307,8 +1325,17 @@ class Pair:
         finished_for: dict[str, list[int]] = {}
         states_for: dict[str, dict[int, tuple[int, int]]] = {}
         names = list(topic.channels)
+        def finished(name: str, seq: int) -> bool:
+            c = sb.channels.get(name)
+            if c is None:
+                # A channel the partner never had (made here while apart) starts at
+                # the head, so it was never given the partner's messages; with no
+                # channel at all there, every message waited for the first channel.
+                return bool(sb.channels)
+            return seq < c.floor or seq in c.fins
+
         for seq, rec in rows:
-            done = [n for n in names if (c := sb.channels.get(n)) is not None and (seq < c.floor or seq in c.fins)]
+            done = [n for n in names if finished(n, seq)]
             if names and len(done) == len(names):
                 continue
             idx = len(records)

@@ -32,8 +32,10 @@ Modes and every transition (nothing else changes ``mode``)::
     PAIRED|SOLO --on_new_identity-->                                 TAKING_OVER  (TAKE_OVER)
     TAKING_OVER --on_takeover_done-->                                SOLO         (EPOCH)
     TAKING_OVER --on_takeover_failed-->                              PAIRED
-    SOLO        --on_ack with a live lease-->                        PAIRED       (LEFT_SOLO)
-    SOLO        --tick after a pause of this process-->              PAIRED       (RESUMED)
+    SOLO        --on_ack-->                                          PAIRED       (LEFT_SOLO)
+    SOLO        --on_heard (the partner's own stream reaches us)-->  PAIRED
+    PAIRED      --on_ack winning back a lapsed lease-->              PAIRED       (EPOCH)
+    SOLO        --any call after a pause of half a lease or more-->  PAIRED       (RESUMED at the next tick)
 
 Rules (tests/unit/test_pair_core*.py check each one):
 
@@ -44,6 +46,11 @@ Rules (tests/unit/test_pair_core*.py check each one):
   true while the lease is live, or in SOLO (we took over: the partner is
   gone). The lease runs on the real clock, so a pause of this process makes
   it lapse like any other silence.
+- Epochs. Each time the lease is won back after it lapsed (not the first
+  lease of a run: a start moves the epoch already), ``on_ack`` returns EPOCH:
+  the deliveries of one unbroken lease form one term, so no delivery under
+  an epoch can come after that epoch's lease lapsed. A takeover moves the
+  epoch too.
 - Promise. ``on_grant`` records that we granted the partner a lease until
   ``now + lease``; we never start a takeover before that instant.
 - Silence is measured in *running* time. Between two calls the core counts
@@ -54,11 +61,16 @@ Rules (tests/unit/test_pair_core*.py check each one):
   hear nothing for a whole lease while running first. Any message from the
   partner, in either direction (an ack on our stream, a batch on its),
   restarts the silence.
-- Pause. A gap of more than ``max_gap`` between calls ends SOLO: while we
-  were stopped the partner may have come back and taken our messages over
-  (it saw us silent), so we deliver again only under a fresh lease, or after
-  we have seen the partner silent for a lease again (a new takeover, which
-  bumps the epoch). The tick returns RESUMED with the gap.
+- Pause. A gap of more than ``max_gap`` between calls (any call: after
+  SIGCONT a reader may run before the ticker) is reported by the next tick
+  (RESUMED, with the gap), and that tick never takes over. A gap of half a
+  lease or more also restarts the silence and ends SOLO: while we were
+  stopped the partner may have come back and, hearing nothing from us for a
+  lease, taken our messages over; so we deliver again only under a fresh
+  lease, or after we have seen the partner silent for a whole lease again (a
+  new takeover, which bumps the epoch). ``may_deliver`` applies the same rule
+  when it is asked first. Shorter stalls (a busy loop) keep SOLO: the partner
+  cannot have seen us silent for a lease.
 - Takeover. In PAIRED, once the partner has been silent for ``lease`` of
   running time and our promise has expired, the tick returns TAKE_OVER (and
   the mode is TAKING_OVER until the I/O layer reports the result). A
@@ -122,15 +134,26 @@ class PairCore:
         self._run = 0.0  # running time at ``_last``
         self.heard_run = 0.0  # running time when the partner was last heard
         self._stall_from: float | None = None  # running time unacked batches were first seen
+        self._gap = 0.0  # the longest pause seen since the last tick (reported by it)
 
     # ------------------------------------------------------------ clocks
     def _advance(self, now: float) -> float:
-        """Move both clocks to ``now``; return the real gap since the last call."""
+        """Move both clocks to ``now``; return the real gap since the last call. Any
+        call may be the first after a pause (after SIGCONT a reader may run before
+        the ticker), so the pause rule applies here; the next tick reports it."""
         gap = now - self._last
         if gap <= 0:
             return 0.0
         self._run += min(gap, self.max_gap)
         self._last = now
+        if gap > self.max_gap:
+            self._gap = max(self._gap, gap)
+            if gap >= self.lease / 2:
+                # Long enough for the partner to have acted: give it a whole lease
+                # to be heard again, and stop delivering unfenced.
+                self.heard_run = self._run
+                if self.mode == SOLO:
+                    self.mode = PAIRED
         return gap
 
     def silence(self, now: float) -> float:
@@ -140,13 +163,13 @@ class PairCore:
 
     # ------------------------------------------------------------ events
     def tick(self, now: float, *, unacked: bool = False) -> list[Action]:
-        gap = self._advance(now)
+        self._advance(now)
         now = self._last
         out: list[Action] = []
-        if gap > self.max_gap:
-            out.append(Action(RESUMED, gap=gap))
-            if self.mode == SOLO:
-                self.mode = PAIRED
+        resumed = self._gap > 0
+        if resumed:
+            out.append(Action(RESUMED, gap=self._gap))
+            self._gap = 0.0
         silent = self._run - self.heard_run
         if not unacked:
             self._stall_from = None
@@ -156,7 +179,10 @@ class PairCore:
             out.append(Action(RESET_LINK, reason=(
                 f"no acknowledgement for {self._run - self._stall_from:.2f} s")))
             self._stall_from = None
-        if self.mode == PAIRED and silent >= self.lease and now >= self.granted_until:
+        # Never on the tick that noticed a pause: what the partner sent meanwhile is
+        # still unread in our sockets (the readers run before the next tick).
+        if (self.mode == PAIRED and not resumed and silent >= self.lease
+                and now >= self.granted_until):
             self.mode = TAKING_OVER
             why = "gossip declared the partner dead" if self.gossip_dead else (
                 f"partner silent for {silent:.2f} s (lease {self.lease:.2f} s lapsed)")
@@ -166,15 +192,25 @@ class PairCore:
     def on_heard(self, now: float) -> None:
         self._advance(now)
         self.heard_run = self._run
+        if self.mode == SOLO:
+            # SOLO rests on "the partner is gone"; hearing it disproves that (it may
+            # be cut off from us one way and about to take our log over): deliver
+            # again only under its acks.
+            self.mode = PAIRED
 
     def on_ack(self, sent_at: float, lease: float, now: float) -> list[Action]:
-        self.on_heard(now)
+        self._advance(now)
+        self.heard_run = self._run
         self._stall_from = None
+        had = self.lease_until
         self.lease_until = max(self.lease_until, sent_at + lease)
-        if self.mode == SOLO and self._last < self.lease_until:
+        out: list[Action] = []
+        if had and had <= self._last < self.lease_until and self.mode != SOLO:
+            out.append(Action(EPOCH))  # a new term: the lapsed one's deliveries are over
+        if self.mode == SOLO:  # the partner is back (a stale ack too: it is alive)
             self.mode = PAIRED
-            return [Action(LEFT_SOLO)]
-        return []
+            out.append(Action(LEFT_SOLO))
+        return out
 
     def on_grant(self, now: float) -> None:
         self._advance(now)
@@ -209,10 +245,14 @@ class PairCore:
 
     # ------------------------------------------------------------ queries
     def may_deliver(self, now: float) -> bool:
-        return self.mode == SOLO or now < self.lease_until
+        now = max(now, self._last)
+        if self.mode == SOLO:
+            # A query may come first after a pause, before any event applied it.
+            return now - self._last < self.lease / 2
+        return now < self.lease_until
 
     def lease_remaining(self, now: float) -> float:
-        return max(0.0, self.lease_until - now)
+        return max(0.0, self.lease_until - max(now, self._last))
 
     def check_invariants(self) -> None:
         """Verify the bookkeeping (for tests). Raises AssertionError."""

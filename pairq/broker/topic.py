@@ -44,9 +44,10 @@ class Topic:
         # Seqs up to the persisted high-water mark may have reached the partner
         # without committing here before a crash: never reuse them (pair.py).
         self.hwm = meta.hwm
-        self.gap_size = 0
+        # [lo, hi): the seqs a restart skipped; they hold nothing.
+        self.gap = (0, 0)
         if meta.hwm > self.next_seq:
-            self.gap_size = meta.hwm - self.next_seq
+            self.gap = (self.next_seq, meta.hwm)
             self.next_seq = self.committed_seq = meta.hwm
         self._pending: dict[int, tuple[int, list[bytes] | None]] = {}
         self.message_count = 0
@@ -169,7 +170,9 @@ class Topic:
         self._complete(seq0, n, records)
         pair = self.broker.pair
         if pair is not None and records:
-            pair.replicate(self.name, seq0, records)
+            remote = pair.replicate(self.name, seq0, records)
+            if remote is not None:  # nobody waits: a lost session re-sends them from the log
+                remote.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def drop_taken_over(self, upto: int) -> bool:
         """The partner took over every seq below ``upto``: never deliver them here.
@@ -271,9 +274,8 @@ class Topic:
     def add_loaded_channel(self, meta: st.ChannelMeta) -> Channel:
         ch = Channel(self, meta, ephemeral=False)
         self.channels[meta.name] = ch
-        if self.gap_size:
-            # The seqs a restart skipped (up to the high-water mark) hold nothing.
-            ch.skip_gap(self.next_seq - self.gap_size, self.next_seq)
+        if self.gap[1] > self.gap[0]:
+            ch.skip_gap(*self.gap)
         return ch
 
     def delete_channel(self, name: str) -> None:
@@ -311,8 +313,6 @@ class Topic:
         if low > self.first_seq:
             self.broker.store.submit(("gc", self.meta.id, self.first_seq, low), wait=False)
             self.first_seq = low
-            if self.gap_size and low >= self.committed_seq - 1:
-                self.gap_size = 0
 
     # ------------------------------------------------------------ admin
     def pause(self) -> None:
@@ -345,4 +345,10 @@ class Topic:
     def depth(self) -> int:
         if self.ephemeral:
             return len(self._mem)
-        return max(0, self.committed_seq - self.first_seq - self.gap_size)
+        # Messages some durable channel has not finished (all retained ones while the
+        # topic has no channel), less the seqs a restart skipped.
+        floors = [c.floor for c in self.channels.values() if c.durable]
+        low = max(self.first_seq, min(floors)) if floors else self.first_seq
+        lo, hi = self.gap
+        skipped = max(0, min(hi, self.committed_seq) - max(lo, low))
+        return max(0, self.committed_seq - low - skipped)
