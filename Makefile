@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 QUICK ?=
 
-.PHONY: run test lint proto proto-check bench gossip-bench chaos clean
+.PHONY: run test lint proto proto-check bench gossip-bench chaos clean ensure-debs
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -20,7 +20,14 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/pairq dev
 
-test: $(STAMP) lint
+# System packages the tests need (ip and tc for the pair-partition test, in iproute2):
+# installed when running as root and missing; otherwise that test fails saying so.
+ensure-debs:
+	@if [ "$$(id -u)" = 0 ] && { ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; }; then \
+		apt-get update -qq && apt-get install -y -qq iproute2; \
+	fi
+
+test: $(STAMP) lint ensure-debs
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
