@@ -1,8 +1,10 @@
 """The broker's gossip membership: starts a ``pairq.gossip.Gossip`` member and feeds
 what it learns about the partner into the pair.
 
-Takeover stays fenced by the lease (pair.py); gossip's verdict is recorded as
-the reason and is what lookups use for liveness.
+Takeover stays fenced by the lease (pair.py); once gossip knows members besides
+the pair, it also needs gossip's verdict that the partner is dead on the
+evidence of another member (witnessed takeover, see pair_core). The verdict is
+also what lookups use for liveness.
 """
 
 from __future__ import annotations
@@ -63,13 +65,17 @@ class Membership:
     def _on_event(self, event: MemberEvent) -> None:
         pair = self.broker.pair
         m = event.member
-        if pair is None or m.meta.role != "broker" or m.meta.pair != pair.name:
+        if pair is None or m.meta.node_id == self.broker.node_id:
             return
-        if m.meta.node_id == self.broker.node_id:
+        if m.meta.role != "broker" or m.meta.pair != pair.name:
+            if event.kind in (EventKind.JOIN, EventKind.ALIVE):
+                pair.gossip_has_witnesses()
             return
         if event.kind == EventKind.DEAD:
-            log.warning("gossip: partner %s (%s) is dead", m.meta.node_id, m.meta.grpc_address)
-            pair.gossip_partner_dead(True)
+            log.warning("gossip: partner %s (%s) is dead%s", m.meta.node_id, m.meta.grpc_address,
+                        f" (witnesses: {', '.join(sorted(event.witnesses))})" if event.witnesses
+                        else " (in this broker's view only)")
+            pair.gossip_partner_dead(True, witnessed=bool(event.witnesses))
         elif event.kind in (EventKind.ALIVE, EventKind.JOIN):
             pair.gossip_partner_dead(False)
 

@@ -70,6 +70,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("pairq.pair")
 
 CATCHUP_CHUNK = 2000
+# A partner never heard from since this broker started is taken over only after
+# this many leases of silence (the second broker of a pair often starts later).
+STARTUP_GRACE_LEASES = 4
 # A seq is sent to the partner only below a persisted high-water mark, raised
 # this far ahead at a time (one extra commit per HWM_STEP seqs): a restarted
 # broker starts above it, so it never reuses a seq the partner may hold.
@@ -498,7 +501,7 @@ class Pair:
         # Every decision about the partner (lease, silence, pauses, takeover,
         # the catalog gate) is the pure core's; this object carries them out.
         self.core = pc.PairCore(lease=self.lease, ack_timeout=max(1.0, 2 * self.lease),
-                                now=time.monotonic())
+                                now=time.monotonic(), startup_grace=STARTUP_GRACE_LEASES * self.lease)
         # Bumped whenever deliveries already queued for subscribers became invalid
         # (the partner took messages of ours over): the service drops queued
         # deliveries of an older fence, and holds the others while the lease is
@@ -562,8 +565,10 @@ class Pair:
 
     def start(self) -> None:
         self._running = True
-        self.core = pc.PairCore(lease=self.lease, ack_timeout=self.core.ack_timeout,
-                                now=time.monotonic(), catalog_ready=self.core.catalog_ready)
+        old = self.core
+        self.core = pc.PairCore(lease=self.lease, ack_timeout=old.ack_timeout, now=time.monotonic(),
+                                catalog_ready=old.catalog_ready, startup_grace=old.startup_grace)
+        self.core.witnesses_exist = old.witnesses_exist
         self._tasks = [
             asyncio.create_task(self._outbound_loop(), name="pair-outbound"),
             asyncio.create_task(self._monitor(), name="pair-monitor"),
@@ -1230,9 +1235,16 @@ class Pair:
         await self.broker.store.submit_many(ops)
 
     # ------------------------------------------------------------ takeover
-    def gossip_partner_dead(self, dead: bool) -> None:
-        """Gossip's view of the partner (recorded; the lease decides, see pair_core)."""
-        self.core.on_gossip(dead)
+    def gossip_partner_dead(self, dead: bool, *, witnessed: bool = False) -> None:
+        """Gossip's view of the partner (with other members, takeover needs a witnessed
+        verdict on top of the lapsed lease, see pair_core)."""
+        self.core.on_gossip(dead, witnessed=witnessed)
+
+    def gossip_has_witnesses(self) -> None:
+        """Gossip knows a member besides the pair: from now on takeover is witnessed."""
+        if not self.core.witnesses_exist:
+            log.info("gossip knows members besides the pair: takeover needs their witness")
+        self.core.witnesses_exist = True
 
     async def _monitor(self) -> None:
         """Feed the core the clock and carry out what it decides."""

@@ -19,7 +19,8 @@ Interface::
     core.on_takeover_failed(now)
     core.on_new_identity(now) -> list[Action]   # the partner returned with a new store id
     core.on_catalog(now)                        # the pair's catalog is here (see below)
-    core.on_gossip(dead)                        # gossip's verdict on the partner
+    core.on_gossip(dead, witnessed=False)       # gossip's verdict on the partner
+    core.witnesses_exist = True                 # gossip knows members besides the pair
 
     core.may_deliver(now) -> bool               # the delivery fence
     core.lease_remaining(now) -> float
@@ -73,7 +74,19 @@ Rules (tests/unit/test_pair_core*.py check each one):
   cannot have seen us silent for a lease.
 - Takeover. In PAIRED, once the partner has been silent for ``lease`` of
   running time and our promise has expired, the tick returns TAKE_OVER (and
-  the mode is TAKING_OVER until the I/O layer reports the result). A
+  the mode is TAKING_OVER until the I/O layer reports the result), provided:
+  - Witnessed (gossip with members besides the pair, ``witnesses_exist``):
+    gossip has declared the partner dead on the evidence of at least one
+    other member (``on_gossip(True, witnessed=True)``: a member that declared
+    or confirmed it, or a helper that could not reach it either). A broker cut
+    off from everyone hears no witness and never takes over; a partition of
+    the pair's own link, with both brokers visible to the others, makes
+    neither take over (both stay fenced, publishes fail with UNAVAILABLE,
+    until it heals). The price: with every other member unreachable too, a
+    dead partner's messages wait.
+  - Start-up grace: a partner never heard from in this run must have been
+    silent for ``startup_grace`` (not one lease): the second broker of a
+    pair often starts a moment after the first. A
   successful takeover counts, bumps the epoch (EPOCH) and enters SOLO. A
   partner that says hello with a new store id lost its disk: everything we
   hold of its old identity is ours at once (``on_new_identity``).
@@ -117,7 +130,8 @@ class PairCore:
     """Lease, silence, pause and takeover decisions of one broker of a pair."""
 
     def __init__(self, *, lease: float, ack_timeout: float, now: float,
-                 catalog_ready: bool = True, max_gap: float | None = None) -> None:
+                 catalog_ready: bool = True, max_gap: float | None = None,
+                 startup_grace: float = 0.0) -> None:
         if lease <= 0 or ack_timeout <= 0:
             raise ValueError("lease and ack_timeout must be > 0")
         self.lease = lease
@@ -128,6 +142,10 @@ class PairCore:
         self.catalog_ready = catalog_ready
         self.takeovers = 0
         self.gossip_dead = False
+        self.gossip_witnessed = False
+        self.witnesses_exist = False
+        self.startup_grace = startup_grace
+        self.heard_ever = False
         self.lease_until = 0.0  # real clock
         self.granted_until = 0.0  # real clock
         self._last = now  # real time of the latest call
@@ -182,16 +200,26 @@ class PairCore:
         # Never on the tick that noticed a pause: what the partner sent meanwhile is
         # still unread in our sockets (the readers run before the next tick).
         if (self.mode == PAIRED and not resumed and silent >= self.lease
-                and now >= self.granted_until):
+                and now >= self.granted_until and self._may_take_over(silent)):
             self.mode = TAKING_OVER
-            why = "gossip declared the partner dead" if self.gossip_dead else (
-                f"partner silent for {silent:.2f} s (lease {self.lease:.2f} s lapsed)")
+            why = f"partner silent for {silent:.2f} s (lease {self.lease:.2f} s lapsed)"
+            if self.gossip_dead:
+                why += "; gossip declared it dead" + (
+                    " (witnessed by other members)" if self.gossip_witnessed else "")
             out.append(Action(TAKE_OVER, reason=why))
         return out
+
+    def _may_take_over(self, silent: float) -> bool:
+        if not self.heard_ever and silent < self.startup_grace:
+            return False
+        if self.witnesses_exist:
+            return self.gossip_dead and self.gossip_witnessed
+        return True
 
     def on_heard(self, now: float) -> None:
         self._advance(now)
         self.heard_run = self._run
+        self.heard_ever = True
         if self.mode == SOLO:
             # SOLO rests on "the partner is gone"; hearing it disproves that (it may
             # be cut off from us one way and about to take our log over): deliver
@@ -201,6 +229,7 @@ class PairCore:
     def on_ack(self, sent_at: float, lease: float, now: float) -> list[Action]:
         self._advance(now)
         self.heard_run = self._run
+        self.heard_ever = True
         self._stall_from = None
         had = self.lease_until
         self.lease_until = max(self.lease_until, sent_at + lease)
@@ -240,8 +269,11 @@ class PairCore:
         self._advance(now)
         self.catalog_ready = True
 
-    def on_gossip(self, dead: bool) -> None:
+    def on_gossip(self, dead: bool, *, witnessed: bool = False) -> None:
+        """Gossip's verdict: the partner is dead (``witnessed``: on the evidence of
+        another member), or alive again."""
         self.gossip_dead = dead
+        self.gossip_witnessed = dead and witnessed
 
     # ------------------------------------------------------------ queries
     def may_deliver(self, now: float) -> bool:

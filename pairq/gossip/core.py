@@ -396,8 +396,9 @@ class Core:
     def _queue_alive_self(self) -> None:
         self._broadcasts.queue(self.name, Alive(self.incarnation, self.name, self.addr, self.meta))
 
-    def _emit(self, kind: EventKind, m: Member, now: float) -> None:
-        self._events.append(MemberEvent(kind, m.view(), now))
+    def _emit(self, kind: EventKind, m: Member, now: float,
+              witnesses: frozenset[str] = frozenset()) -> None:
+        self._events.append(MemberEvent(kind, m.view(), now, witnesses))
 
     def _live_members(self, exclude: Sequence[str] = ()) -> list[Member]:
         return [
@@ -642,14 +643,18 @@ class Core:
         s = self._suspicions.pop(m.name, None)
         if s is not None and s.timer is not None:
             s.timer.cancel()
-        self._pair.pop(m.name, None)
+        w = self._pair.pop(m.name, None)
+        witnesses = {d.sender} | (s.confirmers if s is not None else set())
+        if w is not None:
+            witnesses |= w.nackers
+        witnesses -= {self.name, m.name}
         if d.sender == d.node:
             m.state = MemberState.LEFT
             self._emit(EventKind.LEFT, m, now)
         else:
             m.state = MemberState.DEAD
             self.stats.deaths += 1
-            self._emit(EventKind.DEAD, m, now)
+            self._emit(EventKind.DEAD, m, now, frozenset(witnesses))
         self._broadcasts.queue(m.name, d)
 
     def _refute(self, now: float, accused: int) -> None:
@@ -851,8 +856,11 @@ class Core:
         ``pair_suspect_after`` of silence we probe the partner directly (UDP and
         TCP) and through up to ``pair_probe_helpers`` other members, repeating
         every ``pair_probe_interval``. After ``pair_dead_after`` of silence, if no
-        probe got an ack and at least min(2, others available) helpers were
-        asked, the partner is declared dead. Sooner, if the TCP ping was refused
+        probe got an ack, at least min(2, others available) helpers were asked
+        and one of them (if any exists) answered with a nack, the partner is
+        declared dead; with no nack (we may be the one cut off), only after
+        ``4 * pair_dead_after``. The DEAD event names its witnesses
+        (``MemberEvent.witnesses``), which witnessed takeover relies on. Sooner, if the TCP ping was refused
         (no process listens: a crash, never a pause) and min(2, others available)
         helpers answered with a nack (they are up and could not reach it either).
         Any heartbeat, ping or ack from the partner (directly or relayed) resets
@@ -912,7 +920,11 @@ class Core:
             ]
             need = min(2, len(others))
             tcp_ok = w.tcp_tried or not self.config.tcp_fallback
-            slow = silence >= dead_after and len(w.helpers_asked) >= need and tcp_ok
+            # The slow verdict waits for a witness (a helper's nack: it is up and could
+            # not reach the partner either) while one can come; a member cut off from
+            # everyone gets none, and declares it only after 4 x dead_after.
+            witnessed = len(w.nackers) >= min(1, need) or silence >= 4 * dead_after
+            slow = silence >= dead_after and len(w.helpers_asked) >= need and tcp_ok and witnessed
             fast = w.refused and len(w.nackers) >= need
             if slow or fast:
                 key = "watch_deaths" if w.watched else "pair_deaths"

@@ -64,6 +64,12 @@ class MemberEvent:
     kind: EventKind
     member: MemberView
     at: float
+    # DEAD only: the other members (never us, never the dead one) whose evidence
+    # the verdict rests on: the member that declared it dead, members that
+    # confirmed its suspicion, or helpers that answered our probes of it with a
+    # nack (they are up, and could not reach it either). Empty: only our own
+    # view, which is also what a member cut off from everyone sees.
+    witnesses: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

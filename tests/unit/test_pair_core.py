@@ -856,3 +856,67 @@ def test_restart_with_a_silent_partner_takes_over_only_after_a_full_lease() -> N
     h.run(3.0, partner=False)
     assert h.takeover_at and LEASE <= h.takeover_at[0] - start < LEASE + TICK + 1e-9
     assert h.core.takeovers == 1 and h.core.mode == SOLO
+
+
+# ------------------------------------------------------------------ witnessed takeover (issue 10)
+
+
+def silent_ticks(core: PairCore, start: float, seconds: float) -> list[str]:
+    """Tick every DSTEP for ``seconds`` without hearing the partner; every action kind."""
+    out: list[str] = []
+    n = int(seconds / DSTEP)
+    for i in range(1, n + 1):
+        out += kinds(core.tick(start + i * DSTEP))
+    return out
+
+
+def test_with_witnesses_a_lapsed_lease_alone_never_takes_over() -> None:
+    # A pair-link partition (or this broker cut off from everyone): the lease lapses,
+    # but gossip has no verdict, or only our own.
+    core = dyadic()
+    core.heard_ever = True
+    core.witnesses_exist = True
+    assert TAKE_OVER not in silent_ticks(core, D0, 5.0)
+    core.on_gossip(True, witnessed=False)  # our own view only: what an isolated broker sees
+    assert TAKE_OVER not in silent_ticks(core, D0 + 5.0, 5.0)
+    assert core.mode == PAIRED and not core.may_deliver(D0 + 10.0)
+
+
+def test_with_witnesses_a_witnessed_verdict_and_a_lapsed_lease_take_over() -> None:
+    core = dyadic()
+    core.heard_ever = True
+    core.witnesses_exist = True
+    core.on_gossip(True, witnessed=True)  # before the lease lapsed: it still waits for it
+    out = silent_ticks(core, D0, DLEASE - DSTEP)
+    assert TAKE_OVER not in out
+    assert kinds(core.tick(D0 + DLEASE)) == [TAKE_OVER]
+
+
+def test_alive_again_withdraws_the_verdict() -> None:
+    core = dyadic()
+    core.heard_ever = True
+    core.witnesses_exist = True
+    core.on_gossip(True, witnessed=True)
+    core.on_gossip(False)
+    assert TAKE_OVER not in silent_ticks(core, D0, 3.0)
+
+
+def test_without_witnesses_the_lease_alone_decides() -> None:
+    core = dyadic()
+    core.heard_ever = True
+    assert not core.witnesses_exist
+    assert TAKE_OVER in silent_ticks(core, D0, DLEASE + DSTEP)
+
+
+def test_startup_grace_for_a_partner_never_heard() -> None:
+    core = PairCore(lease=DLEASE, ack_timeout=2 * DLEASE, now=D0, startup_grace=4 * DLEASE)
+    out = silent_ticks(core, D0, 4 * DLEASE - DSTEP)
+    assert TAKE_OVER not in out  # the second broker of a pair may start a few seconds later
+    assert kinds(core.tick(D0 + 4 * DLEASE)) == [TAKE_OVER]
+
+
+def test_startup_grace_ends_once_the_partner_was_heard() -> None:
+    core = PairCore(lease=DLEASE, ack_timeout=2 * DLEASE, now=D0, startup_grace=4 * DLEASE)
+    core.on_heard(D0 + DSTEP)
+    out = silent_ticks(core, D0 + DSTEP, DLEASE + DSTEP)
+    assert out.count(TAKE_OVER) == 1  # a lease of silence after it was heard is enough
