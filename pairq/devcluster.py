@@ -3,20 +3,29 @@
 Starts the local cluster under one data directory, prints where everything
 is and how to use it, and stops every child (SIGTERM, then SIGKILL after a
 grace period) on Ctrl-C / SIGTERM. Only processes it started are signalled.
+
+A component that dies is reported and the rest keep running, so a failover
+can be tried on one machine: ``kill -9 $(cat data/broker-a.pid)``, watch the
+partner take over (``pairq stat``), then ``pairq dev restart broker-a`` (it
+asks the running ``pairq dev``, through ``data/dev.pid`` and SIGUSR1, to start
+it again). A component is ready when its gRPC health service says SERVING;
+a port that another process holds is refused before anything starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pairq.testing import wait_for_port
+NAMES = ("lookup", "broker-a", "broker-b")
 
 
 @dataclass
@@ -40,7 +49,61 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--metrics-port", type=int, default=9150, help="Prometheus port of the first broker")
     p.add_argument("--lookup-port", type=int, default=4160, help="gRPC port of the lookup (gossip: +1)")
     p.add_argument("--gossip-port", type=int, default=4170, help="gossip port of the first broker")
-    p.set_defaults(func=run)
+    p.add_argument("action", nargs="?", default="run", choices=("run", "restart"),
+                   help="run the cluster, or ask the running one to restart a component")
+    p.add_argument("component", nargs="?", choices=NAMES,
+                   help="with restart: the component to start again (e.g. broker-a after a kill -9)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.action == "restart":
+        return request_restart(Path(args.data_dir), args.component)
+    return run(args)
+
+
+def request_restart(data: Path, name: str | None) -> int:
+    """Ask the running ``pairq dev`` (whose pid is in data/dev.pid) to restart ``name``."""
+    if name is None:
+        print(f"pairq dev restart: name the component ({', '.join(NAMES)})", file=sys.stderr)
+        return 2
+    try:
+        pid = int((data / "dev.pid").read_text())
+        (data / f"restart-{name}").touch()
+        os.kill(pid, signal.SIGUSR1)
+    except (OSError, ValueError) as exc:
+        print(f"pairq dev restart: no running `pairq dev` with data dir {data} ({exc})", file=sys.stderr)
+        return 1
+    print(f"asked pairq dev (pid {pid}) to restart {name}; see {data / (name + '.log')}")
+    return 0
+
+
+def port_taken(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def wait_serving(c: Component, host: str, timeout: float) -> str:
+    """Wait until the component's gRPC health service says SERVING; "" or why not."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"{host}:{c.port}") as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            if c.proc is not None and c.proc.poll() is not None:
+                return f"it exited with {c.proc.returncode}"
+            with contextlib.suppress(grpc.RpcError):
+                r = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return ""
+            time.sleep(0.1)
+    return f"not serving after {timeout:.0f} s"
 
 
 def components(args: argparse.Namespace) -> list[Component]:
@@ -72,29 +135,59 @@ def components(args: argparse.Namespace) -> list[Component]:
     ]
 
 
+def _start(c: Component, data: Path) -> None:
+    with open(data / f"{c.name}.log", "ab") as log:  # the child keeps its own copy
+        c.proc = subprocess.Popen(
+            [sys.executable, "-m", "pairq.cli", *c.args], stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    (data / f"{c.name}.pid").write_text(str(c.proc.pid))
+
+
+def _tail(path: Path, n: int = 5) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()[-n:]
+    except OSError:
+        return ""
+    return "".join(f"\n    {line}" for line in lines)
+
+
 def run(args: argparse.Namespace) -> int:
     data = Path(args.data_dir)
     data.mkdir(parents=True, exist_ok=True)
     comps = components(args)
+    ports = [(c.name, c.port) for c in comps] + [
+        ("broker-a metrics", args.metrics_port), ("broker-b metrics", args.metrics_port + 1),
+        ("lookup gossip", args.lookup_port + 1), ("broker-a gossip", args.gossip_port),
+        ("broker-b gossip", args.gossip_port + 1)]
+    taken = [f"{port} ({what})" for what, port in ports if port_taken(args.host, port)]
+    if taken:
+        print(f"pairq dev: port(s) {', '.join(taken)} on {args.host} already in use by another "
+              "process (another `pairq dev`?); stop it, or choose other ports (--broker-port, "
+              "--lookup-port, --gossip-port, --metrics-port)", file=sys.stderr)
+        return 2
     stopping = False
+    restart = False
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
 
+    def on_restart(signum: int, _frame: object) -> None:
+        nonlocal restart
+        restart = True
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, on_restart)
+    (data / "dev.pid").write_text(str(os.getpid()))
     try:
         for c in comps:
-            log = open(data / f"{c.name}.log", "ab")  # handed to the child
-            c.proc = subprocess.Popen(
-                [sys.executable, "-m", "pairq.cli", *c.args], stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-            try:
-                wait_for_port(c.port, timeout=30, host=args.host)
-            except TimeoutError:
-                print(f"pairq dev: {c.name} did not start; see {data / (c.name + '.log')}", file=sys.stderr)
+            _start(c, data)
+            why = wait_serving(c, args.host, 30)
+            if why:
+                print(f"pairq dev: {c.name} did not start ({why}); see {data / (c.name + '.log')}:"
+                      f"{_tail(data / (c.name + '.log'))}", file=sys.stderr)
                 return 1
         broker = f"{args.host}:{args.broker_port}"
         broker_b = f"{args.host}:{args.broker_port + 1}"
@@ -118,17 +211,40 @@ Python:
   from pairq.client import Producer
   async with Producer(brokers=["{broker}", "{broker_b}"]) as p: await p.publish("orders", b"x")
 
+Try a failover: kill -9 $(cat {data}/broker-a.pid); watch `pairq stat` (broker-b takes over
+and delivers broker-a's messages); then `pairq dev restart broker-a` brings it back.
 Ctrl-C stops everything.""",
             flush=True,
         )
+        reported: set[str] = set()
         while not stopping:
             for c in comps:
-                if c.proc is not None and c.proc.poll() is not None:
-                    print(f"pairq dev: {c.name} exited with {c.proc.returncode}; stopping", file=sys.stderr)
-                    stopping = True
+                if c.proc is not None and c.proc.poll() is not None and c.name not in reported:
+                    reported.add(c.name)
+                    print(f"pairq dev: {c.name} exited with {c.proc.returncode}; the rest keeps "
+                          f"running. Start it again with: pairq dev restart {c.name}", file=sys.stderr,
+                          flush=True)
+            if restart:
+                restart = False
+                for c in comps:
+                    req = data / f"restart-{c.name}"
+                    if not req.exists():
+                        continue
+                    req.unlink()
+                    if c.proc is not None and c.proc.poll() is None:
+                        print(f"pairq dev: {c.name} is running (pid {c.proc.pid}); not restarted",
+                              file=sys.stderr, flush=True)
+                        continue
+                    _start(c, data)
+                    why = wait_serving(c, args.host, 30)
+                    reported.discard(c.name)
+                    print(f"pairq dev: restarted {c.name} (pid {c.proc.pid if c.proc else '?'})"
+                          + (f", but it is not ready: {why}" if why else ""), flush=True)
             time.sleep(0.2)
         return 0
     finally:
+        with contextlib.suppress(OSError):
+            (data / "dev.pid").unlink()
         for c in comps:
             if c.proc is not None and c.proc.poll() is None:
                 c.proc.send_signal(signal.SIGTERM)
