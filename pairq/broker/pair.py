@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pairq.pair")
 
 CATCHUP_CHUNK = 2000
+REFILL_LOG_EVERY = 2.0  # seconds between re-fill progress lines
 # A partner never heard from since this broker started is taken over only after
 # this many leases of silence (the second broker of a pair often starts later).
 STARTUP_GRACE_LEASES = 4
@@ -467,6 +468,36 @@ async def _end(context: Any, link: Any, code: grpc.StatusCode, message: str) -> 
     await context.abort(code, message)
 
 
+class _RefillLog:
+    """Start, progress (every REFILL_LOG_EVERY s) and end of a re-fill, in the log."""
+
+    def __init__(self, what: str, total: int, topics: int) -> None:
+        self.what = what
+        self.t0 = self.last = time.monotonic()
+        self.msgs = self.bytes = 0
+        self.remaining = total
+        log.info("%s: %d seq(s) to go%s", what, total, f" in {topics} topic(s)" if topics else "")
+
+    def add(self, msgs: int, nbytes: int, remaining: int) -> None:
+        self.msgs += msgs
+        self.bytes += nbytes
+        self.remaining = remaining
+        now = time.monotonic()
+        if now - self.last >= REFILL_LOG_EVERY and remaining:
+            self.last = now
+            log.info("%s: %d message(s), %.1f MB so far (%.0f msg/s), %d seq(s) to go",
+                     self.what, self.msgs, self.bytes / 1e6, self.msgs / (now - self.t0), remaining)
+
+    def done(self) -> None:
+        dt = max(1e-6, time.monotonic() - self.t0)
+        log.info("%s: done, %d message(s), %.1f MB in %.2f s (%.0f msg/s)",
+                 self.what, self.msgs, self.bytes / 1e6, dt, self.msgs / dt)
+
+    def stopped(self, why: str) -> None:
+        log.warning("%s: stopped after %d message(s) with %d seq(s) to go: %s",
+                    self.what, self.msgs, self.remaining, why)
+
+
 # --------------------------------------------------------------------------- outbound
 @dataclass
 class _Progress:
@@ -540,6 +571,8 @@ class Pair:
         self._tasks: list[asyncio.Task[Any]] = []
         self._catchup: list[tuple[Topic, int, int]] = []
         self._catalog: list[rpb.ReplicaProgress] = []
+        self.refill_sending = 0  # seqs of our log the running catch-up has still to send
+        self.refill_receiving = 0  # seqs of the partner's log it says are still coming
         self._running = False
         self.catalog_event = asyncio.Event()
 
@@ -766,6 +799,7 @@ class Pair:
             finally:
                 was = self.connected
                 self.connected = False
+                self.refill_sending = 0
                 self._fail_pending(UnavailableError(
                     f"lost the replication stream to partner {self.partner_address}"))
                 self._window = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
@@ -859,6 +893,10 @@ class Pair:
                              catalog=i + 1000 >= len(catalog))
             self._deleted = []
         # Catch-up next (no futures: the producers were acknowledged long ago).
+        remaining = sum(end - start for _, start, end in self._catchup)
+        self.refill_sending = remaining
+        refill_log = _RefillLog(f"re-filling partner {self.partner_address}", remaining,
+                                len(self._catchup)) if remaining else None
         for topic, start, end in self._catchup:
             pos = start
             while pos < end and not topic.deleted:
@@ -870,6 +908,7 @@ class Pair:
                                                    max_bytes=MAX_BATCH_BYTES)
                 if not rows:
                     self._unacked_msgs = max(0, self._unacked_msgs - (top - pos))
+                    remaining -= top - pos
                     pos = top  # a gap: failed appends
                     continue
                 # Send contiguous runs (gaps are failed appends).
@@ -887,9 +926,19 @@ class Pair:
                 if run:
                     appends.append(rpb.ReplicaAppend(topic=topic.name, first_seq=run_start, records=run))
                 # The lag counts seqs: a chunk settles the whole span it covers.
-                await self._send(call, reader, appends, [], [], [], span=rows[-1][0] + 1 - pos)
+                span = rows[-1][0] + 1 - pos
+                remaining = max(0, remaining - span)
+                self.refill_sending = remaining
+                await self._send(call, reader, appends, [], [], [], span=span,
+                                 catchup_remaining=remaining)
+                if refill_log is not None:
+                    refill_log.add(len(rows), sum(len(r) for _, r in rows), remaining)
                 pos = rows[-1][0] + 1
+            remaining -= max(0, end - pos)  # a deleted topic: the rest is not sent
         self._catchup = []
+        self.refill_sending = 0
+        if refill_log is not None:
+            refill_log.done()
         # Live: whatever accumulated, plus heartbeats.
         while True:
             if not (self._appends or self._progress or self._deleted or self._futures):
@@ -923,7 +972,8 @@ class Pair:
                     progress: list[rpb.ReplicaProgress], deleted: list[str],
                     futures: list[asyncio.Future[None]],
                     confirms: list[rpb.ReplicaRange] | None = None, *,
-                    catalog: bool = False, span: int | None = None) -> None:
+                    catalog: bool = False, span: int | None = None,
+                    catchup_remaining: int | None = None) -> None:
         raise_hwm: list[st.Op] = []
         for a in appends:
             topic = self.broker.topics.get(a.topic)
@@ -956,7 +1006,8 @@ class Pair:
         pending.count = span if span is not None else sum(len(a.records) for a in appends)
         await call.write(rpb.ReplicateRequest(batch=rpb.ReplicaBatch(
             batch_id=pending.batch_id, appends=appends, progress=progress, deleted_topics=deleted,
-            committed=confirms, catalog=catalog)))
+            committed=confirms, catalog=catalog, catchup=catchup_remaining is not None,
+            catchup_remaining=catchup_remaining or 0)))
 
     async def _read_acks(self, call: Any) -> None:
         while True:
@@ -1070,6 +1121,7 @@ class Pair:
         writer = asyncio.create_task(self._write_acks(context, link, acks, generation))
         tcp_acks = (functools.partial(self._ack_now, context, link, generation, acks)
                     if isinstance(link, FramedLink) else None)
+        refill: _RefillLog | None = None
         try:
             while True:
                 if first is not None:
@@ -1093,6 +1145,8 @@ class Pair:
                     await _end(context, link, grpc.StatusCode.INVALID_ARGUMENT, f"bad replication batch: {problem}")
                     return
                 ops, confirmed = self.standby.apply_batch(req.batch)
+                if req.batch.catchup:
+                    refill = self._note_refill(refill, req.batch)
                 if req.batch.progress or req.batch.catalog:
                     # Channels are pair state: adopt the partner's before acknowledging.
                     await self._adopt_channels(req.batch)
@@ -1119,6 +1173,9 @@ class Pair:
                 with contextlib.suppress(BaseException):
                     await idle_read
             self.partner_connected = False
+            self.refill_receiving = 0
+            if refill is not None and refill.remaining:
+                refill.stopped("the partner's session ended")
 
     async def _abort_on_close(self, context: Any, link: Any) -> None:
         await self._closing.wait()
@@ -1144,6 +1201,19 @@ class Pair:
                            "this broker took over your messages; reconnect to re-sync")
                 return
             await link.write(self._grant_ack(bid))
+
+    def _note_refill(self, refill: _RefillLog | None, batch: rpb.ReplicaBatch) -> _RefillLog | None:
+        """Log and expose the re-fill the partner is sending us (its catch-up batches)."""
+        n = sum(len(a.records) for a in batch.appends)
+        if refill is None:
+            refill = _RefillLog(f"being re-filled by partner {self.partner_address}",
+                                batch.catchup_remaining + n, 0)
+        refill.add(n, sum(len(r) for a in batch.appends for r in a.records), batch.catchup_remaining)
+        self.refill_receiving = batch.catchup_remaining
+        if not batch.catchup_remaining:
+            refill.done()
+            return None
+        return refill
 
     async def _adopt_channels(self, batch: rpb.ReplicaBatch) -> None:
         """Create (or delete) on our own topics the channels the partner reports, so a
@@ -1388,6 +1458,8 @@ class Pair:
             partner_connected=self.partner_connected,
             link=("" if not self.connected or self._link is None
                   else "tcp" if isinstance(self._link, FramedLink) else "grpc"),
+            refill_sending=self.refill_sending,
+            refill_receiving=self.refill_receiving,
         )
 
     def generic_handler(self) -> Any:

@@ -444,6 +444,8 @@ def _pair_line(address: str, r: Any) -> str:
         f"replication {repl}/{back}, {lease}, epoch {p.epoch}, "
         f"1-copy (lag) {p.replication_lag}, standby {p.standby_messages}, "
         f"min-copies {p.min_copies}, takeovers {p.takeovers}"
+        + (f", re-filling partner: {p.refill_sending} to send" if p.refill_sending else "")
+        + (f", being re-filled: {p.refill_receiving} to come" if p.refill_receiving else "")
     )
 
 

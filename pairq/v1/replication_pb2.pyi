@@ -67,20 +67,24 @@ class ReplicaHello(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., pair: _Optional[str] = ..., tcp: _Optional[bool] = ...) -> None: ...
 
 class ReplicaBatch(_message.Message):
-    __slots__ = ("batch_id", "appends", "progress", "deleted_topics", "committed", "catalog")
+    __slots__ = ("batch_id", "appends", "progress", "deleted_topics", "committed", "catalog", "catchup_remaining", "catchup")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     APPENDS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     DELETED_TOPICS_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_FIELD_NUMBER: _ClassVar[int]
     CATALOG_FIELD_NUMBER: _ClassVar[int]
+    CATCHUP_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    CATCHUP_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     appends: _containers.RepeatedCompositeFieldContainer[ReplicaAppend]
     progress: _containers.RepeatedCompositeFieldContainer[ReplicaProgress]
     deleted_topics: _containers.RepeatedScalarFieldContainer[str]
     committed: _containers.RepeatedCompositeFieldContainer[ReplicaRange]
     catalog: bool
-    def __init__(self, batch_id: _Optional[int] = ..., appends: _Optional[_Iterable[_Union[ReplicaAppend, _Mapping]]] = ..., progress: _Optional[_Iterable[_Union[ReplicaProgress, _Mapping]]] = ..., deleted_topics: _Optional[_Iterable[str]] = ..., committed: _Optional[_Iterable[_Union[ReplicaRange, _Mapping]]] = ..., catalog: _Optional[bool] = ...) -> None: ...
+    catchup_remaining: int
+    catchup: bool
+    def __init__(self, batch_id: _Optional[int] = ..., appends: _Optional[_Iterable[_Union[ReplicaAppend, _Mapping]]] = ..., progress: _Optional[_Iterable[_Union[ReplicaProgress, _Mapping]]] = ..., deleted_topics: _Optional[_Iterable[str]] = ..., committed: _Optional[_Iterable[_Union[ReplicaRange, _Mapping]]] = ..., catalog: _Optional[bool] = ..., catchup_remaining: _Optional[int] = ..., catchup: _Optional[bool] = ...) -> None: ...
 
 class ReplicateRequest(_message.Message):
     __slots__ = ("hello", "batch")

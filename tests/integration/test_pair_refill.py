@@ -1,0 +1,75 @@
+"""Re-filling an empty partner is observable: logs on both brokers, `pairq stat`, and a
+lag that returns to 0 (real processes, kill -9 and a wiped data dir)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import grpc
+from test_pair import make_pair, stats, wait_healthy
+
+from pairq.client.cli import _pair_line
+from pairq.v1 import broker_pb2 as pb
+from pairq.v1 import broker_pb2_grpc as pbg
+
+N = 300_000
+LAG_BOUND_S = 5  # the lag metric reaches 0 within this of the re-fill's end
+
+
+async def test_refill_of_a_wiped_partner_shows_progress_and_the_lag_returns_to_zero(tmp_path: Path) -> None:
+    a, b = make_pair(tmp_path)
+    try:
+        a.start()
+        b.start()
+        await wait_healthy(a, b)
+        async with grpc.aio.insecure_channel(a.address) as ch:
+            stub = pbg.BrokerServiceStub(ch)
+            batch = [pb.PublishItem(body=b"x" * 100)] * 5000
+            for _ in range(N // len(batch)):
+                r = await stub.PublishBatch(pb.PublishBatchRequest(topic="t", messages=batch), timeout=30)
+                assert r.copies == 2
+        b.kill()
+        shutil.rmtree(b.data_dir)
+        b.start()
+        seen_sending = seen_receiving = False
+        stat_lines: list[str] = []
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, "the re-fill did not finish within 60 s"
+            try:
+                sa, sb = await stats(a.address), await stats(b.address)
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.02)
+                continue
+            seen_sending |= sa.pair.refill_sending > 0
+            seen_receiving |= sb.pair.refill_receiving > 0
+            if sa.pair.refill_sending > 0:
+                stat_lines.append(_pair_line(a.address, sa))  # what `pairq stat` prints meanwhile
+            if sb.pair.refill_receiving > 0:
+                stat_lines.append(_pair_line(b.address, sb))
+            if sb.pair.standby_messages >= N and not sa.pair.refill_sending:
+                break
+            await asyncio.sleep(0.02)
+        t_end = time.monotonic()
+        assert seen_sending and seen_receiving, (seen_sending, seen_receiving)
+        assert any("re-filling partner:" in ln for ln in stat_lines), stat_lines
+        assert any("being re-filled:" in ln for ln in stat_lines), stat_lines
+        print(stat_lines[0])
+        while True:
+            sa = await stats(a.address)
+            if sa.pair.replication_lag == 0:
+                break
+            assert time.monotonic() - t_end < LAG_BOUND_S, f"lag {sa.pair.replication_lag} after the re-fill"
+            await asyncio.sleep(0.05)
+        await wait_healthy(a, b, timeout=10)
+        log_a = await asyncio.to_thread(Path(a.log_path).read_text)
+        log_b = await asyncio.to_thread(Path(b.log_path).read_text)
+        assert any("re-filling partner" in ln and "done," in ln for ln in log_a.splitlines()), log_a[-2000:]
+        assert any("being re-filled by partner" in ln and "done," in ln for ln in log_b.splitlines()), \
+            log_b[-2000:]
+    finally:
+        a.stop()
+        b.stop()
