@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 QUICK ?=
 
-.PHONY: run test lint proto proto-check bench gossip-bench chaos clean ensure-debs
+.PHONY: run test lint proto proto-check bench gossip-bench starve chaos clean ensure-debs
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -42,6 +42,9 @@ bench: $(STAMP)
 
 gossip-bench: $(STAMP)
 	$(BIN)/python benchmarks/gossip_bench.py $(if $(QUICK),--quick,)
+
+starve: $(STAMP)
+	$(BIN)/python benchmarks/starvation.py $(if $(QUICK),--seconds 20,)
 
 chaos: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider -m chaos tests/chaos

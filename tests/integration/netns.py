@@ -6,6 +6,8 @@
     net.exec_prefix("a")       # ["ip", "netns", "exec", "pqf-<pid>-a"]
     net.partition()            # drop A<->B traffic only (the root namespace still reaches both)
     net.heal()
+    net.isolate("b")           # drop ALL IP traffic to and from ns B (the bridge address too)
+    net.unisolate("b")
     net.cleanup()              # always, in a finally
 
 The partition is a tc filter on each namespace's veth egress matching the
@@ -78,7 +80,7 @@ def cleanup_stale() -> list[str]:
         if len(parts) < 2:
             continue
         name = parts[1].split("@")[0]
-        m = re.fullmatch(r"pqf(\d+)(ha|hb|na|nb|br)", name)
+        m = re.fullmatch(r"pqf(\d+)(ha|hb|na|nb|br|sk)", name)
         if m and (int(m.group(1)) == me or not _alive(int(m.group(1)))):
             _run("ip", "link", "del", name, check=False)
             removed.append(name)
@@ -104,6 +106,7 @@ class PairNet:
         self._qdisc = ""
         self._action: list[str] = []
         self.partitioned = False
+        self._isolation: dict[str, list[list[str]]] = {}
         self.stale_removed: list[str] = []
 
     def exec_prefix(self, side: str) -> list[str]:
@@ -172,6 +175,43 @@ class PairNet:
             self._in(side, "tc", "filter", "del", "dev", self.ns_if[side], "parent", "1:", "protocol", "ip",
                      "prio", "1")
         self.partitioned = False
+
+    def _root_sink(self) -> str:
+        return f"pqf{self.pid}sk"
+
+    def isolate(self, side: str) -> None:
+        """Cut namespace ``side`` off from everyone (the partner and the root namespace):
+        a filter on its veth egress matching dst 0.0.0.0/0, and one on the host-side veth
+        egress (a bridge port, so both bridged and root-namespace traffic) matching dst
+        <its ip>/32. Same qdisc and drop action as ``partition``; filters at prio 2, so
+        ``heal`` (prio 1) leaves them alone. Undone by ``unisolate``."""
+        if side in self._isolation:
+            raise NetnsError(f"namespace {side} is already isolated")
+        undo = self._isolation[side] = []  # what unisolate runs, newest first
+        host, action = self.host_if[side], list(self._action)
+        if "mirred" in action:  # the root namespace needs its own (down) ifb sink
+            _run("ip", "link", "add", self._root_sink(), "type", "ifb")
+            undo.insert(0, ["ip", "link", "del", self._root_sink()])
+            action[action.index("pqfsink")] = self._root_sink()
+        self._in(side, "tc", "filter", "add", "dev", self.ns_if[side], "parent", "1:", "protocol", "ip",
+                 "prio", "2", "u32", "match", "ip", "dst", "0.0.0.0/0", *self._action)
+        undo.insert(0, [*self.exec_prefix(side), "tc", "filter", "del", "dev", self.ns_if[side], "parent", "1:",
+                        "protocol", "ip", "prio", "2"])
+        _run("tc", "qdisc", "add", "dev", host, "root", "handle", "1:", self._qdisc)
+        undo.insert(0, ["tc", "qdisc", "del", "dev", host, "root"])  # takes its filter with it
+        _run("tc", "filter", "add", "dev", host, "parent", "1:", "protocol", "ip", "prio", "2", "u32",
+             "match", "ip", "dst", f"{self.ip[side]}/32", *action)
+
+    @property
+    def isolated(self) -> set[str]:
+        return set(self._isolation)
+
+    def unisolate(self, side: str) -> None:
+        """Undo what ``isolate(side)`` installed (every step tried; the first failure raised)."""
+        failed = [p for cmd in self._isolation.pop(side, []) if (p := _run(*cmd, check=False)).returncode != 0]
+        if failed:
+            raise NetnsError(f"`{' '.join(failed[0].args)}` failed ({failed[0].returncode}): "
+                             f"{failed[0].stderr.strip()}")
 
     def can_connect(self, side: str, host: str, port: int, timeout: float = 1.5) -> bool:
         """Whether a TCP connection from inside namespace ``side`` to host:port succeeds."""

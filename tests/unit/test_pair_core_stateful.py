@@ -23,8 +23,11 @@ tick, not only between steps. After the faults (``settle``, and the teardown)
 the pair must be healthy: both PAIRED under a live lease, each segment held by
 its owner alone.
 
-Three machines: pauses and restarts only (every stream arrives); plus one-way
-partitions; plus partitions of both directions. The scripted scenarios at the
+Four machines: pauses and restarts only (every stream arrives); plus one-way
+partitions; plus partitions of both directions (lease rule alone: a two-way
+partition is a split brain in SOLO, so the fence is checked for delivery under
+a live lease there); and the same with a witness (gossip with a lookup the
+pair-link partition does not cut), where the fence holds for SOLO too. The scripted scenarios at the
 end replay what they found.
 """
 
@@ -55,6 +58,7 @@ LEASE = 0.8
 ACK_TIMEOUT = 1.6
 TICK = 0.02
 HEARTBEAT = 0.1
+WITNESS_DEAD_AFTER = 0.75  # gossip's pair_dead_after
 T0 = 1000.0
 SETTLE = 5.0
 NAMES = ("A", "B")
@@ -95,6 +99,8 @@ class Broker:
     holds: set[int] = field(default_factory=set)  # segments it believes it may deliver
     took: set[int] = field(default_factory=set)  # segments it took from the partner
     paused_until: float | None = None
+    paused_at: float = 0.0
+    gossip_dead: bool = False  # what the witness told this broker about its partner
     inbox: list[Msg] = field(default_factory=list)  # queued in its sockets while paused
     resets: int = 0
     next_beat: float = 0.0
@@ -124,6 +130,8 @@ class PairModelBase(RuleBasedStateMachine):
         self.owned: dict[str, set[int]] = {n: set() for n in NAMES}  # the ground truth
         self.trace: deque[str] = deque(maxlen=40)
         self.brokers = {n: Broker(n, new_core(self.t)) for n in NAMES}
+        for b in self.brokers.values():
+            b.core.witnesses_exist = self.witnessed
         for n in NAMES:
             self.new_segment(n)
         for b in self.brokers.values():
@@ -261,11 +269,27 @@ class PairModelBase(RuleBasedStateMachine):
         self.act(b, b.core.tick(now, unacked=waiting), now)
         self.check_fence(now, f"{b.name} ticked")
 
+    # A witness (a lookup, gossiping with both brokers) that a partition of the pair's
+    # own link does not reach: it sees a broker dead once it has been stopped for
+    # WITNESS_DEAD_AFTER, alive again when it resumes, and tells the partner.
+    witnessed = False
+
+    def witness(self, now: float) -> None:
+        for n in NAMES:
+            b, o = self.brokers[n], self.brokers[other(n)]
+            dead = not o.running and now - o.paused_at >= WITNESS_DEAD_AFTER
+            if b.running and dead != b.gossip_dead:
+                b.gossip_dead = dead
+                b.core.on_gossip(dead, witnessed=dead)
+                self.note(now, f"witness tells {n}: {other(n)} {'dead' if dead else 'alive'}")
+
     def run(self, seconds: float) -> None:
         for _ in range(max(1, round(seconds / TICK))):
             self.k += 1
             now = self.t
             self.deliver_until(now)
+            if self.witnessed:
+                self.witness(now)
             for n in NAMES:
                 self.tick_one(self.brokers[n], now)
 
@@ -327,6 +351,8 @@ class PairModelBase(RuleBasedStateMachine):
         """``name`` gets no calls for ``duration``; then ``then`` seconds pass (for all)."""
         b = self.brokers[name]
         until = self.t + duration
+        if b.paused_until is None:
+            b.paused_at = self.t
         b.paused_until = until if b.paused_until is None else max(b.paused_until, until)
         self.note(self.t, f"{name} paused until {b.paused_until - T0:.3f}")
         if then:
@@ -338,6 +364,8 @@ class PairModelBase(RuleBasedStateMachine):
             return
         b = self.brokers[name]
         b.core = new_core(self.t)
+        b.core.witnesses_exist = self.witnessed
+        b.gossip_dead = False
         b.next_beat = self.t
         b.paused_until = None
         b.inbox = []
@@ -405,6 +433,14 @@ class PairModel(PairModelBase):
         self.note(self.t, "healed")
 
 
+class PairModelWitnessed(PairModel):
+    """Everything, partitions of either or both directions, and a witness (gossip with a
+    lookup): the fence holds for SOLO too; a two-way partition makes neither take over."""
+
+    witnessed = True
+    solo_split_allowed = False
+
+
 class PairModelOneWay(PairModelBase):
     """Partitions of one direction at a time (a cut starts by healing the other way)."""
 
@@ -431,6 +467,8 @@ _settings = settings(
 
 TestPairCorePartitionsPausesRestarts = PairModel.TestCase
 TestPairCorePartitionsPausesRestarts.settings = _settings
+TestPairCoreWitnessed = PairModelWitnessed.TestCase
+TestPairCoreWitnessed.settings = _settings
 TestPairCoreOneWayPartitions = PairModelOneWay.TestCase
 TestPairCoreOneWayPartitions.settings = _settings
 TestPairCorePausesRestarts = PairModelBase.TestCase
