@@ -70,7 +70,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pairq.pair")
 
 CATCHUP_CHUNK = 2000
-REFILL_LOG_EVERY = 2.0  # seconds between re-fill progress lines
+REFILL_LOG_EVERY = 2.0  # seconds between re-fill progress lines ...
+REFILL_LOG_MSGS = 100_000  # ... or messages, whichever comes first
 # A partner never heard from since this broker started is taken over only after
 # this many leases of silence (the second broker of a pair often starts later).
 STARTUP_GRACE_LEASES = 4
@@ -469,12 +470,14 @@ async def _end(context: Any, link: Any, code: grpc.StatusCode, message: str) -> 
 
 
 class _RefillLog:
-    """Start, progress (every REFILL_LOG_EVERY s) and end of a re-fill, in the log."""
+    """Start, progress (every REFILL_LOG_EVERY s or REFILL_LOG_MSGS messages) and end
+    of a re-fill, in the log."""
 
     def __init__(self, what: str, total: int, topics: int) -> None:
         self.what = what
         self.t0 = self.last = time.monotonic()
         self.msgs = self.bytes = 0
+        self.logged_msgs = 0
         self.remaining = total
         log.info("%s: %d seq(s) to go%s", what, total, f" in {topics} topic(s)" if topics else "")
 
@@ -483,10 +486,12 @@ class _RefillLog:
         self.bytes += nbytes
         self.remaining = remaining
         now = time.monotonic()
-        if now - self.last >= REFILL_LOG_EVERY and remaining:
-            self.last = now
+        if remaining and (now - self.last >= REFILL_LOG_EVERY
+                          or self.msgs - self.logged_msgs >= REFILL_LOG_MSGS):
+            self.last, self.logged_msgs = now, self.msgs
             log.info("%s: %d message(s), %.1f MB so far (%.0f msg/s), %d seq(s) to go",
-                     self.what, self.msgs, self.bytes / 1e6, self.msgs / (now - self.t0), remaining)
+                     self.what, self.msgs, self.bytes / 1e6, self.msgs / max(1e-6, now - self.t0),
+                     remaining)
 
     def done(self) -> None:
         dt = max(1e-6, time.monotonic() - self.t0)

@@ -70,6 +70,9 @@ async def test_refill_of_a_wiped_partner_shows_progress_and_the_lag_returns_to_z
         assert any("re-filling partner" in ln and "done," in ln for ln in log_a.splitlines()), log_a[-2000:]
         assert any("being re-filled by partner" in ln and "done," in ln for ln in log_b.splitlines()), \
             log_b[-2000:]
+        for text, log in (("re-filling partner", log_a), ("being re-filled by partner", log_b)):
+            progress = [ln for ln in log.splitlines() if text in ln and "so far" in ln]
+            assert progress, f"no progress line for {text!r}"  # one per 100,000 messages at least
     finally:
         a.stop()
         b.stop()
