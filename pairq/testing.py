@@ -184,11 +184,18 @@ def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> 
 
 
 class BrokerProcess:
-    """``pairq broker`` as a child process; ``kill()`` is a real SIGKILL."""
+    """``pairq broker`` as a child process; ``kill()`` is a real SIGKILL.
+
+    ``host``: the address it binds (loopback by default); ``prefix``: a command
+    to run it under, e.g. ``["ip", "netns", "exec", NAME]`` for a network namespace.
+    """
 
     def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None,
-                 args: list[str] | None = None, log_path: str | None = None) -> None:
+                 args: list[str] | None = None, log_path: str | None = None,
+                 host: str = "127.0.0.1", prefix: list[str] | None = None) -> None:
         self.data_dir = str(data_dir)
+        self.host = host
+        self.prefix = list(prefix or [])
         self.port = port or free_port()
         self.args = args or []
         self.log_path = log_path or str(Path(self.data_dir).with_suffix(".log"))
@@ -196,10 +203,10 @@ class BrokerProcess:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> None:
-        cmd = [sys.executable, "-m", "pairq.cli", "broker", "--address", self.address,
+        cmd = [*self.prefix, sys.executable, "-m", "pairq.cli", "broker", "--address", self.address,
                "--data-dir", self.data_dir, *self.args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -208,7 +215,7 @@ class BrokerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"broker exited with {self.proc.returncode}; see {self.log_path}")
             try:
-                wait_for_port(self.port, timeout=0.2)
+                wait_for_port(self.port, timeout=0.2, host=self.host)
                 return
             except TimeoutError:
                 continue

@@ -567,7 +567,9 @@ class Pair:
         self._window = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
         self._unacked_msgs = 0
         # inbound
-        self.partner_connected = False
+        # Inbound sessions from the partner now being served: normally one, but an old
+        # one on a half-dead connection may end after its successor began.
+        self._inbound_live = 0
         self.took_over_at = 0.0
         self._taking_over: asyncio.Task[None] | None = None
         self._inbound_fenced = False  # set during a takeover: apply/ack nothing from the partner
@@ -588,6 +590,11 @@ class Pair:
         self.core.catalog_ready = self.broker.store.get(st.META, b"catalog") is not None
         if self.core.catalog_ready:
             self.catalog_event.set()
+
+    @property
+    def partner_connected(self) -> bool:
+        """Whether the partner's replication stream to this broker is up."""
+        return self._inbound_live > 0
 
     @property
     def solo(self) -> bool:
@@ -1089,7 +1096,11 @@ class Pair:
         # Whatever the last stream left unconfirmed is of unknown fate (the partner
         # may have crashed before committing it): never count it as stored.
         self.standby.forget_unconfirmed()
-        self.partner_connected = True
+        # The partner has one outbound session at a time: a hello means any older
+        # inbound link is dead (a partition, a reset its side saw first).
+        for old in list(self._inbound_links):
+            old.close()
+        self._inbound_live += 1
         self.core.on_heard(time.monotonic())
         # The link: the partner's TCP connection if it makes one (link.py), else
         # this stream. Its first message over either decides.
@@ -1113,7 +1124,7 @@ class Pair:
                     first = grpc.aio.EOF
             tcp_fut.cancel()
             if link is context and first is None:
-                self.partner_connected = False
+                self._inbound_live -= 1
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no replication traffic after welcome")
                 return
         # On shutdown, end the partner's stream at once (it reconnects to us or
@@ -1177,7 +1188,7 @@ class Pair:
                 idle_read.cancel()
                 with contextlib.suppress(BaseException):
                     await idle_read
-            self.partner_connected = False
+            self._inbound_live -= 1
             self.refill_receiving = 0
             if refill is not None and refill.remaining:
                 refill.stopped("the partner's session ended")

@@ -17,8 +17,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,7 +32,7 @@ from rawclient import RawSub
 
 from pairq import grpcopts
 from pairq.client import Consumer, Dedupe
-from pairq.testing import BrokerProcess, free_port, wait_for_port
+from pairq.testing import BrokerProcess, free_port
 from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import broker_pb2_grpc as pbg
 
@@ -66,29 +64,7 @@ class NsBrokerProcess(BrokerProcess):
 
     def __init__(self, data_dir: Path, *, host: str, prefix: list[str], port: int,
                  args: list[str], log_path: str) -> None:
-        super().__init__(data_dir, port=port, args=args, log_path=log_path)
-        self.host = host
-        self.prefix = prefix
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def start(self, timeout: float = 20.0) -> None:
-        cmd = [*self.prefix, sys.executable, "-m", "pairq.cli", "broker", "--address", self.address,
-               "--data-dir", self.data_dir, *self.args]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"broker exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                wait_for_port(self.port, timeout=0.2, host=self.host)
-                return
-            except TimeoutError:
-                continue
-        raise TimeoutError(f"broker did not listen on {self.address} in {timeout} s")
+        super().__init__(data_dir, port=port, args=args, log_path=log_path, host=host, prefix=prefix)
 
 
 def make_ns_pair(tmp: Path, net: PairNet, *extra: str) -> tuple[NsBrokerProcess, NsBrokerProcess]:
