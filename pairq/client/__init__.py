@@ -32,7 +32,7 @@ async with Consumer("orders", "billing", brokers=["127.0.0.1:4150"], handler=han
 from __future__ import annotations
 
 from pairq.client.consumer import Consumer, ConsumerStats, Handler
-from pairq.client.dedupe import Dedupe
+from pairq.client.dedupe import Dedupe, DedupeWindow, MemoryDedupe
 from pairq.client.message import Message
 from pairq.client.producer import Producer, PublishAck
 from pairq.client.sync import SyncProducer
@@ -42,8 +42,10 @@ __all__ = [
     "Consumer",
     "ConsumerStats",
     "Dedupe",
+    "DedupeWindow",
     "Handler",
     "InvalidError",
+    "MemoryDedupe",
     "Message",
     "NotFoundError",
     "PairqError",

@@ -24,8 +24,12 @@ per stream: at once when ``fin_batch_size`` have accumulated, after
 ``fin_linger`` seconds otherwise, and always when the workers run out of work.
 Heartbeats are answered with ``nop``.
 
-De-duplication. With ``dedupe=`` (a ``Dedupe`` or a path), the handler runs
-once per message id within the window: a delivery whose id is recorded is
+De-duplication is on by default: the handler runs once per message id within
+a window (in memory, ``dedupe_max_entries`` ids for ``dedupe_ttl`` seconds;
+``dedupe=PATH`` or a ``Dedupe`` keeps it in an LMDB file across restarts;
+``dedupe=False`` turns it off). A pair may deliver a message twice after a
+failover (finished at the dead owner, the FIN not yet replicated), and every
+such delivery carries the same id: a delivery whose id is recorded is
 FIN'd without running the handler; a delivery whose id is being handled right
 now waits for that run's outcome. An id is recorded (durably) only after its
 handler succeeded, and FIN is sent after the record is committed. A crash
@@ -60,7 +64,7 @@ from pairq.client._policy import (
     retry_backoff,
 )
 from pairq.client._tracing import TRACEPARENT, ProcessSpan
-from pairq.client.dedupe import Dedupe
+from pairq.client.dedupe import Dedupe, DedupeWindow, MemoryDedupe
 from pairq.client.discovery import Discovery
 from pairq.client.message import _FINISHED, _PENDING, _REQUEUED, Message
 from pairq.errors import PairqError
@@ -395,7 +399,9 @@ class Consumer:
     All options are keyword-only:
 
     - ``max_in_flight``: total RDY credit over all brokers, and the handler concurrency bound.
-    - ``dedupe``: a ``Dedupe`` window, or a path for one (opened and closed by the consumer).
+    - ``dedupe``: on by default (an in-memory window of ``dedupe_max_entries`` ids kept
+      ``dedupe_ttl`` seconds); a path (or a ``Dedupe``) for a persistent LMDB window, opened
+      and closed by the consumer; any ``DedupeWindow``; ``False`` (or ``None``) turns it off.
     - ``requeue_delay`` / ``max_requeue_delay``: REQ backoff after a handler failure, seconds:
       ``requeue_delay * 2**(attempts-1)``, capped.
     - ``fin_batch_size`` / ``fin_linger``: send a stream's FINs when this many (at most a
@@ -426,7 +432,9 @@ class Consumer:
         lookup_poll_interval: float = 15.0,
         handler: Handler | None = None,
         max_in_flight: int = 200,
-        dedupe: Dedupe | str | os.PathLike[str] | None = None,
+        dedupe: DedupeWindow | str | os.PathLike[str] | bool | None = True,
+        dedupe_max_entries: int = 100_000,
+        dedupe_ttl: float = 600.0,
         requeue_delay: float = 1.0,
         max_requeue_delay: float = 60.0,
         fin_batch_size: int = 256,
@@ -477,10 +485,17 @@ class Consumer:
             heartbeat_interval_ms=heartbeat_interval_ms,
         )
         self._owns_dedupe = False
-        if dedupe is not None and not isinstance(dedupe, Dedupe):
-            dedupe = Dedupe(Path(dedupe))
+        window: DedupeWindow | None
+        if dedupe is True:
+            window = MemoryDedupe(max_entries=dedupe_max_entries, ttl=dedupe_ttl)
+        elif dedupe is None or dedupe is False:
+            window = None
+        elif isinstance(dedupe, (str, os.PathLike)):
+            window = Dedupe(Path(dedupe))
             self._owns_dedupe = True
-        self._dedupe: Dedupe | None = dedupe
+        else:
+            window = dedupe
+        self._dedupe: DedupeWindow | None = window
         self._conns = [_Conn(self, a) for a in dict.fromkeys(brokers)]
         self._static = {c.address for c in self._conns}
         self._lookups = list(lookups or [])
@@ -530,7 +545,7 @@ class Consumer:
         self._started = True
         loop = asyncio.get_running_loop()
         self._last_activity = loop.time()
-        if self._dedupe is not None:
+        if self._dedupe is not None and self._dedupe.executor is not None:
             self._recorder = loop.create_task(self._record_loop())
         for c in self._conns:
             c.task = loop.create_task(c.run())
@@ -925,6 +940,14 @@ class Consumer:
             self._yielded.discard(msg)
         if ok:
             if self._dedupe is not None and msg.id in self._inprogress:
+                if self._dedupe.executor is None:  # in memory: record now, FIN at once
+                    try:
+                        self._dedupe.add_many([msg.id])
+                    except Exception as exc:
+                        self.stats.dedupe_errors += 1
+                        log.error("could not record %s in the dedupe window: %r", msg.id.hex(), exc)
+                    self._finish_recorded(msg)
+                    return
                 rec = self._to_record
                 rec.append(msg)
                 if len(rec) >= self._fin_batch_size:
@@ -972,16 +995,20 @@ class Consumer:
                 self.stats.dedupe_errors += len(batch)
                 log.error("could not record %d ids in the dedupe window: %r", len(batch), exc)
             for msg in batch:
-                self.stats.finished += 1
-                msg._conn.fin(msg.id, msg._gen)
-                self._done(msg)
-                for dup in self._inprogress.pop(msg.id, ()):
-                    dup._state = _FINISHED
-                    self.stats.duplicates += 1
-                    dup._conn.fin(dup.id, dup._gen)
-                    self._done(dup)
+                self._finish_recorded(msg)
             for c in self._conns:
                 c.flush()
+
+    def _finish_recorded(self, msg: Message) -> None:
+        """``msg``'s id is recorded: FIN it, and the duplicates that waited for it."""
+        self.stats.finished += 1
+        msg._conn.fin(msg.id, msg._gen)
+        self._done(msg)
+        for dup in self._inprogress.pop(msg.id, ()):
+            dup._state = _FINISHED
+            self.stats.duplicates += 1
+            dup._conn.fin(dup.id, dup._gen)
+            self._done(dup)
 
     # -- iterator mode --------------------------------------------------------------
 

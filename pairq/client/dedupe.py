@@ -1,4 +1,11 @@
-"""A persistent de-duplication window: message ids handled recently, in an LMDB file.
+"""De-duplication windows: message ids handled recently.
+
+``MemoryDedupe`` (what a ``Consumer`` uses by default) keeps them in this
+process; ``Dedupe`` keeps them in an LMDB file, so they survive a restart of
+the consumer. Both answer ``contains`` and ``add_many``; ``executor`` says
+where ``add_many`` should run (None: inline, it never blocks).
+
+Persistent window (``Dedupe``):
 
 The window holds at most ``max_entries`` ids, none older than ``ttl`` seconds;
 the oldest entries are evicted first (a little on every write, so no pause
@@ -17,17 +24,74 @@ import os
 import struct
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import lmdb
 
-__all__ = ["Dedupe"]
+__all__ = ["Dedupe", "DedupeWindow", "MemoryDedupe"]
 
 _TS = struct.Struct(">Q")
 _GiB = 1024**3
+
+
+class DedupeWindow(Protocol):
+    """What a ``Consumer`` needs of a de-duplication window."""
+
+    @property
+    def executor(self) -> Executor | None:
+        """Where ``add_many`` should run; None: inline (it never blocks)."""
+
+    def contains(self, mid: bytes) -> bool: ...
+
+    def add_many(self, ids: list[bytes]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class MemoryDedupe:
+    """An in-memory window: at most ``max_entries`` ids, none older than ``ttl`` seconds,
+    oldest evicted first (a dict in insertion order: O(1) per id). Forgotten when the
+    process ends: a consumer restarted right after a failover may run a handler again
+    for an id it had handled (use ``Dedupe(path)`` where that matters)."""
+
+    executor = None
+
+    def __init__(self, *, max_entries: int = 100_000, ttl: float = 600.0,
+                 clock: Any = time.monotonic) -> None:
+        if max_entries < 1 or ttl <= 0:
+            raise ValueError("max_entries must be >= 1 and ttl > 0")
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self._clock = clock
+        self._ids: dict[bytes, float] = {}
+
+    def contains(self, mid: bytes) -> bool:
+        at = self._ids.get(mid)
+        return at is not None and at >= self._clock() - self.ttl
+
+    __contains__ = contains
+
+    def add_many(self, ids: list[bytes]) -> None:
+        now = self._clock()
+        d = self._ids
+        for mid in ids:
+            d.pop(mid, None)  # re-recorded: it moves to the young end
+            d[mid] = now
+        oldest = now - self.ttl
+        while d and (len(d) > self.max_entries or next(iter(d.values())) < oldest):
+            del d[next(iter(d))]
+
+    def add(self, mid: bytes) -> None:
+        self.add_many([mid])
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def close(self) -> None:
+        self._ids.clear()
 
 
 class Dedupe:

@@ -10,7 +10,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from pairq.client import Dedupe
+from pairq.client import Dedupe, MemoryDedupe
 
 
 class Clock:
@@ -135,3 +135,37 @@ class DedupeModel(RuleBasedStateMachine):
 
 DedupeModel.TestCase.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
 TestDedupeModel = DedupeModel.TestCase
+
+
+# ------------------------------------------------------------------ the in-memory window
+
+
+def test_memory_window_remembers_then_forgets_after_ttl() -> None:
+    now = [100.0]
+    d = MemoryDedupe(ttl=10, clock=lambda: now[0])
+    d.add_many([b"a" * 16, b"b" * 16])
+    assert d.contains(b"a" * 16) and b"b" * 16 in d and not d.contains(b"c" * 16)
+    now[0] += 10.5
+    assert not d.contains(b"a" * 16)
+    d.add(b"c" * 16)  # a write evicts what the ttl expired
+    assert len(d) == 1
+
+
+def test_memory_window_evicts_the_oldest_beyond_max_entries() -> None:
+    now = [0.0]
+    d = MemoryDedupe(max_entries=3, clock=lambda: now[0])
+    for i in range(5):
+        now[0] += 1
+        d.add(bytes([i]) * 16)
+    assert len(d) == 3
+    assert [d.contains(bytes([i]) * 16) for i in range(5)] == [False, False, True, True, True]
+    d.add(bytes([2]) * 16)  # recorded again: now the youngest
+    d.add(bytes([9]) * 16)
+    assert d.contains(bytes([2]) * 16) and not d.contains(bytes([3]) * 16)
+
+
+def test_memory_window_rejects_bad_bounds() -> None:
+    with pytest.raises(ValueError):
+        MemoryDedupe(max_entries=0)
+    with pytest.raises(ValueError):
+        MemoryDedupe(ttl=0)
