@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from pairq.gossip import EventKind, Gossip, MemberEvent, NodeMeta
-from pairq.gossip.cli import PROFILES, decode_key
+from pairq.gossip.config import PROFILES, decode_key
 from pairq.options import parse_hostport
 
 if TYPE_CHECKING:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import json
 import os
 import sys
@@ -22,7 +20,8 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from pairq.gossip.config import ConfigError, GossipConfig, lan, local, wan
+from pairq.gossip.config import PROFILES, ConfigError, GossipConfig, local
+from pairq.gossip.config import decode_key as _decode_key
 from pairq.gossip.events import MemberView
 from pairq.gossip.meta import NodeMeta
 from pairq.gossip.node import Gossip, parse_addr
@@ -36,25 +35,17 @@ __all__ = [
     "run_members",
 ]
 
-PROFILES = {"lan": lan, "wan": wan, "local": local}
-
-
 def _env_list(name: str) -> list[str]:
     raw = os.environ.get(name, "")
     return [p for p in (x.strip() for x in raw.split(",")) if p]
 
 
 def decode_key(text: str) -> bytes:
-    """A key given as base64 (or hex) of 16, 24 or 32 bytes."""
-    text = text.strip()
-    for decoder in (base64.b64decode, bytes.fromhex):
-        try:
-            raw = decoder(text)
-        except (binascii.Error, ValueError):
-            continue
-        if len(raw) in (16, 24, 32):
-            return raw
-    raise argparse.ArgumentTypeError("a gossip key is base64 or hex of 16, 24 or 32 bytes")
+    """``pairq.gossip.config.decode_key`` as an argparse type."""
+    try:
+        return _decode_key(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def add_gossip_flags(parser: argparse.ArgumentParser) -> None:

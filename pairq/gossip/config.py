@@ -14,10 +14,12 @@ second without making the rest of the cluster chattier.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 from dataclasses import dataclass, field
 
-__all__ = ["ConfigError", "GossipConfig", "lan", "local", "wan"]
+__all__ = ["PROFILES", "ConfigError", "GossipConfig", "decode_key", "lan", "local", "wan"]
 
 
 class ConfigError(ValueError):
@@ -228,3 +230,20 @@ def local(**overrides: object) -> GossipConfig:
         gossip_to_the_dead_time=15.0,  # (memberlist: 15 s)
     )
     return base.replace(**overrides)
+
+
+PROFILES = {"lan": lan, "wan": wan, "local": local}
+"""The named profiles (``--gossip-profile``), each a function taking overrides."""
+
+
+def decode_key(text: str) -> bytes:
+    """A keyring key given as base64 (or hex) of 16, 24 or 32 bytes; ConfigError if not."""
+    text = text.strip()
+    for decoder in (base64.b64decode, bytes.fromhex):
+        try:
+            raw = decoder(text)
+        except (binascii.Error, ValueError):
+            continue
+        if len(raw) in (16, 24, 32):
+            return raw
+    raise ConfigError("a gossip key is base64 or hex of 16, 24 or 32 bytes")

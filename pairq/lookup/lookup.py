@@ -13,8 +13,6 @@ answered dead at once.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
 import time
@@ -45,20 +43,10 @@ _EVENT_STATE = {
     EventKind.DEAD: "dead",
     EventKind.LEFT: "left",
 }
-_PROFILES = {"lan": gossip_config.lan, "wan": gossip_config.wan, "local": gossip_config.local}
 SWEEP_INTERVAL = 1.0
 JOIN_RETRY = 2.0
 
 
-def _decode_key(text: str) -> bytes:
-    for decoder in (base64.b64decode, bytes.fromhex):
-        try:
-            raw = decoder(text.strip())
-        except (binascii.Error, ValueError):
-            continue
-        if len(raw) in (16, 24, 32):
-            return raw
-    raise ValueError("a gossip key is base64 or hex of 16, 24 or 32 bytes")
 
 
 class Lookup:
@@ -119,9 +107,9 @@ class Lookup:
     async def _start_gossip(self) -> None:
         o = self.options
         ghost, gport = parse_hostport(o.gossip_address, what="--gossip-address")
-        cfg = _PROFILES[o.gossip_profile](
+        cfg = gossip_config.PROFILES[o.gossip_profile](
             bind_host=ghost, bind_port=gport, label=o.gossip_label,
-            keys=tuple(_decode_key(k) for k in o.gossip_key),
+            keys=tuple(gossip_config.decode_key(k) for k in o.gossip_key),
         )
         meta = NodeMeta(role="lookup", node_id=self.lookup_id, grpc_address=self.address,
                         start_epoch_ms=int(time.time() * 1000))
