@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from pairq.broker.link import FramedLink, LinkError, read_token
+from pairq.broker.pair.link import FramedLink, LinkError, read_token
 from pairq.v1 import replication_pb2 as rpb
 
 

@@ -15,7 +15,7 @@ import itertools
 
 import pytest
 
-from pairq.broker.pair_core import (
+from pairq.broker.pair.core import (
     EPOCH,
     LEFT_SOLO,
     PAIRED,

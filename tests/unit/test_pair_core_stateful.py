@@ -42,7 +42,7 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from pairq.broker.pair_core import (
+from pairq.broker.pair.core import (
     EPOCH,
     LEFT_SOLO,
     PAIRED,

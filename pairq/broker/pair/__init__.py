@@ -53,10 +53,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from pairq import grpcopts
-from pairq.broker import pair_core as pc
 from pairq.broker import store as st
 from pairq.broker import wire
-from pairq.broker.link import TOKEN_BYTES, FramedLink, LinkError, read_token
+from pairq.broker.pair import core as pc
+from pairq.broker.pair.link import TOKEN_BYTES, FramedLink, LinkError, read_token
 from pairq.errors import PairqError, UnavailableError
 from pairq.options import parse_hostport
 from pairq.v1 import broker_pb2 as pb
