@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 QUICK ?=
 
-.PHONY: run test lint proto proto-check bench gossip-bench starve chaos clean ensure-debs
+.PHONY: run test lint proto proto-check bench bench-compare gossip-bench starve chaos clean ensure-debs
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -39,6 +39,13 @@ proto: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py $(if $(QUICK),--quick,)
+
+# Same driver (this tree's benchmarks/run.py) against two revisions, alternating runs:
+#   make bench-compare BASE=<rev> [HEAD=<rev>, default the working tree] [QUICK=1] [ROUNDS=3]
+bench-compare: $(STAMP)
+	@test -n "$(BASE)" || { echo "usage: make bench-compare BASE=<rev> [HEAD=<rev>] [QUICK=1] [ROUNDS=N]"; exit 2; }
+	$(BIN)/python benchmarks/compare.py --base '$(BASE)' $(if $(HEAD),--head '$(HEAD)',) \
+		$(if $(QUICK),--quick,) --rounds $(or $(ROUNDS),3)
 
 gossip-bench: $(STAMP)
 	$(BIN)/python benchmarks/gossip_bench.py $(if $(QUICK),--quick,)
