@@ -512,7 +512,9 @@ class Consumer:
         self._idle_workers: list[asyncio.Future[None]] = []
         self._workers: set[asyncio.Task[None]] = set()
         self._draining = 0
-        self._inprogress: dict[bytes, list[Message]] = {}
+        # id -> duplicates waiting for the run in progress (None: none yet; the common
+        # case costs no list)
+        self._inprogress: dict[bytes, list[Message] | None] = {}
         self._yielded: set[Message] = set()
         self._to_record: list[Message] = []
         self._record_wake = asyncio.Event()
@@ -915,8 +917,11 @@ class Consumer:
         dd = self._dedupe
         if dd is None:
             return True
-        waiting = self._inprogress.get(msg.id)
-        if waiting is not None:
+        inprogress = self._inprogress
+        if msg.id in inprogress:
+            waiting = inprogress[msg.id]
+            if waiting is None:
+                waiting = inprogress[msg.id] = []
             waiting.append(msg)  # resolved with the run in progress
             return False
         try:
@@ -931,7 +936,7 @@ class Consumer:
             self._done(msg)
             msg._conn.fin(msg.id, msg._gen)
             return False
-        self._inprogress[msg.id] = []
+        inprogress[msg.id] = None
         return True
 
     def _answer(self, msg: Message, ok: bool, delay_ms: int | None) -> None:
@@ -942,7 +947,7 @@ class Consumer:
             if self._dedupe is not None and msg.id in self._inprogress:
                 if self._dedupe.executor is None:  # in memory: record now, FIN at once
                     try:
-                        self._dedupe.add_many([msg.id])
+                        self._dedupe.add(msg.id)
                     except Exception as exc:
                         self.stats.dedupe_errors += 1
                         log.error("could not record %s in the dedupe window: %r", msg.id.hex(), exc)
@@ -967,7 +972,7 @@ class Consumer:
             msg._conn.req(msg.id, msg._gen, delay_ms)
             self._done(msg)
             if self._dedupe is not None:
-                for dup in self._inprogress.pop(msg.id, ()):
+                for dup in self._inprogress.pop(msg.id, None) or ():
                     dup._state = _REQUEUED
                     self.stats.requeued += 1
                     dup._conn.req(dup.id, dup._gen, delay_ms)
@@ -1004,7 +1009,7 @@ class Consumer:
         self.stats.finished += 1
         msg._conn.fin(msg.id, msg._gen)
         self._done(msg)
-        for dup in self._inprogress.pop(msg.id, ()):
+        for dup in self._inprogress.pop(msg.id, None) or ():
             dup._state = _FINISHED
             self.stats.duplicates += 1
             dup._conn.fin(dup.id, dup._gen)

@@ -48,6 +48,8 @@ class DedupeWindow(Protocol):
 
     def add_many(self, ids: list[bytes]) -> None: ...
 
+    def add(self, mid: bytes) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -67,6 +69,7 @@ class MemoryDedupe:
         self.ttl = ttl
         self._clock = clock
         self._ids: dict[bytes, float] = {}
+        self._adds = 0
 
     def contains(self, mid: bytes) -> bool:
         at = self._ids.get(mid)
@@ -75,17 +78,23 @@ class MemoryDedupe:
     __contains__ = contains
 
     def add_many(self, ids: list[bytes]) -> None:
-        now = self._clock()
-        d = self._ids
         for mid in ids:
-            d.pop(mid, None)  # re-recorded: it moves to the young end
-            d[mid] = now
-        oldest = now - self.ttl
-        while d and (len(d) > self.max_entries or next(iter(d.values())) < oldest):
-            del d[next(iter(d))]
+            self.add(mid)
 
     def add(self, mid: bytes) -> None:
-        self.add_many([mid])
+        now = self._clock()
+        d = self._ids
+        if mid in d:
+            del d[mid]  # re-recorded: it moves to the young end
+        d[mid] = now
+        if len(d) > self.max_entries:
+            del d[next(iter(d))]
+        self._adds += 1
+        if self._adds >= 256:  # the ttl is checked every 256 adds (amortized O(1))
+            self._adds = 0
+            oldest = now - self.ttl
+            while d and next(iter(d.values())) < oldest:
+                del d[next(iter(d))]
 
     def __len__(self) -> int:
         return len(self._ids)
