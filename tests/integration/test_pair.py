@@ -460,7 +460,7 @@ async def test_replication_runs_over_the_tcp_link_and_survives_garbage_on_its_po
     async with run_pair(tmp_path) as (a, b):
         assert a.pair is not None and b.pair is not None
         await eventually(lambda: a.pair.stats().link == "tcp" and b.pair.stats().link == "tcp")
-        port = b.pair._tcp_port
+        port = b.pair.receiver.tcp_port
         assert port
         # Garbage, a wrong token, a half frame: each connection is dropped, nothing else.
         for junk in (b"GET / HTTP/1.1\r\n\r\n", b"\x00\x00\x00\x10" + os.urandom(16), b"\x00\x00"):
@@ -502,7 +502,7 @@ async def test_a_takeover_closes_a_silent_partners_tcp_link(tmp_path: Path) -> N
         reader, writer = await asyncio.open_connection("127.0.0.1", welcome.tcp_port)
         writer.write(len(welcome.tcp_token).to_bytes(4, "big") + welcome.tcp_token)
         await writer.drain()
-        await eventually(lambda: len(b.pair._inbound_links) >= 2)  # the real partner's and ours
+        await eventually(lambda: len(b.pair.receiver.links) >= 2)  # the real partner's and ours
         await a.stop()  # now nobody speaks for the partner: B takes over after the lease
         await eventually(lambda: b.pair.takeovers >= 1, timeout=10)
         assert await asyncio.wait_for(reader.read(100), 5) == b""  # closed by B

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pairq.broker import store as st
 from pairq.broker import wire
-from pairq.broker.pair import StandbyStore, validate_batch
+from pairq.broker.pair.standby import StandbyStore, validate_batch
 from pairq.v1 import replication_pb2 as rpb
 
 

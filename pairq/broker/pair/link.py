@@ -12,9 +12,9 @@ Why: on this project's 2-core test machine a stream message through Python
 gRPC costs about 170 us of CPU per side and 0.3 ms one way, a TCP write about
 60 us and 0.07 ms (echo benchmarks in benchmarks/README.md), and every pair
 publish crosses the link twice (batch, ack). ``FramedLink`` offers the two
-calls the replication code uses on a gRPC call or context, ``read()`` (a
-message, or ``grpc.aio.EOF`` when the peer is gone) and ``write(msg)``, so the
-protocol logic in ``pair.py`` is the same over both.
+calls the replication code uses on a gRPC call or context (``ReplicaLink``),
+so the protocol logic in ``sender.py`` and ``receiver.py`` is the same over
+both.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -32,6 +32,23 @@ _HIGH_WATER = 4 * 1024 * 1024  # wait for the socket to drain above this much bu
 
 class LinkError(Exception):
     """The peer sent something that is not a frame of this protocol."""
+
+
+class ReplicaLink(Protocol):
+    """Either transport of a replication session, as the sender and the receiver use
+    it: the ``Replicate`` gRPC stream (the sender's call, the receiver's servicer
+    context) or a ``FramedLink``. The messages are ``ReplicateRequest`` one way and
+    ``ReplicateResponse`` the other, the same on both.
+    """
+
+    async def read(self) -> Any:
+        """The peer's next message, or ``grpc.aio.EOF`` once it is gone (a
+        ``FramedLink`` raises ``LinkError`` for a frame that is not one)."""
+        ...
+
+    async def write(self, msg: Any) -> None:
+        """Send ``msg``, waiting while the transport's buffers are full."""
+        ...
 
 
 class FramedLink:

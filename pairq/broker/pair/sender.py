@@ -1,0 +1,548 @@
+"""The outbound side of the pair: this broker's session to its partner.
+
+One long-lived session at a time (``Sender.run``): a hello on the
+``Replicate`` gRPC stream, the partner's welcome (what it holds of ours,
+what it took over, maybe a TCP link to move to, ``link.py``), then the
+reconcile (``_on_welcome``: drop what the partner took over, queue the
+catalog and the catch-up from our log), and the send loop: the catalog
+first, then the catch-up (re-fill), then live appends, confirmations,
+channel progress and deletions as they come, and a heartbeat when idle.
+Every batch waits for room in a window of MAX_BATCHES_IN_FLIGHT; the
+partner's cumulative acks (``_read_acks``) resolve the publishers' futures
+and renew the lease (``PairCore.on_ack``).
+
+Parallel replication. A live publish is sent while the local commit is
+still running (``uncommitted``) and confirmed once it succeeded
+(``committed``): the pair's latency is the slower of the two fsyncs rather
+than their sum (``standby.StandbyStore`` explains the partner's side).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import grpc
+
+from pairq import grpcopts
+from pairq.broker import store as st
+from pairq.broker.pair import core as pc
+from pairq.broker.pair.link import TOKEN_BYTES, FramedLink, ReplicaLink
+from pairq.broker.pair.refill import RefillLog
+from pairq.broker.pair.standby import MAX_BATCH_RECORDS
+from pairq.errors import UnavailableError
+from pairq.options import parse_hostport
+from pairq.v1 import replication_pb2 as rpb
+from pairq.v1 import replication_pb2_grpc as rpbg
+
+if TYPE_CHECKING:
+    from pairq.broker.pair.state import PairState
+    from pairq.broker.topic import Topic
+
+log = logging.getLogger("pairq.pair")
+
+CATCHUP_CHUNK = 2000
+# A seq is sent to the partner only below a persisted high-water mark, raised
+# this far ahead at a time (one extra commit per HWM_STEP seqs): a restarted
+# broker starts above it, so it never reuses a seq the partner may hold.
+HWM_STEP = 100_000
+MAX_BATCHES_IN_FLIGHT = 16
+# Most record bytes in one replication batch: a batch the broker accepts (up
+# to --max-batch bodies of --max-msg-size) is split into frames well under the
+# link's frame limit (grpcopts.frame_limit), and a slow partner acknowledges
+# each in turn (back-pressure through the in-flight window, not a takeover).
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+# Longest a confirmation of a parallel-replicated publish waits for a batch to
+# ride on before it is sent alone (see Sender.committed).
+CONFIRM_DELAY = 0.005
+
+
+@dataclass
+class _Progress:
+    """A channel's progress not yet sent to the partner."""
+
+    floor: int
+    finished: set[int]  # finished seqs >= floor
+    deleted: bool
+    states: dict[int, tuple[int, int] | None]  # seq -> (attempts, due_ns); None: cleared
+
+
+@dataclass
+class _Pending:
+    batch_id: int
+    sent_at: float
+    futures: list[asyncio.Future[None]]
+    count: int = 0
+
+
+def _merge_appends(pending: list[tuple[str, int, list[bytes], bool]]) -> list[rpb.ReplicaAppend]:
+    """One ReplicaAppend per contiguous run of seqs of a topic (fewer submessages)."""
+    if len(pending) == 1:
+        topic, seq, recs, unc = pending[0]
+        return [rpb.ReplicaAppend(topic=topic, first_seq=seq, records=recs, uncommitted=unc)]
+    out: list[rpb.ReplicaAppend] = []
+    runs: list[tuple[str, int, list[bytes], bool]] = []
+    for topic, seq, recs, unc in sorted(pending, key=lambda x: (x[0], x[1])):
+        if runs and runs[-1][0] == topic and runs[-1][3] == unc and runs[-1][1] + len(runs[-1][2]) == seq:
+            runs[-1][2].extend(recs)
+        else:
+            runs.append((topic, seq, list(recs), unc))
+    for topic, seq, recs, unc in runs:
+        out.append(rpb.ReplicaAppend(topic=topic, first_seq=seq, records=recs, uncommitted=unc))
+    return out
+
+
+def _split_appends(pending: list[tuple[str, int, list[bytes], bool]]) -> list[list[rpb.ReplicaAppend]]:
+    """The appends of one round, merged (``_merge_appends``) and cut into frames of at
+    most MAX_BATCH_BYTES of records each (a record larger than that goes alone)."""
+    frames: list[list[rpb.ReplicaAppend]] = []
+    cur: list[rpb.ReplicaAppend] = []
+    size = 0
+    for a in _merge_appends(pending):
+        total = sum(map(len, a.records))
+        if size + total <= MAX_BATCH_BYTES:  # the common case: the whole run fits
+            cur.append(a)
+            size += total
+            continue
+        recs = list(a.records)
+        start = 0
+        for i, rec in enumerate(recs):
+            if size and size + len(rec) > MAX_BATCH_BYTES:
+                if i > start:
+                    cur.append(rpb.ReplicaAppend(topic=a.topic, first_seq=a.first_seq + start,
+                                                 records=recs[start:i], uncommitted=a.uncommitted))
+                frames.append(cur)
+                cur, size, start = [], 0, i
+            size += len(rec)
+        cur.append(rpb.ReplicaAppend(topic=a.topic, first_seq=a.first_seq + start,
+                                     records=recs[start:], uncommitted=a.uncommitted))
+    frames.append(cur)
+    return frames
+
+
+def _progress_msg(topic: str, channel: str, pr: _Progress) -> rpb.ReplicaProgress:
+    return rpb.ReplicaProgress(
+        topic=topic, channel=channel, floor=pr.floor, finished=sorted(pr.finished), deleted=pr.deleted,
+        states=[
+            rpb.ReplicaState(seq=seq, cleared=True) if v is None
+            else rpb.ReplicaState(seq=seq, attempts=v[0], due_ns=v[1])
+            for seq, v in pr.states.items()
+        ],
+    )
+
+
+def _merge_ranges(ranges: list[tuple[str, int, int]]) -> list[rpb.ReplicaRange]:
+    out: list[tuple[str, int, int]] = []
+    for topic, seq, n in sorted(ranges):
+        if out and out[-1][0] == topic and out[-1][1] + out[-1][2] == seq and out[-1][2] + n <= MAX_BATCH_RECORDS:
+            out[-1] = (topic, out[-1][1], out[-1][2] + n)
+        else:
+            out.append((topic, seq, n))
+    return [rpb.ReplicaRange(topic=t, first_seq=q, count=n) for t, q, n in out]
+
+
+class Sender:
+    """This broker's outbound session to its partner, and what waits to be sent on it."""
+
+    def __init__(self, state: PairState) -> None:
+        self._s = state
+        self.broker = state.broker
+        self.connected = False
+        self._batch_id = 0
+        self._appends: list[tuple[str, int, list[bytes], bool]] = []  # (topic, seq, records, uncommitted)
+        self._confirms: list[tuple[str, int, int]] = []  # committed here since sent uncommitted
+        self._confirm_timer: asyncio.TimerHandle | None = None
+        self.link: ReplicaLink | None = None  # the session's gRPC call or FramedLink
+        # (topic, channel) -> (floor, finished above it, deleted, requeue states (None: cleared))
+        self._progress: dict[tuple[str, str], _Progress] = {}  # (topic, channel) -> unsent progress
+        self._deleted: list[str] = []
+        self._futures: list[asyncio.Future[None]] = []
+        self.in_flight: deque[_Pending] = deque()
+        self._wake = asyncio.Event()
+        self._window = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
+        self.unacked_msgs = 0
+        self._catchup: list[tuple[Topic, int, int]] = []
+        self._catalog: list[rpb.ReplicaProgress] = []
+        self.refill_sending = 0  # seqs of our log the running catch-up has still to send
+
+    def replicate(self, topic: str, seq0: int, records: list[bytes], *,
+                  uncommitted: bool = False) -> asyncio.Future[None] | None:
+        """Queue records for the partner; the future resolves on its acknowledgement.
+
+        ``uncommitted``: our own commit of them is still running (a live
+        publish); call ``committed`` once it succeeds. While disconnected
+        nothing is queued (memory stays bounded): the next connection catches
+        the partner up from the log.
+        """
+        if not self.connected:
+            return None
+        self._appends.append((topic, seq0, records, uncommitted))
+        self.unacked_msgs += len(records)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._futures.append(fut)
+        self._wake.set()
+        return fut
+
+    def committed(self, topic: str, seq0: int, n: int) -> None:
+        """Records sent ``uncommitted`` are now durable here. The confirmation
+        rides on the next batch; only if none goes out within CONFIRM_DELAY does
+        it get a batch of its own (a steady publisher pays nothing for it)."""
+        if not self.connected:
+            return  # that stream is gone; the partner forgot what it was waiting for
+        self._confirms.append((topic, seq0, n))
+        if self._confirm_timer is None:
+            self._confirm_timer = asyncio.get_running_loop().call_later(CONFIRM_DELAY, self._confirm_due)
+
+    def _confirm_due(self) -> None:
+        self._confirm_timer = None
+        if self._confirms:
+            self._wake.set()
+
+    async def wait_replicated(self) -> None:
+        """Wait (at most an ack timeout) until the partner acknowledged everything
+        queued so far. A link that is down or breaks meanwhile is fine: every new
+        session sends the whole catalog before anything else."""
+        fut = self.barrier()
+        if fut is None:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(fut), self._s.core.ack_timeout)
+        if not fut.done():
+            fut.cancel()
+        elif not fut.cancelled():
+            fut.exception()  # retrieved
+
+    def barrier(self) -> asyncio.Future[None] | None:
+        """A future resolved once the partner acknowledged everything queued so far
+        (catch-up included); None while disconnected."""
+        if not self.connected:
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._futures.append(fut)
+        self._wake.set()
+        return fut
+
+    def progress(self, topic: str, channel: str, floor: int, finished: list[int],
+                 states: dict[int, tuple[int, int] | None] | None = None) -> None:
+        if not self.connected:
+            return  # the next connection sends a full progress snapshot
+        key = (topic, channel)
+        cur = self._progress.get(key)
+        fins = set(finished) if cur is None else cur.finished | set(finished)
+        merged = dict(cur.states) if cur is not None else {}
+        if states:
+            merged.update(states)
+        self._progress[key] = _Progress(floor, {s for s in fins if s >= floor}, False, merged)
+        self._wake.set()
+
+    def channel_deleted(self, topic: str, channel: str) -> None:
+        self._progress[(topic, channel)] = _Progress(0, set(), True, {})
+        self._wake.set()
+
+    def topic_deleted(self, topic: str) -> None:
+        self._deleted.append(topic)
+        self._appends = [a for a in self._appends if a[0] != topic]
+        self._confirms = [c for c in self._confirms if c[0] != topic]
+        self._wake.set()
+
+    def fail_pending(self, exc: BaseException) -> None:
+        """Fail every future waiting for the partner's acknowledgement."""
+        for p in self.in_flight:
+            for f in p.futures:
+                if not f.done():
+                    f.set_exception(exc)
+        self.in_flight.clear()
+        for f in self._futures:
+            if not f.done():
+                f.set_exception(exc)
+        self._futures = []
+
+    def reset_session(self) -> None:
+        """End the session now: close its link and fail whatever waits on it."""
+        link = self.link
+        if isinstance(link, FramedLink):
+            link.close()
+        elif link is not None:
+            cast(Any, link).cancel()  # the gRPC call
+        self.fail_pending(UnavailableError(
+            f"partner {self._s.partner_address} stopped acknowledging; retry"))
+
+    async def run(self) -> None:
+        """Keep a session to the partner open while the pair runs, reconnecting
+        after a loss."""
+        backoff = 0.05
+        while self._s.running:
+            channel = grpc.aio.insecure_channel(
+                self._s.partner_address, options=grpcopts.client_options(self.broker.options.max_msg_size)
+            )
+            try:
+                stub = rpbg.ReplicationServiceStub(channel)
+                call = stub.Replicate()
+                # The whole handshake is bounded: a stopped partner accepts the TCP
+                # connection (its kernel does) but never answers.
+                resp = await asyncio.wait_for(self._handshake(call), timeout=max(2.0, 3 * self._s.lease))
+                if resp is grpc.aio.EOF or resp.WhichOneof("kind") != "welcome":
+                    raise ConnectionError("partner did not welcome us")
+                link = await self._open_tcp_link(resp.welcome) or call
+                self.link = link
+                await self._on_welcome(link, resp.welcome)
+                backoff = 0.05
+                reader = asyncio.create_task(self._read_acks(link))
+                try:
+                    await self._send_loop(link, reader)
+                finally:
+                    reader.cancel()
+                    await asyncio.gather(reader, return_exceptions=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.connected:
+                    log.warning("replication stream to %s lost: %s", self._s.partner_address, exc)
+                else:
+                    log.debug("cannot reach partner %s: %s", self._s.partner_address, exc)
+            finally:
+                was = self.connected
+                self.connected = False
+                self.refill_sending = 0
+                self.fail_pending(UnavailableError(
+                    f"lost the replication stream to partner {self._s.partner_address}"))
+                self._window = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
+                if was:
+                    log.info("partner %s disconnected", self._s.partner_address)
+                if isinstance(self.link, FramedLink):
+                    self.link.close()
+                self.link = None
+                with contextlib.suppress(Exception):
+                    await channel.close(grace=None)
+            if self._s.running:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 0.5)
+
+    async def _handshake(self, call: Any) -> Any:
+        await call.write(rpb.ReplicateRequest(hello=rpb.ReplicaHello(
+            node_id=self.broker.store_id, pair=self._s.name, tcp=True)))
+        return await call.read()
+
+    async def _open_tcp_link(self, welcome: rpb.ReplicaWelcome) -> FramedLink | None:
+        """Switch to the partner's plain TCP link if it offered one (None: stay on gRPC)."""
+        if not welcome.tcp_port or len(welcome.tcp_token) != TOKEN_BYTES:
+            return None
+        host, _ = parse_hostport(self._s.partner_address)
+        try:
+            r, w = await asyncio.wait_for(asyncio.open_connection(host, welcome.tcp_port), 2.0)
+        except (OSError, TimeoutError) as exc:
+            log.warning("cannot open the TCP replication link to %s:%d (%s); replicating over gRPC",
+                        host, welcome.tcp_port, exc)
+            return None
+        with contextlib.suppress(Exception):
+            w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        link = FramedLink(r, w, rpb.ReplicateResponse.FromString,
+                          grpcopts.frame_limit(self.broker.options.max_msg_size))
+        await link.write_raw(welcome.tcp_token)
+        return link
+
+    async def _on_welcome(self, call: ReplicaLink, welcome: rpb.ReplicaWelcome) -> None:
+        """Reconcile with the partner's holdings, then catch it up from our log."""
+        holdings = {h.topic: h for h in welcome.holdings}
+        broker = self.broker
+        # 1. Everything the partner took over is its now: never deliver it here again.
+        dropped = False
+        for h in welcome.holdings:
+            topic = broker.topics.get(h.topic)
+            if topic is not None and h.taken_upto > 0:
+                dropped = topic.drop_taken_over(h.taken_upto) or dropped
+        if dropped:
+            self._s.move_fence()  # deliveries queued before this are of messages no longer ours
+        # 2. Queue our un-replicated state: the catalog (every channel with its
+        #    progress) first, then appends from what it holds to our head.
+        self._appends = []
+        self._confirms = []
+        self._progress = {}
+        self._futures = []
+        self._deleted = []
+        self.unacked_msgs = 0
+        for h in welcome.holdings:
+            if h.topic not in broker.topics or broker.topics[h.topic].ephemeral:
+                self._deleted.append(h.topic)
+        self.connected = True
+        log.info("replicating to partner %s (%s)", self._s.partner_address, welcome.node_id)
+        catchup: list[tuple[Topic, int, int]] = []
+        catalog: list[rpb.ReplicaProgress] = []
+        for topic in list(broker.topics.values()):
+            if topic.ephemeral:
+                continue
+            held = holdings.get(topic.name)
+            start = max(held.next_seq if held is not None else 0, topic.first_seq)
+            # Every seq reserved from now on is replicated live (connected is set);
+            # the catch-up covers everything below, committed or still committing.
+            live_from = topic.next_seq
+            if start < live_from:
+                catchup.append((topic, start, live_from))
+                self.unacked_msgs += live_from - start
+            for ch in topic.channels.values():
+                if ch.durable:
+                    catalog.append(_progress_msg(topic.name, ch.name, _Progress(
+                        ch.floor, set(ch.fin_mem), False, dict(ch.states))))
+        self._catalog = catalog
+        self._catchup = catchup
+        self._wake.set()
+
+    async def _send_loop(self, call: ReplicaLink, reader: asyncio.Task[None]) -> None:
+        # The catalog first: the partner creates every channel before it holds a
+        # message of ours (and a new store may accept publishes only after it).
+        catalog, self._catalog = self._catalog, []
+        for i in range(0, max(1, len(catalog)), 1000):
+            await self._send(call, reader, [], catalog[i:i + 1000], list(self._deleted), [],
+                             catalog=i + 1000 >= len(catalog))
+            self._deleted = []
+        # Catch-up next (no futures: the producers were acknowledged long ago).
+        remaining = sum(end - start for _, start, end in self._catchup)
+        self.refill_sending = remaining
+        refill_log = RefillLog(f"re-filling partner {self._s.partner_address}", remaining,
+                               len(self._catchup)) if remaining else None
+        for topic, start, end in self._catchup:
+            pos = start
+            while pos < end and not topic.deleted:
+                if pos >= topic.committed_seq:
+                    await asyncio.sleep(0.001)  # reserved before we connected, still committing
+                    continue
+                top = min(end, topic.committed_seq)
+                rows = self.broker.store.read_msgs(topic.meta.id, pos, top, CATCHUP_CHUNK,
+                                                   max_bytes=MAX_BATCH_BYTES)
+                if not rows:
+                    self.unacked_msgs = max(0, self.unacked_msgs - (top - pos))
+                    remaining -= top - pos
+                    pos = top  # a gap: failed appends
+                    continue
+                # Send contiguous runs (gaps are failed appends).
+                run: list[bytes] = []
+                run_start = rows[0][0]
+                appends: list[rpb.ReplicaAppend] = []
+                expect = run_start
+                for seq, rec in rows:
+                    if seq != expect and run:
+                        appends.append(rpb.ReplicaAppend(topic=topic.name, first_seq=run_start, records=run))
+                        run = []
+                        run_start = seq
+                    run.append(rec)
+                    expect = seq + 1
+                if run:
+                    appends.append(rpb.ReplicaAppend(topic=topic.name, first_seq=run_start, records=run))
+                # The lag counts seqs: a chunk settles the whole span it covers.
+                span = rows[-1][0] + 1 - pos
+                remaining = max(0, remaining - span)
+                self.refill_sending = remaining
+                await self._send(call, reader, appends, [], [], [], span=span,
+                                 catchup_remaining=remaining)
+                if refill_log is not None:
+                    refill_log.add(len(rows), sum(len(r) for _, r in rows), remaining)
+                pos = rows[-1][0] + 1
+            remaining -= max(0, end - pos)  # a deleted topic: the rest is not sent
+        self._catchup = []
+        self.refill_sending = 0
+        if refill_log is not None:
+            refill_log.done()
+        # Live: whatever accumulated, plus heartbeats.
+        while True:
+            if not (self._appends or self._progress or self._deleted or self._futures):
+                # Sleep until there is something to send or a heartbeat is due (a
+                # timer, not wait_for: that costs a task per batch on the hot path).
+                self._wake.clear()
+                timer = asyncio.get_running_loop().call_later(self._s.heartbeat, self._wake.set)
+                await self._wake.wait()
+                timer.cancel()
+            if reader.done():
+                reader.result()
+                raise ConnectionError("ack stream ended")
+            pending = self._appends
+            confirms = _merge_ranges(self._confirms) if self._confirms else []
+            progress = [_progress_msg(t, c, pr) for (t, c), pr in self._progress.items()]
+            deleted = self._deleted
+            futures = self._futures
+            self._appends, self._progress, self._deleted, self._futures = [], {}, [], []
+            self._confirms = []
+            if self._confirm_timer is not None:  # they ride on this batch
+                self._confirm_timer.cancel()
+                self._confirm_timer = None
+            frames = _split_appends(pending) if pending else [[]]
+            # Everything but the appends rides on the last frame, whose ack (acks are
+            # cumulative) resolves every future of this round.
+            for appends in frames[:-1]:
+                await self._send(call, reader, appends, [], [], [])
+            await self._send(call, reader, frames[-1], progress, deleted, futures, confirms)
+
+    async def _send(self, call: ReplicaLink, reader: asyncio.Task[None], appends: list[rpb.ReplicaAppend],
+                    progress: list[rpb.ReplicaProgress], deleted: list[str],
+                    futures: list[asyncio.Future[None]],
+                    confirms: list[rpb.ReplicaRange] | None = None, *,
+                    catalog: bool = False, span: int | None = None,
+                    catchup_remaining: int | None = None) -> None:
+        raise_hwm: list[st.Op] = []
+        for a in appends:
+            topic = self.broker.topics.get(a.topic)
+            top = a.first_seq + len(a.records)
+            if topic is not None and top > topic.hwm:
+                topic.hwm = top + HWM_STEP
+                raise_hwm.append(("put", st.META, st.hwm_key(topic.meta.id), st.pack_q(topic.hwm)))
+        if raise_hwm:
+            await self.broker.store.submit_many(raise_hwm)
+        # Wait for room in the window, but never past the session's end: a reader
+        # that died (the partner reset, stopped or was partitioned) ends the wait.
+        if self._window.locked():
+            acquire = asyncio.ensure_future(self._window.acquire())
+            try:
+                await asyncio.wait({acquire, reader}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not acquire.done():
+                    acquire.cancel()
+            if not acquire.done() or acquire.cancelled():
+                for f in futures:
+                    if not f.done():
+                        f.set_exception(UnavailableError(
+                            f"lost the replication stream to partner {self._s.partner_address}"))
+                raise ConnectionError("replication session ended while waiting for acknowledgements")
+        else:
+            await self._window.acquire()
+        self._batch_id += 1
+        pending = _Pending(self._batch_id, time.monotonic(), futures)
+        self.in_flight.append(pending)
+        pending.count = span if span is not None else sum(len(a.records) for a in appends)
+        await call.write(rpb.ReplicateRequest(batch=rpb.ReplicaBatch(
+            batch_id=pending.batch_id, appends=appends, progress=progress, deleted_topics=deleted,
+            committed=confirms, catalog=catalog, catchup=catchup_remaining is not None,
+            catchup_remaining=catchup_remaining or 0)))
+
+    async def _read_acks(self, call: ReplicaLink) -> None:
+        while True:
+            resp = await call.read()
+            if resp is grpc.aio.EOF:
+                raise ConnectionError("partner closed the replication stream")
+            if resp.WhichOneof("kind") != "ack":
+                continue
+            ack = resp.ack
+            lease = ack.lease_ms / 1000.0 if ack.lease_ms else self._s.lease
+            now = time.monotonic()
+            sent_at = 0.0
+            while self.in_flight and self.in_flight[0].batch_id <= ack.batch_id:
+                p = self.in_flight.popleft()
+                self._window.release()
+                self.unacked_msgs = max(0, self.unacked_msgs - p.count)
+                sent_at = p.sent_at
+                for f in p.futures:
+                    if not f.done():
+                        f.set_result(None)
+            if sent_at:
+                for action in self._s.core.on_ack(sent_at, lease, now):
+                    if action.kind == pc.LEFT_SOLO:
+                        log.info("partner %s is back and acknowledging: leaving solo mode",
+                                 self._s.partner_address)
+                    elif action.kind == pc.EPOCH:
+                        self._s.new_epoch()
+            self.broker.on_lease_renewed()
+            self._s.kick_fence_waiters()
