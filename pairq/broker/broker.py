@@ -88,7 +88,7 @@ class Broker:
         host, port = parse_hostport(self.options.address, what="--address")
         await asyncio.to_thread(self.store.open)
         # The store's id names this data dir: a wiped disk gets a new one, which is
-        # how the partner knows to re-fill it (pair.py), whatever --node-name says.
+        # how the partner knows to re-fill it (pairq.broker.pair), whatever --node-name says.
         self.store_id = self.store.node_id()
         self.node_id = self.options.node_name or self.store_id
         self.epoch = self._next_epoch_sync()

@@ -293,7 +293,7 @@ class Channel:
         self._handle_outcomes(self.core.tick(now))
         self._refill()
         if not self.broker.may_deliver():
-            # Fenced: no live lease from the partner (see pair.py). The broker
+            # Fenced: no live lease from the partner (see pairq.broker.pair). The broker
             # pumps every channel again when the lease is renewed.
             self._arm_timer()
             return

@@ -1,9 +1,9 @@
 """The broker's gossip membership: starts a ``pairq.gossip.Gossip`` member and feeds
 what it learns about the partner into the pair.
 
-Takeover stays fenced by the lease (pair.py); once gossip knows members besides
+Takeover stays fenced by the lease (pairq.broker.pair); once gossip knows members besides
 the pair, it also needs gossip's verdict that the partner is dead on the
-evidence of another member (witnessed takeover, see pair_core). The verdict is
+evidence of another member (witnessed takeover, see pair/core.py). The verdict is
 also what lookups use for liveness.
 """
 

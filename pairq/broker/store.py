@@ -101,7 +101,7 @@ class TopicMeta:
     paused: bool = False
     next_seq: int = 0
     first_seq: int = 0  # lowest retained seq
-    hwm: int = 0  # every seq ever sent to the partner is below this (see pair.py)
+    hwm: int = 0  # every seq ever sent to the partner is below this (see pair/sender.py)
     channels: dict[str, ChannelMeta] = field(default_factory=dict)
 
 

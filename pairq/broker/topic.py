@@ -42,7 +42,7 @@ class Topic:
         self.committed_seq = meta.next_seq  # every seq below is committed (or failed)
         self.first_seq = meta.first_seq  # lowest retained seq
         # Seqs up to the persisted high-water mark may have reached the partner
-        # without committing here before a crash: never reuse them (pair.py).
+        # without committing here before a crash: never reuse them (pair/sender.py).
         self.hwm = meta.hwm
         # [lo, hi): the seqs a restart skipped; they hold nothing.
         self.gap = (0, 0)

@@ -1,4 +1,4 @@
-"""Deterministic tests of the pair state machine (``pair_core``), with a fake clock.
+"""Deterministic tests of the pair state machine (``pair/core.py``), with a fake clock.
 
 Times are plain floats handed to the core; nothing sleeps and nothing opens a
 socket. ``Harness`` plays this broker's I/O layer and a scripted partner: we

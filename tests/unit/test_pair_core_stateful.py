@@ -1,7 +1,7 @@
 """Hypothesis stateful test: both brokers' pair cores on one fake clock, over a model network.
 
-The test is the I/O layer of both brokers (what ``pair.py`` does around the
-core). Each broker has an outbound *session* to its partner: it opens it with
+The test is the I/O layer of both brokers (what the rest of the
+``pairq.broker.pair`` package does around the core). Each broker has an outbound *session* to its partner: it opens it with
 a hello, the partner answers welcome (telling it what the partner has taken
 over from it: it drops that), then it sends a batch every heartbeat; the
 partner hears it, grants (``on_grant``) and acks, and the ack renews the

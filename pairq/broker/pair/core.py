@@ -1,11 +1,12 @@
 """The pair's decisions as one pure state machine: lease, silence, pauses, takeover.
 
 Every decision a broker makes about its partner lives here (DESIGN.md
-"Pairs"); ``pair.py`` owns the sockets, the store and the tasks, feeds this
-object events and carries out the actions it returns. The object does no
-I/O, starts no tasks and never reads a clock: every method takes ``now``
-(seconds of a monotonic clock, non-decreasing; an older value than one seen
-is treated as the latest one seen).
+"Pairs"); the rest of the package (``pairq.broker.pair``) owns the sockets,
+the store and the tasks, feeds this object events and carries out the
+actions it returns. The object does no I/O, starts no tasks and never reads
+a clock: every method takes ``now`` (seconds of a monotonic clock,
+non-decreasing; an older value than one seen is treated as the latest one
+seen).
 
 Interface::
 
