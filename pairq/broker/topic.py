@@ -90,16 +90,23 @@ class Topic:
         remote = pair.replicate(self.name, seq0, records, uncommitted=True) if pair is not None else None
         result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         local_ok = False  # set once the local commit is done
+        settled = False  # fanned out (exactly once, whatever became of the caller)
 
         def settle() -> None:
-            if not local_ok or (remote is not None and not remote.done()) or result.done():
+            nonlocal settled
+            if not local_ok or (remote is not None and not remote.done()) or settled:
                 return
+            settled = True
             if remote is None:
                 copies = 1
             else:
                 copies = 2 if not remote.cancelled() and remote.exception() is None else 1
+            # Even when the caller is gone (a cancelled RPC cancels ``result``): a
+            # committed record skipped here would hold committed_seq, and with it
+            # every later fan-out and the partner's catch-up, forever.
             self._complete(seq0, n, records)
-            result.set_result(copies)
+            if not result.done():
+                result.set_result(copies)
 
         def on_local(f: asyncio.Future[Any]) -> None:
             nonlocal local_ok

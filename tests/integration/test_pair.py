@@ -7,6 +7,7 @@ the consumer subscribes to both and de-duplicates by message id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -493,18 +494,70 @@ async def test_a_takeover_closes_a_silent_partners_tcp_link(tmp_path: Path) -> N
     async with run_pair(tmp_path) as (a, b):
         assert b.pair is not None
         await eventually(lambda: b.pair.stats().link == "tcp")
+        partner_id = b.pair.standby.partner_id
+        await a.stop()  # the real partner is gone (and will not say hello again)
+        # A session in the partner's name that then falls silent, as a partner whose
+        # host vanished would leave behind.
         stub = rpbg.ReplicationServiceStub(grpc.aio.insecure_channel(b.address))
         call = stub.Replicate()
         await call.write(rpb.ReplicateRequest(
-            hello=rpb.ReplicaHello(node_id=b.pair.standby.partner_id, pair="p1", tcp=True)))
+            hello=rpb.ReplicaHello(node_id=partner_id, pair="p1", tcp=True)))
         welcome = (await call.read()).welcome
         assert welcome.tcp_port and len(welcome.tcp_token) == 16
         reader, writer = await asyncio.open_connection("127.0.0.1", welcome.tcp_port)
         writer.write(len(welcome.tcp_token).to_bytes(4, "big") + welcome.tcp_token)
         await writer.drain()
-        await eventually(lambda: len(b.pair.receiver.links) >= 2)  # the real partner's and ours
-        await a.stop()  # now nobody speaks for the partner: B takes over after the lease
-        await eventually(lambda: b.pair.takeovers >= 1, timeout=10)
+        await eventually(lambda: len(b.pair.receiver.links) >= 1)
+        assert b.pair.takeovers == 0 and not reader.at_eof()  # open until the takeover
+        await eventually(lambda: b.pair.takeovers >= 1, timeout=10)  # after a lease of silence
         assert await asyncio.wait_for(reader.read(100), 5) == b""  # closed by B
         writer.close()
         call.cancel()
+
+
+# ------------------------------------------------------------------ a publish whose caller gave up
+async def test_a_publish_cancelled_while_the_partner_is_stopped_does_not_stall_the_topic(tmp_path: Path) -> None:
+    """The client's deadline ends the RPC while the owner waits for the stopped
+    partner's ack; the committed records must still be fanned out, or every later
+    publish of the topic would wait behind them (and the re-fill with them)."""
+    a, b = make_pair(tmp_path)
+    try:
+        a.start()
+        b.start()
+        await wait_healthy(a, b)
+        sa = pbg.BrokerServiceStub(grpc.aio.insecure_channel(a.address))
+        first = await sa.PublishBatch(pb.PublishBatchRequest(topic="t", messages=[pb.PublishItem(body=b"0")]))
+        assert first.copies == 2
+        assert b.proc is not None
+        os.kill(b.proc.pid, signal.SIGSTOP)
+        try:
+            with contextlib.suppress(grpc.aio.AioRpcError):  # DEADLINE_EXCEEDED or UNAVAILABLE
+                await sa.PublishBatch(pb.PublishBatchRequest(
+                    topic="t", messages=[pb.PublishItem(body=b"1")] * 10), timeout=0.3)
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)
+        await wait_healthy(a, b)
+        deadline = time.monotonic() + 10
+        while True:  # the pair is back: a publish to A succeeds with two copies
+            try:
+                r = await sa.PublishBatch(pb.PublishBatchRequest(
+                    topic="t", messages=[pb.PublishItem(body=b"2")]), timeout=3)
+                if r.copies == 2:
+                    break
+            except grpc.aio.AioRpcError:
+                pass
+            assert time.monotonic() < deadline, "publishes to A never got two copies again"
+            await asyncio.sleep(0.05)
+        sub = RawSub(sa, "t", "c")
+        sub.rdy(100)
+        # Everything A stored reaches the channel, the last publish included.
+        await eventually(lambda: any(m.id == r.ids[0] for m in sub.messages), timeout=10)
+        st = await stats(a.address)
+        assert st.pair.refill_sending == 0 and st.pair.replication_lag == 0
+        await sub.cancel()
+    finally:
+        for p in (a, b):
+            if p.proc is not None and p.proc.poll() is None:
+                os.kill(p.proc.pid, signal.SIGCONT)
+        a.stop()
+        b.stop()
