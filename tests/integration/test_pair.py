@@ -14,6 +14,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 from rawclient import RawSub
@@ -139,13 +140,18 @@ async def test_min_copies_2_refuses_with_clear_unavailable(tmp_path: Path) -> No
 
 
 # ------------------------------------------------------------------ kill -9 cycles
-async def test_kill9_owner_cycles_deliver_every_acked_message_once_after_dedupe(tmp_path: Path) -> None:
-    rng = random.Random(4)
+async def kill9_owner_cycles(tmp_path: Path, *, cycles: int, seed: int,
+                             **consumer_options: Any) -> tuple[set[bytes], dict[bytes, int], int]:
+    """Two producers publish to the pair and one consumer (``consumer_options``) reads
+    both brokers while the owner is killed -9 ``cycles`` times at random instants and
+    restarted with its data. Returns (acked ids, handler runs per id, duplicates the
+    consumer absorbed)."""
+    rng = random.Random(seed)
     a, b = make_pair(tmp_path)
     acked: set[bytes] = set()
     handled: dict[bytes, int] = {}
 
-    async def handler(msg) -> None:  # type: ignore[no-untyped-def]
+    async def handler(msg: Any) -> None:
         handled[msg.id] = handled.get(msg.id, 0) + 1
 
     try:
@@ -164,12 +170,11 @@ async def test_kill9_owner_cycles_deliver_every_acked_message_once_after_dedupe(
                     except PairqError:
                         await asyncio.sleep(0.05)
 
-        dedupe = Dedupe(tmp_path / "dedupe")
         async with Consumer("orders", "work", brokers=[a.address, b.address], handler=handler,
-                            dedupe=dedupe, max_in_flight=100, reconnect_backoff=0.05,
-                            reconnect_backoff_max=0.3) as consumer:
+                            max_in_flight=100, reconnect_backoff=0.05,
+                            reconnect_backoff_max=0.3, **consumer_options) as consumer:
             producers = [asyncio.create_task(produce()) for _ in range(2)]
-            for _cycle in range(20):
+            for _cycle in range(cycles):
                 await asyncio.sleep(rng.uniform(0.2, 0.8))  # random kill instant
                 a.kill()
                 # The survivor takes over; bring the owner back (data kept) once it has.
@@ -181,10 +186,18 @@ async def test_kill9_owner_cycles_deliver_every_acked_message_once_after_dedupe(
             await eventually(lambda: acked <= set(handled), timeout=60)
             await consumer.wait_idle(timeout=30)
             dups = consumer.stats.duplicates
-        dedupe.close()
     finally:
         a.stop()
         b.stop()
+    return acked, handled, dups
+
+
+async def test_kill9_owner_cycles_deliver_every_acked_message_once_after_dedupe(tmp_path: Path) -> None:
+    dedupe = Dedupe(tmp_path / "dedupe")
+    try:
+        acked, handled, dups = await kill9_owner_cycles(tmp_path, cycles=20, seed=4, dedupe=dedupe)
+    finally:
+        dedupe.close()
     lost = acked - set(handled)
     twice = [i for i, n in handled.items() if n > 1]
     print(f"acked={len(acked)} handled={len(handled)} raw_duplicates_absorbed={dups}")
