@@ -22,8 +22,7 @@ import sys
 import time
 from typing import IO
 
-from pairq.gossip.cli import decode_key
-from pairq.gossip.config import PROFILES
+from pairq.gossip.config import PROFILES, decode_key
 from pairq.gossip.events import MemberEvent
 from pairq.gossip.meta import NodeMeta
 from pairq.gossip.node import Gossip, parse_addr

@@ -1,0 +1,109 @@
+"""The import graph of ``pairq/`` (built with ``ast``, runtime imports only: imports
+under ``if TYPE_CHECKING:`` do not run): library packages never import the command
+line or the test fixtures, and the broker's and client's modules import no cycle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2] / "pairq"
+LIBRARIES = ("broker", "lookup", "gossip", "client")
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def runtime_imports(path: Path, modules: set[str] | None = None) -> set[str]:
+    """What ``path`` imports when it runs. ``from pkg import mod`` counts as an import
+    of ``pkg.mod`` (when ``modules`` lists it), not of the package."""
+    tree = ast.parse(path.read_text(), str(path))
+    out: set[str] = set()
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+
+    def visit(node: ast.AST, in_type_checking: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            tc = in_type_checking
+            if isinstance(child, ast.If) and isinstance(child.test, ast.Name) and child.test.id == "TYPE_CHECKING":
+                tc = True
+            if not tc and isinstance(child, ast.Import):
+                out.update(a.name for a in child.names)
+            elif not tc and isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    up = package.split(".")[: len(package.split(".")) - (child.level - 1)]
+                    base = ".".join([*up, base] if base else up)
+                subs = {f"{base}.{a.name}" for a in child.names}
+                known = {m for m in subs if modules is not None and m in modules}
+                out.update(known)
+                if len(known) < len(subs):  # names from the module itself
+                    out.add(base)
+            visit(child, tc)
+
+    visit(tree, False)
+    return {m for m in out if m == "pairq" or m.startswith("pairq.")}
+
+
+def graph() -> dict[str, set[str]]:
+    mods = {module_name(p): p for p in ROOT.rglob("*.py") if "v1" not in p.parts}
+    names = set(mods)
+    return {m: {i for i in runtime_imports(p, names) if i in mods and i != m} for m, p in mods.items()}
+
+
+def test_libraries_never_import_the_command_line_or_the_fixtures() -> None:
+    bad = []
+    for mod, deps in graph().items():
+        if mod.split(".")[1:2] and mod.split(".")[1] in LIBRARIES and not mod.endswith(".cli"):
+            bad += [f"{mod} -> {d}" for d in deps
+                    if d in ("pairq.cli", "pairq.testing") or d.startswith("pairq.cli.")
+                    or d.endswith(".cli")]
+    assert not bad, "library code imports a CLI module or pairq.testing:\n" + "\n".join(sorted(bad))
+
+
+def test_the_graph_sees_real_imports() -> None:
+    g = graph()  # a sanity check of the parser, so the test above cannot pass vacuously
+    assert "pairq.broker.store" in g["pairq.broker.topic"]
+    assert "pairq.broker.pair.core" in g["pairq.broker.pair.state"] or any(
+        "pairq.broker.pair.core" in deps for deps in g.values())
+
+
+def find_cycles(g: dict[str, set[str]], prefix: str) -> list[list[str]]:
+    out: list[list[str]] = []
+    state: dict[str, int] = {}
+
+    def dfs(n: str, stack: list[str]) -> None:
+        state[n] = 1
+        stack.append(n)
+        for d in sorted(g[n]):
+            if not d.startswith(prefix):
+                continue
+            if state.get(d) == 1:
+                out.append([*stack[stack.index(d):], d])
+            elif d not in state:
+                dfs(d, stack)
+        stack.pop()
+        state[n] = 2
+
+    for n in sorted(m for m in g if m.startswith(prefix)):
+        if n not in state:
+            dfs(n, [])
+    return out
+
+
+def test_no_runtime_import_cycle_among_the_broker_or_the_client_modules() -> None:
+    # Type-only imports (the broker's back-pointers, ``if TYPE_CHECKING:``) are not
+    # counted yet: cutting those is the rest of the architecture work (issue 11).
+    g = graph()
+    for prefix in ("pairq.broker.", "pairq.client."):
+        cycles = find_cycles(g, prefix)
+        assert not cycles, f"import cycles among {prefix}*: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    g = {"x.a": {"x.b"}, "x.b": {"x.c"}, "x.c": {"x.a"}, "x.d": set()}
+    assert find_cycles(g, "x.") == [["x.a", "x.b", "x.c", "x.a"]]
