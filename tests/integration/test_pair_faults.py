@@ -78,6 +78,23 @@ def make_ns_pair(tmp: Path, net: PairNet, *extra: str) -> tuple[NsBrokerProcess,
     return a, b
 
 
+def counting_consumer(h: Harness, tmp: Path, brokers: list[BrokerProcess],
+                      handled: dict[bytes, int]) -> Consumer:
+    """A consumer of TOPIC/work on ``brokers`` with a persistent Dedupe window that
+    counts handler runs per id in ``handled``; stopped (and the window closed) by
+    ``h``. Not started."""
+    def handler(msg: Any) -> None:
+        handled[msg.id] = handled.get(msg.id, 0) + 1
+
+    dedupe = Dedupe(tmp / "dedupe")
+    h.closers.append(dedupe.close)
+    consumer = Consumer(TOPIC, "work", brokers=[p.address for p in brokers], handler=handler,
+                        dedupe=dedupe, max_in_flight=200, reconnect_backoff=0.05,
+                        reconnect_backoff_max=0.5)
+    h.closers.append(consumer.stop)
+    return consumer
+
+
 def running(p: BrokerProcess) -> bool:
     return p.proc is not None and p.proc.poll() is None
 
@@ -634,16 +651,8 @@ async def test_sigstop_each_broker_then_heal(tmp_path: Path, pause_s: float) -> 
         ledger = Ledger()
         raw = Recorder(h, TOPIC, "raw", [a, b])
         handled: dict[bytes, int] = {}
-
-        def handler(msg: Any) -> None:
-            handled[msg.id] = handled.get(msg.id, 0) + 1
-
-        dedupe = Dedupe(tmp_path / "dedupe")
-        h.closers.append(dedupe.close)
-        consumer = Consumer(TOPIC, "work", brokers=[a.address, b.address], handler=handler, dedupe=dedupe,
-                            max_in_flight=200, reconnect_backoff=0.05, reconnect_backoff_max=0.5)
+        consumer = counting_consumer(h, tmp_path, [a, b], handled)
         await consumer.start()
-        h.closers.append(consumer.stop)
         pubs = [Publisher(h, a, "a", ledger).start(), Publisher(h, b, "b", ledger).start()]
         owners = lambda: [o for o, _ in ledger.acked.values()]  # noqa: E731
         assert await wait_for(lambda: min(owners().count("a"), owners().count("b")) >= 100, 20), \
@@ -751,16 +760,8 @@ async def test_pair_link_partition_10s_then_heal(tmp_path: Path) -> None:
         await create_channels(h, [a, b], TOPIC, ["work"])
         ledger = Ledger()
         handled: dict[bytes, int] = {}
-
-        def handler(msg: Any) -> None:
-            handled[msg.id] = handled.get(msg.id, 0) + 1
-
-        dedupe = Dedupe(tmp_path / "dedupe")
-        h.closers.append(dedupe.close)
-        consumer = Consumer(TOPIC, "work", brokers=[a.address, b.address], handler=handler, dedupe=dedupe,
-                            max_in_flight=200, reconnect_backoff=0.05, reconnect_backoff_max=0.5)
+        consumer = counting_consumer(h, tmp_path, [a, b], handled)
         await consumer.start()
-        h.closers.append(consumer.stop)
         pubs = [Publisher(h, a, "a", ledger).start(), Publisher(h, b, "b", ledger).start()]
         assert await wait_for(lambda: len(ledger.acked) >= 200, 20), "publishers made no progress"
         t_cut = time.monotonic()

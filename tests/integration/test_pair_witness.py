@@ -25,7 +25,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import grpc
 import pytest
@@ -41,6 +40,7 @@ from test_pair_faults import (
     NsBrokerProcess,
     Publisher,
     _collapse,
+    counting_consumer,
     create_channels,
     get_stats,
     heal_check,
@@ -50,7 +50,7 @@ from test_pair_faults import (
     wait_for,
 )
 
-from pairq.client import Consumer, Dedupe
+from pairq.client import Consumer
 from pairq.gossip import Gossip, MemberState, NodeMeta, local
 from pairq.testing import BrokerProcess, free_port, wait_for_port
 from pairq.v1 import lookup_pb2 as lpb
@@ -195,14 +195,7 @@ async def start_topology(h: Harness, tmp: Path) -> Topology:
 
 def start_load(h: Harness, tmp: Path, t: Topology, ledger: Ledger,
                handled: dict[bytes, int]) -> tuple[Consumer, list[Publisher]]:
-    def handler(msg: Any) -> None:
-        handled[msg.id] = handled.get(msg.id, 0) + 1
-
-    dedupe = Dedupe(tmp / "dedupe")
-    h.closers.append(dedupe.close)
-    consumer = Consumer(TOPIC, "work", brokers=[t.a.address, t.b.address], handler=handler, dedupe=dedupe,
-                        max_in_flight=200, reconnect_backoff=0.05, reconnect_backoff_max=0.5)
-    h.closers.append(consumer.stop)
+    consumer = counting_consumer(h, tmp, [t.a, t.b], handled)
     pubs = [Publisher(h, t.a, "a", ledger).start(), Publisher(h, t.b, "b", ledger).start()]
     return consumer, pubs
 
