@@ -32,6 +32,7 @@ test: $(STAMP) lint ensure-debs
 
 lint: $(STAMP)
 	$(BIN)/ruff check pairq tests benchmarks
+	$(BIN)/ruff format --check pairq tests benchmarks
 	$(BIN)/mypy
 
 proto: $(STAMP)

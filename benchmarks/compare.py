@@ -281,8 +281,9 @@ def table(base: Rev, head: Rev) -> list[dict[str, Any]]:
             h = all(hv) if key == "consume_complete" else max(hv, default=None)
             good = (h is True) if key == "consume_complete" else (h == 0)
             verdict = "n/a" if not hv else ("ok" if good else "FAILED")
-            rows.append({"key": key, "kind": kind, "base": b, "head": h, "ratio": None,
-                         "verdict": verdict})
+            rows.append(
+                {"key": key, "kind": kind, "base": b, "head": h, "ratio": None, "verdict": verdict}
+            )
             continue
         b = statistics.median(bv) if bv else None
         h = statistics.median(hv) if hv else None
@@ -293,8 +294,16 @@ def table(base: Rev, head: Rev) -> list[dict[str, Any]]:
             verdict = "ok" if ratio >= THROUGHPUT_MIN else "WORSE"
         else:
             verdict = "ok" if ratio <= TIME_MAX else "WORSE"
-        rows.append({"key": key, "kind": kind, "base": b, "head": h,
-                     "ratio": None if ratio is None else round(ratio, 3), "verdict": verdict})
+        rows.append(
+            {
+                "key": key,
+                "kind": kind,
+                "base": b,
+                "head": h,
+                "ratio": None if ratio is None else round(ratio, 3),
+                "verdict": verdict,
+            }
+        )
     return rows
 
 
@@ -369,8 +378,10 @@ def main() -> int:
             f"alternating BASE and HEAD; load average {load0}"
         )
         for rev in (base, head):
-            log(f"  {rev.label} {rev.rev} = {rev.commit[:12]} at {rev.checkout}; "
-                f"driver: {rev.driver_note}")
+            log(
+                f"  {rev.label} {rev.rev} = {rev.commit[:12]} at {rev.checkout}; "
+                f"driver: {rev.driver_note}"
+            )
         for rnd in range(1, args.rounds + 1):
             for rev in (base, head):
                 log(f"round {rnd}/{args.rounds}: {rev.label} ({rev.rev}), load {loadavg()}")
@@ -392,24 +403,38 @@ def main() -> int:
     load1 = loadavg()
     rows = table(base, head)
     log()
-    log(f"bench-compare: median of {len(base.results)} BASE and {len(head.results)} HEAD run(s) "
-        f"({'quick' if args.quick else 'full'} mode)")
+    log(
+        f"bench-compare: median of {len(base.results)} BASE and {len(head.results)} HEAD run(s) "
+        f"({'quick' if args.quick else 'full'} mode)"
+    )
     print_table(rows, base, head)
-    log(f"load average (1, 5, 15 min): before {load0}, after {load1}; per run (1 min, start/end): "
-        f"BASE {base.loads}, HEAD {head.loads}")
+    log(
+        f"load average (1, 5, 15 min): before {load0}, after {load1}; per run (1 min, start/end): "
+        f"BASE {base.loads}, HEAD {head.loads}"
+    )
     for rev in (base, head):
         if rev.driver != DRIVER:
             log(f"note: {rev.label} was measured with {rev.driver_note}")
     worse = [r["key"] for r in rows if r["verdict"] in ("WORSE", "FAILED")]
-    log(f"verdict: {'all ok' if not worse else 'worse: ' + ', '.join(worse)} "
-        f"(throughput ok at HEAD/BASE >= {THROUGHPUT_MIN}, times ok at <= {TIME_MAX})")
+    log(
+        f"verdict: {'all ok' if not worse else 'worse: ' + ', '.join(worse)} "
+        f"(throughput ok at HEAD/BASE >= {THROUGHPUT_MIN}, times ok at <= {TIME_MAX})"
+    )
     for f in failed:
         log(f"FAILED RUN: {f}")
     summary = {
-        "base": {"rev": base.rev, "commit": base.commit, "driver": base.driver_note,
-                 "runs": len(base.results)},
-        "head": {"rev": head.rev, "commit": head.commit, "driver": head.driver_note,
-                 "runs": len(head.results)},
+        "base": {
+            "rev": base.rev,
+            "commit": base.commit,
+            "driver": base.driver_note,
+            "runs": len(base.results),
+        },
+        "head": {
+            "rev": head.rev,
+            "commit": head.commit,
+            "driver": head.driver_note,
+            "runs": len(head.results),
+        },
         "rounds": args.rounds,
         "mode": "quick" if args.quick else "full",
         "rows": rows,

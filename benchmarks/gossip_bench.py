@@ -40,7 +40,14 @@ from pairq.gossip.codec import encode_packet
 from pairq.gossip.messages import PairHeartbeat
 
 PY = sys.executable
-STATE_OF = {"join": "alive", "alive": "alive", "update": "alive", "suspect": "suspect", "dead": "dead", "left": "left"}
+STATE_OF = {
+    "join": "alive",
+    "alive": "alive",
+    "update": "alive",
+    "suspect": "suspect",
+    "dead": "dead",
+    "left": "left",
+}
 
 
 def pct(values: list[float], p: float) -> float:
@@ -111,20 +118,39 @@ class Cluster:
         self.all_procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(
-        self, name: str, meta: dict[str, str], join: list[str], bind: str = "127.0.0.1:0",
+        self,
+        name: str,
+        meta: dict[str, str],
+        join: list[str],
+        bind: str = "127.0.0.1:0",
         extra: Iterable[str] = (),
     ) -> Agent:
         gen = self.generation.get(name, -1) + 1
         self.generation[name] = gen
         path = self.root / f"{self.tag}-{name}-{gen}.jsonl"
-        cmd = [PY, "-m", "pairq.gossip.agent", "--name", name, "--bind", bind, "--events", str(path),
-               "--stats-every", "5", *self.extra, *extra]
+        cmd = [
+            PY,
+            "-m",
+            "pairq.gossip.agent",
+            "--name",
+            name,
+            "--bind",
+            bind,
+            "--events",
+            str(path),
+            "--stats-every",
+            "5",
+            *self.extra,
+            *extra,
+        ]
         for k, v in meta.items():
             cmd += ["--meta", f"{k}={v}"]
         for j in join:
             cmd += ["--join", j]
         err = open(self.root / f"{self.tag}-{name}-{gen}.err", "wb")
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL
+        )
         err.close()
         self.all_procs.append(proc)
         agent = Agent(name, path, proc)
@@ -194,7 +220,9 @@ def dead_time(agent: Agent, member: str, after: float) -> float | None:
 
 
 def start_cluster(
-    c: Cluster, layout: list[tuple[str, dict[str, str]]], within: float = 60.0,
+    c: Cluster,
+    layout: list[tuple[str, dict[str, str]]],
+    within: float = 60.0,
     extra: Callable[[str], list[str]] | None = None,
 ) -> None:
     """Start the first member, then everyone joining it; wait for convergence."""
@@ -225,7 +253,9 @@ def restart_same_port(c: Cluster, name: str, meta: dict[str, str], seeds: list[s
 
 
 # ---------------------------------------------------------------------------- scenarios
-def bench_partner(root: Path, trials: int, pause_trials: int, rng: random.Random) -> dict[str, float]:
+def bench_partner(
+    root: Path, trials: int, pause_trials: int, rng: random.Random
+) -> dict[str, float]:
     c = Cluster(root, "pair")
     layout = pairs_layout(2)
     meta = dict(layout)
@@ -273,7 +303,9 @@ def bench_partner(root: Path, trials: int, pause_trials: int, rng: random.Random
             os.kill(pid, signal.SIGCONT)
             time.sleep(0.4)  # let any (wrong) verdict surface before counting
             c.poll()
-            false_deaths += sum(1 for a in c.agents.values() if dead_time(a, victim, t0) is not None)
+            false_deaths += sum(
+                1 for a in c.agents.values() if dead_time(a, victim, t0) is not None
+            )
             done += 1
             if false_deaths:
                 c.wait(c.converged, 10)
@@ -304,7 +336,9 @@ def _stats_rate(agent: Agent, t0: float, t1: float) -> tuple[float, float] | Non
     )
 
 
-def bench_n50(root: Path, trials: int, traffic_window: float, rng: random.Random) -> dict[str, float]:
+def bench_n50(
+    root: Path, trials: int, traffic_window: float, rng: random.Random
+) -> dict[str, float]:
     c = Cluster(root, "n50")
     layout = pairs_layout(24, lookups=2)
     meta = dict(layout)
@@ -327,8 +361,10 @@ def bench_n50(root: Path, trials: int, traffic_window: float, rng: random.Random
                 rates.append(max(0.0, r[0] - r[1] * hb))
         per_member = statistics.mean(rates) if rates else float("nan")
         busiest = max(rates) if rates else float("nan")
-        print(f"n50 steady traffic excl. pair heartbeat: {per_member:.0f} B/s per member (n={len(rates)}),"
-              f" busiest member {busiest:.0f} B/s")
+        print(
+            f"n50 steady traffic excl. pair heartbeat: {per_member:.0f} B/s per member (n={len(rates)}),"
+            f" busiest member {busiest:.0f} B/s"
+        )
 
         all_know: list[float] = []
         unpaired: list[float] = []
@@ -343,20 +379,34 @@ def bench_n50(root: Path, trials: int, traffic_window: float, rng: random.Random
             t_kill = c.kill9(victim)
             others = [a for a in c.agents.values() if a.name != victim and a.alive()]
 
-            def everyone_knows(v: str = victim, t: float = t_kill, others: list[Agent] = others) -> bool:
+            def everyone_knows(
+                v: str = victim, t: float = t_kill, others: list[Agent] = others
+            ) -> bool:
                 return all(dead_time(a, v, t) is not None for a in others)
 
-            partner = next((n for n in names if n != victim and meta[n].get("pair") == meta[victim].get("pair")), names[0])
+            partner = next(
+                (
+                    n
+                    for n in names
+                    if n != victim and meta[n].get("pair") == meta[victim].get("pair")
+                ),
+                names[0],
+            )
             if c.wait(everyone_knows, 30.0, step=0.05) is not None:
                 times = {a.name: (dead_time(a, victim, t_kill) or 0.0) - t_kill for a in others}
                 slowest = max(times, key=lambda n: times[n])
                 (unpaired if victim == "l0" else all_know).append(times[slowest])
-                first = f"partner {partner} {times[partner]:.3f}s" if victim != "l0" else (
-                    f"first {min(times, key=lambda n: times[n])} {min(times.values()):.3f}s")
+                first = (
+                    f"partner {partner} {times[partner]:.3f}s"
+                    if victim != "l0"
+                    else (f"first {min(times, key=lambda n: times[n])} {min(times.values()):.3f}s")
+                )
                 print(f"  kill {victim}: {first}, last {slowest} {times[slowest]:.3f}s")
             else:
                 print(f"  kill {victim}: not everyone knew within 30 s")
-            restart_same_port(c, victim, meta[victim], [c.agents[partner if partner != victim else names[0]].addr])
+            restart_same_port(
+                c, victim, meta[victim], [c.agents[partner if partner != victim else names[0]].addr]
+            )
             c.wait(c.converged, 20)
         print(summary("n50 all members know (paired broker)", all_know))
         print(summary("n50 all members know (unpaired lookup)", unpaired))
@@ -374,13 +424,22 @@ def bench_n50(root: Path, trials: int, traffic_window: float, rng: random.Random
 
 def bench_sick(root: Path, duration: float) -> dict[str, float]:
     sick = {"b3b", "b4b"}
-    clusters = {True: Cluster(root, "sick-lg"), False: Cluster(root, "sick-nolg", extra=["--no-lifeguard"])}
+    clusters = {
+        True: Cluster(root, "sick-lg"),
+        False: Cluster(root, "sick-nolg", extra=["--no-lifeguard"]),
+    }
     layout = pairs_layout(5)
     try:
         for c in clusters.values():
             start_cluster(
-                c, layout, within=60,
-                extra=lambda n: ["--stall-duty", "0.5", "--stall-min", "0.2", "--stall-max", "3.0"] if n in sick else [],
+                c,
+                layout,
+                within=60,
+                extra=lambda n: (
+                    ["--stall-duty", "0.5", "--stall-min", "0.2", "--stall-max", "3.0"]
+                    if n in sick
+                    else []
+                ),
             )
         t0 = time.time()
         time.sleep(duration)
@@ -388,15 +447,21 @@ def bench_sick(root: Path, duration: float) -> dict[str, float]:
         for lg, c in clusters.items():
             c.poll()
             healthy_dead = sum(
-                1 for a in c.agents.values() for e in a.events
+                1
+                for a in c.agents.values()
+                for e in a.events
                 if e.get("ev") == "dead" and e.get("member") not in sick and float(e["t"]) >= t0  # type: ignore[arg-type]
             )
             sick_dead = sum(
-                1 for a in c.agents.values() for e in a.events
+                1
+                for a in c.agents.values()
+                for e in a.events
                 if e.get("ev") == "dead" and e.get("member") in sick and float(e["t"]) >= t0  # type: ignore[arg-type]
             )
             label = "lifeguard" if lg else "no_lifeguard"
-            print(f"sick accusers ({label}, {duration:.0f}s): healthy declared dead={healthy_dead}, sick declared dead={sick_dead}")
+            print(
+                f"sick accusers ({label}, {duration:.0f}s): healthy declared dead={healthy_dead}, sick declared dead={sick_dead}"
+            )
             key = "sick_accuser_false_deaths" if lg else "sick_accuser_false_deaths_no_lifeguard"
             out[key] = healthy_dead
             out[f"sick_members_declared_dead_{label}"] = sick_dead
@@ -426,16 +491,24 @@ def bench_mass_restart(root: Path, rng: random.Random) -> dict[str, float]:
             c.spawn(n, meta[n], seeds, bind=addrs[n])
         t_last = time.monotonic()
         took = c.wait(c.converged, 30.0, step=0.05)
-        converge = (t_last - time.monotonic() if took is None else took) if took is not None else float("nan")
-        print(f"mass restart N=20 within 5s: all see all {converge:.2f}s after the last start"
-              f" ({time.monotonic() - t_first:.2f}s after the first)")
+        converge = (
+            (t_last - time.monotonic() if took is None else took)
+            if took is not None
+            else float("nan")
+        )
+        print(
+            f"mass restart N=20 within 5s: all see all {converge:.2f}s after the last start"
+            f" ({time.monotonic() - t_first:.2f}s after the first)"
+        )
         return {"mass_restart_converge_s": round(converge, 3)}
     finally:
         c.stop()
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="fewer trials, under 5 minutes")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--only", action="append", default=[], help="partner, n50, sick, mass")
@@ -449,7 +522,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pairq-gossip-bench-") as tmp:
         root = Path(tmp)
         if "partner" in only:
-            result.update(bench_partner(root, trials=16 if q else 60, pause_trials=30 if q else 200, rng=rng))
+            result.update(
+                bench_partner(root, trials=16 if q else 60, pause_trials=30 if q else 200, rng=rng)
+            )
         if "n50" in only:
             trials = args.n50_trials or (4 if q else 20)
             result.update(bench_n50(root, trials=trials, traffic_window=15 if q else 60, rng=rng))

@@ -100,7 +100,13 @@ PAIR_TARGETS: dict[str, tuple[str, float]] = {
     "takeover_p99_s": ("<=", 2.0),
 }
 
-PAIR_MEASUREMENTS = ["pair_publish_single", "pair_publish_batch", "pair_latency", "takeover", "resilver"]
+PAIR_MEASUREMENTS = [
+    "pair_publish_single",
+    "pair_publish_batch",
+    "pair_latency",
+    "takeover",
+    "resilver",
+]
 
 
 def pct(values: list[float], p: float) -> float:
@@ -117,10 +123,18 @@ class Pair:
     def __init__(self, tmp: Path, name: str, extra: list[str] | None = None) -> None:
         pa, pb_ = free_port(), free_port()
         common = ["--sync", "always", "--log-level", "warning", "--pair", "p", *(extra or [])]
-        self.a = BrokerProcess(tmp / f"{name}-a", port=pa, log_path=str(tmp / f"{name}-a.log"),
-                               args=[*common, "--partner", f"127.0.0.1:{pb_}"])
-        self.b = BrokerProcess(tmp / f"{name}-b", port=pb_, log_path=str(tmp / f"{name}-b.log"),
-                               args=[*common, "--partner", f"127.0.0.1:{pa}"])
+        self.a = BrokerProcess(
+            tmp / f"{name}-a",
+            port=pa,
+            log_path=str(tmp / f"{name}-a.log"),
+            args=[*common, "--partner", f"127.0.0.1:{pb_}"],
+        )
+        self.b = BrokerProcess(
+            tmp / f"{name}-b",
+            port=pb_,
+            log_path=str(tmp / f"{name}-b.log"),
+            args=[*common, "--partner", f"127.0.0.1:{pa}"],
+        )
 
     @property
     def addresses(self) -> list[str]:
@@ -171,7 +185,9 @@ async def pair_state(a: str, b: str) -> tuple[bool, str]:
     except grpc.aio.AioRpcError as exc:
         return False, f"stats failed: {exc.code().name}"
     ok = all(
-        s.pair.connected and s.pair.partner_connected and s.pair.lease_remaining_ms > 0
+        s.pair.connected
+        and s.pair.partner_connected
+        and s.pair.lease_remaining_ms > 0
         and not s.pair.solo
         for s in (sa, sb)
     )
@@ -239,7 +255,9 @@ class CpuPair:
         names = ["client", "A", "B"][: len(used)]
         n = max(n, 1)
         self.per_msg = {f"{nm}_us": u / n * 1e6 for nm, u in zip(names, used, strict=True)}
-        self.per_msg.update({f"{nm}_cpu_wait": w / wall for nm, w in zip(names, waited, strict=True)})
+        self.per_msg.update(
+            {f"{nm}_cpu_wait": w / wall for nm, w in zip(names, waited, strict=True)}
+        )
         self.text = "cpu: " + ", ".join(
             f"{nm} {u / wall:.0%} ({u / n * 1e6:.1f} us/msg, loop waited for a CPU {w / wall:.0%})"
             for nm, u, w in zip(names, used, waited, strict=True)
@@ -370,8 +388,13 @@ async def pair_latency(pair: Pair, sz: PairSizes, log: Log) -> dict[str, Any]:
         f"{elapsed:.2f} s, open loop; schedule lag p99 {pct(lags, 99) * 1000:.2f} ms; acks by copies "
         f"{dict(sorted(copies.items()))}; {cpu.text})"
     )
-    return {"p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99), "n": len(ms), "copies_not_2": not2,
-            **cpu.per_msg}
+    return {
+        "p50_ms": pct(ms, 50),
+        "p99_ms": pct(ms, 99),
+        "n": len(ms),
+        "copies_not_2": not2,
+        **cpu.per_msg,
+    }
 
 
 # -- takeover ------------------------------------------------------------------------
@@ -388,8 +411,11 @@ class Subscriber:
         self.accepted = asyncio.Event()
         self.arrived = asyncio.Event()
         self.ended: str | None = None
-        self._q.put_nowait(pb.SubscribeRequest(identify=pb.SubscribeIdentify(
-            topic=topic, channel=channel, msg_timeout_ms=60_000)))
+        self._q.put_nowait(
+            pb.SubscribeRequest(
+                identify=pb.SubscribeIdentify(topic=topic, channel=channel, msg_timeout_ms=60_000)
+            )
+        )
         self._q.put_nowait(pb.SubscribeRequest(ready=pb.SubscribeReady(count=rdy)))
         stub = broker_pb2_grpc.BrokerServiceStub(self._ch)
         self._call = stub.Subscribe(self._requests())
@@ -466,7 +492,9 @@ async def takeover(tmp: Path, sz: PairSizes, log: Log) -> dict[str, Any]:
             stub = broker_pb2_grpc.BrokerServiceStub(ch)
             await stub.CreateTopic(pb.CreateTopicRequest(topic=topic), timeout=5)
             # A channel on A with no consumer: A's copies stay undelivered.
-            await stub.CreateChannel(pb.CreateChannelRequest(topic=topic, channel=channel), timeout=5)
+            await stub.CreateChannel(
+                pb.CreateChannelRequest(topic=topic, channel=channel), timeout=5
+            )
         sub = Subscriber(pair.b.address, topic, channel)
         try:
             await asyncio.wait_for(sub.accepted.wait(), 10)
@@ -476,15 +504,20 @@ async def takeover(tmp: Path, sz: PairSizes, log: Log) -> dict[str, Any]:
             for trial in range(sz.takeover_trials):
                 async with grpc.aio.insecure_channel(pair.a.address) as ch:
                     stub = broker_pb2_grpc.BrokerServiceStub(ch)
-                    r = await stub.PublishBatch(pb.PublishBatchRequest(
-                        topic=topic, messages=[pb.PublishItem(body=BODY)] * sz.takeover_msgs),
-                        timeout=10)
+                    r = await stub.PublishBatch(
+                        pb.PublishBatchRequest(
+                            topic=topic, messages=[pb.PublishItem(body=BODY)] * sz.takeover_msgs
+                        ),
+                        timeout=10,
+                    )
                 ids = set(r.ids)
                 if r.copies != 2:
                     problems.append(f"trial {trial}: publish acked with copies={r.copies}")
                 early = ids & sub.first_seen.keys()
                 if early:
-                    problems.append(f"trial {trial}: B delivered {len(early)} standby copies before the kill")
+                    problems.append(
+                        f"trial {trial}: B delivered {len(early)} standby copies before the kill"
+                    )
                 await asyncio.sleep(0.05)  # let A's heartbeats settle (not part of the measurement)
                 t0 = time.perf_counter()
                 pair.a.kill()
@@ -492,15 +525,19 @@ async def takeover(tmp: Path, sz: PairSizes, log: Log) -> dict[str, Any]:
                 await sub.wait_for(ids, deadline, every=False)
                 got = ids & sub.first_seen.keys()
                 if not got:
-                    problems.append(f"trial {trial}: no takeover delivery within 15 s "
-                                    f"(B state: {_pair_line((await get_stats(pair.b.address)).pair)})")
+                    problems.append(
+                        f"trial {trial}: no takeover delivery within 15 s "
+                        f"(B state: {_pair_line((await get_stats(pair.b.address)).pair)})"
+                    )
                     break
                 first = min(sub.first_seen[i][0] for i in got)
                 times.append(first - t0)
                 await sub.wait_for(ids, deadline, every=True)
                 if not ids <= sub.first_seen.keys():
-                    problems.append(f"trial {trial}: only {len(ids & sub.first_seen.keys())}/{len(ids)} "
-                                    "of A's messages delivered by B")
+                    problems.append(
+                        f"trial {trial}: only {len(ids & sub.first_seen.keys())}/{len(ids)} "
+                        "of A's messages delivered by B"
+                    )
                 else:
                     all_in.append(max(sub.first_seen[i][0] for i in ids) - t0)
                 wrong = {sub.first_seen[i][1] for i in got} - {b_id}
@@ -524,8 +561,13 @@ async def takeover(tmp: Path, sz: PairSizes, log: Log) -> dict[str, Any]:
     )
     for p in problems:
         log(f"  ** takeover problem: {p}")
-    return {"p50_s": p50, "p99_s": p99, "trials": len(times), "times_s": times,
-            "problems": problems}
+    return {
+        "p50_s": p50,
+        "p99_s": p99,
+        "trials": len(times),
+        "times_s": times,
+        "problems": problems,
+    }
 
 
 # -- re-silver -----------------------------------------------------------------------
@@ -540,7 +582,9 @@ async def resilver(tmp: Path, sz: PairSizes, log: Log) -> dict[str, Any]:
         async with grpc.aio.insecure_channel(pair.a.address) as ch:
             stub = broker_pb2_grpc.BrokerServiceStub(ch)
             await stub.CreateTopic(pb.CreateTopicRequest(topic=topic), timeout=5)
-            await stub.CreateChannel(pb.CreateChannelRequest(topic=topic, channel=channel), timeout=5)
+            await stub.CreateChannel(
+                pb.CreateChannelRequest(topic=topic, channel=channel), timeout=5
+            )
         tp = time.perf_counter()
         async with Producer(brokers=[pair.a.address]) as p:
             sem = asyncio.Semaphore(8)
@@ -554,7 +598,9 @@ async def resilver(tmp: Path, sz: PairSizes, log: Log) -> dict[str, Any]:
         preload = time.perf_counter() - tp
         sa, sb = await get_stats(pair.a.address), await get_stats(pair.b.address)
         if sb.pair.standby_messages < n or sa.pair.replication_lag:
-            raise RuntimeError(f"pre-load incomplete: A {_pair_line(sa.pair)} | B {_pair_line(sb.pair)}")
+            raise RuntimeError(
+                f"pre-load incomplete: A {_pair_line(sa.pair)} | B {_pair_line(sb.pair)}"
+            )
         old_id = sb.broker_id
         pair.b.kill()
         shutil.rmtree(pair.b.data_dir)
@@ -594,8 +640,14 @@ async def resilver(tmp: Path, sz: PairSizes, log: Log) -> dict[str, Any]:
     )
     if not done:
         log(f"  ** re-silver did not complete in time: {desc}")
-    return {"seconds": elapsed if done else float("nan"), "n": n, "complete": done,
-            "listening_s": listening, "new_node_id": new_id != old_id, **cpu.per_msg}
+    return {
+        "seconds": elapsed if done else float("nan"),
+        "n": n,
+        "complete": done,
+        "listening_s": listening,
+        "new_node_id": new_id != old_id,
+        **cpu.per_msg,
+    }
 
 
 # -- driver ----------------------------------------------------------------------------
@@ -642,9 +694,7 @@ async def run_pair_benchmarks(
 
     tk = results["takeover"][0] if results["takeover"] else {}
     rs = results["resilver"][0] if results["resilver"] else {}
-    copies_not_2 = sum(
-        r["copies_not_2"] for name, _ in _THROUGHPUT for r in results[name]
-    )
+    copies_not_2 = sum(r["copies_not_2"] for name, _ in _THROUGHPUT for r in results[name])
     summary: dict[str, Any] = {
         "pair_publish_single_msgs_per_s": num(_med(results["pair_publish_single"], "msgs_per_s")),
         "pair_publish_batch_msgs_per_s": num(_med(results["pair_publish_batch"], "msgs_per_s")),

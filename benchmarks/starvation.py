@@ -47,9 +47,21 @@ def start_lookup(tmp: Path) -> tuple[subprocess.Popen[bytes], int, int]:
     lk, lg = free_port(), free_port()
     with open(tmp / "lookup.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pairq.cli", "lookup", "--address", f"127.0.0.1:{lk}",
-             "--gossip-address", f"127.0.0.1:{lg}", "--gossip-profile", "local"],
-            stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "pairq.cli",
+                "lookup",
+                "--address",
+                f"127.0.0.1:{lk}",
+                "--gossip-address",
+                f"127.0.0.1:{lg}",
+                "--gossip-profile",
+                "local",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     wait_for_port(lk)
     return proc, lk, lg
 
@@ -70,8 +82,14 @@ async def healthy(addrs: list[str], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         ss = [await stats(a) for a in addrs]
-        if all(s is not None and s.pair.connected and s.pair.partner_connected and s.pair.lease_remaining_ms > 0
-               and not s.pair.solo for s in ss):
+        if all(
+            s is not None
+            and s.pair.connected
+            and s.pair.partner_connected
+            and s.pair.lease_remaining_ms > 0
+            and not s.pair.solo
+            for s in ss
+        ):
             return True
         await asyncio.sleep(0.1)
     return False
@@ -83,13 +101,26 @@ async def one_mode(tmp: Path, gossip: bool, seconds: float, nhogs: int) -> dict[
     if gossip:
         proc, lk, lg = start_lookup(tmp)
         procs.append(proc)
-        extra = ["--lookup", f"127.0.0.1:{lk}", "--join", f"127.0.0.1:{lg}", "--gossip-profile", "local"]
+        extra = [
+            "--lookup",
+            f"127.0.0.1:{lk}",
+            "--join",
+            f"127.0.0.1:{lg}",
+            "--gossip-profile",
+            "local",
+        ]
     pa, pb_ = free_port(), free_port()
     brokers = []
     for name, port, partner in (("a", pa, pb_), ("b", pb_, pa)):
         g = ["--gossip-address", f"127.0.0.1:{free_port()}"] if gossip else []
-        brokers.append(BrokerProcess(tmp / name, port=port, log_path=str(tmp / f"{name}.log"),
-                                     args=["--pair", "p", "--partner", f"127.0.0.1:{partner}", *g, *extra]))
+        brokers.append(
+            BrokerProcess(
+                tmp / name,
+                port=port,
+                log_path=str(tmp / f"{name}.log"),
+                args=["--pair", "p", "--partner", f"127.0.0.1:{partner}", *g, *extra],
+            )
+        )
     hogs: list[multiprocessing.Process] = []
     try:
         for b in brokers:
@@ -105,8 +136,9 @@ async def one_mode(tmp: Path, gossip: bool, seconds: float, nhogs: int) -> dict[
                 await asyncio.sleep(0.1)
         before = [await stats(a) for a in addrs]
         t_end = time.monotonic() + seconds
-        hogs = [multiprocessing.Process(target=hog, args=(t_end,), daemon=True)
-                for _ in range(nhogs)]
+        hogs = [
+            multiprocessing.Process(target=hog, args=(t_end,), daemon=True) for _ in range(nhogs)
+        ]
         for h in hogs:
             h.start()
         acked = failed = bad = 0
@@ -117,8 +149,12 @@ async def one_mode(tmp: Path, gossip: bool, seconds: float, nhogs: int) -> dict[
                 stub = pbg.BrokerServiceStub(ch)
                 while time.monotonic() < t_end:
                     try:
-                        r = await stub.PublishBatch(pb.PublishBatchRequest(
-                            topic="t", messages=[pb.PublishItem(body=b"x")] * 10), timeout=5)
+                        r = await stub.PublishBatch(
+                            pb.PublishBatchRequest(
+                                topic="t", messages=[pb.PublishItem(body=b"x")] * 10
+                            ),
+                            timeout=5,
+                        )
                         acked += r.copies == 2
                     except grpc.aio.AioRpcError:
                         failed += 1
@@ -130,21 +166,38 @@ async def one_mode(tmp: Path, gossip: bool, seconds: float, nhogs: int) -> dict[
                 stub = pbg.BrokerServiceStub(ch)
                 while time.monotonic() < t_end:
                     try:
-                        await stub.PublishBatch(pb.PublishBatchRequest(
-                            topic="bad topic!", messages=[pb.PublishItem(body=b"x")]), timeout=5)
+                        await stub.PublishBatch(
+                            pb.PublishBatchRequest(
+                                topic="bad topic!", messages=[pb.PublishItem(body=b"x")]
+                            ),
+                            timeout=5,
+                        )
                     except grpc.aio.AioRpcError:
                         bad += 1
 
-        await asyncio.gather(*(trickle(a) for a in addrs), *(flood(a) for a in addrs for _ in range(4)))
+        await asyncio.gather(
+            *(trickle(a) for a in addrs), *(flood(a) for a in addrs for _ in range(4))
+        )
         for h in hogs:
             h.join(5)
         after = [await stats(a) for a in addrs]
-        takeovers = sum((s2.pair.takeovers if s2 else 0) - (s1.pair.takeovers if s1 else 0)
-                        for s1, s2 in zip(before, after, strict=True))
+        takeovers = sum(
+            (s2.pair.takeovers if s2 else 0) - (s1.pair.takeovers if s1 else 0)
+            for s1, s2 in zip(before, after, strict=True)
+        )
         recovered = await healthy(addrs, 15)
-        return {"gossip": gossip, "witness_rule": witness_rule, "seconds": seconds, "hogs": nhogs, "takeovers": takeovers, "acked_batches": acked,
-                "failed_batches": failed, "bad_requests": bad, "bad_per_s": round(bad / seconds),
-                "healthy_after": recovered}
+        return {
+            "gossip": gossip,
+            "witness_rule": witness_rule,
+            "seconds": seconds,
+            "hogs": nhogs,
+            "takeovers": takeovers,
+            "acked_batches": acked,
+            "failed_batches": failed,
+            "bad_requests": bad,
+            "bad_per_s": round(bad / seconds),
+            "healthy_after": recovered,
+        }
     finally:
         for h in hogs:
             if h.is_alive():
@@ -157,8 +210,12 @@ async def one_mode(tmp: Path, gossip: bool, seconds: float, nhogs: int) -> dict[
 
 
 async def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=60.0, help="length of the starvation, per mode")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--seconds", type=float, default=60.0, help="length of the starvation, per mode"
+    )
     ap.add_argument("--hogs", type=int, default=1, help="busy-loop processes at nice -20")
     args = ap.parse_args()
     results = []
@@ -169,11 +226,14 @@ async def main() -> None:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         results.append(r)
-        print(f"{'with gossip' if gossip else 'without gossip (lease only)':28s}"
-              f"{' (witness rule active)' if r['witness_rule'] else ''}: "
-              f"{r['takeovers']} takeover(s) of a live partner in {args.seconds:.0f} s of starvation; "
-              f"{r['bad_per_s']} bad requests/s answered; trickle batches acked {r['acked_batches']}, "
-              f"failed {r['failed_batches']}; healthy after: {r['healthy_after']}", flush=True)
+        print(
+            f"{'with gossip' if gossip else 'without gossip (lease only)':28s}"
+            f"{' (witness rule active)' if r['witness_rule'] else ''}: "
+            f"{r['takeovers']} takeover(s) of a live partner in {args.seconds:.0f} s of starvation; "
+            f"{r['bad_per_s']} bad requests/s answered; trickle batches acked {r['acked_batches']}, "
+            f"failed {r['failed_batches']}; healthy after: {r['healthy_after']}",
+            flush=True,
+        )
     print(json.dumps(results))
 
 

@@ -33,8 +33,12 @@ def setup_logging(level: str) -> None:
     )
 
 
-def run_daemon(name: str, options_cls: type[OptionsT], args: argparse.Namespace,
-               start: Callable[[OptionsT], Awaitable[Stoppable]]) -> int:
+def run_daemon(
+    name: str,
+    options_cls: type[OptionsT],
+    args: argparse.Namespace,
+    start: Callable[[OptionsT], Awaitable[Stoppable]],
+) -> int:
     """Resolve and validate ``options_cls``, then run ``start(options)``'s server
     until a signal; ``name`` prefixes the one-line errors (``pairq NAME: ...``)."""
     try:

@@ -43,16 +43,31 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Run the local development cluster as child processes and print where it is.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data-dir", default="./data", help="directory for every component's data and logs")
+    p.add_argument(
+        "--data-dir", default="./data", help="directory for every component's data and logs"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address every component binds")
     p.add_argument("--broker-port", type=int, default=4150, help="gRPC port of the first broker")
-    p.add_argument("--metrics-port", type=int, default=9150, help="Prometheus port of the first broker")
-    p.add_argument("--lookup-port", type=int, default=4160, help="gRPC port of the lookup (gossip: +1)")
+    p.add_argument(
+        "--metrics-port", type=int, default=9150, help="Prometheus port of the first broker"
+    )
+    p.add_argument(
+        "--lookup-port", type=int, default=4160, help="gRPC port of the lookup (gossip: +1)"
+    )
     p.add_argument("--gossip-port", type=int, default=4170, help="gossip port of the first broker")
-    p.add_argument("action", nargs="?", default="run", choices=("run", "restart"),
-                   help="run the cluster, or ask the running one to restart a component")
-    p.add_argument("component", nargs="?", choices=NAMES,
-                   help="with restart: the component to start again (e.g. broker-a after a kill -9)")
+    p.add_argument(
+        "action",
+        nargs="?",
+        default="run",
+        choices=("run", "restart"),
+        help="run the cluster, or ask the running one to restart a component",
+    )
+    p.add_argument(
+        "component",
+        nargs="?",
+        choices=NAMES,
+        help="with restart: the component to start again (e.g. broker-a after a kill -9)",
+    )
     p.set_defaults(func=main)
 
 
@@ -72,7 +87,10 @@ def request_restart(data: Path, name: str | None) -> int:
         (data / f"restart-{name}").touch()
         os.kill(pid, signal.SIGUSR1)
     except (OSError, ValueError) as exc:
-        print(f"pairq dev restart: no running `pairq dev` with data dir {data} ({exc})", file=sys.stderr)
+        print(
+            f"pairq dev restart: no running `pairq dev` with data dir {data} ({exc})",
+            file=sys.stderr,
+        )
         return 1
     print(f"asked pairq dev (pid {pid}) to restart {name}; see {data / (name + '.log')}")
     return 0
@@ -111,25 +129,64 @@ def components(args: argparse.Namespace) -> list[Component]:
     h = args.host
     pa, pb = args.broker_port, args.broker_port + 1
     lk, lg = args.lookup_port, args.lookup_port + 1
-    common = ["--pair", "dev", "--lookup", f"{h}:{lk}", "--join", f"{h}:{lg}", "--gossip-profile", "local"]
+    common = [
+        "--pair",
+        "dev",
+        "--lookup",
+        f"{h}:{lk}",
+        "--join",
+        f"{h}:{lg}",
+        "--gossip-profile",
+        "local",
+    ]
     return [
         Component(
             "lookup",
-            ["lookup", "--address", f"{h}:{lk}", "--gossip-address", f"{h}:{lg}", "--gossip-profile", "local"],
+            [
+                "lookup",
+                "--address",
+                f"{h}:{lk}",
+                "--gossip-address",
+                f"{h}:{lg}",
+                "--gossip-profile",
+                "local",
+            ],
             lk,
         ),
         Component(
             "broker-a",
-            ["broker", "--address", f"{h}:{pa}", "--data-dir", str(data / "broker-a"),
-             "--metrics-address", f"{h}:{args.metrics_port}", "--partner", f"{h}:{pb}",
-             "--gossip-address", f"{h}:{args.gossip_port}", *common],
+            [
+                "broker",
+                "--address",
+                f"{h}:{pa}",
+                "--data-dir",
+                str(data / "broker-a"),
+                "--metrics-address",
+                f"{h}:{args.metrics_port}",
+                "--partner",
+                f"{h}:{pb}",
+                "--gossip-address",
+                f"{h}:{args.gossip_port}",
+                *common,
+            ],
             pa,
         ),
         Component(
             "broker-b",
-            ["broker", "--address", f"{h}:{pb}", "--data-dir", str(data / "broker-b"),
-             "--metrics-address", f"{h}:{args.metrics_port + 1}", "--partner", f"{h}:{pa}",
-             "--gossip-address", f"{h}:{args.gossip_port + 1}", *common],
+            [
+                "broker",
+                "--address",
+                f"{h}:{pb}",
+                "--data-dir",
+                str(data / "broker-b"),
+                "--metrics-address",
+                f"{h}:{args.metrics_port + 1}",
+                "--partner",
+                f"{h}:{pa}",
+                "--gossip-address",
+                f"{h}:{args.gossip_port + 1}",
+                *common,
+            ],
             pb,
         ),
     ]
@@ -138,7 +195,9 @@ def components(args: argparse.Namespace) -> list[Component]:
 def _start(c: Component, data: Path) -> None:
     with open(data / f"{c.name}.log", "ab") as log:  # the child keeps its own copy
         c.proc = subprocess.Popen(
-            [sys.executable, "-m", "pairq.cli", *c.args], stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "pairq.cli", *c.args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     (data / f"{c.name}.pid").write_text(str(c.proc.pid))
@@ -157,14 +216,20 @@ def run(args: argparse.Namespace) -> int:
     data.mkdir(parents=True, exist_ok=True)
     comps = components(args)
     ports = [(c.name, c.port) for c in comps] + [
-        ("broker-a metrics", args.metrics_port), ("broker-b metrics", args.metrics_port + 1),
-        ("lookup gossip", args.lookup_port + 1), ("broker-a gossip", args.gossip_port),
-        ("broker-b gossip", args.gossip_port + 1)]
+        ("broker-a metrics", args.metrics_port),
+        ("broker-b metrics", args.metrics_port + 1),
+        ("lookup gossip", args.lookup_port + 1),
+        ("broker-a gossip", args.gossip_port),
+        ("broker-b gossip", args.gossip_port + 1),
+    ]
     taken = [f"{port} ({what})" for what, port in ports if port_taken(args.host, port)]
     if taken:
-        print(f"pairq dev: port(s) {', '.join(taken)} on {args.host} already in use by another "
-              "process (another `pairq dev`?); stop it, or choose other ports (--broker-port, "
-              "--lookup-port, --gossip-port, --metrics-port)", file=sys.stderr)
+        print(
+            f"pairq dev: port(s) {', '.join(taken)} on {args.host} already in use by another "
+            "process (another `pairq dev`?); stop it, or choose other ports (--broker-port, "
+            "--lookup-port, --gossip-port, --metrics-port)",
+            file=sys.stderr,
+        )
         return 2
     stopping = False
     restart = False
@@ -186,8 +251,11 @@ def run(args: argparse.Namespace) -> int:
             _start(c, data)
             why = wait_serving(c, args.host, 30)
             if why:
-                print(f"pairq dev: {c.name} did not start ({why}); see {data / (c.name + '.log')}:"
-                      f"{_tail(data / (c.name + '.log'))}", file=sys.stderr)
+                print(
+                    f"pairq dev: {c.name} did not start ({why}); see {data / (c.name + '.log')}:"
+                    f"{_tail(data / (c.name + '.log'))}",
+                    file=sys.stderr,
+                )
                 return 1
         broker = f"{args.host}:{args.broker_port}"
         broker_b = f"{args.host}:{args.broker_port + 1}"
@@ -221,9 +289,12 @@ Ctrl-C stops everything.""",
             for c in comps:
                 if c.proc is not None and c.proc.poll() is not None and c.name not in reported:
                     reported.add(c.name)
-                    print(f"pairq dev: {c.name} exited with {c.proc.returncode}; the rest keeps "
-                          f"running. Start it again with: pairq dev restart {c.name}", file=sys.stderr,
-                          flush=True)
+                    print(
+                        f"pairq dev: {c.name} exited with {c.proc.returncode}; the rest keeps "
+                        f"running. Start it again with: pairq dev restart {c.name}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             if restart:
                 restart = False
                 for c in comps:
@@ -232,14 +303,20 @@ Ctrl-C stops everything.""",
                         continue
                     req.unlink()
                     if c.proc is not None and c.proc.poll() is None:
-                        print(f"pairq dev: {c.name} is running (pid {c.proc.pid}); not restarted",
-                              file=sys.stderr, flush=True)
+                        print(
+                            f"pairq dev: {c.name} is running (pid {c.proc.pid}); not restarted",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                         continue
                     _start(c, data)
                     why = wait_serving(c, args.host, 30)
                     reported.discard(c.name)
-                    print(f"pairq dev: restarted {c.name} (pid {c.proc.pid if c.proc else '?'})"
-                          + (f", but it is not ready: {why}" if why else ""), flush=True)
+                    print(
+                        f"pairq dev: restarted {c.name} (pid {c.proc.pid if c.proc else '?'})"
+                        + (f", but it is not ready: {why}" if why else ""),
+                        flush=True,
+                    )
             time.sleep(0.2)
         return 0
     finally:

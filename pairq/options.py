@@ -56,19 +56,30 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         kind = f.metadata.get("kind", type(default).__name__ if default is not None else "str")
         if kind == "bool":
             parser.add_argument(
-                flag_name(f.name), dest=f.name, default=None,
-                action=argparse.BooleanOptionalAction, help=help_text,
+                flag_name(f.name),
+                dest=f.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
             )
         elif kind in ("tuple", "list"):
             parser.add_argument(
-                flag_name(f.name), dest=f.name, default=None, action="append",
-                metavar=f.metadata.get("metavar", "VALUE"), help=help_text + "; repeatable",
+                flag_name(f.name),
+                dest=f.name,
+                default=None,
+                action="append",
+                metavar=f.metadata.get("metavar", "VALUE"),
+                help=help_text + "; repeatable",
             )
         else:
             conv: Any = {"int": int, "float": float}.get(kind, str)
             parser.add_argument(
-                flag_name(f.name), dest=f.name, default=None, type=conv,
-                metavar=f.metadata.get("metavar", kind.upper()), help=help_text,
+                flag_name(f.name),
+                dest=f.name,
+                default=None,
+                type=conv,
+                metavar=f.metadata.get("metavar", kind.upper()),
+                help=help_text,
                 choices=f.metadata.get("choices"),
             )
 
@@ -89,8 +100,9 @@ def _coerce(value: Any, example: Any, kind: str) -> Any:
     return str(value)
 
 
-def resolve(cls: type[T], args: argparse.Namespace | None = None,
-            env: dict[str, str] | None = None) -> T:
+def resolve(
+    cls: type[T], args: argparse.Namespace | None = None, env: dict[str, str] | None = None
+) -> T:
     """Build ``cls`` from flags, then env, then TOML file, then defaults."""
     env = dict(os.environ) if env is None else env
     prefix = env_prefix(cls)

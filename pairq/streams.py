@@ -24,8 +24,9 @@ class SerialWriter:
 
     __slots__ = ("_on_error", "_out", "_write", "_writing", "stopped")
 
-    def __init__(self, write: Callable[[Any], Awaitable[Any]],
-                 on_error: Callable[[Exception], None]) -> None:
+    def __init__(
+        self, write: Callable[[Any], Awaitable[Any]], on_error: Callable[[Exception], None]
+    ) -> None:
         self._write = write
         self._on_error = on_error
         self._out: deque[Any] = deque()

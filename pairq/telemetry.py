@@ -127,7 +127,9 @@ def start_metrics(address: str, broker: Any) -> MetricsHandle:
         ]
 
     def published(_: CallbackOptions) -> list[Observation]:
-        return [Observation(t.message_count, {"topic": t.name}) for t in list(broker.topics.values())]
+        return [
+            Observation(t.message_count, {"topic": t.name}) for t in list(broker.topics.values())
+        ]
 
     def store_bytes(_: CallbackOptions) -> list[Observation]:
         return [Observation(broker.store.used_bytes)]
@@ -137,7 +139,9 @@ def start_metrics(address: str, broker: Any) -> MetricsHandle:
 
     def pair_lag(_: CallbackOptions) -> list[Observation]:
         pair = broker.pair
-        return [] if pair is None else [Observation(pair.stats().replication_lag, {"pair": pair.name})]
+        return (
+            [] if pair is None else [Observation(pair.stats().replication_lag, {"pair": pair.name})]
+        )
 
     def pair_lease(_: CallbackOptions) -> list[Observation]:
         pair = broker.pair
@@ -151,18 +155,37 @@ def start_metrics(address: str, broker: Any) -> MetricsHandle:
         pair = broker.pair
         return [] if pair is None else [Observation(pair.takeovers, {"pair": pair.name})]
 
-    meter.create_observable_gauge("pairq_pair_replication_lag", [pair_lag],
-                                  description="messages published here the partner has not acknowledged (1 copy)")
-    meter.create_observable_gauge("pairq_pair_lease_remaining", [pair_lease], unit="s",
-                                  description="delivery lease left (0: fenced)")
-    meter.create_observable_gauge("pairq_pair_standby_messages", [pair_standby],
-                                  description="standby copies held for the partner")
-    meter.create_observable_counter("pairq_pair_takeovers", [pair_takeovers],
-                                    description="takeovers of the partner's messages")
+    meter.create_observable_gauge(
+        "pairq_pair_replication_lag",
+        [pair_lag],
+        description="messages published here the partner has not acknowledged (1 copy)",
+    )
+    meter.create_observable_gauge(
+        "pairq_pair_lease_remaining",
+        [pair_lease],
+        unit="s",
+        description="delivery lease left (0: fenced)",
+    )
+    meter.create_observable_gauge(
+        "pairq_pair_standby_messages",
+        [pair_standby],
+        description="standby copies held for the partner",
+    )
+    meter.create_observable_counter(
+        "pairq_pair_takeovers", [pair_takeovers], description="takeovers of the partner's messages"
+    )
     meter.create_observable_gauge("pairq_channel_depth", [depth], description="messages waiting")
-    meter.create_observable_gauge("pairq_channel_in_flight", [in_flight], description="messages in flight")
-    meter.create_observable_counter("pairq_channel_delivered", [delivered], description="deliveries")
-    meter.create_observable_counter("pairq_topic_published", [published], description="messages published")
-    meter.create_observable_gauge("pairq_store_bytes", [store_bytes], unit="By", description="store size")
+    meter.create_observable_gauge(
+        "pairq_channel_in_flight", [in_flight], description="messages in flight"
+    )
+    meter.create_observable_counter(
+        "pairq_channel_delivered", [delivered], description="deliveries"
+    )
+    meter.create_observable_counter(
+        "pairq_topic_published", [published], description="messages published"
+    )
+    meter.create_observable_gauge(
+        "pairq_store_bytes", [store_bytes], unit="By", description="store size"
+    )
     meter.create_observable_counter("pairq_store_commits", [commits], description="group commits")
     return MetricsHandle(provider, server)

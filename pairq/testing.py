@@ -41,7 +41,9 @@ __all__ = [
 
 
 @contextlib.asynccontextmanager
-async def run_broker(data_dir: str | os.PathLike[str] | None = None, **options: Any) -> AsyncIterator[Broker]:
+async def run_broker(
+    data_dir: str | os.PathLike[str] | None = None, **options: Any
+) -> AsyncIterator[Broker]:
     """A started broker on 127.0.0.1 (port 0 unless ``address`` is given); stopped on exit."""
     tmp = None
     if data_dir is None:
@@ -59,8 +61,13 @@ async def run_broker(data_dir: str | os.PathLike[str] | None = None, **options: 
 
 
 @contextlib.asynccontextmanager
-async def run_pair(data_dir: str | os.PathLike[str] | None = None, *, pair: str = "p1",
-                   gossip: bool = False, **options: Any) -> AsyncIterator[tuple[Broker, Broker]]:
+async def run_pair(
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    pair: str = "p1",
+    gossip: bool = False,
+    **options: Any,
+) -> AsyncIterator[tuple[Broker, Broker]]:
     """Two started brokers forming a redundant pair (A, B), in-process on loopback.
 
     With ``gossip=True`` both run gossip (local profile, port 0) and B joins A.
@@ -69,7 +76,9 @@ async def run_pair(data_dir: str | os.PathLike[str] | None = None, *, pair: str 
     if data_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="pairq-pair-")
         data_dir = tmp.name
-    g: dict[str, Any] = {"gossip_address": "127.0.0.1:0", "gossip_profile": "local"} if gossip else {}
+    g: dict[str, Any] = (
+        {"gossip_address": "127.0.0.1:0", "gossip_profile": "local"} if gossip else {}
+    )
     try:
         async with _pair(Path(data_dir), pair, {**g, **options}, b_joins_a=gossip) as brokers:
             yield brokers
@@ -95,8 +104,13 @@ class Cluster:
 
 
 @contextlib.asynccontextmanager
-async def run_cluster(data_dir: str | os.PathLike[str] | None = None, *, pairs: int = 1,
-                      lookups: int = 1, **options: Any) -> AsyncIterator[Cluster]:
+async def run_cluster(
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    pairs: int = 1,
+    lookups: int = 1,
+    **options: Any,
+) -> AsyncIterator[Cluster]:
     """Lookups + broker pairs on loopback, gossiping and registered (what ``pairq dev``
     runs, in-process): ``async with run_cluster(pairs=2) as c: c.lookup_addresses``."""
     from pairq.lookup.lookup import Lookup
@@ -111,8 +125,14 @@ async def run_cluster(data_dir: str | os.PathLike[str] | None = None, *, pairs: 
     try:
         for _ in range(lookups):
             join = tuple(lk.gossip_address for lk in started_lookups[:1])
-            lk = Lookup(LookupOptions(address="127.0.0.1:0", gossip_address="127.0.0.1:0",
-                                      gossip_profile="local", join=join))
+            lk = Lookup(
+                LookupOptions(
+                    address="127.0.0.1:0",
+                    gossip_address="127.0.0.1:0",
+                    gossip_profile="local",
+                    join=join,
+                )
+            )
             await lk.start()
             started_lookups.append(lk)
         common = {
@@ -138,24 +158,45 @@ async def run_cluster(data_dir: str | os.PathLike[str] | None = None, *, pairs: 
 
 
 @contextlib.asynccontextmanager
-async def _pair(data_dir: Path, name: str, options: dict[str, Any], *,
-                b_joins_a: bool = False) -> AsyncIterator[tuple[Broker, Broker]]:
+async def _pair(
+    data_dir: Path, name: str, options: dict[str, Any], *, b_joins_a: bool = False
+) -> AsyncIterator[tuple[Broker, Broker]]:
     """Start A then B as a pair; stop both on exit. ``b_joins_a``: B joins A's gossip."""
     pa, pb_ = free_port(), free_port()
-    a = Broker(BrokerOptions(data_dir=str(data_dir / "a"), address=f"127.0.0.1:{pa}",
-                             pair=name, partner=f"127.0.0.1:{pb_}", **options))
+    a = Broker(
+        BrokerOptions(
+            data_dir=str(data_dir / "a"),
+            address=f"127.0.0.1:{pa}",
+            pair=name,
+            partner=f"127.0.0.1:{pb_}",
+            **options,
+        )
+    )
     await a.start()
     try:
         b_options = dict(options)
         if b_joins_a and a.membership is not None:
             b_options["join"] = (a.membership.address,)
-        b = Broker(BrokerOptions(data_dir=str(data_dir / "b"), address=f"127.0.0.1:{pb_}",
-                                 pair=name, partner=f"127.0.0.1:{pa}", **b_options))
+        b = Broker(
+            BrokerOptions(
+                data_dir=str(data_dir / "b"),
+                address=f"127.0.0.1:{pb_}",
+                pair=name,
+                partner=f"127.0.0.1:{pa}",
+                **b_options,
+            )
+        )
         await b.start()
         try:
             deadline = time.monotonic() + 10
-            while not (a.pair and b.pair and a.pair.connected and b.pair.connected
-                       and a.may_deliver() and b.may_deliver()):
+            while not (
+                a.pair
+                and b.pair
+                and a.pair.connected
+                and b.pair.connected
+                and a.may_deliver()
+                and b.may_deliver()
+            ):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"pair {name} did not connect within 10 s")
                 import asyncio
@@ -190,9 +231,16 @@ class BrokerProcess:
     to run it under, e.g. ``["ip", "netns", "exec", NAME]`` for a network namespace.
     """
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None,
-                 args: list[str] | None = None, log_path: str | None = None,
-                 host: str = "127.0.0.1", prefix: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        port: int | None = None,
+        args: list[str] | None = None,
+        log_path: str | None = None,
+        host: str = "127.0.0.1",
+        prefix: list[str] | None = None,
+    ) -> None:
         self.data_dir = str(data_dir)
         self.host = host
         self.prefix = list(prefix or [])
@@ -206,14 +254,26 @@ class BrokerProcess:
         return f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> None:
-        cmd = [*self.prefix, sys.executable, "-m", "pairq.cli", "broker", "--address", self.address,
-               "--data-dir", self.data_dir, *self.args]
+        cmd = [
+            *self.prefix,
+            sys.executable,
+            "-m",
+            "pairq.cli",
+            "broker",
+            "--address",
+            self.address,
+            "--data-dir",
+            self.data_dir,
+            *self.args,
+        ]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"broker exited with {self.proc.returncode}; see {self.log_path}")
+                raise RuntimeError(
+                    f"broker exited with {self.proc.returncode}; see {self.log_path}"
+                )
             try:
                 wait_for_port(self.port, timeout=0.2, host=self.host)
                 return

@@ -112,7 +112,9 @@ class Broker:
         if self.pair is not None:
             handlers.append(self.pair.generic_handler())
         server.add_generic_rpc_handlers(tuple(handlers))
-        self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self._health = (
+            health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -142,7 +144,8 @@ class Broker:
             await self.membership.start()
         if self.options.lookup:
             self.registrar = LookupRegistrar(
-                self, list(self.options.lookup),
+                self,
+                list(self.options.lookup),
                 gossip_address=self.membership.address if self.membership is not None else "",
             )
             if self.pair is not None and not self.pair.core.catalog_ready:
@@ -154,7 +157,9 @@ class Broker:
         self.store.index_ids = self.options.idempotency_window_s > 0
         if self.options.idempotency_window_s > 0:
             self._rotator = asyncio.create_task(self._rotate_ids())
-        log.info("broker %s listening on %s (data %s)", self.node_id, self.address, self.options.data_dir)
+        log.info(
+            "broker %s listening on %s (data %s)", self.node_id, self.address, self.options.data_dir
+        )
 
     async def _register_when_ready(self) -> None:
         assert self.pair is not None and self.registrar is not None
@@ -272,7 +277,9 @@ class Broker:
     def packed_ids(self) -> bytes:
         return struct.pack(">II", self._next_topic_id, self._next_channel_id)
 
-    async def get_topic(self, name: str, *, create: bool = True, from_partner: bool = False) -> Topic:
+    async def get_topic(
+        self, name: str, *, create: bool = True, from_partner: bool = False
+    ) -> Topic:
         """The topic, created if needed. ``from_partner``: created because the partner
         has it (replicated catalog), so the new-store gate does not apply."""
         topic = self.topics.get(name)
@@ -297,10 +304,17 @@ class Broker:
             self._next_topic_id += 1
             meta = st.TopicMeta(id=tid, name=name)
             if not is_ephemeral(name):
-                await self.store.submit_many([
-                    ("put", st.CATALOG, st.catalog_topic_key(name), st.pack_catalog(tid, False)),
-                    ("put", st.META, b"ids", self.packed_ids()),
-                ])
+                await self.store.submit_many(
+                    [
+                        (
+                            "put",
+                            st.CATALOG,
+                            st.catalog_topic_key(name),
+                            st.pack_catalog(tid, False),
+                        ),
+                        ("put", st.META, b"ids", self.packed_ids()),
+                    ]
+                )
             topic = Topic(self, meta)
             self.topics[name] = topic
             fut.set_result(topic)
@@ -341,9 +355,16 @@ class Broker:
         if channel is None:
             topic.pause() if paused else topic.unpause()
             if not topic.ephemeral:
-                await self.store.submit_many([
-                    ("put", st.CATALOG, st.catalog_topic_key(topic.name), st.pack_catalog(topic.meta.id, paused))
-                ])
+                await self.store.submit_many(
+                    [
+                        (
+                            "put",
+                            st.CATALOG,
+                            st.catalog_topic_key(topic.name),
+                            st.pack_catalog(topic.meta.id, paused),
+                        )
+                    ]
+                )
         else:
             channel.meta.paused = paused
             if paused:
@@ -351,17 +372,25 @@ class Broker:
             elif not topic.paused:
                 channel.unpause()
             if channel.durable:
-                await self.store.submit_many([
-                    ("put", st.CATALOG, st.catalog_channel_key(topic.meta.id, channel.name),
-                     st.pack_catalog(channel.meta.id, paused))
-                ])
+                await self.store.submit_many(
+                    [
+                        (
+                            "put",
+                            st.CATALOG,
+                            st.catalog_channel_key(topic.meta.id, channel.name),
+                            st.pack_catalog(channel.meta.id, paused),
+                        )
+                    ]
+                )
 
     # ------------------------------------------------------------ ephemeral dead letters
     def note_ephemeral_dead(self, channel: Channel, entry: Entry) -> None:
         lst = self._ephemeral_dlq.setdefault(id(channel), [])
         from pairq.broker import wire
 
-        lst.append((len(lst), entry.attempts, wire.encode_prefix(entry.id) + cast(bytes, entry.payload)))
+        lst.append(
+            (len(lst), entry.attempts, wire.encode_prefix(entry.id) + cast(bytes, entry.payload))
+        )
         del lst[:-1000]
 
     def ephemeral_dead(self, channel: Channel) -> list[tuple[int, int, bytes]]:
@@ -372,7 +401,9 @@ class Broker:
         lst[:] = [x for x in lst if x[2][:16] not in ids]
 
     # ------------------------------------------------------------ stats
-    def stats(self, topic: str = "", channel: str = "", clients: bool = True) -> pb.GetStatsResponse:
+    def stats(
+        self, topic: str = "", channel: str = "", clients: bool = True
+    ) -> pb.GetStatsResponse:
         resp = pb.GetStatsResponse(
             broker_id=self.node_id,
             version=__version__,
@@ -387,18 +418,28 @@ class Broker:
             if topic and t.name != topic:
                 continue
             ts = resp.topics.add(
-                name=t.name, depth=t.depth, message_count=t.message_count,
-                paused=t.paused, ephemeral=t.ephemeral,
+                name=t.name,
+                depth=t.depth,
+                message_count=t.message_count,
+                paused=t.paused,
+                ephemeral=t.ephemeral,
             )
             for c in t.channels.values():
                 if channel and c.name != channel:
                     continue
                 core = c.core
                 cs = ts.channels.add(
-                    name=c.name, depth=c.depth, in_flight=core.in_flight, deferred=core.deferred,
-                    requeued=core.requeued, timed_out=core.timed_out, dead_lettered=c.dlq_count,
-                    message_count=core.delivered, finished=core.finished,
-                    paused=core.paused, ephemeral=c.ephemeral,
+                    name=c.name,
+                    depth=c.depth,
+                    in_flight=core.in_flight,
+                    deferred=core.deferred,
+                    requeued=core.requeued,
+                    timed_out=core.timed_out,
+                    dead_lettered=c.dlq_count,
+                    message_count=core.delivered,
+                    finished=core.finished,
+                    paused=core.paused,
+                    ephemeral=c.ephemeral,
                 )
                 if clients:
                     for sub in c.subscribers.values():
@@ -407,10 +448,15 @@ class Broker:
                         except KeyError:
                             continue
                         cs.clients.add(
-                            client_id=sub.client_id, hostname=sub.hostname,
-                            user_agent=sub.user_agent, remote_address=sub.remote_address,
-                            ready_count=state.rdy, in_flight=state.in_flight,
-                            message_count=state.delivered, finish_count=state.finished,
-                            requeue_count=state.requeued, connected_at_ns=sub.connected_at_ns,
+                            client_id=sub.client_id,
+                            hostname=sub.hostname,
+                            user_agent=sub.user_agent,
+                            remote_address=sub.remote_address,
+                            ready_count=state.rdy,
+                            in_flight=state.in_flight,
+                            message_count=state.delivered,
+                            finish_count=state.finished,
+                            requeue_count=state.requeued,
+                            connected_at_ns=sub.connected_at_ns,
                         )
         return resp

@@ -148,7 +148,9 @@ class Channel:
                 if state is None:
                     entries.append(Entry(seq, msg_id, 0, due, payload))
                 else:  # requeue state carried over from the partner by a takeover
-                    entries.append(Entry(seq, msg_id, state[0], max(due, wall_to_mono(state[1])), payload))
+                    entries.append(
+                        Entry(seq, msg_id, state[0], max(due, wall_to_mono(state[1])), payload)
+                    )
             seq += 1
         if entries:
             self.core.push(entries, now)
@@ -160,7 +162,10 @@ class Channel:
             return
         want = self.core.wants()
         head = self.topic.committed_seq
-        if want < min(READ_CHUNK // 2, self.broker.options.max_backlog // 2) and self.core.depth > 0:
+        if (
+            want < min(READ_CHUNK // 2, self.broker.options.max_backlog // 2)
+            and self.core.depth > 0
+        ):
             return
         if self.read_pos < self.topic.first_seq:
             # Cleaned up below us (only possible for ephemeral channels).
@@ -250,7 +255,9 @@ class Channel:
             self.state_dirty[seq] = None
         if self.durable:
             cid = self.meta.id
-            ops: list[tuple[int, bytes, bytes | None]] = [(st.FLOORS, st.floor_key(cid), st.pack_floor(upto))]
+            ops: list[tuple[int, bytes, bytes | None]] = [
+                (st.FLOORS, st.floor_key(cid), st.pack_floor(upto))
+            ]
             ops += [(st.FINS, st.seq_key(cid, s), None) for s in old_disk]
             self.store.submit(("puts", ops), wait=False)
             self._reload_replays()
@@ -368,7 +375,12 @@ class Channel:
             self.state_dirty[entry.key] = None
             self.states.pop(entry.key, None)
             self.store.submit(
-                ("put", st.DLQ, st.seq_key(self.meta.id, entry.key), st.pack_dlq(entry.attempts, rec)),
+                (
+                    "put",
+                    st.DLQ,
+                    st.seq_key(self.meta.id, entry.key),
+                    st.pack_dlq(entry.attempts, rec),
+                ),
                 wait=False,
             )
             self._finished_seq(entry.key)
@@ -386,7 +398,9 @@ class Channel:
             if e.key >= 0:
                 self._finished_seq(e.key)
             elif self.durable:
-                self.store.submit(("del", st.DLQ, st.seq_key(self.meta.id, _REPLAY_BASE - e.key)), wait=False)
+                self.store.submit(
+                    ("del", st.DLQ, st.seq_key(self.meta.id, _REPLAY_BASE - e.key)), wait=False
+                )
         if done:
             self.schedule_flush()
             self.schedule_pump()
@@ -492,8 +506,13 @@ class Channel:
             self.store.submit(("puts", ops), wait=False)
         pair = self.broker.pair
         if pair is not None and (dirty or self.floor != old_floor or replicate_states):
-            pair.progress(self.topic.name, self.name, self.floor, [s for s in dirty if s >= floor],
-                          replicate_states)
+            pair.progress(
+                self.topic.name,
+                self.name,
+                self.floor,
+                [s for s in dirty if s >= floor],
+                replicate_states,
+            )
         if self.floor != old_floor:
             self.topic.on_floor_advanced()
 
@@ -517,11 +536,17 @@ class Channel:
         self.gaps = []
         if self.durable and head != old:
             cid = self.meta.id
-            self.store.submit(("multi", [
-                ("put", st.FLOORS, st.floor_key(cid), st.pack_floor(head)),
-                ("drop", st.FINS, st.prefix(cid)),
-                ("drop", st.STATES, st.prefix(cid)),
-            ]), wait=False)
+            self.store.submit(
+                (
+                    "multi",
+                    [
+                        ("put", st.FLOORS, st.floor_key(cid), st.pack_floor(head)),
+                        ("drop", st.FINS, st.prefix(cid)),
+                        ("drop", st.STATES, st.prefix(cid)),
+                    ],
+                ),
+                wait=False,
+            )
             self.fin_disk.clear()
             self.states.clear()
             self.state_dirty.clear()

@@ -35,5 +35,7 @@ async def _start(opts: BrokerOptions) -> Broker:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
-    print(f"pairq broker {broker.node_id} listening on {broker.address}", file=sys.stderr, flush=True)
+    print(
+        f"pairq broker {broker.node_id} listening on {broker.address}", file=sys.stderr, flush=True
+    )
     return broker

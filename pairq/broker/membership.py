@@ -55,7 +55,9 @@ class Membership:
         if b.options.join:
             n = await self.gossip.join(list(b.options.join))
             if n == 0:
-                log.warning("could not join any of %s yet; gossip keeps trying", ", ".join(b.options.join))
+                log.warning(
+                    "could not join any of %s yet; gossip keeps trying", ", ".join(b.options.join)
+                )
 
     async def stop(self) -> None:
         if self.gossip is not None:
@@ -72,9 +74,14 @@ class Membership:
                 pair.gossip_has_witnesses()
             return
         if event.kind == EventKind.DEAD:
-            log.warning("gossip: partner %s (%s) is dead%s", m.meta.node_id, m.meta.grpc_address,
-                        f" (witnesses: {', '.join(sorted(event.witnesses))})" if event.witnesses
-                        else " (in this broker's view only)")
+            log.warning(
+                "gossip: partner %s (%s) is dead%s",
+                m.meta.node_id,
+                m.meta.grpc_address,
+                f" (witnesses: {', '.join(sorted(event.witnesses))})"
+                if event.witnesses
+                else " (in this broker's view only)",
+            )
             pair.gossip_partner_dead(True, witnessed=bool(event.witnesses))
         elif event.kind in (EventKind.ALIVE, EventKind.JOIN):
             pair.gossip_partner_dead(False)

@@ -119,9 +119,12 @@ class LookupRegistrar:
 
     def snapshot(self) -> TopicState:
         """The broker's topics and channels now, in a comparable form."""
-        return tuple(sorted(
-            (name, tuple(sorted(topic.channels))) for name, topic in list(self.broker.topics.items())
-        ))
+        return tuple(
+            sorted(
+                (name, tuple(sorted(topic.channels)))
+                for name, topic in list(self.broker.topics.items())
+            )
+        )
 
     @staticmethod
     def _topics_pb(state: TopicState) -> list[pb.TopicRegistration]:
@@ -160,8 +163,12 @@ class LookupRegistrar:
             )()
             seq = 1
             state = self.snapshot()
-            await call.write(pb.RegisterRequest(
-                seq=seq, hello=pb.RegisterHello(broker=self.identity(), topics=self._topics_pb(state))))
+            await call.write(
+                pb.RegisterRequest(
+                    seq=seq,
+                    hello=pb.RegisterHello(broker=self.identity(), topics=self._topics_pb(state)),
+                )
+            )
             first = await asyncio.wait_for(call.read(), self.ack_timeout)
             if first is grpc.aio.EOF:
                 raise ConnectionError("lookup closed the stream before acknowledging hello")
@@ -178,8 +185,9 @@ class LookupRegistrar:
                     changed.clear()
                     wait = min(self.poll_interval, hb)
                     waiter = asyncio.create_task(changed.wait())
-                    done, _ = await asyncio.wait({acks, waiter}, timeout=wait,
-                                                 return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait(
+                        {acks, waiter}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                    )
                     waiter.cancel()
                     if acks in done:
                         acks.result()  # raises the stream's error, if any
@@ -192,11 +200,16 @@ class LookupRegistrar:
                     seq += 1
                     if new != state:
                         state = new
-                        await call.write(pb.RegisterRequest(
-                            seq=seq, state=pb.RegisterState(topics=self._topics_pb(state))))
+                        await call.write(
+                            pb.RegisterRequest(
+                                seq=seq, state=pb.RegisterState(topics=self._topics_pb(state))
+                            )
+                        )
                         last_sent = now
                     elif now - last_sent >= hb * 0.9:
-                        await call.write(pb.RegisterRequest(seq=seq, heartbeat=pb.RegisterHeartbeat()))
+                        await call.write(
+                            pb.RegisterRequest(seq=seq, heartbeat=pb.RegisterHeartbeat())
+                        )
                         last_sent = now
             finally:
                 acks.cancel()

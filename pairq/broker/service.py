@@ -103,8 +103,14 @@ class BrokerService:
         return msg_id, wire.encode_record(msg_id, body, now_ns, due_ns, headers, ts_field=ts_field)
 
     # ------------------------------------------------------------ publish
-    async def _publish(self, topic_name: str, items: list[tuple[bytes, bytes, bool]],
-                       traced: list[tuple[bytes, str]] | None = None, *, new_ids: bool = False) -> int:
+    async def _publish(
+        self,
+        topic_name: str,
+        items: list[tuple[bytes, bytes, bool]],
+        traced: list[tuple[bytes, str]] | None = None,
+        *,
+        new_ids: bool = False,
+    ) -> int:
         """Store (id, record, producer-supplied) items, skipping ids already stored
         within the idempotency window; returns the copies.
 
@@ -183,8 +189,12 @@ class BrokerService:
                 copies = 1
         return copies
 
-    async def _publish_traced(self, topic_name: str, items: list[tuple[bytes, bytes, bool]],
-                              traced: list[tuple[bytes, str]]) -> int:
+    async def _publish_traced(
+        self,
+        topic_name: str,
+        items: list[tuple[bytes, bytes, bool]],
+        traced: list[tuple[bytes, str]],
+    ) -> int:
         from opentelemetry.trace import SpanKind
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -194,9 +204,15 @@ class BrokerService:
         for msg_id, parent in traced:
             ctx = prop.extract({"traceparent": parent})
             span = tracer.start_span(
-                "pairq publish", context=ctx, kind=SpanKind.SERVER,
-                attributes={"messaging.system": "pairq", "messaging.destination.name": topic_name,
-                            "messaging.message.id": msg_id.hex(), "pairq.broker_id": self.broker.node_id},
+                "pairq publish",
+                context=ctx,
+                kind=SpanKind.SERVER,
+                attributes={
+                    "messaging.system": "pairq",
+                    "messaging.destination.name": topic_name,
+                    "messaging.message.id": msg_id.hex(),
+                    "pairq.broker_id": self.broker.node_id,
+                },
             )
             spans.append(span)
         try:
@@ -222,13 +238,16 @@ class BrokerService:
             if self.broker.tracer is not None and request.message.headers:
                 tp = request.message.headers.get(TRACEPARENT)
                 traced = [(msg_id, tp)] if tp else None
-            copies = await self._publish(request.topic, [(msg_id, rec, bool(request.message.id))], traced)
+            copies = await self._publish(
+                request.topic, [(msg_id, rec, bool(request.message.id))], traced
+            )
             return pb.PublishResponse(id=msg_id, copies=copies)
 
         return await self._call(context, run)  # type: ignore[no-any-return]
 
-    async def _publish_items(self, topic: str, messages: Any, *,
-                             new_ids: bool = False) -> tuple[list[bytes], int, bool]:
+    async def _publish_items(
+        self, topic: str, messages: Any, *, new_ids: bool = False
+    ) -> tuple[list[bytes], int, bool]:
         """Validate and store one batch (PublishBatch or one PublishStream request):
         returns (ids in request order, copies, whether every message carried its id)."""
         self.broker.check_accepting()
@@ -252,7 +271,12 @@ class BrokerService:
             body = item.body
             i = item.id
             # Fast path: a producer id, no headers, no delay (what Producer sends).
-            if len(i) == 16 and 0 < len(body) <= max_size and not item.defer_ms and not item.headers:
+            if (
+                len(i) == 16
+                and 0 < len(body) <= max_size
+                and not item.defer_ms
+                and not item.headers
+            ):
                 items.append((i, plain(i, body, ts_field), True))
                 continue
             i, r = make(item, now_ns, ts_field)
@@ -266,7 +290,9 @@ class BrokerService:
         copies = await self._publish(topic, items, traced or None, new_ids=new_ids)
         return [i for i, _, _ in items], copies, all_supplied
 
-    async def PublishBatch(self, request: pb.PublishBatchRequest, context: Any) -> pb.PublishBatchResponse:
+    async def PublishBatch(
+        self, request: pb.PublishBatchRequest, context: Any
+    ) -> pb.PublishBatchResponse:
         async def run() -> pb.PublishBatchResponse:
             ids, copies, _ = await self._publish_items(request.topic, request.messages)
             return pb.PublishBatchResponse(ids=ids, copies=copies)
@@ -291,7 +317,9 @@ class BrokerService:
         try:
             first = await asyncio.wait_for(context.read(), IDENTIFY_TIMEOUT)
         except TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no SubscribeIdentify within 30 s")
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "no SubscribeIdentify within 30 s"
+            )
             return
         if first is grpc.aio.EOF:
             return
@@ -370,8 +398,12 @@ class BrokerService:
     async def _fence_allows(self, sub: Subscriber, fence: int) -> bool:
         broker = self.broker
         pair = broker.pair
-        while pair is not None and not broker.may_deliver() and fence == pair.fence and not sub.done:
-            await pair.fence_moved(timeout=0.1)  # an ack renewed the lease, or a drop moved the fence
+        while (
+            pair is not None and not broker.may_deliver() and fence == pair.fence and not sub.done
+        ):
+            await pair.fence_moved(
+                timeout=0.1
+            )  # an ack renewed the lease, or a drop moved the fence
         return fence == broker.fence() and broker.may_deliver()
 
     async def _heartbeats(self, sub: Subscriber) -> None:
@@ -466,35 +498,50 @@ class BrokerService:
         check_topic(name)
         return await self.broker.get_topic(name, create=create)
 
-    async def CreateTopic(self, request: pb.CreateTopicRequest, context: Any) -> pb.CreateTopicResponse:
+    async def CreateTopic(
+        self, request: pb.CreateTopicRequest, context: Any
+    ) -> pb.CreateTopicResponse:
         async def run() -> pb.CreateTopicResponse:
             await self._topic(request.topic, create=True)
             return pb.CreateTopicResponse()
+
         return await self._call(context, run)  # type: ignore[no-any-return]
 
-    async def DeleteTopic(self, request: pb.DeleteTopicRequest, context: Any) -> pb.DeleteTopicResponse:
+    async def DeleteTopic(
+        self, request: pb.DeleteTopicRequest, context: Any
+    ) -> pb.DeleteTopicResponse:
         async def run() -> pb.DeleteTopicResponse:
             await self._topic(request.topic)
             await self.broker.delete_topic(request.topic)
             return pb.DeleteTopicResponse()
+
         return await self._call(context, run)  # type: ignore[no-any-return]
 
-    async def EmptyTopic(self, request: pb.EmptyTopicRequest, context: Any) -> pb.EmptyTopicResponse:
+    async def EmptyTopic(
+        self, request: pb.EmptyTopicRequest, context: Any
+    ) -> pb.EmptyTopicResponse:
         async def run() -> pb.EmptyTopicResponse:
             (await self._topic(request.topic)).empty()
             return pb.EmptyTopicResponse()
+
         return await self._call(context, run)  # type: ignore[no-any-return]
 
-    async def PauseTopic(self, request: pb.PauseTopicRequest, context: Any) -> pb.PauseTopicResponse:
+    async def PauseTopic(
+        self, request: pb.PauseTopicRequest, context: Any
+    ) -> pb.PauseTopicResponse:
         async def run() -> pb.PauseTopicResponse:
             await self.broker.set_paused(await self._topic(request.topic), None, True)
             return pb.PauseTopicResponse()
+
         return await self._call(context, run)  # type: ignore[no-any-return]
 
-    async def UnpauseTopic(self, request: pb.UnpauseTopicRequest, context: Any) -> pb.UnpauseTopicResponse:
+    async def UnpauseTopic(
+        self, request: pb.UnpauseTopicRequest, context: Any
+    ) -> pb.UnpauseTopicResponse:
         async def run() -> pb.UnpauseTopicResponse:
             await self.broker.set_paused(await self._topic(request.topic), None, False)
             return pb.UnpauseTopicResponse()
+
         return await self._call(context, run)  # type: ignore[no-any-return]
 
     async def _channel(self, topic: str, channel: str, create: bool = False) -> Channel:
@@ -502,37 +549,52 @@ class BrokerService:
         t = await self._topic(topic, create=create)
         return await t.get_channel(channel, create=create)  # type: ignore[no-any-return]
 
-    async def CreateChannel(self, request: pb.CreateChannelRequest, context: Any) -> pb.CreateChannelResponse:
+    async def CreateChannel(
+        self, request: pb.CreateChannelRequest, context: Any
+    ) -> pb.CreateChannelResponse:
         async def run() -> pb.CreateChannelResponse:
             await self._channel(request.topic, request.channel, create=True)
             return pb.CreateChannelResponse()
+
         return await self._call(context, run)  # type: ignore[no-any-return]
 
-    async def DeleteChannel(self, request: pb.DeleteChannelRequest, context: Any) -> pb.DeleteChannelResponse:
+    async def DeleteChannel(
+        self, request: pb.DeleteChannelRequest, context: Any
+    ) -> pb.DeleteChannelResponse:
         async def run() -> pb.DeleteChannelResponse:
             ch = await self._channel(request.topic, request.channel)
             ch.topic.delete_channel(ch.name)
             return pb.DeleteChannelResponse()
+
         return await self._call(context, run)  # type: ignore[no-any-return]
 
-    async def EmptyChannel(self, request: pb.EmptyChannelRequest, context: Any) -> pb.EmptyChannelResponse:
+    async def EmptyChannel(
+        self, request: pb.EmptyChannelRequest, context: Any
+    ) -> pb.EmptyChannelResponse:
         async def run() -> pb.EmptyChannelResponse:
             (await self._channel(request.topic, request.channel)).empty()
             return pb.EmptyChannelResponse()
+
         return await self._call(context, run)  # type: ignore[no-any-return]
 
-    async def PauseChannel(self, request: pb.PauseChannelRequest, context: Any) -> pb.PauseChannelResponse:
+    async def PauseChannel(
+        self, request: pb.PauseChannelRequest, context: Any
+    ) -> pb.PauseChannelResponse:
         async def run() -> pb.PauseChannelResponse:
             ch = await self._channel(request.topic, request.channel)
             await self.broker.set_paused(ch.topic, ch, True)
             return pb.PauseChannelResponse()
+
         return await self._call(context, run)  # type: ignore[no-any-return]
 
-    async def UnpauseChannel(self, request: pb.UnpauseChannelRequest, context: Any) -> pb.UnpauseChannelResponse:
+    async def UnpauseChannel(
+        self, request: pb.UnpauseChannelRequest, context: Any
+    ) -> pb.UnpauseChannelResponse:
         async def run() -> pb.UnpauseChannelResponse:
             ch = await self._channel(request.topic, request.channel)
             await self.broker.set_paused(ch.topic, ch, False)
             return pb.UnpauseChannelResponse()
+
         return await self._call(context, run)  # type: ignore[no-any-return]
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Any) -> pb.GetStatsResponse:
@@ -542,9 +604,12 @@ class BrokerService:
             if request.topic:
                 await self._topic(request.topic)
             return self.broker.stats(request.topic, request.channel, not request.no_clients)
+
         return await self._call(context, run)  # type: ignore[no-any-return]
 
-    async def ListDeadLetters(self, request: pb.ListDeadLettersRequest, context: Any) -> pb.ListDeadLettersResponse:
+    async def ListDeadLetters(
+        self, request: pb.ListDeadLettersRequest, context: Any
+    ) -> pb.ListDeadLettersResponse:
         async def run() -> pb.ListDeadLettersResponse:
             ch = await self._channel(request.topic, request.channel)
             limit = request.limit or 100
@@ -560,9 +625,12 @@ class BrokerService:
                 m.attempts = attempts
                 m.broker_id = self.broker.node_id
             return resp
+
         return await self._call(context, run)  # type: ignore[no-any-return]
 
-    async def ReplayDeadLetters(self, request: pb.ReplayDeadLettersRequest, context: Any) -> pb.ReplayDeadLettersResponse:
+    async def ReplayDeadLetters(
+        self, request: pb.ReplayDeadLettersRequest, context: Any
+    ) -> pb.ReplayDeadLettersResponse:
         async def run() -> pb.ReplayDeadLettersResponse:
             ch = await self._channel(request.topic, request.channel)
             for i in request.ids:
@@ -573,6 +641,7 @@ class BrokerService:
                 await self.broker.store.barrier()
             n = await ch.replay_dead(ids)
             return pb.ReplayDeadLettersResponse(replayed=n)
+
         return await self._call(context, run)  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------ registration
@@ -584,7 +653,9 @@ class BrokerService:
 
         handlers = {
             "Publish": unary(self.Publish, pb.PublishRequest, pb.PublishResponse),
-            "PublishBatch": unary(self.PublishBatch, pb.PublishBatchRequest, pb.PublishBatchResponse),
+            "PublishBatch": unary(
+                self.PublishBatch, pb.PublishBatchRequest, pb.PublishBatchResponse
+            ),
             "PublishStream": grpc.stream_stream_rpc_method_handler(
                 self.PublishStream,
                 request_deserializer=pb.PublishStreamRequest.FromString,
@@ -597,9 +668,19 @@ class BrokerService:
             ),
         }
         for name in (
-            "CreateTopic", "DeleteTopic", "EmptyTopic", "PauseTopic", "UnpauseTopic",
-            "CreateChannel", "DeleteChannel", "EmptyChannel", "PauseChannel", "UnpauseChannel",
-            "GetStats", "ListDeadLetters", "ReplayDeadLetters",
+            "CreateTopic",
+            "DeleteTopic",
+            "EmptyTopic",
+            "PauseTopic",
+            "UnpauseTopic",
+            "CreateChannel",
+            "DeleteChannel",
+            "EmptyChannel",
+            "PauseChannel",
+            "UnpauseChannel",
+            "GetStats",
+            "ListDeadLetters",
+            "ReplayDeadLetters",
         ):
             handlers[name] = unary(
                 getattr(self, name), getattr(pb, name + "Request"), getattr(pb, name + "Response")
@@ -664,16 +745,22 @@ class PublishStream:
         rid = req.request_id
         try:
             ids, copies, all_supplied = await self.service._publish_items(
-                req.topic, req.messages, new_ids=req.new_ids)
-            resp = (pb.PublishStreamResponse(request_id=rid, copies=copies) if all_supplied
-                    else pb.PublishStreamResponse(request_id=rid, ids=ids, copies=copies))
+                req.topic, req.messages, new_ids=req.new_ids
+            )
+            resp = (
+                pb.PublishStreamResponse(request_id=rid, copies=copies)
+                if all_supplied
+                else pb.PublishStreamResponse(request_id=rid, ids=ids, copies=copies)
+            )
         except PairqError as exc:
             resp = pb.PublishStreamResponse(
-                request_id=rid, error=pb.PublishError(code=cast(Any, exc.code), message=exc.message))
+                request_id=rid, error=pb.PublishError(code=cast(Any, exc.code), message=exc.message)
+            )
         except Exception as exc:
             log.exception("internal error serving a publish stream request")
             resp = pb.PublishStreamResponse(
-                request_id=rid, error=pb.PublishError(message=f"internal error: {exc}"))
+                request_id=rid, error=pb.PublishError(message=f"internal error: {exc}")
+            )
         await self._writer.put(resp)
 
     @staticmethod

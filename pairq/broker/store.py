@@ -69,11 +69,37 @@ _IB = struct.Struct(">IB")
 _STATE = struct.Struct(">Iq")
 
 DB_NAMES = (
-    "meta", "catalog", "msgs", "floors", "fins", "states", "dlq",
-    "sb_msgs", "sb_floors", "sb_fins", "sb_meta", "ids_0", "ids_1", "sb_states",
+    "meta",
+    "catalog",
+    "msgs",
+    "floors",
+    "fins",
+    "states",
+    "dlq",
+    "sb_msgs",
+    "sb_floors",
+    "sb_fins",
+    "sb_meta",
+    "ids_0",
+    "ids_1",
+    "sb_states",
 )
-(META, CATALOG, MSGS, FLOORS, FINS, STATES, DLQ, SB_MSGS, SB_FLOORS, SB_FINS, SB_META,
- IDS0, IDS1, SB_STATES) = range(len(DB_NAMES))
+(
+    META,
+    CATALOG,
+    MSGS,
+    FLOORS,
+    FINS,
+    STATES,
+    DLQ,
+    SB_MSGS,
+    SB_FLOORS,
+    SB_FINS,
+    SB_META,
+    IDS0,
+    IDS1,
+    SB_STATES,
+) = range(len(DB_NAMES))
 FORMAT_VERSION = b"1"
 
 
@@ -285,8 +311,9 @@ class Store:
                 found.update(k for k, _ in txn.cursor(db=db).getmulti(ids))
         return found
 
-    def read_msgs(self, topic_id: int, from_seq: int, to_seq: int, limit: int,
-                  max_bytes: int = 0) -> list[tuple[int, bytes]]:
+    def read_msgs(
+        self, topic_id: int, from_seq: int, to_seq: int, limit: int, max_bytes: int = 0
+    ) -> list[tuple[int, bytes]]:
         """Up to ``limit`` (seq, record) with from_seq <= seq < to_seq; with ``max_bytes``,
         stop once that many record bytes are read (always at least one record)."""
         out: list[tuple[int, bytes]] = []
@@ -475,7 +502,9 @@ class Store:
                 [(pack(topic_id, s), rec) for s, rec in enumerate(records, seq)]
             )
             if self.index_ids:
-                txn.cursor(db=dbs[IDS0 + self.ids_gen]).putmulti([(rec[:16], b"") for rec in records])
+                txn.cursor(db=dbs[IDS0 + self.ids_gen]).putmulti(
+                    [(rec[:16], b"") for rec in records]
+                )
         elif kind == "rotate_ids":
             new = op[1]  # idempotent if the transaction is retried
             txn.drop(dbs[IDS0 + new], delete=False)
@@ -516,7 +545,9 @@ class Store:
                 [(base + pack(s), rec) for s, rec in enumerate(records, seq)]
             )
             if self.index_ids and index:
-                txn.cursor(db=dbs[IDS0 + self.ids_gen]).putmulti([(rec[:16], b"") for rec in records])
+                txn.cursor(db=dbs[IDS0 + self.ids_gen]).putmulti(
+                    [(rec[:16], b"") for rec in records]
+                )
         elif kind == "index_ids":
             if self.index_ids:
                 txn.cursor(db=dbs[IDS0 + self.ids_gen]).putmulti([(i, b"") for i in op[1]])

@@ -29,7 +29,6 @@ log = logging.getLogger("pairq.topic")
 GC_DELAY = 0.2  # seconds: batch body deletions
 
 
-
 class Topic:
     def __init__(self, broker: Broker, meta: st.TopicMeta) -> None:
         self.broker = broker
@@ -87,7 +86,9 @@ class Topic:
         # through callbacks, not the caller: a cancelled RPC must not turn a
         # committed record into a gap. Callbacks also spare a task and a loop
         # turn per publish.
-        remote = pair.replicate(self.name, seq0, records, uncommitted=True) if pair is not None else None
+        remote = (
+            pair.replicate(self.name, seq0, records, uncommitted=True) if pair is not None else None
+        )
         result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         local_ok = False  # set once the local commit is done
         settled = False  # fanned out (exactly once, whatever became of the caller)
@@ -139,9 +140,14 @@ class Topic:
             )
         return seq0, copies
 
-    async def append_owned(self, records: list[bytes], *, extra_ops: list[st.Op],
-                           finished_for: dict[str, list[int]],
-                           states_for: dict[str, dict[int, tuple[int, int]]] | None = None) -> None:
+    async def append_owned(
+        self,
+        records: list[bytes],
+        *,
+        extra_ops: list[st.Op],
+        finished_for: dict[str, list[int]],
+        states_for: dict[str, dict[int, tuple[int, int]]] | None = None,
+    ) -> None:
         """Append taken-over records as owned (one transaction with ``extra_ops``).
 
         ``finished_for`` maps channel name -> indexes into ``records`` that the
@@ -158,14 +164,23 @@ class Topic:
                 continue
             for idx, (attempts, due_ns) in states.items():
                 ch.states[seq0 + idx] = (attempts, due_ns)
-                ops.append(("put", st.STATES, st.seq_key(ch.meta.id, seq0 + idx),
-                            st.pack_state(attempts, due_ns)))
+                ops.append(
+                    (
+                        "put",
+                        st.STATES,
+                        st.seq_key(ch.meta.id, seq0 + idx),
+                        st.pack_state(attempts, due_ns),
+                    )
+                )
         fut = self.broker.store.submit_many(ops + extra_ops)
         try:
             await asyncio.shield(fut)
         except asyncio.CancelledError:
-            fut.add_done_callback(lambda f: self._complete(
-                seq0, n, records if not f.cancelled() and f.exception() is None else None))
+            fut.add_done_callback(
+                lambda f: self._complete(
+                    seq0, n, records if not f.cancelled() and f.exception() is None else None
+                )
+            )
             raise
         except BaseException:
             self._complete(seq0, n, None)
@@ -219,8 +234,9 @@ class Topic:
             ch.offer(seq0, decoded)
 
     # ------------------------------------------------------------ channels
-    async def get_channel(self, name: str, *, create: bool = True,
-                          from_partner: bool = False) -> Channel:
+    async def get_channel(
+        self, name: str, *, create: bool = True, from_partner: bool = False
+    ) -> Channel:
         """The channel, created if needed (NSQ's starting point: the first channel at the
         oldest retained message, later ones at the head).
 
@@ -252,11 +268,18 @@ class Topic:
         meta = st.ChannelMeta(id=self.broker.alloc_channel_id(), name=name, floor=start)
         ephemeral = is_ephemeral(name)
         if not ephemeral and not self.ephemeral:
-            fut = self.broker.store.submit_many([
-                ("put", st.CATALOG, st.catalog_channel_key(self.meta.id, name), st.pack_catalog(meta.id, False)),
-                ("put", st.FLOORS, st.floor_key(meta.id), st.pack_floor(start)),
-                ("put", st.META, b"ids", self.broker.packed_ids()),
-            ])
+            fut = self.broker.store.submit_many(
+                [
+                    (
+                        "put",
+                        st.CATALOG,
+                        st.catalog_channel_key(self.meta.id, name),
+                        st.pack_catalog(meta.id, False),
+                    ),
+                    ("put", st.FLOORS, st.floor_key(meta.id), st.pack_floor(start)),
+                    ("put", st.META, b"ids", self.broker.packed_ids()),
+                ]
+            )
             await fut
             existing = self.channels.get(name)
             if existing is not None:  # created concurrently
@@ -295,13 +318,19 @@ class Topic:
             self.broker.pair.channel_deleted(self.name, name)
         if ch.durable:
             cid = ch.meta.id
-            self.broker.store.submit(("multi", [
-                ("del", st.CATALOG, st.catalog_channel_key(self.meta.id, name)),
-                ("del", st.FLOORS, st.floor_key(cid)),
-                ("drop", st.FINS, st.prefix(cid)),
-                ("drop", st.STATES, st.prefix(cid)),
-                ("drop", st.DLQ, st.prefix(cid)),
-            ]), wait=False)
+            self.broker.store.submit(
+                (
+                    "multi",
+                    [
+                        ("del", st.CATALOG, st.catalog_channel_key(self.meta.id, name)),
+                        ("del", st.FLOORS, st.floor_key(cid)),
+                        ("drop", st.FINS, st.prefix(cid)),
+                        ("drop", st.STATES, st.prefix(cid)),
+                        ("drop", st.DLQ, st.prefix(cid)),
+                    ],
+                ),
+                wait=False,
+            )
         self.on_floor_advanced()
 
     # ------------------------------------------------------------ cleanup
@@ -338,7 +367,9 @@ class Topic:
             ch.empty()
         self._mem.clear()
         if not self.ephemeral and self.committed_seq > self.first_seq:
-            self.broker.store.submit(("gc", self.meta.id, self.first_seq, self.committed_seq), wait=False)
+            self.broker.store.submit(
+                ("gc", self.meta.id, self.first_seq, self.committed_seq), wait=False
+            )
             self.first_seq = self.committed_seq
 
     def close(self, reason: str) -> None:

@@ -59,8 +59,13 @@ def timestamp_field(timestamp_ns: int) -> bytes:
 
 
 def encode_record(
-    msg_id: bytes, body: bytes, timestamp_ns: int, due_ns: int = 0, headers: bytes = b"",
-    *, ts_field: bytes | None = None,
+    msg_id: bytes,
+    body: bytes,
+    timestamp_ns: int,
+    due_ns: int = 0,
+    headers: bytes = b"",
+    *,
+    ts_field: bytes | None = None,
 ) -> bytes:
     """The stored record for one message (``headers`` from ``encode_headers``)."""
     return b"".join(

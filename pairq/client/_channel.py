@@ -19,8 +19,12 @@ from pairq.streams import SerialWriter, identity
 from pairq.v1 import broker_pb2, broker_pb2_grpc
 
 _PUBLISH_STREAM = "/pairq.v1.BrokerService/PublishStream"
-_TRANSIENT = (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
-              grpc.StatusCode.ABORTED)
+_TRANSIENT = (
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.ABORTED,
+)
 
 # Room for the protobuf framing around bodies when sizing the channel limit.
 _FRAMING_SLACK = 64 * 1024
@@ -143,8 +147,11 @@ class PublishStreamClient:
 
     def _expire(self, rid: int, timeout: float) -> None:
         if rid in self._pending:
-            self._break(UnavailableError(
-                f"broker {self.address} did not answer a publish within {timeout:g}s"))
+            self._break(
+                UnavailableError(
+                    f"broker {self.address} did not answer a publish within {timeout:g}s"
+                )
+            )
 
     def _break(self, err: BaseException) -> None:
         if self.broken is None:

@@ -757,7 +757,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-
 def register(subparsers: Any) -> None:
     """Add ``pub``, ``tail``, ``stat``, ``to-file`` and ``dlq`` to the ``pairq`` command."""
     fmt = _HelpFormatter

@@ -61,8 +61,9 @@ class MemoryDedupe:
 
     executor = None
 
-    def __init__(self, *, max_entries: int = 100_000, ttl: float = 600.0,
-                 clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, *, max_entries: int = 100_000, ttl: float = 600.0, clock: Any = time.monotonic
+    ) -> None:
         if max_entries < 1 or ttl <= 0:
             raise ValueError("max_entries must be >= 1 and ttl > 0")
         self.max_entries = max_entries

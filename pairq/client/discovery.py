@@ -123,10 +123,17 @@ class NodeView:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "node_id": self.node_id, "pair": self.pair, "address": self.address,
-            "version": self.version, "liveness": self.liveness, "gossip_state": self.gossip_state,
-            "last_seen_ms_ago": self.last_seen_ms_ago, "topics": self.topics,
-            "tombstones": self.tombstones, "seen_by": self.seen_by, "per_lookup": self.per_lookup,
+            "node_id": self.node_id,
+            "pair": self.pair,
+            "address": self.address,
+            "version": self.version,
+            "liveness": self.liveness,
+            "gossip_state": self.gossip_state,
+            "last_seen_ms_ago": self.last_seen_ms_ago,
+            "topics": self.topics,
+            "tombstones": self.tombstones,
+            "seen_by": self.seen_by,
+            "per_lookup": self.per_lookup,
         }
 
 
@@ -140,6 +147,7 @@ def place(topic: str, pairs: Iterable[PairState]) -> list[PairState]:
 
     Pairs whose brokers are all dead are left out.
     """
+
     def group(p: PairState) -> int:
         holds = topic in p.topics
         if p.healthy:
@@ -153,14 +161,18 @@ def place(topic: str, pairs: Iterable[PairState]) -> list[PairState]:
 class Discovery:
     """Queries every lookup and merges their answers (see the module docstring)."""
 
-    def __init__(self, lookups: Sequence[str], *, poll_interval: float = 15.0, timeout: float = 2.0) -> None:
+    def __init__(
+        self, lookups: Sequence[str], *, poll_interval: float = 15.0, timeout: float = 2.0
+    ) -> None:
         if not lookups:
             raise ValueError("Discovery needs at least one lookup address")
         self.lookups = list(dict.fromkeys(lookups))
         self.poll_interval = poll_interval
         self.timeout = timeout
         self._channels: dict[str, Any] = {}
-        self._last: dict[tuple[str, str, str], Any] = {}  # (lookup, method, key) -> last good answer
+        self._last: dict[
+            tuple[str, str, str], Any
+        ] = {}  # (lookup, method, key) -> last good answer
         self.errors: dict[str, str] = {}  # lookup -> last error (cleared when it answers)
 
     async def __aenter__(self) -> Discovery:
@@ -183,8 +195,16 @@ class Discovery:
             self._channels[address] = ch
         return ch
 
-    async def _ask_one(self, address: str, method: str, request: Any, response_type: Any, key: str,
-                       *, cache: bool = True) -> Any:
+    async def _ask_one(
+        self,
+        address: str,
+        method: str,
+        request: Any,
+        response_type: Any,
+        key: str,
+        *,
+        cache: bool = True,
+    ) -> Any:
         rpc = self._channel(address).unary_unary(
             f"/pairq.v1.LookupService/{method}",
             request_serializer=type(request).SerializeToString,
@@ -203,7 +223,9 @@ class Discovery:
             self._last[(address, method, key)] = resp
         return resp
 
-    async def _ask_all(self, method: str, request: Any, response_type: Any, key: str = "") -> list[Any]:
+    async def _ask_all(
+        self, method: str, request: Any, response_type: Any, key: str = ""
+    ) -> list[Any]:
         results = await asyncio.gather(
             *(self._ask_one(a, method, request, response_type, key) for a in self.lookups)
         )
@@ -214,7 +236,8 @@ class Discovery:
             # down lookup's stale answer is ignored: merging it "most hopeful
             # wins" would keep a broker that died since then alive forever.
             answers = [
-                cached for a in self.lookups
+                cached
+                for a in self.lookups
                 if (cached := self._last.get((a, method, key))) is not None
             ]
         if not answers:
@@ -226,8 +249,9 @@ class Discovery:
     # ------------------------------------------------------------ queries
     async def brokers_for_topic(self, topic: str) -> list[PairState]:
         """Pairs holding ``topic`` with each broker's merged liveness and tombstone, by pair name."""
-        answers = await self._ask_all("LookupTopic", pb.LookupTopicRequest(topic=topic),
-                                      pb.LookupTopicResponse, topic)
+        answers = await self._ask_all(
+            "LookupTopic", pb.LookupTopicRequest(topic=topic), pb.LookupTopicResponse, topic
+        )
         merged: dict[str, dict[str, Any]] = {}
         for resp in answers:
             for tp in resp.pairs:
@@ -241,17 +265,24 @@ class Discovery:
         merged: dict[str, dict[str, Any]] = {}
         for n in nodes:
             merged[n.node_id] = {
-                "node_id": n.node_id, "pair": n.pair, "address": n.address,
-                "liveness": n.liveness, "tombstoned": False, "topics": set(n.topics),
+                "node_id": n.node_id,
+                "pair": n.pair,
+                "address": n.address,
+                "liveness": n.liveness,
+                "tombstoned": False,
+                "topics": set(n.topics),
             }
         return _group(merged, None)
 
     async def nodes(self) -> list[NodeView]:
         """Every broker known to any lookup, merged, ordered by (pair, node id)."""
         out: dict[str, NodeView] = {}
-        answers = await asyncio.gather(*(
-            self._ask_one(a, "ListNodes", pb.ListNodesRequest(), pb.ListNodesResponse, "") for a in self.lookups
-        ))
+        answers = await asyncio.gather(
+            *(
+                self._ask_one(a, "ListNodes", pb.ListNodesRequest(), pb.ListNodesResponse, "")
+                for a in self.lookups
+            )
+        )
         for address, resp in zip(self.lookups, answers, strict=True):
             if resp is None:
                 continue
@@ -262,19 +293,33 @@ class Discovery:
                 view = out.get(b.node_id)
                 if view is None:
                     view = NodeView(
-                        node_id=b.node_id, pair=b.pair, address=b.grpc_address, version=b.version,
-                        liveness=live, gossip_state=s.gossip_state, last_seen_ms_ago=s.last_seen_ms_ago,
-                        topics={}, tombstones=[], seen_by=[],
+                        node_id=b.node_id,
+                        pair=b.pair,
+                        address=b.grpc_address,
+                        version=b.version,
+                        liveness=live,
+                        gossip_state=s.gossip_state,
+                        last_seen_ms_ago=s.last_seen_ms_ago,
+                        topics={},
+                        tombstones=[],
+                        seen_by=[],
                     )
                     out[b.node_id] = view
-                elif _RANK[live] < _RANK[view.liveness] or s.last_seen_ms_ago < view.last_seen_ms_ago:
+                elif (
+                    _RANK[live] < _RANK[view.liveness] or s.last_seen_ms_ago < view.last_seen_ms_ago
+                ):
                     better = _RANK[live] < _RANK[view.liveness]
                     view = NodeView(
-                        node_id=b.node_id, pair=b.pair, address=b.grpc_address, version=b.version,
+                        node_id=b.node_id,
+                        pair=b.pair,
+                        address=b.grpc_address,
+                        version=b.version,
                         liveness=live if better else view.liveness,
                         gossip_state=s.gossip_state or view.gossip_state,
                         last_seen_ms_ago=min(s.last_seen_ms_ago, view.last_seen_ms_ago),
-                        topics=view.topics, tombstones=view.tombstones, seen_by=view.seen_by,
+                        topics=view.topics,
+                        tombstones=view.tombstones,
+                        seen_by=view.seen_by,
                         per_lookup=view.per_lookup,
                     )
                     out[b.node_id] = view
@@ -288,7 +333,9 @@ class Discovery:
                 view.per_lookup[address] = live
         if all(r is None for r in answers):
             raise UnavailableError(
-                "no lookup answered ListNodes (" + "; ".join(f"{a}: {e}" for a, e in self.errors.items()) + ")"
+                "no lookup answered ListNodes ("
+                + "; ".join(f"{a}: {e}" for a, e in self.errors.items())
+                + ")"
             )
         return sorted(out.values(), key=lambda v: (v.pair, v.node_id))
 
@@ -299,19 +346,27 @@ class Discovery:
 
     async def channels(self, topic: str) -> list[str]:
         """Union of every lookup's channels of ``topic``."""
-        answers = await self._ask_all("ListChannels", pb.ListChannelsRequest(topic=topic),
-                                      pb.ListChannelsResponse, topic)
+        answers = await self._ask_all(
+            "ListChannels", pb.ListChannelsRequest(topic=topic), pb.ListChannelsResponse, topic
+        )
         return sorted({c for r in answers for c in r.channels})
 
     async def tombstone_topic(self, topic: str, node: str) -> list[str]:
         """Operator: tombstone ``topic`` on ``node`` (node id or address) at every lookup;
         returns the lookups that accepted it (a lookup that is down is skipped)."""
         req = pb.TombstoneTopicRequest(topic=topic, node=node)
-        results = await asyncio.gather(*(
-            self._ask_one(a, "TombstoneTopic", req, pb.TombstoneTopicResponse, "", cache=False)
-            for a in self.lookups
-        ), return_exceptions=True)
-        ok = [a for a, r in zip(self.lookups, results, strict=True) if isinstance(r, pb.TombstoneTopicResponse)]
+        results = await asyncio.gather(
+            *(
+                self._ask_one(a, "TombstoneTopic", req, pb.TombstoneTopicResponse, "", cache=False)
+                for a in self.lookups
+            ),
+            return_exceptions=True,
+        )
+        ok = [
+            a
+            for a, r in zip(self.lookups, results, strict=True)
+            if isinstance(r, pb.TombstoneTopicResponse)
+        ]
         if not ok:
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:
@@ -365,8 +420,12 @@ def _merge(merged: dict[str, dict[str, Any]], status: Any, *, tombstoned: bool) 
     cur = merged.get(b.node_id)
     if cur is None:
         merged[b.node_id] = {
-            "node_id": b.node_id, "pair": b.pair, "address": b.grpc_address,
-            "liveness": live, "tombstoned": tombstoned, "topics": set(),
+            "node_id": b.node_id,
+            "pair": b.pair,
+            "address": b.grpc_address,
+            "liveness": live,
+            "tombstoned": tombstoned,
+            "topics": set(),
             "last_seen": status.last_seen_ms_ago,
         }
         return
@@ -387,12 +446,20 @@ def _group(merged: dict[str, dict[str, Any]], topics: frozenset[str] | None) -> 
         held: set[str] = set()
         for m in members:
             held |= m["topics"]
-        out.append(PairState(
-            pair=members[0]["pair"],
-            brokers=[
-                BrokerState(m["address"], m["liveness"] != "dead", m["tombstoned"], m["liveness"], m["node_id"])
-                for m in members
-            ],
-            topics=topics if topics is not None else frozenset(held),
-        ))
+        out.append(
+            PairState(
+                pair=members[0]["pair"],
+                brokers=[
+                    BrokerState(
+                        m["address"],
+                        m["liveness"] != "dead",
+                        m["tombstoned"],
+                        m["liveness"],
+                        m["node_id"],
+                    )
+                    for m in members
+                ],
+                topics=topics if topics is not None else frozenset(held),
+            )
+        )
     return out

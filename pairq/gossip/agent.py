@@ -29,19 +29,33 @@ from pairq.gossip.node import Gossip, parse_addr
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pairq.gossip.agent", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pairq.gossip.agent",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--bind", default="127.0.0.1:0", help="HOST:PORT (default %(default)s)")
     p.add_argument("--join", action="append", default=[], help="HOST:PORT to join; repeatable")
     p.add_argument("--name", default="", help="member name (default: meta node_id or pid)")
-    p.add_argument("--meta", action="append", default=[], help="KEY=VALUE: role, node_id, pair, grpc_address")
+    p.add_argument(
+        "--meta", action="append", default=[], help="KEY=VALUE: role, node_id, pair, grpc_address"
+    )
     p.add_argument("--profile", choices=sorted(PROFILES), default="lan")
     p.add_argument("--no-lifeguard", action="store_true", help="plain SWIM, for comparison")
-    p.add_argument("--key", action="append", default=[], type=decode_key, help="AES-GCM key (base64)")
+    p.add_argument(
+        "--key", action="append", default=[], type=decode_key, help="AES-GCM key (base64)"
+    )
     p.add_argument("--label", default="")
     p.add_argument("--events", default="-", help="JSON-lines event file ('-' = stdout)")
-    p.add_argument("--stats-every", type=float, default=0.0, help="seconds between stats lines (0: only at exit)")
-    p.add_argument("--stall-duty", type=float, default=0.0, help="fraction of time the loop is blocked")
+    p.add_argument(
+        "--stats-every",
+        type=float,
+        default=0.0,
+        help="seconds between stats lines (0: only at exit)",
+    )
+    p.add_argument(
+        "--stall-duty", type=float, default=0.0, help="fraction of time the loop is blocked"
+    )
     p.add_argument("--stall-min", type=float, default=0.2)
     p.add_argument("--stall-max", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=None)
@@ -68,8 +82,11 @@ async def _main(args: argparse.Namespace) -> int:
     )
     host, port = parse_addr(args.bind, default_port=0, allow_zero=True)
     cfg = PROFILES[args.profile](
-        bind_host=host, bind_port=port, lifeguard=not args.no_lifeguard,
-        keys=tuple(args.key), label=args.label,
+        bind_host=host,
+        bind_port=port,
+        lifeguard=not args.no_lifeguard,
+        keys=tuple(args.key),
+        label=args.label,
     )
     out: IO[str] = sys.stdout if args.events == "-" else open(args.events, "a", buffering=1)  # noqa: ASYNC230
     rng = random.Random(args.seed)
@@ -85,13 +102,25 @@ async def _main(args: argparse.Namespace) -> int:
 
     def stats() -> None:
         s = g.stats
-        write({"ev": "stats", "bytes_sent": s.bytes_sent, "bytes_received": s.bytes_received,
-               "pair_heartbeats": s.extra.get("pair_heartbeats", 0), "suspects": s.suspects,
-               "deaths": s.deaths, "refutations": s.refutations, "health": g.health, "stalls": s.stalls})
+        write(
+            {
+                "ev": "stats",
+                "bytes_sent": s.bytes_sent,
+                "bytes_received": s.bytes_received,
+                "pair_heartbeats": s.extra.get("pair_heartbeats", 0),
+                "suspects": s.suspects,
+                "deaths": s.deaths,
+                "refutations": s.refutations,
+                "health": g.health,
+                "stalls": s.stalls,
+            }
+        )
 
     g.subscribe(on_event)
     await g.start()
-    write({"ev": "ready", "name": name, "addr": f"{g.address[0]}:{g.address[1]}", "pid": os.getpid()})
+    write(
+        {"ev": "ready", "name": name, "addr": f"{g.address[0]}:{g.address[1]}", "pid": os.getpid()}
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -106,10 +135,12 @@ async def _main(args: argparse.Namespace) -> int:
     if args.stall_duty > 0:
         bg.append(asyncio.create_task(_stall(args.stall_duty, args.stall_min, args.stall_max, rng)))
     if args.stats_every > 0:
+
         async def periodic() -> None:
             while True:
                 await asyncio.sleep(args.stats_every)
                 stats()
+
         bg.append(asyncio.create_task(periodic()))
     await stop.wait()
     for t in bg:

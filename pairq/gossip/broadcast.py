@@ -47,7 +47,9 @@ class BroadcastQueue:
             return []
         picked: list[Message] = []
         used = 0
-        for key, item in sorted(self._items.items(), key=lambda kv: (kv[1].transmits, -kv[1].order)):
+        for key, item in sorted(
+            self._items.items(), key=lambda kv: (kv[1].transmits, -kv[1].order)
+        ):
             cost = item.size + PART_OVERHEAD
             if used + cost > budget:
                 continue

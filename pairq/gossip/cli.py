@@ -35,6 +35,7 @@ __all__ = [
     "run_members",
 ]
 
+
 def _env_list(name: str) -> list[str]:
     raw = os.environ.get(name, "")
     return [p for p in (x.strip() for x in raw.split(",")) if p]
@@ -126,7 +127,9 @@ async def fetch_members(
     The observer answers as a LEFT member, so the cluster never lists it as alive
     and never suspects it.
     """
-    cfg = local(bind_host="127.0.0.1", bind_port=0, keys=tuple(keys), label=label, push_pull_interval=3600.0)
+    cfg = local(
+        bind_host="127.0.0.1", bind_port=0, keys=tuple(keys), label=label, push_pull_interval=3600.0
+    )
     name = f"pairq-members-{uuid.uuid4().hex[:8]}"
     g = Gossip(cfg, NodeMeta(role="cli", node_id=name))
     await g.start()
@@ -162,14 +165,21 @@ def format_members(members: Sequence[MemberView]) -> str:
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
 
 
 def run_members(args: argparse.Namespace) -> int:
     """Entry point of ``pairq members``."""
     try:
         members = asyncio.run(
-            fetch_members(args.gossip, keys=args.gossip_key or (), label=args.gossip_label, within=args.timeout)
+            fetch_members(
+                args.gossip,
+                keys=args.gossip_key or (),
+                label=args.gossip_label,
+                within=args.timeout,
+            )
         )
     except (ConnectionError, OSError, ValueError) as exc:
         print(f"pairq members: {exc}", file=sys.stderr)
@@ -181,7 +191,9 @@ def run_members(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_members_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+def add_members_command(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     """Register ``pairq members``; the parser's ``func`` default is :func:`run_members`."""
     p = subparsers.add_parser(
         "members",
@@ -195,7 +207,12 @@ def add_members_command(subparsers: argparse._SubParsersAction[argparse.Argument
         help="gossip address of any broker or lookup (its --gossip-address)",
     )
     p.add_argument("--json", action="store_true", help="print JSON for scripts (default: a table)")
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer (default %(default)s)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=3.0,
+        help="seconds to wait for an answer (default %(default)s)",
+    )
     p.add_argument(
         "--gossip-key",
         metavar="KEY",

@@ -157,7 +157,9 @@ class GossipConfig:
         if self.pair_heartbeat_interval >= self.pair_suspect_after:
             raise ConfigError("pair_heartbeat_interval must be shorter than pair_suspect_after")
         if not 0 < self.watch_heartbeat_interval < self.watch_suspect_after < self.watch_dead_after:
-            raise ConfigError("need 0 < watch_heartbeat_interval < watch_suspect_after < watch_dead_after")
+            raise ConfigError(
+                "need 0 < watch_heartbeat_interval < watch_suspect_after < watch_dead_after"
+            )
         if self.watch_expire <= self.watch_dead_after or self.watchers < 0:
             raise ConfigError("watch_expire must exceed watch_dead_after; watchers >= 0")
         if self.suspicion_mult < 1 or self.suspicion_max_timeout_mult < 1:

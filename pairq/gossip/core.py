@@ -382,7 +382,9 @@ class Core:
     def _send(self, addr: Addr, msgs: list[Message], piggyback: bool = True) -> None:
         if piggyback:
             size = sum(len(encode_message(m)) for m in msgs)
-            budget = self.config.udp_buffer_size - size - _COMPOUND_HEADER - PART_OVERHEAD * len(msgs)
+            budget = (
+                self.config.udp_buffer_size - size - _COMPOUND_HEADER - PART_OVERHEAD * len(msgs)
+            )
             msgs = msgs + self._broadcasts.get(budget, self._retransmit_limit())
         self.stats.packets_sent += 1
         self._actions.append(SendPacket(addr, tuple(msgs)))
@@ -396,8 +398,9 @@ class Core:
     def _queue_alive_self(self) -> None:
         self._broadcasts.queue(self.name, Alive(self.incarnation, self.name, self.addr, self.meta))
 
-    def _emit(self, kind: EventKind, m: Member, now: float,
-              witnesses: frozenset[str] = frozenset()) -> None:
+    def _emit(
+        self, kind: EventKind, m: Member, now: float, witnesses: frozenset[str] = frozenset()
+    ) -> None:
         self._events.append(MemberEvent(kind, m.view(), now, witnesses))
 
     def _live_members(self, exclude: Sequence[str] = ()) -> list[Member]:
@@ -533,7 +536,9 @@ class Core:
             if m.state == MemberState.LEFT or (m.state == MemberState.DEAD and dead_long):
                 reclaim = True
             else:
-                self.stats.extra["address_conflicts"] = self.stats.extra.get("address_conflicts", 0) + 1
+                self.stats.extra["address_conflicts"] = (
+                    self.stats.extra.get("address_conflicts", 0) + 1
+                )
                 return
         if a.incarnation <= m.incarnation and not reclaim:
             return
@@ -574,7 +579,11 @@ class Core:
             return
         if m.state == MemberState.SUSPECT:
             sus = self._suspicions.get(m.name)
-            if sus is not None and s.incarnation == sus.incarnation and s.sender not in sus.confirmers:
+            if (
+                sus is not None
+                and s.incarnation == sus.incarnation
+                and s.sender not in sus.confirmers
+            ):
                 sus.confirmers.add(s.sender)
                 self._broadcasts.queue(m.name, s)
                 self._arm_suspicion(now, m.name, sus)
@@ -585,7 +594,9 @@ class Core:
         m.incarnation = s.incarnation
         m.state_change = now
         n = self.num_members()
-        min_t = formulas.suspicion_timeout(self.config.suspicion_mult, n, self.config.probe_interval)
+        min_t = formulas.suspicion_timeout(
+            self.config.suspicion_mult, n, self.config.probe_interval
+        )
         if self.config.lifeguard:
             k = formulas.suspicion_confirmations(self.config.suspicion_mult, n)
             max_t = self.config.suspicion_max_timeout_mult * min_t
@@ -734,7 +745,10 @@ class Core:
             # Buddy system: tell the suspect straight away so it can refute.
             msgs.append(Suspect(target.incarnation, target.name, self.name))
         self._send(target.addr, msgs)
-        self._schedule(now + self._scaled(self.config.probe_timeout), lambda t: self._probe_timeout(t, probe, interval))
+        self._schedule(
+            now + self._scaled(self.config.probe_timeout),
+            lambda t: self._probe_timeout(t, probe, interval),
+        )
 
     def _probe_timeout(self, now: float, probe: _Probe, interval: float) -> None:
         if probe.acked:
@@ -748,14 +762,18 @@ class Core:
             return
         helpers = self._live_members(exclude=(self.name, target.name))
         self.rng.shuffle(helpers)
-        helpers = [h for h in helpers if h.state == MemberState.ALIVE][: self.config.indirect_checks]
+        helpers = [h for h in helpers if h.state == MemberState.ALIVE][
+            : self.config.indirect_checks
+        ]
         want_nack = self.config.lifeguard
         req = IndirectPing(probe.seq, target.name, target.addr, want_nack, self.name, self.addr)
         for h in helpers:
             self._send(h.addr, [req])
         probe.expected_nacks = len(helpers) if want_nack else 0
         if self.config.tcp_fallback:
-            self._actions.append(TcpPing(target.addr, Ping(probe.seq, target.name, self.name, self.addr)))
+            self._actions.append(
+                TcpPing(target.addr, Ping(probe.seq, target.name, self.name, self.addr))
+            )
         end = max(now + self.config.tick_interval, probe.started + interval)
         self._schedule(end, lambda t: self._probe_end(t, probe))
 
@@ -770,7 +788,9 @@ class Core:
                 self._adjust_health(+1)
         self.stats.probe_failures += 1
         target = self._members.get(probe.target)
-        if target is None or (target.state != MemberState.ALIVE and target.state != MemberState.SUSPECT):
+        if target is None or (
+            target.state != MemberState.ALIVE and target.state != MemberState.SUSPECT
+        ):
             return
         self._on_suspect(now, Suspect(target.incarnation, target.name, self.name))
 
@@ -805,7 +825,11 @@ class Core:
         self._schedule(now + interval * (0.75 + 0.5 * self.rng.random()), self._push_pull_tick)
         if self.leaving:
             return
-        peers = [m for m in self._members.values() if m.name != self.name and m.state == MemberState.ALIVE]
+        peers = [
+            m
+            for m in self._members.values()
+            if m.name != self.name and m.state == MemberState.ALIVE
+        ]
         if peers:
             self._actions.append(PushPullRequest(self.rng.choice(peers).addr, False))
 
@@ -818,7 +842,10 @@ class Core:
         if it is back, it sees its death in our state and refutes, and we merge its
         view. While we know no live member at all, we retry our join seeds too.
         """
-        self._schedule(now + self.config.reconnect_interval * (0.75 + 0.5 * self.rng.random()), self._reconnect_tick)
+        self._schedule(
+            now + self.config.reconnect_interval * (0.75 + 0.5 * self.rng.random()),
+            self._reconnect_tick,
+        )
         if self.leaving:
             return
         dead = [m for m in self._members.values() if m.state == MemberState.DEAD]
@@ -886,9 +913,14 @@ class Core:
         if not self.meta.pair and self.config.watchers > 0 and now >= self._next_watch_heartbeat:
             self._next_watch_heartbeat = now + self.config.watch_heartbeat_interval
             for watcher in self._my_watchers():
-                self.stats.extra["watch_heartbeats"] = self.stats.extra.get("watch_heartbeats", 0) + 1
+                self.stats.extra["watch_heartbeats"] = (
+                    self.stats.extra.get("watch_heartbeats", 0) + 1
+                )
                 self._actions.append(
-                    SendPacket(watcher.addr, (PairHeartbeat(self._next_seq(), self.name, self.incarnation),))
+                    SendPacket(
+                        watcher.addr,
+                        (PairHeartbeat(self._next_seq(), self.name, self.incarnation),),
+                    )
                 )
         for name, w in list(self._pair.items()):
             m = self._members.get(name)
@@ -902,12 +934,20 @@ class Core:
             if send_hb and not w.watched:
                 self.stats.extra["pair_heartbeats"] = self.stats.extra.get("pair_heartbeats", 0) + 1
                 self._actions.append(
-                    SendPacket(m.addr, (PairHeartbeat(self._next_seq(), self.name, self.incarnation),))
+                    SendPacket(
+                        m.addr, (PairHeartbeat(self._next_seq(), self.name, self.incarnation),)
+                    )
                 )
             if w.watched:
-                suspect_after, dead_after = self.config.watch_suspect_after, self.config.watch_dead_after
+                suspect_after, dead_after = (
+                    self.config.watch_suspect_after,
+                    self.config.watch_dead_after,
+                )
             else:
-                suspect_after, dead_after = self.config.pair_suspect_after, self.config.pair_dead_after
+                suspect_after, dead_after = (
+                    self.config.pair_suspect_after,
+                    self.config.pair_dead_after,
+                )
             silence = now - w.last_heard
             if silence < suspect_after:
                 continue
@@ -916,7 +956,9 @@ class Core:
             if now - w.last_probe >= self.config.pair_probe_interval:
                 self._pair_probe(now, m, w)
             others = [
-                o for o in self._live_members(exclude=(self.name, m.name)) if not self._is_partner(o)
+                o
+                for o in self._live_members(exclude=(self.name, m.name))
+                if not self._is_partner(o)
             ]
             need = min(2, len(others))
             tcp_ok = w.tcp_tried or not self.config.tcp_fallback
@@ -933,13 +975,19 @@ class Core:
                 else:
                     self.stats.pair_deaths += 1
                 if fast and not slow:
-                    self.stats.extra[key + "_refused"] = self.stats.extra.get(key + "_refused", 0) + 1
+                    self.stats.extra[key + "_refused"] = (
+                        self.stats.extra.get(key + "_refused", 0) + 1
+                    )
                 self._on_dead(now, Dead(m.incarnation, m.name, self.name))
 
     def _my_watchers(self) -> list[Member]:
         """The live members that follow us on a hash ring: spread evenly, stable across views."""
         me = zlib.crc32(self.name.encode())
-        live = [m for m in self._members.values() if m.name != self.name and m.state == MemberState.ALIVE]
+        live = [
+            m
+            for m in self._members.values()
+            if m.name != self.name and m.state == MemberState.ALIVE
+        ]
         live.sort(key=lambda m: ((zlib.crc32(m.name.encode()) - me) % 2**32, m.name))
         return live[: self.config.watchers]
 

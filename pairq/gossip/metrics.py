@@ -26,15 +26,43 @@ _registered = False
 
 _COUNTERS: dict[str, tuple[str, str, Callable[[Stats], int]]] = {
     "pairq.gossip.probes": ("{probe}", "Direct probes sent", lambda s: s.probes),
-    "pairq.gossip.probe_failures": ("{probe}", "Probes with no ack at all", lambda s: s.probe_failures),
-    "pairq.gossip.suspects": ("{event}", "Members this member started suspecting", lambda s: s.suspects),
+    "pairq.gossip.probe_failures": (
+        "{probe}",
+        "Probes with no ack at all",
+        lambda s: s.probe_failures,
+    ),
+    "pairq.gossip.suspects": (
+        "{event}",
+        "Members this member started suspecting",
+        lambda s: s.suspects,
+    ),
     "pairq.gossip.deaths": ("{event}", "Members this member saw declared dead", lambda s: s.deaths),
-    "pairq.gossip.pair_deaths": ("{event}", "Partners declared dead by the pair fast path", lambda s: s.pair_deaths),
-    "pairq.gossip.refutations": ("{event}", "Accusations against this member it refuted", lambda s: s.refutations),
+    "pairq.gossip.pair_deaths": (
+        "{event}",
+        "Partners declared dead by the pair fast path",
+        lambda s: s.pair_deaths,
+    ),
+    "pairq.gossip.refutations": (
+        "{event}",
+        "Accusations against this member it refuted",
+        lambda s: s.refutations,
+    ),
     "pairq.gossip.bytes_sent": ("By", "Gossip bytes sent (UDP + TCP)", lambda s: s.bytes_sent),
-    "pairq.gossip.bytes_received": ("By", "Gossip bytes received (UDP + TCP)", lambda s: s.bytes_received),
-    "pairq.gossip.decode_errors": ("{packet}", "Malformed, unauthenticated or replayed packets dropped", lambda s: s.decode_errors),
-    "pairq.gossip.loop_stalls": ("{event}", "Event-loop stalls seen by Lifeguard", lambda s: s.stalls),
+    "pairq.gossip.bytes_received": (
+        "By",
+        "Gossip bytes received (UDP + TCP)",
+        lambda s: s.bytes_received,
+    ),
+    "pairq.gossip.decode_errors": (
+        "{packet}",
+        "Malformed, unauthenticated or replayed packets dropped",
+        lambda s: s.decode_errors,
+    ),
+    "pairq.gossip.loop_stalls": (
+        "{event}",
+        "Event-loop stalls seen by Lifeguard",
+        lambda s: s.stalls,
+    ),
 }
 
 
@@ -62,7 +90,9 @@ def register(member: Gossip) -> None:
 def create_instruments(meter: metrics.Meter) -> None:
     """Create the gossip instruments on ``meter`` (tests pass their own provider's meter)."""
     for name, (unit, desc, read) in _COUNTERS.items():
-        meter.create_observable_counter(name, callbacks=[_observe(read)], unit=unit, description=desc)
+        meter.create_observable_counter(
+            name, callbacks=[_observe(read)], unit=unit, description=desc
+        )
     meter.create_observable_gauge(
         "pairq.gossip.health_score",
         callbacks=[_observe(lambda s: s.health)],

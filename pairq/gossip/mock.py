@@ -101,7 +101,9 @@ class MockNetwork:
         self._pump(node)
         return node
 
-    def restart(self, name: str, *, join: Iterable[str] = (), meta: NodeMeta | None = None) -> SimNode:
+    def restart(
+        self, name: str, *, join: Iterable[str] = (), meta: NodeMeta | None = None
+    ) -> SimNode:
         """Start a fresh process with the same name and address (incarnation back to 0)."""
         old = self.nodes[name]
         old.alive = False
@@ -153,7 +155,9 @@ class MockNetwork:
             fn()
         self.now = max(self.now, t)
 
-    def wait_for(self, cond: Callable[[], bool], timeout: float, step: float = 0.01) -> float | None:
+    def wait_for(
+        self, cond: Callable[[], bool], timeout: float, step: float = 0.01
+    ) -> float | None:
         """Run until ``cond()`` holds; the simulated seconds it took, or None at timeout."""
         start = self.now
         while self.now - start <= timeout:
@@ -170,10 +174,14 @@ class MockNetwork:
     def view(self, observer: str, target: str) -> MemberState | None:
         return self.nodes[observer].state_of(target)
 
-    def all_see(self, target: str, state: MemberState, observers: Iterable[str] | None = None) -> bool:
-        names = observers if observers is not None else [
-            n for n, node in self.nodes.items() if node.alive and n != target
-        ]
+    def all_see(
+        self, target: str, state: MemberState, observers: Iterable[str] | None = None
+    ) -> bool:
+        names = (
+            observers
+            if observers is not None
+            else [n for n, node in self.nodes.items() if node.alive and n != target]
+        )
         return all(self.view(o, target) == state for o in names)
 
     def converged(self, names: Iterable[str] | None = None) -> bool:
@@ -252,7 +260,9 @@ class MockNetwork:
         node.core.receive(self.now, src, decode_packet(data))
         self._pump(node)
 
-    def _stream(self, src: SimNode, dst_addr: Addr, complete: Callable[[SimNode | None], None]) -> None:
+    def _stream(
+        self, src: SimNode, dst_addr: Addr, complete: Callable[[SimNode | None], None]
+    ) -> None:
         """A TCP exchange: refused at once if nobody listens, times out if cut or paused too long."""
         dst = self.by_addr.get(dst_addr)
         timeout = src.core.config.tcp_timeout

@@ -115,7 +115,9 @@ class Gossip:
         self._loop = asyncio.get_running_loop()
         cfg = self.config
         for attempt in range(20):
-            udp = socket.socket(socket.AF_INET6 if ":" in cfg.bind_host else socket.AF_INET, socket.SOCK_DGRAM)
+            udp = socket.socket(
+                socket.AF_INET6 if ":" in cfg.bind_host else socket.AF_INET, socket.SOCK_DGRAM
+            )
             udp.setblocking(False)
             with contextlib.suppress(OSError):
                 udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
@@ -138,7 +140,9 @@ class Gossip:
         now = self._loop.time()
         # The envelope (label, nonce, tag) rides on every packet: leave room for it
         # so a full packet still fits one Ethernet frame.
-        core_cfg = dataclasses.replace(cfg, udp_buffer_size=cfg.udp_buffer_size - self._envelope.overhead())
+        core_cfg = dataclasses.replace(
+            cfg, udp_buffer_size=cfg.udp_buffer_size - self._envelope.overhead()
+        )
         self._core = Core(core_cfg, self.name, self.address, self._meta, now, self._rng)
         self._loop.add_reader(self._udp.fileno(), self._on_readable)
         self._core.start(now)
@@ -265,7 +269,9 @@ class Gossip:
                 log.exception("gossip tick failed")
             self._flush()
             deadline = core.next_deadline()
-            delay = interval if deadline is None else min(interval, max(0.0, deadline - self._now()))
+            delay = (
+                interval if deadline is None else min(interval, max(0.0, deadline - self._now()))
+            )
             await asyncio.sleep(delay)
 
     def _on_readable(self) -> None:
@@ -362,7 +368,9 @@ class Gossip:
         core = self.core
         try:
             peer = writer.get_extra_info("peername")
-            msg = decode_message(await asyncio.wait_for(self._read_frame(reader), self.config.tcp_timeout))
+            msg = decode_message(
+                await asyncio.wait_for(self._read_frame(reader), self.config.tcp_timeout)
+            )
             if isinstance(msg, PushPull):
                 await self._write_frame(writer, encode_message(core.local_state(False)))
                 core.merge_remote(self._now(), msg)
@@ -413,7 +421,9 @@ class Gossip:
     async def _tcp_ping(self, action: TcpPing) -> None:
         ok = refused = False
         try:
-            raw = await self._exchange(action.addr, encode_message(action.ping), self.config.tcp_timeout)
+            raw = await self._exchange(
+                action.addr, encode_message(action.ping), self.config.tcp_timeout
+            )
             ack = decode_message(raw)
             ok = isinstance(ack, Ack) and ack.seq == action.ping.seq
         except ConnectionRefusedError:

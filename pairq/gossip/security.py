@@ -99,7 +99,9 @@ class Keyring:
 class Envelope:
     """Seals outgoing bytes and opens incoming ones for one member."""
 
-    def __init__(self, keyring: Keyring | None, label: str = "", replay_window: float = 60.0) -> None:
+    def __init__(
+        self, keyring: Keyring | None, label: str = "", replay_window: float = 60.0
+    ) -> None:
         self.keyring = keyring if keyring is not None else Keyring()
         raw = label.encode("utf-8")
         if len(raw) > 255:
@@ -161,7 +163,9 @@ class Envelope:
             raise SecurityError("no installed key authenticates this packet", len(header))
         sent = _TS.unpack(plaintext[:8])[0] / 1000.0
         if abs(now - sent) > self.replay_window:
-            raise SecurityError(f"packet time is {now - sent:.1f}s off (replay window)", len(header))
+            raise SecurityError(
+                f"packet time is {now - sent:.1f}s off (replay window)", len(header)
+            )
         self._expire(now)
         if nonce in self._seen:
             raise SecurityError("replayed packet", len(header))

@@ -47,12 +47,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Ask every lookup for its registered brokers and print them merged: a broker "
         "is as alive as the most optimistic lookup says; SEEN BY counts the lookups that list it.",
     )
-    n.add_argument("--lookup", metavar="HOST:PORT", action="append", default=None,
-                   help=f"a lookup's gRPC address; repeatable (env PAIRQ_LOOKUP, comma-separated; "
-                   f"default: {DEFAULT_LOOKUP})")
+    n.add_argument(
+        "--lookup",
+        metavar="HOST:PORT",
+        action="append",
+        default=None,
+        help=f"a lookup's gRPC address; repeatable (env PAIRQ_LOOKUP, comma-separated; "
+        f"default: {DEFAULT_LOOKUP})",
+    )
     n.add_argument("--json", action="store_true", help="print JSON for scripts (default: a table)")
-    n.add_argument("--timeout", type=float, default=3.0,
-                   help="seconds to wait for each lookup (default %(default)s)")
+    n.add_argument(
+        "--timeout",
+        type=float,
+        default=3.0,
+        help="seconds to wait for each lookup (default %(default)s)",
+    )
     n.set_defaults(func=run_nodes)
 
 
@@ -64,23 +73,49 @@ async def _start(opts: LookupOptions) -> Lookup:
     lookup = Lookup(opts)
     await lookup.start()
     gossip = f", gossip {lookup.gossip_address}" if lookup.gossip_address else ""
-    print(f"pairq lookup {lookup.lookup_id} listening on {lookup.address}{gossip}",
-          file=sys.stderr, flush=True)
+    print(
+        f"pairq lookup {lookup.lookup_id} listening on {lookup.address}{gossip}",
+        file=sys.stderr,
+        flush=True,
+    )
     return lookup
 
 
 def format_nodes(nodes: Sequence[NodeView], lookups: int) -> str:
-    rows = [("NODE", "PAIR", "ADDRESS", "VERSION", "LIVENESS", "GOSSIP", "LAST SEEN", "SEEN BY",
-             "TOPICS", "TOMBSTONES")]
+    rows = [
+        (
+            "NODE",
+            "PAIR",
+            "ADDRESS",
+            "VERSION",
+            "LIVENESS",
+            "GOSSIP",
+            "LAST SEEN",
+            "SEEN BY",
+            "TOPICS",
+            "TOMBSTONES",
+        )
+    ]
     for n in nodes:
         topics = ",".join(f"{t}({len(c)})" for t, c in sorted(n.topics.items())) or "-"
-        rows.append((
-            n.node_id, n.pair or "-", n.address, n.version or "-", n.liveness, n.gossip_state or "-",
-            f"{n.last_seen_ms_ago / 1000:.1f}s", f"{len(n.seen_by)}/{lookups}", topics,
-            ",".join(sorted(n.tombstones)) or "-",
-        ))
+        rows.append(
+            (
+                n.node_id,
+                n.pair or "-",
+                n.address,
+                n.version or "-",
+                n.liveness,
+                n.gossip_state or "-",
+                f"{n.last_seen_ms_ago / 1000:.1f}s",
+                f"{len(n.seen_by)}/{lookups}",
+                topics,
+                ",".join(sorted(n.tombstones)) or "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
 
 
 async def _fetch(lookups: list[str], timeout: float) -> tuple[list[NodeView], dict[str, str]]:
@@ -99,8 +134,17 @@ def run_nodes(args: argparse.Namespace) -> int:
     for address, err in sorted(errors.items()):
         print(f"pairq nodes: lookup {address} did not answer: {err}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"nodes": [n.to_dict() for n in nodes], "lookups": lookups,
-                          "unreachable": sorted(errors)}, indent=2, sort_keys=True))
+        print(
+            json.dumps(
+                {
+                    "nodes": [n.to_dict() for n in nodes],
+                    "lookups": lookups,
+                    "unreachable": sorted(errors),
+                },
+                indent=2,
+                sort_keys=True,
+            )
+        )
     else:
         print(format_nodes(nodes, len(lookups)))
     return 0

@@ -47,12 +47,12 @@ SWEEP_INTERVAL = 1.0
 JOIN_RETRY = 2.0
 
 
-
-
 class Lookup:
     """One lookup: registry + gRPC service + (optional) gossip member."""
 
-    def __init__(self, options: LookupOptions, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, options: LookupOptions, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.options = options.validate()
         self.clock = clock
         self.registry = Registry(
@@ -88,12 +88,18 @@ class Lookup:
         self.lookup_id = self.options.node_name or f"lookup-{host}-{bound}"
         if self.options.gossip_address:
             await self._start_gossip()
-        self.service = LookupService(self.registry, lookup_id=self.lookup_id, clock=self.clock,
-                                     gossip_enabled=self.gossip is not None)
+        self.service = LookupService(
+            self.registry,
+            lookup_id=self.lookup_id,
+            clock=self.clock,
+            gossip_enabled=self.gossip is not None,
+        )
         server.add_generic_rpc_handlers((self.service.generic_handler(),))
         hs = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        reflection.enable_server_reflection(
+            (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
         await server.start()
         for name in ("", SERVICE):
             res = hs.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -101,18 +107,28 @@ class Lookup:
                 await res
         self._server = server
         self._tasks.append(asyncio.create_task(self._sweep(), name="lookup-sweep"))
-        log.info("lookup %s listening on %s (gossip %s)", self.lookup_id, self.address,
-                 self.gossip_address or "off")
+        log.info(
+            "lookup %s listening on %s (gossip %s)",
+            self.lookup_id,
+            self.address,
+            self.gossip_address or "off",
+        )
 
     async def _start_gossip(self) -> None:
         o = self.options
         ghost, gport = parse_hostport(o.gossip_address, what="--gossip-address")
         cfg = gossip_config.PROFILES[o.gossip_profile](
-            bind_host=ghost, bind_port=gport, label=o.gossip_label,
+            bind_host=ghost,
+            bind_port=gport,
+            label=o.gossip_label,
             keys=tuple(gossip_config.decode_key(k) for k in o.gossip_key),
         )
-        meta = NodeMeta(role="lookup", node_id=self.lookup_id, grpc_address=self.address,
-                        start_epoch_ms=int(time.time() * 1000))
+        meta = NodeMeta(
+            role="lookup",
+            node_id=self.lookup_id,
+            grpc_address=self.address,
+            start_epoch_ms=int(time.time() * 1000),
+        )
         g = Gossip(cfg, meta)
         g.subscribe(self._on_gossip)
         await g.start()
@@ -129,7 +145,9 @@ class Lookup:
                 self._sync_members(self.gossip.members())
                 log.info("gossip joined through %d of %d seeds", answered, len(seeds))
                 return
-            log.warning("no gossip seed answered (%s); retrying in %.0f s", ", ".join(seeds), JOIN_RETRY)
+            log.warning(
+                "no gossip seed answered (%s); retrying in %.0f s", ", ".join(seeds), JOIN_RETRY
+            )
             await asyncio.sleep(JOIN_RETRY)
 
     def _sync_members(self, members: list[MemberView]) -> None:
@@ -153,8 +171,11 @@ class Lookup:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             for node_id in self.registry.expire(self.clock()):
-                log.info("registration of broker %s expired (silent for %.0f s)",
-                         node_id, self.registry.inactivity_timeout)
+                log.info(
+                    "registration of broker %s expired (silent for %.0f s)",
+                    node_id,
+                    self.registry.inactivity_timeout,
+                )
 
     async def wait(self) -> None:
         await self._stopped.wait()

@@ -154,7 +154,9 @@ class Registry:
         return 3.0 * self.heartbeat_interval
 
     # ------------------------------------------------------------ broker streams
-    def connect(self, identity: BrokerIdentity, topics: Mapping[str, Iterable[str]], now: float) -> int:
+    def connect(
+        self, identity: BrokerIdentity, topics: Mapping[str, Iterable[str]], now: float
+    ) -> int:
         """A broker's stream said hello; replaces any earlier registration of its node id.
 
         Returns a token naming this stream; later events of the stream pass it, and
@@ -171,7 +173,9 @@ class Registry:
         )
         return token
 
-    def update(self, node_id: str, token: int, topics: Mapping[str, Iterable[str]], now: float) -> bool:
+    def update(
+        self, node_id: str, token: int, topics: Mapping[str, Iterable[str]], now: float
+    ) -> bool:
         """New full topic state from a stream; False if the stream is stale."""
         reg = self._current(node_id, token)
         if reg is None:
@@ -276,7 +280,8 @@ class Registry:
         for key in [k for k, exp in self._tombstones.items() if exp <= now]:
             del self._tombstones[key]
         for node_id in [
-            n for n, g in self._gossip.items()
+            n
+            for n, g in self._gossip.items()
             if n not in self._regs and now - g.at >= self.inactivity_timeout
         ]:
             del self._gossip[node_id]
@@ -345,31 +350,41 @@ class Registry:
         pairs: list[TopicPair] = []
         for key in sorted({_group_key(r) for r in holders}):
             members = sorted(groups[key], key=lambda r: r.identity.node_id)
-            pairs.append(TopicPair(
-                pair=members[0].identity.pair,
-                brokers=tuple(
-                    TopicBroker(
-                        status=self._status(r, now),
-                        tombstoned=self.is_tombstoned(topic, r.identity.node_id, now),
-                        has_topic=topic in r.topics,
-                    )
-                    for r in members
-                ),
-            ))
-        return TopicAnswer(known=True, channels=tuple(self.channels(topic, now)), pairs=tuple(pairs))
+            pairs.append(
+                TopicPair(
+                    pair=members[0].identity.pair,
+                    brokers=tuple(
+                        TopicBroker(
+                            status=self._status(r, now),
+                            tombstoned=self.is_tombstoned(topic, r.identity.node_id, now),
+                            has_topic=topic in r.topics,
+                        )
+                        for r in members
+                    ),
+                )
+            )
+        return TopicAnswer(
+            known=True, channels=tuple(self.channels(topic, now)), pairs=tuple(pairs)
+        )
 
     def nodes(self, now: float) -> list[NodeAnswer]:
         out = []
         for reg in sorted(self._active(now), key=lambda r: (r.identity.pair, r.identity.node_id)):
             node_id = reg.identity.node_id
-            out.append(NodeAnswer(
-                status=self._status(reg, now),
-                topics=tuple((t, tuple(sorted(c))) for t, c in sorted(reg.topics.items())),
-                tombstones=tuple(sorted(
-                    (t, exp - now) for (t, n), exp in self._tombstones.items() if n == node_id and exp > now
-                )),
-                registered_ago=max(0.0, now - reg.connected_at),
-            ))
+            out.append(
+                NodeAnswer(
+                    status=self._status(reg, now),
+                    topics=tuple((t, tuple(sorted(c))) for t, c in sorted(reg.topics.items())),
+                    tombstones=tuple(
+                        sorted(
+                            (t, exp - now)
+                            for (t, n), exp in self._tombstones.items()
+                            if n == node_id and exp > now
+                        )
+                    ),
+                    registered_ago=max(0.0, now - reg.connected_at),
+                )
+            )
         return out
 
 

@@ -52,8 +52,11 @@ def identity_from_pb(b: pb.BrokerIdentity) -> BrokerIdentity:
         raise _invalid("hello.broker.node_id must be 1-255 characters")
     if not b.grpc_address:
         raise _invalid("hello.broker.grpc_address is required (HOST:PORT clients connect to)")
-    for what, value in (("grpc_address", b.grpc_address), ("gossip_address", b.gossip_address),
-                        ("partner_address", b.partner_address)):
+    for what, value in (
+        ("grpc_address", b.grpc_address),
+        ("gossip_address", b.gossip_address),
+        ("partner_address", b.partner_address),
+    ):
         if value:
             try:
                 parse_hostport(value, what=what)
@@ -62,8 +65,13 @@ def identity_from_pb(b: pb.BrokerIdentity) -> BrokerIdentity:
     if len(b.pair) > MAX_ID_LEN or len(b.version) > MAX_ID_LEN or len(b.hostname) > MAX_ID_LEN:
         raise _invalid("hello.broker: pair, version and hostname are at most 255 characters")
     return BrokerIdentity(
-        node_id=b.node_id, grpc_address=b.grpc_address, pair=b.pair, gossip_address=b.gossip_address,
-        version=b.version, partner_address=b.partner_address, hostname=b.hostname,
+        node_id=b.node_id,
+        grpc_address=b.grpc_address,
+        pair=b.pair,
+        gossip_address=b.gossip_address,
+        version=b.version,
+        partner_address=b.partner_address,
+        hostname=b.hostname,
         start_time_ns=b.start_time_ns,
     )
 
@@ -84,24 +92,38 @@ def topics_from_pb(topics: Any) -> dict[str, list[str]]:
 
 def identity_to_pb(i: BrokerIdentity) -> pb.BrokerIdentity:
     return pb.BrokerIdentity(
-        node_id=i.node_id, pair=i.pair, grpc_address=i.grpc_address, gossip_address=i.gossip_address,
-        version=i.version, partner_address=i.partner_address, hostname=i.hostname,
+        node_id=i.node_id,
+        pair=i.pair,
+        grpc_address=i.grpc_address,
+        gossip_address=i.gossip_address,
+        version=i.version,
+        partner_address=i.partner_address,
+        hostname=i.hostname,
         start_time_ns=i.start_time_ns,
     )
 
 
 def status_to_pb(s: BrokerStatus) -> pb.BrokerStatus:
     return pb.BrokerStatus(
-        broker=identity_to_pb(s.identity), liveness=cast(Any, int(s.liveness)),
-        gossip_state=s.gossip_state, connected=s.connected, last_seen_ms_ago=_ms(s.last_seen_ago),
+        broker=identity_to_pb(s.identity),
+        liveness=cast(Any, int(s.liveness)),
+        gossip_state=s.gossip_state,
+        connected=s.connected,
+        last_seen_ms_ago=_ms(s.last_seen_ago),
     )
 
 
 class LookupService:
     """gRPC handlers; ``clock`` is the same monotonic clock the registry is driven with."""
 
-    def __init__(self, registry: Registry, *, lookup_id: str, clock: Callable[[], float],
-                 gossip_enabled: bool = False) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        lookup_id: str,
+        clock: Callable[[], float],
+        gossip_enabled: bool = False,
+    ) -> None:
         self.registry = registry
         self.lookup_id = lookup_id
         self.clock = clock
@@ -116,13 +138,15 @@ class LookupService:
     def _ack(self, seq: int) -> pb.RegisterResponse:
         reg = self.registry
         return pb.RegisterResponse(
-            seq=seq, lookup_id=self.lookup_id,
+            seq=seq,
+            lookup_id=self.lookup_id,
             heartbeat_interval_ms=_ms(reg.heartbeat_interval),
             inactivity_timeout_ms=_ms(reg.inactivity_timeout),
         )
 
-    async def Register(self, requests: AsyncIterator[pb.RegisterRequest], context: Any
-                       ) -> AsyncIterator[pb.RegisterResponse]:
+    async def Register(
+        self, requests: AsyncIterator[pb.RegisterRequest], context: Any
+    ) -> AsyncIterator[pb.RegisterResponse]:
         node_id = ""
         token = 0
         address = ""
@@ -133,20 +157,27 @@ class LookupService:
                 try:
                     if not node_id:
                         if kind != "hello":
-                            raise _invalid("the first message of a Register stream must be a hello",
-                                           code=broker_pb2.ERROR_CODE_NOT_IDENTIFIED)
+                            raise _invalid(
+                                "the first message of a Register stream must be a hello",
+                                code=broker_pb2.ERROR_CODE_NOT_IDENTIFIED,
+                            )
                         identity = identity_from_pb(req.hello.broker)
                         topics = topics_from_pb(req.hello.topics)
                         token = self.registry.connect(identity, topics, self.clock())
                         node_id = identity.node_id
                         address = identity.grpc_address
-                        log.info("broker %s (%s, pair %r) registered", node_id,
-                                 identity.grpc_address, identity.pair)
+                        log.info(
+                            "broker %s (%s, pair %r) registered",
+                            node_id,
+                            identity.grpc_address,
+                            identity.pair,
+                        )
                     elif kind == "hello":
                         raise _invalid("hello sent twice on one Register stream")
                     elif kind == "state":
-                        if not self.registry.update(node_id, token, topics_from_pb(req.state.topics),
-                                                    self.clock()):
+                        if not self.registry.update(
+                            node_id, token, topics_from_pb(req.state.topics), self.clock()
+                        ):
                             raise self._forgotten(node_id)
                     elif kind == "heartbeat":
                         if not self.registry.heartbeat(node_id, token, self.clock()):
@@ -201,17 +232,26 @@ class LookupService:
             if not self.registry.closed(node_id, token):
                 return  # reconnected, or replaced by a newer registration
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT)
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port), PROBE_TIMEOUT
+                )
             except ConnectionRefusedError:
                 self.registry.refused(node_id, token)
-                log.info("broker %s: connection refused after its stream closed: answering dead", node_id)
+                log.info(
+                    "broker %s: connection refused after its stream closed: answering dead", node_id
+                )
                 return
             except (ConnectionResetError, ConnectionAbortedError) as exc:
                 outcome = f"reset the connect ({exc!r})"
             except (OSError, TimeoutError) as exc:
                 # unreachable host or timeout: leave it to gossip and the timers
-                log.info("broker %s: probe of %s after its stream closed failed (%r): "
-                         "liveness left to gossip and heartbeats", node_id, address, exc)
+                log.info(
+                    "broker %s: probe of %s after its stream closed failed (%r): "
+                    "liveness left to gossip and heartbeats",
+                    node_id,
+                    address,
+                    exc,
+                )
                 return
             else:
                 outcome = "still accepts connections"
@@ -220,11 +260,19 @@ class LookupService:
                     await writer.wait_closed()
             await asyncio.sleep(delay)
             delay *= 2
-        log.info("broker %s: %s %s %d times after its stream closed: liveness left to gossip "
-                 "and heartbeats", node_id, address, outcome, PROBE_ATTEMPTS)
+        log.info(
+            "broker %s: %s %s %d times after its stream closed: liveness left to gossip "
+            "and heartbeats",
+            node_id,
+            address,
+            outcome,
+            PROBE_ATTEMPTS,
+        )
 
     # ------------------------------------------------------------ queries
-    async def LookupTopic(self, request: pb.LookupTopicRequest, context: Any) -> pb.LookupTopicResponse:
+    async def LookupTopic(
+        self, request: pb.LookupTopicRequest, context: Any
+    ) -> pb.LookupTopicResponse:
         async def run() -> pb.LookupTopicResponse:
             check_topic(request.topic)
             ans = self.registry.lookup_topic(request.topic, self.clock())
@@ -232,26 +280,37 @@ class LookupService:
             for p in ans.pairs:
                 tp = resp.pairs.add(pair=p.pair)
                 for b in p.brokers:
-                    tp.brokers.add(status=status_to_pb(b.status), tombstoned=b.tombstoned,
-                                   has_topic=b.has_topic)
+                    tp.brokers.add(
+                        status=status_to_pb(b.status),
+                        tombstoned=b.tombstoned,
+                        has_topic=b.has_topic,
+                    )
             return resp
 
         return await self._call(context, run)  # type: ignore[no-any-return]
 
-    async def ListTopics(self, request: pb.ListTopicsRequest, context: Any) -> pb.ListTopicsResponse:
+    async def ListTopics(
+        self, request: pb.ListTopicsRequest, context: Any
+    ) -> pb.ListTopicsResponse:
         return pb.ListTopicsResponse(topics=self.registry.topics(self.clock()))
 
-    async def ListChannels(self, request: pb.ListChannelsRequest, context: Any) -> pb.ListChannelsResponse:
+    async def ListChannels(
+        self, request: pb.ListChannelsRequest, context: Any
+    ) -> pb.ListChannelsResponse:
         async def run() -> pb.ListChannelsResponse:
             check_topic(request.topic)
-            return pb.ListChannelsResponse(channels=self.registry.channels(request.topic, self.clock()))
+            return pb.ListChannelsResponse(
+                channels=self.registry.channels(request.topic, self.clock())
+            )
 
         return await self._call(context, run)  # type: ignore[no-any-return]
 
     async def ListNodes(self, request: pb.ListNodesRequest, context: Any) -> pb.ListNodesResponse:
         resp = pb.ListNodesResponse(lookup_id=self.lookup_id, gossip_enabled=self.gossip_enabled)
         for n in self.registry.nodes(self.clock()):
-            info = resp.nodes.add(status=status_to_pb(n.status), registered_ms_ago=_ms(n.registered_ago))
+            info = resp.nodes.add(
+                status=status_to_pb(n.status), registered_ms_ago=_ms(n.registered_ago)
+            )
             for name, chans in n.topics:
                 info.topics.add(name=name, channels=list(chans))
             for topic, left in n.tombstones:
@@ -259,40 +318,45 @@ class LookupService:
         return resp
 
     # ------------------------------------------------------------ operators
-    async def CreateTopicRegistration(self, request: pb.CreateTopicRegistrationRequest, context: Any
-                                      ) -> pb.CreateTopicRegistrationResponse:
+    async def CreateTopicRegistration(
+        self, request: pb.CreateTopicRegistrationRequest, context: Any
+    ) -> pb.CreateTopicRegistrationResponse:
         async def run() -> pb.CreateTopicRegistrationResponse:
             self.registry.create_topic(check_topic(request.topic))
             return pb.CreateTopicRegistrationResponse()
 
         return await self._call(context, run)  # type: ignore[no-any-return]
 
-    async def DeleteTopicRegistration(self, request: pb.DeleteTopicRegistrationRequest, context: Any
-                                      ) -> pb.DeleteTopicRegistrationResponse:
+    async def DeleteTopicRegistration(
+        self, request: pb.DeleteTopicRegistrationRequest, context: Any
+    ) -> pb.DeleteTopicRegistrationResponse:
         async def run() -> pb.DeleteTopicRegistrationResponse:
             self.registry.delete_topic(check_topic(request.topic))
             return pb.DeleteTopicRegistrationResponse()
 
         return await self._call(context, run)  # type: ignore[no-any-return]
 
-    async def CreateChannelRegistration(self, request: pb.CreateChannelRegistrationRequest, context: Any
-                                        ) -> pb.CreateChannelRegistrationResponse:
+    async def CreateChannelRegistration(
+        self, request: pb.CreateChannelRegistrationRequest, context: Any
+    ) -> pb.CreateChannelRegistrationResponse:
         async def run() -> pb.CreateChannelRegistrationResponse:
             self.registry.create_channel(check_topic(request.topic), check_channel(request.channel))
             return pb.CreateChannelRegistrationResponse()
 
         return await self._call(context, run)  # type: ignore[no-any-return]
 
-    async def DeleteChannelRegistration(self, request: pb.DeleteChannelRegistrationRequest, context: Any
-                                        ) -> pb.DeleteChannelRegistrationResponse:
+    async def DeleteChannelRegistration(
+        self, request: pb.DeleteChannelRegistrationRequest, context: Any
+    ) -> pb.DeleteChannelRegistrationResponse:
         async def run() -> pb.DeleteChannelRegistrationResponse:
             self.registry.delete_channel(check_topic(request.topic), check_channel(request.channel))
             return pb.DeleteChannelRegistrationResponse()
 
         return await self._call(context, run)  # type: ignore[no-any-return]
 
-    async def TombstoneTopic(self, request: pb.TombstoneTopicRequest, context: Any
-                             ) -> pb.TombstoneTopicResponse:
+    async def TombstoneTopic(
+        self, request: pb.TombstoneTopicRequest, context: Any
+    ) -> pb.TombstoneTopicResponse:
         async def run() -> pb.TombstoneTopicResponse:
             check_topic(request.topic)
             if not request.node:
@@ -328,9 +392,15 @@ class LookupService:
             ),
         }
         for name in (
-            "LookupTopic", "ListTopics", "ListChannels", "ListNodes",
-            "CreateTopicRegistration", "DeleteTopicRegistration",
-            "CreateChannelRegistration", "DeleteChannelRegistration", "TombstoneTopic",
+            "LookupTopic",
+            "ListTopics",
+            "ListChannels",
+            "ListNodes",
+            "CreateTopicRegistration",
+            "DeleteTopicRegistration",
+            "CreateChannelRegistration",
+            "DeleteChannelRegistration",
+            "TombstoneTopic",
         ):
             handlers[name] = unary(name)
         return grpc.method_handlers_generic_handler(SERVICE, handlers)

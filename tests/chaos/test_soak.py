@@ -35,9 +35,20 @@ def start_lookup(tmp: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     port, gport = free_port(), free_port()
     log = (tmp / "lookup.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pairq.cli", "lookup", "--address", f"127.0.0.1:{port}",
-         "--gossip-address", f"127.0.0.1:{gport}", "--gossip-profile", "local"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "pairq.cli",
+            "lookup",
+            "--address",
+            f"127.0.0.1:{port}",
+            "--gossip-address",
+            f"127.0.0.1:{gport}",
+            "--gossip-profile",
+            "local",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     wait_for_port(port)
     return proc, f"127.0.0.1:{port}", f"127.0.0.1:{gport}"
@@ -47,12 +58,29 @@ def make_pair(tmp: Path, name: str, lookup: str, gossip: str) -> list[BrokerProc
     pa, pb_ = free_port(), free_port()
     out = []
     for suffix, port, partner in (("a", pa, pb_), ("b", pb_, pa)):
-        out.append(BrokerProcess(
-            tmp / f"{name}{suffix}", port=port, log_path=str(tmp / f"{name}{suffix}.log"),
-            args=["--pair", name, "--partner", f"127.0.0.1:{partner}", "--lookup", lookup,
-                  "--gossip-address", f"127.0.0.1:{free_port()}", "--gossip-profile", "local",
-                  "--join", gossip, "--shutdown-grace-s", "1"],
-        ))
+        out.append(
+            BrokerProcess(
+                tmp / f"{name}{suffix}",
+                port=port,
+                log_path=str(tmp / f"{name}{suffix}.log"),
+                args=[
+                    "--pair",
+                    name,
+                    "--partner",
+                    f"127.0.0.1:{partner}",
+                    "--lookup",
+                    lookup,
+                    "--gossip-address",
+                    f"127.0.0.1:{free_port()}",
+                    "--gossip-profile",
+                    "local",
+                    "--join",
+                    gossip,
+                    "--shutdown-grace-s",
+                    "1",
+                ],
+            )
+        )
     return out
 
 
@@ -80,9 +108,17 @@ async def test_chaos_soak_kill_and_pause(tmp_path: Path) -> None:
             handled[msg.id] = handled.get(msg.id, 0) + 1
 
         consumers = [
-            Consumer(t, "soak", lookups=[lookup], handler=handle, dedupe=Dedupe(tmp_path / f"dd-{t}"),
-                     max_in_flight=200, lookup_poll_interval=1.0, reconnect_backoff=0.05,
-                     reconnect_backoff_max=0.5)
+            Consumer(
+                t,
+                "soak",
+                lookups=[lookup],
+                handler=handle,
+                dedupe=Dedupe(tmp_path / f"dd-{t}"),
+                max_in_flight=200,
+                lookup_poll_interval=1.0,
+                reconnect_backoff=0.05,
+                reconnect_backoff_max=0.5,
+            )
             for t in ("orders", "invoices")
         ]
         for c in consumers:
@@ -120,8 +156,10 @@ async def test_chaos_soak_kill_and_pause(tmp_path: Path) -> None:
         lookup_proc.wait()
     lost = acked - set(handled)
     twice = [i for i, n in handled.items() if n > 1]
-    print(f"chaos {SECONDS:.0f}s seed {SEED}: {len(events)} faults, acked {len(acked)}, "
-          f"handled {len(handled)}, raw duplicates absorbed {dups}")
+    print(
+        f"chaos {SECONDS:.0f}s seed {SEED}: {len(events)} faults, acked {len(acked)}, "
+        f"handled {len(handled)}, raw duplicates absorbed {dups}"
+    )
     assert len(acked) > 1000
     assert not lost, f"{len(lost)} acknowledged messages lost; faults: {events}"
     assert not twice, f"{len(twice)} handled twice"

@@ -43,7 +43,8 @@ def require_tools() -> None:
     if missing:
         raise NetnsError(
             f"{' and '.join(missing)} not found: the partition test needs iproute2 "
-            "(run `make ensure-debs` as root, or apt-get install iproute2)")
+            "(run `make ensure-debs` as root, or apt-get install iproute2)"
+        )
     if os.geteuid() != 0:
         raise NetnsError("the partition test needs root (network namespaces, veth, tc)")
 
@@ -51,7 +52,9 @@ def require_tools() -> None:
 def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     p = subprocess.run(list(cmd), capture_output=True, text=True, timeout=20)
     if check and p.returncode != 0:
-        raise NetnsError(f"`{' '.join(cmd)}` failed ({p.returncode}): {p.stderr.strip() or p.stdout.strip()}")
+        raise NetnsError(
+            f"`{' '.join(cmd)}` failed ({p.returncode}): {p.stderr.strip() or p.stdout.strip()}"
+        )
     return p
 
 
@@ -137,16 +140,45 @@ class PairNet:
     def _choose_partition_method(self) -> None:
         """Install the root qdisc on both veths and find a drop action this kernel has."""
         for qdisc in ("prio", "htb"):
-            p = self._in("a", "tc", "qdisc", "add", "dev", self.ns_if["a"], "root", "handle", "1:", qdisc,
-                         check=False)
+            p = self._in(
+                "a",
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                self.ns_if["a"],
+                "root",
+                "handle",
+                "1:",
+                qdisc,
+                check=False,
+            )
             if p.returncode == 0:
                 self._qdisc = qdisc
                 break
         else:
             raise NetnsError(f"tc cannot add a prio (or htb) root qdisc: {p.stderr.strip()}")
-        self._in("b", "tc", "qdisc", "add", "dev", self.ns_if["b"], "root", "handle", "1:", self._qdisc)
-        probe = ["tc", "filter", "add", "dev", self.ns_if["a"], "parent", "1:", "protocol", "ip",
-                 "prio", "1", "u32", "match", "ip", "dst", f"{self.ip_b}/32"]
+        self._in(
+            "b", "tc", "qdisc", "add", "dev", self.ns_if["b"], "root", "handle", "1:", self._qdisc
+        )
+        probe = [
+            "tc",
+            "filter",
+            "add",
+            "dev",
+            self.ns_if["a"],
+            "parent",
+            "1:",
+            "protocol",
+            "ip",
+            "prio",
+            "1",
+            "u32",
+            "match",
+            "ip",
+            "dst",
+            f"{self.ip_b}/32",
+        ]
         p = self._in("a", *probe, "action", "drop", check=False)
         if p.returncode == 0:
             self._action = ["action", "drop"]
@@ -154,26 +186,74 @@ class PairNet:
             # No act_gact: steal the packet into an ifb device that stays down (dropped).
             for side in ("a", "b"):
                 self._in(side, "ip", "link", "add", "pqfsink", "type", "ifb")
-            p2 = self._in("a", *probe, "action", "mirred", "egress", "redirect", "dev", "pqfsink", check=False)
+            p2 = self._in(
+                "a", *probe, "action", "mirred", "egress", "redirect", "dev", "pqfsink", check=False
+            )
             if p2.returncode != 0:
                 raise NetnsError(
                     "tc cannot drop matched packets on this kernel: `action drop` failed "
-                    f"({p.stderr.strip()}) and so did `action mirred` ({p2.stderr.strip()})")
+                    f"({p.stderr.strip()}) and so did `action mirred` ({p2.stderr.strip()})"
+                )
             self._action = ["action", "mirred", "egress", "redirect", "dev", "pqfsink"]
-        self._in("a", "tc", "filter", "del", "dev", self.ns_if["a"], "parent", "1:", "protocol", "ip", "prio", "1")
-        self.partition_method = f"{self._qdisc} root qdisc + u32 dst match + {' '.join(self._action)}"
+        self._in(
+            "a",
+            "tc",
+            "filter",
+            "del",
+            "dev",
+            self.ns_if["a"],
+            "parent",
+            "1:",
+            "protocol",
+            "ip",
+            "prio",
+            "1",
+        )
+        self.partition_method = (
+            f"{self._qdisc} root qdisc + u32 dst match + {' '.join(self._action)}"
+        )
 
     def partition(self) -> None:
         """Drop A->B in ns A and B->A in ns B (egress of each veth); client traffic is untouched."""
         for side, other in (("a", self.ip_b), ("b", self.ip_a)):
-            self._in(side, "tc", "filter", "add", "dev", self.ns_if[side], "parent", "1:", "protocol", "ip",
-                     "prio", "1", "u32", "match", "ip", "dst", f"{other}/32", *self._action)
+            self._in(
+                side,
+                "tc",
+                "filter",
+                "add",
+                "dev",
+                self.ns_if[side],
+                "parent",
+                "1:",
+                "protocol",
+                "ip",
+                "prio",
+                "1",
+                "u32",
+                "match",
+                "ip",
+                "dst",
+                f"{other}/32",
+                *self._action,
+            )
         self.partitioned = True
 
     def heal(self) -> None:
         for side in ("a", "b"):
-            self._in(side, "tc", "filter", "del", "dev", self.ns_if[side], "parent", "1:", "protocol", "ip",
-                     "prio", "1")
+            self._in(
+                side,
+                "tc",
+                "filter",
+                "del",
+                "dev",
+                self.ns_if[side],
+                "parent",
+                "1:",
+                "protocol",
+                "ip",
+                "prio",
+                "1",
+            )
         self.partitioned = False
 
     def _root_sink(self) -> str:
@@ -193,14 +273,64 @@ class PairNet:
             _run("ip", "link", "add", self._root_sink(), "type", "ifb")
             undo.insert(0, ["ip", "link", "del", self._root_sink()])
             action[action.index("pqfsink")] = self._root_sink()
-        self._in(side, "tc", "filter", "add", "dev", self.ns_if[side], "parent", "1:", "protocol", "ip",
-                 "prio", "2", "u32", "match", "ip", "dst", "0.0.0.0/0", *self._action)
-        undo.insert(0, [*self.exec_prefix(side), "tc", "filter", "del", "dev", self.ns_if[side], "parent", "1:",
-                        "protocol", "ip", "prio", "2"])
+        self._in(
+            side,
+            "tc",
+            "filter",
+            "add",
+            "dev",
+            self.ns_if[side],
+            "parent",
+            "1:",
+            "protocol",
+            "ip",
+            "prio",
+            "2",
+            "u32",
+            "match",
+            "ip",
+            "dst",
+            "0.0.0.0/0",
+            *self._action,
+        )
+        undo.insert(
+            0,
+            [
+                *self.exec_prefix(side),
+                "tc",
+                "filter",
+                "del",
+                "dev",
+                self.ns_if[side],
+                "parent",
+                "1:",
+                "protocol",
+                "ip",
+                "prio",
+                "2",
+            ],
+        )
         _run("tc", "qdisc", "add", "dev", host, "root", "handle", "1:", self._qdisc)
         undo.insert(0, ["tc", "qdisc", "del", "dev", host, "root"])  # takes its filter with it
-        _run("tc", "filter", "add", "dev", host, "parent", "1:", "protocol", "ip", "prio", "2", "u32",
-             "match", "ip", "dst", f"{self.ip[side]}/32", *action)
+        _run(
+            "tc",
+            "filter",
+            "add",
+            "dev",
+            host,
+            "parent",
+            "1:",
+            "protocol",
+            "ip",
+            "prio",
+            "2",
+            "u32",
+            "match",
+            "ip",
+            "dst",
+            f"{self.ip[side]}/32",
+            *action,
+        )
 
     @property
     def isolated(self) -> set[str]:
@@ -208,18 +338,26 @@ class PairNet:
 
     def unisolate(self, side: str) -> None:
         """Undo what ``isolate(side)`` installed (every step tried; the first failure raised)."""
-        failed = [p for cmd in self._isolation.pop(side, []) if (p := _run(*cmd, check=False)).returncode != 0]
+        failed = [
+            p
+            for cmd in self._isolation.pop(side, [])
+            if (p := _run(*cmd, check=False)).returncode != 0
+        ]
         if failed:
-            raise NetnsError(f"`{' '.join(failed[0].args)}` failed ({failed[0].returncode}): "
-                             f"{failed[0].stderr.strip()}")
+            raise NetnsError(
+                f"`{' '.join(failed[0].args)}` failed ({failed[0].returncode}): "
+                f"{failed[0].stderr.strip()}"
+            )
 
     def can_connect(self, side: str, host: str, port: int, timeout: float = 1.5) -> bool:
         """Whether a TCP connection from inside namespace ``side`` to host:port succeeds."""
-        code = ("import socket, sys\n"
-                "try:\n"
-                f"    socket.create_connection(({host!r}, {port}), timeout={timeout}).close()\n"
-                "except OSError:\n"
-                "    sys.exit(1)\n")
+        code = (
+            "import socket, sys\n"
+            "try:\n"
+            f"    socket.create_connection(({host!r}, {port}), timeout={timeout}).close()\n"
+            "except OSError:\n"
+            "    sys.exit(1)\n"
+        )
         return self._in(side, sys.executable, "-c", code, check=False).returncode == 0
 
     def cleanup(self) -> None:

@@ -14,7 +14,9 @@ from pairq.v1 import broker_pb2_grpc as pbg
 class RawSub:
     """Subscribe stream driven by hand: send commands, collect deliveries and errors."""
 
-    def __init__(self, stub: pbg.BrokerServiceStub, topic: str, channel: str, **identify: Any) -> None:
+    def __init__(
+        self, stub: pbg.BrokerServiceStub, topic: str, channel: str, **identify: Any
+    ) -> None:
         self.stub = stub
         self.q: asyncio.Queue[pb.SubscribeRequest | None] = asyncio.Queue()
         self.messages: list[pb.Message] = []
@@ -25,7 +27,11 @@ class RawSub:
         self.details = ""
         self.ended = asyncio.Event()
         self.auto_nop = True
-        self.q.put_nowait(pb.SubscribeRequest(identify=pb.SubscribeIdentify(topic=topic, channel=channel, **identify)))
+        self.q.put_nowait(
+            pb.SubscribeRequest(
+                identify=pb.SubscribeIdentify(topic=topic, channel=channel, **identify)
+            )
+        )
         self.call = stub.Subscribe(self._requests())
         self.task = asyncio.create_task(self._read())
 
@@ -66,7 +72,9 @@ class RawSub:
         self.q.put_nowait(pb.SubscribeRequest(finish=pb.SubscribeFinish(ids=ids)))
 
     def req(self, ids: list[bytes], delay_ms: int = 0) -> None:
-        self.q.put_nowait(pb.SubscribeRequest(requeue=pb.SubscribeRequeue(ids=ids, delay_ms=delay_ms)))
+        self.q.put_nowait(
+            pb.SubscribeRequest(requeue=pb.SubscribeRequeue(ids=ids, delay_ms=delay_ms))
+        )
 
     def touch(self, ids: list[bytes]) -> None:
         self.q.put_nowait(pb.SubscribeRequest(touch=pb.SubscribeTouch(ids=ids)))

@@ -23,7 +23,9 @@ def stub_for(b: Broker) -> pbg.BrokerServiceStub:
     return pbg.BrokerServiceStub(grpc.aio.insecure_channel(b.address))
 
 
-async def publish(stub: pbg.BrokerServiceStub, topic: str, bodies: list[bytes], **kw: object) -> list[bytes]:
+async def publish(
+    stub: pbg.BrokerServiceStub, topic: str, bodies: list[bytes], **kw: object
+) -> list[bytes]:
     resp = await stub.PublishBatch(
         pb.PublishBatchRequest(topic=topic, messages=[pb.PublishItem(body=b, **kw) for b in bodies])  # type: ignore[arg-type]
     )
@@ -33,7 +35,9 @@ async def publish(stub: pbg.BrokerServiceStub, topic: str, bodies: list[bytes], 
 async def test_publish_consume_fin_roundtrip(tmp_path) -> None:
     async with run_broker(tmp_path) as b:
         stub = stub_for(b)
-        r = await stub.Publish(pb.PublishRequest(topic="t", message=pb.PublishItem(body=b"one", headers={"k": "v"})))
+        r = await stub.Publish(
+            pb.PublishRequest(topic="t", message=pb.PublishItem(body=b"one", headers={"k": "v"}))
+        )
         assert len(r.id) == 16 and r.copies == 1
         ids = await publish(stub, "t", [b"a", b"b", b"c"])
         sub = RawSub(stub, "t", "c")
@@ -64,7 +68,9 @@ async def test_every_channel_gets_every_message_and_consumers_share(tmp_path) ->
         a1.rdy(60)
         a2.rdy(60)
         bsub.rdy(100)
-        await eventually(lambda: len(a1.messages) + len(a2.messages) == 100 and len(bsub.messages) == 100)
+        await eventually(
+            lambda: len(a1.messages) + len(a2.messages) == 100 and len(bsub.messages) == 100
+        )
         assert {m.body for m in a1.messages + a2.messages} == {b"%d" % i for i in range(100)}
         assert a1.messages and a2.messages  # shared between the two consumers
         for s in (a1, a2, bsub):
@@ -243,7 +249,9 @@ async def test_finished_messages_stay_finished_after_restart(tmp_path) -> None:
 async def test_ephemeral_topic_and_channel(tmp_path) -> None:
     async with run_broker(tmp_path) as b:
         stub = stub_for(b)
-        r = await stub.Publish(pb.PublishRequest(topic="e#ephemeral", message=pb.PublishItem(body=b"x")))
+        r = await stub.Publish(
+            pb.PublishRequest(topic="e#ephemeral", message=pb.PublishItem(body=b"x"))
+        )
         assert r.copies == 0
         sub = RawSub(stub, "e#ephemeral", "c#ephemeral")
         sub.rdy(5)
@@ -383,13 +391,17 @@ async def test_close_drains_in_flight_then_ends(tmp_path) -> None:
 
 async def test_store_full_refuses_publish_but_delivers(tmp_path) -> None:
     cap = 16 * 1024 * 1024
-    async with run_broker(tmp_path, max_store_bytes=cap, store_reserve_bytes=4 * 1024 * 1024, max_msg_size=65536) as b:
+    async with run_broker(
+        tmp_path, max_store_bytes=cap, store_reserve_bytes=4 * 1024 * 1024, max_msg_size=65536
+    ) as b:
         stub = stub_for(b)
         body = b"z" * 60000
         published = 0
         with pytest.raises(grpc.aio.AioRpcError) as ei:
             for _ in range(1000):
-                await stub.PublishBatch(pb.PublishBatchRequest(topic="t", messages=[pb.PublishItem(body=body)] * 10))
+                await stub.PublishBatch(
+                    pb.PublishBatchRequest(topic="t", messages=[pb.PublishItem(body=body)] * 10)
+                )
                 published += 10
         assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "full" in (ei.value.details() or "")
@@ -413,7 +425,9 @@ async def test_health_and_reflection_are_served(tmp_path) -> None:
 
     async with run_broker(tmp_path) as b:
         ch = grpc.aio.insecure_channel(b.address)
-        h = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="pairq.v1.BrokerService"))
+        h = await health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="pairq.v1.BrokerService")
+        )
         assert h.status == health_pb2.HealthCheckResponse.SERVING
         refl = reflection_pb2_grpc.ServerReflectionStub(ch)
 
@@ -471,10 +485,14 @@ def test_cli_port_in_use_is_one_clear_line(tmp_path) -> None:
         for cmd in (["broker", "--data-dir", str(tmp_path / "d")], ["lookup"]):
             proc = subprocess.run(
                 [sys.executable, "-m", "pairq.cli", *cmd, "--address", f"127.0.0.1:{port}"],
-                capture_output=True, text=True, timeout=60,
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
             assert proc.returncode != 0
-            assert "address in use" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+            assert "address in use" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[
+                -2000:
+            ]
 
 
 async def test_publish_stream_answers_each_request_and_survives_bad_ones(tmp_path) -> None:
@@ -483,9 +501,17 @@ async def test_publish_stream_answers_each_request_and_survives_bad_ones(tmp_pat
         call = pbg.BrokerServiceStub(ch).PublishStream()
         own = os.urandom(16)
         reqs = [
-            pb.PublishStreamRequest(request_id=1, topic="t", messages=[pb.PublishItem(body=b"a"), pb.PublishItem(body=b"b")]),
-            pb.PublishStreamRequest(request_id=5, topic="t", messages=[pb.PublishItem(id=own, body=b"d")]),
-            pb.PublishStreamRequest(request_id=2, topic="bad topic!", messages=[pb.PublishItem(body=b"x")]),
+            pb.PublishStreamRequest(
+                request_id=1,
+                topic="t",
+                messages=[pb.PublishItem(body=b"a"), pb.PublishItem(body=b"b")],
+            ),
+            pb.PublishStreamRequest(
+                request_id=5, topic="t", messages=[pb.PublishItem(id=own, body=b"d")]
+            ),
+            pb.PublishStreamRequest(
+                request_id=2, topic="bad topic!", messages=[pb.PublishItem(body=b"x")]
+            ),
             pb.PublishStreamRequest(request_id=3, topic="t", messages=[]),
             pb.PublishStreamRequest(request_id=4, topic="t", messages=[pb.PublishItem(body=b"c")]),
         ]
@@ -495,8 +521,12 @@ async def test_publish_stream_answers_each_request_and_survives_bad_ones(tmp_pat
         for _ in reqs:
             resp = await asyncio.wait_for(call.read(), 5)
             answers[resp.request_id] = resp
-        assert len(answers[1].ids) == 2 and answers[1].copies == 1 and not answers[1].HasField("error")
-        assert answers[2].error.code == pb.ERROR_CODE_BAD_TOPIC and "topic" in answers[2].error.message
+        assert (
+            len(answers[1].ids) == 2 and answers[1].copies == 1 and not answers[1].HasField("error")
+        )
+        assert (
+            answers[2].error.code == pb.ERROR_CODE_BAD_TOPIC and "topic" in answers[2].error.message
+        )
         assert answers[3].error.code == pb.ERROR_CODE_BAD_BATCH and not answers[3].ids
         assert len(answers[4].ids) == 1
         assert answers[5].copies == 1 and not answers[5].ids  # the client knows its own ids

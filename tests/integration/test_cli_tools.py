@@ -20,7 +20,9 @@ async def run_cli(*argv: str) -> int:
     return await asyncio.to_thread(cli.main, list(argv))
 
 
-async def test_pub_body_and_stdin_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_pub_body_and_stdin_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with run_broker(tmp_path) as b:
         got: list[Message] = []
         async with Consumer("t", "c", [b.address], handler=got.append) as c:
@@ -39,7 +41,10 @@ async def test_tail_json_n(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     async with run_broker(tmp_path) as b:
         async with Producer([b.address]) as p:
             acks = await p.publish_batch("t", [b"one", b"\xff\xfe", b"three"])
-        assert await run_cli("tail", "t", "--json", "-n", "2", "--channel", "x", "--broker", b.address) == 0
+        assert (
+            await run_cli("tail", "t", "--json", "-n", "2", "--channel", "x", "--broker", b.address)
+            == 0
+        )
         lines = capsys.readouterr().out.splitlines()
         objs = [json.loads(x) for x in lines]
         assert [o["id"] for o in objs] == [a.id.hex() for a in acks[:2]]
@@ -51,7 +56,9 @@ async def test_tail_json_n(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         assert capsys.readouterr().out == "three\n"
 
 
-async def test_tail_uses_an_ephemeral_channel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_tail_uses_an_ephemeral_channel(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     async with run_broker(tmp_path) as b:
         task = asyncio.ensure_future(run_cli("tail", "t", "-n", "1", "--broker", b.address))
         await eventually(lambda: "t" in b.topics and len(b.topics["t"].channels) == 1)
@@ -69,21 +76,35 @@ async def test_stat_prints_a_table(tmp_path: Path, capsys: pytest.CaptureFixture
             await p.publish_batch("orders", [b"1", b"2"])
         async with Consumer("orders", "billing", [b.address], handler=lambda m: None) as c:
             await c.wait_idle(timeout=5)
-            assert await run_cli("stat", "--count", "2", "--interval", "0.05", "--broker", b.address) == 0
+            assert (
+                await run_cli("stat", "--count", "2", "--interval", "0.05", "--broker", b.address)
+                == 0
+            )
         out = capsys.readouterr().out
         assert out.count("--- ") == 2
         assert "orders" in out and "billing" in out and "finished" in out
 
 
-async def test_to_file_writes_then_renames(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_to_file_writes_then_renames(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     async with run_broker(tmp_path / "b") as b:
         async with Producer([b.address]) as p:
             await p.publish_batch("logs", [b"line%d" % i for i in range(30)])
         out = tmp_path / "out"
         rc = await run_cli(
-            "to-file", "logs", "--output-dir", str(out), "--rotate-bytes", "100", "-n", "30",
-            "--max-in-flight", "8",
-            "--broker", b.address,
+            "to-file",
+            "logs",
+            "--output-dir",
+            str(out),
+            "--rotate-bytes",
+            "100",
+            "-n",
+            "30",
+            "--max-in-flight",
+            "8",
+            "--broker",
+            b.address,
         )
         assert rc == 0
         files = sorted(out.iterdir())
@@ -111,7 +132,9 @@ async def test_dlq_list_and_replay(tmp_path: Path, capsys: pytest.CaptureFixture
         listed = [json.loads(x) for x in captured.out.splitlines()]
         assert sorted(o["id"] for o in listed) == sorted(a.id.hex() for a in acks)
         assert "2 dead-lettered" in captured.err
-        rc = await run_cli("dlq", "replay", "t", "c", "--id", acks[0].id.hex(), "--broker", b.address)
+        rc = await run_cli(
+            "dlq", "replay", "t", "c", "--id", acks[0].id.hex(), "--broker", b.address
+        )
         assert rc == 0 and "replayed 1" in capsys.readouterr().out
         got: list[bytes] = []
         async with Consumer("t", "c", [b.address], handler=lambda m: got.append(m.body)) as c:
@@ -135,9 +158,21 @@ async def test_errors_are_one_line_and_nonzero(capsys: pytest.CaptureFixture[str
 
 def test_subprocess_exit_code_and_stderr() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "pairq.cli", "pub", "t", "x", "--timeout", "0.2",
-         "--broker", f"127.0.0.1:{free_port()}"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "pairq.cli",
+            "pub",
+            "t",
+            "x",
+            "--timeout",
+            "0.2",
+            "--broker",
+            f"127.0.0.1:{free_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "pairq pub: error:" in proc.stderr
@@ -150,7 +185,9 @@ async def test_stat_shows_pair_health(capsys: pytest.CaptureFixture[str]) -> Non
         async with Producer([a.address, b.address]) as p:
             ack = await p.publish("t", b"x")
             assert ack.copies == 2
-        assert await run_cli("stat", "--count", "1", "--broker", a.address, "--broker", b.address) == 0
+        assert (
+            await run_cli("stat", "--count", "1", "--broker", a.address, "--broker", b.address) == 0
+        )
     out = capsys.readouterr().out
     assert out.count("pair p1 ") == 2
     assert "replication up (tcp)/up" in out and "lease " in out

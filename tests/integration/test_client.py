@@ -150,8 +150,9 @@ async def test_without_touch_the_message_times_out(tmp_path: Path) -> None:
                 await asyncio.sleep(0.6)
 
         # dedupe=False: with it (the default) the redelivery would wait for the run in progress.
-        async with Consumer("t", "c", [b.address], handler=handle, msg_timeout_ms=200,
-                            dedupe=False) as c:
+        async with Consumer(
+            "t", "c", [b.address], handler=handle, msg_timeout_ms=200, dedupe=False
+        ) as c:
             await eventually(lambda: c.stats.finished >= 1, timeout=10)
             await c.wait_idle(timeout=10)
         assert attempts[:2] == [1, 2]
@@ -207,14 +208,20 @@ async def test_rdy_is_spread_over_brokers(tmp_path: Path) -> None:
             await pb_.publish_batch("t", [b"b%d" % i for i in range(50)])
         got: list[bytes] = []
         async with Consumer(
-            "t", "c", [a.address, b.address], handler=lambda m: got.append(m.body), max_in_flight=200
+            "t",
+            "c",
+            [a.address, b.address],
+            handler=lambda m: got.append(m.body),
+            max_in_flight=200,
         ) as c:
             await c.wait_idle(timeout=10)
             assert c.connected == 2
             for addr in (a.address, b.address):
                 t = await stats(addr, "t")
                 assert t.channels[0].clients[0].ready_count == 100
-        assert sorted(got) == sorted([b"a%d" % i for i in range(50)] + [b"b%d" % i for i in range(50)])
+        assert sorted(got) == sorted(
+            [b"a%d" % i for i in range(50)] + [b"b%d" % i for i in range(50)]
+        )
 
 
 async def test_consumer_reconnects_after_broker_restart(tmp_path: Path) -> None:
@@ -222,7 +229,11 @@ async def test_consumer_reconnects_after_broker_restart(tmp_path: Path) -> None:
     addr = f"127.0.0.1:{port}"
     got: list[bytes] = []
     async with Consumer(
-        "t", "c", [addr], handler=lambda m: got.append(m.body), reconnect_backoff=0.02,
+        "t",
+        "c",
+        [addr],
+        handler=lambda m: got.append(m.body),
+        reconnect_backoff=0.02,
         reconnect_backoff_max=0.2,
     ) as c:
         async with run_broker(tmp_path, address=addr) as b:
@@ -285,7 +296,11 @@ async def test_dedupe_runs_handler_once_per_id(tmp_path: Path) -> None:
             await p.publish("t", b"new", id=mid)
         runs: list[bytes] = []
         async with Consumer(
-            "t", "c", [b.address], handler=lambda m: runs.append(m.body), dedupe=tmp_path / "dd.lmdb"
+            "t",
+            "c",
+            [b.address],
+            handler=lambda m: runs.append(m.body),
+            dedupe=tmp_path / "dd.lmdb",
         ) as c:
             await c.wait_idle(timeout=10)
             assert runs == [b"new"]
@@ -364,7 +379,7 @@ async def test_asyncio_timeout_inside_a_handler_only_fails_that_message(tmp_path
         assert sorted(results) == [(b"fast", 1), (b"slow", 1), (b"slow", 2)]
 
 
-_TRACE_SCRIPT = r'''
+_TRACE_SCRIPT = r"""
 import asyncio, json
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -396,7 +411,7 @@ async def main():
     print(json.dumps({"trace_id": trace_id, "inner": inner,
                       "spans": [[s.context.trace_id, s.kind.name] for s in spans]}))
 asyncio.run(main())
-'''
+"""
 
 
 def test_trace_context_links_publish_and_handler() -> None:
@@ -477,7 +492,9 @@ async def test_deferred_publish_and_pausing_with_max_in_flight(tmp_path: Path) -
             await eventually(lambda: len(got) == 3)
 
 
-async def test_handler_raising_cancelled_error_is_a_failure_not_a_dead_worker(tmp_path: Path) -> None:
+async def test_handler_raising_cancelled_error_is_a_failure_not_a_dead_worker(
+    tmp_path: Path,
+) -> None:
     async with run_broker(tmp_path) as b:
         async with Producer([b.address]) as p:
             await p.publish_batch("t", [b"a", b"b", b"c"])

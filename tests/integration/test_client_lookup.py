@@ -103,7 +103,9 @@ async def test_producer_follows_the_placement_order(tmp_path: Path) -> None:
                 # pairs and single brokers), trying all of them in that order.
                 assert prod.brokers_for("fresh") == [x for p in order for x in p.addresses()]
                 assert ack.copies == (2 if order[0].pair else 1)
-                assert sorted(prod.brokers_for("fresh")) == sorted([a.address, b.address, c.address])
+                assert sorted(prod.brokers_for("fresh")) == sorted(
+                    [a.address, b.address, c.address]
+                )
     finally:
         await lk.stop()
 
@@ -180,7 +182,10 @@ async def test_consumer_stops_using_a_tombstoned_broker(tmp_path: Path) -> None:
             await (await b.get_topic("orders")).get_channel("c")
             await pairs_healthy(lk.address, 1)
             async with Consumer(
-                "orders", "c", lookups=[lk.address], lookup_poll_interval=0.1,
+                "orders",
+                "c",
+                lookups=[lk.address],
+                lookup_poll_interval=0.1,
                 handler=lambda m: None,
             ) as cons:
                 await eventually(lambda: sorted(cons.brokers) == sorted([a.address, b.address]))
@@ -192,7 +197,9 @@ async def test_consumer_stops_using_a_tombstoned_broker(tmp_path: Path) -> None:
         await lk.stop()
 
 
-async def test_consumer_started_before_the_topic_exists_finds_it_without_a_full_poll(tmp_path: Path) -> None:
+async def test_consumer_started_before_the_topic_exists_finds_it_without_a_full_poll(
+    tmp_path: Path,
+) -> None:
     async with lookups(1) as addrs, run_broker(tmp_path) as b, registered([b], addrs):
         got: list[Message] = []
         # The default 15 s poll: the first broker holding the topic must still be

@@ -50,7 +50,9 @@ REGISTRAR_POLL = 1.0
 # ---------------------------------------------------------------- 1. two lookups, two pairs
 
 
-async def test_two_lookups_two_pairs_consumer_gets_everything_and_later_topics(tmp_path: Path) -> None:
+async def test_two_lookups_two_pairs_consumer_gets_everything_and_later_topics(
+    tmp_path: Path,
+) -> None:
     async with cluster(tmp_path) as c:
         await c.start_lookups(2)
         await c.start_brokers(pairs=["p1", "p2"])
@@ -68,26 +70,35 @@ async def test_two_lookups_two_pairs_consumer_gets_everything_and_later_topics(t
                     assert all(a.copies == 2 for a in acks)
                     want |= set(bodies)
             got = Received()
-            async with Consumer("orders", "c", lookups=lookups, lookup_poll_interval=POLL,
-                                handler=got) as cons:
+            async with Consumer(
+                "orders", "c", lookups=lookups, lookup_poll_interval=POLL, handler=got
+            ) as cons:
                 await got.wait_for(want, 15)
                 assert sorted(cons.brokers) == sorted(n.address for n in c.nodes)
 
                 # A producer given only the lookups: 'orders' stays on a pair holding it,
                 # a new topic is placed on one pair; both reach lookup-only consumers.
                 fresh = Received()
-                async with Producer(lookups=lookups, lookup_poll_interval=POLL) as prod, \
-                        Consumer("fresh", "c", lookups=lookups, lookup_poll_interval=POLL,
-                                 handler=fresh) as fcons:
+                async with (
+                    Producer(lookups=lookups, lookup_poll_interval=POLL) as prod,
+                    Consumer(
+                        "fresh", "c", lookups=lookups, lookup_poll_interval=POLL, handler=fresh
+                    ) as fcons,
+                ):
                     more = {b"via-lookup-%d" % i for i in range(50)}
                     acks = await asyncio.gather(*(prod.publish("orders", b) for b in sorted(more)))
                     assert all(a.copies == 2 for a in acks)
                     want |= more
                     fresh_bodies = {b"fresh-%d" % i for i in range(20)}
-                    acks = await asyncio.gather(*(prod.publish("fresh", b) for b in sorted(fresh_bodies)))
+                    acks = await asyncio.gather(
+                        *(prod.publish("fresh", b) for b in sorted(fresh_bodies))
+                    )
                     assert all(a.copies == 2 for a in acks)
                     holders = set(prod.brokers_for("fresh")[:2])
-                    assert holders in ({n.address for n in c.pair("p1")}, {n.address for n in c.pair("p2")})
+                    assert holders in (
+                        {n.address for n in c.pair("p1")},
+                        {n.address for n in c.pair("p2")},
+                    )
                     await fresh.wait_for(fresh_bodies, 10)
                     assert set(fcons.brokers) == holders
                 await got.wait_for(want, 10)
@@ -99,15 +110,24 @@ async def test_two_lookups_two_pairs_consumer_gets_everything_and_later_topics(t
             late = {p: Received() for p in ("p1", "p2")}
             async with contextlib.AsyncExitStack() as stack:
                 for p, rec in late.items():
-                    await stack.enter_async_context(Consumer(
-                        f"late-{p}", "c", lookups=lookups, lookup_poll_interval=POLL, handler=rec))
+                    await stack.enter_async_context(
+                        Consumer(
+                            f"late-{p}",
+                            "c",
+                            lookups=lookups,
+                            lookup_poll_interval=POLL,
+                            handler=rec,
+                        )
+                    )
                 for p, rec in late.items():
                     async with Producer([c.pair(p)[0].address]) as prod:
                         t0 = time.monotonic()
                         await prod.publish(f"late-{p}", b"first")
                         took = await rec.wait_for({b"first"}, 10)
-                    print(f"topic created later on {p}: consumed after {took:.2f} s "
-                          f"(poll {POLL} s + registrar poll {REGISTRAR_POLL} s)")
+                    print(
+                        f"topic created later on {p}: consumed after {took:.2f} s "
+                        f"(poll {POLL} s + registrar poll {REGISTRAR_POLL} s)"
+                    )
                     assert rec.times[0] - t0 <= POLL + REGISTRAR_POLL + 0.75
 
 
@@ -129,9 +149,12 @@ async def test_kill9_lookup_during_publish_and_consume_then_restart(tmp_path: Pa
             killed_at = 0.0
             stop_at = 0.0
             publish_latency: list[tuple[float, float]] = []  # (sent at, seconds to ack)
-            async with Producer(lookups=lookups, lookup_poll_interval=POLL) as prod, \
-                    Consumer("traffic", "c", lookups=lookups, lookup_poll_interval=POLL,
-                             handler=got) as cons:
+            async with (
+                Producer(lookups=lookups, lookup_poll_interval=POLL) as prod,
+                Consumer(
+                    "traffic", "c", lookups=lookups, lookup_poll_interval=POLL, handler=got
+                ) as cons,
+            ):
                 await prod.publish("traffic", b"warmup")
                 sent.append(b"warmup")
                 await got.wait_for({b"warmup"}, 10)
@@ -161,9 +184,11 @@ async def test_kill9_lookup_during_publish_and_consume_then_restart(tmp_path: Pa
             gaps = [b - a for a, b in zip([killed_at, *during], during, strict=False)]
             max_gap = max(gaps)
             worst_publish = max(lat for t0, lat in publish_latency if t0 >= killed_at)
-            print(f"lookup killed: {len(sent)} sent, none lost; largest delivery gap while it was "
-                  f"dead {max_gap * 1000:.0f} ms, slowest publish {worst_publish * 1000:.0f} ms "
-                  f"(poll {POLL} s)")
+            print(
+                f"lookup killed: {len(sent)} sent, none lost; largest delivery gap while it was "
+                f"dead {max_gap * 1000:.0f} ms, slowest publish {worst_publish * 1000:.0f} ms "
+                f"(poll {POLL} s)"
+            )
             assert max_gap < POLL
             assert worst_publish < POLL
             assert await lk.nodes(0) is None
@@ -175,46 +200,65 @@ async def test_kill9_lookup_during_publish_and_consume_then_restart(tmp_path: Pa
             await asyncio.to_thread(c.lookups[0].start)
             names = [n.name for n in c.nodes]
             holders = {n.name: {"traffic"} for n in c.nodes if n.address in placed}
-            took = await until(lambda: lk.complete(0, names, holders), bool, 15, "restarted lookup complete")
+            took = await until(
+                lambda: lk.complete(0, names, holders), bool, 15, "restarted lookup complete"
+            )
             print(f"restarted lookup complete after {took:.2f} s (from its process start)")
             async with Discovery([lookups[0]]) as d:
                 assert sorted(await d.consumer_addresses("traffic")) == sorted(
-                    n.address for n in c.nodes if n.name in holders)
+                    n.address for n in c.nodes if n.name in holders
+                )
                 assert await d.channels("traffic") == ["c"]
             # ...and it is a gossip member again: a broker killed now is dead on both at once.
             victim = c.nodes[0]
             victim.proc.kill()
-            took = await until(lambda: lk.liveness(victim.name), lambda s: s == ["dead", "dead"], 5,
-                               f"{victim.name} dead on both lookups")
+            took = await until(
+                lambda: lk.liveness(victim.name),
+                lambda s: s == ["dead", "dead"],
+                5,
+                f"{victim.name} dead on both lookups",
+            )
             assert took < 2.0
 
 
 # ---------------------------------------------------------------- 3. kill -9 a broker
 
 
-async def kill9_detection(c: Cluster, lk: Lookups, nodes: Sequence[Node],
-                          reaped: list[float] | None = None) -> list[float]:
+async def kill9_detection(
+    c: Cluster, lk: Lookups, nodes: Sequence[Node], reaped: list[float] | None = None
+) -> list[float]:
     """kill -9 each node in turn; seconds until *both* lookups answer it dead. ``reaped``
     collects how long the kernel took to end each process (SIGKILL to ``wait()``): a
     process stuck in an fsync under heavy I/O keeps its sockets open until it is gone."""
     out = []
     for n in nodes:
-        await until(functools.partial(lk.liveness, n.name), lambda s: s == ["alive"] * len(c.lookups),
-                    15, f"{n.name} alive on every lookup")
+        await until(
+            functools.partial(lk.liveness, n.name),
+            lambda s: s == ["alive"] * len(c.lookups),
+            15,
+            f"{n.name} alive on every lookup",
+        )
         t0 = time.monotonic()
         n.proc.kill()  # SIGKILL, then wait() for the exit
         if reaped is not None:
             reaped.append(time.monotonic() - t0)
-        await until(functools.partial(lk.liveness, n.name), lambda s: s == ["dead"] * len(c.lookups),
-                    20, f"{n.name} dead on every lookup", interval=0.005)
+        await until(
+            functools.partial(lk.liveness, n.name),
+            lambda s: s == ["dead"] * len(c.lookups),
+            20,
+            f"{n.name} dead on every lookup",
+            interval=0.005,
+        )
         out.append(time.monotonic() - t0)
     return out
 
 
 def report(name: str, xs: Sequence[float]) -> str:
     s = sorted(xs)
-    return (f"{name}: n={len(s)} p50={s[len(s) // 2] * 1000:.0f} ms p99={p99(s) * 1000:.0f} ms "
-            f"max={s[-1] * 1000:.0f} ms")
+    return (
+        f"{name}: n={len(s)} p50={s[len(s) // 2] * 1000:.0f} ms p99={p99(s) * 1000:.0f} ms "
+        f"max={s[-1] * 1000:.0f} ms"
+    )
 
 
 async def test_kill9_broker_dead_on_both_lookups_within_2s(tmp_path: Path) -> None:
@@ -271,12 +315,20 @@ async def test_tombstone_with_real_brokers(tmp_path: Path) -> None:
         async with Lookups(lookups) as lk:
             await all_registered(c, lk)
             got = Received()
-            async with Producer([a.address, b.address]) as prod, \
-                    Consumer("orders", "c", lookups=lookups, lookup_poll_interval=0.2, handler=got) as cons:
+            async with (
+                Producer([a.address, b.address]) as prod,
+                Consumer(
+                    "orders", "c", lookups=lookups, lookup_poll_interval=0.2, handler=got
+                ) as cons,
+            ):
                 await prod.publish("orders", b"before")
                 await got.wait_for({b"before"}, 10)
-                await until(lambda: cons.brokers, lambda x: sorted(x) == sorted([a.address, b.address]),
-                            10, "consumer uses both brokers")
+                await until(
+                    lambda: cons.brokers,
+                    lambda x: sorted(x) == sorted([a.address, b.address]),
+                    10,
+                    "consumer uses both brokers",
+                )
                 async with Discovery(lookups) as d:
                     assert await d.tombstone_topic("orders", b.name) == lookups
                     t0 = time.monotonic()
@@ -285,14 +337,21 @@ async def test_tombstone_with_real_brokers(tmp_path: Path) -> None:
                         assert nodes is not None
                         assert [t.topic for t in nodes[b.name].tombstones] == ["orders"]
                         assert not nodes[a.name].tombstones
-                    await until(lambda: cons.brokers, lambda x: x == [a.address], 2,
-                                "consumer dropped the tombstoned broker")
+                    await until(
+                        lambda: cons.brokers,
+                        lambda x: x == [a.address],
+                        2,
+                        "consumer dropped the tombstoned broker",
+                    )
                     during = {b"during-%d" % i for i in range(20)}
                     await asyncio.gather(*(prod.publish("orders", m) for m in sorted(during)))
                     await got.wait_for(during, 10)
-                    await until(lambda: sorted(cons.brokers),
-                                lambda x: x == sorted([a.address, b.address]), lifetime + 3,
-                                "consumer uses the broker again after the tombstone expired")
+                    await until(
+                        lambda: sorted(cons.brokers),
+                        lambda x: x == sorted([a.address, b.address]),
+                        lifetime + 3,
+                        "consumer uses the broker again after the tombstone expired",
+                    )
                     held = time.monotonic() - t0
                     assert held >= lifetime - 0.5, f"tombstone held only {held:.2f} s"
                     assert await d.consumer_addresses("orders") == sorted([a.address, b.address])
@@ -304,37 +363,56 @@ async def test_inactivity_expiry_with_real_brokers(tmp_path: Path) -> None:
     a paused broker that resumes after it was dropped registers again."""
     timeout = 1.5
     async with cluster(tmp_path) as c:
-        await c.start_lookups(1, extra=["--heartbeat-interval-ms", "100",
-                                        "--inactivity-timeout-s", str(timeout)])
+        await c.start_lookups(
+            1, extra=["--heartbeat-interval-ms", "100", "--inactivity-timeout-s", str(timeout)]
+        )
         live, killed, paused = await c.start_brokers(singles=["live", "killed", "paused"])
         lookups = c.lookup_addresses
         for n in (live, killed, paused):
             async with Producer([n.address]) as prod:
                 await prod.publish(f"t-{n.name}", b"x")
         async with Lookups(lookups) as lk, Discovery(lookups) as d:
-            await until(d.topics, lambda ts: {"t-live", "t-killed", "t-paused"} <= set(ts), 10,
-                        "every broker's topic registered")
+            await until(
+                d.topics,
+                lambda ts: {"t-live", "t-killed", "t-paused"} <= set(ts),
+                10,
+                "every broker's topic registered",
+            )
             killed.proc.kill()
             paused.signal(signal.SIGSTOP)
             try:
-                gone = await until(lambda: lk.nodes(0),
-                                   lambda ns: ns is not None and "killed" not in ns and "paused" not in ns,
-                                   timeout + 5, "silent registrations dropped")
-                assert gone >= timeout - 0.2, f"dropped after {gone:.2f} s, before the {timeout} s timeout"
+                gone = await until(
+                    lambda: lk.nodes(0),
+                    lambda ns: ns is not None and "killed" not in ns and "paused" not in ns,
+                    timeout + 5,
+                    "silent registrations dropped",
+                )
+                assert gone >= timeout - 0.2, (
+                    f"dropped after {gone:.2f} s, before the {timeout} s timeout"
+                )
                 print(f"silent registrations dropped after {gone:.2f} s (timeout {timeout} s)")
                 assert await lk.liveness("live") == ["alive"]  # heartbeats kept it
                 assert await d.topics() == ["t-live"]
                 # and the lookup's sweep forgot them (not just left them out of answers)
                 log = c.lookups[0].log_path
-                await until(log.read_text, lambda text: all(
-                    f"registration of broker {n} expired" in text for n in ("killed", "paused")),
-                    5, "the sweep dropped both registrations")
+                await until(
+                    log.read_text,
+                    lambda text: all(
+                        f"registration of broker {n} expired" in text for n in ("killed", "paused")
+                    ),
+                    5,
+                    "the sweep dropped both registrations",
+                )
             finally:
                 paused.signal(signal.SIGCONT)
             # The resumed broker's old stream is one the lookup has forgotten: it must
             # register again (with its topics), not heartbeat into the void.
-            await until(lambda: lk.liveness("paused"), lambda s: s == ["alive"], 10,
-                        "resumed broker registered again")
+            await until(
+                lambda: lk.liveness("paused"),
+                lambda s: s == ["alive"],
+                10,
+                "resumed broker registered again",
+            )
             await until(d.topics, lambda ts: "t-paused" in ts, 5, "resumed broker's topics")
 
 
@@ -347,17 +425,37 @@ async def test_a_broker_dying_after_a_lookup_died_is_dropped(tmp_path: Path) -> 
             await all_registered(c, lk)
             async with Producer([a.address, b.address]) as prod:
                 await prod.publish("orders", b"x")
-            async with Consumer("orders", "c", lookups=lookups, lookup_poll_interval=0.2,
-                                handler=Received()) as cons, Discovery(lookups) as d:
-                await until(lambda: sorted(cons.brokers), lambda x: x == sorted([a.address, b.address]),
-                            10, "consumer uses both brokers")
+            async with (
+                Consumer(
+                    "orders", "c", lookups=lookups, lookup_poll_interval=0.2, handler=Received()
+                ) as cons,
+                Discovery(lookups) as d,
+            ):
+                await until(
+                    lambda: sorted(cons.brokers),
+                    lambda x: x == sorted([a.address, b.address]),
+                    10,
+                    "consumer uses both brokers",
+                )
                 assert await d.consumer_addresses("orders") == sorted([a.address, b.address])
                 c.lookups[0].kill()
                 b.proc.kill()
-                await until(functools.partial(lk.liveness, b.name), lambda s: s == ["down", "dead"], 5,
-                            "the live lookup answers the broker dead")
+                await until(
+                    functools.partial(lk.liveness, b.name),
+                    lambda s: s == ["down", "dead"],
+                    5,
+                    "the live lookup answers the broker dead",
+                )
                 # The only lookup that answers says dead: the client must not keep it.
-                await until(functools.partial(d.consumer_addresses, "orders"), lambda x: x == [a.address],
-                            3, "discovery drops the dead broker")
-                await until(lambda: cons.brokers, lambda x: x == [a.address], 3,
-                            "consumer drops the dead broker")
+                await until(
+                    functools.partial(d.consumer_addresses, "orders"),
+                    lambda x: x == [a.address],
+                    3,
+                    "discovery drops the dead broker",
+                )
+                await until(
+                    lambda: cons.brokers,
+                    lambda x: x == [a.address],
+                    3,
+                    "consumer drops the dead broker",
+                )

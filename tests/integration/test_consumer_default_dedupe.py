@@ -8,7 +8,9 @@ from pathlib import Path
 from test_pair import kill9_owner_cycles
 
 
-async def test_default_consumer_handles_each_message_once_across_owner_kill9(tmp_path: Path) -> None:
+async def test_default_consumer_handles_each_message_once_across_owner_kill9(
+    tmp_path: Path,
+) -> None:
     # No dedupe argument: the default in-memory window (105 ids ran twice with dedupe=False).
     acked, handled, absorbed = await kill9_owner_cycles(tmp_path, cycles=6, seed=9)
     twice = [i for i, n in handled.items() if n > 1]

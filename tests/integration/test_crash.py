@@ -39,23 +39,31 @@ class World:
         self.sent_serial = 0
 
 
-async def producer(stub: pbg.BrokerServiceStub, w: World, stop: asyncio.Event, rng: random.Random, pid: int) -> None:
+async def producer(
+    stub: pbg.BrokerServiceStub, w: World, stop: asyncio.Event, rng: random.Random, pid: int
+) -> None:
     while not stop.is_set():
         kind = rng.random()
         try:
             if kind < 0.4:
                 body = b"s%d-%d" % (pid, w.sent_serial)
                 w.sent_serial += 1
-                r = await stub.Publish(pb.PublishRequest(topic="t", message=pb.PublishItem(body=body)), timeout=2)
+                r = await stub.Publish(
+                    pb.PublishRequest(topic="t", message=pb.PublishItem(body=body)), timeout=2
+                )
                 w.acked.add(r.id)
             elif kind < 0.9:
                 items = [pb.PublishItem(body=b"b%d" % i) for i in range(rng.randint(2, 50))]
-                r = await stub.PublishBatch(pb.PublishBatchRequest(topic="t", messages=items), timeout=2)
+                r = await stub.PublishBatch(
+                    pb.PublishBatchRequest(topic="t", messages=items), timeout=2
+                )
                 w.acked.update(r.ids)
             else:
                 sent = time.time()
                 r = await stub.Publish(
-                    pb.PublishRequest(topic="t", message=pb.PublishItem(body=b"deferred", defer_ms=DEFER_MS)),
+                    pb.PublishRequest(
+                        topic="t", message=pb.PublishItem(body=b"deferred", defer_ms=DEFER_MS)
+                    ),
                     timeout=2,
                 )
                 w.acked.add(r.id)
@@ -79,10 +87,16 @@ async def consumer(stub: pbg.BrokerServiceStub, w: World, stop: asyncio.Event) -
             for m in msgs:
                 due = w.deferred_due.get(m.id)
                 if due is not None and now_wall < due - 0.05:
-                    w.violations.append(f"deferred {m.id.hex()} delivered {due - now_wall:.3f}s early")
+                    w.violations.append(
+                        f"deferred {m.id.hex()} delivered {due - now_wall:.3f}s early"
+                    )
                 fin_at = w.fin_time.get(m.id)
-                if fin_at is not None and any(k - fin_at >= FIN_MARGIN for k in w.kills if k > fin_at):
-                    w.violations.append(f"{m.id.hex()} FIN'd {FIN_MARGIN}s+ before a kill came back")
+                if fin_at is not None and any(
+                    k - fin_at >= FIN_MARGIN for k in w.kills if k > fin_at
+                ):
+                    w.violations.append(
+                        f"{m.id.hex()} FIN'd {FIN_MARGIN}s+ before a kill came back"
+                    )
                 w.delivered[m.id] = w.delivered.get(m.id, 0) + 1
                 ids.append(m.id)
                 w.fin_time.setdefault(m.id, now)
@@ -126,8 +140,10 @@ async def test_kill9_cycles_lose_nothing(tmp_path: Path) -> None:
         broker.stop()
     lost = w.acked - set(w.delivered)
     dup = sum(n - 1 for n in w.delivered.values() if n > 1)
-    print(f"acked={len(w.acked)} delivered={len(w.delivered)} redelivered={dup} "
-          f"deferred={len(w.deferred_due)} kills={len(w.kills)}")
+    print(
+        f"acked={len(w.acked)} delivered={len(w.delivered)} redelivered={dup} "
+        f"deferred={len(w.deferred_due)} kills={len(w.kills)}"
+    )
     assert len(w.acked) > 1000
     assert w.deferred_due
     assert not lost, f"{len(lost)} acknowledged messages lost"

@@ -33,13 +33,28 @@ def dev_args(data: Path) -> list[str]:
                     continue
             return p
 
-    return ["--data-dir", str(data), "--broker-port", str(two()), "--lookup-port", str(two()),
-            "--gossip-port", str(two()), "--metrics-port", str(two())]
+    return [
+        "--data-dir",
+        str(data),
+        "--broker-port",
+        str(two()),
+        "--lookup-port",
+        str(two()),
+        "--gossip-port",
+        str(two()),
+        "--metrics-port",
+        str(two()),
+    ]
 
 
 def pairq(*args: str, **kw: object) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "pairq.cli", *args], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
+    return subprocess.Popen(
+        [sys.executable, "-m", "pairq.cli", *args],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
+    )  # type: ignore[call-overload]
 
 
 async def stats(addr: str) -> pb.GetStatsResponse | None:
@@ -62,8 +77,14 @@ async def until(cond, timeout: float, what: str):  # type: ignore[no-untyped-def
 
 async def healthy(a: str, b: str) -> bool:
     sa, sb = await stats(a), await stats(b)
-    return all(s is not None and s.pair.connected and s.pair.partner_connected and not s.pair.solo
-               and s.pair.lease_remaining_ms > 0 for s in (sa, sb))
+    return all(
+        s is not None
+        and s.pair.connected
+        and s.pair.partner_connected
+        and not s.pair.solo
+        and s.pair.lease_remaining_ms > 0
+        for s in (sa, sb)
+    )
 
 
 async def test_dev_survives_a_broker_kill9_and_restarts_it_on_request(tmp_path: Path) -> None:
@@ -75,8 +96,12 @@ async def test_dev_survives_a_broker_kill9_and_restarts_it_on_request(tmp_path: 
     try:
         await until(lambda: healthy(a, b), 40, "the dev pair healthy")
         async with grpc.aio.insecure_channel(a) as ch:
-            r = await pbg.BrokerServiceStub(ch).PublishBatch(pb.PublishBatchRequest(
-                topic="orders", messages=[pb.PublishItem(body=b"%d" % i) for i in range(50)]), timeout=5)
+            r = await pbg.BrokerServiceStub(ch).PublishBatch(
+                pb.PublishBatchRequest(
+                    topic="orders", messages=[pb.PublishItem(body=b"%d" % i) for i in range(50)]
+                ),
+                timeout=5,
+            )
         assert r.copies == 2
         before = await stats(b)
         assert before is not None and before.pair.takeovers == 0  # a clean start takes nothing over
@@ -85,6 +110,7 @@ async def test_dev_survives_a_broker_kill9_and_restarts_it_on_request(tmp_path: 
         async def took_over() -> bool:
             s = await stats(b)
             return s is not None and s.pair.takeovers == 1
+
         await until(took_over, 10, "broker-b took over broker-a's messages")
         assert dev.poll() is None, "pairq dev stopped when one broker died"
         restart = pairq("dev", "restart", "broker-a", "--data-dir", str(data))

@@ -145,7 +145,11 @@ async def test_key_rotation_without_false_suspicion() -> None:
         for g in nodes:
             g.keyring.remove(KEY_A)
         before = [g.stats.probes for g in nodes]
-        await until(lambda: all(g.stats.probes > p + 2 for g, p in zip(nodes, before, strict=True)), 5, "probes")
+        await until(
+            lambda: all(g.stats.probes > p + 2 for g, p in zip(nodes, before, strict=True)),
+            5,
+            "probes",
+        )
         assert all(g.stats.suspects == 0 for g in nodes)
         assert all(g.stats.decode_errors == 0 for g in nodes)
         assert all(m.state == MemberState.ALIVE for g in nodes for m in g.members())
@@ -154,7 +158,9 @@ async def test_key_rotation_without_false_suspicion() -> None:
             await g.stop(leave=False)
 
 
-def _wait_line(path: Path, pred: Callable[[dict[str, object]], bool], within: float) -> dict[str, object]:
+def _wait_line(
+    path: Path, pred: Callable[[dict[str, object]], bool], within: float
+) -> dict[str, object]:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if path.exists():
@@ -176,17 +182,25 @@ def test_agent_processes_members_cli_and_kill(tmp_path: Path) -> None:
     try:
         procs.append(subprocess.Popen([*agent, "--name", "a", "--events", str(events[0])]))
         addr = str(_wait_line(events[0], lambda e: e["ev"] == "ready", 15)["addr"])
-        procs.append(subprocess.Popen([*agent, "--name", "b", "--join", addr, "--events", str(events[1])]))
+        procs.append(
+            subprocess.Popen([*agent, "--name", "b", "--join", addr, "--events", str(events[1])])
+        )
         _wait_line(events[0], lambda e: e["ev"] == "join" and e["member"] == "b", 15)
 
         parser = argparse.ArgumentParser(prog="pairq")
         add_members_command(parser.add_subparsers(dest="cmd"))
         args = parser.parse_args(["members", "--gossip", addr, "--json"])
         code = subprocess.run(
-            [sys.executable, "-c", "import sys, json; from pairq.gossip.cli import run_members;"
-             "import argparse; sys.exit(run_members(argparse.Namespace(**json.loads(sys.argv[1]))))",
-             json.dumps(vars(args) | {"func": None})],
-            capture_output=True, text=True, timeout=30,
+            [
+                sys.executable,
+                "-c",
+                "import sys, json; from pairq.gossip.cli import run_members;"
+                "import argparse; sys.exit(run_members(argparse.Namespace(**json.loads(sys.argv[1]))))",
+                json.dumps(vars(args) | {"func": None}),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert code.returncode == 0, code.stderr
         listed = json.loads(code.stdout)

@@ -42,8 +42,13 @@ async def _lookups(n: int, **opts: object) -> list[Lookup]:
 
 
 def _registrar(broker: object, lookups: list[str]) -> LookupRegistrar:
-    return LookupRegistrar(broker, lookups, poll_interval=0.1,  # type: ignore[arg-type]
-                           initial_backoff=0.05, max_backoff=0.3)
+    return LookupRegistrar(
+        broker,
+        lookups,
+        poll_interval=0.1,  # type: ignore[arg-type]
+        initial_backoff=0.05,
+        max_backoff=0.3,
+    )
 
 
 async def _stop(*things: Lookup | LookupRegistrar) -> None:
@@ -61,17 +66,27 @@ async def test_registration_visible_on_both_lookups_and_merged_by_discovery() ->
         rb.start()
         try:
             for lk in (l1, l2):
-                await eventually(lambda lk=lk: [
-                    (p.pair, [x.status.identity.node_id for x in p.brokers])
-                    for p in lk.registry.lookup_topic("orders", time.monotonic()).pairs
-                ] == [("p1", sorted([a.node_id, b.node_id]))], timeout=5)
+                await eventually(
+                    lambda lk=lk: (
+                        [
+                            (p.pair, [x.status.identity.node_id for x in p.brokers])
+                            for p in lk.registry.lookup_topic("orders", time.monotonic()).pairs
+                        ]
+                        == [("p1", sorted([a.node_id, b.node_id]))]
+                    ),
+                    timeout=5,
+                )
             async with Discovery([*addrs, f"127.0.0.1:{free_port()}"], timeout=1.0) as d:
                 pairs = await d.brokers_for_topic("orders")
                 assert [p.pair for p in pairs] == ["p1"]
                 assert sorted(x.address for x in pairs[0].brokers) == sorted([a.address, b.address])
-                assert all(x.alive and x.liveness == "alive" and not x.tombstoned for x in pairs[0].brokers)
+                assert all(
+                    x.alive and x.liveness == "alive" and not x.tombstoned for x in pairs[0].brokers
+                )
                 assert await d.channels("orders") == ["billing"]
-                assert sorted(await d.consumer_addresses("orders")) == sorted([a.address, b.address])
+                assert sorted(await d.consumer_addresses("orders")) == sorted(
+                    [a.address, b.address]
+                )
                 (p1,) = await d.all_pairs()
                 assert p1.healthy and "orders" in p1.topics
                 assert [p.pair for p in await d.placement("brand-new")] == ["p1"]
@@ -79,8 +94,10 @@ async def test_registration_visible_on_both_lookups_and_merged_by_discovery() ->
 
                 # a topic created later is registered within the registrar's poll
                 await b.get_topic("later")
-                await eventually(lambda: all("later" in lk.registry.topics(time.monotonic())
-                                             for lk in (l1, l2)), timeout=3)
+                await eventually(
+                    lambda: all("later" in lk.registry.topics(time.monotonic()) for lk in (l1, l2)),
+                    timeout=3,
+                )
 
                 # tombstone the topic on b: consumers stop using b for it, until it expires
                 assert await d.tombstone_topic("orders", b.node_id) == addrs
@@ -108,18 +125,32 @@ async def test_nodes_command_lists_every_broker_from_every_lookup(tmp_path: Path
         ra.start()
         rb.start()
         try:
-            await eventually(lambda: all(len(lk.registry.nodes(time.monotonic())) == 2 for lk in (l1, l2)))
-            args = ["-m", "pairq.lookup.cli", "nodes", "--lookup", l1.address, "--lookup", l2.address]
+            await eventually(
+                lambda: all(len(lk.registry.nodes(time.monotonic())) == 2 for lk in (l1, l2))
+            )
+            args = [
+                "-m",
+                "pairq.lookup.cli",
+                "nodes",
+                "--lookup",
+                l1.address,
+                "--lookup",
+                l2.address,
+            ]
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, *args, "--json", stdout=asyncio.subprocess.PIPE)
+                sys.executable, *args, "--json", stdout=asyncio.subprocess.PIPE
+            )
             out, _ = await asyncio.wait_for(proc.communicate(), 30)
             assert proc.returncode == 0
             doc = json.loads(out)
             assert sorted(n["node_id"] for n in doc["nodes"]) == sorted([a.node_id, b.node_id])
-            assert all(n["pair"] == "px" and n["liveness"] == "alive" and len(n["seen_by"]) == 2
-                       for n in doc["nodes"])
+            assert all(
+                n["pair"] == "px" and n["liveness"] == "alive" and len(n["seen_by"]) == 2
+                for n in doc["nodes"]
+            )
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, *args, stdout=asyncio.subprocess.PIPE)
+                sys.executable, *args, stdout=asyncio.subprocess.PIPE
+            )
             out, _ = await asyncio.wait_for(proc.communicate(), 30)
             table = out.decode().splitlines()
             assert table[0].split()[:3] == ["NODE", "PAIR", "ADDRESS"]
@@ -145,9 +176,13 @@ async def test_lookup_kill9_does_not_affect_brokers_and_restart_reregisters(tmp_
         ra.start()
         rb.start()
         try:
-            await eventually(lambda: all(r.connected[x] for r in (ra, rb) for x in addrs), timeout=10)
-            async with Producer([a.address, b.address]) as prod, \
-                    Consumer("orders", "c", [a.address, b.address], handler=handle) as cons:
+            await eventually(
+                lambda: all(r.connected[x] for r in (ra, rb) for x in addrs), timeout=10
+            )
+            async with (
+                Producer([a.address, b.address]) as prod,
+                Consumer("orders", "c", [a.address, b.address], handler=handle) as cons,
+            ):
                 for i in range(100):
                     ack = await prod.publish("orders", b"m%d" % i)
                     assert ack.copies == 2
@@ -158,14 +193,21 @@ async def test_lookup_kill9_does_not_affect_brokers_and_restart_reregisters(tmp_
             assert not ra.connected[l1.address] and ra.connected[l2.address]
             # the surviving lookup still answers everything
             async with Discovery(addrs, timeout=0.5) as d:
-                assert sorted(await d.consumer_addresses("orders")) == sorted([a.address, b.address])
+                assert sorted(await d.consumer_addresses("orders")) == sorted(
+                    [a.address, b.address]
+                )
 
             before = (ra.registrations[l1.address], rb.registrations[l1.address])
             l1b = LookupProc(tmp_path, "l1-restarted", port=l1.port)
             await l1b.start()
             async with stopping(l1b):
-                await eventually(lambda: (ra.registrations[l1.address], rb.registrations[l1.address])
-                                 == (before[0] + 1, before[1] + 1), timeout=10)
+                await eventually(
+                    lambda: (
+                        (ra.registrations[l1.address], rb.registrations[l1.address])
+                        == (before[0] + 1, before[1] + 1)
+                    ),
+                    timeout=10,
+                )
                 async with Discovery([l1b.address], timeout=1.0) as d:
                     pairs = await d.brokers_for_topic("orders")
                     assert [(p.pair, len(p.brokers)) for p in pairs] == [("p1", 2)]
@@ -181,12 +223,22 @@ async def test_inactivity_expiry_of_a_silent_registration_with_its_stream_open()
     (lk,) = await _lookups(1, heartbeat_interval_ms=100, inactivity_timeout_s=0.6)
     try:
         async with grpc.aio.insecure_channel(lk.address) as ch:
-            call = ch.stream_stream("/pairq.v1.LookupService/Register",
-                                    request_serializer=pb.RegisterRequest.SerializeToString,
-                                    response_deserializer=pb.RegisterResponse.FromString)()
-            await call.write(pb.RegisterRequest(seq=7, hello=pb.RegisterHello(
-                broker=pb.BrokerIdentity(node_id="silent", grpc_address="127.0.0.1:1", pair="q"),
-                topics=[pb.TopicRegistration(name="t", channels=["c"])])))
+            call = ch.stream_stream(
+                "/pairq.v1.LookupService/Register",
+                request_serializer=pb.RegisterRequest.SerializeToString,
+                response_deserializer=pb.RegisterResponse.FromString,
+            )()
+            await call.write(
+                pb.RegisterRequest(
+                    seq=7,
+                    hello=pb.RegisterHello(
+                        broker=pb.BrokerIdentity(
+                            node_id="silent", grpc_address="127.0.0.1:1", pair="q"
+                        ),
+                        topics=[pb.TopicRegistration(name="t", channels=["c"])],
+                    ),
+                )
+            )
             ack = await call.read()
             assert (ack.seq, ack.heartbeat_interval_ms, ack.inactivity_timeout_ms) == (7, 100, 600)
             assert await liveness(lk.address, "silent") == "alive"
@@ -207,25 +259,34 @@ async def test_register_rejects_bad_input() -> None:
     (lk,) = await _lookups(1)
     try:
         async with grpc.aio.insecure_channel(lk.address) as ch:
-            reg = ch.stream_stream("/pairq.v1.LookupService/Register",
-                                   request_serializer=pb.RegisterRequest.SerializeToString,
-                                   response_deserializer=pb.RegisterResponse.FromString)
+            reg = ch.stream_stream(
+                "/pairq.v1.LookupService/Register",
+                request_serializer=pb.RegisterRequest.SerializeToString,
+                response_deserializer=pb.RegisterResponse.FromString,
+            )
             for bad in (
                 pb.RegisterRequest(heartbeat=pb.RegisterHeartbeat()),
                 pb.RegisterRequest(hello=pb.RegisterHello(broker=pb.BrokerIdentity(node_id="x"))),
-                pb.RegisterRequest(hello=pb.RegisterHello(
-                    broker=pb.BrokerIdentity(node_id="x", grpc_address="127.0.0.1:1"),
-                    topics=[pb.TopicRegistration(name="bad name!")])),
+                pb.RegisterRequest(
+                    hello=pb.RegisterHello(
+                        broker=pb.BrokerIdentity(node_id="x", grpc_address="127.0.0.1:1"),
+                        topics=[pb.TopicRegistration(name="bad name!")],
+                    )
+                ),
             ):
                 call = reg()
                 await call.write(bad)
                 with pytest.raises(grpc.aio.AioRpcError) as info:
                     await call.read()
-                assert info.value.code() in (grpc.StatusCode.INVALID_ARGUMENT,
-                                             grpc.StatusCode.FAILED_PRECONDITION)
-            lookup_topic = ch.unary_unary("/pairq.v1.LookupService/LookupTopic",
-                                          request_serializer=pb.LookupTopicRequest.SerializeToString,
-                                          response_deserializer=pb.LookupTopicResponse.FromString)
+                assert info.value.code() in (
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                )
+            lookup_topic = ch.unary_unary(
+                "/pairq.v1.LookupService/LookupTopic",
+                request_serializer=pb.LookupTopicRequest.SerializeToString,
+                response_deserializer=pb.LookupTopicResponse.FromString,
+            )
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await lookup_topic(pb.LookupTopicRequest(topic=""))
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -245,8 +306,12 @@ async def test_gossip_declares_a_paused_broker_dead_on_both_lookups(tmp_path: Pa
         async with Lookups(c.lookup_addresses) as lk:
             await all_registered(c, lk)
             a.signal(signal.SIGSTOP)
-            took = await until(functools.partial(lk.liveness, a.name), lambda s: s == ["dead", "dead"],
-                               15, "paused broker dead on both lookups")
+            took = await until(
+                functools.partial(lk.liveness, a.name),
+                lambda s: s == ["dead", "dead"],
+                15,
+                "paused broker dead on both lookups",
+            )
             for i in range(2):
                 nodes = await lk.nodes(i)
                 assert nodes is not None

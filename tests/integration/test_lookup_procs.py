@@ -43,8 +43,10 @@ class Proc:
         log = self.log_path.open("ab")
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, *self.argv,
-                stdout=asyncio.subprocess.PIPE if ready_prefix else log, stderr=log,
+                sys.executable,
+                *self.argv,
+                stdout=asyncio.subprocess.PIPE if ready_prefix else log,
+                stderr=log,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         finally:
@@ -53,7 +55,9 @@ class Proc:
             assert self.proc.stdout is not None
             line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
             self.ready_line = line.decode().strip()
-            assert self.ready_line.startswith(ready_prefix), f"unexpected {self.ready_line!r}; see {self.log_path}"
+            assert self.ready_line.startswith(ready_prefix), (
+                f"unexpected {self.ready_line!r}; see {self.log_path}"
+            )
         if port:
             deadline = asyncio.get_running_loop().time() + timeout
             while True:
@@ -62,8 +66,13 @@ class Proc:
                     w.close()
                     return
                 except OSError:
-                    if self.proc.returncode is not None or asyncio.get_running_loop().time() > deadline:
-                        raise RuntimeError(f"process did not listen on {port}; see {self.log_path}") from None
+                    if (
+                        self.proc.returncode is not None
+                        or asyncio.get_running_loop().time() > deadline
+                    ):
+                        raise RuntimeError(
+                            f"process did not listen on {port}; see {self.log_path}"
+                        ) from None
                     await asyncio.sleep(0.05)
 
     def signal(self, sig: int) -> None:
@@ -87,8 +96,16 @@ class Proc:
 
 
 class LookupProc(Proc):
-    def __init__(self, tmp: Path, name: str, *, port: int = 0, gossip_port: int = 0,
-                 join: list[str] | None = None, extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        name: str,
+        *,
+        port: int = 0,
+        gossip_port: int = 0,
+        join: list[str] | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.gossip_port = gossip_port
         argv = ["-m", "pairq.lookup.cli", "lookup", "--address", self.address, "--node-name", name]
@@ -109,9 +126,11 @@ class LookupProc(Proc):
 async def liveness(lookup: str, node_id: str, timeout: float = 1.0) -> str:
     """What ``lookup`` answers for ``node_id``: alive/suspect/dead, "absent", or "down"."""
     async with grpc.aio.insecure_channel(lookup) as ch:
-        rpc = ch.unary_unary("/pairq.v1.LookupService/ListNodes",
-                             request_serializer=pb.ListNodesRequest.SerializeToString,
-                             response_deserializer=pb.ListNodesResponse.FromString)
+        rpc = ch.unary_unary(
+            "/pairq.v1.LookupService/ListNodes",
+            request_serializer=pb.ListNodesRequest.SerializeToString,
+            response_deserializer=pb.ListNodesResponse.FromString,
+        )
         try:
             resp = await rpc(pb.ListNodesRequest(), timeout=timeout)
         except grpc.aio.AioRpcError:
@@ -137,8 +156,16 @@ async def stopping(*procs: Proc):  # type: ignore[no-untyped-def]
 class LookupProcess:
     """``pairq lookup`` as a child process (gossip on, local profile)."""
 
-    def __init__(self, tmp: Path, name: str, *, port: int = 0, gossip_port: int = 0,
-                 join: Sequence[str] = (), extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        name: str,
+        *,
+        port: int = 0,
+        gossip_port: int = 0,
+        join: Sequence[str] = (),
+        extra: Sequence[str] = (),
+    ) -> None:
         self.name = name
         self.port = port or free_port()
         self.gossip_port = gossip_port or free_port()
@@ -156,9 +183,21 @@ class LookupProcess:
         return f"127.0.0.1:{self.gossip_port}"
 
     def start(self, timeout: float = 20.0) -> None:
-        argv = [sys.executable, "-m", "pairq.cli", "lookup", "--address", self.address,
-                "--node-name", self.name, "--gossip-address", self.gossip_address,
-                "--gossip-profile", "local", *self.extra]
+        argv = [
+            sys.executable,
+            "-m",
+            "pairq.cli",
+            "lookup",
+            "--address",
+            self.address,
+            "--node-name",
+            self.name,
+            "--gossip-address",
+            self.gossip_address,
+            "--gossip-profile",
+            "local",
+            *self.extra,
+        ]
         for j in self.join:
             argv += ["--join", j]
         with self.log_path.open("ab") as log:
@@ -169,8 +208,14 @@ class LookupProcess:
 
     def restarted(self, name: str) -> LookupProcess:
         """A new process on the same gRPC and gossip addresses."""
-        return LookupProcess(self.log_path.parent, name, port=self.port, gossip_port=self.gossip_port,
-                             join=self.join, extra=self.extra)
+        return LookupProcess(
+            self.log_path.parent,
+            name,
+            port=self.port,
+            gossip_port=self.gossip_port,
+            join=self.join,
+            extra=self.extra,
+        )
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -215,19 +260,29 @@ class Cluster:
 
     async def start_lookups(self, n: int, extra: Sequence[str] = ()) -> None:
         first = LookupProcess(self.tmp, f"l{len(self.lookups) + 1}", extra=extra)
-        rest = [LookupProcess(self.tmp, f"l{len(self.lookups) + 2 + i}", join=[first.gossip_address],
-                              extra=extra) for i in range(n - 1)]
+        rest = [
+            LookupProcess(
+                self.tmp, f"l{len(self.lookups) + 2 + i}", join=[first.gossip_address], extra=extra
+            )
+            for i in range(n - 1)
+        ]
         self.lookups += [first, *rest]
         await asyncio.gather(*(asyncio.to_thread(lk.start) for lk in (first, *rest)))
 
-    async def start_brokers(self, pairs: Sequence[str] = (), singles: Sequence[str] = ()) -> list[Node]:
+    async def start_brokers(
+        self, pairs: Sequence[str] = (), singles: Sequence[str] = ()
+    ) -> list[Node]:
         """Start two brokers per pair name and one per single name, in parallel; each
         registers with every lookup and joins gossip through every lookup."""
         new: list[Node] = []
         for p in pairs:
             pa, pb_ = free_port(), free_port()
             for suffix, port, partner in (("a", pa, pb_), ("b", pb_, pa)):
-                new.append(self._node(f"{p}{suffix}", port, ["--pair", p, "--partner", f"127.0.0.1:{partner}"], p))
+                new.append(
+                    self._node(
+                        f"{p}{suffix}", port, ["--pair", p, "--partner", f"127.0.0.1:{partner}"], p
+                    )
+                )
         for s in singles:
             new.append(self._node(s, free_port(), [], ""))
         self.nodes += new
@@ -235,11 +290,22 @@ class Cluster:
         return new
 
     def _node(self, name: str, port: int, extra: list[str], pair: str) -> Node:
-        args = ["--node-name", name, "--gossip-address", f"127.0.0.1:{free_port()}",
-                "--gossip-profile", "local", "--shutdown-grace-s", "0.5", *extra]
+        args = [
+            "--node-name",
+            name,
+            "--gossip-address",
+            f"127.0.0.1:{free_port()}",
+            "--gossip-profile",
+            "local",
+            "--shutdown-grace-s",
+            "0.5",
+            *extra,
+        ]
         for lk in self.lookups:
             args += ["--lookup", lk.address, "--join", lk.gossip_address]
-        proc = BrokerProcess(self.tmp / name, port=port, args=args, log_path=str(self.tmp / f"{name}.log"))
+        proc = BrokerProcess(
+            self.tmp / name, port=port, args=args, log_path=str(self.tmp / f"{name}.log")
+        )
         return Node(name, proc, pair)
 
     def kill_all(self) -> None:
@@ -268,10 +334,14 @@ class Lookups:
     def __init__(self, addresses: Sequence[str]) -> None:
         self.addresses = list(addresses)
         self._channels = [grpc.aio.insecure_channel(a) for a in self.addresses]
-        self._list = [ch.unary_unary("/pairq.v1.LookupService/ListNodes",
-                                     request_serializer=pb.ListNodesRequest.SerializeToString,
-                                     response_deserializer=pb.ListNodesResponse.FromString)
-                      for ch in self._channels]
+        self._list = [
+            ch.unary_unary(
+                "/pairq.v1.LookupService/ListNodes",
+                request_serializer=pb.ListNodesRequest.SerializeToString,
+                response_deserializer=pb.ListNodesResponse.FromString,
+            )
+            for ch in self._channels
+        ]
 
     async def __aenter__(self) -> Lookups:
         return self
@@ -300,7 +370,9 @@ class Lookups:
                 out.append(LIVENESS[nodes[node_id].status.liveness])
         return out
 
-    async def complete(self, i: int, names: Sequence[str], topics: dict[str, set[str]] | None = None) -> bool:
+    async def complete(
+        self, i: int, names: Sequence[str], topics: dict[str, set[str]] | None = None
+    ) -> bool:
         """Lookup ``i`` lists every node in ``names`` alive (and, if given, each with those topics)."""
         nodes = await self.nodes(i)
         if nodes is None:
@@ -314,8 +386,13 @@ class Lookups:
         return True
 
 
-async def until(fn: Callable[[], Any], ok: Callable[[Any], bool], timeout: float,
-                what: str, interval: float = 0.01) -> float:
+async def until(
+    fn: Callable[[], Any],
+    ok: Callable[[Any], bool],
+    timeout: float,
+    what: str,
+    interval: float = 0.01,
+) -> float:
     """Poll ``fn`` (sync or async) until ``ok(result)``; returns the seconds it took
     (fails after ``timeout``)."""
     t0 = time.monotonic()
@@ -333,11 +410,17 @@ async def until(fn: Callable[[], Any], ok: Callable[[Any], bool], timeout: float
 async def all_registered(c: Cluster, lk: Lookups, timeout: float = 15.0) -> None:
     names = [n.name for n in c.nodes]
     for i in range(len(c.lookups)):
-        await until(functools.partial(lk.complete, i, names), bool, timeout, f"lookup {i} lists {names} alive")
+        await until(
+            functools.partial(lk.complete, i, names),
+            bool,
+            timeout,
+            f"lookup {i} lists {names} alive",
+        )
 
 
 async def pairs_healthy(lookups: Sequence[str], pairs: set[str], timeout: float = 15.0) -> None:
     async with Discovery(lookups) as d:
+
         async def healthy() -> set[str]:
             return {p.pair for p in await d.all_pairs() if p.pair and p.healthy}
 
@@ -369,4 +452,6 @@ class Received:
         async def snapshot() -> bool:
             return self.has(want)
 
-        return await until(snapshot, bool, timeout, f"{len(want - set(self.bodies))} of {len(want)} not received")
+        return await until(
+            snapshot, bool, timeout, f"{len(want - set(self.bodies))} of {len(want)} not received"
+        )

@@ -20,11 +20,17 @@ async def test_metrics_endpoint_serves_channel_and_pair_metrics(tmp_path: Path) 
         handle = start_metrics(f"127.0.0.1:{port}", a)
         stub = pbg.BrokerServiceStub(grpc.aio.insecure_channel(a.address))
         await stub.CreateChannel(pb.CreateChannelRequest(topic="orders", channel="billing"))
-        await stub.PublishBatch(pb.PublishBatchRequest(topic="orders", messages=[pb.PublishItem(body=b"x")] * 3))
+        await stub.PublishBatch(
+            pb.PublishBatchRequest(topic="orders", messages=[pb.PublishItem(body=b"x")] * 3)
+        )
         import asyncio
 
         text = await asyncio.to_thread(
-            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            lambda: (
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                .read()
+                .decode()
+            )
         )
         depth = [line for line in text.splitlines() if line.startswith("pairq_channel_depth{")]
         assert depth and 'channel="billing"' in depth[0] and depth[0].endswith(" 3.0")

@@ -30,10 +30,18 @@ def make_pair(tmp: Path, *extra: str) -> tuple[BrokerProcess, BrokerProcess]:
     pa, pb_ = free_port(), free_port()
     # Fixed --node-name on purpose: a wiped data dir must still be recognised as
     # a new identity (the pair uses the store's id, not the display name).
-    a = BrokerProcess(tmp / "a", port=pa, log_path=str(tmp / "a.log"),
-                      args=["--pair", "p", "--partner", f"127.0.0.1:{pb_}", "--node-name", "broker-a", *extra])
-    b = BrokerProcess(tmp / "b", port=pb_, log_path=str(tmp / "b.log"),
-                      args=["--pair", "p", "--partner", f"127.0.0.1:{pa}", "--node-name", "broker-b", *extra])
+    a = BrokerProcess(
+        tmp / "a",
+        port=pa,
+        log_path=str(tmp / "a.log"),
+        args=["--pair", "p", "--partner", f"127.0.0.1:{pb_}", "--node-name", "broker-a", *extra],
+    )
+    b = BrokerProcess(
+        tmp / "b",
+        port=pb_,
+        log_path=str(tmp / "b.log"),
+        args=["--pair", "p", "--partner", f"127.0.0.1:{pa}", "--node-name", "broker-b", *extra],
+    )
     return a, b
 
 
@@ -62,7 +70,11 @@ async def test_publish_acked_with_two_copies_and_fin_drops_standby(tmp_path: Pat
     async with run_pair(tmp_path) as (a, b):
         assert a.pair is not None and b.pair is not None
         sa = pbg.BrokerServiceStub(grpc.aio.insecure_channel(a.address))
-        r = await sa.PublishBatch(pb.PublishBatchRequest(topic="t", messages=[pb.PublishItem(body=b"%d" % i) for i in range(20)]))
+        r = await sa.PublishBatch(
+            pb.PublishBatchRequest(
+                topic="t", messages=[pb.PublishItem(body=b"%d" % i) for i in range(20)]
+            )
+        )
         assert r.copies == 2
         assert b.pair.standby.count() == 20
         # Standby copies cost no consumer work: a consumer on B gets nothing of A's.
@@ -91,7 +103,9 @@ async def test_min_copies_1_accepts_alone_then_catches_partner_up(tmp_path: Path
         stub = pbg.BrokerServiceStub(grpc.aio.insecure_channel(a.address))
 
         async def copies() -> int:
-            r = await stub.Publish(pb.PublishRequest(topic="t", message=pb.PublishItem(body=b"x")), timeout=5)
+            r = await stub.Publish(
+                pb.PublishRequest(topic="t", message=pb.PublishItem(body=b"x")), timeout=5
+            )
             return int(r.copies)
 
         c = await copies()
@@ -128,10 +142,14 @@ async def test_min_copies_2_refuses_with_clear_unavailable(tmp_path: Path) -> No
         deadline = time.monotonic() + 10
         while True:
             try:
-                await stub.Publish(pb.PublishRequest(topic="t", message=pb.PublishItem(body=b"x")), timeout=5)
+                await stub.Publish(
+                    pb.PublishRequest(topic="t", message=pb.PublishItem(body=b"x")), timeout=5
+                )
             except grpc.aio.AioRpcError as exc:
                 assert exc.code() == grpc.StatusCode.UNAVAILABLE
-                assert "--min-copies=2" in (exc.details() or "") or "partner" in (exc.details() or "")
+                assert "--min-copies=2" in (exc.details() or "") or "partner" in (
+                    exc.details() or ""
+                )
                 break
             assert time.monotonic() < deadline
     finally:
@@ -140,8 +158,9 @@ async def test_min_copies_2_refuses_with_clear_unavailable(tmp_path: Path) -> No
 
 
 # ------------------------------------------------------------------ kill -9 cycles
-async def kill9_owner_cycles(tmp_path: Path, *, cycles: int, seed: int,
-                             **consumer_options: Any) -> tuple[set[bytes], dict[bytes, int], int]:
+async def kill9_owner_cycles(
+    tmp_path: Path, *, cycles: int, seed: int, **consumer_options: Any
+) -> tuple[set[bytes], dict[bytes, int], int]:
     """Two producers publish to the pair and one consumer (``consumer_options``) reads
     both brokers while the owner is killed -9 ``cycles`` times at random instants and
     restarted with its data. Returns (acked ids, handler runs per id, duplicates the
@@ -170,9 +189,16 @@ async def kill9_owner_cycles(tmp_path: Path, *, cycles: int, seed: int,
                     except PairqError:
                         await asyncio.sleep(0.05)
 
-        async with Consumer("orders", "work", brokers=[a.address, b.address], handler=handler,
-                            max_in_flight=100, reconnect_backoff=0.05,
-                            reconnect_backoff_max=0.3, **consumer_options) as consumer:
+        async with Consumer(
+            "orders",
+            "work",
+            brokers=[a.address, b.address],
+            handler=handler,
+            max_in_flight=100,
+            reconnect_backoff=0.05,
+            reconnect_backoff_max=0.3,
+            **consumer_options,
+        ) as consumer:
             producers = [asyncio.create_task(produce()) for _ in range(2)]
             for _cycle in range(cycles):
                 await asyncio.sleep(rng.uniform(0.2, 0.8))  # random kill instant
@@ -192,7 +218,9 @@ async def kill9_owner_cycles(tmp_path: Path, *, cycles: int, seed: int,
     return acked, handled, dups
 
 
-async def test_kill9_owner_cycles_deliver_every_acked_message_once_after_dedupe(tmp_path: Path) -> None:
+async def test_kill9_owner_cycles_deliver_every_acked_message_once_after_dedupe(
+    tmp_path: Path,
+) -> None:
     dedupe = Dedupe(tmp_path / "dedupe")
     try:
         acked, handled, dups = await kill9_owner_cycles(tmp_path, cycles=20, seed=4, dedupe=dedupe)
@@ -215,13 +243,20 @@ async def test_sigstop_owner_is_fenced_and_partner_takes_over(tmp_path: Path) ->
         await wait_healthy(a, b)
         sa = pbg.BrokerServiceStub(grpc.aio.insecure_channel(a.address))
         sb = pbg.BrokerServiceStub(grpc.aio.insecure_channel(b.address))
-        r = await sa.PublishBatch(pb.PublishBatchRequest(
-            topic="t", messages=[pb.PublishItem(body=b"%d" % i) for i in range(300)]), timeout=10)
+        r = await sa.PublishBatch(
+            pb.PublishBatchRequest(
+                topic="t", messages=[pb.PublishItem(body=b"%d" % i) for i in range(300)]
+            ),
+            timeout=10,
+        )
         ids = set(r.ids)
         a_id = (await stats(a.address)).broker_id
         b_id = (await stats(b.address)).broker_id
         log: list[tuple[float, str, int, bytes]] = []
-        subs = [RawSub(sa, "t", "c", msg_timeout_ms=60000), RawSub(sb, "t", "c", msg_timeout_ms=60000)]
+        subs = [
+            RawSub(sa, "t", "c", msg_timeout_ms=60000),
+            RawSub(sb, "t", "c", msg_timeout_ms=60000),
+        ]
         for s in subs:
             s.rdy(5)
 
@@ -316,10 +351,12 @@ async def test_idempotent_publish_same_id_to_both_brokers_is_stored_once(tmp_pat
         assert b.pair.standby.count() == 1
         # Concurrent duplicates wait for the first and share its outcome.
         mid2 = os.urandom(16)
-        rs = await asyncio.gather(*[
-            sa.Publish(pb.PublishRequest(topic="t", message=pb.PublishItem(id=mid2, body=b"c")))
-            for _ in range(5)
-        ])
+        rs = await asyncio.gather(
+            *[
+                sa.Publish(pb.PublishRequest(topic="t", message=pb.PublishItem(id=mid2, body=b"c")))
+                for _ in range(5)
+            ]
+        )
         assert {r.id for r in rs} == {mid2}
         assert a.topics["t"].message_count == 2
 
@@ -352,8 +389,11 @@ async def test_requeue_delay_and_attempts_survive_a_takeover(tmp_path: Path) -> 
         m = sub.take()[0]
         sub.req([m.id], delay_ms=2500)
         t_req = time.monotonic()
-        await eventually(lambda: any(
-            c.states for t in b.pair.standby.topics.values() for c in t.channels.values()))
+        await eventually(
+            lambda: any(
+                c.states for t in b.pair.standby.topics.values() for c in t.channels.values()
+            )
+        )
         await sub.cancel()
         on_b = RawSub(sb, "t", "c")
         on_b.rdy(1)
@@ -374,20 +414,33 @@ async def test_garbage_replication_input_is_rejected_and_nothing_is_stored(tmp_p
         before = b.pair.standby.count()
         stub = rpbg.ReplicationServiceStub(grpc.aio.insecure_channel(b.address))
         bad_batches = [
-            rpb.ReplicaBatch(batch_id=1, appends=[rpb.ReplicaAppend(topic="a\0b", first_seq=0, records=[b"x" * 100])]),
-            rpb.ReplicaBatch(batch_id=1, appends=[rpb.ReplicaAppend(topic="t", first_seq=0, records=[b"short"])]),
-            rpb.ReplicaBatch(batch_id=1, progress=[rpb.ReplicaProgress(topic="t", channel="", floor=1)]),
+            rpb.ReplicaBatch(
+                batch_id=1,
+                appends=[rpb.ReplicaAppend(topic="a\0b", first_seq=0, records=[b"x" * 100])],
+            ),
+            rpb.ReplicaBatch(
+                batch_id=1, appends=[rpb.ReplicaAppend(topic="t", first_seq=0, records=[b"short"])]
+            ),
+            rpb.ReplicaBatch(
+                batch_id=1, progress=[rpb.ReplicaProgress(topic="t", channel="", floor=1)]
+            ),
         ]
         for batch in bad_batches:
             # A hello with the wrong pair name is refused outright.
             call = stub.Replicate()
-            await call.write(rpb.ReplicateRequest(hello=rpb.ReplicaHello(node_id="x", pair="other")))
+            await call.write(
+                rpb.ReplicateRequest(hello=rpb.ReplicaHello(node_id="x", pair="other"))
+            )
             try:
                 await call.read()
             except grpc.aio.AioRpcError as exc:
                 assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
             call = stub.Replicate()
-            await call.write(rpb.ReplicateRequest(hello=rpb.ReplicaHello(node_id=b.pair.standby.partner_id, pair="p1")))
+            await call.write(
+                rpb.ReplicateRequest(
+                    hello=rpb.ReplicaHello(node_id=b.pair.standby.partner_id, pair="p1")
+                )
+            )
             resp = await call.read()
             assert resp.WhichOneof("kind") == "welcome"
             await call.write(rpb.ReplicateRequest(batch=batch))
@@ -403,7 +456,9 @@ async def test_garbage_replication_input_is_rejected_and_nothing_is_stored(tmp_p
         assert all("\0" not in t for t in b.pair.standby.topics)
 
 
-async def test_uncommitted_copies_count_as_stored_only_once_the_owner_confirms(tmp_path: Path) -> None:
+async def test_uncommitted_copies_count_as_stored_only_once_the_owner_confirms(
+    tmp_path: Path,
+) -> None:
     """Live publishes reach the partner in parallel with the owner's own commit. A
     copy the owner never confirmed (it crashed first) must not make a retry of that
     id look stored on the partner; a confirmed one must (stored once per pair)."""
@@ -420,7 +475,9 @@ async def test_uncommitted_copies_count_as_stored_only_once_the_owner_confirms(t
         async def owner_stream() -> grpc.aio.StreamStreamCall:
             # Speaks for B's partner (same node id) about topics the real one never uses.
             call = stub.Replicate()
-            await call.write(rpb.ReplicateRequest(hello=rpb.ReplicaHello(node_id=standby.partner_id, pair="p1")))
+            await call.write(
+                rpb.ReplicateRequest(hello=rpb.ReplicaHello(node_id=standby.partner_id, pair="p1"))
+            )
             assert (await call.read()).WhichOneof("kind") == "welcome"
             return call
 
@@ -443,16 +500,25 @@ async def test_uncommitted_copies_count_as_stored_only_once_the_owner_confirms(t
         call.cancel()
         call = await owner_stream()
         assert orphan not in standby.unconfirmed_ids
-        r = await pub.Publish(pb.PublishRequest(topic="orph", message=pb.PublishItem(id=orphan, body=b"retry")))
+        r = await pub.Publish(
+            pb.PublishRequest(topic="orph", message=pb.PublishItem(id=orphan, body=b"retry"))
+        )
         assert r.copies == 2
         assert b.topics["orph"].message_count == 1  # stored afresh, as B's own
 
         # 2. Confirmed: a retry on the partner is recognised (stored once per pair).
         done = os.urandom(16)
         await send(call, rpb.ReplicaBatch(batch_id=1, appends=[append("conf", 0, done)]))
-        await send(call, rpb.ReplicaBatch(batch_id=2, committed=[rpb.ReplicaRange(topic="conf", first_seq=0, count=1)]))
+        await send(
+            call,
+            rpb.ReplicaBatch(
+                batch_id=2, committed=[rpb.ReplicaRange(topic="conf", first_seq=0, count=1)]
+            ),
+        )
         assert done not in standby.unconfirmed_ids
-        r = await pub.Publish(pb.PublishRequest(topic="conf", message=pb.PublishItem(id=done, body=b"retry")))
+        r = await pub.Publish(
+            pb.PublishRequest(topic="conf", message=pb.PublishItem(id=done, body=b"retry"))
+        )
         assert r.id == done and r.copies == 2
         assert "conf" not in b.topics or b.topics["conf"].message_count == 0
 
@@ -460,17 +526,27 @@ async def test_uncommitted_copies_count_as_stored_only_once_the_owner_confirms(t
         late = os.urandom(16)
         await send(call, rpb.ReplicaBatch(batch_id=3, appends=[append("wait", 0, late)]))
         retry = asyncio.ensure_future(
-            pub.Publish(pb.PublishRequest(topic="wait", message=pb.PublishItem(id=late, body=b"retry"))))
+            pub.Publish(
+                pb.PublishRequest(topic="wait", message=pb.PublishItem(id=late, body=b"retry"))
+            )
+        )
         await eventually(lambda: late in standby._waiters)
         assert not retry.done()
-        await send(call, rpb.ReplicaBatch(batch_id=4, committed=[rpb.ReplicaRange(topic="wait", first_seq=0, count=1)]))
+        await send(
+            call,
+            rpb.ReplicaBatch(
+                batch_id=4, committed=[rpb.ReplicaRange(topic="wait", first_seq=0, count=1)]
+            ),
+        )
         r = await asyncio.wait_for(retry, 5)
         assert r.copies == 2
         assert "wait" not in b.topics or b.topics["wait"].message_count == 0
         call.cancel()
 
 
-async def test_replication_runs_over_the_tcp_link_and_survives_garbage_on_its_port(tmp_path: Path) -> None:
+async def test_replication_runs_over_the_tcp_link_and_survives_garbage_on_its_port(
+    tmp_path: Path,
+) -> None:
     async with run_pair(tmp_path) as (a, b):
         assert a.pair is not None and b.pair is not None
         await eventually(lambda: a.pair.stats().link == "tcp" and b.pair.stats().link == "tcp")
@@ -513,8 +589,9 @@ async def test_a_takeover_closes_a_silent_partners_tcp_link(tmp_path: Path) -> N
         # host vanished would leave behind.
         stub = rpbg.ReplicationServiceStub(grpc.aio.insecure_channel(b.address))
         call = stub.Replicate()
-        await call.write(rpb.ReplicateRequest(
-            hello=rpb.ReplicaHello(node_id=partner_id, pair="p1", tcp=True)))
+        await call.write(
+            rpb.ReplicateRequest(hello=rpb.ReplicaHello(node_id=partner_id, pair="p1", tcp=True))
+        )
         welcome = (await call.read()).welcome
         assert welcome.tcp_port and len(welcome.tcp_token) == 16
         reader, writer = await asyncio.open_connection("127.0.0.1", welcome.tcp_port)
@@ -529,7 +606,9 @@ async def test_a_takeover_closes_a_silent_partners_tcp_link(tmp_path: Path) -> N
 
 
 # ------------------------------------------------------------------ a publish whose caller gave up
-async def test_a_publish_cancelled_while_the_partner_is_stopped_does_not_stall_the_topic(tmp_path: Path) -> None:
+async def test_a_publish_cancelled_while_the_partner_is_stopped_does_not_stall_the_topic(
+    tmp_path: Path,
+) -> None:
     """The client's deadline ends the RPC while the owner waits for the stopped
     partner's ack; the committed records must still be fanned out, or every later
     publish of the topic would wait behind them (and the re-fill with them)."""
@@ -539,22 +618,28 @@ async def test_a_publish_cancelled_while_the_partner_is_stopped_does_not_stall_t
         b.start()
         await wait_healthy(a, b)
         sa = pbg.BrokerServiceStub(grpc.aio.insecure_channel(a.address))
-        first = await sa.PublishBatch(pb.PublishBatchRequest(topic="t", messages=[pb.PublishItem(body=b"0")]))
+        first = await sa.PublishBatch(
+            pb.PublishBatchRequest(topic="t", messages=[pb.PublishItem(body=b"0")])
+        )
         assert first.copies == 2
         assert b.proc is not None
         os.kill(b.proc.pid, signal.SIGSTOP)
         try:
             with contextlib.suppress(grpc.aio.AioRpcError):  # DEADLINE_EXCEEDED or UNAVAILABLE
-                await sa.PublishBatch(pb.PublishBatchRequest(
-                    topic="t", messages=[pb.PublishItem(body=b"1")] * 10), timeout=0.3)
+                await sa.PublishBatch(
+                    pb.PublishBatchRequest(topic="t", messages=[pb.PublishItem(body=b"1")] * 10),
+                    timeout=0.3,
+                )
         finally:
             os.kill(b.proc.pid, signal.SIGCONT)
         await wait_healthy(a, b)
         deadline = time.monotonic() + 10
         while True:  # the pair is back: a publish to A succeeds with two copies
             try:
-                r = await sa.PublishBatch(pb.PublishBatchRequest(
-                    topic="t", messages=[pb.PublishItem(body=b"2")]), timeout=3)
+                r = await sa.PublishBatch(
+                    pb.PublishBatchRequest(topic="t", messages=[pb.PublishItem(body=b"2")]),
+                    timeout=3,
+                )
                 if r.copies == 2:
                     break
             except grpc.aio.AioRpcError:

@@ -52,45 +52,82 @@ TOPIC = "orders"
 # ----------------------------------------------------------------------------- processes
 def make_pair(tmp: Path, *extra: str) -> tuple[BrokerProcess, BrokerProcess]:
     pa, pb_ = free_port(), free_port()
-    a = BrokerProcess(tmp / "a", port=pa, log_path=str(tmp / "a.log"),
-                      args=["--pair", "p", "--partner", f"127.0.0.1:{pb_}", "--node-name", "broker-a", *extra])
-    b = BrokerProcess(tmp / "b", port=pb_, log_path=str(tmp / "b.log"),
-                      args=["--pair", "p", "--partner", f"127.0.0.1:{pa}", "--node-name", "broker-b", *extra])
+    a = BrokerProcess(
+        tmp / "a",
+        port=pa,
+        log_path=str(tmp / "a.log"),
+        args=["--pair", "p", "--partner", f"127.0.0.1:{pb_}", "--node-name", "broker-a", *extra],
+    )
+    b = BrokerProcess(
+        tmp / "b",
+        port=pb_,
+        log_path=str(tmp / "b.log"),
+        args=["--pair", "p", "--partner", f"127.0.0.1:{pa}", "--node-name", "broker-b", *extra],
+    )
     return a, b
 
 
 class NsBrokerProcess(BrokerProcess):
     """A BrokerProcess bound to ``host`` and started inside a network namespace."""
 
-    def __init__(self, data_dir: Path, *, host: str, prefix: list[str], port: int,
-                 args: list[str], log_path: str) -> None:
-        super().__init__(data_dir, port=port, args=args, log_path=log_path, host=host, prefix=prefix)
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        host: str,
+        prefix: list[str],
+        port: int,
+        args: list[str],
+        log_path: str,
+    ) -> None:
+        super().__init__(
+            data_dir, port=port, args=args, log_path=log_path, host=host, prefix=prefix
+        )
 
 
 def make_ns_pair(tmp: Path, net: PairNet, *extra: str) -> tuple[NsBrokerProcess, NsBrokerProcess]:
     pa, pb_ = free_port(), free_port()
-    a = NsBrokerProcess(tmp / "a", host=net.ip_a, prefix=net.exec_prefix("a"), port=pa,
-                        log_path=str(tmp / "a.log"),
-                        args=["--pair", "p", "--partner", f"{net.ip_b}:{pb_}", "--node-name", "broker-a", *extra])
-    b = NsBrokerProcess(tmp / "b", host=net.ip_b, prefix=net.exec_prefix("b"), port=pb_,
-                        log_path=str(tmp / "b.log"),
-                        args=["--pair", "p", "--partner", f"{net.ip_a}:{pa}", "--node-name", "broker-b", *extra])
+    a = NsBrokerProcess(
+        tmp / "a",
+        host=net.ip_a,
+        prefix=net.exec_prefix("a"),
+        port=pa,
+        log_path=str(tmp / "a.log"),
+        args=["--pair", "p", "--partner", f"{net.ip_b}:{pb_}", "--node-name", "broker-a", *extra],
+    )
+    b = NsBrokerProcess(
+        tmp / "b",
+        host=net.ip_b,
+        prefix=net.exec_prefix("b"),
+        port=pb_,
+        log_path=str(tmp / "b.log"),
+        args=["--pair", "p", "--partner", f"{net.ip_a}:{pa}", "--node-name", "broker-b", *extra],
+    )
     return a, b
 
 
-def counting_consumer(h: Harness, tmp: Path, brokers: list[BrokerProcess],
-                      handled: dict[bytes, int]) -> Consumer:
+def counting_consumer(
+    h: Harness, tmp: Path, brokers: list[BrokerProcess], handled: dict[bytes, int]
+) -> Consumer:
     """A consumer of TOPIC/work on ``brokers`` with a persistent Dedupe window that
     counts handler runs per id in ``handled``; stopped (and the window closed) by
     ``h``. Not started."""
+
     def handler(msg: Any) -> None:
         handled[msg.id] = handled.get(msg.id, 0) + 1
 
     dedupe = Dedupe(tmp / "dedupe")
     h.closers.append(dedupe.close)
-    consumer = Consumer(TOPIC, "work", brokers=[p.address for p in brokers], handler=handler,
-                        dedupe=dedupe, max_in_flight=200, reconnect_backoff=0.05,
-                        reconnect_backoff_max=0.5)
+    consumer = Consumer(
+        TOPIC,
+        "work",
+        brokers=[p.address for p in brokers],
+        handler=handler,
+        dedupe=dedupe,
+        max_in_flight=200,
+        reconnect_backoff=0.05,
+        reconnect_backoff_max=0.5,
+    )
     h.closers.append(consumer.stop)
     return consumer
 
@@ -109,8 +146,11 @@ def sigcont(p: BrokerProcess) -> None:
         os.kill(p.proc.pid, signal.SIGCONT)
 
 
-KEY_LINE = re.compile(r"took over|takeover|solo|partner|lost|fenc|lease|new node id|re-?fill|re-?sync|"
-                      r"ERROR|WARNING|Traceback|Error", re.IGNORECASE)
+KEY_LINE = re.compile(
+    r"took over|takeover|solo|partner|lost|fenc|lease|new node id|re-?fill|re-?sync|"
+    r"ERROR|WARNING|Traceback|Error",
+    re.IGNORECASE,
+)
 
 
 def _collapse(lines: list[str]) -> list[str]:
@@ -204,7 +244,8 @@ class Harness:
         ch = self._channels.get(addr)
         if ch is None:
             ch = self._channels[addr] = grpc.aio.insecure_channel(
-                addr, options=grpcopts.client_options(2 * MiB))  # frame limit 64 MiB
+                addr, options=grpcopts.client_options(2 * MiB)
+            )  # frame limit 64 MiB
         return pbg.BrokerServiceStub(ch)
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -215,8 +256,9 @@ class Harness:
     async def __aenter__(self) -> Harness:
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -239,14 +281,18 @@ class Harness:
 
 
 # ----------------------------------------------------------------------------- stats
-async def get_stats(h: Harness, addr: str, timeout: float = STATS_TIMEOUT_S) -> pb.GetStatsResponse | None:
+async def get_stats(
+    h: Harness, addr: str, timeout: float = STATS_TIMEOUT_S
+) -> pb.GetStatsResponse | None:
     try:
         return await h.stub(addr).GetStats(pb.GetStatsRequest(no_clients=True), timeout=timeout)
     except grpc.aio.AioRpcError:
         return None
 
 
-def channel_stats(s: pb.GetStatsResponse | None, topic: str, channel: str) -> pb.ChannelStats | None:
+def channel_stats(
+    s: pb.GetStatsResponse | None, topic: str, channel: str
+) -> pb.ChannelStats | None:
     for t in s.topics if s is not None else ():
         if t.name == topic:
             for c in t.channels:
@@ -287,8 +333,13 @@ def pair_problems(s: pb.GetStatsResponse | None) -> list[str]:
     return out
 
 
-async def wait_healthy(h: Harness, brokers: dict[str, BrokerProcess], deadline: float, what: str,
-                       t0: float | None = None) -> str | None:
+async def wait_healthy(
+    h: Harness,
+    brokers: dict[str, BrokerProcess],
+    deadline: float,
+    what: str,
+    t0: float | None = None,
+) -> str | None:
     """None once every broker is healthy (one round of stats), else why not by ``deadline``."""
     t0 = time.monotonic() if t0 is None else t0
     while True:
@@ -298,9 +349,10 @@ async def wait_healthy(h: Harness, brokers: dict[str, BrokerProcess], deadline: 
             print(f"{what}: pair healthy {time.monotonic() - t0:.2f} s after the fault ended")
             return None
         if time.monotonic() > deadline:
-            return (f"{what}: pair not healthy within {deadline - t0:.0f} s: " + "; ".join(
+            return f"{what}: pair not healthy within {deadline - t0:.0f} s: " + "; ".join(
                 f"{label}: {','.join(problems[label]) or 'ok'} {fmt_pair(s)}"
-                for label, s in zip(brokers, got, strict=True)))
+                for label, s in zip(brokers, got, strict=True)
+            )
         await asyncio.sleep(0.05)
 
 
@@ -325,8 +377,14 @@ class Ledger:
         return self.acked.get(mid, ("?", 0.0))[0]
 
 
-async def publish_check(h: Harness, brokers: dict[str, BrokerProcess], deadline: float, what: str,
-                        topic: str, ledger: Ledger | None) -> list[str]:
+async def publish_check(
+    h: Harness,
+    brokers: dict[str, BrokerProcess],
+    deadline: float,
+    what: str,
+    topic: str,
+    ledger: Ledger | None,
+) -> list[str]:
     """A PublishBatch to EACH broker directly answers copies == 2 (3 s per attempt,
     retried until ``deadline``; at least one attempt each)."""
     problems = []
@@ -337,7 +395,8 @@ async def publish_check(h: Harness, brokers: dict[str, BrokerProcess], deadline:
             items = [pb.PublishItem(id=os.urandom(16), body=b"probe-%d" % k) for k in range(5)]
             try:
                 r = await h.stub(p.address).PublishBatch(
-                    pb.PublishBatchRequest(topic=topic, messages=items), timeout=PUBLISH_TIMEOUT_S)
+                    pb.PublishBatchRequest(topic=topic, messages=items), timeout=PUBLISH_TIMEOUT_S
+                )
                 if ledger is not None:
                     ledger.record(label, r)
                 if r.copies == 2:
@@ -346,15 +405,23 @@ async def publish_check(h: Harness, brokers: dict[str, BrokerProcess], deadline:
             except grpc.aio.AioRpcError as exc:
                 last = f"{exc.code().name}: {exc.details()}"
             if time.monotonic() >= deadline:
-                problems.append(f"{what}: PublishBatch to {label} did not answer copies=2 within the heal "
-                                f"bound ({attempts} attempt(s); last: {last})")
+                problems.append(
+                    f"{what}: PublishBatch to {label} did not answer copies=2 within the heal "
+                    f"bound ({attempts} attempt(s); last: {last})"
+                )
                 break
             await asyncio.sleep(0.1)
     return problems
 
 
-async def heal_check(h: Harness, brokers: dict[str, BrokerProcess], t0: float, what: str,
-                     topic: str = TOPIC, ledger: Ledger | None = None) -> list[str]:
+async def heal_check(
+    h: Harness,
+    brokers: dict[str, BrokerProcess],
+    t0: float,
+    what: str,
+    topic: str = TOPIC,
+    ledger: Ledger | None = None,
+) -> list[str]:
     """Acceptance (a) and (b), with one deadline: HEAL_BOUND_S after the fault ended at ``t0``."""
     deadline = t0 + HEAL_BOUND_S
     out = []
@@ -375,7 +442,9 @@ async def wait_for(cond: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
-async def create_channels(h: Harness, procs: Iterable[BrokerProcess], topic: str, channels: Iterable[str]) -> None:
+async def create_channels(
+    h: Harness, procs: Iterable[BrokerProcess], topic: str, channels: Iterable[str]
+) -> None:
     for p in procs:
         stub = h.stub(p.address)
         await stub.CreateTopic(pb.CreateTopicRequest(topic=topic), timeout=5)
@@ -383,26 +452,52 @@ async def create_channels(h: Harness, procs: Iterable[BrokerProcess], topic: str
             await stub.CreateChannel(pb.CreateChannelRequest(topic=topic, channel=c), timeout=5)
 
 
-async def publish_direct(h: Harness, p: BrokerProcess, label: str, ledger: Ledger, topic: str,
-                         n: int, batch: int = 5000, size: int = 100) -> list[bytes]:
+async def publish_direct(
+    h: Harness,
+    p: BrokerProcess,
+    label: str,
+    ledger: Ledger,
+    topic: str,
+    n: int,
+    batch: int = 5000,
+    size: int = 100,
+) -> list[bytes]:
     """Publish n messages to one broker in PublishBatch calls; return their ids."""
     ids: list[bytes] = []
     for start in range(0, n, batch):
-        items = [pb.PublishItem(id=os.urandom(16), body=b"%d" % (start + k) + b"." * size)
-                 for k in range(min(batch, n - start))]
-        r = await h.stub(p.address).PublishBatch(pb.PublishBatchRequest(topic=topic, messages=items), timeout=60)
+        items = [
+            pb.PublishItem(id=os.urandom(16), body=b"%d" % (start + k) + b"." * size)
+            for k in range(min(batch, n - start))
+        ]
+        r = await h.stub(p.address).PublishBatch(
+            pb.PublishBatchRequest(topic=topic, messages=items), timeout=60
+        )
         ledger.record(label, r)
         ids += [bytes(i) for i in r.ids]
     return ids
 
 
-async def settle_zero(h: Harness, brokers: dict[str, BrokerProcess], topic: str, channels: list[str],
-                      timeout: float, what: str, *, in_flight: bool = False, standby: bool = True) -> str | None:
+async def settle_zero(
+    h: Harness,
+    brokers: dict[str, BrokerProcess],
+    topic: str,
+    channels: list[str],
+    timeout: float,
+    what: str,
+    *,
+    in_flight: bool = False,
+    standby: bool = True,
+) -> str | None:
     """Wait until standby_messages == 0 and the channels' depth == 0 on every broker."""
     deadline = time.monotonic() + timeout
     while True:
-        got = dict(zip(brokers, await asyncio.gather(*(get_stats(h, p.address) for p in brokers.values())),
-                       strict=True))
+        got = dict(
+            zip(
+                brokers,
+                await asyncio.gather(*(get_stats(h, p.address) for p in brokers.values())),
+                strict=True,
+            )
+        )
         bad = []
         for label, s in got.items():
             if s is None:
@@ -427,8 +522,16 @@ async def settle_zero(h: Harness, brokers: dict[str, BrokerProcess], topic: str,
 class Publisher:
     """Publishes continuously to ONE broker (no failover), recording every ack."""
 
-    def __init__(self, h: Harness, proc: BrokerProcess, label: str, ledger: Ledger, topic: str = TOPIC,
-                 batch: int = 10, pace: float = 0.05) -> None:
+    def __init__(
+        self,
+        h: Harness,
+        proc: BrokerProcess,
+        label: str,
+        ledger: Ledger,
+        topic: str = TOPIC,
+        batch: int = 10,
+        pace: float = 0.05,
+    ) -> None:
         self.h, self.proc, self.label, self.ledger = h, proc, label, ledger
         self.topic, self.batch, self.pace = topic, batch, pace
         self.errors = 0
@@ -445,8 +548,10 @@ class Publisher:
         while not self._stop.is_set():
             items = [pb.PublishItem(id=os.urandom(16), body=b"m") for _ in range(self.batch)]
             try:
-                r = await stub.PublishBatch(pb.PublishBatchRequest(topic=self.topic, messages=items),
-                                            timeout=PUBLISH_TIMEOUT_S)
+                r = await stub.PublishBatch(
+                    pb.PublishBatchRequest(topic=self.topic, messages=items),
+                    timeout=PUBLISH_TIMEOUT_S,
+                )
             except grpc.aio.AioRpcError as exc:
                 self.errors += 1
                 self.last_error = f"{exc.code().name}: {exc.details()}"
@@ -473,8 +578,16 @@ class Recorder:
     """RawSub on each broker given (re-subscribing when a stream ends), recording every
     delivery (arrival time, broker_id, epoch, id) and FINing it at once."""
 
-    def __init__(self, h: Harness, topic: str, channel: str, procs: Iterable[BrokerProcess],
-                 rdy: int = 200, max_reconnects: int = 3000, reconnect_backoff: float = 0.1) -> None:
+    def __init__(
+        self,
+        h: Harness,
+        topic: str,
+        channel: str,
+        procs: Iterable[BrokerProcess],
+        rdy: int = 200,
+        max_reconnects: int = 3000,
+        reconnect_backoff: float = 0.1,
+    ) -> None:
         self.h, self.topic, self.channel = h, topic, channel
         self.reconnect_backoff = reconnect_backoff
         self.rdy_count = rdy
@@ -538,8 +651,12 @@ class Recorder:
         self._tasks = []
 
 
-def lost_report(what: str, acked: dict[bytes, tuple[str, float]], got: set[bytes],
-                marks: Iterable[tuple[str, float]] = ()) -> str | None:
+def lost_report(
+    what: str,
+    acked: dict[bytes, tuple[str, float]],
+    got: set[bytes],
+    marks: Iterable[tuple[str, float]] = (),
+) -> str | None:
     """None if every acked id is in ``got``; else how many are missing, by owner and phase."""
     lost = [i for i in acked if i not in got]
     if not lost:
@@ -552,7 +669,9 @@ def lost_report(what: str, acked: dict[bytes, tuple[str, float]], got: set[bytes
         for name, tm in marks:
             if t >= tm:
                 phase = name
-        by[f"published to {owner}, acked after {phase}"] = by.get(f"published to {owner}, acked after {phase}", 0) + 1
+        by[f"published to {owner}, acked after {phase}"] = (
+            by.get(f"published to {owner}, acked after {phase}", 0) + 1
+        )
     return f"{what}: {len(lost)} of {len(acked)} acknowledged messages never delivered ({by})"
 
 
@@ -585,8 +704,15 @@ class Pause:
     takeover_seen_at: float | None
 
 
-async def pause_and_heal(h: Harness, f: Findings, brokers: dict[str, BrokerProcess], ids: dict[str, str],
-                         x: str, pause_s: float, ledger: Ledger) -> Pause:
+async def pause_and_heal(
+    h: Harness,
+    f: Findings,
+    brokers: dict[str, BrokerProcess],
+    ids: dict[str, str],
+    x: str,
+    pause_s: float,
+    ledger: Ledger,
+) -> Pause:
     y = "b" if x == "a" else "a"
     px, py = brokers[x], brokers[y]
     sx, sy = await get_stats(h, px.address), await get_stats(h, py.address)
@@ -605,23 +731,44 @@ async def pause_and_heal(h: Harness, f: Findings, brokers: dict[str, BrokerProce
     finally:
         sigcont(px)
     t_cont = time.monotonic()
-    print(f"paused {x} for {t_cont - t_stop:.2f} s; partner takeover seen "
-          f"{'after %.2f s' % (seen - t_stop) if seen else 'no'}")
+    print(
+        f"paused {x} for {t_cont - t_stop:.2f} s; partner takeover seen "
+        f"{'after %.2f s' % (seen - t_stop) if seen else 'no'}"
+    )
     f.add(await heal_check(h, brokers, t_cont, f"after SIGSTOP {x} {pause_s} s", TOPIC, ledger))
     post = await get_stats(h, py.address)
-    return Pause(x, y, ids[x], ids[y], sx.pair.epoch, sy.pair.takeovers,
-                 post.pair.takeovers if post is not None else sy.pair.takeovers, t_stop, t_cont, seen)
+    return Pause(
+        x,
+        y,
+        ids[x],
+        ids[y],
+        sx.pair.epoch,
+        sy.pair.takeovers,
+        post.pair.takeovers if post is not None else sy.pair.takeovers,
+        t_stop,
+        t_cont,
+        seen,
+    )
 
 
-def check_fencing(f: Findings, pauses: list[Pause], deliveries: list[Delivery], ledger: Ledger) -> None:
+def check_fencing(
+    f: Findings, pauses: list[Pause], deliveries: list[Delivery], ledger: Ledger
+) -> None:
     """(d): after a takeover, the paused ex-owner delivers nothing under its pre-pause epoch."""
     for k, p in enumerate(pauses):
         until = pauses[k + 1].t_stop if k + 1 < len(pauses) else float("inf")
-        taken = [d for d in deliveries if d.broker_id == p.partner_id and p.t_stop <= d.t < until
-                 and ledger.owner(d.id) == p.paused]
+        taken = [
+            d
+            for d in deliveries
+            if d.broker_id == p.partner_id
+            and p.t_stop <= d.t < until
+            and ledger.owner(d.id) == p.paused
+        ]
         took_over = bool(taken) or p.post_takeovers > p.pre_takeovers
-        print(f"pause of {p.paused}: partner delivered {len(taken)} of its messages; takeovers "
-              f"{p.pre_takeovers}->{p.post_takeovers}; pre-pause epoch {p.pre_epoch}")
+        print(
+            f"pause of {p.paused}: partner delivered {len(taken)} of its messages; takeovers "
+            f"{p.pre_takeovers}->{p.post_takeovers}; pre-pause epoch {p.pre_epoch}"
+        )
         if not took_over:
             continue
         if taken:
@@ -629,15 +776,24 @@ def check_fencing(f: Findings, pauses: list[Pause], deliveries: list[Delivery], 
             anchor = "the partner's first takeover delivery"
         else:  # the stats show a takeover, but nothing of the paused broker's was delivered by it
             t_first = p.takeover_seen_at or p.t_cont
-            anchor = ("the partner's takeover (seen in its stats; it delivered none of the paused "
-                      "broker's messages)")
-        late = [d for d in deliveries if d.broker_id == p.paused_id and d.epoch == p.pre_epoch and d.t > t_first]
+            anchor = (
+                "the partner's takeover (seen in its stats; it delivered none of the paused "
+                "broker's messages)"
+            )
+        late = [
+            d
+            for d in deliveries
+            if d.broker_id == p.paused_id and d.epoch == p.pre_epoch and d.t > t_first
+        ]
         if late:
             stale = sum(1 for d in late if ledger.acked.get(d.id, ("", 0.0))[1] < p.t_stop)
-            f.check(False, f"pause of {p.paused}: the ex-owner delivered {len(late)} message(s) under its "
-                           f"pre-pause epoch {p.pre_epoch} after {anchor} "
-                           f"({stale} published before the pause, {len(late) - stale} after; first "
-                           f"{late[0].t - t_first:.2f} s after it, last {late[-1].t - t_first:.2f} s)")
+            f.check(
+                False,
+                f"pause of {p.paused}: the ex-owner delivered {len(late)} message(s) under its "
+                f"pre-pause epoch {p.pre_epoch} after {anchor} "
+                f"({stale} published before the pause, {len(late) - stale} after; first "
+                f"{late[0].t - t_first:.2f} s after it, last {late[-1].t - t_first:.2f} s)",
+            )
 
 
 @pytest.mark.parametrize("pause_s", [0.3, 1, 5, 30])
@@ -655,15 +811,18 @@ async def test_sigstop_each_broker_then_heal(tmp_path: Path, pause_s: float) -> 
         await consumer.start()
         pubs = [Publisher(h, a, "a", ledger).start(), Publisher(h, b, "b", ledger).start()]
         owners = lambda: [o for o, _ in ledger.acked.values()]  # noqa: E731
-        assert await wait_for(lambda: min(owners().count("a"), owners().count("b")) >= 100, 20), \
+        assert await wait_for(lambda: min(owners().count("a"), owners().count("b")) >= 100, 20), (
             "publishers made no progress before the fault"
+        )
         pauses = [await pause_and_heal(h, f, brokers, ids, x, pause_s, ledger) for x in ("a", "b")]
         for p in pubs:
             await p.stop()
         acked = dict(ledger.acked)
         # (c) every acknowledged id handled, the handler once per id
-        await wait_for(lambda: all(i in handled for i in acked) and all(i in raw.ids for i in acked),
-                       DRAIN_BOUND_S)
+        await wait_for(
+            lambda: all(i in handled for i in acked) and all(i in raw.ids for i in acked),
+            DRAIN_BOUND_S,
+        )
         marks = [(f"pause of {p.paused}", p.t_stop) for p in pauses]
         f.add(lost_report("consumer with dedupe (channel work)", acked, set(handled), marks))
         f.add(lost_report("raw subscribers (channel raw)", acked, raw.ids, marks))
@@ -675,10 +834,16 @@ async def test_sigstop_each_broker_then_heal(tmp_path: Path, pause_s: float) -> 
         # (e) everything FINed: standby and channel depth back to 0 on both
         with contextlib.suppress(TimeoutError):
             await consumer.wait_idle(timeout=10)
-        f.add(await settle_zero(h, brokers, TOPIC, ["work", "raw"], SETTLE_BOUND_S, "after FINing everything"))
-        print(f"acked={len(acked)} handled={len(handled)} dup_absorbed={consumer.stats.duplicates} "
-              f"raw_deliveries={len(raw.deliveries)} publish_errors={[p.errors for p in pubs]} "
-              f"raw_reconnects={raw.reconnects}")
+        f.add(
+            await settle_zero(
+                h, brokers, TOPIC, ["work", "raw"], SETTLE_BOUND_S, "after FINing everything"
+            )
+        )
+        print(
+            f"acked={len(acked)} handled={len(handled)} dup_absorbed={consumer.stats.duplicates} "
+            f"raw_deliveries={len(raw.deliveries)} publish_errors={[p.errors for p in pubs]} "
+            f"raw_reconnects={raw.reconnects}"
+        )
         f.assert_none()
 
 
@@ -730,12 +895,19 @@ async def test_both_paused_3s_no_message_delivered_by_both(tmp_path: Path) -> No
                 after.setdefault(d.id, set()).add(d.broker_id)
         both = [i for i, s in after.items() if len(s) > 1]
         owner_of_both = [ledger.owner(i) for i in both]
-        f.check(not both, lambda: f"{len(both)} id(s) delivered by both brokers after the resume (backlog "
-                                  f"{backlog}; published to a: {owner_of_both.count('a')}, to b: "
-                                  f"{owner_of_both.count('b')})")
+        f.check(
+            not both,
+            lambda: (
+                f"{len(both)} id(s) delivered by both brokers after the resume (backlog "
+                f"{backlog}; published to a: {owner_of_both.count('a')}, to b: "
+                f"{owner_of_both.count('b')})"
+            ),
+        )
         st = {label: await get_stats(h, p.address) for label, p in brokers.items()}
-        print(f"backlog={backlog} delivered_after_resume={len(after)} ids={ids} "
-              f"takeovers={ {k: (s.pair.takeovers if s else None) for k, s in st.items()} }")
+        print(
+            f"backlog={backlog} delivered_after_resume={len(after)} ids={ids} "
+            f"takeovers={ {k: (s.pair.takeovers if s else None) for k, s in st.items()} }"
+        )
         f.assert_none()
 
 
@@ -773,32 +945,48 @@ async def test_pair_link_partition_10s_then_heal(tmp_path: Path) -> None:
         try:
             # The fault lasts 10 s; meanwhile record whether the brokers noticed it.
             while (left := t_cut + 10 - time.monotonic()) > 0:
-                got = await asyncio.gather(*(get_stats(h, p.address, timeout=max(0.05, min(1.0, left)))
-                                             for p in brokers.values()))
-                unhealthy_seen |= {label for label, s in zip(brokers, got, strict=True)
-                                   if s is not None and pair_problems(s)}
+                got = await asyncio.gather(
+                    *(
+                        get_stats(h, p.address, timeout=max(0.05, min(1.0, left)))
+                        for p in brokers.values()
+                    )
+                )
+                unhealthy_seen |= {
+                    label
+                    for label, s in zip(brokers, got, strict=True)
+                    if s is not None and pair_problems(s)
+                }
                 await asyncio.sleep(max(0.0, min(0.1, t_cut + 10 - time.monotonic())))
         finally:
             net.heal()
         t_heal = time.monotonic()
         assert not await cut_probe, "test network: A still reached B during the partition"
-        assert await asyncio.to_thread(net.can_connect, "a", net.ip_b, b.port), \
+        assert await asyncio.to_thread(net.can_connect, "a", net.ip_b, b.port), (
             "test network: A cannot reach B after the heal"
+        )
         f.check(bool(unhealthy_seen), "neither broker's stats showed the 10 s partition")
         f.add(await heal_check(h, brokers, t_heal, "after the 10 s partition", TOPIC, ledger))
         for p in pubs:
             await p.stop()
         acked = dict(ledger.acked)
         await wait_for(lambda: all(i in handled for i in acked), DRAIN_BOUND_S)
-        f.add(lost_report("consumer with dedupe", acked, set(handled), [("the partition", t_cut),
-                                                                       ("the heal", t_heal)]))
+        f.add(
+            lost_report(
+                "consumer with dedupe",
+                acked,
+                set(handled),
+                [("the partition", t_cut), ("the heal", t_heal)],
+            )
+        )
         twice = [i for i, n in handled.items() if n > 1]
         f.check(not twice, lambda: f"the handler ran more than once for {len(twice)} id(s)")
         f.check(not ledger.bad_copies, lambda: f"acks with copies != 2: {ledger.bad_copies[:5]}")
         st = {label: await get_stats(h, p.address) for label, p in brokers.items()}
-        print(f"acked={len(acked)} handled={len(handled)} dup_absorbed={consumer.stats.duplicates} "
-              f"unhealthy_during={sorted(unhealthy_seen)} "
-              f"takeovers={ {k: (s.pair.takeovers if s else None) for k, s in st.items()} }")
+        print(
+            f"acked={len(acked)} handled={len(handled)} dup_absorbed={consumer.stats.duplicates} "
+            f"unhealthy_during={sorted(unhealthy_seen)} "
+            f"takeovers={ {k: (s.pair.takeovers if s else None) for k, s in st.items()} }"
+        )
         f.assert_none()
 
 
@@ -822,11 +1010,14 @@ async def test_60mib_batch_is_acked_with_two_copies_and_causes_no_takeover(tmp_p
                 await asyncio.sleep(0.05)
 
         sampler = h.spawn(sample())
-        items = [pb.PublishItem(id=os.urandom(16), body=bytes([65 + k % 26]) * MiB) for k in range(60)]
+        items = [
+            pb.PublishItem(id=os.urandom(16), body=bytes([65 + k % 26]) * MiB) for k in range(60)
+        ]
         t0 = time.monotonic()
         try:
-            r = await h.stub(a.address).PublishBatch(pb.PublishBatchRequest(topic="big", messages=items),
-                                                     timeout=120)
+            r = await h.stub(a.address).PublishBatch(
+                pb.PublishBatchRequest(topic="big", messages=items), timeout=120
+            )
             f.check(r.copies == 2, f"the 60 MiB batch was acked with copies={r.copies}")
         except grpc.aio.AioRpcError as exc:
             f.check(False, f"the 60 MiB batch failed: {exc.code().name}: {exc.details()}")
@@ -837,16 +1028,32 @@ async def test_60mib_batch_is_acked_with_two_copies_and_causes_no_takeover(tmp_p
         await sampler
         final = {label: await get_stats(h, p.address) for label, p in brokers.items()}
         for label, s in final.items():
-            f.check(s is not None and s.pair.takeovers == 0,
-                    f"{label}: takeovers={s.pair.takeovers if s else '?'} after the 60 MiB batch")
+            f.check(
+                s is not None and s.pair.takeovers == 0,
+                f"{label}: takeovers={s.pair.takeovers if s else '?'} after the 60 MiB batch",
+            )
         bad = [(label, p) for label, p in samples if p.solo or p.takeovers]
-        f.check(not bad, lambda: f"solo/takeover observed during the batch: {bad[0][0]} {fmt_pair_stats(bad[0][1])}")
-        unhealthy = [(label, p) for label, p in samples if not (p.connected and p.partner_connected)]
-        print(f"{len(samples)} samples, {len(unhealthy)} with the link down; first: "
-              f"{[(label, fmt_pair_stats(p)) for label, p in unhealthy[:2]]}")
-        f.check(not unhealthy, lambda: f"the pair link went down during the batch ({len(unhealthy)} of "
-                                       f"{len(samples)} samples), e.g. {unhealthy[0][0]} "
-                                       f"{fmt_pair_stats(unhealthy[0][1])}")
+        f.check(
+            not bad,
+            lambda: (
+                f"solo/takeover observed during the batch: {bad[0][0]} {fmt_pair_stats(bad[0][1])}"
+            ),
+        )
+        unhealthy = [
+            (label, p) for label, p in samples if not (p.connected and p.partner_connected)
+        ]
+        print(
+            f"{len(samples)} samples, {len(unhealthy)} with the link down; first: "
+            f"{[(label, fmt_pair_stats(p)) for label, p in unhealthy[:2]]}"
+        )
+        f.check(
+            not unhealthy,
+            lambda: (
+                f"the pair link went down during the batch ({len(unhealthy)} of "
+                f"{len(samples)} samples), e.g. {unhealthy[0][0]} "
+                f"{fmt_pair_stats(unhealthy[0][1])}"
+            ),
+        )
         f.assert_none()
 
 
@@ -868,16 +1075,30 @@ async def test_depth_exact_after_clean_restart(tmp_path: Path) -> None:
         assert not ledger.bad_copies, ledger.bad_copies
         rec = Recorder(h, TOPIC, "c", [a, b], rdy=2500)
         acked = dict(ledger.acked)
-        assert await wait_for(lambda: all(i in rec.ids for i in acked), DRAIN_BOUND_S), \
-            lost_report("before the restart", acked, rec.ids)
-        problem = await settle_zero(h, brokers, TOPIC, ["c"], SETTLE_BOUND_S, "before the restart",
-                                    in_flight=True, standby=False)
+        assert await wait_for(lambda: all(i in rec.ids for i in acked), DRAIN_BOUND_S), lost_report(
+            "before the restart", acked, rec.ids
+        )
+        problem = await settle_zero(
+            h,
+            brokers,
+            TOPIC,
+            ["c"],
+            SETTLE_BOUND_S,
+            "before the restart",
+            in_flight=True,
+            standby=False,
+        )
         assert problem is None, problem
         await rec.close()
         before = {label: await get_stats(h, p.address) for label, p in brokers.items()}
-        print("before stop: " + "; ".join(
-            f"{k}: topic depth={t.depth if (t := topic_stats(s, TOPIC)) else '?'} standby="
-            f"{s.pair.standby_messages if s else '?'}" for k, s in before.items()))
+        print(
+            "before stop: "
+            + "; ".join(
+                f"{k}: topic depth={t.depth if (t := topic_stats(s, TOPIC)) else '?'} standby="
+                f"{s.pair.standby_messages if s else '?'}"
+                for k, s in before.items()
+            )
+        )
         rcs = {label: await asyncio.to_thread(p.terminate) for label, p in brokers.items()}
         for label, rc in rcs.items():
             f.check(rc == 0, f"{label} exited with {rc} on SIGTERM")
@@ -903,9 +1124,21 @@ async def test_depth_exact_after_clean_restart(tmp_path: Path) -> None:
             while s is None and time.monotonic() < deadline:
                 s = await get_stats(h, p.address)
             f.add(depth_problems(s, label, "first stats after the restart"))
-        f.add(await wait_healthy(h, brokers, t_restart + HEAL_BOUND_S, "after the clean restart", t_restart))
-        f.add(await settle_zero(h, brokers, TOPIC, ["c"], max(0.0, t_restart + HEAL_BOUND_S - time.monotonic()),
-                                "after the clean restart"))
+        f.add(
+            await wait_healthy(
+                h, brokers, t_restart + HEAL_BOUND_S, "after the clean restart", t_restart
+            )
+        )
+        f.add(
+            await settle_zero(
+                h,
+                brokers,
+                TOPIC,
+                ["c"],
+                max(0.0, t_restart + HEAL_BOUND_S - time.monotonic()),
+                "after the clean restart",
+            )
+        )
         for label, p in brokers.items():
             f.add(depth_problems(await get_stats(h, p.address), label, "after healing"))
         f.assert_none()
@@ -924,14 +1157,19 @@ async def test_channel_on_owner_only_survives_kill9_of_owner(tmp_path: Path) -> 
         await create_channels(h, [a, b], TOPIC, ["c1"])
         ledger = Ledger()
         rec1 = Recorder(h, TOPIC, "c1", [a, b])
-        warm = await publish_direct(h, a, "a", ledger, TOPIC, 100) + await publish_direct(h, b, "b", ledger, TOPIC, 100)
+        warm = await publish_direct(h, a, "a", ledger, TOPIC, 100) + await publish_direct(
+            h, b, "b", ledger, TOPIC, 100
+        )
         assert await wait_for(lambda: set(warm) <= rec1.ids, 15), "c1 did not consume the warm-up"
-        await h.stub(a.address).CreateChannel(pb.CreateChannelRequest(topic=TOPIC, channel="c2"), timeout=5)
+        await h.stub(a.address).CreateChannel(
+            pb.CreateChannelRequest(topic=TOPIC, channel="c2"), timeout=5
+        )
         five = await publish_direct(h, a, "a", ledger, TOPIC, 500)
         assert not ledger.bad_copies, ledger.bad_copies
         assert await wait_for(lambda: set(five) <= rec1.ids, 15), "c1 did not consume the 500"
-        problem = await settle_zero(h, {"a": a}, TOPIC, ["c1"], SETTLE_BOUND_S, "c1 on A", in_flight=True,
-                                    standby=False)
+        problem = await settle_zero(
+            h, {"a": a}, TOPIC, ["c1"], SETTLE_BOUND_S, "c1 on A", in_flight=True, standby=False
+        )
         assert problem is None, problem
         await rec1.close()
         sb = await get_stats(h, b.address)
@@ -956,17 +1194,30 @@ async def test_channel_on_owner_only_survives_kill9_of_owner(tmp_path: Path) -> 
         by_broker: dict[str, int] = {}
         for d in rec2.deliveries:
             by_broker[d.broker_id] = by_broker.get(d.broker_id, 0) + 1
-        c2 = {label: channel_stats(await get_stats(h, p.address), TOPIC, "c2") for label, p in brokers.items()}
-        f.check(not lost, lambda: f"c2 lost {len(lost)} of the 500 acked messages (c2 deliveries by broker: "
-                                  f"{by_broker}; c2 now: " + "; ".join(
-                                      f"{k}: " + (f"depth={c.depth} in_flight={c.in_flight}" if c else "missing")
-                                      for k, c in c2.items()) + ")")
+        c2 = {
+            label: channel_stats(await get_stats(h, p.address), TOPIC, "c2")
+            for label, p in brokers.items()
+        }
+        f.check(
+            not lost,
+            lambda: (
+                f"c2 lost {len(lost)} of the 500 acked messages (c2 deliveries by broker: "
+                f"{by_broker}; c2 now: "
+                + "; ".join(
+                    f"{k}: " + (f"depth={c.depth} in_flight={c.in_flight}" if c else "missing")
+                    for k, c in c2.items()
+                )
+                + ")"
+            ),
+        )
         f.add(await heal_check(h, brokers, t_restart, "after restarting A", "probe"))
         f.assert_none()
 
 
 # ----------------------------------------------------------------------------- 7. loss finding 2
-async def test_wiped_partner_restart_under_load_loses_nothing_on_any_channel(tmp_path: Path) -> None:
+async def test_wiped_partner_restart_under_load_loses_nothing_on_any_channel(
+    tmp_path: Path,
+) -> None:
     """Regression, loss finding 2: kill -9 B, wipe its data, restart it while producers
     publish to both brokers: every acked message reaches both channels."""
     f = Findings()
@@ -981,8 +1232,9 @@ async def test_wiped_partner_restart_under_load_loses_nothing_on_any_channel(tmp
         rec2 = Recorder(h, TOPIC, "c2", [a, b], reconnect_backoff=2.0)
         pubs = [Publisher(h, a, "a", ledger).start(), Publisher(h, b, "b", ledger).start()]
         owners = lambda: [o for o, _ in ledger.acked.values()]  # noqa: E731
-        assert await wait_for(lambda: min(owners().count("a"), owners().count("b")) >= 200, 20), \
+        assert await wait_for(lambda: min(owners().count("a"), owners().count("b")) >= 200, 20), (
             "publishers made no progress"
+        )
         t_kill = time.monotonic()
         b.kill()
         shutil.rmtree(b.data_dir)
@@ -997,6 +1249,8 @@ async def test_wiped_partner_restart_under_load_loses_nothing_on_any_channel(tmp
         f.add(lost_report("channel c1", acked, rec1.ids, marks))
         f.add(lost_report("channel c2", acked, rec2.ids, marks))
         f.check(not ledger.bad_copies, lambda: f"acks with copies != 2: {ledger.bad_copies[:5]}")
-        print(f"acked={len(acked)} c1={len(rec1.ids)} c2={len(rec2.ids)} "
-              f"publish_errors={[p.errors for p in pubs]}")
+        print(
+            f"acked={len(acked)} c1={len(rec1.ids)} c2={len(rec2.ids)} "
+            f"publish_errors={[p.errors for p in pubs]}"
+        )
         f.assert_none()

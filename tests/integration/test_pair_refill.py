@@ -19,7 +19,9 @@ N = 300_000
 LAG_BOUND_S = 5  # the lag metric reaches 0 within this of the re-fill's end
 
 
-async def test_refill_of_a_wiped_partner_shows_progress_and_the_lag_returns_to_zero(tmp_path: Path) -> None:
+async def test_refill_of_a_wiped_partner_shows_progress_and_the_lag_returns_to_zero(
+    tmp_path: Path,
+) -> None:
     a, b = make_pair(tmp_path)
     try:
         a.start()
@@ -29,7 +31,9 @@ async def test_refill_of_a_wiped_partner_shows_progress_and_the_lag_returns_to_z
             stub = pbg.BrokerServiceStub(ch)
             batch = [pb.PublishItem(body=b"x" * 100)] * 5000
             for _ in range(N // len(batch)):
-                r = await stub.PublishBatch(pb.PublishBatchRequest(topic="t", messages=batch), timeout=30)
+                r = await stub.PublishBatch(
+                    pb.PublishBatchRequest(topic="t", messages=batch), timeout=30
+                )
                 assert r.copies == 2
         b.kill()
         shutil.rmtree(b.data_dir)
@@ -62,14 +66,19 @@ async def test_refill_of_a_wiped_partner_shows_progress_and_the_lag_returns_to_z
             sa = await stats(a.address)
             if sa.pair.replication_lag == 0:
                 break
-            assert time.monotonic() - t_end < LAG_BOUND_S, f"lag {sa.pair.replication_lag} after the re-fill"
+            assert time.monotonic() - t_end < LAG_BOUND_S, (
+                f"lag {sa.pair.replication_lag} after the re-fill"
+            )
             await asyncio.sleep(0.05)
         await wait_healthy(a, b, timeout=10)
         log_a = await asyncio.to_thread(Path(a.log_path).read_text)
         log_b = await asyncio.to_thread(Path(b.log_path).read_text)
-        assert any("re-filling partner" in ln and "done," in ln for ln in log_a.splitlines()), log_a[-2000:]
-        assert any("being re-filled by partner" in ln and "done," in ln for ln in log_b.splitlines()), \
-            log_b[-2000:]
+        assert any("re-filling partner" in ln and "done," in ln for ln in log_a.splitlines()), (
+            log_a[-2000:]
+        )
+        assert any(
+            "being re-filled by partner" in ln and "done," in ln for ln in log_b.splitlines()
+        ), log_b[-2000:]
         for text, log in (("re-filling partner", log_a), ("being re-filled by partner", log_b)):
             progress = [ln for ln in log.splitlines() if text in ln and "so far" in ln]
             assert progress, f"no progress line for {text!r}"  # one per 100,000 messages at least

@@ -77,9 +77,20 @@ class BridgeLookup(LookupProcess):
         return f"{self.host}:{self.gossip_port}"
 
     def start(self, timeout: float = 20.0) -> None:
-        argv = [sys.executable, "-m", "pairq.cli", "lookup", "--address", self.address,
-                "--node-name", self.name, "--gossip-address", self.gossip_address,
-                "--gossip-profile", "local"]
+        argv = [
+            sys.executable,
+            "-m",
+            "pairq.cli",
+            "lookup",
+            "--address",
+            self.address,
+            "--node-name",
+            self.name,
+            "--gossip-address",
+            self.gossip_address,
+            "--gossip-profile",
+            "local",
+        ]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, timeout=timeout, host=self.host)
@@ -90,8 +101,9 @@ class BridgeLookup(LookupProcess):
 class WitnessHarness(Harness):
     """test_pair_faults' Harness; on failure it also prints the lookup's log."""
 
-    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await super().__aexit__(et, ev, tb)
         path = self.tmp / f"{LOOKUP_NAME}.log"
         if et is not None and path.exists():
@@ -137,9 +149,11 @@ async def lookup_gossip_states(h: Harness, lookup: BridgeLookup) -> dict[str, st
     ch = h._channels.get("lookup")
     if ch is None:
         ch = h._channels["lookup"] = grpc.aio.insecure_channel(lookup.address)
-    rpc = ch.unary_unary("/pairq.v1.LookupService/ListNodes",
-                         request_serializer=lpb.ListNodesRequest.SerializeToString,
-                         response_deserializer=lpb.ListNodesResponse.FromString)
+    rpc = ch.unary_unary(
+        "/pairq.v1.LookupService/ListNodes",
+        request_serializer=lpb.ListNodesRequest.SerializeToString,
+        response_deserializer=lpb.ListNodesResponse.FromString,
+    )
     try:
         resp = await rpc(lpb.ListNodesRequest(), timeout=1.0)
     except grpc.aio.AioRpcError:
@@ -165,8 +179,15 @@ async def start_topology(h: Harness, tmp: Path) -> Topology:
     lookup = BridgeLookup(tmp, net.ip_bridge)
     h.closers.append(lookup.kill)  # SIGKILL of the pid we started, if it still runs
     await asyncio.to_thread(lookup.start)
-    a, b = h.ns_pair(net, "--gossip-profile", "local", "--join", lookup.gossip_address,
-                     "--lookup", lookup.address)
+    a, b = h.ns_pair(
+        net,
+        "--gossip-profile",
+        "local",
+        "--join",
+        lookup.gossip_address,
+        "--lookup",
+        lookup.address,
+    )
     a.args += ["--gossip-address", f"{net.ip_a}:{free_port()}"]
     b.args += ["--gossip-address", f"{net.ip_b}:{free_port()}"]
     gossip = {"broker-a": a.args[-1], "broker-b": b.args[-1]}
@@ -178,23 +199,34 @@ async def start_topology(h: Harness, tmp: Path) -> Topology:
         views = {n: await gossip_view(addr, net.ip_bridge) for n, addr in gossip.items()}
         views[LOOKUP_NAME] = await gossip_view(lookup.gossip_address, net.ip_bridge)
         registered = await lookup_gossip_states(h, lookup)
-        logged = {label: WITNESS_LINE in await asyncio.to_thread(Path(p.log_path).read_text, errors="replace")
-                  for label, p in (("a", a), ("b", b))}
-        missing = {n: sorted(m for m in names - {n} if v is None or v.get(m) != MemberState.ALIVE)
-                   for n, v in views.items()}
-        ok = (not any(missing.values()) and all(logged.values()) and registered is not None
-              and all(registered.get(n) == "alive" for n in ("broker-a", "broker-b")))
+        logged = {
+            label: WITNESS_LINE
+            in await asyncio.to_thread(Path(p.log_path).read_text, errors="replace")
+            for label, p in (("a", a), ("b", b))
+        }
+        missing = {
+            n: sorted(m for m in names - {n} if v is None or v.get(m) != MemberState.ALIVE)
+            for n, v in views.items()
+        }
+        ok = (
+            not any(missing.values())
+            and all(logged.values())
+            and registered is not None
+            and all(registered.get(n) == "alive" for n in ("broker-a", "broker-b"))
+        )
         if ok:
             print(f"gossip converged {time.monotonic() - t0:.2f} s after the start")
             return Topology(net, lookup, a, b)
         assert time.monotonic() < deadline, (
             f"gossip did not converge within {CONVERGE_BOUND_S} s: not alive in a view: {missing}; "
-            f"witness line logged: {logged}; the lookup's gossip states: {registered}")
+            f"witness line logged: {logged}; the lookup's gossip states: {registered}"
+        )
         await asyncio.sleep(0.1)
 
 
-def start_load(h: Harness, tmp: Path, t: Topology, ledger: Ledger,
-               handled: dict[bytes, int]) -> tuple[Consumer, list[Publisher]]:
+def start_load(
+    h: Harness, tmp: Path, t: Topology, ledger: Ledger, handled: dict[bytes, int]
+) -> tuple[Consumer, list[Publisher]]:
     consumer = counting_consumer(h, tmp, [t.a, t.b], handled)
     pubs = [Publisher(h, t.a, "a", ledger).start(), Publisher(h, t.b, "b", ledger).start()]
     return consumer, pubs
@@ -202,11 +234,21 @@ def start_load(h: Harness, tmp: Path, t: Topology, ledger: Ledger,
 
 async def takeovers(h: Harness, t: Topology) -> dict[str, int | None]:
     got = await asyncio.gather(*(get_stats(h, p.address) for p in t.brokers.values()))
-    return {label: (s.pair.takeovers if s is not None else None) for label, s in zip(t.brokers, got, strict=True)}
+    return {
+        label: (s.pair.takeovers if s is not None else None)
+        for label, s in zip(t.brokers, got, strict=True)
+    }
 
 
-async def finish(h: Harness, f: Findings, consumer: Consumer, pubs: list[Publisher], ledger: Ledger,
-                 handled: dict[bytes, int], marks: list[tuple[str, float]]) -> None:
+async def finish(
+    h: Harness,
+    f: Findings,
+    consumer: Consumer,
+    pubs: list[Publisher],
+    ledger: Ledger,
+    handled: dict[bytes, int],
+    marks: list[tuple[str, float]],
+) -> None:
     """Stop publishing; every acked id handled (once) by the consumer with dedupe."""
     for p in pubs:
         await p.stop()
@@ -216,16 +258,20 @@ async def finish(h: Harness, f: Findings, consumer: Consumer, pubs: list[Publish
     twice = [i for i, n in handled.items() if n > 1]
     f.check(not twice, lambda: f"the handler ran more than once for {len(twice)} id(s)")
     f.check(not ledger.bad_copies, lambda: f"acks with copies != 2: {ledger.bad_copies[:5]}")
-    print(f"acked={len(acked)} handled={len(handled)} (of which never acked: {len(set(handled) - set(acked))}; "
-          f"publishes that failed but were stored) dup_absorbed={consumer.stats.duplicates} "
-          f"publish_errors={ {p.label: p.errors for p in pubs} } "
-          f"last_errors={ {p.label: p.last_error[:80] for p in pubs} }")
+    print(
+        f"acked={len(acked)} handled={len(handled)} (of which never acked: {len(set(handled) - set(acked))}; "
+        f"publishes that failed but were stored) dup_absorbed={consumer.stats.duplicates} "
+        f"publish_errors={ {p.label: p.errors for p in pubs} } "
+        f"last_errors={ {p.label: p.last_error[:80] for p in pubs} }"
+    )
 
 
 def print_gossip_lines(tmp: Path) -> None:
     pat = re.compile(r"gossip|took over|takeover|witness", re.IGNORECASE)
     for name in ("a.log", "b.log"):
-        lines = [ln for ln in (tmp / name).read_text(errors="replace").splitlines() if pat.search(ln)]
+        lines = [
+            ln for ln in (tmp / name).read_text(errors="replace").splitlines() if pat.search(ln)
+        ]
         print(f"-- {name}: " + ("\n   ".join(_collapse(lines)[-8:]) or "(none)"))
 
 
@@ -246,17 +292,25 @@ async def test_pair_link_partition_with_witness_no_takeover(tmp_path: Path) -> N
         t_cut = time.monotonic()
         net.partition()
         # The premise, checked meanwhile in threads: A cannot reach B, both reach the lookup.
-        probes = {what: asyncio.ensure_future(asyncio.to_thread(net.can_connect, side, host, port))
-                  for what, side, host, port in (("a->b", "a", net.ip_b, t.b.port),
-                                                 ("a->lookup", "a", net.ip_bridge, t.lookup.port),
-                                                 ("b->lookup", "b", net.ip_bridge, t.lookup.port))}
+        probes = {
+            what: asyncio.ensure_future(asyncio.to_thread(net.can_connect, side, host, port))
+            for what, side, host, port in (
+                ("a->b", "a", net.ip_b, t.b.port),
+                ("a->lookup", "a", net.ip_bridge, t.lookup.port),
+                ("b->lookup", "b", net.ip_bridge, t.lookup.port),
+            )
+        }
         took: dict[str, str] = {}  # the first takeover seen, per broker
         unanswered = {"a": 0, "b": 0}
         unhealthy_seen: set[str] = set()
         try:
             while (left := t_cut + FAULT_S - time.monotonic()) > 0:
-                got = await asyncio.gather(*(get_stats(h, p.address, timeout=max(0.05, min(1.0, left)))
-                                             for p in brokers.values()))
+                got = await asyncio.gather(
+                    *(
+                        get_stats(h, p.address, timeout=max(0.05, min(1.0, left)))
+                        for p in brokers.values()
+                    )
+                )
                 for label, s in zip(brokers, got, strict=True):
                     if s is None:
                         unanswered[label] += 1
@@ -264,25 +318,36 @@ async def test_pair_link_partition_with_witness_no_takeover(tmp_path: Path) -> N
                     if pair_problems(s):
                         unhealthy_seen.add(label)
                     if s.pair.takeovers != before[label] and label not in took:
-                        took[label] = (f"takeovers {before[label]} -> {s.pair.takeovers} "
-                                       f"{time.monotonic() - t_cut:.2f} s into the partition")
+                        took[label] = (
+                            f"takeovers {before[label]} -> {s.pair.takeovers} "
+                            f"{time.monotonic() - t_cut:.2f} s into the partition"
+                        )
                 await asyncio.sleep(max(0.0, min(0.1, t_cut + FAULT_S - time.monotonic())))
         finally:
             net.heal()
         t_heal = time.monotonic()
         reach = {what: await p for what, p in probes.items()}
-        assert reach == {"a->b": False, "a->lookup": True, "b->lookup": True}, \
+        assert reach == {"a->b": False, "a->lookup": True, "b->lookup": True}, (
             f"test network during the partition: {reach} (want a->b False, both reach the lookup)"
+        )
         f.check(bool(unhealthy_seen), "neither broker's stats showed the 10 s partition")
         f.check(not took, lambda: f"a takeover during the pair-link partition: {took}")
         errors_during = {p.label: p.errors - errors_before[p.label] for p in pubs}
-        print(f"partition {t_heal - t_cut:.2f} s: takeovers before {before}; stats unanswered {unanswered}; "
-              f"unhealthy seen {sorted(unhealthy_seen)}; failed publishes during it {errors_during} "
-              f"(last: { {p.label: p.last_error[:60] for p in pubs} })")
-        f.add(await heal_check(h, brokers, t_heal, "after the 10 s pair-link partition", TOPIC, ledger))
+        print(
+            f"partition {t_heal - t_cut:.2f} s: takeovers before {before}; stats unanswered {unanswered}; "
+            f"unhealthy seen {sorted(unhealthy_seen)}; failed publishes during it {errors_during} "
+            f"(last: { {p.label: p.last_error[:60] for p in pubs} })"
+        )
+        f.add(
+            await heal_check(
+                h, brokers, t_heal, "after the 10 s pair-link partition", TOPIC, ledger
+            )
+        )
         after = await takeovers(h, t)
         f.check(after == before, f"takeovers changed across the partition: {before} -> {after}")
-        await finish(h, f, consumer, pubs, ledger, handled, [("the partition", t_cut), ("the heal", t_heal)])
+        await finish(
+            h, f, consumer, pubs, ledger, handled, [("the partition", t_cut), ("the heal", t_heal)]
+        )
         print_gossip_lines(tmp_path)
         f.assert_none()
 
@@ -298,16 +363,21 @@ async def test_isolated_broker_partner_takes_over_it_does_not(tmp_path: Path) ->
         consumer, pubs = start_load(h, tmp_path, t, ledger, handled)
         await consumer.start()
         owners = lambda: [o for o, _ in ledger.acked.values()]  # noqa: E731
-        assert await wait_for(lambda: min(owners().count("a"), owners().count("b")) >= 100, 20), \
+        assert await wait_for(lambda: min(owners().count("a"), owners().count("b")) >= 100, 20), (
             "publishers made no progress"
+        )
         before = await takeovers(h, t)
         assert None not in before.values(), f"stats unavailable before the isolation: {before}"
         t_iso = time.monotonic()
         net.isolate("b")
-        probes = {what: asyncio.ensure_future(asyncio.to_thread(net.can_connect, side, host, port))
-                  for what, side, host, port in (("a->b", "a", net.ip_b, t.b.port),
-                                                 ("b->lookup", "b", net.ip_bridge, t.lookup.port),
-                                                 ("a->lookup", "a", net.ip_bridge, t.lookup.port))}
+        probes = {
+            what: asyncio.ensure_future(asyncio.to_thread(net.can_connect, side, host, port))
+            for what, side, host, port in (
+                ("a->b", "a", net.ip_b, t.b.port),
+                ("b->lookup", "b", net.ip_bridge, t.lookup.port),
+                ("a->lookup", "a", net.ip_bridge, t.lookup.port),
+            )
+        }
         t_take: float | None = None
         a_during: int | None = None
         try:
@@ -321,19 +391,34 @@ async def test_isolated_broker_partner_takes_over_it_does_not(tmp_path: Path) ->
             net.unisolate("b")
         t_heal = time.monotonic()
         reach = {what: await p for what, p in probes.items()}
-        assert reach == {"a->b": False, "b->lookup": False, "a->lookup": True}, \
+        assert reach == {"a->b": False, "b->lookup": False, "a->lookup": True}, (
             f"test network during the isolation: {reach} (want B unreachable, A reaching the lookup)"
-        print(f"isolation {t_heal - t_iso:.2f} s; A takeover seen "
-              + (f"{t_take - t_iso:.2f} s after the isolation started (takeovers {before['a']} -> {a_during})"
-                 if t_take is not None else "never"))
-        f.check(t_take is not None, f"A did not take over during the {FAULT_S:.0f} s isolation of B "
-                                    f"(takeovers before {before})")
+        )
+        print(
+            f"isolation {t_heal - t_iso:.2f} s; A takeover seen "
+            + (
+                f"{t_take - t_iso:.2f} s after the isolation started (takeovers {before['a']} -> {a_during})"
+                if t_take is not None
+                else "never"
+            )
+        )
+        f.check(
+            t_take is not None,
+            f"A did not take over during the {FAULT_S:.0f} s isolation of B "
+            f"(takeovers before {before})",
+        )
         f.add(await heal_check(h, brokers, t_heal, "after the 10 s isolation of B", TOPIC, ledger))
         after = await takeovers(h, t)
-        f.check(after["a"] is not None and after["a"] > (before["a"] or 0),
-                f"A's takeovers did not increase: {before} -> {after}")
-        f.check(after["b"] == before["b"],
-                f"B's takeovers changed (the isolated broker took over, or stats failed): {before} -> {after}")
-        await finish(h, f, consumer, pubs, ledger, handled, [("the isolation", t_iso), ("the heal", t_heal)])
+        f.check(
+            after["a"] is not None and after["a"] > (before["a"] or 0),
+            f"A's takeovers did not increase: {before} -> {after}",
+        )
+        f.check(
+            after["b"] == before["b"],
+            f"B's takeovers changed (the isolated broker took over, or stats failed): {before} -> {after}",
+        )
+        await finish(
+            h, f, consumer, pubs, ledger, handled, [("the isolation", t_iso), ("the heal", t_heal)]
+        )
         print_gossip_lines(tmp_path)
         f.assert_none()

@@ -19,8 +19,13 @@ async def test_run_cluster_two_pairs_discovered_through_the_lookup(tmp_path: Pat
                 ack = await producer.publish(f"topic{i % 4}", b"%d" % i)
                 assert ack.copies == 2
         for t in range(4):
-            async with Consumer(f"topic{t}", "c", lookups=cluster.lookup_addresses,
-                                handler=lambda m: got.append(m.body), lookup_poll_interval=0.5) as c:
+            async with Consumer(
+                f"topic{t}",
+                "c",
+                lookups=cluster.lookup_addresses,
+                handler=lambda m: got.append(m.body),
+                lookup_poll_interval=0.5,
+            ) as c:
                 await eventually(lambda: c.stats.finished >= 5, timeout=15)
         assert sorted(got) == sorted(b"%d" % i for i in range(20))
         assert lookup.address

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-_SCRIPT = r'''
+_SCRIPT = r"""
 import asyncio, json
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -33,11 +33,13 @@ async def main():
            for s in exporter.get_finished_spans()]
     print(json.dumps({"trace_id": trace_id, "copies": ack.copies, "spans": out}))
 asyncio.run(main())
-'''
+"""
 
 
 def test_publish_store_and_handler_share_one_trace() -> None:
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, timeout=90)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT], capture_output=True, text=True, timeout=90
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     tid = out["trace_id"]

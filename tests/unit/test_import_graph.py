@@ -24,12 +24,18 @@ def runtime_imports(path: Path, modules: set[str] | None = None) -> set[str]:
     of ``pkg.mod`` (when ``modules`` lists it), not of the package."""
     tree = ast.parse(path.read_text(), str(path))
     out: set[str] = set()
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    package = (
+        module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    )
 
     def visit(node: ast.AST, in_type_checking: bool) -> None:
         for child in ast.iter_child_nodes(node):
             tc = in_type_checking
-            if isinstance(child, ast.If) and isinstance(child.test, ast.Name) and child.test.id == "TYPE_CHECKING":
+            if (
+                isinstance(child, ast.If)
+                and isinstance(child.test, ast.Name)
+                and child.test.id == "TYPE_CHECKING"
+            ):
                 tc = True
             if not tc and isinstance(child, ast.Import):
                 out.update(a.name for a in child.names)
@@ -52,16 +58,22 @@ def runtime_imports(path: Path, modules: set[str] | None = None) -> set[str]:
 def graph() -> dict[str, set[str]]:
     mods = {module_name(p): p for p in ROOT.rglob("*.py") if "v1" not in p.parts}
     names = set(mods)
-    return {m: {i for i in runtime_imports(p, names) if i in mods and i != m} for m, p in mods.items()}
+    return {
+        m: {i for i in runtime_imports(p, names) if i in mods and i != m} for m, p in mods.items()
+    }
 
 
 def test_libraries_never_import_the_command_line_or_the_fixtures() -> None:
     bad = []
     for mod, deps in graph().items():
         if mod.split(".")[1:2] and mod.split(".")[1] in LIBRARIES and not mod.endswith(".cli"):
-            bad += [f"{mod} -> {d}" for d in deps
-                    if d in ("pairq.cli", "pairq.testing") or d.startswith("pairq.cli.")
-                    or d.endswith(".cli")]
+            bad += [
+                f"{mod} -> {d}"
+                for d in deps
+                if d in ("pairq.cli", "pairq.testing")
+                or d.startswith("pairq.cli.")
+                or d.endswith(".cli")
+            ]
     assert not bad, "library code imports a CLI module or pairq.testing:\n" + "\n".join(sorted(bad))
 
 
@@ -69,7 +81,8 @@ def test_the_graph_sees_real_imports() -> None:
     g = graph()  # a sanity check of the parser, so the test above cannot pass vacuously
     assert "pairq.broker.store" in g["pairq.broker.topic"]
     assert "pairq.broker.pair.core" in g["pairq.broker.pair.state"] or any(
-        "pairq.broker.pair.core" in deps for deps in g.values())
+        "pairq.broker.pair.core" in deps for deps in g.values()
+    )
 
 
 def find_cycles(g: dict[str, set[str]], prefix: str) -> list[list[str]]:
@@ -83,7 +96,7 @@ def find_cycles(g: dict[str, set[str]], prefix: str) -> list[list[str]]:
             if not d.startswith(prefix):
                 continue
             if state.get(d) == 1:
-                out.append([*stack[stack.index(d):], d])
+                out.append([*stack[stack.index(d) :], d])
             elif d not in state:
                 dfs(d, stack)
         stack.pop()
@@ -101,7 +114,9 @@ def test_no_runtime_import_cycle_among_the_broker_or_the_client_modules() -> Non
     g = graph()
     for prefix in ("pairq.broker.", "pairq.client."):
         cycles = find_cycles(g, prefix)
-        assert not cycles, f"import cycles among {prefix}*: " + "; ".join(" -> ".join(c) for c in cycles)
+        assert not cycles, f"import cycles among {prefix}*: " + "; ".join(
+            " -> ".join(c) for c in cycles
+        )
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:

@@ -11,7 +11,9 @@ from pairq.broker.pair.link import FramedLink, LinkError, read_token
 from pairq.v1 import replication_pb2 as rpb
 
 
-async def _pair(max_frame: int = 1 << 20) -> tuple[FramedLink, asyncio.StreamWriter, asyncio.StreamReader]:
+async def _pair(
+    max_frame: int = 1 << 20,
+) -> tuple[FramedLink, asyncio.StreamWriter, asyncio.StreamReader]:
     """(server-side link reading ReplicateRequests, the client's raw writer and reader)."""
     got: asyncio.Future[FramedLink] = asyncio.get_running_loop().create_future()
 
@@ -29,7 +31,10 @@ async def _pair(max_frame: int = 1 << 20) -> tuple[FramedLink, asyncio.StreamWri
 async def test_frames_round_trip_and_eof() -> None:
     link, w, r = await _pair()
     client = FramedLink(r, w, rpb.ReplicateResponse.FromString, 1 << 20)
-    msgs = [rpb.ReplicateRequest(batch=rpb.ReplicaBatch(batch_id=i, deleted_topics=["x" * i])) for i in (1, 70_000)]
+    msgs = [
+        rpb.ReplicateRequest(batch=rpb.ReplicaBatch(batch_id=i, deleted_topics=["x" * i]))
+        for i in (1, 70_000)
+    ]
     for m in msgs:
         await client.write(m)
     assert [await link.read() for _ in msgs] == msgs
@@ -57,7 +62,11 @@ async def test_oversized_undecodable_and_truncated_frames() -> None:
 
 
 async def test_read_token_accepts_only_a_16_byte_first_frame() -> None:
-    for data, want in ((b"\x00\x00\x00\x10" + b"k" * 16, b"k" * 16), (b"\x00\x00\x00\x05hello", b""), (b"\x00", b"")):
+    for data, want in (
+        (b"\x00\x00\x00\x10" + b"k" * 16, b"k" * 16),
+        (b"\x00\x00\x00\x05hello", b""),
+        (b"\x00", b""),
+    ):
         link, w, _ = await _pair()
         w.write(data)
         w.write_eof()

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pairq.client.discovery import BrokerState, PairState, place, rendezvous_score
 
 
-def pair(name: str, *, alive: tuple[str, ...] = ("alive", "alive"), topics: tuple[str, ...] = ()) -> PairState:
+def pair(
+    name: str, *, alive: tuple[str, ...] = ("alive", "alive"), topics: tuple[str, ...] = ()
+) -> PairState:
     brokers = [
-        BrokerState(f"{name}-{i}:1", live != "dead", False, live, f"{name}-{i}") for i, live in enumerate(alive)
+        BrokerState(f"{name}-{i}:1", live != "dead", False, live, f"{name}-{i}")
+        for i, live in enumerate(alive)
     ]
     return PairState(name, brokers, frozenset(topics))
 

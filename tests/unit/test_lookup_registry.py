@@ -124,7 +124,9 @@ def test_tombstones_mark_one_node_and_expire() -> None:
     assert (node_id, expires) == ("b", 46.0)
     ans = r.lookup_topic("t", 2.0)
     assert [(b.status.identity.node_id, b.tombstoned) for b in ans.pairs[0].brokers] == [
-        ("a", False), ("b", True)]
+        ("a", False),
+        ("b", True),
+    ]
     nodes = {n.status.identity.node_id: n for n in r.nodes(2.0)}
     assert nodes["b"].tombstones == (("t", 44.0),)
     assert nodes["a"].tombstones == ()

@@ -25,7 +25,9 @@ def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
     cfg = tmp_path / "b.toml"
     cfg.write_text('max-rdy-count = 7\nmsg_timeout_ms = 1234\nsync = "periodic"\n')
     args = parse(["--config", str(cfg), "--max-rdy-count", "9"])
-    opts = resolve(BrokerOptions, args, env={"PAIRQ_MSG_TIMEOUT_MS": "555", "PAIRQ_MAX_ATTEMPTS": "3"})
+    opts = resolve(
+        BrokerOptions, args, env={"PAIRQ_MSG_TIMEOUT_MS": "555", "PAIRQ_MAX_ATTEMPTS": "3"}
+    )
     assert opts.max_rdy_count == 9  # flag beats file
     assert opts.msg_timeout_ms == 555  # env beats file
     assert opts.sync == "periodic"  # file beats default
@@ -71,8 +73,11 @@ def test_example_config_is_generated_from_the_options() -> None:
 def test_lookup_reads_its_own_env_prefix_not_the_brokers() -> None:
     from pairq.lookup.options import LookupOptions
 
-    env = {"PAIRQ_ADDRESS": "10.0.0.1:4150", "PAIRQ_LOOKUP_ADDRESS": "10.0.0.9:4160",
-           "PAIRQ_NODE_NAME": "broker-a"}
+    env = {
+        "PAIRQ_ADDRESS": "10.0.0.1:4150",
+        "PAIRQ_LOOKUP_ADDRESS": "10.0.0.9:4160",
+        "PAIRQ_NODE_NAME": "broker-a",
+    }
     lk = resolve(LookupOptions, None, env=env)
     assert lk.address == "10.0.0.9:4160" and lk.node_name == ""
     assert resolve(BrokerOptions, None, env=env).address == "10.0.0.1:4150"

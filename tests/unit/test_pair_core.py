@@ -537,8 +537,9 @@ def test_a_pause_is_noticed_when_a_message_is_the_first_call_after_it() -> None:
 # ------------------------------------------------------------------ ack timeout
 
 
-def resets_of(core: PairCore, seconds: float, *, unacked: bool = True,
-              event: tuple[float, str] | None = None) -> list[float]:
+def resets_of(
+    core: PairCore, seconds: float, *, unacked: bool = True, event: tuple[float, str] | None = None
+) -> list[float]:
     """Tick a dyadic core every DSTEP for ``seconds``; the times (from D0) of RESET_LINK.
     ``event`` = (time, "heard" | "ack") delivers one message from the partner."""
     out: list[float] = []

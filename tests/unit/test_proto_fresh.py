@@ -15,4 +15,6 @@ def test_generated_stubs_are_fresh(tmp_path: Path) -> None:
             fresh = (tmp_path / "pairq" / "v1" / f"{stem}{suffix}").read_text()
             committed_path = ROOT / "pairq" / "v1" / f"{stem}{suffix}"
             assert committed_path.exists(), f"{committed_path} missing: run `make proto`"
-            assert committed_path.read_text() == fresh, f"{committed_path} is stale: run `make proto`"
+            assert committed_path.read_text() == fresh, (
+                f"{committed_path} is stale: run `make proto`"
+            )

@@ -13,10 +13,15 @@ from pairq.broker.pair.standby import StandbyStore, validate_batch
 from pairq.v1 import replication_pb2 as rpb
 
 
-def _batch(topic: str, seq: int, ids: list[bytes], *, uncommitted: bool = True, **kw: object) -> rpb.ReplicaBatch:
+def _batch(
+    topic: str, seq: int, ids: list[bytes], *, uncommitted: bool = True, **kw: object
+) -> rpb.ReplicaBatch:
     recs = [wire.encode_record(i, b"body", time.time_ns()) for i in ids]
     return rpb.ReplicaBatch(
-        batch_id=1, appends=[rpb.ReplicaAppend(topic=topic, first_seq=seq, records=recs, uncommitted=uncommitted)],
+        batch_id=1,
+        appends=[
+            rpb.ReplicaAppend(topic=topic, first_seq=seq, records=recs, uncommitted=uncommitted)
+        ],
         **kw,  # type: ignore[arg-type]
     )
 
@@ -34,8 +39,11 @@ async def test_uncommitted_ids_are_indexed_only_when_confirmed(tmp_path: Path) -
         assert store.known_ids(ids) == set()
         assert sb.unconfirmed_ids == set(ids)
         # Confirming two of them indexes exactly those, once their batch commits.
-        ops, confirmed = sb.apply_batch(rpb.ReplicaBatch(
-            batch_id=2, committed=[rpb.ReplicaRange(topic="t", first_seq=10, count=2)]))
+        ops, confirmed = sb.apply_batch(
+            rpb.ReplicaBatch(
+                batch_id=2, committed=[rpb.ReplicaRange(topic="t", first_seq=10, count=2)]
+            )
+        )
         assert confirmed == ids[:2]
         waiter = asyncio.ensure_future(sb.wait_confirmed(ids[:2], timeout=5))
         await asyncio.sleep(0)
@@ -66,7 +74,11 @@ async def test_unconfirmed_fates_new_stream_floor_takeover_timeout(tmp_path: Pat
         # The owner's floor passed seq 0 of "t" without confirming it: its commit failed.
         w = asyncio.ensure_future(sb.wait_confirmed([a, b], timeout=5))
         await asyncio.sleep(0)
-        sb.apply_batch(rpb.ReplicaBatch(batch_id=2, progress=[rpb.ReplicaProgress(topic="t", channel="c", floor=1)]))
+        sb.apply_batch(
+            rpb.ReplicaBatch(
+                batch_id=2, progress=[rpb.ReplicaProgress(topic="t", channel="c", floor=1)]
+            )
+        )
         assert a not in sb.unconfirmed_ids and b in sb.unconfirmed_ids
         # Taken over: owned here now, so "stored".
         w2 = asyncio.ensure_future(sb.wait_confirmed([c], timeout=5))
@@ -90,23 +102,35 @@ async def test_unconfirmed_fates_new_stream_floor_takeover_timeout(tmp_path: Pat
 def test_committed_ranges_are_validated() -> None:
     ok = rpb.ReplicaBatch(committed=[rpb.ReplicaRange(topic="t", first_seq=5, count=10)])
     assert validate_batch(ok, 1024) == ""
-    assert "topic" in validate_batch(rpb.ReplicaBatch(committed=[rpb.ReplicaRange(topic="a\0b", count=1)]), 1024)
-    assert validate_batch(rpb.ReplicaBatch(committed=[rpb.ReplicaRange(topic="t", count=10**6)]), 1024)
+    assert "topic" in validate_batch(
+        rpb.ReplicaBatch(committed=[rpb.ReplicaRange(topic="a\0b", count=1)]), 1024
+    )
+    assert validate_batch(
+        rpb.ReplicaBatch(committed=[rpb.ReplicaRange(topic="t", count=10**6)]), 1024
+    )
 
 
 def test_confirmations_and_floors_split_runs_of_unconfirmed_copies(tmp_path: Path) -> None:
     sb = StandbyStore(st.Store(tmp_path))
     ids = [os.urandom(16) for _ in range(5)]  # seqs 10..14
     sb.apply_batch(_batch("t", 10, ids))
-    _, confirmed = sb.apply_batch(rpb.ReplicaBatch(
-        batch_id=2, committed=[rpb.ReplicaRange(topic="t", first_seq=11, count=2)]))
+    _, confirmed = sb.apply_batch(
+        rpb.ReplicaBatch(batch_id=2, committed=[rpb.ReplicaRange(topic="t", first_seq=11, count=2)])
+    )
     assert confirmed == ids[1:3]
     sb._resolve(confirmed, True)
     assert sb.unconfirmed_ids == {ids[0], ids[3], ids[4]}
     assert sb.unconfirmed["t"] == {10: [ids[0]], 13: ids[3:]}
     # The owner's floor passed 10 and 13 unconfirmed: those commits failed.
-    sb.apply_batch(rpb.ReplicaBatch(batch_id=3, progress=[rpb.ReplicaProgress(topic="t", channel="c", floor=14)]))
+    sb.apply_batch(
+        rpb.ReplicaBatch(
+            batch_id=3, progress=[rpb.ReplicaProgress(topic="t", channel="c", floor=14)]
+        )
+    )
     assert sb.unconfirmed_ids == {ids[4]} and sb.unconfirmed["t"] == {14: [ids[4]]}
-    _, confirmed = sb.apply_batch(rpb.ReplicaBatch(
-        batch_id=4, committed=[rpb.ReplicaRange(topic="t", first_seq=0, count=100)]))
+    _, confirmed = sb.apply_batch(
+        rpb.ReplicaBatch(
+            batch_id=4, committed=[rpb.ReplicaRange(topic="t", first_seq=0, count=100)]
+        )
+    )
     assert confirmed == [ids[4]] and "t" not in sb.unconfirmed

@@ -22,13 +22,21 @@ def test_deliveries_roundtrip(body, headers, ts, due, attempts, epoch, broker) -
     mid = bytes(range(16))
     rec = wire.encode_record(mid, body, ts, due, wire.encode_headers(headers))
     assert wire.record_id(rec) == mid and wire.record_due_ns(rec) == due
-    data = wire.encode_deliveries([(wire.record_message(rec), attempts)] * 3, wire.broker_fields(broker, epoch))
+    data = wire.encode_deliveries(
+        [(wire.record_message(rec), attempts)] * 3, wire.broker_fields(broker, epoch)
+    )
     resp = pb.SubscribeResponse.FromString(data)
     assert resp.WhichOneof("event") == "deliveries"
     assert len(resp.deliveries.messages) == 3
     m = resp.deliveries.messages[2]
     assert (m.id, m.body, dict(m.headers), m.timestamp_ns, m.attempts, m.broker_id, m.epoch) == (
-        mid, body, headers, ts, attempts, broker, epoch,
+        mid,
+        body,
+        headers,
+        ts,
+        attempts,
+        broker,
+        epoch,
     )
 
 

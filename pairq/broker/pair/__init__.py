@@ -181,8 +181,13 @@ class Pair:
         s = self.state
         s.running = True
         old = s.core
-        s.core = pc.PairCore(lease=s.lease, ack_timeout=old.ack_timeout, now=time.monotonic(),
-                             catalog_ready=old.catalog_ready, startup_grace=old.startup_grace)
+        s.core = pc.PairCore(
+            lease=s.lease,
+            ack_timeout=old.ack_timeout,
+            now=time.monotonic(),
+            catalog_ready=old.catalog_ready,
+            startup_grace=old.startup_grace,
+        )
         s.core.witnesses_exist = old.witnesses_exist
         self._tasks = [
             asyncio.create_task(self.sender.run(), name="pair-outbound"),
@@ -231,8 +236,9 @@ class Pair:
                 code=pb.ERROR_CODE_UNAVAILABLE,
             )
 
-    def replicate(self, topic: str, seq0: int, records: list[bytes], *,
-                  uncommitted: bool = False) -> asyncio.Future[None] | None:
+    def replicate(
+        self, topic: str, seq0: int, records: list[bytes], *, uncommitted: bool = False
+    ) -> asyncio.Future[None] | None:
         """Queue records for the partner; the future resolves on its acknowledgement
         (None while disconnected). See ``Sender.replicate``."""
         return self.sender.replicate(topic, seq0, records, uncommitted=uncommitted)
@@ -251,8 +257,14 @@ class Pair:
         (catch-up included); None while disconnected."""
         return self.sender.barrier()
 
-    def progress(self, topic: str, channel: str, floor: int, finished: list[int],
-                 states: dict[int, tuple[int, int] | None] | None = None) -> None:
+    def progress(
+        self,
+        topic: str,
+        channel: str,
+        floor: int,
+        finished: list[int],
+        states: dict[int, tuple[int, int] | None] | None = None,
+    ) -> None:
         """A channel's progress, for the partner's standby copies."""
         self.sender.progress(topic, channel, floor, finished, states)
 
@@ -282,15 +294,20 @@ class Pair:
             now = time.monotonic()
             for action in s.core.tick(now, unacked=bool(self.sender.in_flight)):
                 if action.kind == pc.RESUMED:
-                    log.log(logging.WARNING if action.gap >= s.lease / 2 else logging.INFO,
-                            "this broker was stopped for %.2f s (paused process, suspended host "
-                            "or a stalled loop): not judging the partner's silence across the gap",
-                            action.gap)
+                    log.log(
+                        logging.WARNING if action.gap >= s.lease / 2 else logging.INFO,
+                        "this broker was stopped for %.2f s (paused process, suspended host "
+                        "or a stalled loop): not judging the partner's silence across the gap",
+                        action.gap,
+                    )
                 elif action.kind == pc.RESET_LINK:
                     link = self.sender.link
                     if link is not None:
-                        log.warning("partner %s: %s; dropping the replication session and "
-                                    "reconnecting", s.partner_address, action.reason)
+                        log.warning(
+                            "partner %s: %s; dropping the replication session and reconnecting",
+                            s.partner_address,
+                            action.reason,
+                        )
                         self.sender.reset_session()
                 elif action.kind == pc.TAKE_OVER:
                     await self.takeover.run(action.reason)
@@ -311,8 +328,13 @@ class Pair:
             min_copies=self.min_copies,
             takeovers=self.takeovers,
             partner_connected=self.partner_connected,
-            link=("" if not self.connected or link is None
-                  else "tcp" if isinstance(link, FramedLink) else "grpc"),
+            link=(
+                ""
+                if not self.connected or link is None
+                else "tcp"
+                if isinstance(link, FramedLink)
+                else "grpc"
+            ),
             refill_sending=self.refill_sending,
             refill_receiving=self.refill_receiving,
         )

@@ -130,9 +130,16 @@ class Action:
 class PairCore:
     """Lease, silence, pause and takeover decisions of one broker of a pair."""
 
-    def __init__(self, *, lease: float, ack_timeout: float, now: float,
-                 catalog_ready: bool = True, max_gap: float | None = None,
-                 startup_grace: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        lease: float,
+        ack_timeout: float,
+        now: float,
+        catalog_ready: bool = True,
+        max_gap: float | None = None,
+        startup_grace: float = 0.0,
+    ) -> None:
         if lease <= 0 or ack_timeout <= 0:
             raise ValueError("lease and ack_timeout must be > 0")
         self.lease = lease
@@ -195,18 +202,28 @@ class PairCore:
         elif self._stall_from is None:
             self._stall_from = self._run
         elif self._run - self._stall_from >= self.ack_timeout:
-            out.append(Action(RESET_LINK, reason=(
-                f"no acknowledgement for {self._run - self._stall_from:.2f} s")))
+            out.append(
+                Action(
+                    RESET_LINK,
+                    reason=(f"no acknowledgement for {self._run - self._stall_from:.2f} s"),
+                )
+            )
             self._stall_from = None
         # Never on the tick that noticed a pause: what the partner sent meanwhile is
         # still unread in our sockets (the readers run before the next tick).
-        if (self.mode == PAIRED and not resumed and silent >= self.lease
-                and now >= self.granted_until and self._may_take_over(silent)):
+        if (
+            self.mode == PAIRED
+            and not resumed
+            and silent >= self.lease
+            and now >= self.granted_until
+            and self._may_take_over(silent)
+        ):
             self.mode = TAKING_OVER
             why = f"partner silent for {silent:.2f} s (lease {self.lease:.2f} s lapsed)"
             if self.gossip_dead:
                 why += "; gossip declared it dead" + (
-                    " (witnessed by other members)" if self.gossip_witnessed else "")
+                    " (witnessed by other members)" if self.gossip_witnessed else ""
+                )
             out.append(Action(TAKE_OVER, reason=why))
         return out
 
@@ -264,7 +281,9 @@ class PairCore:
         if self.mode == TAKING_OVER:
             return []
         self.mode = TAKING_OVER
-        return [Action(TAKE_OVER, reason="partner came back with a new store id (its disk was wiped)")]
+        return [
+            Action(TAKE_OVER, reason="partner came back with a new store id (its disk was wiped)")
+        ]
 
     def on_catalog(self, now: float) -> None:
         self._advance(now)

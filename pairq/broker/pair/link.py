@@ -54,8 +54,13 @@ class ReplicaLink(Protocol):
 class FramedLink:
     """One end of the TCP link (``parse`` turns a frame into a message)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 parse: Callable[[bytes], Any], max_frame: int) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        parse: Callable[[bytes], Any],
+        max_frame: int,
+    ) -> None:
         self._r = reader
         self._w = writer
         self._parse = parse
@@ -69,7 +74,9 @@ class FramedLink:
             head = await self._r.readexactly(4)
             n = int.from_bytes(head, "big")
             if n > self._max:
-                raise LinkError(f"replication frame of {n} bytes exceeds the {self._max}-byte limit")
+                raise LinkError(
+                    f"replication frame of {n} bytes exceeds the {self._max}-byte limit"
+                )
             data = await self._r.readexactly(n)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             return grpc.aio.EOF

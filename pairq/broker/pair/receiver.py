@@ -103,8 +103,11 @@ class Receiver:
             # A new identity (e.g. the partner's disk was wiped): whatever we hold of
             # the old one is ours now, then we start afresh for the new one.
             if self._s.standby.count():
-                log.warning("partner came back as %s (was %s): taking over the old standby copies",
-                            h.node_id, self._s.standby.partner_id)
+                log.warning(
+                    "partner came back as %s (was %s): taking over the old standby copies",
+                    h.node_id,
+                    self._s.standby.partner_id,
+                )
                 for action in self._s.core.on_new_identity(time.monotonic()):
                     if action.kind == pc.TAKE_OVER:
                         await self._takeover.run(action.reason)
@@ -118,9 +121,16 @@ class Receiver:
             token = os.urandom(TOKEN_BYTES)
             tcp_fut = asyncio.get_running_loop().create_future()
             self._tcp_waiters[token] = tcp_fut
-        await context.write(rpb.ReplicateResponse(welcome=rpb.ReplicaWelcome(
-            node_id=self.broker.store_id, holdings=self._s.standby.holdings(),
-            tcp_port=self.tcp_port if tcp_fut is not None else 0, tcp_token=token)))
+        await context.write(
+            rpb.ReplicateResponse(
+                welcome=rpb.ReplicaWelcome(
+                    node_id=self.broker.store_id,
+                    holdings=self._s.standby.holdings(),
+                    tcp_port=self.tcp_port if tcp_fut is not None else 0,
+                    tcp_token=token,
+                )
+            )
+        )
         # Whatever the last stream left unconfirmed is of unknown fate (the partner
         # may have crashed before committing it): never count it as stored.
         self._s.standby.forget_unconfirmed()
@@ -138,8 +148,11 @@ class Receiver:
         if tcp_fut is not None:
             idle_read = asyncio.ensure_future(context.read())
             try:
-                await asyncio.wait({tcp_fut, idle_read}, timeout=max(2.0, 3 * self._s.lease),
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {tcp_fut, idle_read},
+                    timeout=max(2.0, 3 * self._s.lease),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
             finally:
                 self._tcp_waiters.pop(token, None)
             if tcp_fut.done() and not tcp_fut.cancelled():
@@ -153,7 +166,9 @@ class Receiver:
             tcp_fut.cancel()
             if not isinstance(link, FramedLink) and first is None:  # neither came
                 self.live -= 1
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no replication traffic after welcome")
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, "no replication traffic after welcome"
+                )
                 return
         # On shutdown, end the partner's stream at once (it reconnects to us or
         # takes over) instead of holding the server open for the whole grace.
@@ -163,8 +178,11 @@ class Receiver:
         # was taken over before it may deliver again.
         generation = self._sessions.generation
         writer = asyncio.create_task(self._write_acks(context, link, acks, generation))
-        tcp_acks = (functools.partial(self._ack_now, context, link, generation, acks)
-                    if isinstance(link, FramedLink) else None)
+        tcp_acks = (
+            functools.partial(self._ack_now, context, link, generation, acks)
+            if isinstance(link, FramedLink)
+            else None
+        )
         refill: RefillLog | None = None
         try:
             while True:
@@ -186,7 +204,12 @@ class Receiver:
                 problem = validate_batch(req.batch, self.broker.options.max_msg_size)
                 if problem:
                     log.error("rejecting a replication batch from %s: %s", h.node_id, problem)
-                    await _end(context, link, grpc.StatusCode.INVALID_ARGUMENT, f"bad replication batch: {problem}")
+                    await _end(
+                        context,
+                        link,
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"bad replication batch: {problem}",
+                    )
                     return
                 ops, confirmed = self._s.standby.apply_batch(req.batch)
                 if req.batch.catchup:
@@ -226,9 +249,13 @@ class Receiver:
         with contextlib.suppress(BaseException):
             await _end(context, link, grpc.StatusCode.UNAVAILABLE, "broker is shutting down")
 
-    async def _write_acks(self, context: Any, link: ReplicaLink,
-                          acks: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None],
-                          generation: int) -> None:
+    async def _write_acks(
+        self,
+        context: Any,
+        link: ReplicaLink,
+        acks: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None],
+        generation: int,
+    ) -> None:
         while True:
             item = await acks.get()
             if item is None:
@@ -238,11 +265,17 @@ class Receiver:
                 await fut
             except Exception as exc:
                 log.error("cannot store the partner's batch: %s", exc)
-                await _end(context, link, grpc.StatusCode.RESOURCE_EXHAUSTED, f"partner store: {exc}")
+                await _end(
+                    context, link, grpc.StatusCode.RESOURCE_EXHAUSTED, f"partner store: {exc}"
+                )
                 return
             if self._sessions.fenced(generation):
-                await _end(context, link, grpc.StatusCode.UNAVAILABLE,
-                           "this broker took over your messages; reconnect to re-sync")
+                await _end(
+                    context,
+                    link,
+                    grpc.StatusCode.UNAVAILABLE,
+                    "this broker took over your messages; reconnect to re-sync",
+                )
                 return
             await link.write(self._grant_ack(bid))
 
@@ -250,9 +283,14 @@ class Receiver:
         """Log and expose the re-fill the partner is sending us (its catch-up batches)."""
         n = sum(len(a.records) for a in batch.appends)
         if refill is None:
-            refill = RefillLog(f"being re-filled by partner {self._s.partner_address}",
-                               batch.catchup_remaining + n, 0)
-        refill.add(n, sum(len(r) for a in batch.appends for r in a.records), batch.catchup_remaining)
+            refill = RefillLog(
+                f"being re-filled by partner {self._s.partner_address}",
+                batch.catchup_remaining + n,
+                0,
+            )
+        refill.add(
+            n, sum(len(r) for a in batch.appends for r in a.records), batch.catchup_remaining
+        )
         self.refill_receiving = batch.catchup_remaining
         if not batch.catchup_remaining:
             refill.done()
@@ -268,7 +306,9 @@ class Receiver:
             topic = broker.topics.get(p.topic)
             if p.deleted:
                 if topic is not None and p.channel in topic.channels:
-                    log.info("partner deleted channel %s/%s: deleting it here too", p.topic, p.channel)
+                    log.info(
+                        "partner deleted channel %s/%s: deleting it here too", p.topic, p.channel
+                    )
                     topic.delete_channel(p.channel)
                 continue
             if topic is None or p.channel not in topic.channels:
@@ -276,24 +316,39 @@ class Receiver:
                     topic = await broker.get_topic(p.topic, from_partner=True)
                     await topic.get_channel(p.channel, from_partner=True)
                 except PairqError as exc:  # a limit (--max-topics/--max-channels) here
-                    log.error("cannot create the partner's channel %s/%s here: %s",
-                              p.topic, p.channel, exc)
+                    log.error(
+                        "cannot create the partner's channel %s/%s here: %s",
+                        p.topic,
+                        p.channel,
+                        exc,
+                    )
         if batch.catalog and not self._s.core.catalog_ready:
             await broker.store.submit_many([("put", st.META, b"catalog", b"1")])
             self._s.core.on_catalog(time.monotonic())
             self._s.catalog_event.set()
-            log.info("received the pair's catalog from partner %s (%d channel(s)): accepting "
-                     "publishes", self._s.partner_address, len(batch.progress))
+            log.info(
+                "received the pair's catalog from partner %s (%d channel(s)): accepting publishes",
+                self._s.partner_address,
+                len(batch.progress),
+            )
 
     def _grant_ack(self, bid: int) -> rpb.ReplicateResponse:
         """The ack of batch ``bid``, granting the lease from now: we promise not to take
         over before now + lease."""
         self._s.core.on_grant(time.monotonic())
-        return rpb.ReplicateResponse(ack=rpb.ReplicaAck(batch_id=bid, lease_ms=int(self._s.lease * 1000)))
+        return rpb.ReplicateResponse(
+            ack=rpb.ReplicaAck(batch_id=bid, lease_ms=int(self._s.lease * 1000))
+        )
 
-    def _ack_now(self, context: Any, link: FramedLink, generation: int,
-                 acks: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None],
-                 bid: int, fut: asyncio.Future[Any]) -> None:
+    def _ack_now(
+        self,
+        context: Any,
+        link: FramedLink,
+        generation: int,
+        acks: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None],
+        bid: int,
+        fut: asyncio.Future[Any],
+    ) -> None:
         """``_write_acks`` for the TCP link, run as the commit's done-callback (commits
         complete in order, so acks go out in order); failures go to the writer task."""
         if link.closed:
@@ -330,16 +385,25 @@ class Receiver:
             sock = writer.get_extra_info("socket")
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        link = FramedLink(reader, writer, rpb.ReplicateRequest.FromString,
-                          grpcopts.frame_limit(self.broker.options.max_msg_size))
+        link = FramedLink(
+            reader,
+            writer,
+            rpb.ReplicateRequest.FromString,
+            grpcopts.frame_limit(self.broker.options.max_msg_size),
+        )
         self.links.add(link)
         fut.set_result(link)
 
     async def _reset_standby(self, node_id: str) -> None:
         ops: list[st.Op] = [("put", st.SB_META, b"partner", node_id.encode())]
         if self._s.standby.partner_id and self._s.standby.partner_id != node_id:
-            ops += [("drop", st.SB_MSGS, b""), ("drop", st.SB_FLOORS, b""), ("drop", st.SB_FINS, b""),
-                    ("drop", st.SB_STATES, b""), ("drop", st.SB_META, b"taken:")]
+            ops += [
+                ("drop", st.SB_MSGS, b""),
+                ("drop", st.SB_FLOORS, b""),
+                ("drop", st.SB_FINS, b""),
+                ("drop", st.SB_STATES, b""),
+                ("drop", st.SB_META, b"taken:"),
+            ]
             self._s.standby.topics.clear()
         self._s.standby.partner_id = node_id
         await self.broker.store.submit_many(ops)

@@ -29,18 +29,35 @@ class RefillLog:
         self.bytes += nbytes
         self.remaining = remaining
         now = time.monotonic()
-        if remaining and (now - self.last >= REFILL_LOG_EVERY
-                          or self.msgs - self.logged_msgs >= REFILL_LOG_MSGS):
+        if remaining and (
+            now - self.last >= REFILL_LOG_EVERY or self.msgs - self.logged_msgs >= REFILL_LOG_MSGS
+        ):
             self.last, self.logged_msgs = now, self.msgs
-            log.info("%s: %d message(s), %.1f MB so far (%.0f msg/s), %d seq(s) to go",
-                     self.what, self.msgs, self.bytes / 1e6, self.msgs / max(1e-6, now - self.t0),
-                     remaining)
+            log.info(
+                "%s: %d message(s), %.1f MB so far (%.0f msg/s), %d seq(s) to go",
+                self.what,
+                self.msgs,
+                self.bytes / 1e6,
+                self.msgs / max(1e-6, now - self.t0),
+                remaining,
+            )
 
     def done(self) -> None:
         dt = max(1e-6, time.monotonic() - self.t0)
-        log.info("%s: done, %d message(s), %.1f MB in %.2f s (%.0f msg/s)",
-                 self.what, self.msgs, self.bytes / 1e6, dt, self.msgs / dt)
+        log.info(
+            "%s: done, %d message(s), %.1f MB in %.2f s (%.0f msg/s)",
+            self.what,
+            self.msgs,
+            self.bytes / 1e6,
+            dt,
+            self.msgs / dt,
+        )
 
     def stopped(self, why: str) -> None:
-        log.warning("%s: stopped after %d message(s) with %d seq(s) to go: %s",
-                    self.what, self.msgs, self.remaining, why)
+        log.warning(
+            "%s: stopped after %d message(s) with %d seq(s) to go: %s",
+            self.what,
+            self.msgs,
+            self.remaining,
+            why,
+        )

@@ -89,7 +89,12 @@ def _merge_appends(pending: list[tuple[str, int, list[bytes], bool]]) -> list[rp
     out: list[rpb.ReplicaAppend] = []
     runs: list[tuple[str, int, list[bytes], bool]] = []
     for topic, seq, recs, unc in sorted(pending, key=lambda x: (x[0], x[1])):
-        if runs and runs[-1][0] == topic and runs[-1][3] == unc and runs[-1][1] + len(runs[-1][2]) == seq:
+        if (
+            runs
+            and runs[-1][0] == topic
+            and runs[-1][3] == unc
+            and runs[-1][1] + len(runs[-1][2]) == seq
+        ):
             runs[-1][2].extend(recs)
         else:
             runs.append((topic, seq, list(recs), unc))
@@ -98,7 +103,9 @@ def _merge_appends(pending: list[tuple[str, int, list[bytes], bool]]) -> list[rp
     return out
 
 
-def _split_appends(pending: list[tuple[str, int, list[bytes], bool]]) -> list[list[rpb.ReplicaAppend]]:
+def _split_appends(
+    pending: list[tuple[str, int, list[bytes], bool]],
+) -> list[list[rpb.ReplicaAppend]]:
     """The appends of one round, merged (``_merge_appends``) and cut into frames of at
     most MAX_BATCH_BYTES of records each (a record larger than that goes alone)."""
     frames: list[list[rpb.ReplicaAppend]] = []
@@ -115,22 +122,39 @@ def _split_appends(pending: list[tuple[str, int, list[bytes], bool]]) -> list[li
         for i, rec in enumerate(recs):
             if size and size + len(rec) > MAX_BATCH_BYTES:
                 if i > start:
-                    cur.append(rpb.ReplicaAppend(topic=a.topic, first_seq=a.first_seq + start,
-                                                 records=recs[start:i], uncommitted=a.uncommitted))
+                    cur.append(
+                        rpb.ReplicaAppend(
+                            topic=a.topic,
+                            first_seq=a.first_seq + start,
+                            records=recs[start:i],
+                            uncommitted=a.uncommitted,
+                        )
+                    )
                 frames.append(cur)
                 cur, size, start = [], 0, i
             size += len(rec)
-        cur.append(rpb.ReplicaAppend(topic=a.topic, first_seq=a.first_seq + start,
-                                     records=recs[start:], uncommitted=a.uncommitted))
+        cur.append(
+            rpb.ReplicaAppend(
+                topic=a.topic,
+                first_seq=a.first_seq + start,
+                records=recs[start:],
+                uncommitted=a.uncommitted,
+            )
+        )
     frames.append(cur)
     return frames
 
 
 def _progress_msg(topic: str, channel: str, pr: _Progress) -> rpb.ReplicaProgress:
     return rpb.ReplicaProgress(
-        topic=topic, channel=channel, floor=pr.floor, finished=sorted(pr.finished), deleted=pr.deleted,
+        topic=topic,
+        channel=channel,
+        floor=pr.floor,
+        finished=sorted(pr.finished),
+        deleted=pr.deleted,
         states=[
-            rpb.ReplicaState(seq=seq, cleared=True) if v is None
+            rpb.ReplicaState(seq=seq, cleared=True)
+            if v is None
             else rpb.ReplicaState(seq=seq, attempts=v[0], due_ns=v[1])
             for seq, v in pr.states.items()
         ],
@@ -140,7 +164,12 @@ def _progress_msg(topic: str, channel: str, pr: _Progress) -> rpb.ReplicaProgres
 def _merge_ranges(ranges: list[tuple[str, int, int]]) -> list[rpb.ReplicaRange]:
     out: list[tuple[str, int, int]] = []
     for topic, seq, n in sorted(ranges):
-        if out and out[-1][0] == topic and out[-1][1] + out[-1][2] == seq and out[-1][2] + n <= MAX_BATCH_RECORDS:
+        if (
+            out
+            and out[-1][0] == topic
+            and out[-1][1] + out[-1][2] == seq
+            and out[-1][2] + n <= MAX_BATCH_RECORDS
+        ):
             out[-1] = (topic, out[-1][1], out[-1][2] + n)
         else:
             out.append((topic, seq, n))
@@ -155,7 +184,9 @@ class Sender:
         self.broker = state.broker
         self.connected = False
         self._batch_id = 0
-        self._appends: list[tuple[str, int, list[bytes], bool]] = []  # (topic, seq, records, uncommitted)
+        self._appends: list[
+            tuple[str, int, list[bytes], bool]
+        ] = []  # (topic, seq, records, uncommitted)
         self._confirms: list[tuple[str, int, int]] = []  # committed here since sent uncommitted
         self._confirm_timer: asyncio.TimerHandle | None = None
         self.link: ReplicaLink | None = None  # the session's gRPC call or FramedLink
@@ -171,8 +202,9 @@ class Sender:
         self._catalog: list[rpb.ReplicaProgress] = []
         self.refill_sending = 0  # seqs of our log the running catch-up has still to send
 
-    def replicate(self, topic: str, seq0: int, records: list[bytes], *,
-                  uncommitted: bool = False) -> asyncio.Future[None] | None:
+    def replicate(
+        self, topic: str, seq0: int, records: list[bytes], *, uncommitted: bool = False
+    ) -> asyncio.Future[None] | None:
         """Queue records for the partner; the future resolves on its acknowledgement.
 
         ``uncommitted``: our own commit of them is still running (a live
@@ -197,7 +229,9 @@ class Sender:
             return  # that stream is gone; the partner forgot what it was waiting for
         self._confirms.append((topic, seq0, n))
         if self._confirm_timer is None:
-            self._confirm_timer = asyncio.get_running_loop().call_later(CONFIRM_DELAY, self._confirm_due)
+            self._confirm_timer = asyncio.get_running_loop().call_later(
+                CONFIRM_DELAY, self._confirm_due
+            )
 
     def _confirm_due(self) -> None:
         self._confirm_timer = None
@@ -228,8 +262,14 @@ class Sender:
         self._wake.set()
         return fut
 
-    def progress(self, topic: str, channel: str, floor: int, finished: list[int],
-                 states: dict[int, tuple[int, int] | None] | None = None) -> None:
+    def progress(
+        self,
+        topic: str,
+        channel: str,
+        floor: int,
+        finished: list[int],
+        states: dict[int, tuple[int, int] | None] | None = None,
+    ) -> None:
         if not self.connected:
             return  # the next connection sends a full progress snapshot
         key = (topic, channel)
@@ -270,8 +310,9 @@ class Sender:
             link.close()
         elif link is not None:
             cast(Any, link).cancel()  # the gRPC call
-        self.fail_pending(UnavailableError(
-            f"partner {self._s.partner_address} stopped acknowledging; retry"))
+        self.fail_pending(
+            UnavailableError(f"partner {self._s.partner_address} stopped acknowledging; retry")
+        )
 
     async def run(self) -> None:
         """Keep a session to the partner open while the pair runs, reconnecting
@@ -279,14 +320,17 @@ class Sender:
         backoff = 0.05
         while self._s.running:
             channel = grpc.aio.insecure_channel(
-                self._s.partner_address, options=grpcopts.client_options(self.broker.options.max_msg_size)
+                self._s.partner_address,
+                options=grpcopts.client_options(self.broker.options.max_msg_size),
             )
             try:
                 stub = rpbg.ReplicationServiceStub(channel)
                 call = stub.Replicate()
                 # The whole handshake is bounded: a stopped partner accepts the TCP
                 # connection (its kernel does) but never answers.
-                resp = await asyncio.wait_for(self._handshake(call), timeout=max(2.0, 3 * self._s.lease))
+                resp = await asyncio.wait_for(
+                    self._handshake(call), timeout=max(2.0, 3 * self._s.lease)
+                )
                 if resp is grpc.aio.EOF or resp.WhichOneof("kind") != "welcome":
                     raise ConnectionError("partner did not welcome us")
                 link = await self._open_tcp_link(resp.welcome) or call
@@ -310,8 +354,11 @@ class Sender:
                 was = self.connected
                 self.connected = False
                 self.refill_sending = 0
-                self.fail_pending(UnavailableError(
-                    f"lost the replication stream to partner {self._s.partner_address}"))
+                self.fail_pending(
+                    UnavailableError(
+                        f"lost the replication stream to partner {self._s.partner_address}"
+                    )
+                )
                 self._window = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
                 if was:
                     log.info("partner %s disconnected", self._s.partner_address)
@@ -325,8 +372,11 @@ class Sender:
                 backoff = min(backoff * 2, 0.5)
 
     async def _handshake(self, call: Any) -> Any:
-        await call.write(rpb.ReplicateRequest(hello=rpb.ReplicaHello(
-            node_id=self.broker.store_id, pair=self._s.name, tcp=True)))
+        await call.write(
+            rpb.ReplicateRequest(
+                hello=rpb.ReplicaHello(node_id=self.broker.store_id, pair=self._s.name, tcp=True)
+            )
+        )
         return await call.read()
 
     async def _open_tcp_link(self, welcome: rpb.ReplicaWelcome) -> FramedLink | None:
@@ -337,13 +387,21 @@ class Sender:
         try:
             r, w = await asyncio.wait_for(asyncio.open_connection(host, welcome.tcp_port), 2.0)
         except (OSError, TimeoutError) as exc:
-            log.warning("cannot open the TCP replication link to %s:%d (%s); replicating over gRPC",
-                        host, welcome.tcp_port, exc)
+            log.warning(
+                "cannot open the TCP replication link to %s:%d (%s); replicating over gRPC",
+                host,
+                welcome.tcp_port,
+                exc,
+            )
             return None
         with contextlib.suppress(Exception):
             w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        link = FramedLink(r, w, rpb.ReplicateResponse.FromString,
-                          grpcopts.frame_limit(self.broker.options.max_msg_size))
+        link = FramedLink(
+            r,
+            w,
+            rpb.ReplicateResponse.FromString,
+            grpcopts.frame_limit(self.broker.options.max_msg_size),
+        )
         await link.write_raw(welcome.tcp_token)
         return link
 
@@ -387,8 +445,13 @@ class Sender:
                 self.unacked_msgs += live_from - start
             for ch in topic.channels.values():
                 if ch.durable:
-                    catalog.append(_progress_msg(topic.name, ch.name, _Progress(
-                        ch.floor, set(ch.fin_mem), False, dict(ch.states))))
+                    catalog.append(
+                        _progress_msg(
+                            topic.name,
+                            ch.name,
+                            _Progress(ch.floor, set(ch.fin_mem), False, dict(ch.states)),
+                        )
+                    )
         self._catalog = catalog
         self._catchup = catchup
         self._wake.set()
@@ -398,14 +461,26 @@ class Sender:
         # message of ours (and a new store may accept publishes only after it).
         catalog, self._catalog = self._catalog, []
         for i in range(0, max(1, len(catalog)), 1000):
-            await self._send(call, reader, [], catalog[i:i + 1000], list(self._deleted), [],
-                             catalog=i + 1000 >= len(catalog))
+            await self._send(
+                call,
+                reader,
+                [],
+                catalog[i : i + 1000],
+                list(self._deleted),
+                [],
+                catalog=i + 1000 >= len(catalog),
+            )
             self._deleted = []
         # Catch-up next (no futures: the producers were acknowledged long ago).
         remaining = sum(end - start for _, start, end in self._catchup)
         self.refill_sending = remaining
-        refill_log = RefillLog(f"re-filling partner {self._s.partner_address}", remaining,
-                               len(self._catchup)) if remaining else None
+        refill_log = (
+            RefillLog(
+                f"re-filling partner {self._s.partner_address}", remaining, len(self._catchup)
+            )
+            if remaining
+            else None
+        )
         for topic, start, end in self._catchup:
             pos = start
             while pos < end and not topic.deleted:
@@ -413,8 +488,9 @@ class Sender:
                     await asyncio.sleep(0.001)  # reserved before we connected, still committing
                     continue
                 top = min(end, topic.committed_seq)
-                rows = self.broker.store.read_msgs(topic.meta.id, pos, top, CATCHUP_CHUNK,
-                                                   max_bytes=MAX_BATCH_BYTES)
+                rows = self.broker.store.read_msgs(
+                    topic.meta.id, pos, top, CATCHUP_CHUNK, max_bytes=MAX_BATCH_BYTES
+                )
                 if not rows:
                     self.unacked_msgs = max(0, self.unacked_msgs - (top - pos))
                     remaining -= top - pos
@@ -427,19 +503,24 @@ class Sender:
                 expect = run_start
                 for seq, rec in rows:
                     if seq != expect and run:
-                        appends.append(rpb.ReplicaAppend(topic=topic.name, first_seq=run_start, records=run))
+                        appends.append(
+                            rpb.ReplicaAppend(topic=topic.name, first_seq=run_start, records=run)
+                        )
                         run = []
                         run_start = seq
                     run.append(rec)
                     expect = seq + 1
                 if run:
-                    appends.append(rpb.ReplicaAppend(topic=topic.name, first_seq=run_start, records=run))
+                    appends.append(
+                        rpb.ReplicaAppend(topic=topic.name, first_seq=run_start, records=run)
+                    )
                 # The lag counts seqs: a chunk settles the whole span it covers.
                 span = rows[-1][0] + 1 - pos
                 remaining = max(0, remaining - span)
                 self.refill_sending = remaining
-                await self._send(call, reader, appends, [], [], [], span=span,
-                                 catchup_remaining=remaining)
+                await self._send(
+                    call, reader, appends, [], [], [], span=span, catchup_remaining=remaining
+                )
                 if refill_log is not None:
                     refill_log.add(len(rows), sum(len(r) for _, r in rows), remaining)
                 pos = rows[-1][0] + 1
@@ -477,12 +558,20 @@ class Sender:
                 await self._send(call, reader, appends, [], [], [])
             await self._send(call, reader, frames[-1], progress, deleted, futures, confirms)
 
-    async def _send(self, call: ReplicaLink, reader: asyncio.Task[None], appends: list[rpb.ReplicaAppend],
-                    progress: list[rpb.ReplicaProgress], deleted: list[str],
-                    futures: list[asyncio.Future[None]],
-                    confirms: list[rpb.ReplicaRange] | None = None, *,
-                    catalog: bool = False, span: int | None = None,
-                    catchup_remaining: int | None = None) -> None:
+    async def _send(
+        self,
+        call: ReplicaLink,
+        reader: asyncio.Task[None],
+        appends: list[rpb.ReplicaAppend],
+        progress: list[rpb.ReplicaProgress],
+        deleted: list[str],
+        futures: list[asyncio.Future[None]],
+        confirms: list[rpb.ReplicaRange] | None = None,
+        *,
+        catalog: bool = False,
+        span: int | None = None,
+        catchup_remaining: int | None = None,
+    ) -> None:
         raise_hwm: list[st.Op] = []
         for a in appends:
             topic = self.broker.topics.get(a.topic)
@@ -504,19 +593,34 @@ class Sender:
             if not acquire.done() or acquire.cancelled():
                 for f in futures:
                     if not f.done():
-                        f.set_exception(UnavailableError(
-                            f"lost the replication stream to partner {self._s.partner_address}"))
-                raise ConnectionError("replication session ended while waiting for acknowledgements")
+                        f.set_exception(
+                            UnavailableError(
+                                f"lost the replication stream to partner {self._s.partner_address}"
+                            )
+                        )
+                raise ConnectionError(
+                    "replication session ended while waiting for acknowledgements"
+                )
         else:
             await self._window.acquire()
         self._batch_id += 1
         pending = _Pending(self._batch_id, time.monotonic(), futures)
         self.in_flight.append(pending)
         pending.count = span if span is not None else sum(len(a.records) for a in appends)
-        await call.write(rpb.ReplicateRequest(batch=rpb.ReplicaBatch(
-            batch_id=pending.batch_id, appends=appends, progress=progress, deleted_topics=deleted,
-            committed=confirms, catalog=catalog, catchup=catchup_remaining is not None,
-            catchup_remaining=catchup_remaining or 0)))
+        await call.write(
+            rpb.ReplicateRequest(
+                batch=rpb.ReplicaBatch(
+                    batch_id=pending.batch_id,
+                    appends=appends,
+                    progress=progress,
+                    deleted_topics=deleted,
+                    committed=confirms,
+                    catalog=catalog,
+                    catchup=catchup_remaining is not None,
+                    catchup_remaining=catchup_remaining or 0,
+                )
+            )
+        )
 
     async def _read_acks(self, call: ReplicaLink) -> None:
         while True:
@@ -540,8 +644,10 @@ class Sender:
             if sent_at:
                 for action in self._s.core.on_ack(sent_at, lease, now):
                     if action.kind == pc.LEFT_SOLO:
-                        log.info("partner %s is back and acknowledging: leaving solo mode",
-                                 self._s.partner_address)
+                        log.info(
+                            "partner %s is back and acknowledging: leaving solo mode",
+                            self._s.partner_address,
+                        )
                     elif action.kind == pc.EPOCH:
                         self._s.new_epoch()
             self.broker.on_lease_renewed()

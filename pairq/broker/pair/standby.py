@@ -122,7 +122,9 @@ class StandbyStore:
             floors = [c.floor for c in t.channels.values()]
             if floors:
                 t.next_seq = max(t.next_seq, *floors)
-                t.first_seq = max(t.first_seq, min(floors)) if t.first_seq < min(floors) else t.first_seq
+                t.first_seq = (
+                    max(t.first_seq, min(floors)) if t.first_seq < min(floors) else t.first_seq
+                )
 
     def topic(self, name: str) -> StandbyTopic:
         t = self.topics.get(name)
@@ -161,8 +163,9 @@ class StandbyStore:
     def confirm_after(self, fut: asyncio.Future[Any], ids: list[bytes]) -> None:
         """Tell waiters these ids are stored once ``fut`` (their batch's commit) is done."""
         if ids:
-            fut.add_done_callback(lambda f: self._resolve(
-                ids, not f.cancelled() and f.exception() is None))
+            fut.add_done_callback(
+                lambda f: self._resolve(ids, not f.cancelled() and f.exception() is None)
+            )
 
     def forget_unconfirmed(self, topic: str | None = None, *, taken_over: bool = False) -> None:
         """Drop the unconfirmed bookkeeping (of one topic, or all): on a new or ended
@@ -259,7 +262,9 @@ class StandbyStore:
                             ops.append(("del", st.SB_STATES, skey))
                     else:
                         c.states[rs.seq] = (rs.attempts, rs.due_ns)
-                        ops.append(("put", st.SB_STATES, skey, st.pack_state(rs.attempts, rs.due_ns)))
+                        ops.append(
+                            ("put", st.SB_STATES, skey, st.pack_state(rs.attempts, rs.due_ns))
+                        )
                 for seq in p.finished:
                     if seq >= c.floor and seq not in c.fins:
                         c.fins.add(seq)
@@ -269,8 +274,14 @@ class StandbyStore:
                 # Below the partner's floor: never confirmed means its commit failed.
                 self._resolve(self._cut(p.topic, 0, low), False)
             if low is not None and low > t.first_seq:
-                ops.append(("range_del", st.SB_MSGS, st.sb_msg_key(p.topic, t.first_seq),
-                            st.sb_msg_key(p.topic, low)))
+                ops.append(
+                    (
+                        "range_del",
+                        st.SB_MSGS,
+                        st.sb_msg_key(p.topic, t.first_seq),
+                        st.sb_msg_key(p.topic, low),
+                    )
+                )
                 t.first_seq = low
         for name in batch.deleted_topics:
             ops.extend(self.drop_topic_ops(name))

@@ -41,8 +41,12 @@ class PairState:
         self.standby = StandbyStore(broker.store)
         # Every decision about the partner (lease, silence, pauses, takeover,
         # the catalog gate) is the pure core's; the parts carry them out.
-        self.core = pc.PairCore(lease=self.lease, ack_timeout=max(1.0, 2 * self.lease),
-                                now=time.monotonic(), startup_grace=STARTUP_GRACE_LEASES * self.lease)
+        self.core = pc.PairCore(
+            lease=self.lease,
+            ack_timeout=max(1.0, 2 * self.lease),
+            now=time.monotonic(),
+            startup_grace=STARTUP_GRACE_LEASES * self.lease,
+        )
         self.running = False
         self.catalog_event = asyncio.Event()
         # Bumped whenever deliveries already queued for subscribers became invalid

@@ -104,9 +104,13 @@ class Takeover:
             if action.kind == pc.EPOCH:
                 s.new_epoch()
         s.broker.on_lease_renewed()
-        log.warning("took over %d message(s) from partner %s in %.3f s: %s",
-                    moved, s.standby.partner_id or s.partner_address,
-                    time.monotonic() - t0, reason)
+        log.warning(
+            "took over %d message(s) from partner %s in %.3f s: %s",
+            moved,
+            s.standby.partner_id or s.partner_address,
+            time.monotonic() - t0,
+            reason,
+        )
 
 
 async def _take_over_topic(broker: Broker, standby: StandbyStore, sb: StandbyTopic) -> int:
@@ -135,6 +139,7 @@ async def _take_over_topic(broker: Broker, standby: StandbyStore, sb: StandbyTop
     finished_for: dict[str, list[int]] = {}
     states_for: dict[str, dict[int, tuple[int, int]]] = {}
     names = list(topic.channels)
+
     def finished(name: str, seq: int) -> bool:
         c = sb.channels.get(name)
         if c is None:
@@ -160,8 +165,9 @@ async def _take_over_topic(broker: Broker, standby: StandbyStore, sb: StandbyTop
         ("put", st.SB_META, b"taken:" + sb.name.encode(), st.pack_q(end)),
         *StandbyStore.drop_topic_ops(sb.name),
     ]
-    await topic.append_owned(records, extra_ops=extra, finished_for=finished_for,
-                             states_for=states_for)
+    await topic.append_owned(
+        records, extra_ops=extra, finished_for=finished_for, states_for=states_for
+    )
     standby.forget_unconfirmed(sb.name, taken_over=True)  # owned (and indexed) here now
     sb.taken_upto = end
     sb.first_seq = end

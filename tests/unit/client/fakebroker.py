@@ -126,8 +126,10 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):  # type: ignore[misc]
             self.new_ids.append(req.new_ids)
             await self._maybe_fail(context, [m.id for m in req.messages])
             if any(not m.body or m.body == self.reject_body for m in req.messages):
-                yield pb.PublishStreamResponse(request_id=req.request_id, error=pb.PublishError(
-                    code=pb.ERROR_CODE_BAD_MESSAGE, message="bad body"))
+                yield pb.PublishStreamResponse(
+                    request_id=req.request_id,
+                    error=pb.PublishError(code=pb.ERROR_CODE_BAD_MESSAGE, message="bad body"),
+                )
                 continue
             ids, copies = self._store(req.topic, req.messages)
             yield pb.PublishStreamResponse(request_id=req.request_id, ids=ids, copies=copies)

@@ -97,8 +97,13 @@ class DedupeModel(RuleBasedStateMachine):
 
         self.tmp = tempfile.TemporaryDirectory()
         self.clock = Clock()
-        self.d = Dedupe(Path(self.tmp.name) / "d", max_entries=self.MAX, ttl=self.TTL_S,
-                        clock=self.clock, sync=False)
+        self.d = Dedupe(
+            Path(self.tmp.name) / "d",
+            max_entries=self.MAX,
+            ttl=self.TTL_S,
+            clock=self.clock,
+            sync=False,
+        )
         self.model: dict[bytes, int] = {}  # id -> recorded at (ns)
 
     def teardown(self) -> None:

@@ -14,7 +14,12 @@ from pairq.client._policy import cut_batch, rdy_per_connection, requeue_delay_ms
 def test_retry_backoff_doubles_and_caps() -> None:
     assert retry_backoff(0, base=0.05, cap=1.0) == 0.0
     assert [retry_backoff(n, base=0.05, cap=1.0) for n in (1, 2, 3, 4, 5, 6)] == [
-        0.05, 0.1, 0.2, 0.4, 0.8, 1.0,
+        0.05,
+        0.1,
+        0.2,
+        0.4,
+        0.8,
+        1.0,
     ]
     assert retry_backoff(10_000, base=0.05, cap=1.0) == 1.0
     # Jitter takes off at most half.
@@ -23,7 +28,10 @@ def test_retry_backoff_doubles_and_caps() -> None:
 
 def test_requeue_delay_by_attempts() -> None:
     assert [requeue_delay_ms(a, base_ms=1000, max_ms=60_000) for a in (1, 2, 3, 4)] == [
-        1000, 2000, 4000, 8000,
+        1000,
+        2000,
+        4000,
+        8000,
     ]
     assert requeue_delay_ms(0, base_ms=1000, max_ms=60_000) == 1000
     assert requeue_delay_ms(100, base_ms=1000, max_ms=60_000) == 60_000

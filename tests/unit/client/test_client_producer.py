@@ -90,7 +90,10 @@ async def test_broker_rejection_fails_only_the_bad_publish() -> None:
     async with run_fake_broker() as fake, Producer([fake.address], max_batches_in_flight=1) as p:
         await p.publish("t", b"warm")
         results = await asyncio.gather(
-            *(p.publish("t", fake.broker.reject_body if i == 5 else b"ok%d" % i) for i in range(20)),
+            *(
+                p.publish("t", fake.broker.reject_body if i == 5 else b"ok%d" % i)
+                for i in range(20)
+            ),
             return_exceptions=True,
         )
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -149,9 +152,10 @@ def _contiguous(stored: list[bytes], calls: list[list[bytes]]) -> bool:
 
 
 async def test_concurrent_publish_batches_coalesce_contiguously() -> None:
-    async with run_fake_broker() as fake, Producer(
-        [fake.address], max_batches_in_flight=1, max_batch_size=5000
-    ) as p:
+    async with (
+        run_fake_broker() as fake,
+        Producer([fake.address], max_batches_in_flight=1, max_batch_size=5000) as p,
+    ):
         await p.publish_batch("t", [b"warm"])
         assert fake.broker.batch_sizes == [1]
         calls = [[b"c%d-%d" % (c, i) for i in range(50)] for c in range(30)]
@@ -214,7 +218,9 @@ async def test_invalid_batch_call_does_not_fail_calls_sharing_its_rpc() -> None:
             return_exceptions=True,
         )
         assert isinstance(results[4], InvalidError)
-        assert all(isinstance(r, list) and len(r) == 20 for i, r in enumerate(results[:9]) if i != 4)
+        assert all(
+            isinstance(r, list) and len(r) == 20 for i, r in enumerate(results[:9]) if i != 4
+        )
         assert not isinstance(results[9], BaseException)
         assert fake.broker.batch_sizes[1] == 9 * 20 + 1  # they did share an RPC first
         stored = [m.body for m in fake.broker.stored["t"]]

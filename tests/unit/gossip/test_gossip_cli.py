@@ -24,8 +24,20 @@ def parser() -> argparse.ArgumentParser:
 def test_gossip_flags_build_a_config() -> None:
     key = base64.b64encode(bytes(range(32))).decode()
     args = parser().parse_args(
-        ["--gossip-address", "0.0.0.0:7001", "--join", "10.0.0.1:7946", "--join", "10.0.0.2",
-         "--gossip-key", key, "--gossip-label", "prod", "--gossip-profile", "wan"]
+        [
+            "--gossip-address",
+            "0.0.0.0:7001",
+            "--join",
+            "10.0.0.1:7946",
+            "--join",
+            "10.0.0.2",
+            "--gossip-key",
+            key,
+            "--gossip-label",
+            "prod",
+            "--gossip-profile",
+            "wan",
+        ]
     )
     cfg = config_from_args(args)
     assert (cfg.bind_host, cfg.bind_port) == ("0.0.0.0", 7001)
@@ -50,7 +62,13 @@ def test_bad_key_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_help_documents_every_flag_with_default() -> None:
     text = parser().format_help()
-    for flag in ("--gossip-address", "--join", "--gossip-key", "--gossip-label", "--gossip-profile"):
+    for flag in (
+        "--gossip-address",
+        "--join",
+        "--gossip-key",
+        "--gossip-label",
+        "--gossip-profile",
+    ):
         assert flag in text
     assert "127.0.0.1:7946" in text
 

@@ -71,7 +71,15 @@ def test_ping_is_compact() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"\x00", b"\x01", b"\x63\x00", b"\xff\x00", b"\xff\x02\x00\x01\x03", b"\x03\x00\x00\x00\x01\x00"],
+    [
+        b"",
+        b"\x00",
+        b"\x01",
+        b"\x63\x00",
+        b"\xff\x00",
+        b"\xff\x02\x00\x01\x03",
+        b"\x03\x00\x00\x00\x01\x00",
+    ],
 )
 def test_malformed_raises_decode_error(data: bytes) -> None:
     with pytest.raises(DecodeError):

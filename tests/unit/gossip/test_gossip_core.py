@@ -14,14 +14,23 @@ T0 = 100.0
 
 
 def core(name: str = "me", **cfg: object) -> Core:
-    c = Core(lan(**cfg), name, ("10.0.0.1", 7946), NodeMeta(role="broker", node_id=name), T0, random.Random(1))
+    c = Core(
+        lan(**cfg),
+        name,
+        ("10.0.0.1", 7946),
+        NodeMeta(role="broker", node_id=name),
+        T0,
+        random.Random(1),
+    )
     c.start(T0)
     return c
 
 
 def add(c: Core, *names: str, inc: int = 0) -> None:
     for i, n in enumerate(names):
-        c.receive(T0, ("10.0.1.1", 1), [Alive(inc, n, (f"10.0.1.{i + 2}", 7946), NodeMeta(node_id=n))])
+        c.receive(
+            T0, ("10.0.1.1", 1), [Alive(inc, n, (f"10.0.1.{i + 2}", 7946), NodeMeta(node_id=n))]
+        )
     c.drain_actions()
     c.drain_events()
 
@@ -120,7 +129,9 @@ def test_failed_probe_goes_indirect_with_tcp_fallback_then_suspects() -> None:
             break  # a probe went out
     t = run(c, t + 0.21)
     acts = c.drain_actions()
-    indirect = [m for a in acts if isinstance(a, SendPacket) for m in a.msgs if isinstance(m, IndirectPing)]
+    indirect = [
+        m for a in acts if isinstance(a, SendPacket) for m in a.msgs if isinstance(m, IndirectPing)
+    ]
     assert len(indirect) == 3 and all(m.nack for m in indirect)
     assert any(isinstance(a, TcpPing) for a in acts)
     target = indirect[0].target
@@ -138,7 +149,9 @@ def test_indirect_ping_relays_ack_or_nacks() -> None:
     assert relay and relay[0][0] == ("10.0.5.5", 1)
     run(c, T0 + 0.2)
     assert (("10.0.6.6", 2), Nack(42, "me")) in sent(c)
-    c.receive(T0 + 0.2, ("r", 1), [IndirectPing(43, "t", ("10.0.5.5", 1), True, "req", ("10.0.6.6", 2))])
+    c.receive(
+        T0 + 0.2, ("r", 1), [IndirectPing(43, "t", ("10.0.5.5", 1), True, "req", ("10.0.6.6", 2))]
+    )
     seq = next(m.seq for _, m in sent(c) if isinstance(m, Ping))
     c.receive(T0 + 0.21, ("10.0.5.5", 1), [Ack(seq, "t")])
     assert (("10.0.6.6", 2), Ack(43, "me")) in sent(c)
@@ -184,7 +197,9 @@ def test_packets_never_exceed_the_udp_budget() -> None:
 
     c = core()
     for i in range(300):  # lots of pending broadcasts to piggyback
-        meta = NodeMeta(role="broker", node_id=f"node-{i:03d}", pair=f"pair-{i}", grpc_address="10.1.1.1:4150")
+        meta = NodeMeta(
+            role="broker", node_id=f"node-{i:03d}", pair=f"pair-{i}", grpc_address="10.1.1.1:4150"
+        )
         c.receive(T0, ("h", 1), [Alive(0, f"node-{i:03d}", ("10.2.0.1", 7000 + i), meta)])
     c.drain_actions()
     run(c, T0 + 2.0)

@@ -18,11 +18,16 @@ from pairq.gossip.config import ConfigError, lan, local, wan
         (3, 50, 0.5, 3 * 1.698 * 0.5),  # scale floored to the millisecond like memberlist
     ],
 )
-def test_suspicion_timeout_matches_memberlist(mult: int, n: int, interval: float, expected: float) -> None:
+def test_suspicion_timeout_matches_memberlist(
+    mult: int, n: int, interval: float, expected: float
+) -> None:
     assert formulas.suspicion_timeout(mult, n, interval) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize(("mult", "n", "expected"), [(4, 0, 0), (4, 1, 4), (4, 9, 4), (4, 10, 8), (3, 99, 6), (3, 100, 9)])
+@pytest.mark.parametrize(
+    ("mult", "n", "expected"),
+    [(4, 0, 0), (4, 1, 4), (4, 9, 4), (4, 10, 8), (3, 99, 6), (3, 100, 9)],
+)
 def test_retransmit_limit(mult: int, n: int, expected: int) -> None:
     assert formulas.retransmit_limit(mult, n) == expected
 
@@ -47,7 +52,9 @@ def test_remaining_suspicion_timeout_shrinks_from_max_to_min() -> None:
     assert values[0] > values[1] > values[2] > values[3]
     assert values[3] == lo and values[4] == lo
     # memberlist's curve: max - (max - min) * log(c + 1) / log(k + 1)
-    assert values[1] == pytest.approx(math.floor(1000 * (hi - 10 * math.log(2) / math.log(4))) / 1000)
+    assert values[1] == pytest.approx(
+        math.floor(1000 * (hi - 10 * math.log(2) / math.log(4))) / 1000
+    )
     assert formulas.remaining_suspicion_timeout(lo, hi, 0, 0) == lo
 
 

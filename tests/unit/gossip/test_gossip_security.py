@@ -84,7 +84,9 @@ def test_keyring_misuse_is_a_caller_error() -> None:
         ring.remove(K1)
 
 
-@pytest.mark.parametrize("data", [b"", b"\x02", b"\x09\x00", b"\x02\x05ab", b"\x02\x00" + bytes(20)])
+@pytest.mark.parametrize(
+    "data", [b"", b"\x02", b"\x09\x00", b"\x02\x05ab", b"\x02\x00" + bytes(20)]
+)
 def test_malformed_envelopes_are_decode_errors(data: bytes) -> None:
     with pytest.raises(DecodeError):
         Envelope(Keyring([K1]), "").open(data, NOW)

@@ -12,7 +12,12 @@ from pairq.gossip.messages import Dead, MemberState
 from pairq.gossip.meta import NodeMeta
 from pairq.gossip.mock import MockNetwork
 
-ALIVE, SUSPECT, DEAD, LEFT = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
+ALIVE, SUSPECT, DEAD, LEFT = (
+    MemberState.ALIVE,
+    MemberState.SUSPECT,
+    MemberState.DEAD,
+    MemberState.LEFT,
+)
 
 
 def cluster(
@@ -51,7 +56,9 @@ def test_failure_is_detected_suspected_first_then_dead_everywhere() -> None:
     assert took is not None
     # Suspicion came first (SWIM), with the N=10 minimum of 4 * 1 * 0.5 s = 2 s at least.
     assert took >= 2.0
-    suspects = [e for n in names if n != "n03" for e in net.nodes[n].events if e.kind == EventKind.SUSPECT]
+    suspects = [
+        e for n in names if n != "n03" for e in net.nodes[n].events if e.kind == EventKind.SUSPECT
+    ]
     assert suspects and all(e.member.name == "n03" for e in suspects)
     # No one else was ever declared dead.
     assert all(dead_events(net, n) == 0 for n in names if n != "n03")
@@ -100,7 +107,9 @@ def test_long_pause_is_declared_dead_then_refuted() -> None:
     assert net.wait_for(lambda: net.all_see("n03", ALIVE), 5.0) is not None
     assert net.nodes["n03"].core.incarnation > before
     assert net.nodes["n03"].core.stats.refutations >= 1
-    alive_events = [e for e in net.nodes["n02"].events if e.kind == EventKind.ALIVE and e.member.name == "n03"]
+    alive_events = [
+        e for e in net.nodes["n02"].events if e.kind == EventKind.ALIVE and e.member.name == "n03"
+    ]
     assert alive_events
 
 
@@ -108,7 +117,10 @@ def test_suspect_member_refutes_before_timeout() -> None:
     net, names = cluster(8, config=lan(watchers=0))
     # 1.2 s pause: probes fail and n04 becomes suspect, but suspicion (>= 2 s) has not run out.
     net.pause("n04", 1.2)
-    assert net.wait_for(lambda: any(net.view(n, "n04") == SUSPECT for n in names if n != "n04"), 3.0) is not None
+    assert (
+        net.wait_for(lambda: any(net.view(n, "n04") == SUSPECT for n in names if n != "n04"), 3.0)
+        is not None
+    )
     assert net.wait_for(lambda: net.all_see("n04", ALIVE), 5.0) is not None
     assert dead_events(net, "n04") == 0
     assert net.nodes["n04"].core.stats.refutations >= 1
@@ -132,7 +144,10 @@ def test_partition_declares_other_side_dead_and_heals() -> None:
     net, names = cluster(8, config=cfg)
     left, right = names[:4], names[4:]
     net.partition(left, right)
-    assert net.wait_for(lambda: all(net.view(a, b) == DEAD for a in left for b in right), 30.0) is not None
+    assert (
+        net.wait_for(lambda: all(net.view(a, b) == DEAD for a in left for b in right), 30.0)
+        is not None
+    )
     # Each side stays healthy internally.
     assert net.converged(left) and net.converged(right)
     net.heal()
@@ -155,7 +170,9 @@ def test_restart_with_same_name_reclaims_membership() -> None:
     net, _names = cluster(6)
     net.kill("n04")
     assert net.wait_for(lambda: net.all_see("n04", DEAD), 20.0) is not None
-    node = net.restart("n04", join=["n00"], meta=NodeMeta(role="broker", node_id="n04", start_epoch_ms=2))
+    node = net.restart(
+        "n04", join=["n00"], meta=NodeMeta(role="broker", node_id="n04", start_epoch_ms=2)
+    )
     assert net.wait_for(lambda: net.all_see("n04", ALIVE), 5.0) is not None
     # It learnt of its own death in the join push-pull and outbid it.
     assert node.core.incarnation >= 1
@@ -195,7 +212,9 @@ def test_stale_accusation_is_refuted_without_push_pull() -> None:
 
 def test_metadata_update_reaches_everyone() -> None:
     net, names = cluster(6)
-    net.nodes["n01"].core.update_meta(net.now, NodeMeta(role="broker", node_id="n01", grpc_address="h:1"))
+    net.nodes["n01"].core.update_meta(
+        net.now, NodeMeta(role="broker", node_id="n01", grpc_address="h:1")
+    )
     net.flush("n01")
     ok = net.wait_for(
         lambda: all(net.nodes[n].core.member("n01").meta.grpc_address == "h:1" for n in names),  # type: ignore[union-attr]
@@ -233,7 +252,9 @@ def test_dissemination_traffic_is_small_at_n50() -> None:
     names = [f"b{i:02d}" for i in range(48)] + ["l0", "l1"]
     for i, name in enumerate(names):
         pair = f"p{i // 2}" if name.startswith("b") else ""
-        net.add(name, lan(), NodeMeta(role="x", node_id=name, pair=pair), join=names[:1] if i else [])
+        net.add(
+            name, lan(), NodeMeta(role="x", node_id=name, pair=pair), join=names[:1] if i else []
+        )
     assert net.wait_for(net.converged, 20.0) is not None
     net.run_for(5.0)
 
@@ -315,9 +336,13 @@ def test_watchers_that_disagree_never_kill_a_live_member() -> None:
 def test_death_reported_at_a_stale_incarnation_is_verified_quickly() -> None:
     """n05 is dead; the news carries an incarnation n01 has seen outbid. n01 probes at once."""
     net, names = cluster(10, seed=31, config=lan(watchers=0))
-    net.nodes["n05"].core.update_meta(net.now, NodeMeta(role="broker", node_id="n05", start_epoch_ms=9))
+    net.nodes["n05"].core.update_meta(
+        net.now, NodeMeta(role="broker", node_id="n05", start_epoch_ms=9)
+    )
     net.flush("n05")
-    assert net.wait_for(lambda: all(net.nodes[n].core.member("n05").incarnation == 1 for n in names), 3.0)  # type: ignore[union-attr]
+    assert net.wait_for(
+        lambda: all(net.nodes[n].core.member("n05").incarnation == 1 for n in names), 3.0
+    )  # type: ignore[union-attr]
     net.kill("n05")
     net.nodes["n01"].core.receive(net.now, ("h", 1), [Dead(0, "n05", "n02")])
     net.flush("n01")
@@ -331,7 +356,10 @@ def test_long_partition_merges_back_after_the_broadcasts_ran_out() -> None:
     net, names = cluster(8, seed=41)
     left, right = names[:4], names[4:]
     net.partition(left, right)
-    assert net.wait_for(lambda: all(net.view(a, b) == DEAD for a in left for b in right), 30.0) is not None
+    assert (
+        net.wait_for(lambda: all(net.view(a, b) == DEAD for a in left for b in right), 30.0)
+        is not None
+    )
     net.run_for(60.0)  # long after every dead broadcast was spent
     assert all(net.nodes[n].core.pending_broadcasts() == 0 for n in names)
     net.heal()
@@ -342,7 +370,9 @@ def test_long_partition_merges_back_after_the_broadcasts_ran_out() -> None:
 def test_join_retried_while_alone() -> None:
     net, names = cluster(4, seed=42)
     net.partition(["n00"], [*names[1:], "late"])
-    late = net.add("late", lan(), NodeMeta(node_id="late"), join=["n00"])  # the only seed is cut off
+    late = net.add(
+        "late", lan(), NodeMeta(node_id="late"), join=["n00"]
+    )  # the only seed is cut off
     net.run_for(3.0)
     assert [m.name for m in late.core.members()] == ["late"]
     net.heal()
