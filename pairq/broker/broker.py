@@ -12,24 +12,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from pairq import __version__, grpcopts
-from pairq.broker import store as st
 from pairq.broker.channel import Channel
-from pairq.broker.channel_core import Entry
 from pairq.broker.membership import Membership
 from pairq.broker.options import BrokerOptions
 from pairq.broker.pair import Pair
+from pairq.broker.ports import (
+    SOLO,
+    Context,
+    DeliveryFence,
+    IdAllocator,
+    Identity,
+    Limits,
+    Replicator,
+)
+from pairq.broker.publishing import Publisher
 from pairq.broker.registration import LookupRegistrar
+from pairq.broker.schema import TopicMeta
 from pairq.broker.service import SERVICE, BrokerService
+from pairq.broker.store import Store
 from pairq.broker.topic import Topic
 from pairq.errors import PairqError
 from pairq.names import is_ephemeral
@@ -42,7 +51,7 @@ log = logging.getLogger("pairq.broker")
 class Broker:
     def __init__(self, options: BrokerOptions) -> None:
         self.options = options.validate()
-        self.store = st.Store(
+        self.store = Store(
             Path(options.data_dir) / "store",
             sync=options.sync,
             sync_interval_ms=options.sync_interval_ms,
@@ -50,9 +59,15 @@ class Broker:
             reserve_bytes=options.store_reserve_bytes,
             max_commit_batch=options.max_commit_batch,
         )
-        self.node_id = ""
+        self.ident = Identity()  # node id and epoch, as every delivery carries them
         self.store_id = ""
-        self.epoch = 0
+        self.ids = IdAllocator()
+        self.limits = Limits(
+            max_channels=options.max_channels,
+            max_backlog=options.max_backlog,
+            max_attempts=options.max_attempts,
+            max_rdy_count=options.max_rdy_count,
+        )
         self.topics: dict[str, Topic] = {}
         self.address = ""
         self.port = 0
@@ -60,18 +75,16 @@ class Broker:
         self._server: Any = None
         self.service: BrokerService | None = None
         self._health: Any = None
-        self._next_topic_id = 1
-        self._next_channel_id = 1
         self._creating: dict[str, asyncio.Future[Topic]] = {}
-        self._accepting = False
+        self._serving = False  # False before start and once shutting down
         self._stopped = asyncio.Event()
-        self._ephemeral_dlq: dict[int, list[tuple[int, int, bytes]]] = {}
         self.metrics: Any = None
         self.pair: Pair | None = None
+        self.ctx: Context | None = None
+        self.publisher: Publisher | None = None
         self.membership: Membership | None = None
         self.registrar: LookupRegistrar | None = None
         self.tracer: Any = None  # an OpenTelemetry tracer when tracing is on
-        self.pending_ids: dict[bytes, asyncio.Future[int]] = {}
         self._rotator: asyncio.Task[None] | None = None
         self._register_later: asyncio.Task[None] | None = None
 
@@ -89,16 +102,37 @@ class Broker:
         await asyncio.to_thread(self.store.open)
         # The store's id names this data dir: a wiped disk gets a new one, which is
         # how the partner knows to re-fill it (pairq.broker.pair), whatever --node-name says.
-        self.store_id = self.store.node_id()
-        self.node_id = self.options.node_name or self.store_id
-        self.epoch = self._next_epoch_sync()
+        self.store_id = self.store.meta.node_id()
+        self.ident.node_id = self.options.node_name or self.store_id
+        self.ident.epoch = self._next_epoch_sync()
         self.store.start(loop)
         if self.options.partner:
             self.pair = Pair(self)
             await asyncio.to_thread(self.pair.load)
-        self._next_topic_id, self._next_channel_id = self.store.next_ids()
-        for name, meta in self.store.load_catalog().items():
-            topic = Topic(self, meta)
+        replicator: Replicator = self.pair if self.pair is not None else SOLO
+        fence: DeliveryFence = self.pair if self.pair is not None else SOLO
+        self.ctx = Context(
+            store=self.store,
+            replicator=replicator,
+            fence=fence,
+            ident=self.ident,
+            ids=self.ids,
+            limits=self.limits,
+            topology_changed=self.topology_changed,
+        )
+        self.publisher = Publisher(
+            options=self.options,
+            store=self.store,
+            replicator=replicator,
+            get_topic=self.get_topic,
+            topics=self.topics,
+            check_serving=self.check_serving,
+            node_id=lambda: self.node_id,
+            tracer=lambda: self.tracer,
+        )
+        self.ids.next_topic, self.ids.next_channel = self.store.catalog.next_ids()
+        for name, meta in self.store.catalog.load().items():
+            topic = Topic(self.ctx, meta)
             self.topics[name] = topic
             for cmeta in meta.channels.values():
                 topic.add_loaded_channel(cmeta)
@@ -107,7 +141,7 @@ class Broker:
                 ch.schedule_pump()
 
         server = grpc.aio.server(options=grpcopts.server_options(self.options.max_msg_size))
-        self.service = BrokerService(self)
+        self.service = BrokerService(self, self.publisher)
         handlers = [self.service.generic_handler()]
         if self.pair is not None:
             handlers.append(self.pair.generic_handler())
@@ -135,7 +169,7 @@ class Broker:
             from pairq.telemetry import start_metrics
 
             self.metrics = start_metrics(self.options.metrics_address, self)
-        self._accepting = True
+        self._serving = True
         if self.pair is not None:
             await self.pair.start_tcp()
             self.pair.start()
@@ -164,7 +198,7 @@ class Broker:
     async def _register_when_ready(self) -> None:
         assert self.pair is not None and self.registrar is not None
         await self.pair.catalog_event.wait()
-        if self.registrar is not None and self._accepting:
+        if self.registrar is not None and self._serving:
             self.registrar.start()
 
     async def _set_health(self, status: Any) -> None:
@@ -178,10 +212,10 @@ class Broker:
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: refuse new work, end streams, flush progress, close the store."""
-        if not self._accepting and self._server is None:
+        if not self._serving and self._server is None:
             return
         grace = self.options.shutdown_grace_s if grace is None else grace
-        self._accepting = False
+        self._serving = False
         if self._register_later is not None:
             self._register_later.cancel()
         if self.registrar is not None:
@@ -217,14 +251,20 @@ class Broker:
     async def _rotate_ids(self) -> None:
         while True:
             await asyncio.sleep(self.options.idempotency_window_s)
-            self.store.submit(("rotate_ids", 1 - self.store.ids_gen), wait=False)
+            self.store.post(self.store.log.rotate_ids())
 
-    def current_copies(self, topic: Topic) -> int:
-        if topic.ephemeral:
-            return 0
-        if self.pair is not None and self.pair.connected:
-            return 2
-        return 1
+    @property
+    def node_id(self) -> str:
+        return self.ident.node_id
+
+    @property
+    def fence_port(self) -> DeliveryFence:
+        """The pair (or ``SOLO``): whether deliveries may leave now."""
+        return self.pair if self.pair is not None else SOLO
+
+    @property
+    def epoch(self) -> int:
+        return self.ident.epoch
 
     def topology_changed(self) -> None:
         """A topic or channel appeared or went away: tell the lookups now, not at the
@@ -235,11 +275,6 @@ class Broker:
     def may_deliver(self) -> bool:
         """Whether this broker may deliver its owned messages now (the pair fence)."""
         return self.pair is None or self.pair.may_deliver()
-
-    def fence(self) -> int:
-        """The pair's fence generation (0 without a pair): deliveries queued under an
-        older one are not sent (see Pair.fence)."""
-        return 0 if self.pair is None else self.pair.fence
 
     def on_lease_renewed(self) -> None:
         """The fence may have lifted: let every channel deliver again."""
@@ -254,28 +289,20 @@ class Broker:
         return bool(self.topics)
 
     def _next_epoch_sync(self) -> int:
-        raw = self.store.get(st.META, b"epoch")
-        epoch = (struct.unpack(">Q", raw)[0] if raw else 0) + 1
-        self.store.write_now([("put", st.META, b"epoch", struct.pack(">Q", epoch))])
-        return int(epoch)
+        epoch = self.store.meta.epoch() + 1
+        self.store.write_now(self.store.meta.put_epoch(epoch))
+        return epoch
 
-    def next_epoch(self) -> asyncio.Future[Any]:
+    def next_epoch(self) -> asyncio.Future[None]:
         """Move to the next ownership epoch now; the future resolves once it is durable."""
-        self.epoch += 1
-        return self.store.submit_many([("put", st.META, b"epoch", struct.pack(">Q", self.epoch))])
+        self.ident.epoch += 1
+        return self.store.commit(self.store.meta.put_epoch(self.ident.epoch))
 
-    def check_accepting(self) -> None:
-        if not self._accepting:
+    def check_serving(self) -> None:
+        if not self._serving:
             raise PairqError("broker is shutting down", code=pb.ERROR_CODE_UNAVAILABLE)
 
     # ------------------------------------------------------------ topics
-    def alloc_channel_id(self) -> int:
-        cid = self._next_channel_id
-        self._next_channel_id += 1
-        return cid
-
-    def packed_ids(self) -> bytes:
-        return struct.pack(">II", self._next_topic_id, self._next_channel_id)
 
     async def get_topic(
         self, name: str, *, create: bool = True, from_partner: bool = False
@@ -297,25 +324,19 @@ class Broker:
                 f"broker already has {len(self.topics)} topics (--max-topics={self.options.max_topics})",
                 code=pb.ERROR_CODE_TOO_MANY,
             )
+        assert self.ctx is not None
         fut: asyncio.Future[Topic] = asyncio.get_running_loop().create_future()
         self._creating[name] = fut
         try:
-            tid = self._next_topic_id
-            self._next_topic_id += 1
-            meta = st.TopicMeta(id=tid, name=name)
+            tid = self.ids.topic()
+            meta = TopicMeta(id=tid, name=name)
             if not is_ephemeral(name):
-                await self.store.submit_many(
-                    [
-                        (
-                            "put",
-                            st.CATALOG,
-                            st.catalog_topic_key(name),
-                            st.pack_catalog(tid, False),
-                        ),
-                        ("put", st.META, b"ids", self.packed_ids()),
-                    ]
+                cat = self.store.catalog
+                await self.store.commit(
+                    cat.put_topic(name, tid, False),
+                    cat.put_next_ids(self.ids.next_topic, self.ids.next_channel),
                 )
-            topic = Topic(self, meta)
+            topic = Topic(self.ctx, meta)
             self.topics[name] = topic
             fut.set_result(topic)
             self.topology_changed()
@@ -333,72 +354,18 @@ class Broker:
             return
         self.topology_changed()
         topic.close("topic deleted")
-        if self.pair is not None and not topic.ephemeral:
-            self.pair.topic_deleted(name)
-        if not topic.ephemeral:
-            ops: list[tuple[Any, ...]] = [
-                ("del", st.CATALOG, st.catalog_topic_key(name)),
-                ("drop", st.MSGS, st.prefix(topic.meta.id)),
-                ("drop", st.CATALOG, b"C" + st.prefix(topic.meta.id)),
-            ]
-            for ch in topic.channels.values():
-                cid = ch.meta.id
-                ops += [
-                    ("del", st.FLOORS, st.floor_key(cid)),
-                    ("drop", st.FINS, st.prefix(cid)),
-                    ("drop", st.STATES, st.prefix(cid)),
-                    ("drop", st.DLQ, st.prefix(cid)),
-                ]
-            await self.store.submit_many(ops)
+        topic.replicator.topic_deleted(name)
+        writes = topic.deletion()
+        if writes:
+            await self.store.commit(*writes)
 
     async def set_paused(self, topic: Topic, channel: Channel | None, paused: bool) -> None:
-        if channel is None:
-            topic.pause() if paused else topic.unpause()
-            if not topic.ephemeral:
-                await self.store.submit_many(
-                    [
-                        (
-                            "put",
-                            st.CATALOG,
-                            st.catalog_topic_key(topic.name),
-                            st.pack_catalog(topic.meta.id, paused),
-                        )
-                    ]
-                )
-        else:
-            channel.meta.paused = paused
-            if paused:
-                channel.pause()
-            elif not topic.paused:
-                channel.unpause()
-            if channel.durable:
-                await self.store.submit_many(
-                    [
-                        (
-                            "put",
-                            st.CATALOG,
-                            st.catalog_channel_key(topic.meta.id, channel.name),
-                            st.pack_catalog(channel.meta.id, paused),
-                        )
-                    ]
-                )
-
-    # ------------------------------------------------------------ ephemeral dead letters
-    def note_ephemeral_dead(self, channel: Channel, entry: Entry) -> None:
-        lst = self._ephemeral_dlq.setdefault(id(channel), [])
-        from pairq.broker import wire
-
-        lst.append(
-            (len(lst), entry.attempts, wire.encode_prefix(entry.id) + cast(bytes, entry.payload))
-        )
-        del lst[:-1000]
-
-    def ephemeral_dead(self, channel: Channel) -> list[tuple[int, int, bytes]]:
-        return list(self._ephemeral_dlq.get(id(channel), []))
-
-    def ephemeral_dead_remove(self, channel: Channel, ids: set[bytes]) -> None:
-        lst = self._ephemeral_dlq.get(id(channel), [])
-        lst[:] = [x for x in lst if x[2][:16] not in ids]
+        if channel is not None:
+            await topic.set_channel_paused(channel, paused)
+            return
+        topic.pause() if paused else topic.unpause()
+        if not topic.ephemeral:
+            await self.store.commit(self.store.catalog.put_topic(topic.name, topic.meta.id, paused))
 
     # ------------------------------------------------------------ stats
     def stats(

@@ -25,15 +25,17 @@ import bisect
 import logging
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from pairq.broker import store as st
 from pairq.broker import wire
 from pairq.broker.channel_core import DEAD, ChannelCore, Entry
+from pairq.broker.logs import ChannelLog, TopicLog
+from pairq.broker.ports import Context, Replicator
+from pairq.broker.schema import ChannelMeta
+from pairq.broker.store import Write
 
 if TYPE_CHECKING:
     from pairq.broker.subscriber import Subscriber
-    from pairq.broker.topic import Topic
 
 log = logging.getLogger("pairq.channel")
 
@@ -59,20 +61,56 @@ def mono_to_wall_ns(due: float) -> int:
     return int((due - time.monotonic() + time.time()) * 1e9)
 
 
+class ChannelHost(Protocol):
+    """What a channel needs of its topic."""
+
+    name: str
+    paused: bool
+    dropped: int  # records an ephemeral topic could not hold
+
+    @property
+    def committed_seq(self) -> int: ...
+
+    @property
+    def first_seq(self) -> int: ...
+
+    def delete_channel(self, name: str) -> None: ...
+
+    def on_floor_advanced(self) -> None: ...
+
+
 class Channel:
-    def __init__(self, topic: Topic, meta: st.ChannelMeta, *, ephemeral: bool) -> None:
+    """One channel of a topic: ``topic`` is its host, ``log`` the topic's log (read
+    back when the channel lags), ``progress`` where its own progress is kept, and
+    ``replicator`` the partner that hears of it (``ports.SOLO`` for none)."""
+
+    def __init__(
+        self,
+        topic: ChannelHost,
+        meta: ChannelMeta,
+        *,
+        log: TopicLog,
+        progress: ChannelLog,
+        replicator: Replicator,
+        ctx: Context,
+        ephemeral: bool,
+    ) -> None:
         self.topic = topic
-        self.broker = topic.broker
         self.meta = meta
         self.name = meta.name
         self.ephemeral = ephemeral
-        self.durable = not ephemeral and not topic.ephemeral
-        self.store = self.broker.store
-        opts = self.broker.options
+        self.log = log
+        self.plog = progress
+        self.durable = progress.durable
+        self.replicator = replicator
+        self._fence = ctx.fence
+        self._ident = ident = ctx.ident
+        limits = ctx.limits
+        self._max_backlog = limits.max_backlog
         self.core = ChannelCore(
-            max_attempts=opts.max_attempts,
-            max_rdy=opts.max_rdy_count,
-            max_backlog=opts.max_backlog,
+            max_attempts=limits.max_attempts,
+            max_rdy=limits.max_rdy_count,
+            max_backlog=limits.max_backlog,
         )
         if meta.paused or topic.paused:
             self.core.pause()
@@ -92,20 +130,17 @@ class Channel:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._loop = asyncio.get_running_loop()
-        self._suffix = wire.broker_fields(self.broker.node_id, self.broker.epoch)
-        self._suffix_epoch = self.broker.epoch
-        if self.durable:
-            self._load_state()
+        self._suffix = wire.broker_fields(ident.node_id, ident.epoch)
+        self._suffix_epoch = ident.epoch
+        self._load_state()
 
     # ------------------------------------------------------------ startup
     def _load_state(self) -> None:
-        cid = self.meta.id
-        for seq, _ in self.store.scan_channel(st.FINS, cid):
+        for seq in self.plog.finished():
             if seq >= self.floor:
                 self.fin_mem.add(seq)
                 self.fin_disk.add(seq)
-        for seq, value in self.store.scan_channel(st.STATES, cid):
-            self.states[seq] = st.unpack_state(value)
+        self.states.update(self.plog.states())
         self.dlq_count = self._reload_replays()
         self._advance_floor_mem()
 
@@ -126,7 +161,7 @@ class Channel:
             return
         room = self.core.wants()
         if self.read_pos != first_seq or room < len(records) or not self.subscribers:
-            if not self.topic.ephemeral:
+            if self.log.retains:
                 # Behind, full, or nobody to deliver to: leave it in the log and read
                 # it back when a consumer needs it, so idle channels cost a publish
                 # nothing (publish cost must not grow with the channel count).
@@ -158,14 +193,11 @@ class Channel:
         self.schedule_pump()
 
     def _refill(self) -> None:
-        if self.topic.ephemeral or not self.subscribers:
+        if not self.log.retains or not self.subscribers:
             return
         want = self.core.wants()
         head = self.topic.committed_seq
-        if (
-            want < min(READ_CHUNK // 2, self.broker.options.max_backlog // 2)
-            and self.core.depth > 0
-        ):
+        if want < min(READ_CHUNK // 2, self._max_backlog // 2) and self.core.depth > 0:
             return
         if self.read_pos < self.topic.first_seq:
             # Cleaned up below us (only possible for ephemeral channels).
@@ -173,7 +205,7 @@ class Channel:
         now = time.monotonic()
         while want > 0 and self.read_pos < head:
             limit = min(want, READ_CHUNK)
-            rows = self.store.read_msgs(self.topic.meta.id, self.read_pos, head, limit)
+            rows = self.log.read(self.read_pos, head, limit)
             if not rows:
                 # Nothing left below the head: the rest are failed appends.
                 self._mark_gap(self.read_pos, head)
@@ -254,12 +286,11 @@ class Channel:
             del self.states[seq]
             self.state_dirty[seq] = None
         if self.durable:
-            cid = self.meta.id
-            ops: list[tuple[int, bytes, bytes | None]] = [
-                (st.FLOORS, st.floor_key(cid), st.pack_floor(upto))
-            ]
-            ops += [(st.FINS, st.seq_key(cid, s), None) for s in old_disk]
-            self.store.submit(("puts", ops), wait=False)
+            batch = self.plog.batch()
+            batch.floor(upto)
+            for s in old_disk:
+                batch.forget_finished(s)
+            self.plog.post(batch)
             self._reload_replays()
         self.schedule_flush()
         self.schedule_pump()
@@ -270,8 +301,7 @@ class Channel:
         dead letters are not being replayed."""
         replays = []
         dead = 0
-        for seq, value in self.store.scan_channel(st.DLQ, self.meta.id):
-            attempts, rec = st.unpack_dlq(value)
+        for seq, attempts, rec in self.plog.dead_letters():
             if attempts & REPLAYING:
                 replays.append(self._entry(_REPLAY_BASE - seq, rec, 0, 0))
             else:
@@ -299,15 +329,16 @@ class Channel:
         now = time.monotonic()
         self._handle_outcomes(self.core.tick(now))
         self._refill()
-        if not self.broker.may_deliver():
+        if not self._fence.may_deliver():
             # Fenced: no live lease from the partner (see pairq.broker.pair). The broker
             # pumps every channel again when the lease is renewed.
             self._arm_timer()
             return
-        if self._suffix_epoch != self.broker.epoch:
-            self._suffix_epoch = self.broker.epoch
-            self._suffix = wire.broker_fields(self.broker.node_id, self.broker.epoch)
-        fence = self.broker.fence()
+        ident = self._ident
+        if self._suffix_epoch != ident.epoch:
+            self._suffix_epoch = ident.epoch
+            self._suffix = wire.broker_fields(ident.node_id, ident.epoch)
+        fence = self._fence.fence
         for cid, entries in self.core.take(now):
             sub = self.subscribers.get(cid)
             if sub is None:  # pragma: no cover - core and glue disagree
@@ -367,29 +398,15 @@ class Channel:
 
     def _dead_letter(self, entry: Entry) -> None:
         self.dlq_count += 1
-        if not self.durable:
-            self.broker.note_ephemeral_dead(self, entry)
-            return
         rec = wire.encode_prefix(entry.id) + cast(bytes, entry.payload)
         if entry.key >= 0:
-            self.state_dirty[entry.key] = None
-            self.states.pop(entry.key, None)
-            self.store.submit(
-                (
-                    "put",
-                    st.DLQ,
-                    st.seq_key(self.meta.id, entry.key),
-                    st.pack_dlq(entry.attempts, rec),
-                ),
-                wait=False,
-            )
+            if self.durable:
+                self.state_dirty[entry.key] = None
+                self.states.pop(entry.key, None)
+            self.plog.put_dead(entry.key, entry.attempts, rec)
             self._finished_seq(entry.key)
         else:
-            dseq = _REPLAY_BASE - entry.key
-            self.store.submit(
-                ("put", st.DLQ, st.seq_key(self.meta.id, dseq), st.pack_dlq(entry.attempts, rec)),
-                wait=False,
-            )
+            self.plog.put_dead(_REPLAY_BASE - entry.key, entry.attempts, rec)
 
     # ------------------------------------------------------------ consumer commands
     def finish(self, cid: int, ids: list[bytes]) -> list[bytes]:
@@ -397,10 +414,8 @@ class Channel:
         for e in done:
             if e.key >= 0:
                 self._finished_seq(e.key)
-            elif self.durable:
-                self.store.submit(
-                    ("del", st.DLQ, st.seq_key(self.meta.id, _REPLAY_BASE - e.key)), wait=False
-                )
+            else:
+                self.plog.delete_dead(_REPLAY_BASE - e.key)
         if done:
             self.schedule_flush()
             self.schedule_pump()
@@ -476,37 +491,34 @@ class Channel:
         if not self.durable:
             self.state_dirty.clear()
             return
-        cid = self.meta.id
-        ops: list[tuple[int, bytes, bytes | None]] = []
+        batch = self.plog.batch()
         if self.floor != old_floor:
-            ops.append((st.FLOORS, st.floor_key(cid), st.pack_floor(self.floor)))
+            batch.floor(self.floor)
         for seq in removed:
-            ops.append((st.FINS, st.seq_key(cid, seq), None))
+            batch.forget_finished(seq)
         floor = self.floor
         for seq in dirty:
             if seq >= floor and seq in self.fin_mem and seq not in self.fin_disk:
                 self.fin_disk.add(seq)
-                ops.append((st.FINS, st.seq_key(cid, seq), b""))
-        replicate_states = dict(self.state_dirty) if self.broker.pair is not None else None
+                batch.finished(seq)
+        replicate_states = dict(self.state_dirty) if self.state_dirty else None
         if self.state_dirty:
             for seq, value in self.state_dirty.items():
                 if value is None or seq < floor or seq in self.fin_mem:
                     if seq in self.states or value is None:
-                        ops.append((st.STATES, st.seq_key(cid, seq), None))
+                        batch.forget_state(seq)
                     self.states.pop(seq, None)
                 else:
-                    ops.append((st.STATES, st.seq_key(cid, seq), st.pack_state(*value)))
+                    batch.state(seq, *value)
             self.state_dirty.clear()
         # Drop state records of seqs now below the floor.
         if self.states and self.floor != old_floor:
             for seq in [s for s in self.states if s < floor]:
                 del self.states[seq]
-                ops.append((st.STATES, st.seq_key(cid, seq), None))
-        if ops:
-            self.store.submit(("puts", ops), wait=False)
-        pair = self.broker.pair
-        if pair is not None and (dirty or self.floor != old_floor or replicate_states):
-            pair.progress(
+                batch.forget_state(seq)
+        self.plog.post(batch)
+        if dirty or self.floor != old_floor or replicate_states:
+            self.replicator.progress(
                 self.topic.name,
                 self.name,
                 self.floor,
@@ -535,18 +547,7 @@ class Channel:
         self.fin_dirty.clear()
         self.gaps = []
         if self.durable and head != old:
-            cid = self.meta.id
-            self.store.submit(
-                (
-                    "multi",
-                    [
-                        ("put", st.FLOORS, st.floor_key(cid), st.pack_floor(head)),
-                        ("drop", st.FINS, st.prefix(cid)),
-                        ("drop", st.STATES, st.prefix(cid)),
-                    ],
-                ),
-                wait=False,
-            )
+            self.plog.reset(head)
             self.fin_disk.clear()
             self.states.clear()
             self.state_dirty.clear()
@@ -565,39 +566,46 @@ class Channel:
     def list_dead(self, limit: int) -> list[tuple[int, int, bytes]]:
         """(dlq seq, attempts, record) of dead letters, oldest first."""
         out = []
-        if self.durable:
-            for seq, value in self.store.scan_channel(st.DLQ, self.meta.id):
-                attempts, rec = st.unpack_dlq(value)
-                if attempts & REPLAYING:
-                    continue
-                out.append((seq, attempts, rec))
-                if len(out) >= limit:
-                    break
-        else:
-            out = self.broker.ephemeral_dead(self)[:limit]
+        for seq, attempts, rec in self.plog.dead_letters():
+            if attempts & REPLAYING:
+                continue
+            out.append((seq, attempts, rec))
+            if len(out) >= limit:
+                break
         return out
 
     async def replay_dead(self, ids: set[bytes] | None) -> int:
         """Put dead letters back into the channel with attempts reset."""
         replays: list[Entry] = []
-        ops: list[tuple[int, bytes, bytes | None]] = []
+        marked: list[tuple[int, int, bytes]] = []
         for seq, _attempts, rec in self.list_dead(1 << 30):
             if ids is not None and rec[:16] not in ids:
                 continue
             replays.append(self._entry(_REPLAY_BASE - seq, rec, 0, 0))
-            ops.append((st.DLQ, st.seq_key(self.meta.id, seq), st.pack_dlq(REPLAYING, rec)))
+            marked.append((seq, REPLAYING, rec))
         if not replays:
             return 0
-        if self.durable:
-            fut = self.store.submit(("puts", ops))
-            assert fut is not None
-            await fut
-        else:
-            self.broker.ephemeral_dead_remove(self, {e.id for e in replays})
+        await self.plog.replaying(marked)
         self.dlq_count -= len(replays)
         self.core.push(replays, time.monotonic())
         self.schedule_pump()
         return len(replays)
+
+    def adopt_states(self, states: dict[int, tuple[int, int]]) -> Write | None:
+        """Requeue states (attempts, due_ns) of seqs taken over from the partner: kept
+        here, and the write that stores them (None when nothing persists)."""
+        if not self.durable or not states:
+            return None
+        self.states.update(states)
+        batch = self.plog.batch()
+        for seq, (attempts, due_ns) in states.items():
+            batch.state(seq, attempts, due_ns)
+        return batch.write()
+
+    def progress_snapshot(self) -> tuple[int, set[int], dict[int, tuple[int, int]]]:
+        """(floor, finished seqs above it, requeue states): what the partner's standby
+        copy of this channel must match."""
+        return self.floor, set(self.fin_mem), dict(self.states)
 
     # ------------------------------------------------------------ stats
     @property

@@ -11,20 +11,33 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from pairq.broker.options import BrokerOptions
+from pairq.broker.pair import Pair
 from pairq.gossip import EventKind, Gossip, MemberEvent, NodeMeta
 from pairq.gossip.config import PROFILES, decode_key
 from pairq.options import parse_hostport
 
-if TYPE_CHECKING:
-    from pairq.broker.broker import Broker
+
+class MembershipHost(Protocol):
+    """What gossip membership reads of its broker."""
+
+    options: BrokerOptions
+    address: str
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def pair(self) -> Pair | None: ...
+
 
 log = logging.getLogger("pairq.membership")
 
 
 class Membership:
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: MembershipHost) -> None:
         self.broker = broker
         o = broker.options
         host, port = parse_hostport(o.gossip_address, what="--gossip-address")

@@ -26,16 +26,34 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import grpc
 
 from pairq import __version__, grpcopts
+from pairq.broker.options import BrokerOptions
+from pairq.broker.pair import Pair
+from pairq.broker.topic import Topic
 from pairq.v1 import lookup_pb2 as pb
 
-if TYPE_CHECKING:
-    from pairq.broker.broker import Broker
+
+class RegistrationHost(Protocol):
+    """What the registrar reads of its broker."""
+
+    options: BrokerOptions
+    address: str
+    start_time_ns: int
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def pair(self) -> Pair | None: ...
+
+    @property
+    def topics(self) -> Mapping[str, Topic]: ...
+
 
 __all__ = ["LookupRegistrar"]
 
@@ -50,7 +68,7 @@ class LookupRegistrar:
 
     def __init__(
         self,
-        broker: Broker,
+        broker: RegistrationHost,
         lookup_addresses: Sequence[str],
         *,
         gossip_address: str = "",

@@ -1,25 +1,19 @@
-"""The broker's LMDB store: one environment, one writer thread, group commit.
+"""The broker's LMDB store: one environment, one writer thread, group commit, typed access.
 
-Layout (named databases, big-endian keys so LMDB's order is numeric order):
+The key layout is ``schema.py``'s; this module is the only one that opens a
+transaction or a cursor. Callers never build keys or name databases: each
+concept has its own typed view on the store,
 
-========  ==========================  ==========================================
-db        key                         value
-========  ==========================  ==========================================
-meta      name                        node id, format version
-catalog   b"T" + topic name           >IB topic id, paused
-catalog   b"C" + >I topic id + name   >IB channel id, paused
-msgs      >I topic id + >Q seq        message record (``wire.encode_record``)
-floors    >I channel id               >Q floor: every seq below it is finished
-fins      >I channel id + >Q seq      b"" (finished, above the floor)
-states    >I channel id + >Q seq      >Iq attempts, due_ns (requeued/deferred)
-dlq       >I channel id + >Q seq      >I attempts + record (dead letters)
-sb_msgs   topic + 0 + >Q origin seq   the partner's record (standby copy)
-sb_floors topic + 0 + channel         >Q the partner channel's floor
-sb_fins   topic+0+channel+0+>Q seq    b"" (finished on the partner, above its floor)
-sb_states topic+0+channel+0+>Q seq    >Iq attempts, due_ns (partner's requeue state)
-sb_meta   b"partner" / b"taken:"+topic  partner node id / >Q seqs taken over
-ids_0/1   message id (16 bytes)       b"" (idempotency window, two generations)
-========  ==========================  ==========================================
+- ``log`` (``MessageLog``): a topic's records, by seq, and the idempotency index;
+- ``catalog`` (``Catalog``): topics, channels, and the id allocator;
+- ``progress`` (``ChannelProgress``): a channel's floor, finished seqs, requeue states;
+- ``dead`` (``DeadLetters``): a channel's dead letters;
+- ``standby`` (``StandbyCopies``): the partner's records and progress held here;
+- ``meta`` (``NodeMeta``): node id, epoch, high-water marks, the catalog flag;
+
+whose methods read directly, or return a ``Write`` that ``commit`` (a future
+resolved after the fsync) or ``post`` (nobody waits) applies. Several writes
+given to one ``commit`` land in one transaction.
 
 Idempotency: every stored message id (owned or standby) goes into the
 current ``ids_N`` generation; ``rotate_ids`` empties the older generation
@@ -29,16 +23,20 @@ rotation periods at the cost of one put per message.
 Each body is stored once per topic whatever the channel count; channels only
 keep a floor, a sparse set of finished seqs above it and small state records.
 
-All writes go through ``submit``: the writer thread drains its queue, applies
+All writes go through the writer thread: it drains its queue, applies
 everything in one write transaction, commits (fsync with ``sync="always"``)
 and then resolves every waiter with one ``call_soon_threadsafe``. The asyncio
 loop never touches a write transaction, so it never blocks on the disk.
-Reads use short read transactions on the caller's thread.
+Reads use short read transactions on the caller's thread, and every read
+returns materialised values (no transaction outlives a call).
 
-When the store reaches its cap (``max_bytes - reserve_bytes``) or the disk
-runs out of space, appends fail with ``StoreFullError`` while every other
-write (FINs, cleanup) still commits in the reserve, so delivery goes on and
-the store is never corrupted.
+The memory map starts at ``initial_map_bytes`` and doubles whenever LMDB
+reports it full (``MDB_MAP_FULL``), up to ``max_bytes``. The resize runs on
+the event loop's thread between two callbacks, where no read transaction
+can be open, while the writer waits. When the store reaches its cap
+(``max_bytes - reserve_bytes``) or the disk runs out of space, appends fail
+with ``StoreFullError`` while every other write (FINs, cleanup) still
+commits in the reserve, so delivery goes on and the store is never corrupted.
 """
 
 from __future__ import annotations
@@ -47,101 +45,178 @@ import asyncio
 import logging
 import os
 import queue
-import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lmdb
 
+from pairq.broker import schema as sc
+from pairq.broker.schema import ChannelMeta, TopicMeta
 from pairq.errors import StoreFullError
+
+__all__ = ["ChannelMeta", "Store", "StoreFullError", "TopicMeta", "Write"]
 
 log = logging.getLogger("pairq.store")
 
-_I = struct.Struct(">I")
-_Q = struct.Struct(">Q")
-_IQ = struct.Struct(">IQ")
-_IB = struct.Struct(">IB")
-_STATE = struct.Struct(">Iq")
-
-DB_NAMES = (
-    "meta",
-    "catalog",
-    "msgs",
-    "floors",
-    "fins",
-    "states",
-    "dlq",
-    "sb_msgs",
-    "sb_floors",
-    "sb_fins",
-    "sb_meta",
-    "ids_0",
-    "ids_1",
-    "sb_states",
-)
-(
-    META,
-    CATALOG,
-    MSGS,
-    FLOORS,
-    FINS,
-    STATES,
-    DLQ,
-    SB_MSGS,
-    SB_FLOORS,
-    SB_FINS,
-    SB_META,
-    IDS0,
-    IDS1,
-    SB_STATES,
-) = range(len(DB_NAMES))
-FORMAT_VERSION = b"1"
-
-
-def seq_key(prefix_id: int, seq: int) -> bytes:
-    return _IQ.pack(prefix_id, seq)
-
-
-def unpack_seq_key(key: bytes) -> tuple[int, int]:
-    a, b = _IQ.unpack(key)
-    return int(a), int(b)
-
-
-@dataclass
-class ChannelMeta:
-    id: int
-    name: str
-    paused: bool = False
-    floor: int = 0
-
-
-@dataclass
-class TopicMeta:
-    id: int
-    name: str
-    paused: bool = False
-    next_seq: int = 0
-    first_seq: int = 0  # lowest retained seq
-    hwm: int = 0  # every seq ever sent to the partner is below this (see pair/sender.py)
-    channels: dict[str, ChannelMeta] = field(default_factory=dict)
-
-
-# Write operations (tuples: cheap to build on the hot path).
-#   ("append", topic_id, first_seq, [records])        -> fails when the store is full
-#   ("put", db, key, value)  /  ("del", db, key)
-#   ("puts", [(db, key, value | None), ...])          -> None value = delete
-#   ("gc", topic_id, from_seq, to_seq)                -> delete msgs in [from, to)
-#   ("drop", db, prefix)                              -> delete every key with prefix
-Op = tuple[Any, ...]
-
 _STOP = object()
+# How long the writer waits for the loop to resize the map before giving up.
+_RESIZE_WAIT = 5.0
 
 
+# ============================================================ writes
+class Write:
+    """One store write, applied inside the writer's transaction. Built by the typed
+    views below, never by callers."""
+
+    __slots__ = ()
+    appends: ClassVar[bool] = False  # refused while the store is full
+
+    def apply(self, txn: Any, s: Store) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def refused_when_full(self) -> bool:
+        return self.appends
+
+
+class _Append(Write):
+    __slots__ = ("records", "seq", "topic_id")
+    appends = True
+
+    def __init__(self, topic_id: int, seq: int, records: list[bytes]) -> None:
+        self.topic_id, self.seq, self.records = topic_id, seq, records
+
+    def apply(self, txn: Any, s: Store) -> None:
+        key = sc.seq_key
+        tid = self.topic_id
+        txn.cursor(db=s.dbs[sc.MSGS]).putmulti(
+            [(key(tid, q), rec) for q, rec in enumerate(self.records, self.seq)]
+        )
+        if s.index_ids:
+            txn.cursor(db=s.dbs[sc.IDS0 + s.ids_gen]).putmulti(
+                [(rec[: sc.ID_SIZE], b"") for rec in self.records]
+            )
+
+
+class _StandbyAppend(Write):
+    # ``index=False`` for copies the owner has not confirmed yet (see
+    # pair.StandbyStore); an ``_IndexIds`` follows once it does.
+    __slots__ = ("index", "records", "seq", "topic")
+    appends = True
+
+    def __init__(self, topic: str, seq: int, records: list[bytes], index: bool) -> None:
+        self.topic, self.seq, self.records, self.index = topic, seq, records, index
+
+    def apply(self, txn: Any, s: Store) -> None:
+        base = sc.sb_topic_prefix(self.topic)
+        pack = sc.pack_q
+        txn.cursor(db=s.dbs[sc.SB_MSGS]).putmulti(
+            [(base + pack(q), rec) for q, rec in enumerate(self.records, self.seq)]
+        )
+        if s.index_ids and self.index:
+            txn.cursor(db=s.dbs[sc.IDS0 + s.ids_gen]).putmulti(
+                [(rec[: sc.ID_SIZE], b"") for rec in self.records]
+            )
+
+
+class _IndexIds(Write):
+    __slots__ = ("ids",)
+
+    def __init__(self, ids: list[bytes]) -> None:
+        self.ids = ids
+
+    def apply(self, txn: Any, s: Store) -> None:
+        if s.index_ids:
+            txn.cursor(db=s.dbs[sc.IDS0 + s.ids_gen]).putmulti([(i, b"") for i in self.ids])
+
+
+class _RotateIds(Write):
+    __slots__ = ("gen",)
+
+    def __init__(self, gen: int) -> None:
+        self.gen = gen  # the generation to empty and make current (idempotent on retry)
+
+    def apply(self, txn: Any, s: Store) -> None:
+        txn.drop(s.dbs[sc.IDS0 + self.gen], delete=False)
+        txn.put(sc.IDS_GEN, bytes((self.gen,)), db=s.dbs[sc.META])
+        s.ids_gen = self.gen
+
+
+class _Puts(Write):
+    """Puts and deletes (value None) of small records."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[tuple[int, bytes, bytes | None]]) -> None:
+        self.items = items
+
+    def apply(self, txn: Any, s: Store) -> None:
+        dbs = s.dbs
+        for db, key, value in self.items:
+            if value is None:
+                txn.delete(key, db=dbs[db])
+            else:
+                txn.put(key, value, db=dbs[db])
+
+
+class _DeleteRange(Write):
+    """Delete every key in [lo, hi) (``hi`` None: every key starting with ``lo``)."""
+
+    __slots__ = ("db", "hi", "lo")
+
+    def __init__(self, db: int, lo: bytes, hi: bytes | None) -> None:
+        self.db, self.lo, self.hi = db, lo, hi
+
+    def apply(self, txn: Any, s: Store) -> None:
+        cur = txn.cursor(db=s.dbs[self.db])
+        lo, hi = self.lo, self.hi
+        if not cur.set_range(lo):
+            return
+        while True:
+            k = cur.key()
+            if not k or (k >= hi if hi is not None else not k.startswith(lo)):
+                break
+            if not cur.delete():
+                break
+
+
+class _Many(Write):
+    __slots__ = ("writes",)
+
+    def __init__(self, writes: list[Write]) -> None:
+        self.writes = writes
+
+    def refused_when_full(self) -> bool:
+        return any(w.refused_when_full() for w in self.writes)
+
+    def apply(self, txn: Any, s: Store) -> None:
+        for w in self.writes:
+            w.apply(txn, s)
+
+
+def _put(db: int, key: bytes, value: bytes) -> Write:
+    return _Puts([(db, key, value)])
+
+
+def _delete(db: int, key: bytes) -> Write:
+    return _Puts([(db, key, None)])
+
+
+def _drop(db: int, prefix: bytes) -> Write:
+    return _DeleteRange(db, prefix, None)
+
+
+def _one(writes: tuple[Write, ...] | list[Write]) -> Write:
+    if not writes:
+        return _Puts([])
+    return writes[0] if len(writes) == 1 else _Many(list(writes))
+
+
+# ============================================================ the engine
 class Store:
     """LMDB environment + writer thread. Create, ``open()``, ``start(loop)``, ``close()``."""
 
@@ -154,6 +229,7 @@ class Store:
         max_bytes: int = 64 * 1024**3,
         reserve_bytes: int = 64 * 1024**2,
         max_commit_batch: int = 20000,
+        initial_map_bytes: int = 1024**3,
     ) -> None:
         self.path = Path(path)
         self.sync_mode = sync
@@ -161,6 +237,7 @@ class Store:
         self.max_bytes = max_bytes
         self.reserve_bytes = reserve_bytes
         self.max_commit_batch = max_commit_batch
+        self.map_bytes = min(max_bytes, max(initial_map_bytes, 1024**2))
         self.env: Any = None
         self.dbs: list[Any] = []
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -169,19 +246,30 @@ class Store:
         self.full_reason = ""  # non-empty while appends are refused
         self.commits = 0
         self.committed_ops = 0
+        self.map_grows = 0
         self.used_bytes = 0
         self._last_space_check = 0.0
-        self.on_error: Callable[[BaseException], None] | None = None
         self.ids_gen = 0  # current idempotency generation (0 or 1)
         self.index_ids = True
+        self.log = MessageLog(self)
+        self.catalog = Catalog(self)
+        self.progress = ChannelProgress(self)
+        self.dead = DeadLetters(self)
+        self.standby = StandbyCopies(self)
+        self.meta = NodeMeta(self)
 
     # ----------------------------------------------------------------- life
     def open(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
+        data = self.path / "data.mdb"
+        if data.exists():  # never map less than the file already holds
+            size = data.stat().st_size
+            while self.map_bytes < size and self.map_bytes < self.max_bytes:
+                self.map_bytes = min(self.max_bytes, self.map_bytes * 2)
         self.env = lmdb.open(
             str(self.path),
-            map_size=self.max_bytes,
-            max_dbs=len(DB_NAMES) + 2,
+            map_size=self.map_bytes,
+            max_dbs=len(sc.DB_NAMES) + 2,
             sync=self.sync_mode == "always",
             metasync=True,
             writemap=False,
@@ -189,18 +277,19 @@ class Store:
             max_readers=256,
             lock=True,
         )
+        self.map_bytes = int(self.env.info()["map_size"])
         self.env.reader_check()
         with self.env.begin(write=True) as txn:
-            self.dbs = [self.env.open_db(n.encode(), txn=txn) for n in DB_NAMES]
-            gen = txn.get(b"ids_gen", db=self.dbs[META])
+            self.dbs = [self.env.open_db(n.encode(), txn=txn) for n in sc.DB_NAMES]
+            gen = txn.get(sc.IDS_GEN, db=self.dbs[sc.META])
             self.ids_gen = gen[0] & 1 if gen else 0
-            version = txn.get(b"format", db=self.dbs[META])
+            version = txn.get(sc.FORMAT, db=self.dbs[sc.META])
             if version is None:
-                txn.put(b"format", FORMAT_VERSION, db=self.dbs[META])
-            elif version != FORMAT_VERSION:
+                txn.put(sc.FORMAT, sc.FORMAT_VERSION, db=self.dbs[sc.META])
+            elif version != sc.FORMAT_VERSION:
                 raise RuntimeError(
-                    f"{self.path}: store format {version!r} is not supported by this pairq "
-                    f"(expects {FORMAT_VERSION!r})"
+                    f"{self.path}: store format {bytes(version)!r} is not supported by this "
+                    f"pairq (expects {sc.FORMAT_VERSION!r})"
                 )
         self._refresh_usage()
 
@@ -220,165 +309,49 @@ class Store:
             self.env.close()
             self.env = None
 
-    # ----------------------------------------------------------------- meta
-    def node_id(self) -> str:
-        """This node's stable id, created at first start and kept in the store."""
+    # --------------------------------------------------------------- writes
+    def commit(self, *writes: Write) -> asyncio.Future[None]:
+        """Queue writes that commit together; the future resolves after the commit."""
+        assert self._loop is not None
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._q.put((_one(writes), fut))
+        return fut
+
+    def post(self, *writes: Write) -> None:
+        """Queue writes that commit together, with nobody waiting for them."""
+        if writes:
+            self._q.put((_one(writes), None))
+
+    def barrier(self) -> asyncio.Future[None]:
+        """A future resolved once every write queued before it has committed."""
+        return self.commit(_Puts([]))
+
+    def write_now(self, *writes: Write) -> None:
+        """Apply writes synchronously (start-up and tests only: blocks on fsync)."""
         with self.env.begin(write=True) as txn:
-            value = txn.get(b"node_id", db=self.dbs[META])
-            if value is None:
-                value = uuid.uuid4().hex[:16].encode()
-                txn.put(b"node_id", value, db=self.dbs[META])
-        return bytes(value).decode()
-
-    def load_catalog(self) -> dict[str, TopicMeta]:
-        """Every durable topic with its channels, floors and retained seq range."""
-        topics: dict[str, TopicMeta] = {}
-        by_id: dict[int, TopicMeta] = {}
-        with self.env.begin() as txn:
-            cur = txn.cursor(db=self.dbs[CATALOG])
-            if cur.set_range(b"T"):
-                for k, v in cur:
-                    if not k.startswith(b"T"):
-                        break
-                    tid, paused = _IB.unpack(v)
-                    t = TopicMeta(id=tid, name=k[1:].decode(), paused=bool(paused))
-                    topics[t.name] = t
-                    by_id[tid] = t
-            if cur.set_range(b"C"):
-                for k, v in cur:
-                    if not k.startswith(b"C"):
-                        break
-                    (tid,) = _I.unpack_from(k, 1)
-                    cid, paused = _IB.unpack(v)
-                    t2 = by_id.get(tid)
-                    if t2 is None:
-                        continue
-                    fl = txn.get(_I.pack(cid), db=self.dbs[FLOORS])
-                    floor = _Q.unpack(fl)[0] if fl else 0
-                    t2.channels[k[5:].decode()] = ChannelMeta(
-                        id=cid, name=k[5:].decode(), paused=bool(paused), floor=floor
-                    )
-            mcur = txn.cursor(db=self.dbs[MSGS])
-            for t in topics.values():
-                first, last = self._seq_range(mcur, t.id)
-                floors = [c.floor for c in t.channels.values()]
-                t.next_seq = max([last + 1 if last is not None else 0, *floors])
-                t.first_seq = first if first is not None else t.next_seq
-                hwm = txn.get(hwm_key(t.id), db=self.dbs[META])
-                t.hwm = _Q.unpack(hwm)[0] if hwm else 0
-        return topics
-
-    @staticmethod
-    def _seq_range(cur: Any, prefix_id: int) -> tuple[int | None, int | None]:
-        first = last = None
-        if cur.set_range(_I.pack(prefix_id)):
-            k = cur.key()
-            if k[:4] == _I.pack(prefix_id):
-                first = _IQ.unpack(k)[1]
-        if cur.set_range(_I.pack(prefix_id + 1)):
-            ok = cur.prev()
-        else:
-            ok = cur.last()
-        if ok:
-            k = cur.key()
-            if k[:4] == _I.pack(prefix_id):
-                last = _IQ.unpack(k)[1]
-        return first, last
-
-    def next_ids(self) -> tuple[int, int]:
-        """(next free topic id, next free channel id)."""
-        top_t = top_c = 0
-        with self.env.begin() as txn:
-            for k, v in txn.cursor(db=self.dbs[CATALOG]):
-                ident = _IB.unpack(v)[0]
-                if k.startswith(b"T"):
-                    top_t = max(top_t, ident)
-                else:
-                    top_c = max(top_c, ident)
-            # Ids of deleted topics may still own keys being dropped; never reuse.
-            stored = txn.get(b"ids", db=self.dbs[META])
-            if stored:
-                st, sc = struct.unpack(">II", stored)
-                top_t, top_c = max(top_t, st), max(top_c, sc)
-        return top_t + 1, top_c + 1
+            for w in writes:
+                w.apply(txn, self)
 
     # ---------------------------------------------------------------- reads
-    def known_ids(self, ids: list[bytes]) -> set[bytes]:
-        """Which of ``ids`` were stored within the idempotency window."""
-        found: set[bytes] = set()
-        with self.env.begin(buffers=False) as txn:
-            for db in (self.dbs[IDS0], self.dbs[IDS1]):
-                found.update(k for k, _ in txn.cursor(db=db).getmulti(ids))
-        return found
-
-    def read_msgs(
-        self, topic_id: int, from_seq: int, to_seq: int, limit: int, max_bytes: int = 0
-    ) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` (seq, record) with from_seq <= seq < to_seq; with ``max_bytes``,
-        stop once that many record bytes are read (always at least one record)."""
-        out: list[tuple[int, bytes]] = []
-        size = 0
-        if from_seq >= to_seq or limit <= 0:
-            return out
-        end = _IQ.pack(topic_id, to_seq)
-        with self.env.begin(buffers=False) as txn:
-            cur = txn.cursor(db=self.dbs[MSGS])
-            if not cur.set_range(_IQ.pack(topic_id, from_seq)):
-                return out
-            for k, v in cur:
-                if k >= end:
-                    break
-                out.append((_IQ.unpack(k)[1], v))
-                size += len(v)
-                if len(out) >= limit or (max_bytes and size >= max_bytes):
-                    break
-        return out
-
-    def scan_channel(self, db: int, channel_id: int) -> Iterator[tuple[int, bytes]]:
-        """(seq, value) of a channel's keys in ``fins``/``states``/``dlq``."""
-        prefix = _I.pack(channel_id)
-        with self.env.begin() as txn:
-            cur = txn.cursor(db=self.dbs[db])
-            if not cur.set_range(prefix):
-                return
-            for k, v in cur:
-                if k[:4] != prefix:
-                    break
-                yield _IQ.unpack(k)[1], v
-
-    def get(self, db: int, key: bytes) -> bytes | None:
+    def _get(self, db: int, key: bytes) -> bytes | None:
         with self.env.begin() as txn:
             v = txn.get(key, db=self.dbs[db])
             return bytes(v) if v is not None else None
 
-    # --------------------------------------------------------------- writes
-    def submit(self, op: Op, *, wait: bool = True) -> asyncio.Future[Any] | None:
-        """Queue a write; with ``wait`` return a future resolved after its commit."""
-        fut: asyncio.Future[Any] | None = None
-        if wait:
-            assert self._loop is not None
-            fut = self._loop.create_future()
-        self._q.put((op, fut))
-        return fut
-
-    def barrier(self) -> asyncio.Future[Any]:
-        """A future resolved once every write queued before it has committed."""
-        fut = self.submit(("puts", []))
-        assert fut is not None
-        return fut
-
-    def submit_many(self, ops: list[Op]) -> asyncio.Future[Any]:
-        """Queue several writes that commit together; one future for all."""
-        assert self._loop is not None
-        fut = self._loop.create_future()
-        self._q.put((("multi", ops), fut))
-        return fut
-
-    def write_now(self, ops: list[Op]) -> None:
-        """Apply writes synchronously (start-up and tests only: blocks on fsync)."""
-        with self.env.begin(write=True) as txn:
-            for op in ops:
-                self._apply(txn, op)
+    def _scan(self, db: int, prefix: bytes, limit: int = 1 << 62) -> list[tuple[bytes, bytes]]:
+        """Keys (and values) starting with ``prefix``, in order, at most ``limit``."""
+        out: list[tuple[bytes, bytes]] = []
+        with self.env.begin(buffers=False) as txn:
+            cur = txn.cursor(db=self.dbs[db])
+            if not cur.set_range(prefix):
+                return out
+            for k, v in cur:
+                if not k.startswith(prefix):
+                    break
+                out.append((k, v))
+                if len(out) >= limit:
+                    break
+        return out
 
     # -------------------------------------------------------------- writer
     def _run(self) -> None:
@@ -415,31 +388,31 @@ class Store:
                     log.error("periodic fsync failed: %s", exc)
                 last_sync = time.monotonic()
 
-    def _commit(self, batch: list[Any]) -> None:
+    def _commit(self, batch: list[tuple[Write, asyncio.Future[None] | None]]) -> None:
         refuse_appends = bool(self.full_reason)
-        results: list[tuple[asyncio.Future[Any], BaseException | None]] = []
+        results: list[tuple[asyncio.Future[None], BaseException | None]] = []
         while True:
-            failed: list[tuple[asyncio.Future[Any] | None, BaseException]] = []
+            failed: list[tuple[asyncio.Future[None] | None, BaseException]] = []
             try:
                 with self.env.begin(write=True) as txn:
-                    for op, fut in batch:
-                        if refuse_appends and _has_append(op):
+                    for w, fut in batch:
+                        if refuse_appends and w.refused_when_full():
                             failed.append((fut, StoreFullError(self._full_message())))
                             continue
-                        self._apply(txn, op)
-            except (lmdb.MapFullError, lmdb.DiskError, OSError, lmdb.Error) as exc:
-                if refuse_appends:
-                    # Even non-append writes failed: report them all, keep serving.
-                    log.error("store commit failed even without appends: %s", exc)
-                    for _op, fut in batch:
-                        if fut is not None:
-                            results.append((fut, StoreFullError(f"store write failed: {exc}")))
+                        w.apply(txn, self)
+            except lmdb.MapFullError as exc:
+                if self.map_bytes < self.max_bytes and self._grow_map():
+                    continue  # retry the same batch in the larger map
+                if not self._on_full(exc, refuse_appends, batch, results):
                     break
-                self.full_reason = f"{type(exc).__name__}: {exc}"
-                log.warning("store full (%s); refusing publishes, delivery continues", exc)
                 refuse_appends = True
                 continue
-            for _op, fut in batch:
+            except (lmdb.DiskError, OSError, lmdb.Error) as exc:
+                if not self._on_full(exc, refuse_appends, batch, results):
+                    break
+                refuse_appends = True
+                continue
+            for _w, fut in batch:
                 if fut is None:
                     continue
                 bad = next((e for f, e in failed if f is fut), None)
@@ -453,6 +426,54 @@ class Store:
                 self._loop.call_soon_threadsafe(_resolve_all, results)
             except RuntimeError:  # loop closed during shutdown
                 pass
+
+    def _on_full(
+        self,
+        exc: BaseException,
+        already_refusing: bool,
+        batch: list[tuple[Write, asyncio.Future[None] | None]],
+        results: list[tuple[asyncio.Future[None], BaseException | None]],
+    ) -> bool:
+        """A commit failed for want of room: True to retry without appends, False when
+        even that failed (every waiter then hears the error; serving goes on)."""
+        if already_refusing:
+            log.error("store commit failed even without appends: %s", exc)
+            for _w, fut in batch:
+                if fut is not None:
+                    results.append((fut, StoreFullError(f"store write failed: {exc}")))
+            return False
+        self.full_reason = f"{type(exc).__name__}: {exc}"
+        log.warning("store full (%s); refusing publishes, delivery continues", exc)
+        return True
+
+    def _grow_map(self) -> bool:
+        """Double the map (up to ``max_bytes``) on the loop's thread; True once done."""
+        new = min(self.max_bytes, self.map_bytes * 2)
+        loop = self._loop
+        done = threading.Event()
+        outcome: list[BaseException | None] = []
+
+        def resize() -> None:
+            try:
+                self.env.set_mapsize(new)
+                outcome.append(None)
+            except lmdb.Error as exc:  # pragma: no cover - the kernel refused the mapping
+                outcome.append(exc)
+            done.set()
+
+        if loop is None or loop.is_closed():
+            return False
+        try:
+            loop.call_soon_threadsafe(resize)
+        except RuntimeError:  # loop closed during shutdown
+            return False
+        if not done.wait(_RESIZE_WAIT) or outcome[0] is not None:
+            log.error("cannot grow the store's map to %d bytes: %s", new, outcome or "timeout")
+            return False
+        log.info("store map grown from %d to %d bytes", self.map_bytes, new)
+        self.map_bytes = new
+        self.map_grows += 1
+        return True
 
     def _full_message(self) -> str:
         return (
@@ -492,88 +513,8 @@ class Store:
             log.info("store has room again; accepting publishes")
         self.full_reason = reason
 
-    def _apply(self, txn: Any, op: Op) -> None:
-        kind = op[0]
-        dbs = self.dbs
-        if kind == "append":
-            _, topic_id, seq, records = op
-            pack = _IQ.pack
-            txn.cursor(db=dbs[MSGS]).putmulti(
-                [(pack(topic_id, s), rec) for s, rec in enumerate(records, seq)]
-            )
-            if self.index_ids:
-                txn.cursor(db=dbs[IDS0 + self.ids_gen]).putmulti(
-                    [(rec[:16], b"") for rec in records]
-                )
-        elif kind == "rotate_ids":
-            new = op[1]  # idempotent if the transaction is retried
-            txn.drop(dbs[IDS0 + new], delete=False)
-            txn.put(b"ids_gen", bytes((new,)), db=dbs[META])
-            self.ids_gen = new
-        elif kind == "puts":
-            for dbi, key, value in op[1]:
-                if value is None:
-                    txn.delete(key, db=dbs[dbi])
-                else:
-                    txn.put(key, value, db=dbs[dbi])
-        elif kind == "put":
-            txn.put(op[2], op[3], db=dbs[op[1]])
-        elif kind == "del":
-            txn.delete(op[2], db=dbs[op[1]])
-        elif kind == "gc":
-            _, topic_id, lo, hi = op
-            cur = txn.cursor(db=dbs[MSGS])
-            end = _IQ.pack(topic_id, hi)
-            if cur.set_range(_IQ.pack(topic_id, lo)):
-                while cur.key() and cur.key() < end:
-                    if not cur.delete():
-                        break
-        elif kind == "drop":
-            _, dbi, prefix = op
-            cur = txn.cursor(db=dbs[dbi])
-            if cur.set_range(prefix):
-                while cur.key() and cur.key().startswith(prefix):
-                    if not cur.delete():
-                        break
-        elif kind == "sb_append":
-            # index=False for copies the owner has not confirmed yet (see
-            # pair.StandbyStore); "index_ids" follows once it does.
-            _, topic, seq, records, index = op
-            base = topic.encode() + b"\0"
-            pack = _Q.pack
-            txn.cursor(db=dbs[SB_MSGS]).putmulti(
-                [(base + pack(s), rec) for s, rec in enumerate(records, seq)]
-            )
-            if self.index_ids and index:
-                txn.cursor(db=dbs[IDS0 + self.ids_gen]).putmulti(
-                    [(rec[:16], b"") for rec in records]
-                )
-        elif kind == "index_ids":
-            if self.index_ids:
-                txn.cursor(db=dbs[IDS0 + self.ids_gen]).putmulti([(i, b"") for i in op[1]])
-        elif kind == "range_del":
-            _, dbi, lo_key, hi_key = op
-            cur = txn.cursor(db=dbs[dbi])
-            if cur.set_range(lo_key):
-                while cur.key() and cur.key() < hi_key:
-                    if not cur.delete():
-                        break
-        elif kind == "multi":
-            for sub in op[1]:
-                self._apply(txn, sub)
-        else:  # pragma: no cover - programming error
-            raise ValueError(f"unknown store op {kind!r}")
 
-
-def _has_append(op: Op) -> bool:
-    if op[0] in ("append", "sb_append"):
-        return True
-    if op[0] == "multi":
-        return any(_has_append(o) for o in op[1])
-    return False
-
-
-def _resolve_all(results: list[tuple[asyncio.Future[Any], BaseException | None]]) -> None:
+def _resolve_all(results: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
     for fut, exc in results:
         if fut.done():
             continue
@@ -583,72 +524,409 @@ def _resolve_all(results: list[tuple[asyncio.Future[Any], BaseException | None]]
             fut.set_exception(exc)
 
 
-# Encoders for the small records (used by the channel glue).
-def catalog_topic_key(name: str) -> bytes:
-    return b"T" + name.encode()
+# ============================================================ typed views
+class MessageLog:
+    """A topic's records by seq (``msgs``) and the idempotency index (``ids_0/1``)."""
+
+    def __init__(self, store: Store) -> None:
+        self._s = store
+
+    def append(self, topic_id: int, seq: int, records: list[bytes]) -> Write:
+        """Records at seqs ``seq``, ``seq + 1``, ... (their ids indexed); refused when full."""
+        return _Append(topic_id, seq, records)
+
+    def delete_range(self, topic_id: int, lo: int, hi: int) -> Write:
+        """Delete the records with lo <= seq < hi (cleanup below every channel's floor)."""
+        return _DeleteRange(sc.MSGS, sc.seq_key(topic_id, lo), sc.seq_key(topic_id, hi))
+
+    def drop_topic(self, topic_id: int) -> Write:
+        return _drop(sc.MSGS, sc.id_prefix(topic_id))
+
+    def read(
+        self, topic_id: int, from_seq: int, to_seq: int, limit: int, max_bytes: int = 0
+    ) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` (seq, record) with from_seq <= seq < to_seq; with ``max_bytes``,
+        stop once that many record bytes are read (always at least one record)."""
+        out: list[tuple[int, bytes]] = []
+        size = 0
+        if from_seq >= to_seq or limit <= 0:
+            return out
+        s = self._s
+        end = sc.seq_key(topic_id, to_seq)
+        unpack = sc.unpack_seq_key
+        with s.env.begin(buffers=False) as txn:
+            cur = txn.cursor(db=s.dbs[sc.MSGS])
+            if not cur.set_range(sc.seq_key(topic_id, from_seq)):
+                return out
+            for k, v in cur:
+                if k >= end:
+                    break
+                out.append((unpack(k)[1], v))
+                size += len(v)
+                if len(out) >= limit or (max_bytes and size >= max_bytes):
+                    break
+        return out
+
+    def seq_range(self, topic_id: int) -> tuple[int | None, int | None]:
+        """(lowest, highest) seq held for the topic (None, None when it holds nothing)."""
+        s = self._s
+        prefix = sc.id_prefix(topic_id)
+        first = last = None
+        with s.env.begin() as txn:
+            cur = txn.cursor(db=s.dbs[sc.MSGS])
+            if cur.set_range(prefix) and bytes(cur.key()[:4]) == prefix:
+                first = sc.unpack_seq_key(bytes(cur.key()))[1]
+            ok = cur.prev() if cur.set_range(sc.id_prefix(topic_id + 1)) else cur.last()
+            if ok and bytes(cur.key()[:4]) == prefix:
+                last = sc.unpack_seq_key(bytes(cur.key()))[1]
+        return first, last
+
+    def known_ids(self, ids: list[bytes]) -> set[bytes]:
+        """Which of ``ids`` were stored within the idempotency window."""
+        s = self._s
+        found: set[bytes] = set()
+        with s.env.begin(buffers=False) as txn:
+            for db in (s.dbs[sc.IDS0], s.dbs[sc.IDS1]):
+                found.update(k for k, _ in txn.cursor(db=db).getmulti(ids))
+        return found
+
+    def rotate_ids(self) -> Write:
+        """Forget the older idempotency generation (it becomes the current one)."""
+        return _RotateIds(1 - self._s.ids_gen)
 
 
-def catalog_channel_key(topic_id: int, name: str) -> bytes:
-    return b"C" + _I.pack(topic_id) + name.encode()
+class Catalog:
+    """Durable topics and channels (``catalog``, with ``floors``) and the id allocator."""
+
+    def __init__(self, store: Store) -> None:
+        self._s = store
+
+    def put_topic(self, name: str, topic_id: int, paused: bool) -> Write:
+        return _put(sc.CATALOG, sc.catalog_topic_key(name), sc.pack_catalog(topic_id, paused))
+
+    def delete_topic(self, name: str, topic_id: int) -> Write:
+        """The topic's entry and its channels' entries (their progress: ``ChannelProgress.drop``)."""
+        return _Many(
+            [
+                _delete(sc.CATALOG, sc.catalog_topic_key(name)),
+                _drop(sc.CATALOG, sc.catalog_channels_prefix(topic_id)),
+            ]
+        )
+
+    def put_channel(self, topic_id: int, name: str, channel_id: int, paused: bool) -> Write:
+        return _put(
+            sc.CATALOG, sc.catalog_channel_key(topic_id, name), sc.pack_catalog(channel_id, paused)
+        )
+
+    def delete_channel(self, topic_id: int, name: str) -> Write:
+        return _delete(sc.CATALOG, sc.catalog_channel_key(topic_id, name))
+
+    def put_next_ids(self, next_topic: int, next_channel: int) -> Write:
+        """The allocator's state: ids of deleted topics may still own keys, never reuse."""
+        return _put(sc.META, sc.NEXT_IDS, sc.pack_ids(next_topic, next_channel))
+
+    def next_ids(self) -> tuple[int, int]:
+        """(next free topic id, next free channel id)."""
+        top_t = top_c = 0
+        for k, v in self._s._scan(sc.CATALOG, b""):
+            ident = sc.unpack_catalog(v)[0]
+            if k.startswith(b"T"):
+                top_t = max(top_t, ident)
+            else:
+                top_c = max(top_c, ident)
+        stored = self._s._get(sc.META, sc.NEXT_IDS)
+        if stored:
+            st_t, st_c = sc.unpack_ids(stored)
+            top_t, top_c = max(top_t, st_t), max(top_c, st_c)
+        return top_t + 1, top_c + 1
+
+    def load(self) -> dict[str, TopicMeta]:
+        """Every durable topic with its channels, floors and retained seq range."""
+        s = self._s
+        topics: dict[str, TopicMeta] = {}
+        by_id: dict[int, TopicMeta] = {}
+        for k, v in s._scan(sc.CATALOG, b"T"):
+            tid, paused = sc.unpack_catalog(v)
+            t = TopicMeta(id=tid, name=k[1:].decode(), paused=paused)
+            topics[t.name] = t
+            by_id[tid] = t
+        for k, v in s._scan(sc.CATALOG, b"C"):
+            tid, name = sc.split_catalog_channel_key(k)
+            cid, paused = sc.unpack_catalog(v)
+            t2 = by_id.get(tid)
+            if t2 is None:
+                continue
+            t2.channels[name] = ChannelMeta(
+                id=cid, name=name, paused=paused, floor=s.progress.floor(cid)
+            )
+        for t in topics.values():
+            first, last = s.log.seq_range(t.id)
+            floors = [c.floor for c in t.channels.values()]
+            t.next_seq = max([last + 1 if last is not None else 0, *floors])
+            t.first_seq = first if first is not None else t.next_seq
+            t.hwm = s.meta.hwm(t.id)
+        return topics
 
 
-def pack_catalog(ident: int, paused: bool) -> bytes:
-    return _IB.pack(ident, 1 if paused else 0)
+class ProgressBatch:
+    """Progress writes of one channel, collected and then committed as one ``Write``."""
+
+    __slots__ = ("_cid", "items")
+
+    def __init__(self, channel_id: int) -> None:
+        self._cid = channel_id
+        self.items: list[tuple[int, bytes, bytes | None]] = []
+
+    def floor(self, seq: int) -> None:
+        self.items.append((sc.FLOORS, sc.floor_key(self._cid), sc.pack_q(seq)))
+
+    def finished(self, seq: int) -> None:
+        self.items.append((sc.FINS, sc.seq_key(self._cid, seq), b""))
+
+    def forget_finished(self, seq: int) -> None:
+        self.items.append((sc.FINS, sc.seq_key(self._cid, seq), None))
+
+    def state(self, seq: int, attempts: int, due_ns: int) -> None:
+        self.items.append((sc.STATES, sc.seq_key(self._cid, seq), sc.pack_state(attempts, due_ns)))
+
+    def forget_state(self, seq: int) -> None:
+        self.items.append((sc.STATES, sc.seq_key(self._cid, seq), None))
+
+    def write(self) -> Write | None:
+        return _Puts(self.items) if self.items else None
 
 
-def floor_key(channel_id: int) -> bytes:
-    return _I.pack(channel_id)
+class ChannelProgress:
+    """A channel's floor (``floors``), finished seqs above it (``fins``) and requeue
+    states (``states``)."""
+
+    def __init__(self, store: Store) -> None:
+        self._s = store
+
+    def batch(self, channel_id: int) -> ProgressBatch:
+        return ProgressBatch(channel_id)
+
+    def floor(self, channel_id: int) -> int:
+        raw = self._s._get(sc.FLOORS, sc.floor_key(channel_id))
+        return sc.unpack_q(raw) if raw else 0
+
+    def finished(self, channel_id: int) -> list[int]:
+        return [
+            sc.unpack_seq_key(k)[1] for k, _ in self._s._scan(sc.FINS, sc.id_prefix(channel_id))
+        ]
+
+    def states(self, channel_id: int) -> dict[int, tuple[int, int]]:
+        return {
+            sc.unpack_seq_key(k)[1]: sc.unpack_state(v)
+            for k, v in self._s._scan(sc.STATES, sc.id_prefix(channel_id))
+        }
+
+    def reset(self, channel_id: int, floor: int) -> Write:
+        """Everything below ``floor`` finished, nothing above (a channel emptied)."""
+        p = sc.id_prefix(channel_id)
+        return _Many(
+            [
+                _put(sc.FLOORS, sc.floor_key(channel_id), sc.pack_q(floor)),
+                _drop(sc.FINS, p),
+                _drop(sc.STATES, p),
+            ]
+        )
+
+    def drop(self, channel_id: int) -> Write:
+        """Every progress record of a deleted channel (dead letters included)."""
+        p = sc.id_prefix(channel_id)
+        return _Many(
+            [
+                _delete(sc.FLOORS, sc.floor_key(channel_id)),
+                _drop(sc.FINS, p),
+                _drop(sc.STATES, p),
+                _drop(sc.DLQ, p),
+            ]
+        )
 
 
-def pack_floor(seq: int) -> bytes:
-    return _Q.pack(seq)
+class DeadLetters:
+    """A channel's dead letters (``dlq``): (attempts, record) by dead-letter seq."""
+
+    def __init__(self, store: Store) -> None:
+        self._s = store
+
+    def put(self, channel_id: int, seq: int, attempts: int, record: bytes) -> Write:
+        return _put(sc.DLQ, sc.seq_key(channel_id, seq), sc.pack_dlq(attempts, record))
+
+    def put_many(self, channel_id: int, items: Iterable[tuple[int, int, bytes]]) -> Write:
+        """(seq, attempts, record) of several dead letters."""
+        return _Puts([(sc.DLQ, sc.seq_key(channel_id, q), sc.pack_dlq(a, r)) for q, a, r in items])
+
+    def delete(self, channel_id: int, seq: int) -> Write:
+        return _delete(sc.DLQ, sc.seq_key(channel_id, seq))
+
+    def scan(self, channel_id: int) -> list[tuple[int, int, bytes]]:
+        """(seq, attempts, record) of every dead letter, oldest first."""
+        out = []
+        for k, v in self._s._scan(sc.DLQ, sc.id_prefix(channel_id)):
+            attempts, rec = sc.unpack_dlq(v)
+            out.append((sc.unpack_seq_key(k)[1], attempts, rec))
+        return out
 
 
-def pack_state(attempts: int, due_ns: int) -> bytes:
-    return _STATE.pack(attempts, due_ns)
+@dataclass
+class StandbyImage:
+    """Everything ``StandbyCopies.load`` finds, for the pair's in-memory index."""
+
+    partner_id: str = ""
+    taken: dict[str, int] = field(default_factory=dict)
+    held: dict[str, tuple[int, int]] = field(default_factory=dict)  # topic -> (first, last)
+    floors: dict[tuple[str, str], int] = field(default_factory=dict)
+    finished: list[tuple[str, str, int]] = field(default_factory=list)
+    states: list[tuple[str, str, int, tuple[int, int]]] = field(default_factory=list)
 
 
-def unpack_state(value: bytes) -> tuple[int, int]:
-    a, d = _STATE.unpack(value)
-    return int(a), int(d)
+class StandbyCopies:
+    """The partner's records (``sb_msgs``) and progress (``sb_floors``, ``sb_fins``,
+    ``sb_states``) held here, and the pair's bookkeeping (``sb_meta``)."""
+
+    def __init__(self, store: Store) -> None:
+        self._s = store
+
+    # writes
+    def append(self, topic: str, seq: int, records: list[bytes], *, index: bool) -> Write:
+        return _StandbyAppend(topic, seq, records, index)
+
+    def index_ids(self, ids: list[bytes]) -> Write:
+        """Copies the owner confirmed: their ids count as stored (idempotency)."""
+        return _IndexIds(ids)
+
+    def put_floor(self, topic: str, channel: str, floor: int) -> Write:
+        return _put(sc.SB_FLOORS, sc.sb_channel_key(topic, channel), sc.pack_q(floor))
+
+    def put_finished(self, topic: str, channel: str, seq: int) -> Write:
+        return _put(sc.SB_FINS, sc.sb_fin_key(topic, channel, seq), b"")
+
+    def forget_finished(self, topic: str, channel: str, seq: int) -> Write:
+        return _delete(sc.SB_FINS, sc.sb_fin_key(topic, channel, seq))
+
+    def put_state(self, topic: str, channel: str, seq: int, attempts: int, due_ns: int) -> Write:
+        return _put(
+            sc.SB_STATES, sc.sb_fin_key(topic, channel, seq), sc.pack_state(attempts, due_ns)
+        )
+
+    def forget_state(self, topic: str, channel: str, seq: int) -> Write:
+        return _delete(sc.SB_STATES, sc.sb_fin_key(topic, channel, seq))
+
+    def drop_channel(self, topic: str, channel: str) -> Write:
+        key = sc.sb_channel_key(topic, channel)
+        return _Many(
+            [
+                _delete(sc.SB_FLOORS, key),
+                _drop(sc.SB_FINS, key + b"\0"),
+                _drop(sc.SB_STATES, key + b"\0"),
+            ]
+        )
+
+    def trim(self, topic: str, lo: int, hi: int) -> Write:
+        """Delete the copies with lo <= seq < hi (finished on every partner channel)."""
+        return _DeleteRange(sc.SB_MSGS, sc.sb_msg_key(topic, lo), sc.sb_msg_key(topic, hi))
+
+    def drop_topic(self, topic: str) -> Write:
+        prefix = sc.sb_topic_prefix(topic)
+        return _Many(
+            [_drop(db, prefix) for db in (sc.SB_MSGS, sc.SB_FLOORS, sc.SB_FINS, sc.SB_STATES)]
+        )
+
+    def drop_all(self) -> Write:
+        """Forget every copy (the partner is a new store): keeps only ``partner``."""
+        return _Many(
+            [_drop(db, b"") for db in (sc.SB_MSGS, sc.SB_FLOORS, sc.SB_FINS, sc.SB_STATES)]
+            + [_drop(sc.SB_META, sc.TAKEN)]
+        )
+
+    def set_partner(self, partner_id: str) -> Write:
+        return _put(sc.SB_META, sc.PARTNER, partner_id.encode())
+
+    def set_taken(self, topic: str, upto: int) -> Write:
+        """Every seq of the partner's ``topic`` below ``upto`` was taken over here."""
+        return _put(sc.SB_META, sc.taken_key(topic), sc.pack_q(upto))
+
+    # reads
+    def read(self, topic: str, lo: int, hi: int) -> list[tuple[int, bytes]]:
+        """(seq, record) of the copies with lo <= seq < hi."""
+        s = self._s
+        prefix = sc.sb_topic_prefix(topic)
+        end = sc.sb_msg_key(topic, hi)
+        rows: list[tuple[int, bytes]] = []
+        with s.env.begin(buffers=False) as txn:
+            cur = txn.cursor(db=s.dbs[sc.SB_MSGS])
+            if cur.set_range(sc.sb_msg_key(topic, lo)):
+                for k, v in cur:
+                    if not k.startswith(prefix) or len(k) != len(prefix) + 8 or k >= end:
+                        break
+                    rows.append((sc.unpack_q(k[-8:]), v))
+        return rows
+
+    def load(self) -> StandbyImage:
+        s = self._s
+        img = StandbyImage()
+        pid = s._get(sc.SB_META, sc.PARTNER)
+        img.partner_id = pid.decode() if pid else ""
+        for k, v in s._scan(sc.SB_META, sc.TAKEN):
+            img.taken[k[len(sc.TAKEN) :].decode()] = sc.unpack_q(v)
+        with s.env.begin() as txn:
+            cur = txn.cursor(db=s.dbs[sc.SB_MSGS])
+            ok = cur.first()
+            while ok:
+                k = bytes(cur.key())
+                name, first = sc.split_sb_msg_key(k)
+                if cur.set_range(k[:-8] + b"\xff" * 8):
+                    ok = cur.prev()
+                else:
+                    ok = cur.last()
+                last = sc.split_sb_msg_key(bytes(cur.key()))[1]
+                img.held[name] = (first, last)
+                ok = cur.set_range(k[:-9] + b"\x01")
+        for k, v in s._scan(sc.SB_FLOORS, b""):
+            img.floors[sc.split_sb_channel_key(k)] = sc.unpack_q(v)
+        for k, _v in s._scan(sc.SB_FINS, b""):
+            img.finished.append(sc.split_sb_fin_key(k))
+        for k, v in s._scan(sc.SB_STATES, b""):
+            t, c, q = sc.split_sb_fin_key(k)
+            img.states.append((t, c, q, sc.unpack_state(v)))
+        return img
 
 
-def pack_dlq(attempts: int, record: bytes) -> bytes:
-    return _I.pack(attempts) + record
+class NodeMeta:
+    """This data dir's identity and small settings (``meta``)."""
 
+    def __init__(self, store: Store) -> None:
+        self._s = store
 
-def unpack_dlq(value: bytes) -> tuple[int, bytes]:
-    return int(_I.unpack_from(value)[0]), bytes(value[4:])
+    def node_id(self) -> str:
+        """This node's stable id, created at first start and kept in the store."""
+        s = self._s
+        with s.env.begin(write=True) as txn:
+            value = txn.get(sc.NODE_ID, db=s.dbs[sc.META])
+            if value is None:
+                value = uuid.uuid4().hex[:16].encode()
+                txn.put(sc.NODE_ID, value, db=s.dbs[sc.META])
+        return bytes(value).decode()
 
+    def epoch(self) -> int:
+        raw = self._s._get(sc.META, sc.EPOCH)
+        return sc.unpack_q(raw) if raw else 0
 
-def prefix(ident: int) -> bytes:
-    return _I.pack(ident)
+    def put_epoch(self, epoch: int) -> Write:
+        return _put(sc.META, sc.EPOCH, sc.pack_q(epoch))
 
+    def hwm(self, topic_id: int) -> int:
+        raw = self._s._get(sc.META, sc.hwm_key(topic_id))
+        return sc.unpack_q(raw) if raw else 0
 
-# Standby (partner) keys.
-def sb_topic_prefix(topic: str) -> bytes:
-    return topic.encode() + b"\0"
+    def put_hwm(self, topic_id: int, hwm: int) -> Write:
+        return _put(sc.META, sc.hwm_key(topic_id), sc.pack_q(hwm))
 
+    def catalog_ready(self) -> bool:
+        """Whether this store ever had the pair's catalog (a new or wiped one has not)."""
+        return self._s._get(sc.META, sc.CATALOG_READY) is not None
 
-def sb_msg_key(topic: str, seq: int) -> bytes:
-    return topic.encode() + b"\0" + _Q.pack(seq)
-
-
-def sb_channel_key(topic: str, channel: str) -> bytes:
-    return topic.encode() + b"\0" + channel.encode()
-
-
-def sb_fin_key(topic: str, channel: str, seq: int) -> bytes:
-    return topic.encode() + b"\0" + channel.encode() + b"\0" + _Q.pack(seq)
-
-
-def unpack_q(value: bytes) -> int:
-    return int(_Q.unpack(value)[0])
-
-
-def pack_q(value: int) -> bytes:
-    return _Q.pack(value)
-
-
-def hwm_key(topic_id: int) -> bytes:
-    return b"hwm:" + _I.pack(topic_id)
+    def put_catalog_ready(self) -> Write:
+        return _put(sc.META, sc.CATALOG_READY, b"1")

@@ -5,12 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from typing import TYPE_CHECKING
 
 from pairq.v1 import broker_pb2
-
-if TYPE_CHECKING:
-    from pairq.broker.channel import Channel
 
 _ids = itertools.count(1)
 
@@ -28,7 +24,6 @@ class Terminate:
 class Subscriber:
     def __init__(
         self,
-        channel: Channel,
         *,
         client_id: str,
         hostname: str,
@@ -38,7 +33,6 @@ class Subscriber:
         heartbeat_interval: float,
     ) -> None:
         self.cid = next(_ids)
-        self.channel = channel
         self.client_id = client_id
         self.hostname = hostname
         self.user_agent = user_agent

@@ -1,11 +1,16 @@
 """A topic: an append-only log of messages (stored once) fanned out to its channels.
 
-Publishing reserves consecutive seqs, appends the records through the store's
-group commit, and only after the commit hands them to every channel, in seq
-order, so nothing is delivered before it is durable. A topic with no channel
-keeps everything it receives; its first channel starts at the oldest retained
+Publishing (``publishing.py``) reserves consecutive seqs here, appends the
+records to the topic's log and hands them back through ``settle`` once they
+are durable; the topic then gives them to every channel, in seq order, so
+nothing is delivered before it is durable. A topic with no channel keeps
+everything it receives; its first channel starts at the oldest retained
 message, later channels at the head (NSQ semantics). Bodies below the lowest
 floor of the durable channels are deleted in the background.
+
+A topic is given a ``ports.Context`` (the store, the pair's ``Replicator``,
+limits, the id allocator, a topology callback), never the broker; its log is
+durable or, for an ephemeral topic, the in-memory twin (``logs.py``).
 """
 
 from __future__ import annotations
@@ -13,16 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
 
-from pairq.broker import store as st
 from pairq.broker.channel import Channel, decode_records
-from pairq.errors import PairqError, UnavailableError
+from pairq.broker.logs import ChannelLog, DurableTopicLog, MemoryTopicLog, TopicLog
+from pairq.broker.ports import SOLO, Context, Replicator
+from pairq.broker.schema import ChannelMeta, TopicMeta
+from pairq.broker.store import Write
+from pairq.errors import PairqError
 from pairq.names import is_ephemeral
 from pairq.v1 import broker_pb2
-
-if TYPE_CHECKING:
-    from pairq.broker.broker import Broker
 
 log = logging.getLogger("pairq.topic")
 
@@ -30,11 +34,16 @@ GC_DELAY = 0.2  # seconds: batch body deletions
 
 
 class Topic:
-    def __init__(self, broker: Broker, meta: st.TopicMeta) -> None:
-        self.broker = broker
+    def __init__(self, ctx: Context, meta: TopicMeta) -> None:
+        self.ctx = ctx
         self.meta = meta
         self.name = meta.name
         self.ephemeral = is_ephemeral(meta.name)
+        self.log: TopicLog = (
+            MemoryTopicLog() if self.ephemeral else DurableTopicLog(ctx.store, meta.id)
+        )
+        # Ephemeral topics are never replicated.
+        self.replicator: Replicator = SOLO if self.ephemeral else ctx.replicator
         self.paused = meta.paused
         self.channels: dict[str, Channel] = {}
         self.next_seq = meta.next_seq  # next seq to reserve
@@ -53,126 +62,62 @@ class Topic:
         self.dropped = 0
         self.deleted = False
         # Ephemeral topic with no channel yet: hold messages in memory (bounded).
-        self._mem: deque[tuple[int, bytes]] = deque(maxlen=broker.options.max_backlog)
+        self._mem: deque[tuple[int, bytes]] = deque(maxlen=ctx.limits.max_backlog)
         self._gc_handle: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ publish
-    async def publish(self, records: list[bytes]) -> tuple[int, int]:
-        """Store ``records`` durably (here and, in a pair, on the partner), then fan
-        them out. Returns (first seq, durable copies)."""
+    def check_open(self) -> None:
         if self.deleted:
             raise PairqError(f"topic {self.name!r} was deleted", code=broker_pb2.ERROR_CODE_DELETED)
-        n = len(records)
-        if self.ephemeral:
-            seq0 = self.next_seq
-            self.next_seq += n
-            self._complete(seq0, n, records)
-            return seq0, 0
-        pair = self.broker.pair
-        if pair is not None:
-            pair.check_accepting()
+
+    def reserve(self, n: int) -> int:
+        """The first of ``n`` consecutive seqs for records about to be appended; every
+        reserved range must come back through ``settle``."""
+        self.check_open()
         seq0 = self.next_seq
         self.next_seq += n
-        fut = self.broker.store.submit(("append", self.meta.id, seq0, records))
-        assert fut is not None
-        # The partner gets the records at once, in parallel with our commit (the
-        # pair's latency is then the slower of the two fsyncs, not their sum),
-        # marked uncommitted: it keeps them but does not count their ids as
-        # stored until we confirm our commit (pair.StandbyStore explains why:
-        # a crash or a failed commit here would otherwise leave an orphan copy
-        # that an idempotent retry to the partner took for a stored message).
-        #
-        # The outcome (fan-out, or a gap for a failed append) follows the commits
-        # through callbacks, not the caller: a cancelled RPC must not turn a
-        # committed record into a gap. Callbacks also spare a task and a loop
-        # turn per publish.
-        remote = (
-            pair.replicate(self.name, seq0, records, uncommitted=True) if pair is not None else None
-        )
-        result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        local_ok = False  # set once the local commit is done
-        settled = False  # fanned out (exactly once, whatever became of the caller)
+        return seq0
 
-        def settle() -> None:
-            nonlocal settled
-            if not local_ok or (remote is not None and not remote.done()) or settled:
-                return
-            settled = True
-            if remote is None:
-                copies = 1
-            else:
-                copies = 2 if not remote.cancelled() and remote.exception() is None else 1
-            # Even when the caller is gone (a cancelled RPC cancels ``result``): a
-            # committed record skipped here would hold committed_seq, and with it
-            # every later fan-out and the partner's catch-up, forever.
-            self._complete(seq0, n, records)
-            if not result.done():
-                result.set_result(copies)
+    def settle(self, seq0: int, n: int, records: list[bytes] | None) -> None:
+        """Reserved seqs [seq0, seq0 + n) are committed (``records``) or failed (None):
+        fan them out, strictly in seq order."""
+        self._complete(seq0, n, records)
 
-        def on_local(f: asyncio.Future[Any]) -> None:
-            nonlocal local_ok
-            exc = BaseException("cancelled") if f.cancelled() else f.exception()
-            if exc is not None:
-                self._complete(seq0, n, None)
-                if not result.done():
-                    result.set_exception(exc)
-                return
-            if remote is not None and pair is not None:
-                pair.committed(self.name, seq0, n)
-            local_ok = True
-            settle()
-
-        def on_remote(f: asyncio.Future[None]) -> None:
-            if not f.cancelled():
-                f.exception()  # retrieved (settle reads the outcome)
-            settle()
-
-        fut.add_done_callback(on_local)
-        if remote is not None:
-            remote.add_done_callback(on_remote)
-        copies = await result
-        if pair is not None and pair.min_copies >= 2 and copies < 2:
-            # Stored here (and delivered), but not acknowledged: the producer
-            # retries with the same id and idempotency/de-duplication absorb it.
-            raise UnavailableError(
-                f"partner {pair.partner_address} did not acknowledge the copy "
-                "(--min-copies=2 requires 2 durable copies); retry"
-            )
-        return seq0, copies
+    def raise_hwm(self, top: int, step: int) -> Write | None:
+        """Seqs below ``top`` are about to reach the partner: the write that moves the
+        persisted high-water mark past them (None if it already is)."""
+        if top <= self.hwm or self.ephemeral:
+            return None
+        self.hwm = top + step
+        return self.ctx.store.meta.put_hwm(self.meta.id, self.hwm)
 
     async def append_owned(
         self,
         records: list[bytes],
         *,
-        extra_ops: list[st.Op],
+        extra: list[Write],
         finished_for: dict[str, list[int]],
         states_for: dict[str, dict[int, tuple[int, int]]] | None = None,
     ) -> None:
-        """Append taken-over records as owned (one transaction with ``extra_ops``).
+        """Append taken-over records as owned, in one transaction with ``extra``.
 
         ``finished_for`` maps channel name -> indexes into ``records`` that the
-        channel had already finished on the partner.
+        channel had already finished on the partner; ``states_for`` channel name ->
+        index -> the partner's requeue state (attempts, due time).
         """
+        assert not self.ephemeral, "ephemeral topics are never replicated"
         n = len(records)
         seq0 = self.next_seq
         self.next_seq += n
-        ops: list[st.Op] = [("append", self.meta.id, seq0, records)] if records else []
-        # Requeue state (attempts, due time) from the partner, under the new seqs.
+        store = self.ctx.store
+        writes: list[Write] = [store.log.append(self.meta.id, seq0, records)] if records else []
         for name, states in (states_for or {}).items():
             ch = self.channels.get(name)
-            if ch is None or not ch.durable:
-                continue
-            for idx, (attempts, due_ns) in states.items():
-                ch.states[seq0 + idx] = (attempts, due_ns)
-                ops.append(
-                    (
-                        "put",
-                        st.STATES,
-                        st.seq_key(ch.meta.id, seq0 + idx),
-                        st.pack_state(attempts, due_ns),
-                    )
-                )
-        fut = self.broker.store.submit_many(ops + extra_ops)
+            if ch is not None:
+                w = ch.adopt_states({seq0 + idx: state for idx, state in states.items()})
+                if w is not None:
+                    writes.append(w)
+        fut = store.commit(*writes, *extra)
         try:
             await asyncio.shield(fut)
         except asyncio.CancelledError:
@@ -190,9 +135,8 @@ class Topic:
             if ch is not None:
                 ch.mark_finished_seqs([seq0 + i for i in idxs])
         self._complete(seq0, n, records)
-        pair = self.broker.pair
-        if pair is not None and records:
-            remote = pair.replicate(self.name, seq0, records)
+        if records:
+            remote = self.replicator.replicate(self.name, seq0, records)
             if remote is not None:  # nobody waits: a lost session re-sends them from the log
                 remote.add_done_callback(lambda f: f.cancelled() or f.exception())
 
@@ -226,7 +170,7 @@ class Topic:
             return
         self.message_count += n
         if not self.channels:
-            if self.ephemeral:
+            if not self.log.retains:
                 self._mem.extend(zip(range(seq0, seq0 + n), records, strict=True))
             return
         decoded = decode_records(records)
@@ -253,56 +197,58 @@ class Topic:
                 f"channel {name!r} of topic {self.name!r} does not exist",
                 code=broker_pb2.ERROR_CODE_NOT_FOUND,
             )
-        pair = self.broker.pair
-        durable = not is_ephemeral(name) and not self.ephemeral
-        if pair is not None and durable and not from_partner:
-            pair.check_catalog()
-        if len(self.channels) >= self.broker.options.max_channels:
+        ephemeral = is_ephemeral(name)
+        durable = not ephemeral and not self.ephemeral
+        replicator = self.replicator if durable else SOLO
+        if not from_partner:
+            replicator.check_catalog()
+        limit = self.ctx.limits.max_channels
+        if len(self.channels) >= limit:
             raise PairqError(
                 f"topic {self.name!r} already has {len(self.channels)} channels "
-                f"(--max-channels={self.broker.options.max_channels})",
+                f"(--max-channels={limit})",
                 code=broker_pb2.ERROR_CODE_TOO_MANY,
             )
         first = not self.channels
         start = self.first_seq if first else self.committed_seq
-        meta = st.ChannelMeta(id=self.broker.alloc_channel_id(), name=name, floor=start)
-        ephemeral = is_ephemeral(name)
-        if not ephemeral and not self.ephemeral:
-            fut = self.broker.store.submit_many(
-                [
-                    (
-                        "put",
-                        st.CATALOG,
-                        st.catalog_channel_key(self.meta.id, name),
-                        st.pack_catalog(meta.id, False),
-                    ),
-                    ("put", st.FLOORS, st.floor_key(meta.id), st.pack_floor(start)),
-                    ("put", st.META, b"ids", self.broker.packed_ids()),
-                ]
-            )
-            await fut
+        meta = ChannelMeta(id=self.ctx.ids.channel(), name=name, floor=start)
+        clog = self.log.channel_log(meta.id, ephemeral=ephemeral)
+        if clog.durable:
+            await self._persist(self.log.created_channel(name, meta.id, start, self.ctx.ids))
             existing = self.channels.get(name)
             if existing is not None:  # created concurrently
                 return existing
             start = self.first_seq if not self.channels else start
             meta.floor = start
-        ch = Channel(self, meta, ephemeral=ephemeral)
+        ch = self._new_channel(meta, clog, ephemeral=ephemeral)
         self.channels[name] = ch
-        self.broker.topology_changed()
-        if self.ephemeral and first and self._mem:
+        self.ctx.topology_changed()
+        if first and self._mem:
             for seq, rec in list(self._mem):
                 ch.read_pos = seq
                 ch.offer(seq, decode_records([rec]))
             self._mem.clear()
-        if pair is not None and ch.durable:
-            pair.progress(self.name, name, ch.floor, [])
+        if clog.durable:
+            replicator.progress(self.name, name, ch.floor, [])
             if not from_partner:
-                await pair.wait_replicated()
+                await replicator.wait_replicated()
         ch.schedule_pump()
         return ch
 
-    def add_loaded_channel(self, meta: st.ChannelMeta) -> Channel:
-        ch = Channel(self, meta, ephemeral=False)
+    def _new_channel(self, meta: ChannelMeta, clog: ChannelLog, *, ephemeral: bool) -> Channel:
+        return Channel(
+            self,
+            meta,
+            log=self.log,
+            progress=clog,
+            replicator=self.replicator if clog.durable else SOLO,
+            ctx=self.ctx,
+            ephemeral=ephemeral,
+        )
+
+    def add_loaded_channel(self, meta: ChannelMeta) -> Channel:
+        clog = self.log.channel_log(meta.id, ephemeral=False)
+        ch = self._new_channel(meta, clog, ephemeral=False)
         self.channels[meta.name] = ch
         if self.gap[1] > self.gap[0]:
             ch.skip_gap(*self.gap)
@@ -312,30 +258,42 @@ class Topic:
         ch = self.channels.pop(name, None)
         if ch is None:
             return
-        self.broker.topology_changed()
+        self.ctx.topology_changed()
         ch.close("channel deleted")
-        if self.broker.pair is not None and ch.durable:
-            self.broker.pair.channel_deleted(self.name, name)
         if ch.durable:
-            cid = ch.meta.id
-            self.broker.store.submit(
-                (
-                    "multi",
-                    [
-                        ("del", st.CATALOG, st.catalog_channel_key(self.meta.id, name)),
-                        ("del", st.FLOORS, st.floor_key(cid)),
-                        ("drop", st.FINS, st.prefix(cid)),
-                        ("drop", st.STATES, st.prefix(cid)),
-                        ("drop", st.DLQ, st.prefix(cid)),
-                    ],
-                ),
-                wait=False,
-            )
+            ch.replicator.channel_deleted(self.name, name)
+        self.log.post(*self.log.deleted_channel(name, ch.meta.id) if ch.durable else ())
         self.on_floor_advanced()
+
+    async def set_channel_paused(self, ch: Channel, paused: bool) -> None:
+        ch.meta.paused = paused
+        if paused:
+            ch.pause()
+        elif not self.paused:
+            ch.unpause()
+        if ch.durable:
+            await self._persist(self.log.channel_paused(ch.name, ch.meta.id, paused))
+
+    async def _persist(self, writes: list[Write]) -> None:
+        fut = self.log.commit(*writes)
+        if fut is not None:
+            await fut
+
+    def deletion(self) -> list[Write]:
+        """The writes that remove this topic's records and channels from the store."""
+        if self.ephemeral:
+            return []
+        store = self.ctx.store
+        writes = [
+            store.catalog.delete_topic(self.name, self.meta.id),
+            store.log.drop_topic(self.meta.id),
+        ]
+        writes += [store.progress.drop(ch.meta.id) for ch in self.channels.values()]
+        return writes
 
     # ------------------------------------------------------------ cleanup
     def on_floor_advanced(self) -> None:
-        if self._gc_handle is None and not self.ephemeral and not self.deleted:
+        if self._gc_handle is None and self.log.retains and not self.deleted:
             self._gc_handle = asyncio.get_running_loop().call_later(GC_DELAY, self._gc)
 
     def _gc(self) -> None:
@@ -347,7 +305,7 @@ class Topic:
             return
         low = min(floors)
         if low > self.first_seq:
-            self.broker.store.submit(("gc", self.meta.id, self.first_seq, low), wait=False)
+            self.log.trim(self.first_seq, low)
             self.first_seq = low
 
     # ------------------------------------------------------------ admin
@@ -366,10 +324,8 @@ class Topic:
         for ch in self.channels.values():
             ch.empty()
         self._mem.clear()
-        if not self.ephemeral and self.committed_seq > self.first_seq:
-            self.broker.store.submit(
-                ("gc", self.meta.id, self.first_seq, self.committed_seq), wait=False
-            )
+        if self.log.retains and self.committed_seq > self.first_seq:
+            self.log.trim(self.first_seq, self.committed_seq)
             self.first_seq = self.committed_seq
 
     def close(self, reason: str) -> None:
@@ -381,7 +337,7 @@ class Topic:
 
     @property
     def depth(self) -> int:
-        if self.ephemeral:
+        if not self.log.retains:
             return len(self._mem)
         # Messages some durable channel has not finished (all retained ones while the
         # topic has no channel), less the seqs a restart skipped.

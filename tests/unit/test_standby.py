@@ -34,9 +34,11 @@ async def test_uncommitted_ids_are_indexed_only_when_confirmed(tmp_path: Path) -
         sb = StandbyStore(store)
         ids = [os.urandom(16) for _ in range(3)]
         ops, confirmed = sb.apply_batch(_batch("t", 10, ids))
-        assert confirmed == [] and ops[0][0] == "sb_append" and ops[0][4] is False
-        await store.submit_many(ops)
-        assert store.known_ids(ids) == set()
+        assert confirmed == []
+        await store.commit(*ops)
+        # Stored as standby copies, but their ids are not indexed yet.
+        assert [seq for seq, _ in store.standby.read("t", 0, 100)] == [10, 11, 12]
+        assert store.log.known_ids(ids) == set()
         assert sb.unconfirmed_ids == set(ids)
         # Confirming two of them indexes exactly those, once their batch commits.
         ops, confirmed = sb.apply_batch(
@@ -47,16 +49,16 @@ async def test_uncommitted_ids_are_indexed_only_when_confirmed(tmp_path: Path) -
         assert confirmed == ids[:2]
         waiter = asyncio.ensure_future(sb.wait_confirmed(ids[:2], timeout=5))
         await asyncio.sleep(0)
-        fut = store.submit_many(ops)
+        fut = store.commit(*ops)
         sb.confirm_after(fut, confirmed)
         assert await waiter == set(ids[:2])
-        assert store.known_ids(ids) == set(ids[:2])
+        assert store.log.known_ids(ids) == set(ids[:2])
         assert sb.unconfirmed_ids == {ids[2]}
         # Committed appends (catch-up) are indexed at once.
         done = [os.urandom(16)]
         ops, _ = sb.apply_batch(_batch("t", 13, done, uncommitted=False))
-        await store.submit_many(ops)
-        assert store.known_ids(done) == set(done)
+        await store.commit(*ops)
+        assert store.log.known_ids(done) == set(done)
     finally:
         store.close()
 

@@ -63,24 +63,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
-from pairq.broker import store as st
 from pairq.broker.pair import core as pc
 from pairq.broker.pair.link import FramedLink
 from pairq.broker.pair.receiver import Receiver
 from pairq.broker.pair.sender import Sender
 from pairq.broker.pair.standby import StandbyStore, validate_batch
-from pairq.broker.pair.state import PairState
+from pairq.broker.pair.state import PairHost, PairState
 from pairq.broker.pair.takeover import Takeover
 from pairq.errors import PairqError, UnavailableError
 from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import replication_pb2 as rpb
-
-if TYPE_CHECKING:
-    from pairq.broker.broker import Broker
 
 __all__ = ["Pair", "StandbyStore", "validate_batch"]
 
@@ -90,7 +86,7 @@ log = logging.getLogger("pairq.pair")
 class Pair:
     """Both directions of one broker's pair link, its lease and takeover."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: PairHost) -> None:
         self.broker = broker
         self.state = s = PairState(broker)
         self.sender = Sender(s)
@@ -137,7 +133,7 @@ class Pair:
     def load(self) -> None:
         self.standby.load()
         # A store that never had the pair's catalog (new, or wiped) waits for it.
-        self.core.catalog_ready = self.broker.store.get(st.META, b"catalog") is not None
+        self.core.catalog_ready = self.broker.store.meta.catalog_ready()
         if self.core.catalog_ready:
             self.catalog_event.set()
 
@@ -227,7 +223,13 @@ class Pair:
                 code=pb.ERROR_CODE_UNAVAILABLE,
             )
 
-    def check_accepting(self) -> None:
+    def copies(self) -> int:
+        """Durable copies a publish gets now: 2 while our stream to the partner is up."""
+        return 2 if self.connected else 1
+
+    def check_publishable(self) -> None:
+        """Refuse a durable publish that cannot get the copies it needs (a new store
+        without the catalog; the partner unreachable under --min-copies=2)."""
         self.check_catalog()
         if self.min_copies >= 2 and not self.connected:
             raise PairqError(
@@ -242,6 +244,14 @@ class Pair:
         """Queue records for the partner; the future resolves on its acknowledgement
         (None while disconnected). See ``Sender.replicate``."""
         return self.sender.replicate(topic, seq0, records, uncommitted=uncommitted)
+
+    def unconfirmed(self, ids: list[bytes]) -> list[bytes]:
+        """Of ``ids``, those held only as the partner's unconfirmed copies (StandbyStore)."""
+        pending = self.standby.unconfirmed_ids
+        return [i for i in ids if i in pending] if pending else []
+
+    async def wait_confirmed(self, ids: list[bytes], timeout: float) -> set[bytes]:
+        return await self.standby.wait_confirmed(ids, timeout)
 
     def committed(self, topic: str, seq0: int, n: int) -> None:
         """Records sent ``uncommitted`` are now durable here (``Sender.committed``)."""

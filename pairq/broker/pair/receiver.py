@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from pairq import grpcopts
-from pairq.broker import store as st
 from pairq.broker.pair import core as pc
 from pairq.broker.pair.link import TOKEN_BYTES, FramedLink, LinkError, ReplicaLink, read_token
 from pairq.broker.pair.refill import RefillLog
@@ -217,7 +216,7 @@ class Receiver:
                 if req.batch.progress or req.batch.catalog:
                     # Channels are pair state: adopt the partner's before acknowledging.
                     await self._adopt_channels(req.batch)
-                fut = self.broker.store.submit_many(ops) if ops else self.broker.store.barrier()
+                fut = self.broker.store.commit(*ops) if ops else self.broker.store.barrier()
                 self._s.standby.confirm_after(fut, confirmed)
                 if tcp_acks is not None:
                     # On TCP the ack goes out from the commit's callback: no task
@@ -323,7 +322,7 @@ class Receiver:
                         exc,
                     )
         if batch.catalog and not self._s.core.catalog_ready:
-            await broker.store.submit_many([("put", st.META, b"catalog", b"1")])
+            await broker.store.commit(broker.store.meta.put_catalog_ready())
             self._s.core.on_catalog(time.monotonic())
             self._s.catalog_event.set()
             log.info(
@@ -395,15 +394,10 @@ class Receiver:
         fut.set_result(link)
 
     async def _reset_standby(self, node_id: str) -> None:
-        ops: list[st.Op] = [("put", st.SB_META, b"partner", node_id.encode())]
+        copies = self.broker.store.standby
+        writes = [copies.set_partner(node_id)]
         if self._s.standby.partner_id and self._s.standby.partner_id != node_id:
-            ops += [
-                ("drop", st.SB_MSGS, b""),
-                ("drop", st.SB_FLOORS, b""),
-                ("drop", st.SB_FINS, b""),
-                ("drop", st.SB_STATES, b""),
-                ("drop", st.SB_META, b"taken:"),
-            ]
+            writes.append(copies.drop_all())
             self._s.standby.topics.clear()
         self._s.standby.partner_id = node_id
-        await self.broker.store.submit_many(ops)
+        await self.broker.store.commit(*writes)

@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 
 from pairq import grpcopts
-from pairq.broker import store as st
 from pairq.broker.pair import core as pc
 from pairq.broker.pair.link import TOKEN_BYTES, FramedLink, ReplicaLink
 from pairq.broker.pair.refill import RefillLog
 from pairq.broker.pair.standby import MAX_BATCH_RECORDS
+from pairq.broker.store import Write
 from pairq.errors import UnavailableError
 from pairq.options import parse_hostport
 from pairq.v1 import replication_pb2 as rpb
@@ -445,11 +445,10 @@ class Sender:
                 self.unacked_msgs += live_from - start
             for ch in topic.channels.values():
                 if ch.durable:
+                    floor, finished, states = ch.progress_snapshot()
                     catalog.append(
                         _progress_msg(
-                            topic.name,
-                            ch.name,
-                            _Progress(ch.floor, set(ch.fin_mem), False, dict(ch.states)),
+                            topic.name, ch.name, _Progress(floor, finished, False, dict(states))
                         )
                     )
         self._catalog = catalog
@@ -488,9 +487,7 @@ class Sender:
                     await asyncio.sleep(0.001)  # reserved before we connected, still committing
                     continue
                 top = min(end, topic.committed_seq)
-                rows = self.broker.store.read_msgs(
-                    topic.meta.id, pos, top, CATCHUP_CHUNK, max_bytes=MAX_BATCH_BYTES
-                )
+                rows = topic.log.read(pos, top, CATCHUP_CHUNK, max_bytes=MAX_BATCH_BYTES)
                 if not rows:
                     self.unacked_msgs = max(0, self.unacked_msgs - (top - pos))
                     remaining -= top - pos
@@ -572,15 +569,15 @@ class Sender:
         span: int | None = None,
         catchup_remaining: int | None = None,
     ) -> None:
-        raise_hwm: list[st.Op] = []
+        raise_hwm: list[Write] = []
         for a in appends:
             topic = self.broker.topics.get(a.topic)
-            top = a.first_seq + len(a.records)
-            if topic is not None and top > topic.hwm:
-                topic.hwm = top + HWM_STEP
-                raise_hwm.append(("put", st.META, st.hwm_key(topic.meta.id), st.pack_q(topic.hwm)))
+            if topic is not None:
+                w = topic.raise_hwm(a.first_seq + len(a.records), HWM_STEP)
+                if w is not None:
+                    raise_hwm.append(w)
         if raise_hwm:
-            await self.broker.store.submit_many(raise_hwm)
+            await self.broker.store.commit(*raise_hwm)
         # Wait for room in the window, but never past the session's end: a reader
         # that died (the partner reset, stopped or was partitioned) ends the wait.
         if self._window.locked():

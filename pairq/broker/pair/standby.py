@@ -15,8 +15,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from pairq.broker import store as st
 from pairq.broker import wire
+from pairq.broker.store import Store, Write
 from pairq.v1 import replication_pb2 as rpb
 
 # Most records in one committed range of a replication batch (the sender merges
@@ -64,7 +64,7 @@ class StandbyStore:
     stream or a restart forgets it, which at worst stores a retry twice.
     """
 
-    def __init__(self, store: st.Store) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self.partner_id = ""
         self.topics: dict[str, StandbyTopic] = {}
@@ -75,49 +75,24 @@ class StandbyStore:
         self._waiters: dict[bytes, list[asyncio.Future[bool]]] = {}
 
     def load(self) -> None:
-        s = self.store
-        pid = s.get(st.SB_META, b"partner")
-        self.partner_id = pid.decode() if pid else ""
-        with s.env.begin() as txn:
-            cur = txn.cursor(db=s.dbs[st.SB_META])
-            if cur.set_range(b"taken:"):
-                for k, v in cur:
-                    if not k.startswith(b"taken:"):
-                        break
-                    name = bytes(k[6:]).decode()
-                    t = self.topic(name)
-                    t.taken_upto = st.unpack_q(v)
-                    t.first_seq = t.next_seq = max(t.next_seq, t.taken_upto)
-            cur = txn.cursor(db=s.dbs[st.SB_MSGS])
-            ok = cur.first()
-            while ok:
-                k = bytes(cur.key())
-                name = k[:-9].decode()
-                t = self.topic(name)
-                t.first_seq = st.unpack_q(k[-8:])
-                if cur.set_range(k[:-8] + b"\xff" * 8):
-                    ok = cur.prev()
-                else:
-                    ok = cur.last()
-                last = st.unpack_q(bytes(cur.key())[-8:])
-                t.next_seq = max(t.next_seq, last + 1)
-                if t.taken_upto > t.first_seq:
-                    t.first_seq = t.taken_upto
-                ok = cur.set_range(k[:-9] + b"\x01")
-            for k, v in txn.cursor(db=s.dbs[st.SB_FLOORS]):
-                tb, _, cb = bytes(k).partition(b"\0")
-                self.topic(tb.decode()).channels[cb.decode()] = StandbyChannel(floor=st.unpack_q(v))
-            for k, _v in txn.cursor(db=s.dbs[st.SB_FINS]):
-                kb = bytes(k)
-                tb, _, rest = kb[:-9].partition(b"\0")
-                t = self.topic(tb.decode())
-                c = t.channels.setdefault(rest.decode(), StandbyChannel())
-                c.fins.add(st.unpack_q(kb[-8:]))
-            for k, v in txn.cursor(db=s.dbs[st.SB_STATES]):
-                kb = bytes(k)
-                tb, _, rest = kb[:-9].partition(b"\0")
-                c = self.topic(tb.decode()).channels.setdefault(rest.decode(), StandbyChannel())
-                c.states[st.unpack_q(kb[-8:])] = st.unpack_state(bytes(v))
+        img = self.store.standby.load()
+        self.partner_id = img.partner_id
+        for name, upto in img.taken.items():
+            t = self.topic(name)
+            t.taken_upto = upto
+            t.first_seq = t.next_seq = max(t.next_seq, upto)
+        for name, (first, last) in img.held.items():
+            t = self.topic(name)
+            t.first_seq = first
+            t.next_seq = max(t.next_seq, last + 1)
+            if t.taken_upto > t.first_seq:
+                t.first_seq = t.taken_upto
+        for (tname, cname), floor in img.floors.items():
+            self.topic(tname).channels[cname] = StandbyChannel(floor=floor)
+        for tname, cname, seq in img.finished:
+            self.topic(tname).channels.setdefault(cname, StandbyChannel()).fins.add(seq)
+        for tname, cname, seq, state in img.states:
+            self.topic(tname).channels.setdefault(cname, StandbyChannel()).states[seq] = state
         for t in self.topics.values():
             floors = [c.floor for c in t.channels.values()]
             if floors:
@@ -203,10 +178,11 @@ class StandbyStore:
                         del self._waiters[i]
         return out
 
-    def apply_batch(self, batch: rpb.ReplicaBatch) -> tuple[list[st.Op], list[bytes]]:
+    def apply_batch(self, batch: rpb.ReplicaBatch) -> tuple[list[Write], list[bytes]]:
         """Update the index; return the store writes for one replicated batch and
         the ids it confirms (stored for idempotency once those writes commit)."""
-        ops: list[st.Op] = []
+        sb = self.store.standby
+        ops: list[Write] = []
         for a in batch.appends:
             t = self.topic(a.topic)
             n = len(a.records)
@@ -220,7 +196,7 @@ class StandbyStore:
                 recs = recs[skip:]
             if not recs:
                 continue
-            ops.append(("sb_append", a.topic, first, recs, not a.uncommitted))
+            ops.append(sb.append(a.topic, first, recs, index=not a.uncommitted))
             if a.uncommitted:
                 ids = [rec[:16] for rec in recs]
                 self.unconfirmed.setdefault(a.topic, {})[first] = ids
@@ -232,15 +208,12 @@ class StandbyStore:
         for r in batch.committed:
             confirmed += self._cut(r.topic, r.first_seq, r.first_seq + r.count)
         if confirmed:
-            ops.append(("index_ids", confirmed))
+            ops.append(sb.index_ids(confirmed))
         for p in batch.progress:
             t = self.topic(p.topic)
-            key = st.sb_channel_key(p.topic, p.channel)
             if p.deleted:
                 c = t.channels.pop(p.channel, None)
-                ops.append(("del", st.SB_FLOORS, key))
-                ops.append(("drop", st.SB_FINS, key + b"\0"))
-                ops.append(("drop", st.SB_STATES, key + b"\0"))
+                ops.append(sb.drop_channel(p.topic, p.channel))
             else:
                 c = t.channels.get(p.channel)
                 new = c is None
@@ -249,55 +222,35 @@ class StandbyStore:
                 if new or p.floor > c.floor:
                     for seq in [s for s in c.fins if s < p.floor]:
                         c.fins.discard(seq)
-                        ops.append(("del", st.SB_FINS, st.sb_fin_key(p.topic, p.channel, seq)))
+                        ops.append(sb.forget_finished(p.topic, p.channel, seq))
                     c.floor = max(c.floor, p.floor)
-                    ops.append(("put", st.SB_FLOORS, key, st.pack_q(c.floor)))
+                    ops.append(sb.put_floor(p.topic, p.channel, c.floor))
                     for seq in [s for s in c.states if s < c.floor]:
                         del c.states[seq]
-                        ops.append(("del", st.SB_STATES, st.sb_fin_key(p.topic, p.channel, seq)))
+                        ops.append(sb.forget_state(p.topic, p.channel, seq))
                 for rs in p.states:
-                    skey = st.sb_fin_key(p.topic, p.channel, rs.seq)
                     if rs.cleared or rs.seq < c.floor:
                         if c.states.pop(rs.seq, None) is not None:
-                            ops.append(("del", st.SB_STATES, skey))
+                            ops.append(sb.forget_state(p.topic, p.channel, rs.seq))
                     else:
                         c.states[rs.seq] = (rs.attempts, rs.due_ns)
-                        ops.append(
-                            ("put", st.SB_STATES, skey, st.pack_state(rs.attempts, rs.due_ns))
-                        )
+                        ops.append(sb.put_state(p.topic, p.channel, rs.seq, rs.attempts, rs.due_ns))
                 for seq in p.finished:
                     if seq >= c.floor and seq not in c.fins:
                         c.fins.add(seq)
-                        ops.append(("put", st.SB_FINS, st.sb_fin_key(p.topic, p.channel, seq), b""))
+                        ops.append(sb.put_finished(p.topic, p.channel, seq))
             low = t.min_floor()
             if low is not None and p.topic in self.unconfirmed:
                 # Below the partner's floor: never confirmed means its commit failed.
                 self._resolve(self._cut(p.topic, 0, low), False)
             if low is not None and low > t.first_seq:
-                ops.append(
-                    (
-                        "range_del",
-                        st.SB_MSGS,
-                        st.sb_msg_key(p.topic, t.first_seq),
-                        st.sb_msg_key(p.topic, low),
-                    )
-                )
+                ops.append(sb.trim(p.topic, t.first_seq, low))
                 t.first_seq = low
         for name in batch.deleted_topics:
-            ops.extend(self.drop_topic_ops(name))
+            ops.append(sb.drop_topic(name))
             self.topics.pop(name, None)
             self.forget_unconfirmed(name)
         return ops, confirmed
-
-    @staticmethod
-    def drop_topic_ops(name: str) -> list[st.Op]:
-        prefix = st.sb_topic_prefix(name)
-        return [
-            ("drop", st.SB_MSGS, prefix),
-            ("drop", st.SB_FLOORS, prefix),
-            ("drop", st.SB_FINS, prefix),
-            ("drop", st.SB_STATES, prefix),
-        ]
 
     def holdings(self) -> list[rpb.ReplicaHolding]:
         return [

@@ -11,13 +11,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from pairq.broker.options import BrokerOptions
 from pairq.broker.pair import core as pc
 from pairq.broker.pair.standby import StandbyStore
-
-if TYPE_CHECKING:
-    from pairq.broker.broker import Broker
+from pairq.broker.store import Store
+from pairq.broker.topic import Topic
 
 log = logging.getLogger("pairq.pair")
 
@@ -26,11 +26,36 @@ log = logging.getLogger("pairq.pair")
 STARTUP_GRACE_LEASES = 4
 
 
+class PairHost(Protocol):
+    """What the pair asks of its broker."""
+
+    options: BrokerOptions
+    store: Store
+    store_id: str
+    address: str
+    topics: dict[str, Topic]
+
+    @property
+    def epoch(self) -> int: ...
+
+    async def get_topic(
+        self, name: str, *, create: bool = True, from_partner: bool = False
+    ) -> Topic: ...
+
+    def next_epoch(self) -> asyncio.Future[None]:
+        """Move to the next ownership epoch; resolves once it is durable."""
+        ...
+
+    def on_lease_renewed(self) -> None:
+        """Delivery may go on: pump every channel."""
+        ...
+
+
 class PairState:
     """The pair's settings, its ``PairCore``, its ``StandbyStore`` and the delivery
     fence (``fence``, new epochs), shared by every part of the pair."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: PairHost) -> None:
         self.broker = broker
         o = broker.options
         self.name = o.pair

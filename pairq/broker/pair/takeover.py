@@ -19,14 +19,12 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from pairq.broker import store as st
 from pairq.broker.pair import core as pc
 from pairq.broker.pair.link import FramedLink
 from pairq.broker.pair.standby import StandbyStore, StandbyTopic
 
 if TYPE_CHECKING:
-    from pairq.broker.broker import Broker
-    from pairq.broker.pair.state import PairState
+    from pairq.broker.pair.state import PairHost, PairState
 
 log = logging.getLogger("pairq.pair")
 
@@ -113,7 +111,7 @@ class Takeover:
         )
 
 
-async def _take_over_topic(broker: Broker, standby: StandbyStore, sb: StandbyTopic) -> int:
+async def _take_over_topic(broker: PairHost, standby: StandbyStore, sb: StandbyTopic) -> int:
     """Append the unfinished standby copies of one topic to our log; how many."""
     start = max(sb.first_seq, sb.taken_upto)
     end = sb.next_seq
@@ -122,19 +120,7 @@ async def _take_over_topic(broker: Broker, standby: StandbyStore, sb: StandbyTop
     topic = await broker.get_topic(sb.name, from_partner=True)
     for ch_name in sb.channels:
         await topic.get_channel(ch_name, from_partner=True)
-    rows: list[tuple[int, bytes]] = []
-    prefix = st.sb_topic_prefix(sb.name)
-    s = broker.store
-    with s.env.begin(buffers=False) as txn:
-        cur = txn.cursor(db=s.dbs[st.SB_MSGS])
-        if cur.set_range(st.sb_msg_key(sb.name, start)):
-            for k, v in cur:
-                if not k.startswith(prefix) or len(k) != len(prefix) + 8:
-                    break
-                seq = st.unpack_q(k[-8:])
-                if seq >= end:
-                    break
-                rows.append((seq, v))
+    rows = broker.store.standby.read(sb.name, start, end)
     records: list[bytes] = []
     finished_for: dict[str, list[int]] = {}
     states_for: dict[str, dict[int, tuple[int, int]]] = {}
@@ -161,13 +147,9 @@ async def _take_over_topic(broker: Broker, standby: StandbyStore, sb: StandbyTop
             state = c.states.get(seq)
             if state is not None and n not in done:
                 states_for.setdefault(n, {})[idx] = state
-    extra: list[st.Op] = [
-        ("put", st.SB_META, b"taken:" + sb.name.encode(), st.pack_q(end)),
-        *StandbyStore.drop_topic_ops(sb.name),
-    ]
-    await topic.append_owned(
-        records, extra_ops=extra, finished_for=finished_for, states_for=states_for
-    )
+    copies = broker.store.standby
+    extra = [copies.set_taken(sb.name, end), copies.drop_topic(sb.name)]
+    await topic.append_owned(records, extra=extra, finished_for=finished_for, states_for=states_for)
     standby.forget_unconfirmed(sb.name, taken_over=True)  # owned (and indexed) here now
     sb.taken_upto = end
     sb.first_seq = end

@@ -1,0 +1,153 @@
+"""The store's typed views and its map growth, on real LMDB files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from pairq.broker import wire
+from pairq.broker.store import Store
+from pairq.errors import StoreFullError
+
+MiB = 1024 * 1024
+
+
+def _records(n: int, size: int) -> list[bytes]:
+    return [wire.encode_plain_record(os.urandom(16), os.urandom(size), b"") for _ in range(n)]
+
+
+@pytest.fixture
+async def opened(tmp_path: Path) -> AsyncIterator[Store]:
+    s = Store(tmp_path / "s", max_bytes=256 * MiB, reserve_bytes=MiB)
+    s.open()
+    s.start(asyncio.get_running_loop())
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+async def test_catalog_progress_and_dead_letters_round_trip(opened: Store) -> None:
+    s = opened
+    await s.commit(
+        s.catalog.put_topic("orders", 3, False),
+        s.catalog.put_channel(3, "billing", 7, True),
+        s.catalog.put_next_ids(4, 8),
+        s.log.append(3, 10, _records(5, 100)),
+    )
+    batch = s.progress.batch(7)
+    batch.floor(12)
+    batch.finished(14)
+    batch.state(13, 2, 123)
+    w = batch.write()
+    assert w is not None
+    await s.commit(w, s.dead.put(7, 11, 5, b"r" * 40))
+    topics = s.catalog.load()
+    t = topics["orders"]
+    assert (t.id, t.first_seq, t.next_seq) == (3, 10, 15)
+    ch = t.channels["billing"]
+    assert (ch.id, ch.paused, ch.floor) == (7, True, 12)
+    assert s.progress.finished(7) == [14]
+    assert s.progress.states(7) == {13: (2, 123)}
+    assert s.dead.scan(7) == [(11, 5, b"r" * 40)]
+    next_topic, next_channel = s.catalog.next_ids()
+    assert next_topic >= 4 and next_channel >= 8  # never an id in use or recorded
+    # Emptying the channel and deleting the topic leave nothing behind.
+    await s.commit(s.progress.reset(7, 15))
+    assert s.progress.finished(7) == [] and s.progress.states(7) == {}
+    assert s.progress.floor(7) == 15
+    await s.commit(s.catalog.delete_topic("orders", 3), s.log.drop_topic(3), s.progress.drop(7))
+    assert s.catalog.load() == {}
+    assert s.log.read(3, 0, 100, 100) == [] and s.dead.scan(7) == []
+
+
+async def test_standby_copies_load_back_as_written(opened: Store) -> None:
+    s = opened
+    sb = s.standby
+    recs = _records(4, 50)
+    await s.commit(
+        sb.set_partner("abc"),
+        sb.append("t", 20, recs, index=False),
+        sb.put_floor("t", "c", 21),
+        sb.put_finished("t", "c", 22),
+        sb.put_state("t", "c", 23, 3, 99),
+        sb.set_taken("u", 7),
+    )
+    img = sb.load()
+    assert img.partner_id == "abc"
+    assert img.held == {"t": (20, 23)} and img.taken == {"u": 7}
+    assert img.floors == {("t", "c"): 21}
+    assert img.finished == [("t", "c", 22)]
+    assert img.states == [("t", "c", 23, (3, 99))]
+    assert [q for q, _ in sb.read("t", 21, 23)] == [21, 22]
+    # Unconfirmed copies are not indexed until confirmed.
+    ids = [r[:16] for r in recs]
+    assert s.log.known_ids(ids) == set()
+    await s.commit(sb.index_ids(ids[:1]))
+    assert s.log.known_ids(ids) == {ids[0]}
+    await s.commit(sb.trim("t", 0, 22), sb.drop_channel("t", "c"))
+    img = sb.load()
+    assert img.held == {"t": (22, 23)} and img.floors == {} and img.finished == []
+    await s.commit(sb.drop_all())
+    img = sb.load()
+    assert img.held == {} and img.taken == {} and img.partner_id == "abc"
+
+
+async def test_the_map_grows_on_map_full_up_to_the_cap(tmp_path: Path) -> None:
+    s = Store(tmp_path / "s", max_bytes=256 * MiB, reserve_bytes=MiB, initial_map_bytes=MiB)
+    s.open()
+    s.start(asyncio.get_running_loop())
+    try:
+        assert s.map_bytes == MiB
+        seq = 0
+        for _ in range(12):  # 12 MiB of records into a 1 MiB map
+            recs = _records(64, 16 * 1024)
+            await s.commit(s.log.append(1, seq, recs))
+            seq += len(recs)
+        assert s.map_grows >= 3 and s.map_bytes >= 16 * MiB
+        assert not s.full_reason
+        assert len(s.log.read(1, 0, seq, 10_000)) == seq
+    finally:
+        s.close()
+    # Reopened with the same small initial map: it maps at least what the file holds.
+    s2 = Store(tmp_path / "s", max_bytes=256 * MiB, reserve_bytes=MiB, initial_map_bytes=MiB)
+    s2.open()
+    s2.start(asyncio.get_running_loop())
+    try:
+        assert s2.map_bytes >= 16 * MiB
+        assert len(s2.log.read(1, 0, seq, 10_000)) == seq
+    finally:
+        s2.close()
+
+
+async def test_at_the_cap_appends_fail_and_other_writes_commit(tmp_path: Path) -> None:
+    s = Store(tmp_path / "s", max_bytes=8 * MiB, reserve_bytes=MiB, initial_map_bytes=MiB)
+    s.open()
+    s.start(asyncio.get_running_loop())
+    seq = 0
+    try:
+        with pytest.raises(StoreFullError, match="store is full"):
+            for _ in range(40):
+                recs = _records(32, 16 * 1024)
+                await s.commit(s.log.append(1, seq, recs))
+                seq += len(recs)
+        assert s.map_bytes == 8 * MiB and s.full_reason
+        # Progress still commits in the reserve (delivery goes on).
+        batch = s.progress.batch(1)
+        batch.floor(seq)
+        w = batch.write()
+        assert w is not None
+        await s.commit(w)
+        assert s.progress.floor(1) == seq
+    finally:
+        s.close()
+    s2 = Store(tmp_path / "s", max_bytes=8 * MiB, reserve_bytes=MiB)
+    s2.open()  # not corrupted: every acknowledged record reads back
+    try:
+        assert len(s2.log.read(1, 0, seq, 10_000)) == seq
+    finally:
+        s2.close()
