@@ -30,27 +30,31 @@ The rules (validation):
   in Python is held to the same rules as one read from the command line.
 
 Library code raises ``ValueError`` (:class:`OptionsError`), never argparse
-errors; :func:`add_flags` gives argparse plain strings so that flags take the
-same path as every other source.
+errors. The flags are made from the same dataclass by ``pairq.cli._flags``,
+which hands argparse's plain strings to :func:`resolve`, so flags take the same
+path as every other source.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = [
     "BOOL_WORDS",
     "OptionsError",
-    "add_flags",
     "check_fields",
+    "default_value",
     "env_name",
     "env_prefix",
+    "field_kind",
     "flag_name",
     "hostport",
     "option_fields",
@@ -113,7 +117,7 @@ def option_fields(cls: type[Any]) -> list[dataclasses.Field[Any]]:
     ]
 
 
-def _default(f: dataclasses.Field[Any]) -> Any:
+def default_value(f: dataclasses.Field[Any]) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:
@@ -121,8 +125,8 @@ def _default(f: dataclasses.Field[Any]) -> Any:
     return None
 
 
-def _kind(f: dataclasses.Field[Any]) -> str:
-    default = _default(f)
+def field_kind(f: dataclasses.Field[Any]) -> str:
+    default = default_value(f)
     kind = f.metadata.get("kind", type(default).__name__ if default is not None else "str")
     return "tuple" if kind == "list" else str(kind)
 
@@ -183,7 +187,7 @@ def _check(f: dataclasses.Field[Any], value: Any) -> None:
 
 def parse_value(f: dataclasses.Field[Any], raw: Any, *, text: bool) -> Any:
     """Parse and check one value of field ``f``; ``ValueError(reason)`` if refused."""
-    value = _parse(_kind(f), raw, text)
+    value = _parse(field_kind(f), raw, text)
     _check(f, value)
     return value
 
@@ -200,62 +204,6 @@ def check_fields(obj: Any) -> None:
             errors.append(f"{flag_name(f.name)}={value!r}: {exc}")
     if errors:
         raise OptionsError(errors)
-
-
-def add_flags(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
-    """Add ``--config`` and one flag per dataclass field.
-
-    Flags default to None so the fallbacks can apply, and reach
-    :func:`resolve` as strings: their values are checked there, by the same
-    rules as env and file values.
-    """
-    prefix = env_prefix(cls)
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        default=None,
-        help=f"optional TOML file with the same keys as the flags (dashes or underscores; "
-        f"env {prefix}CONFIG); precedence: flag > {prefix}* env var > file > default",
-    )
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in option_fields(cls):
-        group = f.metadata.get("group")
-        target: Any = parser
-        if group:
-            target = groups.get(group) or groups.setdefault(group, parser.add_argument_group(group))
-        default = _default(f)
-        shown = default if not isinstance(default, tuple) else list(default)
-        help_text = f.metadata.get("help", "")
-        choices = f.metadata.get("choices")
-        if choices:
-            help_text += " (one of: " + ", ".join(str(c) for c in choices) + ")"
-        help_text = f"{help_text} (default: {shown!r}; env {env_name(f.name, prefix)})"
-        kind = _kind(f)
-        if kind == "bool":
-            target.add_argument(
-                flag_name(f.name),
-                dest=f.name,
-                default=None,
-                action=argparse.BooleanOptionalAction,
-                help=help_text,
-            )
-        elif kind == "tuple":
-            target.add_argument(
-                flag_name(f.name),
-                dest=f.name,
-                default=None,
-                action="append",
-                metavar=f.metadata.get("metavar", "VALUE"),
-                help=help_text + "; repeatable",
-            )
-        else:
-            target.add_argument(
-                flag_name(f.name),
-                dest=f.name,
-                default=None,
-                metavar=f.metadata.get("metavar", kind.upper()),
-                help=help_text,
-            )
 
 
 def _read_file(path: str) -> dict[str, Any]:

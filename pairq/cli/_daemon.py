@@ -20,7 +20,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-from pairq.options import OptionsError, add_flags, resolve_with_sources, to_toml
+from pairq.cli._flags import add_flags
+from pairq.options import OptionsError, resolve_with_sources, to_toml
 
 __all__ = ["add_daemon_flags", "run_daemon", "setup_logging"]
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from pairq.broker.options import BrokerOptions
-from pairq.options import add_flags, resolve
+from pairq.cli._flags import add_flags
+from pairq.options import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,11 +9,12 @@ import base64
 import pytest
 
 from pairq.broker.options import BrokerOptions
+from pairq.cli._flags import add_flags
 from pairq.cli.members import register, run_members
 from pairq.gossip.config import GossipOptions
 from pairq.gossip.node import parse_addr
 from pairq.lookup.options import LookupOptions
-from pairq.options import OptionsError, add_flags, resolve
+from pairq.options import OptionsError, resolve
 
 GOSSIP_FLAGS = (
     "--gossip-address",
