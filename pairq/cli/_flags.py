@@ -43,8 +43,6 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         shown = default if not isinstance(default, tuple) else list(default)
         help_text = f.metadata.get("help", "")
         choices = f.metadata.get("choices")
-        if choices:
-            help_text += " (one of: " + ", ".join(str(c) for c in choices) + ")"
         help_text = f"{help_text} (default: {shown!r}; env {env_name(f.name, prefix)})"
         kind = field_kind(f)
         if kind == "bool":
@@ -69,6 +67,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
                 flag_name(f.name),
                 dest=f.name,
                 default=None,
-                metavar=f.metadata.get("metavar", kind.upper()),
+                metavar=f.metadata.get(
+                    "metavar", "|".join(str(c) for c in choices) if choices else kind.upper()
+                ),
                 help=help_text,
             )
