@@ -2,7 +2,8 @@
 
 The view comes from :func:`pairq.gossip.observe.fetch_members` (a short-lived
 observer that is seen as LEFT, never as alive). The key and label have
-``PAIRQ_GOSSIP_KEYS`` / ``PAIRQ_GOSSIP_LABEL`` environment fallbacks.
+``PAIRQ_GOSSIP_KEY`` (or ``PAIRQ_GOSSIP_KEYS``) / ``PAIRQ_GOSSIP_LABEL``
+environment fallbacks, the broker's variables.
 """
 
 from __future__ import annotations
@@ -20,12 +21,7 @@ from pairq.gossip.config import decode_key as _decode_key
 from pairq.gossip.events import MemberView
 from pairq.gossip.observe import fetch_members
 
-__all__ = ["decode_key", "format_members", "register", "run_members"]
-
-
-def _env_list(name: str) -> list[str]:
-    raw = os.environ.get(name, "")
-    return [p for p in (x.strip() for x in raw.split(",")) if p]
+__all__ = ["decode_key", "env_keys", "format_members", "register", "run_members"]
 
 
 def decode_key(text: str) -> bytes:
@@ -62,13 +58,34 @@ def format_members(members: Sequence[MemberView]) -> str:
     )
 
 
+def env_keys(env: dict[str, str] | None = None) -> list[bytes]:
+    """The keys in ``PAIRQ_GOSSIP_KEY`` (the broker's variable), else the older
+    ``PAIRQ_GOSSIP_KEYS``, comma-separated; ValueError naming the variable if one
+    is not a key. Read when the command runs, never while ``pairq`` builds its
+    parser (a bad key must not break every other command)."""
+    env = dict(os.environ) if env is None else env
+    for name in ("PAIRQ_GOSSIP_KEY", "PAIRQ_GOSSIP_KEYS"):
+        raw = env.get(name, "")
+        if raw.strip():
+            try:
+                return [_decode_key(k) for k in raw.split(",") if k.strip()]
+            except ConfigError as exc:
+                raise ValueError(f"{name}={raw!r}: {exc}") from None
+    return []
+
+
 def run_members(args: argparse.Namespace) -> int:
     """Entry point of ``pairq members``."""
+    try:
+        keys = args.gossip_key or env_keys()
+    except ValueError as exc:
+        print(f"pairq members: {exc}", file=sys.stderr)
+        return 2
     try:
         members = asyncio.run(
             fetch_members(
                 args.gossip,
-                keys=args.gossip_key or (),
+                keys=keys,
                 label=args.gossip_label,
                 within=args.timeout,
             )
@@ -110,8 +127,9 @@ def register(
         metavar="KEY",
         action="append",
         type=decode_key,
-        default=[decode_key(k) for k in _env_list("PAIRQ_GOSSIP_KEYS")],
-        help="AES-GCM key if the cluster encrypts (env PAIRQ_GOSSIP_KEYS)",
+        default=None,
+        help="AES-GCM key if the cluster encrypts; repeatable (env PAIRQ_GOSSIP_KEY, as the "
+        "broker's, or PAIRQ_GOSSIP_KEYS; comma-separated)",
     )
     p.add_argument(
         "--gossip-label",

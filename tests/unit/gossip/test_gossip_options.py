@@ -10,7 +10,7 @@ import pytest
 
 from pairq.broker.options import BrokerOptions
 from pairq.cli._flags import add_flags
-from pairq.cli.members import register, run_members
+from pairq.cli.members import env_keys, register, run_members
 from pairq.gossip.config import GossipOptions
 from pairq.gossip.node import parse_addr
 from pairq.lookup.options import LookupOptions
@@ -134,3 +134,20 @@ def test_parse_addr(text: str | tuple[str, int], expected: tuple[str, int]) -> N
 def test_parse_addr_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_addr(text)
+
+
+def test_members_reads_the_brokers_key_variable_when_it_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = base64.b64encode(bytes(range(16))).decode()
+    assert env_keys({"PAIRQ_GOSSIP_KEY": key}) == [bytes(range(16))]
+    assert env_keys({"PAIRQ_GOSSIP_KEYS": f"{key}, {key}"}) == [bytes(range(16))] * 2
+    with pytest.raises(ValueError, match="PAIRQ_GOSSIP_KEY='bad': a gossip key is"):
+        env_keys({"PAIRQ_GOSSIP_KEY": "bad"})
+    # A bad key in the environment fails `pairq members` only, not building the parser.
+    monkeypatch.setenv("PAIRQ_GOSSIP_KEY", "bad")
+    from pairq.cli import build_parser
+
+    args = build_parser().parse_args(["members", "--gossip", "127.0.0.1:1"])
+    assert run_members(args) == 2
+    assert "PAIRQ_GOSSIP_KEY='bad'" in capsys.readouterr().err
