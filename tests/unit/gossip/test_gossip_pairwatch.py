@@ -205,3 +205,29 @@ def test_never_dead_while_heard_within_suspect_after(steps: list[tuple[str, floa
             t.shift(dt)
             now += dt
         t.check_invariants(now)
+
+
+def test_driven_by_the_core_in_a_simulated_cluster() -> None:
+    """The core drives these rules: a killed partner is found dead by its watch, the
+    verdict names helpers that nacked, and every table stays consistent meanwhile."""
+    from pairq.gossip import EventKind, MockNetwork, NodeMeta, lan
+
+    net = MockNetwork(seed=7)
+    cfg = lan()
+    net.add("a", cfg, NodeMeta(role="broker", node_id="a", pair="p"))
+    net.add("b", cfg, NodeMeta(role="broker", node_id="b", pair="p"), join=["a"])
+    for h in ("l1", "l2", "l3"):
+        net.add(h, cfg, NodeMeta(role="lookup", node_id=h), join=["a"])
+    assert net.wait_for(net.converged, 5.0) is not None
+    watches = net.nodes["a"].core._pair
+    assert "b" in watches and "l1" not in watches  # the partner, not the lookups
+    net.kill("b")
+    killed = net.now
+    while not any(e.kind is EventKind.DEAD for e in net.nodes["a"].events):
+        net.run_for(0.01)
+        for n in ("a", "l1", "l2", "l3"):
+            net.nodes[n].core._pair.check_invariants(net.now)
+        assert net.now - killed < 2.0, "the partner's death was not found"
+    dead = next(e for e in net.nodes["a"].events if e.kind is EventKind.DEAD)
+    assert dead.member.name == "b" and dead.witnesses <= {"l1", "l2", "l3"} and dead.witnesses
+    assert net.now - killed <= 0.8 and "b" not in watches
