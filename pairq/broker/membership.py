@@ -16,8 +16,6 @@ from typing import Protocol
 from pairq.broker.options import BrokerOptions
 from pairq.broker.pair import Pair
 from pairq.gossip import EventKind, Gossip, MemberEvent, NodeMeta
-from pairq.gossip.config import PROFILES, decode_key
-from pairq.options import parse_hostport
 
 
 class MembershipHost(Protocol):
@@ -39,18 +37,7 @@ log = logging.getLogger("pairq.membership")
 class Membership:
     def __init__(self, broker: MembershipHost) -> None:
         self.broker = broker
-        o = broker.options
-        host, port = parse_hostport(o.gossip_address, what="--gossip-address")
-        changes: dict[str, object] = {
-            "bind_host": host,
-            "bind_port": port,
-            "label": o.gossip_label,
-            "keys": tuple(decode_key(k) for k in o.gossip_key),
-        }
-        if o.gossip_advertise:
-            ah, ap = parse_hostport(o.gossip_advertise, what="--gossip-advertise")
-            changes.update(advertise_host=ah, advertise_port=ap)
-        self.config = PROFILES[o.gossip_profile](**changes)
+        self.config = broker.options.gossip_config()
         self.gossip: Gossip | None = None
 
     async def start(self) -> None:

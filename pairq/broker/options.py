@@ -10,20 +10,46 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from pairq.gossip.config import GossipOptions
 from pairq.grpcopts import DEFAULT_MAX_BATCH, DEFAULT_MAX_MESSAGE_BYTES
-from pairq.options import parse_hostport
+from pairq.options import OptionsError, check_fields, hostport, option_fields, optional_hostport
 
 
 def _o(default: Any, help: str, **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
 
 
+def _nonempty(value: str) -> None:
+    if not value:
+        raise ValueError("must not be empty")
+
+
+def _replication_address(value: str) -> None:
+    if value not in ("auto", "off"):
+        try:
+            hostport(value)
+        except ValueError:
+            raise ValueError("must be auto, off or HOST:PORT") from None
+
+
 @dataclass(frozen=True)
-class BrokerOptions:
+class BrokerOptions(GossipOptions):
     # --- where ---
-    address: str = _o("127.0.0.1:4150", "gRPC listen address HOST:PORT (port 0 picks a free port)")
-    data_dir: str = _o("./pairq-data", "data directory (LMDB store and node id)", metavar="DIR")
-    metrics_address: str = _o("", "HOST:PORT to serve Prometheus /metrics on (empty: off)")
+    address: str = _o(
+        "127.0.0.1:4150",
+        "gRPC listen address HOST:PORT (port 0 picks a free port)",
+        check=hostport,
+        metavar="HOST:PORT",
+    )
+    data_dir: str = _o(
+        "./pairq-data", "data directory (LMDB store and node id)", metavar="DIR", check=_nonempty
+    )
+    metrics_address: str = _o(
+        "",
+        "HOST:PORT to serve Prometheus /metrics on (empty: off)",
+        check=optional_hostport,
+        metavar="HOST:PORT",
+    )
     node_name: str = _o("", "human-readable node name shown in stats (default: the node id)")
 
     # --- durability ---
@@ -32,64 +58,82 @@ class BrokerOptions:
         "'always': fsync every group commit before any ack; 'periodic': fsync every --sync-interval-ms (NSQ-like, weaker: a power loss can lose acknowledged messages)",
         choices=["always", "periodic"],
     )
-    sync_interval_ms: int = _o(100, "fsync interval with --sync=periodic")
+    sync_interval_ms: int = _o(100, "fsync interval with --sync=periodic", min=1)
     max_store_bytes: int = _o(
         64 * 1024**3,
         "cap on the LMDB store size; publishes get RESOURCE_EXHAUSTED beyond it (deliveries continue)",
+        min=16 * 1024 * 1024,
     )
     store_reserve_bytes: int = _o(
         64 * 1024**2,
         "headroom kept free for FINs and cleanup when the store is near its cap or the disk is near full",
+        min=0,
     )
-    max_commit_batch: int = _o(20000, "most writes applied in one group commit")
+    max_commit_batch: int = _o(20000, "most writes applied in one group commit", min=1)
 
     # --- messages ---
-    max_msg_size: int = _o(DEFAULT_MAX_MESSAGE_BYTES, "largest message body in bytes")
-    max_batch: int = _o(DEFAULT_MAX_BATCH, "most messages in one PublishBatch")
-    max_topics: int = _o(10000, "most topics on this broker")
-    max_channels: int = _o(1000, "most channels per topic")
-    max_defer_ms: int = _o(3600_000, "longest DPUB / REQ delay in ms")
+    max_msg_size: int = _o(
+        DEFAULT_MAX_MESSAGE_BYTES, "largest message body in bytes", min=1, max=64 * 1024 * 1024
+    )
+    max_batch: int = _o(DEFAULT_MAX_BATCH, "most messages in one PublishBatch", min=1)
+    max_topics: int = _o(10000, "most topics on this broker", min=1)
+    max_channels: int = _o(1000, "most channels per topic", min=1)
+    max_defer_ms: int = _o(3600_000, "longest DPUB / REQ delay in ms", min=0)
     idempotency_window_s: int = _o(
         300,
         "a producer-supplied message id published again within this many seconds (up to twice as long) is stored only once (0: off)",
+        min=0,
     )
 
     # --- delivery ---
     msg_timeout_ms: int = _o(
-        60_000, "default time a consumer has to FIN/REQ/TOUCH a message before it is requeued"
+        60_000,
+        "default time a consumer has to FIN/REQ/TOUCH a message before it is requeued",
+        min=10,
     )
     max_msg_timeout_ms: int = _o(
         15 * 60_000, "largest per-subscription message timeout a client may ask for"
     )
-    max_rdy_count: int = _o(2500, "largest RDY count a consumer may grant")
+    max_rdy_count: int = _o(2500, "largest RDY count a consumer may grant", min=1)
     max_attempts: int = _o(
-        0, "deliveries after which a message goes to the channel's dead-letter list (0: never)"
+        0,
+        "deliveries after which a message goes to the channel's dead-letter list (0: never)",
+        min=0,
     )
     heartbeat_interval_ms: int = _o(
         30_000,
         "default interval between heartbeats to consumers; a consumer silent for two intervals is disconnected",
+        min=100,
     )
     max_backlog: int = _o(
-        10_000, "messages per channel buffered in memory ahead of delivery (the rest stay on disk)"
+        10_000,
+        "messages per channel buffered in memory ahead of delivery (the rest stay on disk)",
+        min=10,
     )
 
     # --- pair ---
     pair: str = _o("", "pair name; with --partner this broker is one half of a redundant pair")
     partner: str = _o(
-        "", "gRPC address HOST:PORT of the other broker of the pair (empty: single broker)"
+        "",
+        "gRPC address HOST:PORT of the other broker of the pair (empty: single broker)",
+        check=optional_hostport,
+        metavar="HOST:PORT",
     )
     min_copies: int = _o(
         2,
         "durable copies needed to acknowledge a publish in a pair: 2 = both brokers (partner down: UNAVAILABLE), 1 = accept alone and catch the partner up later",
+        choices=[1, 2],
     )
     lease_ms: int = _o(
         800,
         "delivery lease: an owner delivers only while its partner acknowledged it this recently; the partner takes over after the lease lapses",
+        min=100,
     )
     heartbeat_ms: int = _o(100, "replication heartbeat interval inside a pair (renews the lease)")
     replication_address: str = _o(
         "auto",
         "where this broker takes its partner's plain TCP replication link (offered during the gRPC handshake; much cheaper than the gRPC stream): auto = the --address host on a free port, HOST:PORT (e.g. for a firewall rule), or off = replicate over the gRPC stream only",
+        check=_replication_address,
     )
 
     # --- lookup ---
@@ -98,86 +142,44 @@ class BrokerOptions:
         "gRPC address HOST:PORT of a lookup to register with (empty: none)",
         kind="tuple",
         metavar="HOST:PORT",
+        check=hostport,
     )
 
-    # --- gossip (SWIM + Lifeguard membership; see pairq/gossip) ---
-    gossip_address: str = _o(
-        "", "UDP+TCP HOST:PORT for gossip (empty: gossip off; port 0 picks one)"
-    )
-    gossip_advertise: str = _o(
-        "", "address other members use to reach this one, if not --gossip-address"
-    )
-    join: tuple[str, ...] = _o(
-        (), "gossip member HOST:PORT to join through", kind="tuple", metavar="HOST:PORT"
-    )
-    gossip_profile: str = _o("lan", "gossip timing profile", choices=["lan", "wan", "local"])
-    gossip_key: tuple[str, ...] = _o(
-        (),
-        "AES-GCM gossip key (base64 of 16/24/32 bytes); the first encrypts, the others are accepted during rotation",
-        kind="tuple",
-        metavar="KEY",
-    )
-    gossip_label: str = _o("", "cluster label bound into every gossip packet")
+    # --- gossip: the fields of GossipOptions (pairq.gossip.config), shared with the lookup ---
 
     # --- process ---
     shutdown_grace_s: float = _o(
-        10.0, "on SIGTERM: time to let in-flight work finish before exiting"
+        10.0, "on SIGTERM: time to let in-flight work finish before exiting", min=0.0
     )
     log_level: str = _o(
         "info", "debug, info, warning or error", choices=["debug", "info", "warning", "error"]
     )
 
     def validate(self) -> BrokerOptions:
-        """Raise ValueError with an actionable message; called before any socket opens."""
-        parse_hostport(self.address, what="--address")
-        if self.metrics_address:
-            parse_hostport(self.metrics_address, what="--metrics-address")
-        if self.partner:
-            parse_hostport(self.partner, what="--partner")
-        if self.gossip_address:
-            parse_hostport(self.gossip_address, what="--gossip-address")
-        if self.replication_address not in ("auto", "off"):
-            parse_hostport(self.replication_address, what="--replication-address (or auto, off)")
-        for j in self.join:
-            parse_hostport(j, what="--join")
-        for lk in self.lookup:
-            parse_hostport(lk, what="--lookup")
-        if not self.data_dir:
-            raise ValueError("--data-dir must not be empty")
+        """Raise ValueError (:class:`~pairq.options.OptionsError`) with an actionable
+        message; called before any socket opens. Every field's own rules are in its
+        metadata (checked by ``check_fields``, as ``resolve`` checks each source);
+        the rules below relate several fields."""
+        check_fields(self)
+        self.check_gossip_rules()
         checks = [
-            (self.max_msg_size >= 1, "--max-msg-size must be >= 1"),
-            (self.max_msg_size <= 64 * 1024 * 1024, "--max-msg-size must be <= 64 MiB"),
-            (self.max_batch >= 1, "--max-batch must be >= 1"),
-            (self.msg_timeout_ms >= 10, "--msg-timeout-ms must be >= 10"),
             (
                 self.max_msg_timeout_ms >= self.msg_timeout_ms,
                 "--max-msg-timeout-ms must be >= --msg-timeout-ms",
             ),
-            (self.max_rdy_count >= 1, "--max-rdy-count must be >= 1"),
-            (self.max_attempts >= 0, "--max-attempts must be >= 0"),
-            (self.heartbeat_interval_ms >= 100, "--heartbeat-interval-ms must be >= 100"),
-            (self.max_store_bytes >= 16 * 1024 * 1024, "--max-store-bytes must be >= 16 MiB"),
             (
                 self.store_reserve_bytes < self.max_store_bytes // 2,
                 "--store-reserve-bytes must be < half of --max-store-bytes",
             ),
-            (self.sync_interval_ms >= 1, "--sync-interval-ms must be >= 1"),
-            (self.max_backlog >= 10, "--max-backlog must be >= 10"),
-            (
-                self.max_topics >= 1 and self.max_channels >= 1,
-                "--max-topics and --max-channels must be >= 1",
-            ),
-            (self.min_copies in (1, 2), "--min-copies must be 1 or 2"),
-            (self.lease_ms >= 100, "--lease-ms must be >= 100"),
             (
                 10 <= self.heartbeat_ms <= self.lease_ms // 3,
                 "--heartbeat-ms must be 10 to a third of --lease-ms",
             ),
             (not self.partner or bool(self.pair), "--partner needs --pair NAME"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        errors = [message for ok, message in checks if not ok]
+        if errors:
+            raise OptionsError(errors)
         return self
 
     def replace(self, **changes: object) -> BrokerOptions:
@@ -192,7 +194,7 @@ def example_toml() -> str:
         "# Values shown are the defaults.",
         "",
     ]
-    for f in dataclasses.fields(BrokerOptions):
+    for f in option_fields(BrokerOptions):
         v: Any = f.default
         if isinstance(v, tuple):
             shown: Any = "[" + ", ".join(f'"{x}"' for x in v) + "]"

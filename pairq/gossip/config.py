@@ -18,8 +18,20 @@ import base64
 import binascii
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["PROFILES", "ConfigError", "GossipConfig", "decode_key", "lan", "local", "wan"]
+from pairq.options import check_fields, hostport, optional_hostport, parse_hostport
+
+__all__ = [
+    "PROFILES",
+    "ConfigError",
+    "GossipConfig",
+    "GossipOptions",
+    "decode_key",
+    "lan",
+    "local",
+    "wan",
+]
 
 
 class ConfigError(ValueError):
@@ -249,3 +261,93 @@ def decode_key(text: str) -> bytes:
         if len(raw) in (16, 24, 32):
             return raw
     raise ConfigError("a gossip key is base64 or hex of 16, 24 or 32 bytes")
+
+
+def _key_rule(text: str) -> None:
+    decode_key(text)
+
+
+def _g(default: Any, help: str, **meta: Any) -> Any:
+    return field(
+        default=default,
+        metadata={"help": help, "group": "gossip (SWIM + Lifeguard membership)", **meta},
+    )
+
+
+@dataclass(frozen=True)
+class GossipOptions:
+    """The gossip settings an operator gives a process (a broker or a lookup).
+
+    One type for both: ``BrokerOptions`` and ``LookupOptions`` inherit these
+    fields, so both get the same flags (``--gossip-address``,
+    ``--gossip-advertise``, ``--join``, ``--gossip-profile``, ``--gossip-key``,
+    ``--gossip-label``), env vars and TOML keys from the same code
+    (``pairq.options``), and :meth:`gossip_config` turns them into a
+    :class:`GossipConfig` the same way. Each field's rules are in its metadata
+    (see ``pairq.options``); :meth:`validate_gossip` adds the one that relates two
+    fields.
+    """
+
+    gossip_address: str = _g(
+        "",
+        "UDP+TCP HOST:PORT for gossip (empty: gossip off; port 0 picks one)",
+        check=optional_hostport,
+        metavar="HOST:PORT",
+    )
+    gossip_advertise: str = _g(
+        "",
+        "address other members use to reach this one, if not --gossip-address",
+        check=optional_hostport,
+        metavar="HOST:PORT",
+    )
+    join: tuple[str, ...] = _g(
+        (),
+        "gossip address of a member (broker or lookup) to join through",
+        kind="tuple",
+        metavar="HOST:PORT",
+        check=hostport,
+    )
+    gossip_profile: str = _g(
+        "lan",
+        "gossip timing profile: lan (one data centre), wan, local (one machine)",
+        choices=["lan", "wan", "local"],
+    )
+    gossip_key: tuple[str, ...] = _g(
+        (),
+        "AES-GCM gossip key (base64 or hex of 16/24/32 bytes); the first encrypts, the others are accepted during rotation",
+        kind="tuple",
+        metavar="KEY",
+        check=_key_rule,
+    )
+    gossip_label: str = _g(
+        "", "cluster label bound into every gossip packet; members with another label are ignored"
+    )
+
+    def validate(self) -> GossipOptions:
+        """Raise ValueError (``pairq.options.OptionsError``) naming the flag; no I/O."""
+        check_fields(self)
+        self.check_gossip_rules()
+        return self
+
+    def check_gossip_rules(self) -> None:
+        """The rules that relate two gossip fields (the per-field ones are metadata)."""
+        if self.join and not self.gossip_address:
+            raise ValueError("--join needs --gossip-address")
+        if self.gossip_advertise and not self.gossip_address:
+            raise ValueError("--gossip-advertise needs --gossip-address")
+
+    def gossip_config(self, **overrides: object) -> GossipConfig:
+        """The validated :class:`GossipConfig` of the chosen profile, bound to
+        ``gossip_address`` (which must be set) and advertising ``gossip_advertise``."""
+        host, port = parse_hostport(self.gossip_address, what="--gossip-address")
+        changes: dict[str, object] = {
+            "bind_host": host,
+            "bind_port": port,
+            "label": self.gossip_label,
+            "keys": tuple(decode_key(k) for k in self.gossip_key),
+        }
+        if self.gossip_advertise:
+            ah, ap = parse_hostport(self.gossip_advertise, what="--gossip-advertise")
+            changes.update(advertise_host=ah, advertise_port=ap)
+        changes.update(overrides)
+        return PROFILES[self.gossip_profile](**changes)

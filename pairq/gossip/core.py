@@ -20,7 +20,9 @@ Departures from memberlist:
 - Lifeguard also counts event-loop stalls (a gap between ticks) as local
   sickness, and pushes back every timer by the length of the stall: time in
   which we could not listen is not evidence against anyone;
-- the pair fast path (see :meth:`Core._pair_tick`).
+- the pair fast path: partners (and the watchers of unpaired members) heartbeat
+  each other and probe a silent one at once; its rules are in
+  :mod:`pairq.gossip.pairwatch`, driven from :meth:`Core._pair_tick`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import itertools
 import random
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pairq.gossip import formulas
 from pairq.gossip.broadcast import PART_OVERHEAD, BroadcastQueue
@@ -62,6 +64,7 @@ from pairq.gossip.messages import (
     Suspect,
 )
 from pairq.gossip.meta import NodeMeta
+from pairq.gossip.pairwatch import PairWatches, Step, Thresholds, keep
 
 __all__ = ["Core", "Member"]
 
@@ -131,20 +134,6 @@ class _Suspicion:
         )
 
 
-@dataclass(slots=True)
-class _PairWatch:
-    last_heard: float
-    probing_since: float | None = None
-    last_probe: float = float("-inf")
-    helpers_asked: set[str] = field(default_factory=set)
-    nackers: set[str] = field(default_factory=set)
-    tcp_tried: bool = False
-    refused: bool = False
-    # A watch of an unpaired member (started by its heartbeats), not a pair partner.
-    watched: bool = False
-    last_hb: float = float("-inf")
-
-
 class Core:
     """One gossip member's protocol state machine. Not thread-safe: drive it from one thread."""
 
@@ -177,8 +166,8 @@ class Core:
         self._probe_index = 0
         self._probes: dict[int, _Probe] = {}
         self._relays: dict[int, _Relay] = {}
-        self._pair_seqs: dict[int, tuple[str, float]] = {}
-        self._pair: dict[str, _PairWatch] = {}
+        # The pair fast path's watches and probes (pairwatch.py holds its rules).
+        self._pair = PairWatches()
         self._suspicions: dict[str, _Suspicion] = {}
         self._stale_refuted: dict[str, float] = {}
         self._unknown_synced: dict[str, float] = {}
@@ -252,8 +241,8 @@ class Core:
         self._queue_alive_self()
         # Our pair may have changed: watch every partner we now have.
         for m in self._members.values():
-            if m.state == MemberState.ALIVE and self._is_partner(m) and m.name not in self._pair:
-                self._pair[m.name] = _PairWatch(last_heard=now)
+            if m.state == MemberState.ALIVE and self._is_partner(m):
+                self._pair.ensure_partner(m.name, now)
 
     def receive(self, now: float, src: Addr, msgs: Sequence[Message]) -> None:
         """Handle the messages of one received UDP packet from ``src``."""
@@ -266,11 +255,8 @@ class Core:
         if ok:
             self._on_ack(now, Ack(seq, ""))
             return
-        pair = self._pair_seqs.get(seq)
-        if refused and pair is not None:
-            w = self._pair.get(pair[0])
-            if w is not None and w.probing_since is not None:
-                w.refused = True
+        if refused:
+            self._pair.refused(seq)
 
     def local_state(self, join: bool) -> PushPull:
         """Our full state for a push-pull exchange."""
@@ -358,11 +344,7 @@ class Core:
         self._timers = shifted
         for s in self._suspicions.values():
             s.start += by
-        for w in self._pair.values():
-            w.last_heard += by
-            w.last_hb += by
-            if w.probing_since is not None:
-                w.probing_since += by
+        self._pair.shift(by)
 
     def _scaled(self, t: float) -> float:
         if not self.config.lifeguard:
@@ -474,9 +456,9 @@ class Core:
             relay.done = True
             self._send(relay.source_addr, [Ack(relay.seq, self.name)])
             return
-        pair = self._pair_seqs.pop(ack.seq, None)
-        if pair is not None:
-            self._heard_from(now, pair[0], force=True)
+        partner = self._pair.acked(ack.seq)
+        if partner is not None:
+            self._heard_from(now, partner)
             return
         if ack.source:
             self._heard_from(now, ack.source)
@@ -486,11 +468,7 @@ class Core:
         if probe is not None:
             probe.nacks += 1
             return
-        pair = self._pair_seqs.get(nack.seq)
-        if pair is not None:
-            w = self._pair.get(pair[0])
-            if w is not None and w.probing_since is not None:
-                w.nackers.add(nack.source)
+        self._pair.nacked(nack.seq, nack.source)
 
     def _on_indirect_ping(self, now: float, req: IndirectPing) -> None:
         if self.leaving:
@@ -654,7 +632,7 @@ class Core:
         s = self._suspicions.pop(m.name, None)
         if s is not None and s.timer is not None:
             s.timer.cancel()
-        w = self._pair.pop(m.name, None)
+        w = self._pair.pop(m.name)
         witnesses = {d.sender} | (s.confirmers if s is not None else set())
         if w is not None:
             witnesses |= w.nackers
@@ -856,6 +834,7 @@ class Core:
                 self._actions.append(PushPullRequest(a, True))
 
     # ------------------------------------------------------------------ pair fast path
+    # The rules live in pairwatch.py; here they meet the membership and the wire.
     def _pair_period(self) -> float:
         return min(self.config.pair_heartbeat_interval, self.config.pair_probe_interval) / 2
 
@@ -864,49 +843,20 @@ class Core:
 
     def _pair_alive(self, now: float, m: Member) -> None:
         if self._is_partner(m):
-            self._pair[m.name] = _PairWatch(last_heard=now)
+            self._pair.watch_partner(m.name, now)
 
-    def _heard_from(self, now: float, name: str, force: bool = False) -> None:
-        w = self._pair.get(name)
-        if w is not None:
-            w.last_heard = max(w.last_heard, now)
-            w.probing_since = None
-            w.helpers_asked.clear()
-            w.nackers.clear()
-            w.tcp_tried = False
-            w.refused = False
+    def _heard_from(self, now: float, name: str) -> None:
+        self._pair.heard_from(name, now)
 
     def _pair_tick(self, now: float) -> None:
-        """pairq's pair fast path (and the watch of unpaired members).
-
-        Partners heartbeat each other every ``pair_heartbeat_interval``. After
-        ``pair_suspect_after`` of silence we probe the partner directly (UDP and
-        TCP) and through up to ``pair_probe_helpers`` other members, repeating
-        every ``pair_probe_interval``. After ``pair_dead_after`` of silence, if no
-        probe got an ack, at least min(2, others available) helpers were asked
-        and one of them (if any exists) answered with a nack, the partner is
-        declared dead; with no nack (we may be the one cut off), only after
-        ``4 * pair_dead_after``. The DEAD event names its witnesses
-        (``MemberEvent.witnesses``), which witnessed takeover relies on. Sooner, if the TCP ping was refused
-        (no process listens: a crash, never a pause) and min(2, others available)
-        helpers answered with a nack (they are up and could not reach it either).
-        Any heartbeat, ping or ack from the partner (directly or relayed) resets
-        the watch.
-
-        A member without a pair (a lookup) picks ``watchers`` members and
-        heartbeats them every ``watch_heartbeat_interval``; a member receiving
-        such heartbeats watches the sender the same way, with the ``watch_*``
-        thresholds. A watch is only ever started by the watched member's own
-        heartbeat, and dropped when those stop while the member still answers
-        probes (it chose other watchers), so differing views cannot make a
-        watcher declare a live member dead: the probes would be answered.
-        """
+        """Drive the pair fast path and the watch of unpaired members
+        (:mod:`pairq.gossip.pairwatch` states every rule): send the heartbeats that
+        are due, drop watches that ended, probe silent members and turn a verdict
+        into a DEAD whose event names the witnesses."""
         self._schedule(now + self._pair_period(), self._pair_tick)
         if self.leaving:
             return
-        for seq, (_, sent) in list(self._pair_seqs.items()):
-            if now - sent > 2.0:
-                del self._pair_seqs[seq]
+        self._pair.expire(now)
         send_hb = now >= self._next_heartbeat
         if send_hb:
             self._next_heartbeat = now + self.config.pair_heartbeat_interval
@@ -922,14 +872,18 @@ class Core:
                         (PairHeartbeat(self._next_seq(), self.name, self.incarnation),),
                     )
                 )
-        for name, w in list(self._pair.items()):
+        cfg = self.config
+        for name, w in self._pair.items():
             m = self._members.get(name)
-            keep = m is not None and m.state in (MemberState.ALIVE, MemberState.SUSPECT)
-            if keep and m is not None and not self._is_partner(m):
-                # A watch: only while the member is unpaired and still chooses us.
-                keep = w.watched and not m.meta.pair and now - w.last_hb < self.config.watch_expire
-            if not keep or m is None:
-                self._pair.pop(name, None)
+            if m is None or not keep(
+                w,
+                now,
+                live=m.state in (MemberState.ALIVE, MemberState.SUSPECT),
+                partner=self._is_partner(m),
+                unpaired=not m.meta.pair,
+                watch_expire=cfg.watch_expire,
+            ):
+                self._pair.pop(name)
                 continue
             if send_hb and not w.watched:
                 self.stats.extra["pair_heartbeats"] = self.stats.extra.get("pair_heartbeats", 0) + 1
@@ -938,43 +892,44 @@ class Core:
                         m.addr, (PairHeartbeat(self._next_seq(), self.name, self.incarnation),)
                     )
                 )
-            if w.watched:
-                suspect_after, dead_after = (
-                    self.config.watch_suspect_after,
-                    self.config.watch_dead_after,
-                )
-            else:
-                suspect_after, dead_after = (
-                    self.config.pair_suspect_after,
-                    self.config.pair_dead_after,
-                )
-            silence = now - w.last_heard
-            if silence < suspect_after:
-                continue
-            if w.probing_since is None:
-                w.probing_since = now
-            if now - w.last_probe >= self.config.pair_probe_interval:
-                self._pair_probe(now, m, w)
-            others = [
-                o
+            limits = (
+                Thresholds(cfg.watch_suspect_after, cfg.watch_dead_after)
+                if w.watched
+                else Thresholds(cfg.pair_suspect_after, cfg.pair_dead_after)
+            )
+            if not self._pair.silent(w, now, limits):
+                continue  # the common case: nothing to count
+            helpers = sum(
+                1
                 for o in self._live_members(exclude=(self.name, m.name))
                 if not self._is_partner(o)
-            ]
-            need = min(2, len(others))
-            tcp_ok = w.tcp_tried or not self.config.tcp_fallback
-            # The slow verdict waits for a witness (a helper's nack: it is up and could
-            # not reach the partner either) while one can come; a member cut off from
-            # everyone gets none, and declares it only after 4 x dead_after.
-            witnessed = len(w.nackers) >= min(1, need) or silence >= 4 * dead_after
-            slow = silence >= dead_after and len(w.helpers_asked) >= need and tcp_ok and witnessed
-            fast = w.refused and len(w.nackers) >= need
-            if slow or fast:
+            )
+            step = self._pair.assess(
+                w,
+                now,
+                limits,
+                probe_interval=cfg.pair_probe_interval,
+                helpers_available=helpers,
+                tcp_fallback=cfg.tcp_fallback,
+            )
+            if step is Step.PROBE:
+                self._pair_probe(now, m)
+                step = self._pair.assess(
+                    w,
+                    now,
+                    limits,
+                    probe_interval=cfg.pair_probe_interval,
+                    helpers_available=helpers,
+                    tcp_fallback=cfg.tcp_fallback,
+                    probing=True,
+                )
+            if step in (Step.DEAD, Step.DEAD_REFUSED):
                 key = "watch_deaths" if w.watched else "pair_deaths"
                 if w.watched:
                     self.stats.extra[key] = self.stats.extra.get(key, 0) + 1
                 else:
                     self.stats.pair_deaths += 1
-                if fast and not slow:
+                if step is Step.DEAD_REFUSED:
                     self.stats.extra[key + "_refused"] = (
                         self.stats.extra.get(key + "_refused", 0) + 1
                     )
@@ -995,11 +950,10 @@ class Core:
         m = self._members.get(hb.source)
         if m is None or m.state not in (MemberState.ALIVE, MemberState.SUSPECT):
             return
-        w = self._pair.get(hb.source)
-        if w is None and not m.meta.pair and self.config.watchers > 0:
-            w = self._pair[hb.source] = _PairWatch(last_heard=now, watched=True)
+        w = self._pair.heartbeat(
+            hb.source, now, may_watch=not m.meta.pair and self.config.watchers > 0
+        )
         if w is not None:
-            w.last_hb = now
             if hb.incarnation > m.incarnation:
                 # We missed an alive of our partner/watched member; our verdict on it
                 # would carry a stale incarnation that up-to-date members ignore.
@@ -1012,10 +966,11 @@ class Core:
             self._unknown_synced[m.name] = now
             self._actions.append(PushPullRequest(m.addr, False))
 
-    def _pair_probe(self, now: float, m: Member, w: _PairWatch) -> None:
-        w.last_probe = now
+    def _pair_probe(self, now: float, m: Member) -> None:
+        w = self._pair.get(m.name)
+        asked = w.helpers_asked if w is not None else set()
         seq = self._next_seq()
-        self._pair_seqs[seq] = (m.name, now)
+        self._pair.probe_sent(m.name, seq, now)
         ping = Ping(seq, m.name, self.name, self.addr)
         self._send(m.addr, [ping], piggyback=False)
         others = [
@@ -1025,11 +980,11 @@ class Core:
         ]
         self.rng.shuffle(others)
         # Prefer helpers not asked yet, so the evidence comes from several members.
-        others.sort(key=lambda o: o.name in w.helpers_asked)
+        others.sort(key=lambda o: o.name in asked)
         req = IndirectPing(seq, m.name, m.addr, True, self.name, self.addr)
         for h in others[: self.config.pair_probe_helpers]:
             self._send(h.addr, [req], piggyback=False)
-            w.helpers_asked.add(h.name)
+            self._pair.helper_asked(m.name, h.name)
         if self.config.tcp_fallback:
             self._actions.append(TcpPing(m.addr, ping))
-            w.tcp_tried = True
+            self._pair.tcp_probe_sent(m.name)

@@ -14,7 +14,8 @@ Threading and blocking contract
   thread, synchronously, in event order, while gossip processing is paused:
   they must return quickly and must not block (no disk, no network waits, no
   sleep). An exception in a callback is logged and swallowed. For slow work use
-  :meth:`Gossip.events` (an ``asyncio.Queue``) and consume it from a task.
+  :meth:`Gossip.events` (an ``asyncio.Queue``) and consume it from a task. The
+  full contract (ordering, re-entrancy, lifetime) is on :meth:`Gossip.subscribe`.
 - :meth:`Gossip.members` and :attr:`Gossip.local_member` return immutable
   snapshots; they never block.
 - The socket reader drains every queued datagram before timers run, so after
@@ -232,7 +233,34 @@ class Gossip:
         self._flush()
 
     def subscribe(self, callback: Callable[[MemberEvent], None]) -> Callable[[], None]:
-        """Call ``callback(event)`` for every later event; returns an unsubscribe function."""
+        """Call ``callback(event)`` for every later event; returns an unsubscribe function.
+
+        The contract (memberlist's ``EventDelegate``, stated the same way):
+
+        - **Which thread.** The callback runs on the event loop that started this
+          member, in its thread, called directly from the code that handled a packet,
+          a timer or an API call (never from another thread, never as a task).
+        - **Blocking.** It must not block and should return in well under a
+          millisecond: while it runs no packet is read, no probe answered and no timer
+          fires, so a slow callback makes this member look dead to others (Lifeguard
+          counts the stall against *our* health). No disk, no network waits, no
+          ``time.sleep``; hand slow work to a task (``loop.create_task``) or use
+          :meth:`events`, a queue consumed at the subscriber's pace.
+        - **Ordering.** Events reach every subscriber in the order the core produced
+          them, which for one member is the order of its state changes (a member's
+          first event is its JOIN); each event goes to every subscriber, in the order
+          they subscribed, before the next event goes to any; the queues of
+          :meth:`events` get the same order, after the callbacks ran.
+        - **Re-entrancy.** A callback may read (:meth:`members`) and may unsubscribe.
+          A call that changes state (:meth:`update_meta`, :meth:`join`) from inside a
+          callback delivers the events it causes at once, before the rest of the
+          current batch; defer such calls with ``loop.call_soon`` to keep the order.
+        - **Errors.** An exception in a callback is logged and swallowed; the other
+          subscribers and gossip itself go on.
+        - **Lifetime.** Events are delivered from :meth:`start` until :meth:`stop`
+          closes the sockets and cancels the timers; after ``stop`` returns nothing
+          from the network or a timer reaches a callback any more.
+        """
         self._callbacks.append(callback)
 
         def unsubscribe() -> None:

@@ -25,7 +25,6 @@ from grpc_reflection.v1alpha import reflection
 
 from pairq import grpcopts
 from pairq.gossip import EventKind, Gossip, MemberEvent, MemberState, MemberView, NodeMeta
-from pairq.gossip import config as gossip_config
 from pairq.lookup.options import LookupOptions
 from pairq.lookup.registry import Registry
 from pairq.lookup.service import SERVICE, LookupService
@@ -116,13 +115,7 @@ class Lookup:
 
     async def _start_gossip(self) -> None:
         o = self.options
-        ghost, gport = parse_hostport(o.gossip_address, what="--gossip-address")
-        cfg = gossip_config.PROFILES[o.gossip_profile](
-            bind_host=ghost,
-            bind_port=gport,
-            label=o.gossip_label,
-            keys=tuple(gossip_config.decode_key(k) for k in o.gossip_key),
-        )
+        cfg = o.gossip_config()
         meta = NodeMeta(
             role="lookup",
             node_id=self.lookup_id,

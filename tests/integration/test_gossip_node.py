@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from pairq.gossip.cli import fetch_members, format_members
+from pairq.cli.members import format_members
 from pairq.gossip.config import GossipConfig, local
 from pairq.gossip.events import EventKind, MemberEvent
 from pairq.gossip.messages import MemberState
 from pairq.gossip.meta import NodeMeta
 from pairq.gossip.node import Gossip
+from pairq.gossip.observe import fetch_members
 
 KEY_A = bytes(range(16))
 KEY_B = bytes(range(16, 48))
@@ -174,7 +175,7 @@ def _wait_line(
 
 def test_agent_processes_members_cli_and_kill(tmp_path: Path) -> None:
     """The standalone agent: real processes, SIGKILL by our own PID, the members CLI."""
-    from pairq.gossip.cli import add_members_command
+    from pairq.cli.members import register as add_members_command
 
     events = [tmp_path / f"{n}.jsonl" for n in "ab"]
     procs: list[subprocess.Popen[bytes]] = []
@@ -194,7 +195,7 @@ def test_agent_processes_members_cli_and_kill(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-c",
-                "import sys, json; from pairq.gossip.cli import run_members;"
+                "import sys, json; from pairq.cli.members import run_members;"
                 "import argparse; sys.exit(run_members(argparse.Namespace(**json.loads(sys.argv[1]))))",
                 json.dumps(vars(args) | {"func": None}),
             ],

@@ -130,7 +130,7 @@ async def test_nodes_command_lists_every_broker_from_every_lookup(tmp_path: Path
             )
             args = [
                 "-m",
-                "pairq.lookup.cli",
+                "pairq.cli",
                 "nodes",
                 "--lookup",
                 l1.address,

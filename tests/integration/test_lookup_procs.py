@@ -108,7 +108,7 @@ class LookupProc(Proc):
     ) -> None:
         self.port = port or free_port()
         self.gossip_port = gossip_port
-        argv = ["-m", "pairq.lookup.cli", "lookup", "--address", self.address, "--node-name", name]
+        argv = ["-m", "pairq.cli", "lookup", "--address", self.address, "--node-name", name]
         if gossip_port:
             argv += ["--gossip-address", f"127.0.0.1:{gossip_port}", "--gossip-profile", "local"]
             for j in join or []:

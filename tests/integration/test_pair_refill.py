@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 from test_pair import make_pair, stats, wait_healthy
 
-from pairq.client.cli import _pair_line
+from pairq.cli.stat import _pair_line
 from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import broker_pb2_grpc as pbg
 

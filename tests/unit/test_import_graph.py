@@ -87,6 +87,20 @@ def test_libraries_never_import_the_command_line_or_the_fixtures() -> None:
     assert not bad, "library code imports a CLI module or pairq.testing:\n" + "\n".join(sorted(bad))
 
 
+def test_only_the_entry_points_import_the_command_line() -> None:
+    # Shared modules that libraries use (pairq.options, pairq.errors, ...) count as
+    # library code too: nothing outside pairq/cli/ and ``python -m pairq`` imports it.
+    bad = [
+        f"{mod} -> {d}"
+        for mod, deps in graph().items()
+        if mod != "pairq.__main__" and mod != "pairq.cli" and not mod.startswith("pairq.cli.")
+        for d in deps
+        if d == "pairq.cli" or d.startswith("pairq.cli.")
+    ]
+    assert not bad, "only pairq/cli/ and pairq/__main__.py import the CLI:\n" + "\n".join(bad)
+    assert "pairq.cli" in graph()["pairq.__main__"]  # the check sees the one that does
+
+
 def test_the_graph_sees_real_imports() -> None:
     g = graph()  # a sanity check of the parser, so the test above cannot pass vacuously
     assert "pairq.broker.store" in g["pairq.broker.topic"]

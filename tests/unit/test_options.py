@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import tomllib
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from pairq.broker.options import BrokerOptions
-from pairq.options import add_flags, resolve
+from pairq.cli._flags import add_flags
+from pairq.options import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,3 +86,109 @@ def test_lookup_reads_its_own_env_prefix_not_the_brokers() -> None:
     parser = argparse.ArgumentParser()
     add_flags(parser, LookupOptions)
     assert "PAIRQ_LOOKUP_ADDRESS" in parser.format_help()
+
+
+# --- one validation, whatever the source -------------------------------------------
+
+
+def test_a_bad_choice_is_refused_from_every_source_naming_it(tmp_path: Path) -> None:
+    from pairq.options import OptionsError
+
+    with pytest.raises(OptionsError) as err:
+        resolve(BrokerOptions, parse([]), env={"PAIRQ_SYNC": "Always"})
+    assert str(err.value) == "PAIRQ_SYNC='Always': must be one of always, periodic"
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('sync = "sometimes"\n')
+    with pytest.raises(OptionsError) as err:
+        resolve(BrokerOptions, parse(["--config", str(cfg)]), env={})
+    assert str(err.value) == f"{cfg}: sync = 'sometimes': must be one of always, periodic"
+    with pytest.raises(OptionsError) as err:
+        resolve(BrokerOptions, parse(["--sync", "Always"]), env={})
+    assert str(err.value) == "--sync='Always': must be one of always, periodic"
+
+
+def test_types_and_ranges_are_checked_for_env_and_file_values(tmp_path: Path) -> None:
+    from pairq.options import OptionsError
+
+    cfg = tmp_path / "b.toml"
+    cfg.write_text('max_rdy_count = "7"\nmax_batch = 0\nlookup = [1]\nmin_copies = 3\n')
+    env = {"PAIRQ_MSG_TIMEOUT_MS": "soon", "PAIRQ_SHUTDOWN_GRACE_S": "-1"}
+    with pytest.raises(OptionsError) as err:
+        resolve(BrokerOptions, parse(["--config", str(cfg), "--address", "nope"]), env=env)
+    assert sorted(err.value.errors) == sorted(
+        [
+            "--address='nope': must be HOST:PORT",
+            "PAIRQ_MSG_TIMEOUT_MS='soon': must be an integer",
+            "PAIRQ_SHUTDOWN_GRACE_S='-1': must be >= 0.0",
+            f"{cfg}: max_rdy_count = '7': must be an integer",
+            f"{cfg}: max_batch = 0: must be >= 1",
+            f"{cfg}: lookup = [1]: must be a list of strings",
+            f"{cfg}: min_copies = 3: must be one of 1, 2",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("word", "value"),
+    [("true", True), ("YES", True), ("on", True), ("1", True), ("off", False), ("No", False)],
+)
+def test_bool_words(word: str, value: bool) -> None:
+    from pairq.options import parse_value
+
+    f = next(f for f in dataclasses.fields(SwitchOptions) if f.name == "flag")
+    assert parse_value(f, word, text=True) is value
+
+
+@pytest.mark.parametrize("word", ["treu", "enabled", "2", ""])
+def test_other_bool_strings_are_refused(word: str) -> None:
+    from pairq.options import OptionsError
+
+    with pytest.raises(OptionsError, match=r"PAIRQ_FLAG=.*must be a bool: one of true, 1, yes, on"):
+        resolve(SwitchOptions, None, env={"PAIRQ_FLAG": word})
+
+
+def test_unknown_keys_and_tables_are_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "b.toml"
+    cfg.write_text('sync = "always"\nsnyc = "always"\n[gossip]\nkey = 1\n')
+    with pytest.raises(ValueError, match=r"unknown option\(s\) gossip, snyc"):
+        resolve(BrokerOptions, parse(["--config", str(cfg)]), env={})
+
+
+def test_a_dataclass_built_in_python_is_held_to_the_same_rules() -> None:
+    from pairq.options import OptionsError
+
+    with pytest.raises(OptionsError, match="--sync='Always': must be one of always, periodic"):
+        BrokerOptions(sync="Always").validate()
+    with pytest.raises(OptionsError, match="--heartbeat-ms must be 10 to a third of --lease-ms"):
+        BrokerOptions(heartbeat_ms=400).validate()
+    assert BrokerOptions().validate() == BrokerOptions()
+
+
+def test_sources_and_toml_round_trip(tmp_path: Path) -> None:
+    from pairq.options import resolve_with_sources, to_toml
+
+    cfg = tmp_path / "b.toml"
+    cfg.write_text('sync = "periodic"\njoin = ["h:1"]\n')
+    opts, sources = resolve_with_sources(
+        BrokerOptions, parse(["--config", str(cfg), "--max-batch", "5"]), env={"PAIRQ_PAIR": "p"}
+    )
+    assert sources == {
+        "sync": str(cfg),
+        "join": str(cfg),
+        "max_batch": "--max-batch",
+        "pair": "PAIRQ_PAIR",
+    }
+    text = to_toml(opts, sources)
+    assert (
+        f'sync = "periodic"  # from {cfg}' in text and "max_batch = 5  # from --max-batch" in text
+    )
+    again = tmp_path / "again.toml"
+    again.write_text(text)
+    assert resolve(BrokerOptions, parse(["--config", str(again)]), env={}) == opts
+
+
+@dataclasses.dataclass(frozen=True)
+class SwitchOptions:
+    """A tiny options class with a bool, for the bool-parsing rules."""
+
+    flag: bool = dataclasses.field(default=False, metadata={"help": "a switch"})

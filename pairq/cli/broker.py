@@ -1,4 +1,4 @@
-"""``pairq broker``: parse flags, build ``BrokerOptions``, run ``Broker`` until SIGTERM."""
+"""``pairq broker``: build :class:`BrokerOptions`, run :class:`Broker` until SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import sys
 
 from pairq.broker.broker import Broker
 from pairq.broker.options import BrokerOptions
-from pairq.daemon import run_daemon
-from pairq.options import add_flags
+from pairq.cli._daemon import add_daemon_flags, run_daemon
+
+__all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -18,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="run a broker (stores messages in LMDB and delivers them)",
         description="Run a pairq broker: durable topics and channels with NSQ's delivery semantics.",
     )
-    add_flags(p, BrokerOptions)
+    add_daemon_flags(p, BrokerOptions)
     p.set_defaults(func=run)
 
 

@@ -1,7 +1,8 @@
-"""``pairq lookup`` (run a lookup until SIGTERM) and ``pairq nodes`` (list brokers).
+"""``pairq nodes``: every broker registered with the lookups, merged.
 
-Thin: ``pairq lookup`` only builds :class:`LookupOptions` and runs :class:`Lookup`;
-``pairq nodes`` asks every lookup through :class:`~pairq.client.discovery.Discovery`.
+Asks every lookup through :class:`~pairq.client.discovery.Discovery`; a broker is
+as alive as the most optimistic lookup says, and SEEN BY counts the lookups that
+list it.
 """
 
 from __future__ import annotations
@@ -14,13 +15,9 @@ import sys
 from collections.abc import Sequence
 
 from pairq.client.discovery import Discovery, NodeView
-from pairq.daemon import run_daemon
 from pairq.errors import PairqError
-from pairq.lookup.lookup import Lookup
-from pairq.lookup.options import LookupOptions
-from pairq.options import add_flags
 
-__all__ = ["default_lookups", "format_nodes", "register"]
+__all__ = ["DEFAULT_LOOKUP", "default_lookups", "format_nodes", "register"]
 
 DEFAULT_LOOKUP = "127.0.0.1:4160"
 
@@ -32,15 +29,6 @@ def default_lookups() -> list[str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
-        "lookup",
-        help="run a lookup (topology: which pairs hold which topics, which brokers are alive)",
-        description="Run a pairq lookup (nsqlookupd's role). Brokers register with it "
-        "(pairq broker --lookup); clients ask it where topics live.",
-    )
-    add_flags(p, LookupOptions)
-    p.set_defaults(func=run_lookup)
-
     n = sub.add_parser(
         "nodes",
         help="list every broker registered with the lookups (pair, liveness, topics)",
@@ -63,22 +51,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="seconds to wait for each lookup (default %(default)s)",
     )
     n.set_defaults(func=run_nodes)
-
-
-def run_lookup(args: argparse.Namespace) -> int:
-    return run_daemon("lookup", LookupOptions, args, _start)
-
-
-async def _start(opts: LookupOptions) -> Lookup:
-    lookup = Lookup(opts)
-    await lookup.start()
-    gossip = f", gossip {lookup.gossip_address}" if lookup.gossip_address else ""
-    print(
-        f"pairq lookup {lookup.lookup_id} listening on {lookup.address}{gossip}",
-        file=sys.stderr,
-        flush=True,
-    )
-    return lookup
 
 
 def format_nodes(nodes: Sequence[NodeView], lookups: int) -> str:
@@ -148,15 +120,3 @@ def run_nodes(args: argparse.Namespace) -> int:
     else:
         print(format_nodes(nodes, len(lookups)))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pairq.lookup.cli lookup|nodes ...`` (the same as ``pairq lookup|nodes``)."""
-    parser = argparse.ArgumentParser(prog="pairq")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

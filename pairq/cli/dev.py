@@ -195,7 +195,7 @@ def components(args: argparse.Namespace) -> list[Component]:
 def _start(c: Component, data: Path) -> None:
     with open(data / f"{c.name}.log", "ab") as log:  # the child keeps its own copy
         c.proc = subprocess.Popen(
-            [sys.executable, "-m", "pairq.cli", *c.args],
+            [sys.executable, "-m", "pairq", *c.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

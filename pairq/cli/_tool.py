@@ -1,0 +1,197 @@
+"""What the client tools (``pub``, ``tail``, ``stat``, ``to-file``, ``dlq``) share.
+
+Every tool takes ``--broker HOST:PORT`` (repeatable; default 127.0.0.1:4150);
+``pub``, ``tail``, ``stat`` and ``to-file`` also take ``--lookup HOST:PORT``
+(repeatable) to find brokers through lookups instead of (or besides) naming
+them. Expected failures (unreachable broker, invalid names, bad input) print one
+line to stderr and exit with status 1; bad usage exits with 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
+
+import grpc
+
+from pairq.client._channel import DEFAULT_BROKER, BrokerConn, normalize_address
+from pairq.client.discovery import Discovery
+from pairq.errors import PairqError, UnavailableError
+from pairq.v1 import broker_pb2 as pb
+
+
+class CliError(Exception):
+    """An expected failure: printed as one line, exit status 1."""
+
+
+# -- plumbing ---------------------------------------------------------------------
+
+
+def lookups(args: argparse.Namespace) -> list[str] | None:
+    raw = getattr(args, "lookup", None)
+    if not raw:
+        return None
+    try:
+        return list(dict.fromkeys(normalize_address(a) for a in raw))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def brokers_or_none(args: argparse.Namespace) -> list[str] | None:
+    """The --broker addresses; None when only lookups were given."""
+    if not args.broker and lookups(args):
+        return None
+    return brokers(args)
+
+
+def brokers(args: argparse.Namespace) -> list[str]:
+    raw = args.broker or [DEFAULT_BROKER]
+    try:
+        return list(dict.fromkeys(normalize_address(a) for a in raw))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def run_tool(
+    name: str, main: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+) -> Callable[[argparse.Namespace], int]:
+    def func(args: argparse.Namespace) -> int:
+        try:
+            return asyncio.run(main(args))
+        except CliError as exc:
+            err(name, str(exc))
+        except PairqError as exc:
+            err(name, exc.message or str(exc))
+        except grpc.aio.AioRpcError as exc:
+            err(name, rpc_message(exc))
+        except (OSError, ValueError) as exc:
+            err(name, str(exc))
+        except BrokenPipeError:  # pragma: no cover - e.g. `pairq tail | head`
+            return 0
+        return 1
+
+    return func
+
+
+def err(name: str, message: str) -> None:
+    print(f"pairq {name}: error: {message}", file=sys.stderr)
+
+
+def rpc_message(exc: grpc.aio.AioRpcError) -> str:
+    err = PairqError.from_rpc_error(exc)
+    return err.message or str(exc.code())
+
+
+def add_consume_stop_args(p: argparse.ArgumentParser) -> None:
+    """-n and --timeout, as every consuming command (tail, to-file) takes them."""
+    p.add_argument(
+        "-n",
+        type=int,
+        default=0,
+        metavar="N",
+        help="exit after N messages (0: run until interrupted)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for a broker to answer at start"
+    )
+
+
+def add_broker_arg(p: argparse.ArgumentParser, *, lookup: bool = False) -> None:
+    p.add_argument(
+        "--broker",
+        action="append",
+        metavar="HOST:PORT",
+        help=f"broker gRPC address; repeat for several (default: {DEFAULT_BROKER}, "
+        "unless --lookup is given)",
+    )
+    if lookup:
+        p.add_argument(
+            "--lookup",
+            action="append",
+            metavar="HOST:PORT",
+            help="lookup gRPC address to find brokers through; repeat for several",
+        )
+        p.add_argument(
+            "--lookup-poll-interval",
+            type=float,
+            default=15.0,
+            metavar="SECONDS",
+            help="how often to ask the lookups again, seconds",
+        )
+
+
+async def check_lookups(lookups: list[str], topic: str, timeout: float) -> None:
+    """Fail with one clear line when no lookup answers."""
+    async with Discovery(lookups, timeout=timeout) as d:
+        try:
+            await d.brokers_for_topic(topic)
+        except UnavailableError as exc:
+            raise CliError(exc.message) from None
+
+
+async def unary(conn: BrokerConn, method: str, request: Any, timeout: float) -> Any:
+    try:
+        return await getattr(conn.get_stub(), method)(request, timeout=timeout)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise CliError(f"cannot reach broker {conn.address}: {rpc_message(exc)}") from None
+        raise CliError(f"broker {conn.address}: {rpc_message(exc)}") from None
+
+
+async def check_reachable(brokers: Sequence[str], timeout: float) -> None:
+    """Fail with one clear line when no broker answers (consumers would retry forever)."""
+    conns = [BrokerConn(a) for a in brokers]
+    errors = []
+    try:
+        for c in conns:
+            try:
+                await unary(c, "GetStats", pb.GetStatsRequest(topic="-", no_clients=True), timeout)
+                return
+            except CliError as exc:
+                if "cannot reach" not in str(exc):
+                    return  # it answered (e.g. NOT_FOUND): reachable
+                errors.append(str(exc))
+        raise CliError("; ".join(errors))
+    finally:
+        for c in conns:
+            await c.close()
+
+
+def stop_event() -> asyncio.Event:
+    """An event set by SIGINT/SIGTERM (graceful stop for long-running tools)."""
+    ev = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, ev.set)
+    return ev
+
+
+async def until(stop: asyncio.Event, aw: Awaitable[Any]) -> None:
+    """Run ``aw`` until it ends or ``stop`` is set."""
+    task = asyncio.ensure_future(aw)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except empty ones and ones the help text already states."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
