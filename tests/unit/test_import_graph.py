@@ -1,6 +1,8 @@
-"""The import graph of ``pairq/`` (built with ``ast``, runtime imports only: imports
-under ``if TYPE_CHECKING:`` do not run): library packages never import the command
-line or the test fixtures, and the broker's and client's modules import no cycle."""
+"""The import graph of ``pairq/`` (built with ``ast``): library packages never import the
+command line or the test fixtures, and the broker's and client's modules import no cycle.
+
+By default only runtime imports count (imports under ``if TYPE_CHECKING:`` do not run);
+for the client, type-only imports count too: its modules import no cycle even on paper."""
 
 from __future__ import annotations
 
@@ -19,9 +21,12 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def runtime_imports(path: Path, modules: set[str] | None = None) -> set[str]:
-    """What ``path`` imports when it runs. ``from pkg import mod`` counts as an import
-    of ``pkg.mod`` (when ``modules`` lists it), not of the package."""
+def runtime_imports(
+    path: Path, modules: set[str] | None = None, *, type_checking: bool = False
+) -> set[str]:
+    """What ``path`` imports when it runs (with ``type_checking``: also under ``if
+    TYPE_CHECKING:``). ``from pkg import mod`` counts as an import of ``pkg.mod`` (when
+    ``modules`` lists it), not of the package."""
     tree = ast.parse(path.read_text(), str(path))
     out: set[str] = set()
     package = (
@@ -35,6 +40,7 @@ def runtime_imports(path: Path, modules: set[str] | None = None) -> set[str]:
                 isinstance(child, ast.If)
                 and isinstance(child.test, ast.Name)
                 and child.test.id == "TYPE_CHECKING"
+                and not type_checking
             ):
                 tc = True
             if not tc and isinstance(child, ast.Import):
@@ -55,11 +61,16 @@ def runtime_imports(path: Path, modules: set[str] | None = None) -> set[str]:
     return {m for m in out if m == "pairq" or m.startswith("pairq.")}
 
 
-def graph() -> dict[str, set[str]]:
+def graph(*, type_checking: bool = False) -> dict[str, set[str]]:
     mods = {module_name(p): p for p in ROOT.rglob("*.py") if "v1" not in p.parts}
     names = set(mods)
     return {
-        m: {i for i in runtime_imports(p, names) if i in mods and i != m} for m, p in mods.items()
+        m: {
+            i
+            for i in runtime_imports(p, names, type_checking=type_checking)
+            if i in mods and i != m
+        }
+        for m, p in mods.items()
     }
 
 
@@ -117,6 +128,29 @@ def test_no_runtime_import_cycle_among_the_broker_or_the_client_modules() -> Non
         assert not cycles, f"import cycles among {prefix}*: " + "; ".join(
             " -> ".join(c) for c in cycles
         )
+
+
+def test_no_import_cycle_among_the_client_modules_counting_type_only_imports() -> None:
+    g = graph(type_checking=True)
+    cycles = find_cycles(g, "pairq.client.")
+    assert not cycles, "import cycles among pairq.client.* (type-only imports counted): " + (
+        "; ".join(" -> ".join(c) for c in cycles)
+    )
+
+
+def test_type_only_imports_are_seen_when_asked_for() -> None:
+    # message.py names the core's Outbox only for the type checker.
+    src = ROOT / "client" / "message.py"
+    names = set(graph())
+    assert "pairq.client.consumer_core" in runtime_imports(src, names)
+    tc = runtime_imports(ROOT / "broker" / "channel.py", names, type_checking=True)
+    assert tc >= runtime_imports(ROOT / "broker" / "channel.py", names)
+    ast_tc = [
+        f
+        for f in ROOT.rglob("*.py")
+        if runtime_imports(f, names, type_checking=True) != runtime_imports(f, names)
+    ]
+    assert ast_tc, "no module has a type-only import: the TYPE_CHECKING branch is untested"
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:
