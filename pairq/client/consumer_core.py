@@ -293,6 +293,8 @@ class ConsumerCore:
     def admit(self, box: Outbox, msgs: list[D], now: float) -> list[D]:
         """Deliveries from ``box``: return the ones to handle (``msgs`` itself when all)."""
         n = len(msgs)
+        if not n:
+            return msgs
         self.stats.received += n
         if self.stopping:
             self.stats.requeued += n
