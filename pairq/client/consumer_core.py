@@ -358,27 +358,28 @@ class ConsumerCore:
 
     def finish_many(self, msgs: Sequence[Delivery], now: float) -> None:
         """``finish`` each of ``msgs`` (one record batch for the window)."""
-        fresh = []
-        for msg in msgs:
-            if msg._state == PENDING:
-                msg._state = FINISHED
-                fresh.append(msg)
-        if not fresh:
-            return
         handling = self._handling
         if handling is not None and self._executor is not None:
-            self.to_record.extend(fresh)  # FIN'd by recorded()
+            for msg in msgs:
+                if msg._state == PENDING:
+                    msg._state = FINISHED
+                    self.to_record.append(msg)  # FIN'd by recorded()
             return
-        n = len(fresh)
-        self.in_flight -= n
-        self.stats.finished += n
         ids = []
-        for msg in fresh:
+        for msg in msgs:
+            if msg._state != PENDING:
+                continue
+            msg._state = FINISHED
             mid = msg.id
             ids.append(mid)
             box = msg._box
             if box.open:
                 box.fins.append(mid)
+        if not ids:
+            return
+        n = len(ids)
+        self.in_flight -= n
+        self.stats.finished += n
         if handling is None:
             return
         handling.difference_update(ids)
