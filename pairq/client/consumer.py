@@ -5,9 +5,9 @@ answers of ended sessions) live in ``pairq.client.consumer_core``; this module
 owns the streams, the handler workers and the timers, and carries out what the
 core leaves in each session's outbox.
 
-Connections. The consumer keeps one ``_Link`` per broker in ``brokers`` (and
-per broker its lookups list): it opens a ``Subscribe`` stream and reopens it
-with exponential backoff when it fails or ends. Each accepted stream is one
+Connections. The consumer keeps one ``_Link`` per broker (given in ``brokers``
+or listed by the lookups): it opens a ``Subscribe`` stream and reopens it with
+exponential backoff when it fails or ends. Each accepted stream is one
 ``_Session`` (an outbox of the core plus its reader and writer); a reconnect
 is a new session, so answers for messages of an ended stream are dropped by
 the core (the broker requeued them). Each stream starts with
