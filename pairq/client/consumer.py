@@ -1,13 +1,21 @@
-"""The async Consumer: one Subscribe stream per broker, RDY credit, handlers, FIN batching.
+"""The async Consumer: one Subscribe session per broker, handlers, answers written in batches.
 
-Connections. The consumer opens a ``Subscribe`` stream to every broker in
-``brokers`` and keeps it open: a stream that fails or ends is reopened with
-exponential backoff. Each stream starts with ``SubscribeIdentify``; once the
-broker accepts it the consumer grants RDY credit.
+Rules without I/O (RDY credit, in-flight accounting, backoff, de-duplication,
+answers of ended sessions) live in ``pairq.client.consumer_core``; this module
+owns the streams, the handler workers and the timers, and carries out what the
+core leaves in each session's outbox.
 
-Credit. ``max_in_flight`` is spread over the live streams with NSQ's rule:
-each gets ``max(1, max_in_flight // live_streams)`` (capped by the broker's
-max RDY count), recomputed whenever a stream comes or goes. The broker keeps
+Connections. The consumer keeps one ``_Link`` per broker (given in ``brokers``
+or listed by the lookups): it opens a ``Subscribe`` stream and reopens it with
+exponential backoff when it fails or ends. Each accepted stream is one
+``_Session`` (an outbox of the core plus its reader and writer); a reconnect
+is a new session, so answers for messages of an ended stream are dropped by
+the core (the broker requeued them). Each stream starts with
+``SubscribeIdentify``; once the broker accepts it the consumer grants RDY.
+
+Credit. ``max_in_flight`` is spread over the live sessions with NSQ's rule:
+each gets ``max(1, max_in_flight // live_sessions)`` (capped by the broker's
+max RDY count), recomputed whenever a session comes or goes. The broker keeps
 at most that many messages in flight per stream; every FIN/REQ frees credit,
 so RDY is only re-sent when the distribution changes.
 
@@ -17,12 +25,15 @@ handlers back to back; only when a handler really suspends (awaits I/O) does
 another worker take over the queue. A handler that completes without
 suspending therefore costs no task, no queue hand-off and no loop wake-up.
 Return (or ``None``) means FIN; an exception means REQ with a delay of
-``requeue_delay * 2**(attempts-1)`` capped by ``max_requeue_delay``.
+``requeue_delay * 2**(attempts-1)`` capped by ``max_requeue_delay``. Every
+handler outcome takes one path (``Consumer._settle``), traced or not.
 
-Answers. FIN/REQ/TOUCH are buffered per stream and written by one writer task
-per stream: at once when ``fin_batch_size`` have accumulated, after
-``fin_linger`` seconds otherwise, and always when the workers run out of work.
-Heartbeats are answered with ``nop``.
+Answers. ``Message.finish/requeue/touch`` go to the session that delivered the
+message (it implements ``message.Answers``). FIN/REQ/TOUCH are buffered per
+session and written by one writer task per session: at once when a quarter of
+its credit (at most ``fin_batch_size``) have accumulated, after ``fin_linger``
+seconds otherwise, and always when the workers run out of work. Heartbeats are
+answered with ``nop``.
 
 De-duplication is on by default: the handler runs once per message id within
 a window (in memory, ``dedupe_max_entries`` ids for ``dedupe_ttl`` seconds;
@@ -47,6 +58,7 @@ import logging
 import os
 import random
 import socket
+import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from pathlib import Path
@@ -56,17 +68,12 @@ from typing import Any
 import grpc
 
 from pairq.client._channel import DEFAULT_BROKER, BrokerConn, normalize_address
-from pairq.client._policy import (
-    check_channel,
-    check_topic,
-    rdy_per_connection,
-    requeue_delay_ms,
-    retry_backoff,
-)
+from pairq.client._policy import check_channel, check_topic, retry_backoff
 from pairq.client._tracing import TRACEPARENT, ProcessSpan
+from pairq.client.consumer_core import PENDING, ConsumerCore, ConsumerStats, Outbox
 from pairq.client.dedupe import Dedupe, DedupeWindow, MemoryDedupe
 from pairq.client.discovery import Discovery
-from pairq.client.message import _FINISHED, _PENDING, _REQUEUED, Message
+from pairq.client.message import Message
 from pairq.errors import PairqError
 from pairq.v1 import broker_pb2 as pb
 
@@ -85,55 +92,6 @@ def _being_cancelled() -> bool:
     """Whether the running task was asked to stop (vs. a CancelledError from a handler)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-class ConsumerStats:
-    """Live counters of a Consumer (plain ints, read them any time)."""
-
-    __slots__ = (
-        "connections",
-        "dedupe_errors",
-        "duplicates",
-        "errors",
-        "finished",
-        "handler_errors",
-        "heartbeats",
-        "received",
-        "reconnects",
-        "requeued",
-        "touched",
-    )
-
-    def __init__(self) -> None:
-        self.received = 0
-        """Deliveries received (duplicates included)."""
-        self.finished = 0
-        """Messages FIN'd after the handler succeeded (duplicates not included)."""
-        self.requeued = 0
-        """Messages REQ'd (handler failures, requeue(), messages refused while stopping)."""
-        self.duplicates = 0
-        """Deliveries FIN'd without running the handler because their id was already handled."""
-        self.handler_errors = 0
-        """Handler runs that raised."""
-        self.touched = 0
-        """TOUCH requests sent."""
-        self.errors = 0
-        """Non-fatal SubscribeError events from brokers (e.g. FIN of a timed-out message)."""
-        self.reconnects = 0
-        """Streams reopened after a failure."""
-        self.heartbeats = 0
-        """Heartbeats received from brokers (each answered with a nop)."""
-        self.connections = 0
-        """Streams currently accepted by a broker."""
-        self.dedupe_errors = 0
-        """Failures to record ids in the dedupe window (the messages were FIN'd anyway)."""
-
-    def as_dict(self) -> dict[str, int]:
-        """The counters as a dict."""
-        return {k: getattr(self, k) for k in self.__slots__}
-
-    def __repr__(self) -> str:
-        return f"ConsumerStats({self.as_dict()})"
 
 
 class _Resume:
@@ -171,68 +129,50 @@ class _Resume:
                     return stop.value
 
 
-class _Conn:
-    """One broker's Subscribe stream: session loop, reader, writer and answer buffers."""
+class _Session(Outbox):
+    """One accepted Subscribe stream: the core's outbox for it, its reader and its writer.
 
-    def __init__(self, consumer: Consumer, address: str) -> None:
+    Implements ``message.Answers`` for the messages it delivered. Ends when the
+    stream does; the ``_Link`` that opened it opens the next one.
+    """
+
+    def __init__(self, consumer: Consumer, link: _Link, call: Any, max_rdy: int) -> None:
+        super().__init__(max_rdy)
         self.consumer = consumer
-        self.broker = BrokerConn(address)
-        self.address = self.broker.address
-        self.gen = 0
-        self.live = False
-        self.accepted_once = False
-        self.broker_id = ""
-        self.max_rdy = 0
-        self.sent_rdy = 0
-        self.rdy: int | None = None
-        self.fins: list[bytes] = []
-        self.reqs: dict[int, list[bytes]] = {}
-        self.touches: list[bytes] = []
+        self.link = link
+        self.call = call
         self.nop = False
-        self.fin_threshold = consumer._fin_batch_size
-        self.close_requested = False
         self.close_sent = False
         self.writing = False
-        self.last_error: str | None = None
-        self.retired = False  # discovery no longer lists it: do not reconnect
         self._wake = asyncio.Event()
         self._flush_handle: asyncio.TimerHandle | None = None
-        self.task: asyncio.Task[None] | None = None
 
-    # -- answer buffers (called by the consumer) --------------------------------
+    # -- message.Answers ------------------------------------------------------------
 
-    def fin(self, mid: bytes, gen: int) -> None:
-        if gen != self.gen or not self.live:
-            return  # the stream that delivered it is gone; the broker requeued it
-        fins = self.fins
-        fins.append(mid)
-        if len(fins) >= self.fin_threshold:
+    def finish(self, msg: Message) -> None:
+        c = self.consumer
+        c._yielded.discard(msg)
+        c._finish(msg)
+
+    def requeue(self, msg: Message, delay_ms: int | None) -> None:
+        c = self.consumer
+        c._yielded.discard(msg)
+        c._requeue(msg, delay_ms)
+
+    def touch(self, msg: Message) -> None:
+        if self.consumer._core.touch(msg):
             self.wake()
-        elif self._flush_handle is None:
+
+    # -- writer wake-ups ------------------------------------------------------------
+
+    def answered(self) -> None:
+        """Answers were added: write them now, or after ``fin_linger`` for a few FINs."""
+        if len(self.fins) >= self.fin_threshold or self.reqs or self.touches:
+            self.wake()
+        elif self.fins and self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(
                 self.consumer._fin_linger, self.wake
             )
-
-    def req(self, mid: bytes, gen: int, delay_ms: int) -> None:
-        if gen != self.gen or not self.live:
-            return
-        self.reqs.setdefault(delay_ms, []).append(mid)
-        self.wake()
-
-    def touch(self, msg: Message) -> None:
-        if msg._gen != self.gen or not self.live:
-            return
-        self.touches.append(msg.id)
-        self.consumer.stats.touched += 1
-        self.wake()
-
-    def set_rdy(self, count: int) -> None:
-        # Send FINs in quarters of the credit, so the broker refills this
-        # stream while the rest of the batch is still being handled.
-        self.fin_threshold = max(1, min(self.consumer._fin_batch_size, count // 4))
-        if count != self.sent_rdy or self.rdy is not None:
-            self.rdy = count
-            self.wake()
 
     def wake(self) -> None:
         h = self._flush_handle
@@ -242,109 +182,53 @@ class _Conn:
         self._wake.set()
 
     def flush(self) -> None:
-        if self.fins or self.reqs or self.touches:
+        if self.has_answers():
             self.wake()
 
     def has_outgoing(self) -> bool:
-        return bool(self.live and (self.fins or self.reqs or self.touches or self.writing))
+        return bool(self.open and (self.has_answers() or self.writing))
 
-    # -- session ----------------------------------------------------------------
+    # -- the stream -----------------------------------------------------------------
 
     async def run(self) -> None:
+        """Read the stream until it ends; the writer runs beside it."""
         c = self.consumer
-        attempt = 0
-        while not c._stopping and not self.retired:
-            try:
-                await self._session()
-                self.last_error = None
-            except asyncio.CancelledError:
-                raise
-            except grpc.aio.AioRpcError as exc:
-                err = PairqError.from_rpc_error(exc)
-                self.last_error = err.message or str(exc.code())
-                if not c._stopping:
-                    log.warning("subscription to %s failed: %s", self.address, self.last_error)
-            except Exception as exc:
-                self.last_error = repr(exc)
-                if not c._stopping:
-                    log.warning("subscription to %s failed: %r", self.address, exc)
-            if c._stopping or self.retired:
-                break
-            if self._was_live:
-                attempt = 0
-            attempt += 1
-            c.stats.reconnects += 1
-            await asyncio.sleep(
-                retry_backoff(
-                    attempt,
-                    base=c._reconnect_backoff,
-                    cap=c._reconnect_backoff_max,
-                    jitter=random.random(),
-                )
-            )
-
-    _was_live = False
-
-    async def _session(self) -> None:
-        c = self.consumer
-        self._was_live = False
-        stub = self.broker.get_stub()
-        call = stub.Subscribe()
+        writer = asyncio.get_running_loop().create_task(self._writer())
+        c._opened(self)
         try:
-            await call.write(pb.SubscribeRequest(identify=c._identify))
-            resp = await call.read()
-            if resp is grpc.aio.EOF:
-                raise ConnectionError("broker closed the stream before accepting it")
-            if resp.WhichOneof("event") != "accepted":
-                raise ConnectionError(f"unexpected first event {resp.WhichOneof('event')!r}")
-            acc = resp.accepted
-            self.gen += 1
-            self.broker_id = acc.broker_id
-            self.max_rdy = acc.max_rdy_count
-            self.fins = []
-            self.reqs = {}
-            self.touches = []
-            self.nop = False
-            self.sent_rdy = 0
-            self.rdy = None
-            self.close_sent = False
-            self.live = True
-            self._was_live = True
-            self.accepted_once = True
-            writer = asyncio.get_running_loop().create_task(self._writer(call))
-            c._conn_changed()
-            try:
-                deliver = c._deliver
-                read = call.read
-                eof = grpc.aio.EOF
-                while True:
-                    resp = await read()
-                    if resp is eof:
-                        return
-                    kind = resp.WhichOneof("event")
-                    if kind == "deliveries":
-                        deliver(self, resp.deliveries.messages)
-                    elif kind == "heartbeat":
-                        c.stats.heartbeats += 1
-                        self.nop = True
-                        self._wake.set()
-                    elif kind == "error":
-                        c.stats.errors += 1
-                        e = resp.error
-                        log.debug(
-                            "broker %s: %s: %s", self.address, pb.ErrorCode.Name(e.code), e.message
-                        )
-            finally:
-                writer.cancel()
-                self.live = False
-                self.writing = False
-                c._conn_changed()
+            deliver = c._deliver
+            read = self.call.read
+            eof = grpc.aio.EOF
+            while True:
+                resp = await read()
+                if resp is eof:
+                    return
+                kind = resp.WhichOneof("event")
+                if kind == "deliveries":
+                    deliver(self, resp.deliveries.messages)
+                elif kind == "heartbeat":
+                    c.stats.heartbeats += 1
+                    self.nop = True
+                    self._wake.set()
+                elif kind == "error":
+                    c.stats.errors += 1
+                    e = resp.error
+                    log.debug(
+                        "broker %s: %s: %s", self.link.address, pb.ErrorCode.Name(e.code), e.message
+                    )
         finally:
-            call.cancel()
+            writer.cancel()
+            self.writing = False
+            h = self._flush_handle
+            if h is not None:
+                h.cancel()
+                self._flush_handle = None
+            c._closed(self)
 
-    async def _writer(self, call: Any) -> None:
+    async def _writer(self) -> None:
         Req = pb.SubscribeRequest
         wake = self._wake
+        call = self.call
         c = self.consumer
         while True:
             await wake.wait()
@@ -371,7 +255,7 @@ class _Conn:
                     elif self.nop:
                         self.nop = False
                         await call.write(Req(nop=True))
-                    elif self.close_requested and not self.close_sent:
+                    elif c._stopping and c._closing and not self.close_sent:
                         self.close_sent = True
                         await call.write(Req(close=True))
                     else:
@@ -380,13 +264,114 @@ class _Conn:
                 raise
             except Exception as exc:
                 # A stream we cannot write to is useless: end it so the
-                # session reconnects (the broker requeues what was in flight).
-                log.warning("writing to %s failed: %r", self.address, exc)
+                # link reconnects (the broker requeues what was in flight).
+                log.warning("writing to %s failed: %r", self.link.address, exc)
                 call.cancel()
                 return
             finally:
                 self.writing = False
             c._changed.set()
+
+
+class _Link:
+    """The consumer's tie to one broker: opens Subscribe sessions, reopens them with backoff."""
+
+    def __init__(self, consumer: Consumer, address: str) -> None:
+        self.consumer = consumer
+        self.broker = BrokerConn(address)
+        self.address = self.broker.address
+        self.session: _Session | None = None
+        self.accepted_once = False
+        self.broker_id = ""
+        self.last_error: str | None = None
+        self.retired = False  # discovery no longer lists it: do not reconnect
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def live(self) -> bool:
+        """Whether a session is open on this link now."""
+        return self.session is not None and self.session.open
+
+    async def run(self) -> None:
+        c = self.consumer
+        attempt = 0
+        while not c._stopping and not self.retired:
+            was_live = False
+            try:
+                was_live = await self._connect()
+                self.last_error = None
+            except asyncio.CancelledError:
+                raise
+            except _SessionError as exc:
+                was_live = exc.was_live
+                self._failed(exc.cause)
+            except Exception as exc:
+                self._failed(exc)
+            if c._stopping or self.retired:
+                break
+            if was_live:
+                attempt = 0
+            attempt += 1
+            c.stats.reconnects += 1
+            await asyncio.sleep(
+                retry_backoff(
+                    attempt,
+                    base=c._reconnect_backoff,
+                    cap=c._reconnect_backoff_max,
+                    jitter=random.random(),
+                )
+            )
+
+    def _failed(self, exc: BaseException) -> None:
+        c = self.consumer
+        if isinstance(exc, grpc.aio.AioRpcError):
+            err = PairqError.from_rpc_error(exc)
+            self.last_error = err.message or str(exc.code())
+            if not c._stopping:
+                log.warning("subscription to %s failed: %s", self.address, self.last_error)
+        else:
+            self.last_error = repr(exc)
+            if not c._stopping:
+                log.warning("subscription to %s failed: %r", self.address, exc)
+
+    async def _connect(self) -> bool:
+        """One Subscribe stream: identify, wait for acceptance, run a session on it.
+
+        Returns whether the broker accepted it (raises ``_SessionError`` saying
+        so when the session fails after acceptance).
+        """
+        c = self.consumer
+        call = self.broker.get_stub().Subscribe()
+        try:
+            await call.write(pb.SubscribeRequest(identify=c._identify))
+            resp = await call.read()
+            if resp is grpc.aio.EOF:
+                raise ConnectionError("broker closed the stream before accepting it")
+            if resp.WhichOneof("event") != "accepted":
+                raise ConnectionError(f"unexpected first event {resp.WhichOneof('event')!r}")
+            acc = resp.accepted
+            self.broker_id = acc.broker_id
+            self.accepted_once = True
+            session = self.session = _Session(c, self, call, acc.max_rdy_count)
+            try:
+                await session.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise _SessionError(exc) from exc
+            return True
+        finally:
+            call.cancel()
+
+
+class _SessionError(Exception):
+    """A session failed after the broker accepted it (resets the reconnect backoff)."""
+
+    was_live = True
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(repr(cause))
+        self.cause = cause
 
 
 class Consumer:
@@ -496,31 +481,39 @@ class Consumer:
         else:
             window = dedupe
         self._dedupe: DedupeWindow | None = window
-        self._conns = [_Conn(self, a) for a in dict.fromkeys(brokers)]
+        # Window times: the in-memory window's own clock (time.monotonic by default).
+        self._now: Callable[[], float] = (
+            window.clock if isinstance(window, MemoryDedupe) else time.monotonic
+        )
+        self.stats = ConsumerStats()
+        self._core = ConsumerCore(
+            max_in_flight=max_in_flight,
+            requeue_base_ms=round(requeue_delay * 1000),
+            requeue_max_ms=round(max_requeue_delay * 1000),
+            fin_batch_size=self._fin_batch_size,
+            window=window,
+            stats=self.stats,
+        )
+        self._conns = [_Link(self, a) for a in dict.fromkeys(brokers)]
         self._static = {c.address for c in self._conns}
         self._lookups = list(lookups or [])
         self._lookup_poll_interval = lookup_poll_interval
         self._discovery: Discovery | None = None
         self._discovery_task: asyncio.Task[None] | None = None
-        self._dropped: list[_Conn] = []
-        self.stats = ConsumerStats()
+        self._dropped: list[_Link] = []
         self._queue: collections.deque[Message] = collections.deque()
-        self._busy = 0  # received and not yet answered (FIN/REQ buffered)
         self._last_activity = 0.0
         self._changed = asyncio.Event()
         self._items = asyncio.Event()
         self._idle_workers: list[asyncio.Future[None]] = []
         self._workers: set[asyncio.Task[None]] = set()
         self._draining = 0
-        # id -> duplicates waiting for the run in progress (None: none yet; the common
-        # case costs no list)
-        self._inprogress: dict[bytes, list[Message] | None] = {}
         self._yielded: set[Message] = set()
-        self._to_record: list[Message] = []
         self._record_wake = asyncio.Event()
         self._recorder: asyncio.Task[None] | None = None
         self._started = False
         self._stopping = False
+        self._closing = False  # stop(): ask each broker to end its stream
         self._stopped = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------
@@ -558,7 +551,7 @@ class Consumer:
     @property
     def connected(self) -> int:
         """Streams currently accepted by a broker."""
-        return sum(1 for c in self._conns if c.live)
+        return len(self._core.sessions)
 
     @property
     def max_in_flight(self) -> int:
@@ -570,13 +563,15 @@ class Consumer:
         if max_in_flight < 0:
             raise ValueError("max_in_flight must be >= 0")
         self._max_in_flight = max_in_flight
+        woke = self._core.set_max_in_flight(max_in_flight)
         if self._started and not self._stopping:
-            self._conn_changed()
+            for box in woke:
+                self._session(box).wake()
 
     @property
     def in_flight(self) -> int:
         """Messages received and not yet answered."""
-        return self._busy
+        return self._core.in_flight
 
     async def stop(self) -> None:
         """Stop gracefully: RDY 0, let running handlers finish, flush answers, close.
@@ -598,20 +593,20 @@ class Consumer:
             self._discovery_task.cancel()
             await asyncio.gather(self._discovery_task, return_exceptions=True)
         try:
-            for c in self._conns:
-                if c.live:
-                    c.set_rdy(0)
+            for box in self._core.stop():
+                self._session(box).wake()
             if self._handler is None:
                 self._requeue_queued()
                 for msg in list(self._yielded):  # iterated but never answered
                     msg.requeue(0)
             self._items.set()
             deadline = loop.time() + self._stop_timeout
-            while self._busy > 0 and loop.time() < deadline:
+            while self._core.in_flight > 0 and loop.time() < deadline:
                 await self._wait_changed(deadline - loop.time())
+            self._closing = True
             for c in self._conns:
-                c.close_requested = True
-                c.wake()
+                if c.session is not None:
+                    c.session.wake()
             # The broker ends each stream once nothing is in flight on it;
             # streams not connected now have nothing to wait for.
             tasks = [c.task for c in self._conns if c.task is not None]
@@ -666,16 +661,16 @@ class Consumer:
             if deadline - now <= 0:
                 raise TimeoutError(
                     f"consumer of {self.topic}/{self.channel} not idle after {timeout:g}s "
-                    f"(connected={self.connected}, in_flight={self._busy})"
+                    f"(connected={self.connected}, in_flight={self._core.in_flight})"
                 )
             await self._wait_changed(wait)
 
     def _is_quiet(self) -> bool:
-        if self._busy or self._queue:
+        if self._core.in_flight or self._queue:
             return False
         if not any(c.accepted_once for c in self._conns):
             return False
-        return not any(c.has_outgoing() for c in self._conns)
+        return not any(b.has_outgoing() for b in self._sessions())
 
     async def _wait_changed(self, timeout: float) -> None:
         self._changed.clear()
@@ -716,7 +711,7 @@ class Consumer:
             if c is None or c.task is None or c.task.done():
                 if c is not None:
                     self._conns.remove(c)
-                c = _Conn(self, address)
+                c = _Link(self, address)
                 self._conns.append(c)
                 c.task = loop.create_task(c.run())
                 log.info("consuming %s/%s from %s (discovered)", self.topic, self.channel, address)
@@ -731,58 +726,56 @@ class Consumer:
                     self._conns.remove(c)
                     self._dropped.append(c)  # its channel is closed at stop()
 
-    # -- delivery ------------------------------------------------------------
+    # -- sessions -------------------------------------------------------------------
 
-    def _conn_changed(self) -> None:
-        """A stream came up or went down: redistribute RDY (NSQ's rule)."""
-        live = [c for c in self._conns if c.live]
-        self.stats.connections = len(live)
-        for c in live:
-            rdy = (
-                0
-                if self._stopping
-                else rdy_per_connection(self._max_in_flight, len(live), c.max_rdy)
-            )
-            c.set_rdy(rdy)
+    @staticmethod
+    def _session(box: Outbox) -> _Session:
+        assert isinstance(box, _Session)
+        return box
+
+    def _sessions(self) -> list[_Session]:
+        return [self._session(b) for b in self._core.sessions]
+
+    def _opened(self, session: _Session) -> None:
+        """A session was accepted: redistribute RDY (NSQ's rule)."""
+        for box in self._core.open(session):
+            self._session(box).wake()
+        self._conns_changed()
+
+    def _closed(self, session: _Session) -> None:
+        """A session ended: its unsent answers are dropped; the others share its credit."""
+        for box in self._core.close(session):
+            self._session(box).wake()
+        self._conns_changed()
+
+    def _conns_changed(self) -> None:
+        self.stats.connections = len(self._core.sessions)
         self._last_activity = asyncio.get_running_loop().time()
         self._changed.set()
 
-    def _deliver(self, conn: _Conn, msgs: Any) -> None:
-        n = len(msgs)
-        if not n:
+    # -- delivery ---------------------------------------------------------------------
+
+    def _deliver(self, session: _Session, pbs: Any) -> None:
+        if not len(pbs):
             return
-        self.stats.received += n
+        now = self._now()
         self._last_activity = asyncio.get_running_loop().time()
-        gen = conn.gen
-        if self._stopping:
-            # Refused: give them straight back.
-            self.stats.requeued += n
-            conn.reqs.setdefault(0, []).extend(m.id for m in msgs)
-            conn.wake()
-            return
-        self._busy += n
-        q = self._queue
+        core = self._core
+        run = core.admit(session, [Message(m, session, session) for m in pbs], now)
+        if session.has_answers():  # duplicates FIN'd, or refused while stopping
+            session.answered()
+        if core.window_errors or not core.in_flight:
+            self._after_answers()
+        self._queue.extend(run)
         if self._handler is None:
-            # Iterator mode: de-duplicate on arrival, so duplicates are answered
-            # even while nobody iterates.
-            admit = self._admit
-            for m in msgs:
-                msg = Message(m, conn, gen)
-                if admit(msg):
-                    q.append(msg)
-            self._items.set()
-            return
-        for m in msgs:
-            q.append(Message(m, conn, gen))
-        if self._draining == 0:
+            self._items.set()  # iterator mode
+        elif run and self._draining == 0:
             self._wake_worker()
 
     def _requeue_queued(self) -> None:
         q = self._queue
         while q:
-            msg = q.popleft()
-            msg._state = _REQUEUED
-            self._answer(msg, False, 0)
+            self._requeue(q.popleft(), 0)
 
     # -- workers ----------------------------------------------------------------
 
@@ -797,9 +790,9 @@ class Consumer:
             task.add_done_callback(self._workers.discard)
 
     def _flush_all(self) -> None:
-        for c in self._conns:
-            c.flush()
-        if self._to_record:
+        for b in self._core.sessions:
+            self._session(b).flush()
+        if self._core.to_record:
             self._record_wake.set()
 
     async def _worker(self) -> None:
@@ -807,57 +800,60 @@ class Consumer:
         handler = self._handler
         assert handler is not None
         loop = asyncio.get_running_loop()
-        admit = self._admit
-        answer = self._answer
+        settle = self._settle
+        finish_many = self._finish_many
         trace_ctx = self._trace
-        while True:
-            if not q:
-                self._flush_all()
-                self._draining -= 1
-                fut: asyncio.Future[None] = loop.create_future()
-                self._idle_workers.append(fut)
-                await fut  # the waker counted us as draining again
-                continue
-            msg = q.popleft()
-            if not admit(msg):
-                continue
-            if trace_ctx and TRACEPARENT in msg._pb.headers:
-                await self._run_traced(handler, msg)
-                continue
-            try:
-                r = handler(msg)
-                if r is not None:
-                    if type(r) is _CoroutineType:
-                        try:
-                            y = r.send(None)
-                        except StopIteration:
-                            pass
-                        else:
-                            await self._suspended(_Resume(r, y))
-                    elif inspect.isawaitable(r):
-                        await self._suspended(r)
-            except asyncio.CancelledError as exc:
-                if _being_cancelled():
-                    if msg._state == _PENDING:
-                        msg._state = _REQUEUED
-                        answer(msg, False, 0)
-                    raise
-                self._failed(msg, exc)  # the handler itself raised CancelledError
-            except Exception as exc:
-                self.stats.handler_errors += 1
-                log.warning(
-                    "handler failed for message %s (attempt %d): %r",
-                    msg.id.hex(),
-                    msg.attempts,
-                    exc,
-                )
-                if msg._state == _PENDING:
-                    msg._state = _REQUEUED
-                    answer(msg, False, None)
-            else:
-                if msg._state == _PENDING:
-                    msg._state = _FINISHED
-                    answer(msg, True, None)
+        # Handlers that returned, FIN'd together: before this worker waits for
+        # anything, when the queue runs dry, and every 64 messages.
+        done: list[Message] = []
+        try:
+            while True:
+                if not q:
+                    if done:
+                        finish_many(done)
+                        done.clear()
+                    self._flush_all()
+                    self._draining -= 1
+                    fut: asyncio.Future[None] = loop.create_future()
+                    self._idle_workers.append(fut)
+                    await fut  # the waker counted us as draining again
+                    continue
+                msg = q.popleft()
+                if trace_ctx and TRACEPARENT in msg._pb.headers:
+                    if done:
+                        finish_many(done)
+                        done.clear()
+                    await self._run_traced(handler, msg)
+                    continue
+                try:
+                    r = handler(msg)
+                    if r is not None:
+                        if type(r) is _CoroutineType:
+                            try:
+                                y = r.send(None)
+                            except StopIteration:
+                                pass
+                            else:
+                                if done:
+                                    finish_many(done)
+                                    done.clear()
+                                await self._suspended(_Resume(r, y))
+                        elif inspect.isawaitable(r):
+                            if done:
+                                finish_many(done)
+                                done.clear()
+                            await self._suspended(r)
+                except BaseException as exc:
+                    if settle(msg, exc):
+                        raise
+                else:
+                    done.append(msg)
+                    if len(done) >= 64:
+                        finish_many(done)
+                        done.clear()
+        finally:
+            if done:
+                finish_many(done)
 
     async def _run_traced(self, handler: Handler, msg: Message) -> None:
         """Run the handler inside a CONSUMER span parented by the message's trace context."""
@@ -867,38 +863,36 @@ class Consumer:
             r = handler(msg)
             if r is not None and inspect.isawaitable(r):
                 await self._suspended(r)
-        except asyncio.CancelledError as exc:
+        except BaseException as exc:
             error = exc
-            if _being_cancelled():
-                if msg._state == _PENDING:
-                    msg._state = _REQUEUED
-                    self._answer(msg, False, 0)
+            if self._settle(msg, exc):
                 raise
-            self._failed(msg, exc)
-        except Exception as exc:
-            error = exc
-            self.stats.handler_errors += 1
-            log.warning(
-                "handler failed for message %s (attempt %d): %r", msg.id.hex(), msg.attempts, exc
-            )
-            if msg._state == _PENDING:
-                msg._state = _REQUEUED
-                self._answer(msg, False, None)
         else:
-            if msg._state == _PENDING:
-                msg._state = _FINISHED
-                self._answer(msg, True, None)
+            self._finish_many((msg,))
         finally:
             span.end(error)
 
-    def _failed(self, msg: Message, exc: BaseException) -> None:
+    def _settle(self, msg: Message, exc: BaseException) -> bool:
+        """The one path for a handler that raised; True: re-raise (this worker is stopping).
+
+        A ``CancelledError`` while the worker is being cancelled (``stop()``) requeues
+        the message at once (delay 0) and re-raises; other ``BaseException`` s that are
+        not ``Exception`` s (KeyboardInterrupt, SystemExit) re-raise without an answer.
+        Any other error (a ``CancelledError`` the handler raised itself included) is a
+        failure: REQ with the backoff by attempts, unless the handler answered already.
+        """
+        if isinstance(exc, asyncio.CancelledError):
+            if _being_cancelled():
+                self._requeue(msg, 0)
+                return True
+        elif not isinstance(exc, Exception):
+            return True
         self.stats.handler_errors += 1
         log.warning(
             "handler failed for message %s (attempt %d): %r", msg.id.hex(), msg.attempts, exc
         )
-        if msg._state == _PENDING:
-            msg._state = _REQUEUED
-            self._answer(msg, False, None)
+        self._requeue(msg, None)
+        return False
 
     async def _suspended(self, aw: Any) -> Any:
         # This worker is about to wait: let another one take the queue.
@@ -912,108 +906,72 @@ class Consumer:
 
     # -- answers and de-duplication ---------------------------------------------------
 
-    def _admit(self, msg: Message) -> bool:
-        """Whether to hand ``msg`` to the handler/iterator (False: dedupe took care of it)."""
-        dd = self._dedupe
-        if dd is None:
-            return True
-        inprogress = self._inprogress
-        if msg.id in inprogress:
-            waiting = inprogress[msg.id]
-            if waiting is None:
-                waiting = inprogress[msg.id] = []
-            waiting.append(msg)  # resolved with the run in progress
-            return False
-        try:
-            seen = dd.contains(msg.id)
-        except Exception as exc:  # a broken window must not stop consumption
-            self.stats.dedupe_errors += 1
-            log.error("dedupe lookup failed for %s: %r", msg.id.hex(), exc)
-            seen = False
-        if seen:
-            msg._state = _FINISHED
-            self.stats.duplicates += 1
-            self._done(msg)
-            msg._conn.fin(msg.id, msg._gen)
-            return False
-        inprogress[msg.id] = None
-        return True
+    def _finish(self, msg: Message) -> None:
+        """FIN ``msg`` (the core records its id in the window first); ignored if answered."""
+        if msg._state == PENDING:
+            self._finish_many((msg,))
 
-    def _answer(self, msg: Message, ok: bool, delay_ms: int | None) -> None:
-        """Record the outcome of a message (FIN if ``ok``, else REQ after ``delay_ms``)."""
-        if self._handler is None:
-            self._yielded.discard(msg)
-        if ok:
-            if self._dedupe is not None and msg.id in self._inprogress:
-                if self._dedupe.executor is None:  # in memory: record now, FIN at once
-                    try:
-                        self._dedupe.add(msg.id)
-                    except Exception as exc:
-                        self.stats.dedupe_errors += 1
-                        log.error("could not record %s in the dedupe window: %r", msg.id.hex(), exc)
-                    self._finish_recorded(msg)
-                    return
-                rec = self._to_record
-                rec.append(msg)
-                if len(rec) >= self._fin_batch_size:
-                    self._record_wake.set()
-                elif len(rec) == 1:
-                    asyncio.get_running_loop().call_later(self._fin_linger, self._record_wake.set)
-                return
-            self.stats.finished += 1
-            msg._conn.fin(msg.id, msg._gen)
-            self._done(msg)
-        else:
-            if delay_ms is None:
-                delay_ms = requeue_delay_ms(
-                    msg.attempts, base_ms=self._requeue_base_ms, max_ms=self._requeue_max_ms
-                )
-            self.stats.requeued += 1
-            msg._conn.req(msg.id, msg._gen, delay_ms)
-            self._done(msg)
-            if self._dedupe is not None:
-                for dup in self._inprogress.pop(msg.id, None) or ():
-                    dup._state = _REQUEUED
-                    self.stats.requeued += 1
-                    dup._conn.req(dup.id, dup._gen, delay_ms)
-                    self._done(dup)
+    def _finish_many(self, msgs: Sequence[Message]) -> None:
+        """FIN each of ``msgs`` not answered yet: the one path of a handler's success."""
+        core = self._core
+        core.finish_many(msgs, self._now())
+        for box in core.sessions:
+            box.answered()
+        if core.woken or core.to_record or core.window_errors or not core.in_flight:
+            self._after_answers()
 
-    def _done(self, msg: Message) -> None:
-        self._busy -= 1
-        if self._busy == 0:
+    def _requeue(self, msg: Message, delay_ms: int | None) -> None:
+        """REQ ``msg`` after ``delay_ms`` (None: backoff by attempts); ignored if answered."""
+        if msg._state != PENDING:
+            return
+        core = self._core
+        core.requeue(msg, delay_ms, self._now())
+        box = msg._box
+        if box.open:
+            box.answered()
+        self._after_answers()
+
+    def _after_answers(self) -> None:
+        """The less common consequences of answers: other sessions, records, idleness."""
+        core = self._core
+        if core.window_errors:
+            for what, mid, exc in core.window_errors:
+                log.error("dedupe %s failed for %s: %r", what, mid.hex(), exc)
+            core.window_errors.clear()
+        if core.woken:
+            for box in core.woken:
+                box.answered()
+            core.woken.clear()
+        n = len(core.to_record)
+        if n >= self._fin_batch_size:
+            self._record_wake.set()
+        elif n == 1:
+            asyncio.get_running_loop().call_later(self._fin_linger, self._record_wake.set)
+        if not core.in_flight:
             self._last_activity = asyncio.get_running_loop().time()
             self._changed.set()
 
     async def _record_loop(self) -> None:
         dd = self._dedupe
         assert dd is not None
+        core = self._core
         loop = asyncio.get_running_loop()
         while True:
             await self._record_wake.wait()
             self._record_wake.clear()
-            if not self._to_record:
+            batch = core.take_records()
+            if not batch:
                 continue
-            batch, self._to_record = self._to_record, []
+            ok = True
             try:
                 await loop.run_in_executor(dd.executor, dd.add_many, [m.id for m in batch])
             except Exception as exc:
-                self.stats.dedupe_errors += len(batch)
+                ok = False
                 log.error("could not record %d ids in the dedupe window: %r", len(batch), exc)
-            for msg in batch:
-                self._finish_recorded(msg)
-            for c in self._conns:
-                c.flush()
-
-    def _finish_recorded(self, msg: Message) -> None:
-        """``msg``'s id is recorded: FIN it, and the duplicates that waited for it."""
-        self.stats.finished += 1
-        msg._conn.fin(msg.id, msg._gen)
-        self._done(msg)
-        for dup in self._inprogress.pop(msg.id, None) or ():
-            dup._state = _FINISHED
-            self.stats.duplicates += 1
-            dup._conn.fin(dup.id, dup._gen)
-            self._done(dup)
+            core.recorded(batch, ok)
+            self._after_answers()
+            for b in core.sessions:
+                self._session(b).flush()
 
     # -- iterator mode --------------------------------------------------------------
 

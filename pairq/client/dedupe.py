@@ -20,6 +20,7 @@ and is meant to run on ``executor`` (one thread), off the event loop;
 
 from __future__ import annotations
 
+import collections
 import os
 import struct
 import threading
@@ -55,9 +56,23 @@ class DedupeWindow(Protocol):
 
 class MemoryDedupe:
     """An in-memory window: at most ``max_entries`` ids, none older than ``ttl`` seconds,
-    oldest evicted first (a dict in insertion order: O(1) per id). Forgotten when the
-    process ends: a consumer restarted right after a failover may run a handler again
-    for an id it had handled (use ``Dedupe(path)`` where that matters)."""
+    oldest evicted first. Forgotten when the process ends: a consumer restarted right
+    after a failover may run a handler again for an id it had handled (use
+    ``Dedupe(path)`` where that matters).
+
+    One structure, no Python-level work per id in the common case: a set of the
+    ids, and a deque of ``(time, ids)`` marks, one per recorded batch, oldest
+    first. Recording adds the batch to the set and appends its mark; expiry
+    and eviction drop whole marks from the front (``set.difference_update``),
+    the last one partly when only part of it must go for the size bound. The
+    ttl is applied before every lookup and record (``seen``, ``disjoint``,
+    ``record_many`` drop the marks older than ``now - ttl`` first), so an
+    expired id is never reported; the size bound holds after every record. An
+    id recorded again moves to the young end: its older mark is *stale* for it
+    (counted in ``_stale``) and dropping that mark leaves the id in place.
+    ``seen``, ``disjoint`` and ``record_many`` take the time (``clock``
+    seconds, non-decreasing) from the caller; ``contains``, ``add`` and
+    ``add_many`` read ``clock``."""
 
     executor = None
 
@@ -68,40 +83,106 @@ class MemoryDedupe:
             raise ValueError("max_entries must be >= 1 and ttl > 0")
         self.max_entries = max_entries
         self.ttl = ttl
-        self._clock = clock
-        self._ids: dict[bytes, float] = {}
-        self._adds = 0
+        self.clock = clock
+        """The time source of ``contains`` / ``add`` (and of a Consumer's calls)."""
+        self._ids: set[bytes] = set()
+        self._marks: collections.deque[tuple[float, list[bytes]]] = collections.deque()
+        self._stale: dict[bytes, int] = {}  # id -> older marks that still list it
+
+    def expire(self, now: float) -> None:
+        """Drop every id recorded before ``now - ttl``."""
+        marks = self._marks
+        oldest = now - self.ttl
+        while marks and marks[0][0] < oldest:
+            self._drop(marks.popleft()[1])
+
+    def _drop(self, ids: list[bytes]) -> None:
+        stale = self._stale
+        if stale:
+            keep = []
+            for mid in ids:
+                n = stale.get(mid)
+                if n is None:
+                    keep.append(mid)
+                elif n == 1:
+                    del stale[mid]  # its latest record is younger: it stays
+                else:
+                    stale[mid] = n - 1
+            ids = keep
+        self._ids.difference_update(ids)
+
+    def seen(self, mid: bytes, now: float) -> bool:
+        """Whether ``mid`` was recorded at or after ``now - ttl``."""
+        marks = self._marks
+        if marks and marks[0][0] < now - self.ttl:
+            self.expire(now)
+        return mid in self._ids
+
+    def disjoint(self, ids: list[bytes], now: float) -> bool:
+        """Whether none of ``ids`` was recorded at or after ``now - ttl``."""
+        marks = self._marks
+        if marks and marks[0][0] < now - self.ttl:
+            self.expire(now)
+        return self._ids.isdisjoint(ids)
 
     def contains(self, mid: bytes) -> bool:
-        at = self._ids.get(mid)
-        return at is not None and at >= self._clock() - self.ttl
+        return self.seen(mid, self.clock())
 
     __contains__ = contains
 
+    def record_many(self, ids: list[bytes], now: float) -> None:
+        """Record ``ids`` at ``now`` (non-decreasing; the window keeps the list), keep bounds."""
+        if not ids:
+            return
+        self.expire(now)
+        s = self._ids
+        before = len(s)
+        s.update(ids)
+        if len(s) != before + len(ids):  # recorded again, or twice in ids (rare)
+            self._count_stale(ids)
+        marks = self._marks
+        marks.append((now, ids))
+        cap = self.max_entries
+        while len(s) > cap:
+            t, front = marks[0]
+            k = len(s) - cap
+            if k >= len(front):
+                marks.popleft()
+                self._drop(front)
+            else:
+                marks[0] = (t, front[k:])
+                self._drop(front[:k])
+
+    def _count_stale(self, ids: list[bytes]) -> None:
+        """Some of ``ids`` (just added) were in the window already: their older marks are
+        stale for them. Recounted from the marks (O(window): only for re-recorded ids)."""
+        fresh = dict.fromkeys(ids)
+        counts: dict[bytes, int] = {}
+        for _, older in self._marks:
+            for mid in older:
+                if mid in fresh:
+                    counts[mid] = counts.get(mid, 0) + 1
+        stale = self._stale
+        for mid, n in counts.items():
+            stale[mid] = n  # every mark older than the one about to be appended
+        for mid in fresh:
+            k = ids.count(mid) - 1 if len(fresh) != len(ids) else 0
+            if k:
+                stale[mid] = stale.get(mid, 0) + k  # listed twice in this very batch
+
     def add_many(self, ids: list[bytes]) -> None:
-        for mid in ids:
-            self.add(mid)
+        self.record_many(list(ids), self.clock())
 
     def add(self, mid: bytes) -> None:
-        now = self._clock()
-        d = self._ids
-        if mid in d:
-            del d[mid]  # re-recorded: it moves to the young end
-        d[mid] = now
-        if len(d) > self.max_entries:
-            del d[next(iter(d))]
-        self._adds += 1
-        if self._adds >= 256:  # the ttl is checked every 256 adds (amortized O(1))
-            self._adds = 0
-            oldest = now - self.ttl
-            while d and next(iter(d.values())) < oldest:
-                del d[next(iter(d))]
+        self.record_many([mid], self.clock())
 
     def __len__(self) -> int:
         return len(self._ids)
 
     def close(self) -> None:
         self._ids.clear()
+        self._marks.clear()
+        self._stale.clear()
 
 
 class Dedupe:

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pairq.client.consumer_core import PENDING
 
 if TYPE_CHECKING:
-    from pairq.client.consumer import _Conn
+    from pairq.client.consumer_core import Outbox
 
-__all__ = ["Message"]
+__all__ = ["Answers", "Message"]
 
-# Answer states.
-_PENDING = 0
-_FINISHED = 1
-_REQUEUED = 2
+
+class Answers(Protocol):
+    """Where a ``Message`` sends its answers (the consumer's session that delivered it).
+
+    Each call is non-blocking and happens at most once per message for
+    ``finish`` / ``requeue`` (the message checks it is still unanswered).
+    """
+
+    def finish(self, msg: Message) -> None: ...
+
+    def requeue(self, msg: Message, delay_ms: int | None) -> None: ...
+
+    def touch(self, msg: Message) -> None: ...
 
 
 class Message:
@@ -27,13 +38,13 @@ class Message:
     message timeout.
     """
 
-    __slots__ = ("_conn", "_gen", "_pb", "_state", "id")
+    __slots__ = ("_box", "_pb", "_state", "_to", "id")
 
-    def __init__(self, pb: Any, conn: _Conn, gen: int) -> None:
+    def __init__(self, pb: Any, to: Answers, box: Outbox) -> None:
         self._pb = pb
-        self._conn = conn
-        self._gen = gen
-        self._state = _PENDING
+        self._to = to
+        self._box = box
+        self._state = PENDING
         self.id: bytes = pb.id
 
     @property
@@ -74,24 +85,22 @@ class Message:
     @property
     def answered(self) -> bool:
         """Whether ``finish()`` or ``requeue()`` has been called."""
-        return self._state != _PENDING
+        return self._state != PENDING
 
     def touch(self) -> None:
         """Ask the broker for more time (reset this message's timeout). Non-blocking."""
-        if self._state == _PENDING:
-            self._conn.touch(self)
+        if self._state == PENDING:
+            self._to.touch(self)
 
     def finish(self) -> None:
         """Mark the message done (FIN). Non-blocking; FINs are batched."""
-        if self._state == _PENDING:
-            self._state = _FINISHED
-            self._conn.consumer._answer(self, True, None)
+        if self._state == PENDING:
+            self._to.finish(self)
 
     def requeue(self, delay_ms: int | None = None) -> None:
         """Give the message back (REQ); ``None`` uses the consumer's backoff by attempts."""
-        if self._state == _PENDING:
-            self._state = _REQUEUED
-            self._conn.consumer._answer(self, False, delay_ms)
+        if self._state == PENDING:
+            self._to.requeue(self, delay_ms)
 
     def __repr__(self) -> str:
         return f"<Message id={self.id.hex()} attempts={self.attempts} body={len(self._pb.body)}B>"

@@ -1,7 +1,7 @@
 """The import graph of ``pairq/`` (built with ``ast``): library packages never import
 the command line or the test fixtures, and the broker's and client's modules import
-no cycle, counting imports under ``if TYPE_CHECKING:`` too for the broker (a type-only
-import of a module that imports you back is a back-pointer in disguise)."""
+no cycle, counting imports under ``if TYPE_CHECKING:`` too (a type-only import of a
+module that imports you back is a back-pointer in disguise)."""
 
 from __future__ import annotations
 
@@ -152,6 +152,29 @@ def test_no_runtime_import_cycle_among_the_broker_or_the_client_modules() -> Non
         assert not cycles, f"import cycles among {prefix}*: " + "; ".join(
             " -> ".join(c) for c in cycles
         )
+
+
+def test_no_import_cycle_among_the_client_modules_counting_type_only_imports() -> None:
+    g = graph(type_checking=True)
+    cycles = find_cycles(g, "pairq.client.")
+    assert not cycles, "import cycles among pairq.client.* (type-only imports counted): " + (
+        "; ".join(" -> ".join(c) for c in cycles)
+    )
+
+
+def test_type_only_imports_are_seen_when_asked_for() -> None:
+    # message.py names the core's Outbox only for the type checker.
+    src = ROOT / "client" / "message.py"
+    names = set(graph())
+    assert "pairq.client.consumer_core" in runtime_imports(src, names)
+    tc = runtime_imports(ROOT / "broker" / "channel.py", names, type_checking=True)
+    assert tc >= runtime_imports(ROOT / "broker" / "channel.py", names)
+    ast_tc = [
+        f
+        for f in ROOT.rglob("*.py")
+        if runtime_imports(f, names, type_checking=True) != runtime_imports(f, names)
+    ]
+    assert ast_tc, "no module has a type-only import: the TYPE_CHECKING branch is untested"
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:
