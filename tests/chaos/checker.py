@@ -18,8 +18,9 @@ Rules (each a field of ``check()``'s answer; ``ok`` is all of them):
   from the start of that fault to the first sample showing it.
 - **lapsed lease**: a handler run delivered by broker Y (its node id) with an epoch at
   or below Y's last epoch sampled before its partner took Y's messages over, handled
-  more than ``LEASE_SLACK`` s after the sample that showed the takeover, is a
-  delivery under a lapsed lease. Only handler runs carry (broker id, epoch): deliveries
+  more than ``LEASE_SLACK`` s after the sample that showed the takeover and before Y's
+  process was restarted (a new life starts new epochs), is a delivery under a lapsed
+  lease. Only handler runs carry (broker id, epoch): deliveries
   absorbed by de-duplication are not seen with them.
 - **unavailability**: per producer, every gap between two successive acks longer
   than ``UNAVAILABLE_GAP`` s (the producer publishes continuously, so a gap is time
@@ -138,10 +139,23 @@ def check(
         before = [s for s in samples if s.ok and s.node == victim and s.t < float(tk["t"])]
         if not before:
             continue
-        vid, vepoch = before[-1].broker_id, before[-1].epoch
+        vid, vepoch, life = before[-1].broker_id, before[-1].epoch, before[-1].start_ns
         ids[victim] = vid
+        # that process life ends at its restart (a new life starts new epochs)
+        restart = next(
+            (
+                s.t
+                for s in samples
+                if s.ok and s.node == victim and s.t > float(tk["t"]) and s.start_ns != life
+            ),
+            float("inf"),
+        )
         for r in runs:
-            if r.broker_id == vid and r.epoch <= vepoch and r.t > float(tk["t"]) + LEASE_SLACK:
+            if (
+                r.broker_id == vid
+                and r.epoch <= vepoch
+                and float(tk["t"]) + LEASE_SLACK < r.t < restart
+            ):
                 lapsed.append(
                     {"id": r.id.decode(errors="replace"), "broker": victim, "epoch": r.epoch}
                 )

@@ -149,7 +149,8 @@ class Cluster:
             lk.start()
         for b in BROKERS:
             ip, pip = self.net.ip[b], self.net.ip[partner_of(b)]
-            args = ["--pair", pair_of(b), "--partner", f"{pip}:{GRPC}", "--node-name", b]
+            # no --node-name: the broker id is the store's own (a wiped disk is a new id)
+            args = ["--pair", pair_of(b), "--partner", f"{pip}:{GRPC}"]
             for lk in self.lookup_addresses:
                 args += ["--lookup", lk]
             args += ["--gossip-address", f"{ip}:{GOSSIP}", "--gossip-profile", "local"]
