@@ -75,6 +75,7 @@ class Scenario:
     storage: str = "tmpfs"  # "lazyfs": data dirs on the power-loss filesystem
     broker_args: tuple[str, ...] = ()
     dedupe: bool = True
+    consume_late: bool = False  # consumers start after the last fault (a backlog at every fault)
     expect_fail: bool = False  # a self-test: the checker must report a violation
 
 
@@ -103,6 +104,7 @@ SCENARIOS.update(
             "the checker must report lost messages",
             "lazyfs",
             ("--min-copies", "1", "--sync", "periodic", "--sync-interval-ms", "5000"),
+            consume_late=True,
             expect_fail=True,
         ),
         "selftest-nodedupe": Scenario(

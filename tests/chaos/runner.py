@@ -181,7 +181,8 @@ class Runner:
                 for ch in CHANNELS:
                     await c.create_channel(pair[0], TOPIC, ch)
             consumers = Consumers(c.lookup_addresses, self.clock, dedupe=self.sc.dedupe)
-            await consumers.start()
+            if not self.sc.consume_late:
+                await consumers.start()
             producers = Producers(c.lookup_addresses, self.clock)
             producers.start()
             self.monitor.start()
@@ -199,6 +200,8 @@ class Runner:
                 self.log(report.fault_line(rec))
             await asyncio.sleep(1.0)
             await producers.stop()
+            if self.sc.consume_late:
+                await consumers.start()
             acked = set(producers.acks)
             deadline = time.monotonic() + DRAIN_WAIT
             while time.monotonic() < deadline:  # bounded drain: every acked id on every channel
