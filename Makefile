@@ -27,7 +27,7 @@ ensure-debs:
 		apt-get update -qq && apt-get install -y -qq iproute2; \
 	fi
 
-test: $(STAMP) lint ensure-debs
+test: $(STAMP) lint ensure-debs chaos-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 	$(MAKE) chaos-smoke
 
