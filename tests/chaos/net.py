@@ -49,18 +49,25 @@ def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def ensure_tools() -> None:
-    """Install iproute2 and fuse3 from Debian when root and missing; fail saying what to do."""
-    missing = [t for t in ("ip", "tc") if shutil.which(t) is None]
-    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
+    """Install what the harness needs from Debian when root and missing (iproute2 for ip
+    and tc; fuse3 and libfuse2 for the power-loss filesystem); fail saying what to do."""
+    import ctypes.util
+
+    def missing() -> list[str]:
+        debs = []
+        if shutil.which("ip") is None or shutil.which("tc") is None:
+            debs.append("iproute2")
+        if ctypes.util.find_library("fuse") is None:
+            debs += ["fuse3", "libfuse2"]
+        return debs
+
+    debs = missing()
+    if debs and os.geteuid() == 0 and shutil.which("apt-get"):
         subprocess.run(["apt-get", "update", "-qq"], check=False, timeout=300)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "iproute2", "fuse3", "libfuse2"],
-            check=False,
-            timeout=600,
-        )
-        missing = [t for t in ("ip", "tc") if shutil.which(t) is None]
-    if missing:
-        raise NetError(f"{' and '.join(missing)} not found: install iproute2 (as root)")
+        subprocess.run(["apt-get", "install", "-y", "-qq", *debs], check=False, timeout=600)
+        debs = missing()
+    if "iproute2" in debs:
+        raise NetError("ip and tc not found: install iproute2 (as root)")
     if os.geteuid() != 0:
         raise NetError("the chaos harness needs root (network namespaces, veth, tc, mounts)")
 

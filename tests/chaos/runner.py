@@ -188,11 +188,19 @@ class Runner:
             self.monitor.start()
             self.log(f"run dir {self.run_dir}; cluster up ({c.net.method})")
             t_end = time.monotonic() + self.duration
+            unsupported: set[str] = set()
             for f in plan:
                 if time.monotonic() + f.gap >= t_end:
                     break
+                if f.kind in unsupported:
+                    continue  # reported once; the rest of the schedule still runs
                 await asyncio.sleep(f.gap)
                 rec = await self.inject(f)
+                if rec.unsupported:
+                    unsupported.add(f.kind)
+                    self.faults.append(rec)
+                    self.log(report.fault_line(rec))
+                    continue
                 rec.healed_at = await self.wait_healthy(HEAL_WAIT)
                 if rec.healed_at is None:
                     rec.notes += f" still unhealthy: {self.why}"
