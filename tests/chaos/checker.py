@@ -15,7 +15,8 @@ Rules (each a field of ``check()``'s answer; ``ok`` is all of them):
   ``takeovers`` counter within one process life (same start time). A takeover is
   *false* when its partner was not down during the fault in progress (killed,
   paused longer than a lease, isolated, powered off); ``takeover_s`` is the time
-  from the start of that fault to the first sample showing it.
+  from the moment the partner went down (the fault's start, or the later moment a
+  compound fault took it down) to the first sample showing it.
 - **lapsed lease**: a handler run delivered by broker Y (its node id) with an epoch at
   or below Y's last epoch sampled before its partner took Y's messages over, handled
   more than ``LEASE_SLACK`` s after the sample that showed the takeover and before Y's
@@ -60,6 +61,7 @@ class FaultRecord:
     healed_at: float | None = None
     notes: str = ""
     down: tuple[str, ...] = ()  # brokers down (for a takeover's purposes) during it
+    down_at: dict[str, float] = dataclasses.field(default_factory=dict)  # when, if not start
     unsupported: str = ""
 
     @property
@@ -124,7 +126,7 @@ def check(
             "of": victim,
             "count": count,
             "fault": fault.kind if fault else None,
-            "takeover_s": round(t - fault.start, 3) if fault else None,
+            "takeover_s": round(t - fault.down_at.get(victim, fault.start), 3) if fault else None,
             "false": not legit,
         }
         tks.append(rec)

@@ -82,6 +82,7 @@ class Runner:
                     await sleep(0.05)
                 else:
                     rec.notes = "re-fill not seen within 5 s; partner killed anyway"
+                rec.down_at[p] = self.clock()
                 c.kill(p)
                 await sleep(d)
                 await asyncio.to_thread(c.start, p)
@@ -123,6 +124,7 @@ class Runner:
         elif k == "rolling-restart":
             rec.down = tuple(BROKERS)
             for n in BROKERS:
+                rec.down_at[n] = self.clock()
                 await asyncio.to_thread(c.terminate, n)
                 await asyncio.to_thread(c.start, n)
                 await self.wait_healthy(HEAL_WAIT)
