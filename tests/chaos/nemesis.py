@@ -92,6 +92,14 @@ SCENARIOS.update(
             tuple(k for k in KINDS if not k.startswith("power-loss") and k != "netem"),
             "every kind on tmpfs storage, drawn at random",
         ),
+        "power-loss-backlog": Scenario(
+            "power-loss-backlog",
+            ("power-loss-pair",),
+            "power loss of both brokers of a pair (--sync=always) with every message still "
+            "unconsumed (consumers start after the faults): nothing acked may be lost",
+            "lazyfs",
+            consume_late=True,
+        ),
         "smoke": Scenario(
             "smoke",
             ("kill", "pause-short", "partition-pair", "isolate-lookup", "wipe"),
