@@ -208,7 +208,8 @@ class Runner:
                     rec.notes += f" still unhealthy: {self.why}"
                 self.faults.append(rec)
                 self.log(report.fault_line(rec))
-            await asyncio.sleep(1.0)
+            # the workload runs the whole duration (also when no fault fitted or could run)
+            await asyncio.sleep(max(0.0, t_end - time.monotonic()) + 1.0)
             await producers.stop()
             if self.sc.consume_late:
                 await consumers.start()
