@@ -25,7 +25,9 @@ Rules (each a field of ``check()``'s answer; ``ok`` is all of them):
   absorbed by de-duplication are not seen with them.
 - **unavailability**: per producer, every gap between two successive acks longer
   than ``UNAVAILABLE_GAP`` s (the producer publishes continuously, so a gap is time
-  it could not publish).
+  it could not publish); a window longer than ``UNAVAILABLE_BOUND`` s is a failure
+  (with 2 pairs and the lookups, any single fault should cost a producer at most its
+  RPC timeout, 2 s in the harness, plus a failover).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ __all__ = ["FaultRecord", "check", "percentile"]
 
 LEASE_SLACK = 0.1
 UNAVAILABLE_GAP = 1.0
+# longest publish unavailability a producer may see (2 pairs, lookups, rpc_timeout 2 s)
+UNAVAILABLE_BOUND = 3.0
 # fault kinds during which the target broker is down for a takeover's purposes
 DOWN_KINDS = {
     "kill",
@@ -225,6 +229,12 @@ def check(
         violations.append(f"{len(false_tk)} false takeovers")
     if lapsed:
         violations.append(f"{len(lapsed)} deliveries under a lapsed lease")
+    if longest > UNAVAILABLE_BOUND:
+        long_ = [w for ws in windows.values() for w in ws if w[1] - w[0] > UNAVAILABLE_BOUND]
+        violations.append(
+            f"{len(long_)} publish unavailability windows longer than {UNAVAILABLE_BOUND}s "
+            f"(longest {longest:.2f}s)"
+        )
     result["violations"] = violations
     result["ok"] = not violations
     return result

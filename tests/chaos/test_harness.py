@@ -51,7 +51,7 @@ def history(**over: object) -> dict[str, object]:
         raw_duplicates=3,
         faults=faults,
         samples=samples,
-        latencies=[(1.0, 0.01, 0), (1.1, 0.01, 0), (5.0, 0.01, 0)],
+        latencies=[(1.0, 0.01, 0), (1.1, 0.01, 0), (3.0, 0.01, 0)],
         partner=PARTNER,
         heal_bound=20.0,
         producers=1,
@@ -67,7 +67,7 @@ def test_clean_history_passes_with_its_figures() -> None:
     assert [t["by"] for t in r["takeovers"]] == ["p0b"]
     assert r["takeover_p50_s"] == 1.0 and r["false_takeovers"] == 0
     assert r["heal_p50_s"] == 1.0
-    assert r["unavailability_windows"] == {"0": [(1.1, 5.0)]}
+    assert r["unavailability_windows"] == {"0": [(1.1, 3.0)]}
 
 
 def test_a_lost_message_and_a_rerun_fail() -> None:
@@ -85,6 +85,12 @@ def test_unhealed_and_slow_heal_fail() -> None:
     assert "not healed: kill p0a" in check(**history(faults=f))["violations"]  # type: ignore[arg-type]
     f = [FaultRecord("kill", "p0a", 2.0, 3.0, healed_at=30.0, down=("p0a",))]
     assert not check(**history(faults=f))["ok"]  # type: ignore[arg-type]
+
+
+def test_a_long_publish_outage_fails() -> None:
+    lat = [(1.0, 0.01, 0), (4.5, 0.01, 0), (5.0, 0.01, 0)]
+    r = check(**history(latencies=lat))  # type: ignore[arg-type]
+    assert r["longest_unavailability_s"] == 3.5 and not r["ok"]
 
 
 def test_takeover_of_a_live_partner_is_false() -> None:
