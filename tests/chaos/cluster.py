@@ -259,6 +259,30 @@ class Cluster:
             pb.CreateChannelRequest(topic=topic, channel=channel), timeout=10
         )
 
+    async def pause_channel(self, node: str, topic: str, channel: str, pause: bool) -> bool:
+        """PauseChannel / UnpauseChannel on ``node``; False if it did not answer."""
+        stub = self._stub(node)
+        try:
+            if pause:
+                await stub.PauseChannel(
+                    pb.PauseChannelRequest(topic=topic, channel=channel), timeout=5
+                )
+            else:
+                await stub.UnpauseChannel(
+                    pb.UnpauseChannelRequest(topic=topic, channel=channel), timeout=5
+                )
+        except grpc.aio.AioRpcError:
+            return False
+        return True
+
+    def log_size(self, node: str) -> int:
+        return os.path.getsize(self.logs / f"{node}.log")
+
+    def log_since(self, node: str, offset: int) -> str:
+        with open(self.logs / f"{node}.log", "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+
     async def close_channels(self) -> None:
         for ch in self._channels.values():
             await ch.close()

@@ -39,6 +39,7 @@ class Runner:
             self.run_dir, broker_args=list(self.sc.broker_args), storage=self.sc.storage
         )
         self.faults: list[FaultRecord] = []
+        self.hangs: list[str] = []
 
     # ----------------------------------------------------------------- faults
     async def inject(self, f: Fault) -> FaultRecord:
@@ -63,29 +64,14 @@ class Runner:
             await sleep(d)
             for n in PAIRS[t]:
                 c.resume(n)
-        elif k in ("wipe", "resilver-loss"):
+        elif k == "wipe":
             rec.down = (t,)
             c.kill(t)
             c.wipe(t)
             await sleep(d)
             await asyncio.to_thread(c.start, t)
-            if k == "resilver-loss":
-                p = partner_of(t)
-                rec.down = (t, p)
-                # wait (bounded) for the re-fill to be under way, then lose the partner
-                deadline = time.monotonic() + 5.0
-                while time.monotonic() < deadline:
-                    s = await self.monitor.poll(t)
-                    if s.ok and s.refill:
-                        rec.notes = f"partner killed during re-fill ({s.refill} to come)"
-                        break
-                    await sleep(0.05)
-                else:
-                    rec.notes = "re-fill not seen within 5 s; partner killed anyway"
-                rec.down_at[p] = self.clock()
-                c.kill(p)
-                await sleep(d)
-                await asyncio.to_thread(c.start, p)
+        elif k == "resilver-loss":
+            await self.resilver_loss(rec, t, d)
         elif k == "partition-pair":
             p = partner_of(t)
             rules = [net.drop(t, p), net.drop(p, t)]
@@ -144,6 +130,63 @@ class Runner:
             raise ValueError(k)
         rec.end = self.clock()
         return rec
+
+    async def resilver_loss(self, rec: FaultRecord, t: str, d: float) -> None:
+        """Wipe ``t`` and lose its partner while it re-fills ``t``. So that there is a
+        re-fill to interrupt, both channels are paused on the pair for ``d`` s first
+        (a backlog of unfinished messages builds up); the partner is stopped (SIGSTOP,
+        then kill -9) as soon as ``t``'s log says the re-fill began (polled every 2 ms,
+        at most 10 s); the channels are unpaused when both are back."""
+        c, p = self.cluster, partner_of(t)
+        pair = (t, p)
+        for n in pair:
+            for ch in CHANNELS:
+                await c.pause_channel(n, TOPIC, ch, True)
+        await asyncio.sleep(d)  # the backlog
+        rec.down = (t, p)
+        c.kill(t)
+        c.wipe(t)
+        offset = c.log_size(t)
+        await asyncio.to_thread(c.start, t)
+        deadline = time.monotonic() + 10.0
+        began = False
+        while time.monotonic() < deadline:
+            if "being re-filled by partner" in c.log_since(t, offset):
+                began = True
+                break
+            await asyncio.sleep(0.002)
+        rec.down_at[p] = self.clock()
+        c.pause(p)
+        c.kill(p)
+        await asyncio.sleep(0.5)
+        log = c.log_since(t, offset)
+        cut = [ln for ln in log.splitlines() if "stopped after" in ln]
+        rec.notes = (
+            "partner killed during the re-fill" if began else "no re-fill seen in 10 s"
+        ) + (f": {cut[0].split('pairq.pair: ')[-1]}" if cut else "")
+        await asyncio.sleep(d)
+        await asyncio.to_thread(c.start, p)
+        for n in pair:
+            for ch in CHANNELS:
+                for _ in range(40):  # bounded: 20 s; a paused channel left over would look lost
+                    if await c.pause_channel(n, TOPIC, ch, False):
+                        break
+                    await asyncio.sleep(0.5)
+                else:
+                    rec.notes += f"; could not unpause {ch} on {n}"
+
+    async def bounded(self, what: str, aw: Any, limit: float) -> Any:
+        """Await ``aw`` at most ``limit`` s; a hang is recorded (a violation) and every
+        asyncio task's stack goes to logs/harness.log, so the hang can be located."""
+        try:
+            return await asyncio.wait_for(aw, limit)
+        except TimeoutError:
+            self.hangs.append(f"{what} did not finish within {limit:g} s")
+            with (self.run_dir / "logs" / "harness.log").open("a") as f:
+                f.write(f"--- {what} hung; tasks:\n")
+                for task in asyncio.all_tasks():
+                    task.print_stack(file=f)
+            return None
 
     async def wait_healthy(self, limit: float) -> float | None:
         """Bounded wait until every pair is healthy and takes a 2-copy probe publish."""
@@ -210,7 +253,7 @@ class Runner:
                 self.log(report.fault_line(rec))
             # the workload runs the whole duration (also when no fault fitted or could run)
             await asyncio.sleep(max(0.0, t_end - time.monotonic()) + 1.0)
-            await producers.stop()
+            await self.bounded("stopping the producers", producers.stop(), 30)
             if self.sc.consume_late:
                 await consumers.start()
             acked = set(producers.acks)
@@ -221,8 +264,8 @@ class Runner:
                     break
                 await asyncio.sleep(0.2)
             await asyncio.sleep(0.5)  # late duplicates still count as re-runs
-            await self.monitor.stop()
-            await consumers.stop()
+            await self.bounded("stopping the monitor", self.monitor.stop(), 10)
+            await self.bounded("stopping the consumers", consumers.stop(), 60)
             result = check(
                 acks=producers.acks,
                 runs=consumers.runs,
@@ -235,7 +278,11 @@ class Runner:
                 heal_bound=HEAL_BOUND,
                 producers=producers.n,
             )
+            if self.hangs:
+                result["violations"] += self.hangs
+                result["ok"] = False
             result.update(
+                hangs=self.hangs,
                 scenario=self.sc.name,
                 seed=self.seed,
                 duration_s=self.duration,
