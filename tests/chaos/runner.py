@@ -175,6 +175,15 @@ class Runner:
                 else:
                     rec.notes += f"; could not unpause {ch} on {n}"
 
+    async def revive(self) -> None:
+        """Best effort after a failed fault: resume paused brokers, start dead ones."""
+        c = self.cluster
+        for n in BROKERS:
+            with contextlib.suppress(Exception):
+                c.resume(n)
+                if not c.alive(n):
+                    await asyncio.to_thread(c.start, n)
+
     async def bounded(self, what: str, aw: Any, limit: float) -> Any:
         """Await ``aw`` at most ``limit`` s; a hang is recorded (a violation) and every
         asyncio task's stack goes to logs/harness.log, so the hang can be located."""
@@ -240,7 +249,13 @@ class Runner:
                 if f.kind in unsupported:
                     continue  # reported once; the rest of the schedule still runs
                 await asyncio.sleep(f.gap)
-                rec = await self.inject(f)
+                try:
+                    rec = await self.inject(f)
+                except Exception as exc:  # e.g. a broker that will not start again
+                    rec = FaultRecord(f.kind, f.target, self.clock(), self.clock())
+                    rec.notes = f"the fault could not be completed: {exc!r}"[:300]
+                    self.hangs.append(f"{f.describe()}: {rec.notes}")
+                    await self.revive()
                 if rec.unsupported:
                     unsupported.add(f.kind)
                     self.faults.append(rec)
