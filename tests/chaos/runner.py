@@ -39,7 +39,7 @@ class Runner:
             self.run_dir, broker_args=list(self.sc.broker_args), storage=self.sc.storage
         )
         self.faults: list[FaultRecord] = []
-        self.hangs: list[str] = []
+        self.problems: list[str] = []
 
     # ----------------------------------------------------------------- faults
     async def inject(self, f: Fault) -> FaultRecord:
@@ -190,7 +190,7 @@ class Runner:
         try:
             return await asyncio.wait_for(aw, limit)
         except TimeoutError:
-            self.hangs.append(f"{what} did not finish within {limit:g} s")
+            self.problems.append(f"{what} did not finish within {limit:g} s")
             with (self.run_dir / "logs" / "harness.log").open("a") as f:
                 f.write(f"--- {what} hung; tasks:\n")
                 for task in asyncio.all_tasks():
@@ -254,7 +254,7 @@ class Runner:
                 except Exception as exc:  # e.g. a broker that will not start again
                     rec = FaultRecord(f.kind, f.target, self.clock(), self.clock())
                     rec.notes = f"the fault could not be completed: {exc!r}"[:300]
-                    self.hangs.append(f"{f.describe()}: {rec.notes}")
+                    self.problems.append(f"{f.describe()}: {rec.notes}")
                     await self.revive()
                 if rec.unsupported:
                     unsupported.add(f.kind)
@@ -293,11 +293,11 @@ class Runner:
                 heal_bound=HEAL_BOUND,
                 producers=producers.n,
             )
-            if self.hangs:
-                result["violations"] += self.hangs
+            if self.problems:
+                result["violations"] += self.problems
                 result["ok"] = False
             result.update(
-                hangs=self.hangs,
+                problems=self.problems,
                 scenario=self.sc.name,
                 seed=self.seed,
                 duration_s=self.duration,
