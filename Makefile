@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 QUICK ?=
 
-.PHONY: run test lint proto proto-check bench bench-compare gossip-bench starve chaos clean ensure-debs
+.PHONY: run test lint proto proto-check bench bench-compare gossip-bench starve chaos chaos-smoke chaos-deps clean ensure-debs
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -27,8 +27,9 @@ ensure-debs:
 		apt-get update -qq && apt-get install -y -qq iproute2; \
 	fi
 
-test: $(STAMP) lint ensure-debs
+test: $(STAMP) lint ensure-debs chaos-deps
 	$(BIN)/pytest -q -p no:cacheprovider
+	$(MAKE) chaos-smoke
 
 lint: $(STAMP)
 	$(BIN)/ruff check pairq tests benchmarks
@@ -54,8 +55,26 @@ gossip-bench: $(STAMP)
 starve: $(STAMP)
 	$(BIN)/python benchmarks/starvation.py $(if $(QUICK),--seconds 20,)
 
-chaos: $(STAMP)
-	$(BIN)/pytest -q -p no:cacheprovider -m chaos tests/chaos
+# The chaos harness (tests/chaos/README.md): real processes in network namespaces,
+# tc drop filters, tmpfs and FUSE (power-loss) data dirs. Needs root; installs
+# iproute2 / fuse3 / libfuse2 and the `chaos` extra (fusepy, matplotlib) when missing.
+CHAOS_SEED ?= 1
+CHAOS_SECONDS ?= 150
+CHAOS_OUT ?= chaos-runs
+
+chaos-deps: $(STAMP)
+	@if [ "$$(id -u)" = 0 ] && { ! command -v ip >/dev/null 2>&1 || ! ldconfig -p | grep -q libfuse.so.2; }; then \
+		apt-get update -qq && apt-get install -y -qq iproute2 fuse3 libfuse2; \
+	fi
+	@$(BIN)/python -c 'import fuse, matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[chaos]'
+
+# about 2 minutes: one short mixed scenario (kill, pause, pair partition, lookup isolation, wipe)
+chaos-smoke: chaos-deps
+	$(BIN)/python -m tests.chaos run --scenario smoke --duration 60 --seed $(CHAOS_SEED) --out $(CHAOS_OUT)
+
+# every scenario, CHAOS_SECONDS of faults each (150 s x 20 scenarios: about 50 minutes of faults)
+chaos: chaos-deps
+	$(BIN)/python -m tests.chaos all --duration $(CHAOS_SECONDS) --seed $(CHAOS_SEED) --out $(CHAOS_OUT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,328 @@
+"""One chaos run: cluster up, workload on, faults from the schedule, drain, check, report.
+
+Every wait is bounded: a fault lasts its ``duration``; healing is awaited at most
+``HEAL_WAIT`` s (longer than the checked bound, so a slow heal is measured, not cut
+off); the final drain waits at most ``DRAIN_WAIT`` s for the consumers to catch up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .checker import FaultRecord, check
+from .cluster import BROKERS, PAIRS, Cluster, partner_of
+from .nemesis import SCENARIOS, Fault, schedule
+from .workload import CHANNELS, TOPIC, Clock, Consumers, Monitor, Producers, probe_publish
+
+HEAL_BOUND = 20.0  # s from a fault's end to a healthy cluster (checked)
+HEAL_WAIT = 45.0  # s the runner waits for healing before it gives up on a fault
+DRAIN_WAIT = 60.0
+
+
+class Runner:
+    def __init__(
+        self, scenario: str, duration: float, seed: int, out: Path, *, log: Any = print
+    ) -> None:
+        self.sc = SCENARIOS[scenario]
+        self.duration, self.seed = duration, seed
+        self.run_dir = out / f"{scenario}-{seed}-{time.strftime('%Y%m%dT%H%M%S')}"
+        self.log = log
+        self.clock = Clock()
+        self.cluster = Cluster(
+            self.run_dir, broker_args=list(self.sc.broker_args), storage=self.sc.storage
+        )
+        self.faults: list[FaultRecord] = []
+        self.problems: list[str] = []
+
+    # ----------------------------------------------------------------- faults
+    async def inject(self, f: Fault) -> FaultRecord:
+        c, net = self.cluster, self.cluster.net
+        rec = FaultRecord(f.kind, f.target, self.clock(), 0.0)
+        k, t, d = f.kind, f.target, f.duration
+        sleep = asyncio.sleep
+        if k == "kill":
+            rec.down = (t,)
+            c.kill(t)
+            await sleep(d)
+            await asyncio.to_thread(c.start, t)
+        elif k in ("pause-short", "pause-long"):
+            rec.down = (t,) if d > 0.8 else ()
+            c.pause(t)
+            await sleep(d)
+            c.resume(t)
+        elif k == "pause-pair":
+            rec.down = PAIRS[t]
+            for n in PAIRS[t]:
+                c.pause(n)
+            await sleep(d)
+            for n in PAIRS[t]:
+                c.resume(n)
+        elif k == "wipe":
+            rec.down = (t,)
+            c.kill(t)
+            c.wipe(t)
+            await sleep(d)
+            await asyncio.to_thread(c.start, t)
+        elif k == "resilver-loss":
+            await self.resilver_loss(rec, t, d)
+        elif k == "partition-pair":
+            p = partner_of(t)
+            rules = [net.drop(t, p), net.drop(p, t)]
+            await sleep(d)
+            for r in rules:
+                net.undrop(r)
+        elif k == "isolate-broker":
+            rec.down = (t,)
+            rules = net.isolate(t)
+            await sleep(d)
+            for r in rules:
+                net.undrop(r)
+        elif k == "isolate-lookup":
+            rules = net.isolate(t)
+            await sleep(d)
+            for r in rules:
+                net.undrop(r)
+        elif k == "asymmetric":
+            r = net.drop(t, partner_of(t))
+            await sleep(d)
+            net.undrop(r)
+        elif k == "netem":
+            if not net.netem_supported:
+                rec.unsupported = "this kernel has no sch_netem"
+            else:
+                p = partner_of(t)
+                spec = ["delay", "50ms", "loss", "5%"]
+                rules = [net.netem(t, p, spec), net.netem(p, t, spec)]
+                await sleep(d)
+                for r in rules:
+                    net.unnetem(r)
+        elif k == "disk-full":
+            filler = await asyncio.to_thread(c.fill_disk, t)
+            await sleep(d)
+            filler.unlink()
+        elif k == "rolling-restart":
+            rec.down = tuple(BROKERS)
+            for n in BROKERS:
+                rec.down_at[n] = self.clock()
+                await asyncio.to_thread(c.terminate, n)
+                await asyncio.to_thread(c.start, n)
+                await self.wait_healthy(HEAL_WAIT)
+        elif k in ("power-loss", "power-loss-pair"):
+            victims = PAIRS[t] if k == "power-loss-pair" else (t,)
+            rec.down = tuple(victims)
+            dropped = []
+            for n in victims:
+                c.kill(n)
+            for n in victims:
+                dropped.append(f"{n}: {c.fs[n].power_cut()}")
+            rec.notes = "; ".join(dropped)
+            await sleep(d)
+            for n in victims:
+                await asyncio.to_thread(c.start, n)
+        else:  # pragma: no cover
+            raise ValueError(k)
+        rec.end = self.clock()
+        return rec
+
+    async def resilver_loss(self, rec: FaultRecord, t: str, d: float) -> None:
+        """Wipe ``t`` and lose its partner while it re-fills ``t``. So that there is a
+        re-fill to interrupt, both channels are paused on the pair for ``d`` s first
+        (a backlog of unfinished messages builds up); the partner is stopped (SIGSTOP,
+        then kill -9) as soon as ``t``'s log says the re-fill began (polled every 2 ms,
+        at most 10 s); the channels are unpaused when both are back."""
+        c, p = self.cluster, partner_of(t)
+        pair = (t, p)
+        for n in pair:
+            for ch in CHANNELS:
+                await c.pause_channel(n, TOPIC, ch, True)
+        await asyncio.sleep(d)  # the backlog
+        rec.down = (t, p)
+        c.kill(t)
+        c.wipe(t)
+        offset = c.log_size(t)
+        await asyncio.to_thread(c.start, t)
+        deadline = time.monotonic() + 10.0
+        began = False
+        while time.monotonic() < deadline:
+            if "being re-filled by partner" in c.log_since(t, offset):
+                began = True
+                break
+            await asyncio.sleep(0.002)
+        rec.down_at[p] = self.clock()
+        c.pause(p)
+        c.kill(p)
+        await asyncio.sleep(0.5)
+        log = c.log_since(t, offset)
+        cut = [ln for ln in log.splitlines() if "stopped after" in ln]
+        rec.notes = (
+            "partner killed during the re-fill" if began else "no re-fill seen in 10 s"
+        ) + (f": {cut[0].split('pairq.pair: ')[-1]}" if cut else "")
+        await asyncio.sleep(d)
+        await asyncio.to_thread(c.start, p)
+        for n in pair:
+            for ch in CHANNELS:
+                for _ in range(40):  # bounded: 20 s; a paused channel left over would look lost
+                    if await c.pause_channel(n, TOPIC, ch, False):
+                        break
+                    await asyncio.sleep(0.5)
+                else:
+                    rec.notes += f"; could not unpause {ch} on {n}"
+
+    async def revive(self) -> None:
+        """Best effort after a failed fault: resume paused brokers, start dead ones."""
+        c = self.cluster
+        for n in BROKERS:
+            with contextlib.suppress(Exception):
+                c.resume(n)
+                if not c.alive(n):
+                    await asyncio.to_thread(c.start, n)
+
+    async def bounded(self, what: str, aw: Any, limit: float) -> Any:
+        """Await ``aw`` at most ``limit`` s; a hang is recorded (a violation) and every
+        asyncio task's stack goes to logs/harness.log, so the hang can be located."""
+        try:
+            return await asyncio.wait_for(aw, limit)
+        except TimeoutError:
+            self.problems.append(f"{what} did not finish within {limit:g} s")
+            with (self.run_dir / "logs" / "harness.log").open("a") as f:
+                f.write(f"--- {what} hung; tasks:\n")
+                for task in asyncio.all_tasks():
+                    task.print_stack(file=f)
+            return None
+
+    async def wait_healthy(self, limit: float) -> float | None:
+        """Bounded wait until every pair is healthy and takes a 2-copy probe publish."""
+        deadline = time.monotonic() + limit
+        self.why = ""
+        while time.monotonic() < deadline:
+            await asyncio.gather(*(self.monitor.poll(n) for n in BROKERS))
+            self.why = "; ".join(filter(None, map(self.monitor.unhealthy, PAIRS.values())))
+            if not self.why:
+                probes = await asyncio.gather(
+                    *(probe_publish(self.cluster, p) for p in PAIRS.values())
+                )
+                if all(probes):
+                    return self.clock()
+                self.why = f"probe publishes {probes}"
+            await asyncio.sleep(0.1)
+        return None
+
+    # ----------------------------------------------------------------- run
+    async def run(self) -> dict[str, Any]:
+        c = self.cluster
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        plan = schedule(self.sc.name, self.seed)
+        (self.run_dir / "logs").mkdir(exist_ok=True)
+        handler = logging.FileHandler(self.run_dir / "logs" / "harness.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.INFO)
+        logging.getLogger("pairq").addHandler(handler)
+        logging.getLogger("pairq").setLevel(logging.INFO)
+        logging.getLogger("pairq").propagate = False
+        try:
+            await asyncio.to_thread(c.setup)
+            self.monitor = Monitor(c, self.clock)
+            if await self.wait_healthy(60) is None:
+                raise RuntimeError(f"the cluster did not become healthy within 60 s: {self.why}")
+            for pair in PAIRS.values():  # both channels exist pair-wide before any publish
+                for ch in CHANNELS:
+                    await c.create_channel(pair[0], TOPIC, ch)
+            consumers = Consumers(c.lookup_addresses, self.clock, dedupe=self.sc.dedupe)
+            if not self.sc.consume_late:
+                await consumers.start()
+            producers = Producers(c.lookup_addresses, self.clock)
+            producers.start()
+            self.monitor.start()
+            self.log(f"run dir {self.run_dir}; cluster up ({c.net.method})")
+            t_end = time.monotonic() + self.duration
+            unsupported: set[str] = set()
+            for f in plan:
+                if time.monotonic() + f.gap >= t_end:
+                    break
+                if f.kind in unsupported:
+                    continue  # reported once; the rest of the schedule still runs
+                await asyncio.sleep(f.gap)
+                try:
+                    rec = await self.inject(f)
+                except Exception as exc:  # e.g. a broker that will not start again
+                    rec = FaultRecord(f.kind, f.target, self.clock(), self.clock())
+                    rec.notes = f"the fault could not be completed: {exc!r}"[:300]
+                    self.problems.append(f"{f.describe()}: {rec.notes}")
+                    await self.revive()
+                if rec.unsupported:
+                    unsupported.add(f.kind)
+                    self.faults.append(rec)
+                    self.log(report.fault_line(rec))
+                    continue
+                rec.healed_at = await self.wait_healthy(HEAL_WAIT)
+                if rec.healed_at is None:
+                    rec.notes += f" still unhealthy: {self.why}"
+                self.faults.append(rec)
+                self.log(report.fault_line(rec))
+            # the workload runs the whole duration (also when no fault fitted or could run)
+            await asyncio.sleep(max(0.0, t_end - time.monotonic()) + 1.0)
+            await self.bounded("stopping the producers", producers.stop(), 30)
+            if self.sc.consume_late:
+                await consumers.start()
+            acked = set(producers.acks)
+            deadline = time.monotonic() + DRAIN_WAIT
+            while time.monotonic() < deadline:  # bounded drain: every acked id on every channel
+                seen = {ch: {r.id for r in consumers.runs if r.channel == ch} for ch in CHANNELS}
+                if all(acked <= s for s in seen.values()):
+                    break
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(0.5)  # late duplicates still count as re-runs
+            await self.bounded("stopping the monitor", self.monitor.stop(), 10)
+            await self.bounded("stopping the consumers", consumers.stop(), 60)
+            result = check(
+                acks=producers.acks,
+                runs=consumers.runs,
+                channels=CHANNELS,
+                raw_duplicates=consumers.raw_duplicates,
+                faults=self.faults,
+                samples=self.monitor.samples,
+                latencies=producers.latencies,
+                partner={b: partner_of(b) for b in BROKERS},
+                heal_bound=HEAL_BOUND,
+                producers=producers.n,
+            )
+            if self.problems:
+                result["violations"] += self.problems
+                result["ok"] = False
+            result.update(
+                problems=self.problems,
+                scenario=self.sc.name,
+                seed=self.seed,
+                duration_s=self.duration,
+                expect_fail=self.sc.expect_fail,
+                publish_failures=len(producers.failures),
+                publish_failure_sample=[f[2] for f in producers.failures[:10]],
+                deliveries_received=consumers.received,
+                fault_log=[report.fault_dict(f) for f in self.faults],
+                schedule_head=[f.describe() for f in plan[:10]],
+                net_method=c.net.method,
+                stale_removed=c.stale,
+            )
+            report.write(self.run_dir, result, producers, consumers, self.faults)
+            return result
+        finally:
+            logging.getLogger("pairq").removeHandler(handler)
+            with contextlib.suppress(Exception):
+                await c.close_channels()
+            await asyncio.to_thread(c.close)
+
+
+def passed(result: dict[str, Any]) -> bool:
+    """A normal scenario passes when the checker found nothing; a self-test when it did."""
+    return bool(result["ok"]) != bool(result["expect_fail"])
+
+
+def dumps(result: dict[str, Any]) -> str:
+    return json.dumps(result, indent=2, default=str)
