@@ -123,6 +123,11 @@ class NotFoundError(PairqError):
     code = broker_pb2.ERROR_CODE_NOT_FOUND
 
 
+class StoreCorruptError(OSError):
+    """LMDB found its own structure corrupt (a bad page or meta page): the broker will
+    not serve from that store. The message names the file and the recovery steps."""
+
+
 class StoreFullError(PairqError):
     """The broker's store is full; publishes are refused until space is freed."""
 

@@ -11,6 +11,7 @@ The CLI only builds options and runs this; tests run it in-process on port 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from pairq import __version__, grpcopts
 from pairq.broker.channel import Channel
+from pairq.broker.integrity import Integrity
 from pairq.broker.membership import Membership
 from pairq.broker.options import BrokerOptions
 from pairq.broker.pair import Pair
@@ -38,9 +40,9 @@ from pairq.broker.publishing import Publisher
 from pairq.broker.registration import LookupRegistrar
 from pairq.broker.schema import TopicMeta
 from pairq.broker.service import SERVICE, BrokerService
-from pairq.broker.store import Store
+from pairq.broker.store import STRUCTURE_ERRORS, Store
 from pairq.broker.topic import Topic
-from pairq.errors import PairqError
+from pairq.errors import PairqError, StoreCorruptError
 from pairq.names import is_ephemeral
 from pairq.options import parse_hostport
 from pairq.v1 import broker_pb2 as pb
@@ -51,14 +53,7 @@ log = logging.getLogger("pairq.broker")
 class Broker:
     def __init__(self, options: BrokerOptions) -> None:
         self.options = options.validate()
-        self.store = Store(
-            Path(options.data_dir) / "store",
-            sync=options.sync,
-            sync_interval_ms=options.sync_interval_ms,
-            max_bytes=options.max_store_bytes,
-            reserve_bytes=options.store_reserve_bytes,
-            max_commit_batch=options.max_commit_batch,
-        )
+        self.store = self._new_store()
         self.ident = Identity()  # node id and epoch, as every delivery carries them
         self.store_id = ""
         self.ids = IdAllocator()
@@ -81,12 +76,58 @@ class Broker:
         self.metrics: Any = None
         self.pair: Pair | None = None
         self.ctx: Context | None = None
+        self.integrity: Integrity | None = None
+        self.exit_code = 0  # non-zero when the broker stopped itself (a corrupt store)
+        self.corrupt_store_moved_to = ""
         self.publisher: Publisher | None = None
         self.membership: Membership | None = None
         self.registrar: LookupRegistrar | None = None
         self.tracer: Any = None  # an OpenTelemetry tracer when tracing is on
         self._rotator: asyncio.Task[None] | None = None
         self._register_later: asyncio.Task[None] | None = None
+
+    def _new_store(self) -> Store:
+        o = self.options
+        return Store(
+            Path(o.data_dir) / "store",
+            sync=o.sync,
+            sync_interval_ms=o.sync_interval_ms,
+            max_bytes=o.max_store_bytes,
+            reserve_bytes=o.store_reserve_bytes,
+            max_commit_batch=o.max_commit_batch,
+        )
+
+    def _open_store(self) -> None:
+        """Open the store; if LMDB finds its structure corrupt, handle it as a disk loss
+        (``--on-corruption``): move it aside and start empty (a pair re-fills it), or
+        refuse to start with the file and the recovery steps."""
+        try:
+            self.store.open()
+            self.store.catalog.load()  # walks the catalog: a broken tree shows here
+        except STRUCTURE_ERRORS as exc:
+            path = self.store.path
+            with contextlib.suppress(Exception):
+                self.store.close()
+            if self.options.on_corruption == "exit" or not self.options.partner:
+                raise StoreCorruptError(
+                    f"the store {path / 'data.mdb'} is corrupt ({type(exc).__name__}: {exc}); "
+                    "this broker will not serve from it. Recovery: move the directory "
+                    f"{path} aside (keep it for forensics) and start again; in a pair the "
+                    "partner re-fills the empty store (--on-corruption=resilver does this "
+                    "for you), a single broker must be restored from a backup"
+                ) from exc
+            aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+            log.error("the store %s is corrupt (%s: %s)", path, type(exc).__name__, exc)
+            path.rename(aside)
+            log.warning(
+                "moved the corrupt store to %s (kept for forensics); starting with an empty "
+                "store, which partner %s re-fills",
+                aside,
+                self.options.partner,
+            )
+            self.store = self._new_store()
+            self.store.open()
+            self.corrupt_store_moved_to = str(aside)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -99,7 +140,7 @@ class Broker:
 
             self.tracer = trace.get_tracer("pairq.broker")
         host, port = parse_hostport(self.options.address, what="--address")
-        await asyncio.to_thread(self.store.open)
+        await asyncio.to_thread(self._open_store)
         # The store's id names this data dir: a wiped disk gets a new one, which is
         # how the partner knows to re-fill it (pairq.broker.pair), whatever --node-name says.
         self.store_id = self.store.meta.node_id()
@@ -120,6 +161,23 @@ class Broker:
             limits=self.limits,
             topology_changed=self.topology_changed,
         )
+        self.integrity = Integrity(
+            self.store,
+            source=self.pair,
+            topic_name=self._topic_name,
+            topic_id=lambda n: t.meta.id if (t := self.topics.get(n)) is not None else None,
+            owned_needed=self._owned_needed,
+            repaired=lambda n: t.repaired() if (t := self.topics.get(n)) is not None else None,
+            scrub_interval_s=self.options.scrub_interval,
+            scrub_bytes_per_s=self.options.scrub_bytes_per_s,
+        )
+        self.ctx.integrity = self.integrity
+
+        def fatal(exc: BaseException) -> None:  # from the writer thread
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(self._on_fatal, exc)
+
+        self.store.on_fatal = fatal
         self.publisher = Publisher(
             options=self.options,
             store=self.store,
@@ -191,6 +249,8 @@ class Broker:
         self.store.index_ids = self.options.idempotency_window_s > 0
         if self.options.idempotency_window_s > 0:
             self._rotator = asyncio.create_task(self._rotate_ids())
+        assert self.integrity is not None
+        self.integrity.start()
         log.info(
             "broker %s listening on %s (data %s)", self.node_id, self.address, self.options.data_dir
         )
@@ -244,6 +304,8 @@ class Broker:
                 ch.close("broker shutting down")
         if self.metrics is not None:
             self.metrics.shutdown()
+        if self.integrity is not None:
+            await self.integrity.stop()
         await asyncio.to_thread(self.store.close)
         self._stopped.set()
         log.info("broker %s stopped", self.node_id)
@@ -368,6 +430,42 @@ class Broker:
             await self.store.commit(self.store.catalog.put_topic(topic.name, topic.meta.id, paused))
 
     # ------------------------------------------------------------ stats
+    def _topic_name(self, topic_id: int) -> str | None:
+        for t in self.topics.values():
+            if t.meta.id == topic_id:
+                return t.name
+        return None
+
+    def _owned_needed(self, topic: str, seq: int) -> bool:
+        """Whether some durable channel of ``topic`` (or the topic, while it has none)
+        still needs its record ``seq``."""
+        t = self.topics.get(topic)
+        if t is None:
+            return False
+        durable = [c for c in t.channels.values() if c.durable]
+        return not durable or any(c.needs(seq) for c in durable)
+
+    def _on_fatal(self, exc: BaseException) -> None:
+        """LMDB found its structure corrupt while running: stop serving from it now."""
+        if self.exit_code:
+            return
+        self.exit_code = 3
+        path = self.store.path
+        log.critical("the store %s is corrupt (%s: %s): stopping", path, type(exc).__name__, exc)
+        if self.options.on_corruption == "resilver" and self.options.partner:
+            aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+            try:
+                path.rename(aside)
+                log.warning(
+                    "moved the corrupt store to %s; restarted, this broker comes back empty and "
+                    "partner %s re-fills it",
+                    aside,
+                    self.options.partner,
+                )
+            except OSError as err:
+                log.error("cannot move the corrupt store aside: %s", err)
+        asyncio.get_running_loop().create_task(self.stop(grace=1.0))
+
     def stats(
         self, topic: str = "", channel: str = "", clients: bool = True
     ) -> pb.GetStatsResponse:
@@ -381,6 +479,8 @@ class Broker:
         )
         if self.pair is not None:
             resp.pair.CopyFrom(self.pair.stats())
+        if self.integrity is not None:
+            resp.integrity.CopyFrom(self.integrity.stats())
         for t in self.topics.values():
             if topic and t.name != topic:
                 continue

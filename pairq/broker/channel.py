@@ -205,8 +205,10 @@ class Channel:
         now = time.monotonic()
         while want > 0 and self.read_pos < head:
             limit = min(want, READ_CHUNK)
-            rows = self.log.read(self.read_pos, head, limit)
-            if not rows:
+            got = self.log.read(self.read_pos, head, limit)
+            rows = got.rows
+            corrupt = got.corrupt[0] if got.corrupt else None
+            if not rows and corrupt is None:
                 # Nothing left below the head: the rest are failed appends.
                 self._mark_gap(self.read_pos, head)
                 self.read_pos = head
@@ -230,6 +232,13 @@ class Channel:
             if entries:
                 self.core.push(entries, now)
             want -= len(entries)
+            if corrupt is not None:
+                # A record failed its checksum: never delivered. Reading resumes there
+                # once it is repaired from the partner (or quarantined: then a gap).
+                self._mark_gap(prev, corrupt)
+                self.read_pos = max(prev, corrupt)
+                self.log.report_corrupt(corrupt)
+                break
             if len(rows) < limit and self.read_pos < head:
                 # The read stopped short of its limit, so nothing else is below the
                 # head: the remaining seqs are failed appends.
@@ -590,6 +599,12 @@ class Channel:
         self.core.push(replays, time.monotonic())
         self.schedule_pump()
         return len(replays)
+
+    def needs(self, seq: int) -> bool:
+        """Whether ``seq`` is still to be delivered or finished here."""
+        if seq < self.floor or seq in self.fin_mem:
+            return False
+        return not any(lo <= seq < hi for lo, hi in self.gaps)
 
     def adopt_states(self, states: dict[int, tuple[int, int]]) -> Write | None:
         """Requeue states (attempts, due_ns) of seqs taken over from the partner: kept

@@ -20,8 +20,8 @@ import asyncio
 from collections import deque
 from typing import Protocol
 
-from pairq.broker.ports import IdAllocator
-from pairq.broker.store import ProgressBatch, Store, Write
+from pairq.broker.ports import NO_REPAIR, IdAllocator, IntegrityPort
+from pairq.broker.store import LogRead, ProgressBatch, Store, Write
 
 MEMORY_DEAD_LETTERS = 1000
 
@@ -30,13 +30,20 @@ class TopicLog(Protocol):
     copies: int
     retains: bool
 
-    def append(self, seq: int, records: list[bytes]) -> asyncio.Future[None] | None:
-        """Store records at seq, seq + 1, ...; None when they are stored already."""
+    def append(
+        self, seq: int, records: list[bytes], crcs: list[int]
+    ) -> asyncio.Future[None] | None:
+        """Store records (with their crc32c) at seq, seq + 1, ...; None when they are
+        stored already."""
         ...
 
-    def read(
-        self, from_seq: int, to_seq: int, limit: int, max_bytes: int = 0
-    ) -> list[tuple[int, bytes]]: ...
+    def read(self, from_seq: int, to_seq: int, limit: int, max_bytes: int = 0) -> LogRead:
+        """Good records from the log; one failing its checksum ends the read."""
+        ...
+
+    def report_corrupt(self, seq: int) -> None:
+        """The record at ``seq`` failed its checksum: have it repaired."""
+        ...
 
     def trim(self, lo: int, hi: int) -> None:
         """Forget records with lo <= seq < hi (finished by every channel)."""
@@ -96,17 +103,24 @@ class DurableTopicLog:
     copies = 1
     retains = True
 
-    def __init__(self, store: Store, topic_id: int) -> None:
+    def __init__(
+        self, store: Store, topic_id: int, name: str = "", integrity: IntegrityPort = NO_REPAIR
+    ) -> None:
         self._store = store
         self._tid = topic_id
+        self._name = name
+        self._integrity = integrity
 
-    def append(self, seq: int, records: list[bytes]) -> asyncio.Future[None] | None:
+    def report_corrupt(self, seq: int) -> None:
+        self._integrity.report_owned(self._name, self._tid, seq)
+
+    def append(
+        self, seq: int, records: list[bytes], crcs: list[int]
+    ) -> asyncio.Future[None] | None:
         s = self._store
-        return s.commit(s.log.append(self._tid, seq, records))
+        return s.commit(s.log.append(self._tid, seq, records, crcs))
 
-    def read(
-        self, from_seq: int, to_seq: int, limit: int, max_bytes: int = 0
-    ) -> list[tuple[int, bytes]]:
+    def read(self, from_seq: int, to_seq: int, limit: int, max_bytes: int = 0) -> LogRead:
         return self._store.log.read(self._tid, from_seq, to_seq, limit, max_bytes)
 
     def trim(self, lo: int, hi: int) -> None:
@@ -173,7 +187,10 @@ class DurableChannelLog:
         self._store.post(self._store.progress.reset(self._cid, floor))
 
     def dead_letters(self) -> list[tuple[int, int, bytes]]:
-        return self._store.dead.scan(self._cid)
+        good, bad = self._store.dead.scan(self._cid)
+        if bad:  # a dead letter has no other copy: set it aside
+            self._store.post(*(self._store.dead.quarantine(self._cid, seq) for seq in bad))
+        return good
 
     def put_dead(self, seq: int, attempts: int, record: bytes) -> None:
         self._store.post(self._store.dead.put(self._cid, seq, attempts, record))
@@ -216,13 +233,16 @@ class MemoryTopicLog:
     copies = 0
     retains = False
 
-    def append(self, seq: int, records: list[bytes]) -> asyncio.Future[None] | None:
+    def append(
+        self, seq: int, records: list[bytes], crcs: list[int]
+    ) -> asyncio.Future[None] | None:
         return None
 
-    def read(
-        self, from_seq: int, to_seq: int, limit: int, max_bytes: int = 0
-    ) -> list[tuple[int, bytes]]:
-        return []
+    def read(self, from_seq: int, to_seq: int, limit: int, max_bytes: int = 0) -> LogRead:
+        return LogRead()
+
+    def report_corrupt(self, seq: int) -> None:
+        return None
 
     def trim(self, lo: int, hi: int) -> None:
         return None

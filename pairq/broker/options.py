@@ -69,6 +69,24 @@ class BrokerOptions(GossipOptions):
         "headroom kept free for FINs and cleanup when the store is near its cap or the disk is near full",
         min=0,
     )
+    scrub_interval: float = _o(
+        86400.0,
+        "seconds between background scrubs (every stored record checked against its crc32c, "
+        "bad ones repaired from the partner); 0: no background scrub",
+        min=0,
+    )
+    scrub_bytes_per_s: int = _o(
+        32 * 1024 * 1024,
+        "most bytes a scrub reads per second (background and `pairq scrub`)",
+        min=1,
+    )
+    on_corruption: str = _o(
+        "resilver",
+        "when LMDB finds its own structure corrupt: 'resilver' moves the data dir's store aside "
+        "(kept for forensics) and starts empty, to be re-filled by the partner; 'exit' refuses to "
+        "start (a single broker always exits: it has no partner to re-fill it)",
+        choices=["resilver", "exit"],
+    )
     max_commit_batch: int = _o(20000, "most writes applied in one group commit", min=1)
 
     # --- messages ---

@@ -23,7 +23,17 @@ from typing import Protocol
 
 from pairq.broker.store import Store
 
-__all__ = ["SOLO", "Context", "DeliveryFence", "IdAllocator", "Identity", "Limits", "Replicator"]
+__all__ = [
+    "NO_REPAIR",
+    "SOLO",
+    "Context",
+    "DeliveryFence",
+    "IdAllocator",
+    "Identity",
+    "IntegrityPort",
+    "Limits",
+    "Replicator",
+]
 
 
 class Replicator(Protocol):
@@ -48,7 +58,13 @@ class Replicator(Protocol):
         ...
 
     def replicate(
-        self, topic: str, seq0: int, records: list[bytes], *, uncommitted: bool = False
+        self,
+        topic: str,
+        seq0: int,
+        records: list[bytes],
+        crcs: list[int],
+        *,
+        uncommitted: bool = False,
     ) -> asyncio.Future[None] | None:
         """Send records to the partner; the future resolves on its acknowledgement
         (None: not sent, the partner is unreachable or there is none)."""
@@ -124,7 +140,13 @@ class _Solo:
         return None
 
     def replicate(
-        self, topic: str, seq0: int, records: list[bytes], *, uncommitted: bool = False
+        self,
+        topic: str,
+        seq0: int,
+        records: list[bytes],
+        crcs: list[int],
+        *,
+        uncommitted: bool = False,
     ) -> asyncio.Future[None] | None:
         return None
 
@@ -169,6 +191,26 @@ class _Solo:
 
 
 SOLO = _Solo()
+
+
+class IntegrityPort(Protocol):
+    """Where a read that met a record failing its checksum reports it (the broker's
+    ``Integrity``, which repairs it from the partner or quarantines it)."""
+
+    def report_owned(self, topic: str, topic_id: int, seq: int) -> None: ...
+
+    def report_standby(self, topic: str, seq: int) -> None: ...
+
+
+class _NoRepair:
+    def report_owned(self, topic: str, topic_id: int, seq: int) -> None:
+        return None
+
+    def report_standby(self, topic: str, seq: int) -> None:
+        return None
+
+
+NO_REPAIR = _NoRepair()
 
 
 @dataclass
@@ -219,3 +261,4 @@ class Context:
     ids: IdAllocator
     limits: Limits
     topology_changed: Callable[[], None]
+    integrity: IntegrityPort = NO_REPAIR

@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from pairq.broker import wire
+from pairq.broker import checksum, wire
 from pairq.broker.options import BrokerOptions
 from pairq.broker.ports import Replicator
 from pairq.broker.store import Store
@@ -330,7 +330,8 @@ class Publisher:
         replicator.check_publishable()
         n = len(records)
         seq0 = topic.reserve(n)
-        local = topic.log.append(seq0, records)
+        crcs = checksum.crcs(records)  # computed once, stored and replicated with them
+        local = topic.log.append(seq0, records, crcs)
         if local is None:  # nothing to wait for (an ephemeral topic)
             topic.settle(seq0, n, records)
             return seq0, topic.log.copies
@@ -345,7 +346,7 @@ class Publisher:
         # committed record into a gap. Callbacks also spare a task and a loop
         # turn per publish.
         name = topic.name
-        remote = replicator.replicate(name, seq0, records, uncommitted=True)
+        remote = replicator.replicate(name, seq0, records, crcs, uncommitted=True)
         result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         local_ok = False  # set once the local commit is done
         settled = False  # fanned out (exactly once, whatever became of the caller)

@@ -16,19 +16,24 @@ meta        b"catalog"                      b"1" once the store has the pair's c
 meta        b"hwm:" + >I topic id           >Q every seq ever sent to the partner is below
 catalog     b"T" + topic name               >IB topic id, paused
 catalog     b"C" + >I topic id + name       >IB channel id, paused
-msgs        >I topic id + >Q seq            message record (``wire.encode_record``)
+msgs        >I topic id + >Q seq            >I crc32c + message record (``wire.encode_record``)
 floors      >I channel id                   >Q floor: every seq below it is finished
 fins        >I channel id + >Q seq          b"" (finished, above the floor)
 states      >I channel id + >Q seq          >Iq attempts, due_ns (requeued/deferred)
-dlq         >I channel id + >Q seq          >I attempts + record (dead letters)
-sb_msgs     topic + 0 + >Q origin seq       the partner's record (standby copy)
+dlq         >I channel id + >Q seq          >I attempts + >I crc32c + record (dead letters)
+sb_msgs     topic + 0 + >Q origin seq       >I crc32c + the partner's record (standby copy)
 sb_floors   topic + 0 + channel             >Q the partner channel's floor
 sb_fins     topic+0+channel+0+>Q seq        b"" (finished on the partner, above its floor)
 sb_states   topic+0+channel+0+>Q seq        >Iq attempts, due_ns (partner's requeue state)
 sb_meta     b"partner"                      the partner's store id
 sb_meta     b"taken:" + topic               >Q the partner's seqs below it were taken over
 ids_0/1     message id (16 bytes)           b"" (idempotency window, two generations)
+quarantine  kind + topic + 0 + >Q seq       a record that failed its checksum with no good
+                                            copy anywhere (kind b"o" owned, b"s" standby)
 ==========  ==============================  ==========================================
+
+Format 2 added the CRC32C of every record (``checksum.py``); a format-1 store
+is upgraded in place when it is opened (every record gets its checksum).
 
 Names cannot contain a NUL byte (``pairq.names``), which is what makes the
 standby keys unambiguous.
@@ -39,7 +44,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-FORMAT_VERSION = b"1"
+FORMAT_VERSION = b"2"  # 2: every record carries its crc32c
 
 DB_NAMES = (
     "meta",
@@ -56,6 +61,7 @@ DB_NAMES = (
     "ids_0",
     "ids_1",
     "sb_states",
+    "quarantine",
 )
 (
     META,
@@ -72,6 +78,7 @@ DB_NAMES = (
     IDS0,
     IDS1,
     SB_STATES,
+    QUARANTINE,
 ) = range(len(DB_NAMES))
 
 _I = struct.Struct(">I")
@@ -194,12 +201,26 @@ def unpack_state(value: bytes) -> tuple[int, int]:
     return int(a), int(d)
 
 
-def pack_dlq(attempts: int, record: bytes) -> bytes:
-    return _I.pack(attempts) + record
+def pack_record(crc: int, record: bytes) -> bytes:
+    """A stored record (``msgs``, ``sb_msgs``): its crc32c, then the record."""
+    return _I.pack(crc) + record
 
 
-def unpack_dlq(value: bytes) -> tuple[int, bytes]:
+def split_record(value: bytes) -> tuple[int, bytes]:
     return int(_I.unpack_from(value)[0]), bytes(value[4:])
+
+
+def pack_dlq(attempts: int, crc: int, record: bytes) -> bytes:
+    return _II.pack(attempts, crc) + record
+
+
+def unpack_dlq(value: bytes) -> tuple[int, int, bytes]:
+    attempts, crc = _II.unpack_from(value)
+    return int(attempts), int(crc), bytes(value[8:])
+
+
+def quarantine_key(owned: bool, topic: str, seq: int) -> bytes:
+    return (b"o" if owned else b"s") + topic.encode() + b"\0" + _Q.pack(seq)
 
 
 # ------------------------------------------------------------ standby (partner) data

@@ -23,6 +23,7 @@ import grpc
 from pairq.broker import wire
 from pairq.broker.channel import Channel
 from pairq.broker.channel_core import DelayError, RdyError
+from pairq.broker.integrity import Integrity
 from pairq.broker.options import BrokerOptions
 from pairq.broker.ports import DeliveryFence
 from pairq.broker.publishing import Publisher
@@ -72,6 +73,9 @@ class ServiceHost(Protocol):
     def stats(
         self, topic: str = "", channel: str = "", clients: bool = True
     ) -> pb.GetStatsResponse: ...
+
+    @property
+    def integrity(self) -> Integrity | None: ...
 
 
 def unary(
@@ -398,6 +402,16 @@ class BrokerService:
         n = await ch.replay_dead(ids)
         return pb.ReplayDeadLettersResponse(replayed=n)
 
+    async def Scrub(
+        self, request: pb.ScrubRequest, context: Any
+    ) -> AsyncIterator[pb.ScrubProgress]:
+        integrity = self.broker.integrity
+        if integrity is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "broker is starting")
+            return
+        async for progress in integrity.scrub():
+            yield progress
+
     # ------------------------------------------------------------ registration
     def generic_handler(self) -> Any:
         def unary(fn: Any, req: Any, resp: Any) -> Any:
@@ -414,6 +428,11 @@ class BrokerService:
                 self.PublishStream,
                 request_deserializer=pb.PublishStreamRequest.FromString,
                 response_serializer=pb.PublishStreamResponse.SerializeToString,
+            ),
+            "Scrub": grpc.unary_stream_rpc_method_handler(
+                self.Scrub,
+                request_deserializer=pb.ScrubRequest.FromString,
+                response_serializer=pb.ScrubProgress.SerializeToString,
             ),
             "Subscribe": grpc.stream_stream_rpc_method_handler(
                 self.Subscribe,

@@ -48,7 +48,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -56,6 +56,7 @@ from typing import Any, ClassVar
 import lmdb
 
 from pairq.broker import schema as sc
+from pairq.broker.checksum import crc as crc32c
 from pairq.broker.schema import ChannelMeta, TopicMeta
 from pairq.errors import StoreFullError
 
@@ -64,6 +65,24 @@ __all__ = ["ChannelMeta", "Store", "StoreFullError", "TopicMeta", "Write"]
 log = logging.getLogger("pairq.store")
 
 _STOP = object()
+
+
+class TruncatedStoreError(Exception):
+    """The data file is shorter than LMDB's meta page says (reading past its end would
+    kill the process with SIGBUS)."""
+
+
+# LMDB errors that mean its own structure is damaged (not a full disk): the store
+# must not be served from (Broker: --on-corruption).
+STRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
+    lmdb.CorruptedError,
+    lmdb.PageNotFoundError,
+    lmdb.InvalidError,
+    lmdb.VersionMismatchError,
+    lmdb.PanicError,
+    lmdb.BadTxnError,
+    TruncatedStoreError,
+)
 # How long the writer waits for the loop to resize the map before giving up.
 _RESIZE_WAIT = 5.0
 
@@ -84,17 +103,26 @@ class Write:
 
 
 class _Append(Write):
-    __slots__ = ("records", "seq", "topic_id")
+    __slots__ = ("crcs", "records", "seq", "topic_id")
     appends = True
 
-    def __init__(self, topic_id: int, seq: int, records: list[bytes]) -> None:
-        self.topic_id, self.seq, self.records = topic_id, seq, records
+    def __init__(self, topic_id: int, seq: int, records: list[bytes], crcs: list[int]) -> None:
+        self.topic_id, self.seq, self.records, self.crcs = topic_id, seq, records, crcs
 
     def apply(self, txn: Any, s: Store) -> None:
         key = sc.seq_key
+        pack = sc.pack_record
         tid = self.topic_id
         txn.cursor(db=s.dbs[sc.MSGS]).putmulti(
-            [(key(tid, q), rec) for q, rec in enumerate(self.records, self.seq)]
+            [
+                (key(tid, q), pack(c, rec))
+                for q, rec, c in zip(
+                    range(self.seq, self.seq + len(self.records)),
+                    self.records,
+                    self.crcs,
+                    strict=True,
+                )
+            ]
         )
         if s.index_ids:
             txn.cursor(db=s.dbs[sc.IDS0 + s.ids_gen]).putmulti(
@@ -105,17 +133,28 @@ class _Append(Write):
 class _StandbyAppend(Write):
     # ``index=False`` for copies the owner has not confirmed yet (see
     # pair.StandbyStore); an ``_IndexIds`` follows once it does.
-    __slots__ = ("index", "records", "seq", "topic")
+    __slots__ = ("crcs", "index", "records", "seq", "topic")
     appends = True
 
-    def __init__(self, topic: str, seq: int, records: list[bytes], index: bool) -> None:
-        self.topic, self.seq, self.records, self.index = topic, seq, records, index
+    def __init__(
+        self, topic: str, seq: int, records: list[bytes], crcs: list[int], index: bool
+    ) -> None:
+        self.topic, self.seq, self.records, self.crcs, self.index = topic, seq, records, crcs, index
 
     def apply(self, txn: Any, s: Store) -> None:
         base = sc.sb_topic_prefix(self.topic)
         pack = sc.pack_q
+        rec_value = sc.pack_record
         txn.cursor(db=s.dbs[sc.SB_MSGS]).putmulti(
-            [(base + pack(q), rec) for q, rec in enumerate(self.records, self.seq)]
+            [
+                (base + pack(q), rec_value(c, rec))
+                for q, rec, c in zip(
+                    range(self.seq, self.seq + len(self.records)),
+                    self.records,
+                    self.crcs,
+                    strict=True,
+                )
+            ]
         )
         if s.index_ids and self.index:
             txn.cursor(db=s.dbs[sc.IDS0 + s.ids_gen]).putmulti(
@@ -251,6 +290,9 @@ class Store:
         self._last_space_check = 0.0
         self.ids_gen = 0  # current idempotency generation (0 or 1)
         self.index_ids = True
+        self.integrity = Integrity()
+        # Called (from the writer thread) when LMDB reports its structure corrupt.
+        self.on_fatal: Callable[[BaseException], None] | None = None
         self.log = MessageLog(self)
         self.catalog = Catalog(self)
         self.progress = ChannelProgress(self)
@@ -262,7 +304,8 @@ class Store:
     def open(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         data = self.path / "data.mdb"
-        if data.exists():  # never map less than the file already holds
+        existed = data.exists()
+        if existed:  # never map less than the file already holds
             size = data.stat().st_size
             while self.map_bytes < size and self.map_bytes < self.max_bytes:
                 self.map_bytes = min(self.max_bytes, self.map_bytes * 2)
@@ -277,7 +320,17 @@ class Store:
             max_readers=256,
             lock=True,
         )
-        self.map_bytes = int(self.env.info()["map_size"])
+        info = self.env.info()
+        self.map_bytes = int(info["map_size"])
+        if existed:
+            need = (int(info["last_pgno"]) + 1) * int(self.env.stat()["psize"])
+            have = data.stat().st_size
+            if have < need:
+                self.env.close()
+                self.env = None
+                raise TruncatedStoreError(
+                    f"{data} is {have} bytes but its last page ends at byte {need} (truncated)"
+                )
         self.env.reader_check()
         with self.env.begin(write=True) as txn:
             self.dbs = [self.env.open_db(n.encode(), txn=txn) for n in sc.DB_NAMES]
@@ -286,12 +339,74 @@ class Store:
             version = txn.get(sc.FORMAT, db=self.dbs[sc.META])
             if version is None:
                 txn.put(sc.FORMAT, sc.FORMAT_VERSION, db=self.dbs[sc.META])
+            elif bytes(version) == b"1":
+                n = self._upgrade_from_1(txn)
+                txn.put(sc.FORMAT, sc.FORMAT_VERSION, db=self.dbs[sc.META])
+                log.warning(
+                    "%s: upgraded the store from format 1 to %s: %d record(s) now carry their %s",
+                    self.path,
+                    sc.FORMAT_VERSION.decode(),
+                    n,
+                    "crc32c",
+                )
             elif version != sc.FORMAT_VERSION:
                 raise RuntimeError(
                     f"{self.path}: store format {bytes(version)!r} is not supported by this "
-                    f"pairq (expects {sc.FORMAT_VERSION!r})"
+                    f"pairq (expects {sc.FORMAT_VERSION!r}); start a pairq that wrote it, or "
+                    "move the data dir aside and let the partner re-fill this broker"
                 )
+            self.integrity.quarantined = txn.stat(self.dbs[sc.QUARANTINE])["entries"]
         self._refresh_usage()
+
+    def _upgrade_from_1(self, txn: Any) -> int:
+        """Give every record of a format-1 store its crc32c (one transaction)."""
+        n = 0
+        for db in (sc.MSGS, sc.SB_MSGS):
+            items = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self.dbs[db])]
+            for k, v in items:
+                txn.put(k, sc.pack_record(crc32c(v), v), db=self.dbs[db])
+            n += len(items)
+        items = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self.dbs[sc.DLQ])]
+        for k, v in items:
+            attempts = int.from_bytes(v[:4], "big")
+            rec = v[4:]
+            txn.put(k, sc.pack_dlq(attempts, crc32c(rec), rec), db=self.dbs[sc.DLQ])
+        return n + len(items)
+
+    def scrub_chunk(
+        self, db: int, after: bytes | None, limit: int
+    ) -> tuple[int, int, list[bytes], bytes | None]:
+        """Check up to ``limit`` records of ``db`` (``msgs``, ``sb_msgs`` or ``dlq``) after
+        key ``after`` (None: from the start): (checked, bytes read, keys that failed
+        their checksum, the last key checked or None at the end)."""
+        checked = size = 0
+        bad: list[bytes] = []
+        last: bytes | None = None
+        with self.env.begin(buffers=False) as txn:
+            cur = txn.cursor(db=self.dbs[db])
+            ok = cur.set_range(after) if after is not None else cur.first()
+            if ok and after is not None and cur.key() == after:
+                ok = cur.next()
+            while ok and checked < limit:
+                k, v = cur.key(), cur.value()
+                if db == sc.DLQ:
+                    _a, c, rec = sc.unpack_dlq(v)
+                else:
+                    c, rec = sc.split_record(v)
+                if crc32c(rec) != c:
+                    self.integrity.saw_bad(db, k)
+                    bad.append(k)
+                checked += 1
+                size += len(v)
+                last = k
+                ok = cur.next()
+            if not ok:
+                last = None
+        return checked, size, bad, last
+
+    def quarantined(self, limit: int = 1000) -> list[tuple[bytes, bytes]]:
+        """(key, stored value) of quarantined records (``schema.quarantine_key``)."""
+        return self._scan(sc.QUARANTINE, b"", limit)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -400,6 +515,14 @@ class Store:
                             failed.append((fut, StoreFullError(self._full_message())))
                             continue
                         w.apply(txn, self)
+            except STRUCTURE_ERRORS as exc:
+                log.critical("store commit failed: LMDB reports its structure corrupt: %s", exc)
+                for _w, fut in batch:
+                    if fut is not None:
+                        results.append((fut, StoreFullError(f"store is corrupt: {exc}")))
+                if self.on_fatal is not None:
+                    self.on_fatal(exc)
+                break
             except lmdb.MapFullError as exc:
                 if self.map_bytes < self.max_bytes and self._grow_map():
                     continue  # retry the same batch in the larger map
@@ -525,15 +648,74 @@ def _resolve_all(results: list[tuple[asyncio.Future[None], BaseException | None]
 
 
 # ============================================================ typed views
+@dataclass
+class LogRead:
+    """What a checked read returns: the good records (seq, record) with their
+    crc32c, and the seqs whose stored copy failed its checksum (never returned)."""
+
+    rows: list[tuple[int, bytes]] = field(default_factory=list)
+    crcs: list[int] = field(default_factory=list)
+    corrupt: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Integrity:
+    """Checksum failures seen (each bad key counted once), repairs and quarantines."""
+
+    failures: int = 0
+    repairs: int = 0
+    quarantined: int = 0
+    bad: set[tuple[int, bytes]] = field(default_factory=set)
+
+    def saw_bad(self, db: int, key: bytes) -> None:
+        if (db, key) not in self.bad:
+            self.bad.add((db, key))
+            self.failures += 1
+            log.error(
+                "checksum failure in %s at key %s: this copy is never delivered, replicated or "
+                "counted; repairing it from the partner",
+                sc.DB_NAMES[db],
+                key.hex(),
+            )
+
+
+def _checked_rows(
+    s: Store, db: int, items: Iterable[tuple[int, bytes, bytes]], stop_at_corrupt: bool
+) -> LogRead:
+    """(seq, key, stored value) -> LogRead, verifying every value's crc32c."""
+    out = LogRead()
+    split = sc.split_record
+    for seq, key, value in items:
+        c, rec = split(value)
+        if crc32c(rec) != c:
+            s.integrity.saw_bad(db, key)
+            out.corrupt.append(seq)
+            if stop_at_corrupt:
+                break
+            continue
+        out.rows.append((seq, rec))
+        out.crcs.append(c)
+    return out
+
+
 class MessageLog:
-    """A topic's records by seq (``msgs``) and the idempotency index (``ids_0/1``)."""
+    """A topic's records by seq (``msgs``) and the idempotency index (``ids_0/1``).
+    Every record is stored with its crc32c and checked on every read."""
 
     def __init__(self, store: Store) -> None:
         self._s = store
 
-    def append(self, topic_id: int, seq: int, records: list[bytes]) -> Write:
+    def append(self, topic_id: int, seq: int, records: list[bytes], crcs: list[int]) -> Write:
         """Records at seqs ``seq``, ``seq + 1``, ... (their ids indexed); refused when full."""
-        return _Append(topic_id, seq, records)
+        return _Append(topic_id, seq, records, crcs)
+
+    def rewrite(self, topic_id: int, seq: int, record: bytes, crc: int) -> Write:
+        """A good copy in place of a stored record that failed its checksum."""
+        return _put(sc.MSGS, sc.seq_key(topic_id, seq), sc.pack_record(crc, record))
+
+    def quarantine(self, topic: str, topic_id: int, seq: int) -> Write:
+        """Move a record with no good copy anywhere aside (the seq then reads as a gap)."""
+        return _Quarantine(sc.MSGS, sc.seq_key(topic_id, seq), sc.quarantine_key(True, topic, seq))
 
     def delete_range(self, topic_id: int, lo: int, hi: int) -> Write:
         """Delete the records with lo <= seq < hi (cleanup below every channel's floor)."""
@@ -543,29 +725,45 @@ class MessageLog:
         return _drop(sc.MSGS, sc.id_prefix(topic_id))
 
     def read(
-        self, topic_id: int, from_seq: int, to_seq: int, limit: int, max_bytes: int = 0
-    ) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` (seq, record) with from_seq <= seq < to_seq; with ``max_bytes``,
-        stop once that many record bytes are read (always at least one record)."""
-        out: list[tuple[int, bytes]] = []
+        self,
+        topic_id: int,
+        from_seq: int,
+        to_seq: int,
+        limit: int,
+        max_bytes: int = 0,
+        *,
+        stop_at_corrupt: bool = True,
+    ) -> LogRead:
+        """Up to ``limit`` good records with from_seq <= seq < to_seq; with ``max_bytes``,
+        stop once that many record bytes are read (always at least one record). A
+        record failing its checksum ends the read (``corrupt`` names it) unless
+        ``stop_at_corrupt`` is False (then it is skipped)."""
+        raw: list[tuple[int, bytes, bytes]] = []
         size = 0
         if from_seq >= to_seq or limit <= 0:
-            return out
+            return LogRead()
         s = self._s
         end = sc.seq_key(topic_id, to_seq)
         unpack = sc.unpack_seq_key
         with s.env.begin(buffers=False) as txn:
             cur = txn.cursor(db=s.dbs[sc.MSGS])
             if not cur.set_range(sc.seq_key(topic_id, from_seq)):
-                return out
+                return LogRead()
             for k, v in cur:
                 if k >= end:
                     break
-                out.append((unpack(k)[1], v))
+                raw.append((unpack(k)[1], k, v))
                 size += len(v)
-                if len(out) >= limit or (max_bytes and size >= max_bytes):
+                if len(raw) >= limit or (max_bytes and size >= max_bytes):
                     break
-        return out
+        return _checked_rows(s, sc.MSGS, raw, stop_at_corrupt)
+
+    def get(self, topic_id: int, seq: int) -> tuple[bytes, int] | None:
+        """(record, crc32c) of one good record; None if absent or corrupt."""
+        res = self.read(topic_id, seq, seq + 1, 1)
+        if res.rows and res.rows[0][0] == seq:
+            return res.rows[0][1], res.crcs[0]
+        return None
 
     def seq_range(self, topic_id: int) -> tuple[int | None, int | None]:
         """(lowest, highest) seq held for the topic (None, None when it holds nothing)."""
@@ -746,28 +944,69 @@ class ChannelProgress:
 
 
 class DeadLetters:
-    """A channel's dead letters (``dlq``): (attempts, record) by dead-letter seq."""
+    """A channel's dead letters (``dlq``): (attempts, record) by dead-letter seq, each
+    record with its crc32c."""
 
     def __init__(self, store: Store) -> None:
         self._s = store
 
     def put(self, channel_id: int, seq: int, attempts: int, record: bytes) -> Write:
-        return _put(sc.DLQ, sc.seq_key(channel_id, seq), sc.pack_dlq(attempts, record))
+        return _put(
+            sc.DLQ, sc.seq_key(channel_id, seq), sc.pack_dlq(attempts, crc32c(record), record)
+        )
 
     def put_many(self, channel_id: int, items: Iterable[tuple[int, int, bytes]]) -> Write:
         """(seq, attempts, record) of several dead letters."""
-        return _Puts([(sc.DLQ, sc.seq_key(channel_id, q), sc.pack_dlq(a, r)) for q, a, r in items])
+        return _Puts(
+            [(sc.DLQ, sc.seq_key(channel_id, q), sc.pack_dlq(a, crc32c(r), r)) for q, a, r in items]
+        )
 
     def delete(self, channel_id: int, seq: int) -> Write:
         return _delete(sc.DLQ, sc.seq_key(channel_id, seq))
 
-    def scan(self, channel_id: int) -> list[tuple[int, int, bytes]]:
-        """(seq, attempts, record) of every dead letter, oldest first."""
+    def scan(self, channel_id: int) -> tuple[list[tuple[int, int, bytes]], list[int]]:
+        """(seq, attempts, record) of every good dead letter, oldest first, and the
+        seqs of those that failed their checksum."""
         out = []
+        bad = []
         for k, v in self._s._scan(sc.DLQ, sc.id_prefix(channel_id)):
-            attempts, rec = sc.unpack_dlq(v)
-            out.append((sc.unpack_seq_key(k)[1], attempts, rec))
-        return out
+            attempts, c, rec = sc.unpack_dlq(v)
+            seq = sc.unpack_seq_key(k)[1]
+            if crc32c(rec) != c:
+                self._s.integrity.saw_bad(sc.DLQ, k)
+                bad.append(seq)
+                continue
+            out.append((seq, attempts, rec))
+        return out, bad
+
+    def quarantine(self, channel_id: int, seq: int) -> Write:
+        """Move a dead letter that failed its checksum aside (no other copy exists)."""
+        key = sc.seq_key(channel_id, seq)
+        return _Quarantine(sc.DLQ, key, b"d" + key)
+
+
+class _Quarantine(Write):
+    """Move one stored value to ``quarantine`` (kept for the operator, never served)."""
+
+    __slots__ = ("db", "key", "qkey")
+
+    def __init__(self, db: int, key: bytes, qkey: bytes) -> None:
+        self.db, self.key, self.qkey = db, key, qkey
+
+    def apply(self, txn: Any, s: Store) -> None:
+        value = txn.get(self.key, db=s.dbs[self.db])
+        if value is None:
+            return
+        txn.put(self.qkey, value, db=s.dbs[sc.QUARANTINE])
+        txn.delete(self.key, db=s.dbs[self.db])
+        s.integrity.quarantined += 1
+        s.integrity.bad.discard((self.db, bytes(self.key)))
+        log.error(
+            "quarantined the record at %s key %s: it failed its checksum and no good copy "
+            "exists (kept in the store's quarantine, never delivered)",
+            sc.DB_NAMES[self.db],
+            bytes(self.key).hex(),
+        )
 
 
 @dataclass
@@ -790,8 +1029,20 @@ class StandbyCopies:
         self._s = store
 
     # writes
-    def append(self, topic: str, seq: int, records: list[bytes], *, index: bool) -> Write:
-        return _StandbyAppend(topic, seq, records, index)
+    def append(
+        self, topic: str, seq: int, records: list[bytes], crcs: list[int], *, index: bool
+    ) -> Write:
+        return _StandbyAppend(topic, seq, records, crcs, index)
+
+    def rewrite(self, topic: str, seq: int, record: bytes, crc: int) -> Write:
+        """A good copy in place of a standby copy that failed its checksum."""
+        return _put(sc.SB_MSGS, sc.sb_msg_key(topic, seq), sc.pack_record(crc, record))
+
+    def quarantine(self, topic: str, seq: int) -> Write:
+        """Move a standby copy with no good copy anywhere aside."""
+        return _Quarantine(
+            sc.SB_MSGS, sc.sb_msg_key(topic, seq), sc.quarantine_key(False, topic, seq)
+        )
 
     def index_ids(self, ids: list[bytes]) -> Write:
         """Copies the owner confirmed: their ids count as stored (idempotency)."""
@@ -849,20 +1100,27 @@ class StandbyCopies:
         return _put(sc.SB_META, sc.taken_key(topic), sc.pack_q(upto))
 
     # reads
-    def read(self, topic: str, lo: int, hi: int) -> list[tuple[int, bytes]]:
-        """(seq, record) of the copies with lo <= seq < hi."""
+    def read(self, topic: str, lo: int, hi: int, *, stop_at_corrupt: bool = False) -> LogRead:
+        """The good copies with lo <= seq < hi (``corrupt``: those failing their checksum)."""
         s = self._s
         prefix = sc.sb_topic_prefix(topic)
         end = sc.sb_msg_key(topic, hi)
-        rows: list[tuple[int, bytes]] = []
+        raw: list[tuple[int, bytes, bytes]] = []
         with s.env.begin(buffers=False) as txn:
             cur = txn.cursor(db=s.dbs[sc.SB_MSGS])
             if cur.set_range(sc.sb_msg_key(topic, lo)):
                 for k, v in cur:
                     if not k.startswith(prefix) or len(k) != len(prefix) + 8 or k >= end:
                         break
-                    rows.append((sc.unpack_q(k[-8:]), v))
-        return rows
+                    raw.append((sc.unpack_q(k[-8:]), k, v))
+        return _checked_rows(s, sc.SB_MSGS, raw, stop_at_corrupt)
+
+    def get(self, topic: str, seq: int) -> tuple[bytes, int] | None:
+        """(record, crc32c) of one good standby copy; None if absent or corrupt."""
+        res = self.read(topic, seq, seq + 1)
+        if res.rows:
+            return res.rows[0][1], res.crcs[0]
+        return None
 
     def load(self) -> StandbyImage:
         s = self._s

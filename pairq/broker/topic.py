@@ -40,7 +40,9 @@ class Topic:
         self.name = meta.name
         self.ephemeral = is_ephemeral(meta.name)
         self.log: TopicLog = (
-            MemoryTopicLog() if self.ephemeral else DurableTopicLog(ctx.store, meta.id)
+            MemoryTopicLog()
+            if self.ephemeral
+            else DurableTopicLog(ctx.store, meta.id, meta.name, ctx.integrity)
         )
         # Ephemeral topics are never replicated.
         self.replicator: Replicator = SOLO if self.ephemeral else ctx.replicator
@@ -94,6 +96,7 @@ class Topic:
     async def append_owned(
         self,
         records: list[bytes],
+        crcs: list[int],
         *,
         extra: list[Write],
         finished_for: dict[str, list[int]],
@@ -110,7 +113,9 @@ class Topic:
         seq0 = self.next_seq
         self.next_seq += n
         store = self.ctx.store
-        writes: list[Write] = [store.log.append(self.meta.id, seq0, records)] if records else []
+        writes: list[Write] = (
+            [store.log.append(self.meta.id, seq0, records, crcs)] if records else []
+        )
         for name, states in (states_for or {}).items():
             ch = self.channels.get(name)
             if ch is not None:
@@ -136,9 +141,15 @@ class Topic:
                 ch.mark_finished_seqs([seq0 + i for i in idxs])
         self._complete(seq0, n, records)
         if records:
-            remote = self.replicator.replicate(self.name, seq0, records)
+            remote = self.replicator.replicate(self.name, seq0, records, crcs)
             if remote is not None:  # nobody waits: a lost session re-sends them from the log
                 remote.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def repaired(self) -> None:
+        """A record of this topic that failed its checksum was repaired or set aside:
+        channels read on."""
+        for ch in self.channels.values():
+            ch.schedule_pump()
 
     def drop_taken_over(self, upto: int) -> bool:
         """The partner took over every seq below ``upto``: never deliver them here.

@@ -95,6 +95,12 @@ async def _serve(start: Callable[[Any], Awaitable[Stoppable]], opts: Any) -> int
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    waiters = [asyncio.ensure_future(stop.wait())]
+    ended = getattr(server, "wait", None)  # a server that can stop by itself (a broker)
+    if ended is not None:
+        waiters.append(asyncio.ensure_future(ended()))
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for w in waiters:
+        w.cancel()
     await server.stop()
-    return 0
+    return int(getattr(server, "exit_code", 0))

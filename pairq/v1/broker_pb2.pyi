@@ -481,7 +481,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., channel: _Optional[str] = ..., no_clients: _Optional[bool] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("broker_id", "version", "start_time_ns", "health", "topics", "store_bytes", "store_cap_bytes", "pair")
+    __slots__ = ("broker_id", "version", "start_time_ns", "health", "topics", "store_bytes", "store_cap_bytes", "pair", "integrity")
     BROKER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     START_TIME_NS_FIELD_NUMBER: _ClassVar[int]
@@ -490,6 +490,7 @@ class GetStatsResponse(_message.Message):
     STORE_BYTES_FIELD_NUMBER: _ClassVar[int]
     STORE_CAP_BYTES_FIELD_NUMBER: _ClassVar[int]
     PAIR_FIELD_NUMBER: _ClassVar[int]
+    INTEGRITY_FIELD_NUMBER: _ClassVar[int]
     broker_id: str
     version: str
     start_time_ns: int
@@ -498,7 +499,42 @@ class GetStatsResponse(_message.Message):
     store_bytes: int
     store_cap_bytes: int
     pair: PairStats
-    def __init__(self, broker_id: _Optional[str] = ..., version: _Optional[str] = ..., start_time_ns: _Optional[int] = ..., health: _Optional[str] = ..., topics: _Optional[_Iterable[_Union[TopicStats, _Mapping]]] = ..., store_bytes: _Optional[int] = ..., store_cap_bytes: _Optional[int] = ..., pair: _Optional[_Union[PairStats, _Mapping]] = ...) -> None: ...
+    integrity: IntegrityStats
+    def __init__(self, broker_id: _Optional[str] = ..., version: _Optional[str] = ..., start_time_ns: _Optional[int] = ..., health: _Optional[str] = ..., topics: _Optional[_Iterable[_Union[TopicStats, _Mapping]]] = ..., store_bytes: _Optional[int] = ..., store_cap_bytes: _Optional[int] = ..., pair: _Optional[_Union[PairStats, _Mapping]] = ..., integrity: _Optional[_Union[IntegrityStats, _Mapping]] = ...) -> None: ...
+
+class IntegrityStats(_message.Message):
+    __slots__ = ("checksum_failures", "repairs", "quarantined", "scrub_running", "scrub_checked", "last_scrub_ns", "last_scrub_bad")
+    CHECKSUM_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    REPAIRS_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    SCRUB_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    SCRUB_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    LAST_SCRUB_NS_FIELD_NUMBER: _ClassVar[int]
+    LAST_SCRUB_BAD_FIELD_NUMBER: _ClassVar[int]
+    checksum_failures: int
+    repairs: int
+    quarantined: int
+    scrub_running: bool
+    scrub_checked: int
+    last_scrub_ns: int
+    last_scrub_bad: int
+    def __init__(self, checksum_failures: _Optional[int] = ..., repairs: _Optional[int] = ..., quarantined: _Optional[int] = ..., scrub_running: _Optional[bool] = ..., scrub_checked: _Optional[int] = ..., last_scrub_ns: _Optional[int] = ..., last_scrub_bad: _Optional[int] = ...) -> None: ...
+
+class ScrubRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ScrubProgress(_message.Message):
+    __slots__ = ("checked", "bytes", "bad", "done")
+    CHECKED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    BAD_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    checked: int
+    bytes: int
+    bad: int
+    done: bool
+    def __init__(self, checked: _Optional[int] = ..., bytes: _Optional[int] = ..., bad: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
 
 class ListDeadLettersRequest(_message.Message):
     __slots__ = ("topic", "channel", "limit")

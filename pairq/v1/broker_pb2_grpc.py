@@ -110,6 +110,11 @@ class BrokerServiceStub:
                 request_serializer=pairq_dot_v1_dot_broker__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=pairq_dot_v1_dot_broker__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.Scrub = channel.unary_stream(
+                '/pairq.v1.BrokerService/Scrub',
+                request_serializer=pairq_dot_v1_dot_broker__pb2.ScrubRequest.SerializeToString,
+                response_deserializer=pairq_dot_v1_dot_broker__pb2.ScrubProgress.FromString,
+                _registered_method=True)
         self.ListDeadLetters = channel.unary_unary(
                 '/pairq.v1.BrokerService/ListDeadLetters',
                 request_serializer=pairq_dot_v1_dot_broker__pb2.ListDeadLettersRequest.SerializeToString,
@@ -241,6 +246,14 @@ class BrokerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Scrub(self, request, context):
+        """ADMIN: check every stored record against its checksum now (rate-limited by
+        --scrub-bytes-per-s), repairing from the partner; streams progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListDeadLetters(self, request, context):
         """List a channel's dead-letter messages (those that reached max attempts).
         """
@@ -332,6 +345,11 @@ def add_BrokerServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=pairq_dot_v1_dot_broker__pb2.GetStatsRequest.FromString,
                     response_serializer=pairq_dot_v1_dot_broker__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'Scrub': grpc.unary_stream_rpc_method_handler(
+                    servicer.Scrub,
+                    request_deserializer=pairq_dot_v1_dot_broker__pb2.ScrubRequest.FromString,
+                    response_serializer=pairq_dot_v1_dot_broker__pb2.ScrubProgress.SerializeToString,
             ),
             'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDeadLetters,
@@ -750,6 +768,33 @@ class BrokerService:
             '/pairq.v1.BrokerService/GetStats',
             pairq_dot_v1_dot_broker__pb2.GetStatsRequest.SerializeToString,
             pairq_dot_v1_dot_broker__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Scrub(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pairq.v1.BrokerService/Scrub',
+            pairq_dot_v1_dot_broker__pb2.ScrubRequest.SerializeToString,
+            pairq_dot_v1_dot_broker__pb2.ScrubProgress.FromString,
             options,
             channel_credentials,
             insecure,

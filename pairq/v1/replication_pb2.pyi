@@ -7,16 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ReplicaAppend(_message.Message):
-    __slots__ = ("topic", "first_seq", "records", "uncommitted")
+    __slots__ = ("topic", "first_seq", "records", "uncommitted", "crcs")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     UNCOMMITTED_FIELD_NUMBER: _ClassVar[int]
+    CRCS_FIELD_NUMBER: _ClassVar[int]
     topic: str
     first_seq: int
     records: _containers.RepeatedScalarFieldContainer[bytes]
     uncommitted: bool
-    def __init__(self, topic: _Optional[str] = ..., first_seq: _Optional[int] = ..., records: _Optional[_Iterable[bytes]] = ..., uncommitted: _Optional[bool] = ...) -> None: ...
+    crcs: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, topic: _Optional[str] = ..., first_seq: _Optional[int] = ..., records: _Optional[_Iterable[bytes]] = ..., uncommitted: _Optional[bool] = ..., crcs: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReplicaRange(_message.Message):
     __slots__ = ("topic", "first_seq", "count")
@@ -131,3 +133,23 @@ class ReplicateResponse(_message.Message):
     welcome: ReplicaWelcome
     ack: ReplicaAck
     def __init__(self, welcome: _Optional[_Union[ReplicaWelcome, _Mapping]] = ..., ack: _Optional[_Union[ReplicaAck, _Mapping]] = ...) -> None: ...
+
+class RepairRequest(_message.Message):
+    __slots__ = ("topic", "seqs", "owned")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    SEQS_FIELD_NUMBER: _ClassVar[int]
+    OWNED_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    seqs: _containers.RepeatedScalarFieldContainer[int]
+    owned: bool
+    def __init__(self, topic: _Optional[str] = ..., seqs: _Optional[_Iterable[int]] = ..., owned: _Optional[bool] = ...) -> None: ...
+
+class RepairResponse(_message.Message):
+    __slots__ = ("seqs", "records", "crcs")
+    SEQS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    CRCS_FIELD_NUMBER: _ClassVar[int]
+    seqs: _containers.RepeatedScalarFieldContainer[int]
+    records: _containers.RepeatedScalarFieldContainer[bytes]
+    crcs: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, seqs: _Optional[_Iterable[int]] = ..., records: _Optional[_Iterable[bytes]] = ..., crcs: _Optional[_Iterable[int]] = ...) -> None: ...

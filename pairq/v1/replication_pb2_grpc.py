@@ -40,6 +40,11 @@ class ReplicationServiceStub:
                 request_serializer=pairq_dot_v1_dot_replication__pb2.ReplicateRequest.SerializeToString,
                 response_deserializer=pairq_dot_v1_dot_replication__pb2.ReplicateResponse.FromString,
                 _registered_method=True)
+        self.Repair = channel.unary_unary(
+                '/pairq.v1.ReplicationService/Repair',
+                request_serializer=pairq_dot_v1_dot_replication__pb2.RepairRequest.SerializeToString,
+                response_deserializer=pairq_dot_v1_dot_replication__pb2.RepairResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicationServiceServicer:
@@ -53,6 +58,13 @@ class ReplicationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Repair(self, request, context):
+        """Good copies of records whose stored copy failed its checksum on the asker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +72,11 @@ def add_ReplicationServiceServicer_to_server(servicer, server):
                     servicer.Replicate,
                     request_deserializer=pairq_dot_v1_dot_replication__pb2.ReplicateRequest.FromString,
                     response_serializer=pairq_dot_v1_dot_replication__pb2.ReplicateResponse.SerializeToString,
+            ),
+            'Repair': grpc.unary_unary_rpc_method_handler(
+                    servicer.Repair,
+                    request_deserializer=pairq_dot_v1_dot_replication__pb2.RepairRequest.FromString,
+                    response_serializer=pairq_dot_v1_dot_replication__pb2.RepairResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +107,33 @@ class ReplicationService:
             '/pairq.v1.ReplicationService/Replicate',
             pairq_dot_v1_dot_replication__pb2.ReplicateRequest.SerializeToString,
             pairq_dot_v1_dot_replication__pb2.ReplicateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Repair(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairq.v1.ReplicationService/Repair',
+            pairq_dot_v1_dot_replication__pb2.RepairRequest.SerializeToString,
+            pairq_dot_v1_dot_replication__pb2.RepairResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -16,7 +16,19 @@ import pairq
 import pairq.cli
 
 ROOT = Path(__file__).resolve().parents[2] / "pairq"
-EXPECTED = {"broker", "lookup", "nodes", "members", "pub", "tail", "stat", "to-file", "dlq", "dev"}
+EXPECTED = {
+    "broker",
+    "lookup",
+    "nodes",
+    "members",
+    "pub",
+    "tail",
+    "stat",
+    "to-file",
+    "dlq",
+    "scrub",
+    "dev",
+}
 
 
 def commands(parser: object) -> set[str]:

@@ -37,7 +37,7 @@ async def test_uncommitted_ids_are_indexed_only_when_confirmed(tmp_path: Path) -
         assert confirmed == []
         await store.commit(*ops)
         # Stored as standby copies, but their ids are not indexed yet.
-        assert [seq for seq, _ in store.standby.read("t", 0, 100)] == [10, 11, 12]
+        assert [seq for seq, _ in store.standby.read("t", 0, 100).rows] == [10, 11, 12]
         assert store.log.known_ids(ids) == set()
         assert sb.unconfirmed_ids == set(ids)
         # Confirming two of them indexes exactly those, once their batch commits.

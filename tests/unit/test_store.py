@@ -7,9 +7,11 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import lmdb
 import pytest
 
-from pairq.broker import wire
+from pairq.broker import schema, wire
+from pairq.broker.checksum import crcs
 from pairq.broker.store import Store
 from pairq.errors import StoreFullError
 
@@ -18,6 +20,22 @@ MiB = 1024 * 1024
 
 def _records(n: int, size: int) -> list[bytes]:
     return [wire.encode_plain_record(os.urandom(16), os.urandom(size), b"") for _ in range(n)]
+
+
+def _append(s: Store, tid: int, seq: int, recs: list[bytes]):  # type: ignore[no-untyped-def]
+    return s.log.append(tid, seq, recs, crcs(recs))
+
+
+def _flip(path: Path, db: str, key: bytes) -> None:
+    """Flip one bit of a stored value, as a bad disk would (through LMDB, so only the
+    value changes)."""
+    env = lmdb.open(str(path), max_dbs=32)
+    with env.begin(write=True) as txn:
+        d = env.open_db(db.encode(), txn=txn)
+        v = bytearray(txn.get(key, db=d))
+        v[-3] ^= 0x10
+        txn.put(key, bytes(v), db=d)
+    env.close()
 
 
 @pytest.fixture
@@ -37,7 +55,7 @@ async def test_catalog_progress_and_dead_letters_round_trip(opened: Store) -> No
         s.catalog.put_topic("orders", 3, False),
         s.catalog.put_channel(3, "billing", 7, True),
         s.catalog.put_next_ids(4, 8),
-        s.log.append(3, 10, _records(5, 100)),
+        _append(s, 3, 10, _records(5, 100)),
     )
     batch = s.progress.batch(7)
     batch.floor(12)
@@ -53,7 +71,7 @@ async def test_catalog_progress_and_dead_letters_round_trip(opened: Store) -> No
     assert (ch.id, ch.paused, ch.floor) == (7, True, 12)
     assert s.progress.finished(7) == [14]
     assert s.progress.states(7) == {13: (2, 123)}
-    assert s.dead.scan(7) == [(11, 5, b"r" * 40)]
+    assert s.dead.scan(7) == ([(11, 5, b"r" * 40)], [])
     next_topic, next_channel = s.catalog.next_ids()
     assert next_topic >= 4 and next_channel >= 8  # never an id in use or recorded
     # Emptying the channel and deleting the topic leave nothing behind.
@@ -62,7 +80,7 @@ async def test_catalog_progress_and_dead_letters_round_trip(opened: Store) -> No
     assert s.progress.floor(7) == 15
     await s.commit(s.catalog.delete_topic("orders", 3), s.log.drop_topic(3), s.progress.drop(7))
     assert s.catalog.load() == {}
-    assert s.log.read(3, 0, 100, 100) == [] and s.dead.scan(7) == []
+    assert s.log.read(3, 0, 100, 100).rows == [] and s.dead.scan(7) == ([], [])
 
 
 async def test_standby_copies_load_back_as_written(opened: Store) -> None:
@@ -71,7 +89,7 @@ async def test_standby_copies_load_back_as_written(opened: Store) -> None:
     recs = _records(4, 50)
     await s.commit(
         sb.set_partner("abc"),
-        sb.append("t", 20, recs, index=False),
+        sb.append("t", 20, recs, crcs(recs), index=False),
         sb.put_floor("t", "c", 21),
         sb.put_finished("t", "c", 22),
         sb.put_state("t", "c", 23, 3, 99),
@@ -83,7 +101,7 @@ async def test_standby_copies_load_back_as_written(opened: Store) -> None:
     assert img.floors == {("t", "c"): 21}
     assert img.finished == [("t", "c", 22)]
     assert img.states == [("t", "c", 23, (3, 99))]
-    assert [q for q, _ in sb.read("t", 21, 23)] == [21, 22]
+    assert [q for q, _ in sb.read("t", 21, 23).rows] == [21, 22]
     # Unconfirmed copies are not indexed until confirmed.
     ids = [r[:16] for r in recs]
     assert s.log.known_ids(ids) == set()
@@ -106,11 +124,11 @@ async def test_the_map_grows_on_map_full_up_to_the_cap(tmp_path: Path) -> None:
         seq = 0
         for _ in range(12):  # 12 MiB of records into a 1 MiB map
             recs = _records(64, 16 * 1024)
-            await s.commit(s.log.append(1, seq, recs))
+            await s.commit(_append(s, 1, seq, recs))
             seq += len(recs)
         assert s.map_grows >= 3 and s.map_bytes >= 16 * MiB
         assert not s.full_reason
-        assert len(s.log.read(1, 0, seq, 10_000)) == seq
+        assert len(s.log.read(1, 0, seq, 10_000).rows) == seq
     finally:
         s.close()
     # Reopened with the same small initial map: it maps at least what the file holds.
@@ -119,7 +137,7 @@ async def test_the_map_grows_on_map_full_up_to_the_cap(tmp_path: Path) -> None:
     s2.start(asyncio.get_running_loop())
     try:
         assert s2.map_bytes >= 16 * MiB
-        assert len(s2.log.read(1, 0, seq, 10_000)) == seq
+        assert len(s2.log.read(1, 0, seq, 10_000).rows) == seq
     finally:
         s2.close()
 
@@ -133,7 +151,7 @@ async def test_at_the_cap_appends_fail_and_other_writes_commit(tmp_path: Path) -
         with pytest.raises(StoreFullError, match="store is full"):
             for _ in range(40):
                 recs = _records(32, 16 * 1024)
-                await s.commit(s.log.append(1, seq, recs))
+                await s.commit(_append(s, 1, seq, recs))
                 seq += len(recs)
         assert s.map_bytes == 8 * MiB and s.full_reason
         # Progress still commits in the reserve (delivery goes on).
@@ -148,6 +166,62 @@ async def test_at_the_cap_appends_fail_and_other_writes_commit(tmp_path: Path) -
     s2 = Store(tmp_path / "s", max_bytes=8 * MiB, reserve_bytes=MiB)
     s2.open()  # not corrupted: every acknowledged record reads back
     try:
-        assert len(s2.log.read(1, 0, seq, 10_000)) == seq
+        assert len(s2.log.read(1, 0, seq, 10_000).rows) == seq
     finally:
         s2.close()
+
+
+async def test_a_record_failing_its_checksum_is_never_returned(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    s = Store(path, max_bytes=256 * MiB, reserve_bytes=MiB)
+    s.open()
+    s.start(asyncio.get_running_loop())
+    recs = _records(6, 100)
+    await s.commit(_append(s, 1, 0, recs), s.standby.append("t", 0, recs, crcs(recs), index=True))
+    s.close()
+    _flip(path, "msgs", schema.seq_key(1, 3))
+    _flip(path, "sb_msgs", schema.sb_msg_key("t", 4))
+    s = Store(path, max_bytes=256 * MiB, reserve_bytes=MiB)
+    s.open()
+    s.start(asyncio.get_running_loop())
+    try:
+        got = s.log.read(1, 0, 10, 100)
+        assert [q for q, _ in got.rows] == [0, 1, 2] and got.corrupt == [3]  # stops there
+        got = s.log.read(1, 0, 10, 100, stop_at_corrupt=False)
+        assert [q for q, _ in got.rows] == [0, 1, 2, 4, 5] and got.corrupt == [3]
+        assert got.rows[3][1] == recs[4] and got.crcs == crcs([recs[i] for i in (0, 1, 2, 4, 5)])
+        sb = s.standby.read("t", 0, 10)
+        assert [q for q, _ in sb.rows] == [0, 1, 2, 3, 5] and sb.corrupt == [4]
+        assert s.log.get(1, 3) is None and s.standby.get("t", 4) is None
+        assert s.integrity.failures == 2
+        # A repair rewrites it; a quarantine moves it aside (then it reads as a gap).
+        await s.commit(s.log.rewrite(1, 3, recs[3], crcs([recs[3]])[0]))
+        assert s.log.get(1, 3) == (recs[3], crcs([recs[3]])[0])
+        await s.commit(s.standby.quarantine("t", 4))
+        assert s.standby.read("t", 0, 10).corrupt == [] and s.integrity.quarantined == 1
+        assert len(s.quarantined()) == 1
+        # The scrub finds what reads have not met.
+        _flip_live = s.scrub_chunk(schema.MSGS, None, 100)
+        assert _flip_live[0] == 6 and _flip_live[2] == []
+    finally:
+        s.close()
+
+
+async def test_a_format_1_store_is_upgraded_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    recs = _records(3, 50)
+    env = lmdb.open(str(path), max_dbs=32, map_size=64 * MiB)
+    with env.begin(write=True) as txn:
+        meta = env.open_db(b"meta", txn=txn)
+        msgs = env.open_db(b"msgs", txn=txn)
+        txn.put(b"format", b"1", db=meta)
+        for i, r in enumerate(recs):
+            txn.put(schema.seq_key(1, i), r, db=msgs)
+    env.close()
+    s = Store(path, max_bytes=256 * MiB, reserve_bytes=MiB)
+    s.open()
+    try:
+        got = s.log.read(1, 0, 10, 10)
+        assert [r for _, r in got.rows] == recs and got.corrupt == []
+    finally:
+        s.close()

@@ -93,6 +93,7 @@ class Pair:
         self.takeover = Takeover(s)
         self.receiver = Receiver(s, self.takeover)
         self._tasks: list[asyncio.Task[Any]] = []
+        self._repair_channel: Any = None
 
     # ------------------------------------------------------------ what the parts share
     @property
@@ -200,6 +201,9 @@ class Pair:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.sender.fail_pending(UnavailableError("broker is shutting down"))
         self.receiver.stop_listening()
+        if self._repair_channel is not None:
+            await self._repair_channel.close()
+            self._repair_channel = None
 
     # ------------------------------------------------------------ delivery fence
     def may_deliver(self) -> bool:
@@ -239,11 +243,17 @@ class Pair:
             )
 
     def replicate(
-        self, topic: str, seq0: int, records: list[bytes], *, uncommitted: bool = False
+        self,
+        topic: str,
+        seq0: int,
+        records: list[bytes],
+        crcs: list[int],
+        *,
+        uncommitted: bool = False,
     ) -> asyncio.Future[None] | None:
         """Queue records for the partner; the future resolves on its acknowledgement
         (None while disconnected). See ``Sender.replicate``."""
-        return self.sender.replicate(topic, seq0, records, uncommitted=uncommitted)
+        return self.sender.replicate(topic, seq0, records, crcs, uncommitted=uncommitted)
 
     def unconfirmed(self, ids: list[bytes]) -> list[bytes]:
         """Of ``ids``, those held only as the partner's unconfirmed copies (StandbyStore)."""
@@ -349,6 +359,56 @@ class Pair:
             refill_receiving=self.refill_receiving,
         )
 
+    # ------------------------------------------------------------ repair (integrity.py)
+    async def fetch(
+        self, topic: str, seqs: list[int], *, owned: bool
+    ) -> dict[int, tuple[bytes, int]] | None:
+        """The partner's good copies of ``seqs`` (``integrity.RepairSource``); None when
+        it cannot be asked."""
+        if self._repair_channel is None:
+            from pairq import grpcopts
+
+            self._repair_channel = grpc.aio.insecure_channel(
+                self.partner_address,
+                options=grpcopts.client_options(self.broker.options.max_msg_size),
+            )
+        call = self._repair_channel.unary_unary(
+            "/pairq.v1.ReplicationService/Repair",
+            request_serializer=rpb.RepairRequest.SerializeToString,
+            response_deserializer=rpb.RepairResponse.FromString,
+        )
+        try:
+            resp = await call(rpb.RepairRequest(topic=topic, seqs=seqs, owned=owned), timeout=2.0)
+        except (grpc.aio.AioRpcError, OSError) as exc:
+            log.warning("cannot ask partner %s for good copies: %s", self.partner_address, exc)
+            return None
+        return {q: (r, c) for q, r, c in zip(resp.seqs, resp.records, resp.crcs, strict=False)}
+
+    async def Repair(self, request: rpb.RepairRequest, context: Any) -> rpb.RepairResponse:
+        """Our good copies of the asker's records: of what it owns, our standby copies;
+        of its standby copies, our own records."""
+        from pairq.names import is_valid_name
+
+        if not is_valid_name(request.topic) or len(request.seqs) > 10_000:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "Repair: invalid topic or too many seqs"
+            )
+        store = self.broker.store
+        out = rpb.RepairResponse()
+        if request.owned:
+            found = [(q, store.standby.get(request.topic, q)) for q in request.seqs]
+        else:
+            topic = self.broker.topics.get(request.topic)
+            if topic is None or topic.ephemeral:
+                return out
+            found = [(q, store.log.get(topic.meta.id, q)) for q in request.seqs]
+        for q, got in found:
+            if got is not None:
+                out.seqs.append(q)
+                out.records.append(got[0])
+                out.crcs.append(got[1])
+        return out
+
     def generic_handler(self) -> Any:
         return grpc.method_handlers_generic_handler(
             "pairq.v1.ReplicationService",
@@ -357,6 +417,11 @@ class Pair:
                     self.receiver.Replicate,
                     request_deserializer=rpb.ReplicateRequest.FromString,
                     response_serializer=rpb.ReplicateResponse.SerializeToString,
-                )
+                ),
+                "Repair": grpc.unary_unary_rpc_method_handler(
+                    self.Repair,
+                    request_deserializer=rpb.RepairRequest.FromString,
+                    response_serializer=rpb.RepairResponse.SerializeToString,
+                ),
             },
         )

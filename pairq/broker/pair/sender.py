@@ -81,31 +81,38 @@ class _Pending:
     count: int = 0
 
 
-def _merge_appends(pending: list[tuple[str, int, list[bytes], bool]]) -> list[rpb.ReplicaAppend]:
+# (topic, first seq, records, their crc32c, uncommitted)
+Pending = tuple[str, int, list[bytes], list[int], bool]
+
+
+def _merge_appends(pending: list[Pending]) -> list[rpb.ReplicaAppend]:
     """One ReplicaAppend per contiguous run of seqs of a topic (fewer submessages)."""
     if len(pending) == 1:
-        topic, seq, recs, unc = pending[0]
-        return [rpb.ReplicaAppend(topic=topic, first_seq=seq, records=recs, uncommitted=unc)]
+        topic, seq, recs, crcs, unc = pending[0]
+        return [
+            rpb.ReplicaAppend(topic=topic, first_seq=seq, records=recs, crcs=crcs, uncommitted=unc)
+        ]
     out: list[rpb.ReplicaAppend] = []
-    runs: list[tuple[str, int, list[bytes], bool]] = []
-    for topic, seq, recs, unc in sorted(pending, key=lambda x: (x[0], x[1])):
+    runs: list[Pending] = []
+    for topic, seq, recs, crcs, unc in sorted(pending, key=lambda x: (x[0], x[1])):
         if (
             runs
             and runs[-1][0] == topic
-            and runs[-1][3] == unc
+            and runs[-1][4] == unc
             and runs[-1][1] + len(runs[-1][2]) == seq
         ):
             runs[-1][2].extend(recs)
+            runs[-1][3].extend(crcs)
         else:
-            runs.append((topic, seq, list(recs), unc))
-    for topic, seq, recs, unc in runs:
-        out.append(rpb.ReplicaAppend(topic=topic, first_seq=seq, records=recs, uncommitted=unc))
+            runs.append((topic, seq, list(recs), list(crcs), unc))
+    for topic, seq, recs, crcs, unc in runs:
+        out.append(
+            rpb.ReplicaAppend(topic=topic, first_seq=seq, records=recs, crcs=crcs, uncommitted=unc)
+        )
     return out
 
 
-def _split_appends(
-    pending: list[tuple[str, int, list[bytes], bool]],
-) -> list[list[rpb.ReplicaAppend]]:
+def _split_appends(pending: list[Pending]) -> list[list[rpb.ReplicaAppend]]:
     """The appends of one round, merged (``_merge_appends``) and cut into frames of at
     most MAX_BATCH_BYTES of records each (a record larger than that goes alone)."""
     frames: list[list[rpb.ReplicaAppend]] = []
@@ -118,6 +125,7 @@ def _split_appends(
             size += total
             continue
         recs = list(a.records)
+        crcs = list(a.crcs)
         start = 0
         for i, rec in enumerate(recs):
             if size and size + len(rec) > MAX_BATCH_BYTES:
@@ -127,6 +135,7 @@ def _split_appends(
                             topic=a.topic,
                             first_seq=a.first_seq + start,
                             records=recs[start:i],
+                            crcs=crcs[start:i],
                             uncommitted=a.uncommitted,
                         )
                     )
@@ -138,6 +147,7 @@ def _split_appends(
                 topic=a.topic,
                 first_seq=a.first_seq + start,
                 records=recs[start:],
+                crcs=crcs[start:],
                 uncommitted=a.uncommitted,
             )
         )
@@ -184,9 +194,7 @@ class Sender:
         self.broker = state.broker
         self.connected = False
         self._batch_id = 0
-        self._appends: list[
-            tuple[str, int, list[bytes], bool]
-        ] = []  # (topic, seq, records, uncommitted)
+        self._appends: list[Pending] = []
         self._confirms: list[tuple[str, int, int]] = []  # committed here since sent uncommitted
         self._confirm_timer: asyncio.TimerHandle | None = None
         self.link: ReplicaLink | None = None  # the session's gRPC call or FramedLink
@@ -203,7 +211,13 @@ class Sender:
         self.refill_sending = 0  # seqs of our log the running catch-up has still to send
 
     def replicate(
-        self, topic: str, seq0: int, records: list[bytes], *, uncommitted: bool = False
+        self,
+        topic: str,
+        seq0: int,
+        records: list[bytes],
+        crcs: list[int],
+        *,
+        uncommitted: bool = False,
     ) -> asyncio.Future[None] | None:
         """Queue records for the partner; the future resolves on its acknowledgement.
 
@@ -214,7 +228,7 @@ class Sender:
         """
         if not self.connected:
             return None
-        self._appends.append((topic, seq0, records, uncommitted))
+        self._appends.append((topic, seq0, records, crcs, uncommitted))
         self.unacked_msgs += len(records)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._futures.append(fut)
@@ -487,7 +501,14 @@ class Sender:
                     await asyncio.sleep(0.001)  # reserved before we connected, still committing
                     continue
                 top = min(end, topic.committed_seq)
-                rows = topic.log.read(pos, top, CATCHUP_CHUNK, max_bytes=MAX_BATCH_BYTES)
+                got = topic.log.read(pos, top, CATCHUP_CHUNK, max_bytes=MAX_BATCH_BYTES)
+                rows = got.rows
+                if not rows and got.corrupt:
+                    # Our record at ``pos`` failed its checksum: it is never sent. Wait
+                    # for its repair (or quarantine, after which it reads as a gap).
+                    topic.log.report_corrupt(got.corrupt[0])
+                    await asyncio.sleep(0.05)
+                    continue
                 if not rows:
                     self.unacked_msgs = max(0, self.unacked_msgs - (top - pos))
                     remaining -= top - pos
@@ -495,21 +516,28 @@ class Sender:
                     continue
                 # Send contiguous runs (gaps are failed appends).
                 run: list[bytes] = []
+                run_crcs: list[int] = []
                 run_start = rows[0][0]
                 appends: list[rpb.ReplicaAppend] = []
                 expect = run_start
-                for seq, rec in rows:
+                for (seq, rec), crc in zip(rows, got.crcs, strict=True):
                     if seq != expect and run:
                         appends.append(
-                            rpb.ReplicaAppend(topic=topic.name, first_seq=run_start, records=run)
+                            rpb.ReplicaAppend(
+                                topic=topic.name, first_seq=run_start, records=run, crcs=run_crcs
+                            )
                         )
                         run = []
+                        run_crcs = []
                         run_start = seq
                     run.append(rec)
+                    run_crcs.append(crc)
                     expect = seq + 1
                 if run:
                     appends.append(
-                        rpb.ReplicaAppend(topic=topic.name, first_seq=run_start, records=run)
+                        rpb.ReplicaAppend(
+                            topic=topic.name, first_seq=run_start, records=run, crcs=run_crcs
+                        )
                     )
                 # The lag counts seqs: a chunk settles the whole span it covers.
                 span = rows[-1][0] + 1 - pos

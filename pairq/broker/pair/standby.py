@@ -15,7 +15,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from pairq.broker import wire
+from pairq.broker import checksum, wire
 from pairq.broker.store import Store, Write
 from pairq.v1 import replication_pb2 as rpb
 
@@ -190,13 +190,16 @@ class StandbyStore:
                 continue
             first = a.first_seq
             recs = list(a.records)
+            # Verified by validate_batch when the sender sent them; computed here otherwise.
+            crcs = list(a.crcs) if len(a.crcs) == n else checksum.crcs(recs)
             if first < t.taken_upto:  # already ours: skip the overlap
                 skip = min(n, t.taken_upto - first)
                 first += skip
                 recs = recs[skip:]
+                crcs = crcs[skip:]
             if not recs:
                 continue
-            ops.append(sb.append(a.topic, first, recs, index=not a.uncommitted))
+            ops.append(sb.append(a.topic, first, recs, crcs, index=not a.uncommitted))
             if a.uncommitted:
                 ids = [rec[:16] for rec in recs]
                 self.unconfirmed.setdefault(a.topic, {})[first] = ids
@@ -276,6 +279,15 @@ def validate_batch(batch: rpb.ReplicaBatch, max_msg_size: int) -> str:
             sizes = list(map(len, a.records))
             if min(sizes) < wire.HEADER_SIZE + 20 or max(sizes) > max_msg_size + 65536 + 128:
                 return "malformed record (size out of range)"
+            if a.crcs:
+                if len(a.crcs) != len(a.records):
+                    return f"{len(a.crcs)} checksums for {len(a.records)} records"
+                for i, (rec, c) in enumerate(zip(a.records, a.crcs, strict=True)):
+                    if checksum.crc(rec) != c:
+                        return (
+                            f"record {a.first_seq + i} of topic {a.topic[:80]!r} failed its "
+                            "checksum in transit"
+                        )
     for p in batch.progress:
         if not is_valid_name(p.topic) or not is_valid_name(p.channel):
             return f"invalid name {p.topic[:80]!r}/{p.channel[:80]!r}"

@@ -120,7 +120,8 @@ async def _take_over_topic(broker: PairHost, standby: StandbyStore, sb: StandbyT
     topic = await broker.get_topic(sb.name, from_partner=True)
     for ch_name in sb.channels:
         await topic.get_channel(ch_name, from_partner=True)
-    rows = broker.store.standby.read(sb.name, start, end)
+    got = broker.store.standby.read(sb.name, start, end)
+    rows = got.rows
     records: list[bytes] = []
     finished_for: dict[str, list[int]] = {}
     states_for: dict[str, dict[int, tuple[int, int]]] = {}
@@ -135,12 +136,14 @@ async def _take_over_topic(broker: PairHost, standby: StandbyStore, sb: StandbyT
             return bool(sb.channels)
         return seq < c.floor or seq in c.fins
 
-    for seq, rec in rows:
+    crcs: list[int] = []
+    for (seq, rec), crc in zip(rows, got.crcs, strict=True):
         done = [n for n in names if finished(n, seq)]
         if names and len(done) == len(names):
             continue
         idx = len(records)
         records.append(rec)
+        crcs.append(crc)
         for n in done:
             finished_for.setdefault(n, []).append(idx)
         for n, c in sb.channels.items():
@@ -148,8 +151,17 @@ async def _take_over_topic(broker: PairHost, standby: StandbyStore, sb: StandbyT
             if state is not None and n not in done:
                 states_for.setdefault(n, {})[idx] = state
     copies = broker.store.standby
-    extra = [copies.set_taken(sb.name, end), copies.drop_topic(sb.name)]
-    await topic.append_owned(records, extra=extra, finished_for=finished_for, states_for=states_for)
+    # A copy failing its checksum has no good copy left (its owner is gone): set it
+    # aside, unless every channel had finished it anyway.
+    extra = [
+        copies.quarantine(sb.name, seq)
+        for seq in got.corrupt
+        if not (names and all(finished(n, seq) for n in names))
+    ]
+    extra += [copies.set_taken(sb.name, end), copies.drop_topic(sb.name)]
+    await topic.append_owned(
+        records, crcs, extra=extra, finished_for=finished_for, states_for=states_for
+    )
     standby.forget_unconfirmed(sb.name, taken_over=True)  # owned (and indexed) here now
     sb.taken_upto = end
     sb.first_seq = end

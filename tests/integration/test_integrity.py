@@ -1,0 +1,286 @@
+"""Integrity with real processes: flipped bits in one broker's data file, a truncated
+file and corrupt meta pages lose nothing acknowledged, and no corrupted body is ever
+delivered (the consumer checks the sha256 each message carries in a header)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_pair import make_pair, stats, wait_healthy
+
+from pairq.client import Consumer, Producer
+from pairq.testing import BrokerProcess, eventually
+
+TOPIC = "bits"
+N = 240
+
+
+def _body(i: int, rng: random.Random) -> bytes:
+    # Random bytes: every body is unique, so its offset in the file identifies it.
+    return b"m%05d-" % i + bytes(rng.getrandbits(8) for _ in range(90))
+
+
+async def _publish(a: BrokerProcess, b: BrokerProcess, rng: random.Random) -> dict[bytes, bytes]:
+    """N messages to ``a`` with their sha256 in a header; (id -> body) of the acked ones."""
+    acked: dict[bytes, bytes] = {}
+    async with Producer(brokers=[a.address], retry_timeout=20) as p:
+        await p.publish(TOPIC, b"warm", headers={"sha256": hashlib.sha256(b"warm").hexdigest()})
+        for i in range(N):
+            body = _body(i, rng)
+            ack = await p.publish(TOPIC, body, headers={"sha256": hashlib.sha256(body).hexdigest()})
+            assert ack.copies == 2
+            acked[ack.id] = body
+    return acked
+
+
+def _flip_bodies(data_file: Path, bodies: list[bytes], rng: random.Random) -> int:
+    """Flip one random bit inside each of ``bodies`` wherever it lies in the file (a
+    bad disk; LMDB's copy-on-write may have left stale copies in free pages too);
+    returns how many bodies were found and flipped."""
+    raw = bytearray(data_file.read_bytes())
+    flipped = 0
+    for body in bodies:
+        offset = rng.randrange(len(body))
+        bit = 1 << rng.randrange(8)
+        at = raw.find(body)
+        if at < 0:
+            continue
+        while at >= 0:
+            raw[at + offset] ^= bit
+            at = raw.find(body, at + 1)
+        flipped += 1
+    with data_file.open("r+b") as fh:  # in place: the same inode, as a disk error would be
+        fh.write(raw)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return flipped
+
+
+async def _consume_all(
+    a: BrokerProcess, b: BrokerProcess, acked: dict[bytes, bytes]
+) -> dict[bytes, int]:
+    """Consume from both brokers (de-duplication on); every body checked against its
+    header; returns handler runs per id."""
+    handled: dict[bytes, int] = {}
+    bad: list[bytes] = []
+
+    def handler(msg: Any) -> None:
+        if hashlib.sha256(msg.body).hexdigest() != msg.headers.get("sha256"):
+            bad.append(msg.id)
+        handled[msg.id] = handled.get(msg.id, 0) + 1
+
+    async with Consumer(
+        TOPIC,
+        "work",
+        brokers=[a.address, b.address],
+        handler=handler,
+        max_in_flight=50,
+        reconnect_backoff=0.05,
+        reconnect_backoff_max=0.3,
+    ) as consumer:
+        await eventually(lambda: set(acked) <= set(handled), timeout=60)
+        await consumer.wait_idle(timeout=20)
+    assert not bad, f"{len(bad)} corrupted bodies were delivered"
+    return handled
+
+
+async def _make_channel(a: BrokerProcess) -> None:
+    import grpc
+
+    from pairq.v1 import broker_pb2 as pb
+    from pairq.v1 import broker_pb2_grpc as pbg
+
+    async with grpc.aio.insecure_channel(a.address) as ch:
+        await pbg.BrokerServiceStub(ch).CreateChannel(
+            pb.CreateChannelRequest(topic=TOPIC, channel="work"), timeout=10
+        )
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_flipped_bits_while_stopped_are_repaired_from_the_partner(
+    tmp_path: Path, seed: int
+) -> None:
+    rng = random.Random(seed)
+    a, b = make_pair(tmp_path)
+    try:
+        a.start()
+        b.start()
+        await wait_healthy(a, b)
+        await _make_channel(a)
+        acked = await _publish(a, b, rng)
+        # Both stopped (kill -9), so neither takes the other's messages over: when they
+        # are back the owner reads its own (now bad) records.
+        a.stop()
+        b.stop()
+        victims = rng.sample(sorted(acked.values()), 12)
+        flipped = _flip_bodies(Path(a.data_dir) / "store" / "data.mdb", victims, rng)
+        assert flipped >= 10
+        a.start()
+        b.start()
+        await wait_healthy(a, b)
+        handled = await _consume_all(a, b, acked)
+        assert set(acked) <= set(handled)
+        assert all(handled[i] == 1 for i in acked), "a handler ran twice"
+        st = (await stats(a.address)).integrity
+        assert st.checksum_failures >= flipped and st.repairs >= flipped, st
+        assert st.quarantined == 0
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_flipped_bits_under_a_running_broker_are_never_delivered(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    a, b = make_pair(tmp_path)
+    try:
+        a.start()
+        b.start()
+        await wait_healthy(a, b)
+        await _make_channel(a)
+        acked = await _publish(a, b, rng)
+        # Nobody consumed yet: the channel reads these back from disk when a consumer
+        # comes. Corrupt them under the running broker (its reads see the page cache).
+        victims = rng.sample(sorted(acked.values()), 12)
+        flipped = _flip_bodies(Path(a.data_dir) / "store" / "data.mdb", victims, rng)
+        assert flipped >= 10
+        handled = await _consume_all(a, b, acked)
+        assert all(handled[i] == 1 for i in acked)
+        st = (await stats(a.address)).integrity
+        assert st.repairs >= flipped, st
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_scrub_finds_and_repairs_what_no_read_met(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    a, b = make_pair(tmp_path)
+    try:
+        a.start()
+        b.start()
+        await wait_healthy(a, b)
+        await _make_channel(a)
+        acked = await _publish(a, b, rng)
+        # Corrupt the partner's standby copies: nothing reads them until a takeover.
+        victims = rng.sample(sorted(acked.values()), 8)
+        flipped = _flip_bodies(Path(b.data_dir) / "store" / "data.mdb", victims, rng)
+        assert flipped >= 6
+        out = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "pairq", "scrub", "--broker", b.address],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "bad" in out.stdout
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:
+            st = (await stats(b.address)).integrity
+            if st.repairs >= flipped:
+                break
+            assert asyncio.get_running_loop().time() < deadline, st
+            await asyncio.sleep(0.1)
+        assert st.last_scrub_bad >= flipped and st.quarantined == 0
+        # Now kill the owner: the partner takes over good copies only.
+        a.kill()
+        handled = await _consume_all(a, b, acked)
+        assert set(acked) <= set(handled)
+    finally:
+        a.stop()
+        b.stop()
+
+
+def _text(path: str) -> str:
+    return Path(path).read_text()
+
+
+def _moved_aside(p: BrokerProcess) -> list[str]:
+    return [d.name for d in Path(p.data_dir).iterdir() if d.name.startswith("store.corrupt-")]
+
+
+def _corrupt_meta(data_file: Path) -> None:
+    """Garbage over both LMDB meta pages (pages 0 and 1)."""
+    with data_file.open("r+b") as fh:
+        page = 4096
+        fh.write(os.urandom(2 * page))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+async def test_corrupt_meta_pages_resilver_from_the_partner(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    a, b = make_pair(tmp_path)
+    try:
+        a.start()
+        b.start()
+        await wait_healthy(a, b)
+        await _make_channel(a)
+        acked = await _publish(a, b, rng)
+        a.stop()
+        _corrupt_meta(Path(a.data_dir) / "store" / "data.mdb")
+        a.start()  # --on-corruption=resilver (the default in a pair)
+        await wait_healthy(a, b, timeout=30)
+        assert _moved_aside(a), "the corrupt store was not kept aside"
+        log = _text(a.log_path)
+        assert "is corrupt" in log and "re-fills" in log
+        handled = await _consume_all(a, b, acked)
+        assert set(acked) <= set(handled)
+        assert all(handled[i] == 1 for i in acked)
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_corrupt_meta_pages_with_on_corruption_exit_refuse_to_start(tmp_path: Path) -> None:
+    rng = random.Random(6)
+    a, b = make_pair(tmp_path, "--on-corruption", "exit")
+    try:
+        a.start()
+        b.start()
+        await wait_healthy(a, b)
+        acked = await _publish(a, b, rng)
+        a.stop()
+        data = Path(a.data_dir) / "store" / "data.mdb"
+        _corrupt_meta(data)
+        with pytest.raises(RuntimeError):
+            a.start(timeout=10)
+        out = _text(a.log_path)
+        assert str(data) in out and "move the directory" in out
+        # Nothing acked is lost: the partner takes the owner's messages over.
+        handled = await _consume_all(b, b, acked)
+        assert set(acked) <= set(handled)
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_a_truncated_data_file_resilvers_from_the_partner(tmp_path: Path) -> None:
+    rng = random.Random(8)
+    a, b = make_pair(tmp_path)
+    try:
+        a.start()
+        b.start()
+        await wait_healthy(a, b)
+        await _make_channel(a)
+        acked = await _publish(a, b, rng)
+        a.stop()
+        data = Path(a.data_dir) / "store" / "data.mdb"
+        with data.open("r+b") as fh:
+            fh.truncate(data.stat().st_size // 3)
+        a.start()
+        await wait_healthy(a, b, timeout=30)
+        handled = await _consume_all(a, b, acked)
+        assert set(acked) <= set(handled)
+        assert all(handled[i] == 1 for i in acked)
+    finally:
+        a.stop()
+        b.stop()
