@@ -85,3 +85,55 @@ async def test_refill_of_a_wiped_partner_shows_progress_and_the_lag_returns_to_z
     finally:
         a.stop()
         b.stop()
+
+
+async def test_a_refill_whose_range_ends_in_skipped_seqs_still_finishes(tmp_path: Path) -> None:
+    """Regression (chaos harness, resilver-loss): a restart makes the owner skip to its
+    high-water mark (100,000 seqs that hold nothing); a partner wiped afterwards is
+    re-filled over a range that ends in those seqs, and the re-fill must still end."""
+    a, b = make_pair(tmp_path)
+    try:
+        a.start()
+        b.start()
+        await wait_healthy(a, b)
+        async with grpc.aio.insecure_channel(a.address) as ch:
+            stub = pbg.BrokerServiceStub(ch)
+            r = await stub.PublishBatch(
+                pb.PublishBatchRequest(topic="t", messages=[pb.PublishItem(body=b"x")] * 10),
+                timeout=30,
+            )
+            assert r.copies == 2
+        # Both restarted (so neither takes the other's messages over): the owner skips
+        # the seqs up to its high-water mark.
+        a.kill()
+        b.kill()
+        a.start()
+        b.start()
+        await wait_healthy(a, b)
+        b.kill()
+        shutil.rmtree(b.data_dir)
+        b.start()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                sa, sb = await stats(a.address), await stats(b.address)
+            except grpc.aio.AioRpcError:
+                sa = sb = None
+            if (
+                sa is not None
+                and sb is not None
+                and sb.pair.standby_messages >= 10
+                and sa.pair.refill_sending == 0
+                and sb.pair.refill_receiving == 0
+                and sa.pair.connected
+                and sb.pair.connected
+            ):
+                break
+            assert time.monotonic() < deadline, (
+                f"the re-fill never ended: sending {sa and sa.pair.refill_sending}, "
+                f"receiving {sb and sb.pair.refill_receiving}"
+            )
+            await asyncio.sleep(0.05)
+    finally:
+        a.stop()
+        b.stop()

@@ -494,6 +494,7 @@ class Sender:
             if remaining
             else None
         )
+        told_remaining: int | None = None  # catchup_remaining of the last catch-up batch
         for topic, start, end in self._catchup:
             pos = start
             while pos < end and not topic.deleted:
@@ -546,10 +547,16 @@ class Sender:
                 await self._send(
                     call, reader, appends, [], [], [], span=span, catchup_remaining=remaining
                 )
+                told_remaining = remaining
                 if refill_log is not None:
                     refill_log.add(len(rows), sum(len(r) for _, r in rows), remaining)
                 pos = rows[-1][0] + 1
             remaining -= max(0, end - pos)  # a deleted topic: the rest is not sent
+        if told_remaining:
+            # The range ended in seqs that hold nothing (failed appends, the span a
+            # restart skipped): nothing was sent for them, so say the re-fill is over,
+            # or the partner shows it in progress forever.
+            await self._send(call, reader, [], [], [], [], span=0, catchup_remaining=0)
         self._catchup = []
         self.refill_sending = 0
         if refill_log is not None:
