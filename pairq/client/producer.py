@@ -558,6 +558,7 @@ class Producer:
         deadline = loop.time() + self._retry_timeout
         attempt = 0
         tried: list[str] = []
+        full: set[str] = set()  # brokers that refused because their store is full
         while True:
             try:
                 route = await self._route(topic)
@@ -575,7 +576,13 @@ class Producer:
                     return await conn.publish(request, self._rpc_timeout)
                 except PairqError as exc:
                     err = exc
-                if not isinstance(err, UnavailableError):
+                if err.code == broker_pb2.ERROR_CODE_STORE_FULL:
+                    # Nothing was stored there: another broker of the placement (another
+                    # pair) may have room. Only when every one is full does the caller hear it.
+                    full.add(conn.address)
+                    if len(full) >= n:
+                        raise err
+                elif not isinstance(err, UnavailableError):
                     raise err
                 if conn.address not in tried:
                     tried.append(conn.address)

@@ -13,7 +13,8 @@ from rawclient import RawSub
 
 from pairq.broker.broker import Broker
 from pairq.broker.options import BrokerOptions
-from pairq.errors import PairqError
+from pairq.client import Producer
+from pairq.errors import PairqError, StoreFullError
 from pairq.testing import eventually, run_broker
 from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import broker_pb2_grpc as pbg
@@ -538,3 +539,33 @@ async def test_publish_stream_answers_each_request_and_survives_bad_ones(tmp_pat
         assert time.monotonic() - t0 < 5
         assert await asyncio.wait_for(call.read(), 5) is grpc.aio.EOF
         await ch.close()
+
+
+async def test_a_producer_fails_over_from_a_full_store_to_a_broker_with_room(tmp_path) -> None:
+    """Regression (chaos harness, disk-full): a full store on one broker must not stop a
+    producer that has another broker to go to; only when all are full is it refused."""
+    cap = 16 * 1024 * 1024
+    async with (
+        run_broker(
+            tmp_path / "full",
+            max_store_bytes=cap,
+            store_reserve_bytes=4 * 1024 * 1024,
+            max_msg_size=65536,
+        ) as full,
+        run_broker(tmp_path / "room") as room,
+    ):
+        stub = stub_for(full)
+        body = b"z" * 60000
+        with pytest.raises(grpc.aio.AioRpcError):
+            for _ in range(1000):
+                await stub.PublishBatch(
+                    pb.PublishBatchRequest(topic="t", messages=[pb.PublishItem(body=body)] * 10)
+                )
+        async with Producer(brokers=[full.address, room.address], retry_timeout=10) as p:
+            acks = [await p.publish("t", b"after %d" % i) for i in range(20)]
+        assert all(a.copies == 1 for a in acks)
+        st = await stub_for(room).GetStats(pb.GetStatsRequest(topic="t"))
+        assert st.topics[0].message_count == 20
+        async with Producer(brokers=[full.address], retry_timeout=5) as p:
+            with pytest.raises(StoreFullError):
+                await p.publish("t", b"nowhere")
