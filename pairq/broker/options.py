@@ -135,6 +135,11 @@ class BrokerOptions(GossipOptions):
         "where this broker takes its partner's plain TCP replication link (offered during the gRPC handshake; much cheaper than the gRPC stream): auto = the --address host on a free port, HOST:PORT (e.g. for a firewall rule), or off = replicate over the gRPC stream only",
         check=_replication_address,
     )
+    pair_secret_file: str = _o(
+        "",
+        "file holding the pair's shared secret (the same on both brokers, at least 16 bytes): each broker proves it with an HMAC over fresh nonces on the replication handshake and the TCP link, and refuses a peer that cannot (empty: any peer that reaches the port is taken for the partner)",
+        metavar="FILE",
+    )
 
     # --- lookup ---
     lookup: tuple[str, ...] = _o(
@@ -178,6 +183,13 @@ class BrokerOptions(GossipOptions):
             (not self.partner or bool(self.pair), "--partner needs --pair NAME"),
         ]
         errors = [message for ok, message in checks if not ok]
+        if self.pair_secret_file:
+            from pairq.security.pairauth import load_secret
+
+            try:
+                load_secret(self.pair_secret_file)
+            except ValueError as exc:
+                errors.append(str(exc))
         if errors:
             raise OptionsError(errors)
         return self
