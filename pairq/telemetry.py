@@ -177,11 +177,7 @@ def start_metrics(address: str, broker: Any) -> MetricsHandle:
 
     def pair_auth_failures(_: CallbackOptions) -> list[Observation]:
         pair = broker.pair
-        return (
-            []
-            if pair is None
-            else [Observation(pair.state.auth_failures, {"pair": pair.name})]
-        )
+        return [] if pair is None else [Observation(pair.state.auth_failures, {"pair": pair.name})]
 
     meter.create_observable_counter(
         "pairq_pair_auth_failures",

@@ -13,6 +13,7 @@ from typing import Any
 from pairq.gossip.config import GossipOptions
 from pairq.grpcopts import DEFAULT_MAX_BATCH, DEFAULT_MAX_MESSAGE_BYTES
 from pairq.options import OptionsError, check_fields, hostport, option_fields, optional_hostport
+from pairq.security.options import SecurityOptions
 
 
 def _o(default: Any, help: str, **meta: Any) -> Any:
@@ -33,7 +34,7 @@ def _replication_address(value: str) -> None:
 
 
 @dataclass(frozen=True)
-class BrokerOptions(GossipOptions):
+class BrokerOptions(GossipOptions, SecurityOptions):
     # --- where ---
     address: str = _o(
         "127.0.0.1:4150",
@@ -150,7 +151,14 @@ class BrokerOptions(GossipOptions):
         check=hostport,
     )
 
+    lookup_token_file: str = _o(
+        "",
+        "file holding the bearer token this broker presents to the lookups (when they have an --auth-file; the token needs admin on '*' there)",
+        metavar="FILE",
+    )
+
     # --- gossip: the fields of GossipOptions (pairq.gossip.config), shared with the lookup ---
+    # --- security: the fields of SecurityOptions (pairq.security.options), shared with the lookup ---
 
     # --- process ---
     shutdown_grace_s: float = _o(
@@ -183,6 +191,16 @@ class BrokerOptions(GossipOptions):
             (not self.partner or bool(self.pair), "--partner needs --pair NAME"),
         ]
         errors = [message for ok, message in checks if not ok]
+        errors += self.check_security_rules()
+        if self.auth_file and self.partner and not self.pair_secret_file:
+            errors.append(
+                "--auth-file with --partner needs --pair-secret-file: otherwise anyone who reaches the port can act as the partner"
+            )
+        if self.lookup_token_file:
+            try:
+                read_token_file(self.lookup_token_file)
+            except ValueError as exc:
+                errors.append(str(exc))
         if self.pair_secret_file:
             from pairq.security.pairauth import load_secret
 
@@ -196,6 +214,17 @@ class BrokerOptions(GossipOptions):
 
     def replace(self, **changes: object) -> BrokerOptions:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def read_token_file(path: str) -> str:
+    """The token in ``path`` (whitespace stripped); ValueError if unreadable or empty."""
+    try:
+        token = open(path, encoding="utf-8").read().strip()
+    except OSError as exc:
+        raise ValueError(f"--lookup-token-file {path}: {exc.strerror or exc}") from None
+    if not token:
+        raise ValueError(f"--lookup-token-file {path}: empty")
+    return token
 
 
 def example_toml() -> str:

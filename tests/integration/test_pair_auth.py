@@ -119,7 +119,9 @@ async def test_a_partner_with_another_secret_or_none_never_connects(
     pa, pb_ = free_port(), free_port()
     a = await _broker(tmp_path, "a", pa, pb_, pair_secret_file=secret_file(tmp_path, "secret-a"))
     try:
-        extra = {"pair_secret_file": secret_file(tmp_path, "secret-b")} if b_secret == "other" else {}
+        extra = (
+            {"pair_secret_file": secret_file(tmp_path, "secret-b")} if b_secret == "other" else {}
+        )
         b = await _broker(tmp_path, "b", pb_, pa, **extra)
         try:
             assert a.pair is not None and b.pair is not None

@@ -429,7 +429,10 @@ class Receiver:
             host, port = parse_hostport(self.broker.address)[0], 0
         else:
             host, port = parse_hostport(o.replication_address, what="--replication-address")
-        self._tcp_server = await asyncio.start_server(self._on_tcp, host, port)
+        tls = self._s.security.tls
+        self._tcp_server = await asyncio.start_server(
+            self._on_tcp, host, port, ssl=tls.server_context() if tls is not None else None
+        )
         self.tcp_port = self._tcp_server.sockets[0].getsockname()[1]
         log.info("replication link listening on %s:%d", host, self.tcp_port)
 

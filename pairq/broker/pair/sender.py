@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -202,6 +203,7 @@ class Sender:
         self._catchup: list[tuple[Topic, int, int]] = []
         self._catalog: list[rpb.ReplicaProgress] = []
         self.refill_sending = 0  # seqs of our log the running catch-up has still to send
+        self._client_ssl: ssl.SSLContext | None = None  # the TCP link's, with TLS
         self._auth_warned = False  # the partner's refusal of our proof was logged once
 
     def replicate(
@@ -321,9 +323,9 @@ class Sender:
         after a loss."""
         backoff = 0.05
         while self._s.running:
-            channel = grpc.aio.insecure_channel(
+            channel = self._s.security.channel(
                 self._s.partner_address,
-                options=grpcopts.client_options(self.broker.options.max_msg_size),
+                grpcopts.client_options(self.broker.options.max_msg_size),
             )
             try:
                 stub = rpbg.ReplicationServiceStub(channel)
@@ -429,8 +431,19 @@ class Sender:
             return None
         host, _ = parse_hostport(self._s.partner_address)
         try:
-            r, w = await asyncio.wait_for(asyncio.open_connection(host, welcome.tcp_port), 2.0)
-        except (OSError, TimeoutError) as exc:
+            tls = self._s.security.tls
+            ssl_ctx = None
+            if tls is not None:
+                if self._client_ssl is None:
+                    self._client_ssl = tls.client_context()
+                ssl_ctx = self._client_ssl
+            r, w = await asyncio.wait_for(
+                asyncio.open_connection(
+                    host, welcome.tcp_port, ssl=ssl_ctx, server_hostname=host if ssl_ctx else None
+                ),
+                2.0,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
             log.warning(
                 "cannot open the TCP replication link to %s:%d (%s); replicating over gRPC",
                 host,

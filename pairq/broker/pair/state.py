@@ -19,6 +19,7 @@ from pairq.broker.pair.standby import StandbyStore
 from pairq.broker.store import Store
 from pairq.broker.topic import Topic
 from pairq.security.pairauth import load_secret
+from pairq.security.server import ServerSecurity
 
 log = logging.getLogger("pairq.pair")
 
@@ -32,6 +33,7 @@ class PairHost(Protocol):
 
     options: BrokerOptions
     store: Store
+    security: ServerSecurity
     store_id: str
     address: str
     topics: dict[str, Topic]
@@ -58,6 +60,7 @@ class PairState:
 
     def __init__(self, broker: PairHost) -> None:
         self.broker = broker
+        self.security = broker.security  # TLS for the partner links (gRPC and TCP)
         o = broker.options
         self.name = o.pair
         self.partner_address = o.partner
