@@ -70,7 +70,9 @@ def run_tool(
         except CliError as exc:
             err(name, str(exc))
         except PairqError as exc:
-            err(name, exc.message or str(exc))
+            message = exc.message or str(exc)
+            hint = describe_failure(message)
+            err(name, f"{message} ({hint})" if hint else message)
         except grpc.aio.AioRpcError as exc:
             err(name, rpc_message(exc))
         except (OSError, ValueError) as exc:

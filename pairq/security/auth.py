@@ -366,11 +366,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         auth = self.auth
         subscribe = details.method == "/pairq.v1.BrokerService/Subscribe"
 
-        async def who(context: Any) -> Principal:
+        async def who(context: Any, stream: bool = False) -> Principal:
             p = auth.identify(context)
             if isinstance(p, str):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, p)
             assert isinstance(p, Principal)
+            if stream and rule is not _authenticated:
+                # A stream's rule names no request field (Register: admin on '*').
+                need = rule(None)
+                problem = _denied(p, need) if need is not None else None
+                if problem:
+                    await PairqError(problem, code=pb.ERROR_CODE_PERMISSION_DENIED).abort(context)
             return p
 
         if handler.unary_unary is not None:
@@ -395,7 +401,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             if inspect.isasyncgenfunction(inner_s):
 
                 async def stream_gen(request_iterator: Any, context: Any) -> Any:
-                    p = await who(context)
+                    p = await who(context, stream=True)
                     ctx = _CheckedContext(context, _subscribe_check(p)) if subscribe else context
                     CURRENT.set(p)
                     async for item in inner_s(request_iterator, ctx):
@@ -405,7 +411,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             else:
 
                 async def stream_co(request_iterator: Any, context: Any) -> Any:
-                    p = await who(context)
+                    p = await who(context, stream=True)
                     ctx = _CheckedContext(context, _subscribe_check(p)) if subscribe else context
                     CURRENT.set(p)
                     return await inner_s(request_iterator, ctx)

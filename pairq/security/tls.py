@@ -90,6 +90,8 @@ def describe_failure(details: str) -> str:
         )
     if "wrong_version_number" in d or "handshake failed" in d or "ssl" in d:
         return "TLS handshake failed (plaintext to a TLS server, TLS to a plaintext one, or a refused client certificate)"
+    if "socket closed" in d:
+        return "the server closed the connection at once (a TLS server reached without --tls-ca, or a refused client certificate?)"
     return ""
 
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import ssl
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,7 @@ from pairq.lookup import Lookup, LookupOptions
 from pairq.options import OptionsError
 from pairq.security.auth import hash_token
 from pairq.security.client import ClientSecurity
-from pairq.testing import eventually, run_broker, run_pair
+from pairq.testing import BrokerProcess, eventually, run_broker, run_pair
 from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import broker_pb2_grpc as pbg
 from pairq.v1 import lookup_pb2 as lpb
@@ -352,8 +356,57 @@ async def test_lookup_with_auth_and_tls_takes_the_brokers_registration(tmp_path:
                     == grpc.StatusCode.UNAUTHENTICATED
                 )
                 nodes = await stub.ListNodes(lpb.ListNodesRequest(), metadata=md("reader"))
+                # Registering needs admin on '*' at the lookup.
+                call = stub.Register(metadata=md("reader"))
+                assert await _code(call.read()) == grpc.StatusCode.PERMISSION_DENIED
                 assert len(nodes.nodes) == 1  # the broker registered over TLS with its token
             finally:
                 await ch.close()
     finally:
         await lookup.stop()
+
+
+def _pub(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pairq.cli", "pub", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_client_commands_and_a_real_broker_process_reloading_on_sighup(tmp_path: Path) -> None:
+    ca = CA(tmp_path / "ca")
+    cert = ca.issue("broker")
+    path = auth_file(tmp_path)
+    proc = BrokerProcess(
+        tmp_path / "data",
+        args=["--tls-cert", cert.cert, "--tls-key", cert.key, "--tls-ca", ca.path],
+        log_path=str(tmp_path / "broker.log"),
+    )
+    proc.args += ["--auth-file", path]
+    proc.start()
+    try:
+        base = ["--broker", proc.address, "--timeout", "3", "orders"]
+        plain = _pub(*base, "x")  # plaintext to a TLS broker
+        assert plain.returncode == 1 and "without --tls-ca" in plain.stderr, plain.stderr
+        anon = _pub("--tls-ca", ca.path, *base, "x")
+        assert anon.returncode == 1 and "Bearer TOKEN" in anon.stderr, anon.stderr
+        denied = _pub("--tls-ca", ca.path, "--token", TOKENS["reader"], *base, "x")
+        assert denied.returncode == 1 and "lacks publish" in denied.stderr, denied.stderr
+        ok = _pub("--tls-ca", ca.path, "--token", TOKENS["producer"], *base, "x")
+        assert ok.returncode == 0 and "copies 1" in ok.stdout, ok.stderr
+        # SIGHUP re-reads the auth file: the reader may publish now.
+        auth_file(tmp_path, reader_publishes=True)
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "auth file" not in Path(proc.log_path).read_text():
+            assert time.monotonic() < deadline, "no reload logged"
+            time.sleep(0.05)
+        again = _pub("--tls-ca", ca.path, "--token", TOKENS["reader"], *base, "x")
+        assert again.returncode == 0, again.stderr
+        assert proc.proc.poll() is None  # SIGHUP does not stop it
+    finally:
+        proc.stop()
