@@ -72,7 +72,7 @@ def make(directory: Path) -> tuple[list[str], dict[str, str]]:
         "--tls-cert", paths["cert.pem"],
         "--tls-key", paths["key.pem"],
         "--tls-ca", paths["ca.pem"],
-        "--tls-require-client-cert", "true",
+        "--tls-require-client-cert",
         "--auth-file", paths["auth.toml"],
         "--pair-secret-file", paths["secret"],
     ]  # fmt: skip
