@@ -337,6 +337,7 @@ class Sender:
                 )
                 if resp is grpc.aio.EOF or resp.WhichOneof("kind") != "welcome":
                     raise ConnectionError("partner did not welcome us")
+                self._auth_warned = False  # a later refusal is news again
                 link = await self._open_tcp_link(resp.welcome) or call
                 self.link = link
                 await self._on_welcome(link, resp.welcome)
