@@ -16,6 +16,10 @@ Measured (see benchmarks/README.md for the exact definitions):
    restarted with its data and the pair waited healthy between trials.
 5. ``resilver``: N unfinished messages on A, B stopped, its data dir wiped, B
    restarted: time until B holds N standby copies and A's replication lag is 0.
+6. ``pair_secure``: ``pair_publish_single`` on a plaintext pair and on a pair with
+   everything on (mTLS on every link, --auth-file with a token, --pair-secret-file),
+   alternating in one run; ``pair_secure_ratio`` is secure / plaintext (issue 14
+   asks for at least 0.8).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import grpc
 from common import proc_cpu
 
 from pairq.client import Producer
+from pairq.security.client import ClientSecurity
 from pairq.testing import BrokerProcess, free_port
 from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import broker_pb2_grpc
@@ -98,6 +103,7 @@ PAIR_TARGETS: dict[str, tuple[str, float]] = {
     "pair_publish_p99_ms": ("<=", 5.0),
     "takeover_p50_s": ("<=", 1.0),
     "takeover_p99_s": ("<=", 2.0),
+    "pair_secure_ratio": (">=", 0.8),
 }
 
 PAIR_MEASUREMENTS = [
@@ -106,6 +112,7 @@ PAIR_MEASUREMENTS = [
     "pair_latency",
     "takeover",
     "resilver",
+    "pair_secure",
 ]
 
 
@@ -120,7 +127,15 @@ def pct(values: list[float], p: float) -> float:
 class Pair:
     """Two ``pairq broker --pair p --sync=always`` processes partnered with each other."""
 
-    def __init__(self, tmp: Path, name: str, extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        name: str,
+        extra: list[str] | None = None,
+        client: dict[str, str] | None = None,
+    ) -> None:
+        self.client = client or {}  # Producer keyword arguments (token, TLS files)
+        self.security = ClientSecurity(**self.client)
         pa, pb_ = free_port(), free_port()
         common = ["--sync", "always", "--log-level", "warning", "--pair", "p", *(extra or [])]
         self.a = BrokerProcess(
@@ -147,7 +162,7 @@ class Pair:
         """Start both (concurrently), wait until healthy; return the seconds it took."""
         t0 = time.perf_counter()
         await asyncio.gather(asyncio.to_thread(self.a.start), asyncio.to_thread(self.b.start))
-        await wait_healthy(self.a.address, self.b.address, timeout)
+        await wait_healthy(self.a.address, self.b.address, timeout, self.security)
         return time.perf_counter() - t0
 
     def stop(self) -> None:
@@ -158,8 +173,10 @@ class Pair:
 
 
 @contextlib.asynccontextmanager
-async def running_pair(tmp: Path, name: str) -> AsyncIterator[Pair]:
-    pair = Pair(tmp, name)
+async def running_pair(
+    tmp: Path, name: str, extra: list[str] | None = None, client: dict[str, str] | None = None
+) -> AsyncIterator[Pair]:
+    pair = Pair(tmp, name, extra, client)
     try:
         await pair.start()
         yield pair
@@ -167,10 +184,12 @@ async def running_pair(tmp: Path, name: str) -> AsyncIterator[Pair]:
         pair.stop()
 
 
-async def get_stats(address: str, timeout: float = 2.0) -> pb.GetStatsResponse:
+async def get_stats(
+    address: str, timeout: float = 2.0, security: ClientSecurity | None = None
+) -> pb.GetStatsResponse:
     # A fresh channel per call: a channel to a killed and restarted broker would
     # otherwise sit in gRPC's reconnect backoff (1 s and growing).
-    async with grpc.aio.insecure_channel(address) as ch:
+    async with (security or ClientSecurity()).channel(address) as ch:
         stub = broker_pb2_grpc.BrokerServiceStub(ch)
         resp: pb.GetStatsResponse = await stub.GetStats(
             pb.GetStatsRequest(no_clients=True), timeout=timeout
@@ -178,10 +197,12 @@ async def get_stats(address: str, timeout: float = 2.0) -> pb.GetStatsResponse:
         return resp
 
 
-async def pair_state(a: str, b: str) -> tuple[bool, str]:
+async def pair_state(a: str, b: str, security: ClientSecurity | None = None) -> tuple[bool, str]:
     """(healthy, description): both connected both ways, leases live, neither solo."""
     try:
-        sa, sb = await asyncio.gather(get_stats(a), get_stats(b))
+        sa, sb = await asyncio.gather(
+            get_stats(a, security=security), get_stats(b, security=security)
+        )
     except grpc.aio.AioRpcError as exc:
         return False, f"stats failed: {exc.code().name}"
     ok = all(
@@ -202,12 +223,14 @@ def _pair_line(p: pb.PairStats) -> str:
     )
 
 
-async def wait_healthy(a: str, b: str, timeout: float = 30.0) -> float:
+async def wait_healthy(
+    a: str, b: str, timeout: float = 30.0, security: ClientSecurity | None = None
+) -> float:
     t0 = time.perf_counter()
     deadline = t0 + timeout
     desc = ""
     while time.perf_counter() < deadline:
-        ok, desc = await pair_state(a, b)
+        ok, desc = await pair_state(a, b, security)
         if ok:
             return time.perf_counter() - t0
         await asyncio.sleep(0.02)
@@ -271,7 +294,7 @@ async def pair_publish_single(pair: Pair, sz: PairSizes, log: Log) -> dict[str, 
     topic = "pair_single"
     lats: list[float] = []
     not2 = 0
-    async with Producer(brokers=pair.addresses) as p:
+    async with Producer(brokers=pair.addresses, **pair.client) as p:
         for _ in range(50):
             await p.publish(topic, BODY)
         rpc0 = p.rpc_count
@@ -662,6 +685,33 @@ _THROUGHPUT: list[tuple[str, PairMeasure]] = [
 ]
 
 
+async def pair_secure(tmp: Path, sz: PairSizes, log: Log) -> float:
+    """``pair_publish_single`` plaintext vs everything on, alternating ``sz.runs``
+    times in this run; the ratio of the medians (secure / plaintext)."""
+    import secure_files
+
+    flags, client = secure_files.make(tmp / "secure-files")
+    plain: list[float] = []
+    secure: list[float] = []
+    for run in range(sz.runs):
+        for label, extra, kw, out in (
+            ("plaintext", None, None, plain),
+            ("mTLS+auth+secret", flags, client, secure),
+        ):
+            log(f"  pair secure run {run + 1}/{sz.runs}: {label}")
+            async with running_pair(tmp, f"secure-{label[:5]}-{run}", extra, kw) as pair:
+                r = await pair_publish_single(pair, sz, log)
+                if r["copies_not_2"]:
+                    raise RuntimeError(f"{label}: {r['copies_not_2']} acks with copies != 2")
+                out.append(r["msgs_per_s"])
+    ratio = statistics.median(secure) / statistics.median(plain)
+    log(
+        f"  pair secure     : {statistics.median(secure):>10,.0f} msg/s with mTLS, a token and the "
+        f"pair secret vs {statistics.median(plain):,.0f} plaintext: {ratio:.2f}x"
+    )
+    return ratio
+
+
 def _med(rs: list[dict[str, Any]], key: str) -> float:
     vals = [r[key] for r in rs if r.get(key) == r.get(key)]
     return float(statistics.median(vals)) if vals else float("nan")
@@ -686,6 +736,9 @@ async def run_pair_benchmarks(
         results["takeover"].append(await takeover(tmp, sz, log))
     if "resilver" in want:
         results["resilver"].append(await resilver(tmp, sz, log))
+    secure_ratio = float("nan")
+    if "pair_secure" in want:
+        secure_ratio = await pair_secure(tmp, sz, log)
 
     def num(x: float, digits: int = 0) -> float | int | None:
         if x != x:
@@ -706,6 +759,7 @@ async def run_pair_benchmarks(
         "takeover_max_s": num(max(tk.get("times_s") or [float("nan")]), 3),
         "takeover_trials": tk.get("trials"),
         "takeover_problems": len(tk["problems"]) if tk else None,
+        "pair_secure_ratio": num(secure_ratio, 3),
         "pair_cpu_us_per_msg": {
             side: {name: num(_med(results[name], f"{side}_us"), 1) for name, _ in _THROUGHPUT}
             for side in ("A", "B", "client")

@@ -174,6 +174,16 @@ def start_metrics(address: str, broker: Any) -> MetricsHandle:
     meter.create_observable_counter(
         "pairq_pair_takeovers", [pair_takeovers], description="takeovers of the partner's messages"
     )
+
+    def pair_auth_failures(_: CallbackOptions) -> list[Observation]:
+        pair = broker.pair
+        return [] if pair is None else [Observation(pair.state.auth_failures, {"pair": pair.name})]
+
+    meter.create_observable_counter(
+        "pairq_pair_auth_failures",
+        [pair_auth_failures],
+        description="replication sessions refused: the peer failed the pair-secret proof",
+    )
     meter.create_observable_gauge("pairq_channel_depth", [depth], description="messages waiting")
     meter.create_observable_gauge(
         "pairq_channel_in_flight", [in_flight], description="messages in flight"

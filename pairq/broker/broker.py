@@ -45,6 +45,8 @@ from pairq.broker.topic import Topic
 from pairq.errors import PairqError, StoreCorruptError
 from pairq.names import is_ephemeral
 from pairq.options import parse_hostport
+from pairq.security.auth import BROKER_RULES
+from pairq.security.server import ServerSecurity
 from pairq.v1 import broker_pb2 as pb
 
 log = logging.getLogger("pairq.broker")
@@ -64,6 +66,8 @@ class Broker:
             max_rdy_count=options.max_rdy_count,
         )
         self.topics: dict[str, Topic] = {}
+        # TLS and tokens (--tls-*, --auth-file); reload() on SIGHUP.
+        self.security = ServerSecurity(options, BROKER_RULES)
         self.address = ""
         self.port = 0
         self.start_time_ns = time.time_ns()
@@ -198,7 +202,10 @@ class Broker:
             for ch in topic.channels.values():
                 ch.schedule_pump()
 
-        server = grpc.aio.server(options=grpcopts.server_options(self.options.max_msg_size))
+        server = grpc.aio.server(
+            options=grpcopts.server_options(self.options.max_msg_size),
+            interceptors=self.security.interceptors(),
+        )
         self.service = BrokerService(self, self.publisher)
         handlers = [self.service.generic_handler()]
         if self.pair is not None:
@@ -211,10 +218,7 @@ class Broker:
         reflection.enable_server_reflection(
             (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        try:
-            bound = server.add_insecure_port(f"{host}:{port}")
-        except RuntimeError:  # grpcio >= 1.60 raises instead of returning 0
-            bound = 0
+        bound = self.security.add_port(server, f"{host}:{port}")
         if bound == 0:
             self.store.close()
             raise OSError(f"cannot listen on {self.options.address} (address in use?)")
@@ -254,6 +258,10 @@ class Broker:
         log.info(
             "broker %s listening on %s (data %s)", self.node_id, self.address, self.options.data_dir
         )
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the TLS files and the auth file (connections stay up)."""
+        self.security.reload()
 
     async def _register_when_ready(self) -> None:
         assert self.pair is not None and self.registrar is not None

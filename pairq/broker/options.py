@@ -13,6 +13,7 @@ from typing import Any
 from pairq.gossip.config import GossipOptions
 from pairq.grpcopts import DEFAULT_MAX_BATCH, DEFAULT_MAX_MESSAGE_BYTES
 from pairq.options import OptionsError, check_fields, hostport, option_fields, optional_hostport
+from pairq.security.options import SecurityOptions
 
 
 def _o(default: Any, help: str, **meta: Any) -> Any:
@@ -33,7 +34,7 @@ def _replication_address(value: str) -> None:
 
 
 @dataclass(frozen=True)
-class BrokerOptions(GossipOptions):
+class BrokerOptions(GossipOptions, SecurityOptions):
     # --- where ---
     address: str = _o(
         "127.0.0.1:4150",
@@ -153,6 +154,11 @@ class BrokerOptions(GossipOptions):
         "where this broker takes its partner's plain TCP replication link (offered during the gRPC handshake; much cheaper than the gRPC stream): auto = the --address host on a free port, HOST:PORT (e.g. for a firewall rule), or off = replicate over the gRPC stream only",
         check=_replication_address,
     )
+    pair_secret_file: str = _o(
+        "",
+        "file holding the pair's shared secret (the same on both brokers, at least 16 bytes): each broker proves it with an HMAC over fresh nonces on the replication handshake and the TCP link, and refuses a peer that cannot (empty: any peer that reaches the port is taken for the partner)",
+        metavar="FILE",
+    )
 
     # --- lookup ---
     lookup: tuple[str, ...] = _o(
@@ -163,7 +169,14 @@ class BrokerOptions(GossipOptions):
         check=hostport,
     )
 
+    lookup_token_file: str = _o(
+        "",
+        "file holding the bearer token this broker presents to the lookups (when they have an --auth-file; the token needs admin on '*' there)",
+        metavar="FILE",
+    )
+
     # --- gossip: the fields of GossipOptions (pairq.gossip.config), shared with the lookup ---
+    # --- security: the fields of SecurityOptions (pairq.security.options), shared with the lookup ---
 
     # --- process ---
     shutdown_grace_s: float = _o(
@@ -196,12 +209,40 @@ class BrokerOptions(GossipOptions):
             (not self.partner or bool(self.pair), "--partner needs --pair NAME"),
         ]
         errors = [message for ok, message in checks if not ok]
+        errors += self.check_security_rules()
+        if self.auth_file and self.partner and not self.pair_secret_file:
+            errors.append(
+                "--auth-file with --partner needs --pair-secret-file: otherwise anyone who reaches the port can act as the partner"
+            )
+        if self.lookup_token_file:
+            try:
+                read_token_file(self.lookup_token_file)
+            except ValueError as exc:
+                errors.append(str(exc))
+        if self.pair_secret_file:
+            from pairq.security.pairauth import load_secret
+
+            try:
+                load_secret(self.pair_secret_file)
+            except ValueError as exc:
+                errors.append(str(exc))
         if errors:
             raise OptionsError(errors)
         return self
 
     def replace(self, **changes: object) -> BrokerOptions:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def read_token_file(path: str) -> str:
+    """The token in ``path`` (whitespace stripped); ValueError if unreadable or empty."""
+    try:
+        token = open(path, encoding="utf-8").read().strip()
+    except OSError as exc:
+        raise ValueError(f"--lookup-token-file {path}: {exc.strerror or exc}") from None
+    if not token:
+        raise ValueError(f"--lookup-token-file {path}: empty")
+    return token
 
 
 def example_toml() -> str:

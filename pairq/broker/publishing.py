@@ -38,6 +38,7 @@ from pairq.broker.store import Store
 from pairq.broker.topic import Topic
 from pairq.errors import PairqError, UnavailableError
 from pairq.names import check_topic
+from pairq.security.auth import check_publish
 from pairq.v1 import broker_pb2 as pb
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -147,6 +148,7 @@ class Publisher:
         """Publish: (id, copies)."""
         self._check_serving()
         check_topic(topic)
+        check_publish(topic)  # --auth-file: the caller's publish permission
         now_ns = time.time_ns()
         msg_id, rec = self.record(message, now_ns, wire.timestamp_field(now_ns))
         traced = None
@@ -163,6 +165,7 @@ class Publisher:
         whether every message carried its id)."""
         self._check_serving()
         check_topic(topic)
+        check_publish(topic)  # --auth-file: the caller's publish permission
         n = len(messages)
         if n == 0 or n > self.opts.max_batch:
             raise _invalid(

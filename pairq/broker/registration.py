@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import grpc
 
 from pairq import __version__, grpcopts
-from pairq.broker.options import BrokerOptions
+from pairq.broker.options import BrokerOptions, read_token_file
 from pairq.broker.pair import Pair
 from pairq.broker.topic import Topic
 from pairq.v1 import lookup_pb2 as pb
@@ -95,6 +95,8 @@ class LookupRegistrar:
         self._closing = False
         self._last_ack: dict[str, float] = {}
         self._hostname = socket.gethostname()
+        tf = broker.options.lookup_token_file
+        self._token = read_token_file(tf) if tf else ""  # --lookup-token-file
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -173,7 +175,12 @@ class LookupRegistrar:
     async def _session(self, address: str) -> None:
         """One stream, until it breaks (raises) or the registrar stops."""
         changed = self._changed[address]
-        async with grpc.aio.insecure_channel(address, options=grpcopts.client_options()) as channel:
+        security = getattr(self.broker, "security", None)
+        async with (
+            security.channel(address, grpcopts.client_options(), token=self._token)
+            if security is not None
+            else grpc.aio.insecure_channel(address, options=grpcopts.client_options())
+        ) as channel:
             call = channel.stream_stream(
                 _METHOD,
                 request_serializer=pb.RegisterRequest.SerializeToString,

@@ -95,6 +95,9 @@ async def _serve(start: Callable[[Any], Awaitable[Stoppable]], opts: Any) -> int
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reload = getattr(server, "reload", None)
+    if reload is not None:  # SIGHUP: certificates and the auth file, connections stay up
+        loop.add_signal_handler(signal.SIGHUP, reload)
     waiters = [asyncio.ensure_future(stop.wait())]
     ended = getattr(server, "wait", None)  # a server that can stop by itself (a broker)
     if ended is not None:

@@ -12,17 +12,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import grpc
 
 from pairq.client._channel import DEFAULT_BROKER, BrokerConn, normalize_address
 from pairq.client.discovery import Discovery
 from pairq.errors import PairqError, UnavailableError
+from pairq.security.client import ClientSecurity
+from pairq.security.tls import describe_failure
 from pairq.v1 import broker_pb2 as pb
 
 
@@ -67,7 +70,9 @@ def run_tool(
         except CliError as exc:
             err(name, str(exc))
         except PairqError as exc:
-            err(name, exc.message or str(exc))
+            message = exc.message or str(exc)
+            hint = describe_failure(message)
+            err(name, f"{message} ({hint})" if hint else message)
         except grpc.aio.AioRpcError as exc:
             err(name, rpc_message(exc))
         except (OSError, ValueError) as exc:
@@ -85,7 +90,9 @@ def err(name: str, message: str) -> None:
 
 def rpc_message(exc: grpc.aio.AioRpcError) -> str:
     err = PairqError.from_rpc_error(exc)
-    return err.message or str(exc.code())
+    message = err.message or str(exc.code())
+    hint = describe_failure(message) if exc.code() == grpc.StatusCode.UNAVAILABLE else ""
+    return f"{hint} ({message})" if hint else message
 
 
 def add_consume_stop_args(p: argparse.ArgumentParser) -> None:
@@ -102,7 +109,49 @@ def add_consume_stop_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def security(args: argparse.Namespace) -> ClientSecurity:
+    """The token and TLS files of a client command (``--token``/``PAIRQ_TOKEN``, ``--tls-*``)."""
+    try:
+        return ClientSecurity(
+            getattr(args, "token", None) or os.environ.get("PAIRQ_TOKEN", ""),
+            getattr(args, "tls_cert", "") or "",
+            getattr(args, "tls_key", "") or "",
+            getattr(args, "tls_ca", "") or "",
+        )
+    except ValueError as exc:
+        raise CliError(str(exc).replace("tls_", "--tls-")) from None
+
+
+class SecurityKwargs(TypedDict):
+    token: str
+    tls_cert: str
+    tls_key: str
+    tls_ca: str
+
+
+def client_kwargs(args: argparse.Namespace) -> SecurityKwargs:
+    """``security(args)`` as Producer/Consumer keyword arguments."""
+    s = security(args)
+    return {"token": s.token, "tls_cert": s.tls_cert, "tls_key": s.tls_key, "tls_ca": s.tls_ca}
+
+
+def add_security_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="bearer token for brokers and lookups with an --auth-file (default: $PAIRQ_TOKEN)",
+    )
+    p.add_argument(
+        "--tls-ca", metavar="FILE", help="PEM CA that signed the servers' certificates (TLS on)"
+    )
+    p.add_argument(
+        "--tls-cert", metavar="FILE", help="PEM client certificate for mTLS (with --tls-key)"
+    )
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+
+
 def add_broker_arg(p: argparse.ArgumentParser, *, lookup: bool = False) -> None:
+    add_security_args(p)
     p.add_argument(
         "--broker",
         action="append",
@@ -126,9 +175,11 @@ def add_broker_arg(p: argparse.ArgumentParser, *, lookup: bool = False) -> None:
         )
 
 
-async def check_lookups(lookups: list[str], topic: str, timeout: float) -> None:
+async def check_lookups(
+    lookups: list[str], topic: str, timeout: float, sec: ClientSecurity | None = None
+) -> None:
     """Fail with one clear line when no lookup answers."""
-    async with Discovery(lookups, timeout=timeout) as d:
+    async with Discovery(lookups, timeout=timeout, security=sec) as d:
         try:
             await d.brokers_for_topic(topic)
         except UnavailableError as exc:
@@ -144,9 +195,11 @@ async def unary(conn: BrokerConn, method: str, request: Any, timeout: float) -> 
         raise CliError(f"broker {conn.address}: {rpc_message(exc)}") from None
 
 
-async def check_reachable(brokers: Sequence[str], timeout: float) -> None:
+async def check_reachable(
+    brokers: Sequence[str], timeout: float, sec: ClientSecurity | None = None
+) -> None:
     """Fail with one clear line when no broker answers (consumers would retry forever)."""
-    conns = [BrokerConn(a) for a in brokers]
+    conns = [BrokerConn(a, security=sec) for a in brokers]
     errors = []
     try:
         for c in conns:

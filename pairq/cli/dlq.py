@@ -19,7 +19,7 @@ __all__ = ["register"]
 async def _dlq(args: argparse.Namespace) -> int:
     check_topic(args.topic)
     check_channel(args.channel)
-    conns = [BrokerConn(a) for a in tool.brokers(args)]
+    conns = [BrokerConn(a, security=tool.security(args)) for a in tool.brokers(args)]
     try:
         if args.action == "list":
             return await _dlq_list(args, conns)

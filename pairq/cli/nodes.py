@@ -14,8 +14,10 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pairq.cli import _tool as tool
 from pairq.client.discovery import Discovery, NodeView
 from pairq.errors import PairqError
+from pairq.security.client import ClientSecurity
 
 __all__ = ["DEFAULT_LOOKUP", "default_lookups", "format_nodes", "register"]
 
@@ -50,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=3.0,
         help="seconds to wait for each lookup (default %(default)s)",
     )
+    tool.add_security_args(n)
     n.set_defaults(func=run_nodes)
 
 
@@ -90,8 +93,10 @@ def format_nodes(nodes: Sequence[NodeView], lookups: int) -> str:
     )
 
 
-async def _fetch(lookups: list[str], timeout: float) -> tuple[list[NodeView], dict[str, str]]:
-    async with Discovery(lookups, timeout=timeout) as d:
+async def _fetch(
+    lookups: list[str], timeout: float, sec: ClientSecurity | None = None
+) -> tuple[list[NodeView], dict[str, str]]:
+    async with Discovery(lookups, timeout=timeout, security=sec) as d:
         nodes = await d.nodes()
         return nodes, dict(d.errors)
 
@@ -99,8 +104,8 @@ async def _fetch(lookups: list[str], timeout: float) -> tuple[list[NodeView], di
 def run_nodes(args: argparse.Namespace) -> int:
     lookups = args.lookup or default_lookups()
     try:
-        nodes, errors = asyncio.run(_fetch(lookups, args.timeout))
-    except (PairqError, OSError, ValueError) as exc:
+        nodes, errors = asyncio.run(_fetch(lookups, args.timeout, tool.security(args)))
+    except (PairqError, OSError, ValueError, tool.CliError) as exc:
         print(f"pairq nodes: {exc}", file=sys.stderr)
         return 1
     for address, err in sorted(errors.items()):

@@ -38,6 +38,7 @@ async def _pub(args: argparse.Namespace) -> int:
         lookup_poll_interval=args.lookup_poll_interval,
         retry_timeout=args.timeout,
         max_batches_in_flight=1,
+        **tool.client_kwargs(args),
     ) as producer:
         if args.body is not None:
             ack = await producer.publish(

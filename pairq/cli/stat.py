@@ -121,7 +121,7 @@ async def _stat(args: argparse.Namespace) -> int:
     addresses = list(tool.brokers_or_none(args) or [])
     lookups = tool.lookups(args)
     if lookups:
-        async with Discovery(lookups, timeout=args.timeout) as d:
+        async with Discovery(lookups, timeout=args.timeout, security=tool.security(args)) as d:
             try:
                 nodes = await d.nodes()
             except UnavailableError as exc:
@@ -129,7 +129,7 @@ async def _stat(args: argparse.Namespace) -> int:
         addresses += [n.address for n in nodes if n.liveness != "dead"]
         if not addresses:
             raise tool.CliError("the lookups know no live broker")
-    conns = [BrokerConn(a) for a in dict.fromkeys(addresses)]
+    conns = [BrokerConn(a, security=tool.security(args)) for a in dict.fromkeys(addresses)]
     prev: dict[tuple[str, str], dict[str, int]] | None = None
     prev_t = 0.0
     n = 0

@@ -38,9 +38,9 @@ async def _tail(args: argparse.Namespace) -> int:
     check_channel(channel)
     brokers, lookups = tool.brokers_or_none(args), tool.lookups(args)
     if brokers:
-        await tool.check_reachable(brokers, args.timeout)
+        await tool.check_reachable(brokers, args.timeout, tool.security(args))
     if lookups:
-        await tool.check_lookups(lookups, args.topic, args.timeout)
+        await tool.check_lookups(lookups, args.topic, args.timeout, tool.security(args))
     out = sys.stdout
     stop = tool.stop_event()
     limit = args.n
@@ -53,6 +53,7 @@ async def _tail(args: argparse.Namespace) -> int:
         lookups=lookups,
         lookup_poll_interval=args.lookup_poll_interval,
         max_in_flight=mif,
+        **tool.client_kwargs(args),
     )
 
     async def loop() -> None:

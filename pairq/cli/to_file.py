@@ -112,9 +112,9 @@ async def _to_file(args: argparse.Namespace) -> int:
         await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
     brokers, lookups = tool.brokers_or_none(args), tool.lookups(args)
     if brokers:
-        await tool.check_reachable(brokers, args.timeout)
+        await tool.check_reachable(brokers, args.timeout, tool.security(args))
     if lookups:
-        await tool.check_lookups(lookups, args.topic, args.timeout)
+        await tool.check_lookups(lookups, args.topic, args.timeout, tool.security(args))
     rf = _RotatingFile(
         args.topic,
         out_dir,
@@ -131,6 +131,7 @@ async def _to_file(args: argparse.Namespace) -> int:
         lookups=lookups,
         lookup_poll_interval=args.lookup_poll_interval,
         max_in_flight=mif,
+        **tool.client_kwargs(args),
     )
     pending: list[Message] = []
     written = 0

@@ -15,6 +15,7 @@ import grpc
 
 from pairq import grpcopts
 from pairq.errors import PairqError, UnavailableError
+from pairq.security.client import ClientSecurity
 from pairq.streams import SerialWriter, identity
 from pairq.v1 import broker_pb2, broker_pb2_grpc
 
@@ -173,7 +174,7 @@ class PublishStreamClient:
 class BrokerConn:
     """A lazily created ``grpc.aio`` channel and stub for one broker address."""
 
-    __slots__ = ("_channel", "_options", "_pstream", "_stream_ok", "address", "stub")
+    __slots__ = ("_channel", "_options", "_pstream", "_security", "_stream_ok", "address", "stub")
 
     def __init__(
         self,
@@ -181,8 +182,10 @@ class BrokerConn:
         *,
         max_message_bytes: int = grpcopts.DEFAULT_MAX_MESSAGE_BYTES,
         max_rpc_bytes: int = 0,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.address = normalize_address(address)
+        self._security = security or ClientSecurity()
         self._options = channel_options(max_message_bytes, max_rpc_bytes)
         self._channel: Any = None
         self.stub: Any = None
@@ -191,7 +194,7 @@ class BrokerConn:
 
     def get_stub(self) -> Any:
         if self.stub is None:
-            self._channel = grpc.aio.insecure_channel(self.address, options=self._options)
+            self._channel = self._security.channel(self.address, self._options)
             self.stub = broker_pb2_grpc.BrokerServiceStub(self._channel)
         return self.stub
 

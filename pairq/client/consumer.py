@@ -75,6 +75,7 @@ from pairq.client.dedupe import Dedupe, DedupeWindow, MemoryDedupe
 from pairq.client.discovery import Discovery
 from pairq.client.message import Message
 from pairq.errors import PairqError
+from pairq.security.client import ClientSecurity
 from pairq.v1 import broker_pb2 as pb
 
 __all__ = ["Consumer", "ConsumerStats", "Handler"]
@@ -278,7 +279,7 @@ class _Link:
 
     def __init__(self, consumer: Consumer, address: str) -> None:
         self.consumer = consumer
-        self.broker = BrokerConn(address)
+        self.broker = BrokerConn(address, security=consumer._security)
         self.address = self.broker.address
         self.session: _Session | None = None
         self.accepted_once = False
@@ -402,6 +403,8 @@ class Consumer:
     - ``client_id``, ``hostname``, ``user_agent``: shown in broker stats.
     - ``trace_context``: run the handler of a message that carries W3C trace context
       (``traceparent`` header) inside an OpenTelemetry CONSUMER span parented by it.
+    - ``token``, ``tls_cert``, ``tls_key``, ``tls_ca``: bearer token and TLS files
+      (``pairq.security.client.ClientSecurity``), for brokers and lookups alike.
 
     Sync handlers run on the event loop: hand blocking work to a thread
     (``await asyncio.to_thread(...)``) in an async handler instead.
@@ -434,7 +437,12 @@ class Consumer:
         hostname: str | None = None,
         user_agent: str = _USER_AGENT,
         trace_context: bool = True,
+        token: str = "",
+        tls_cert: str = "",
+        tls_key: str = "",
+        tls_ca: str = "",
     ) -> None:
+        self._security = ClientSecurity(token, tls_cert, tls_key, tls_ca)
         check_topic(topic)
         check_channel(channel)
         if isinstance(brokers, str):
@@ -545,7 +553,9 @@ class Consumer:
         for c in self._conns:
             c.task = loop.create_task(c.run())
         if self._lookups:
-            self._discovery = Discovery(self._lookups, poll_interval=self._lookup_poll_interval)
+            self._discovery = Discovery(
+                self._lookups, poll_interval=self._lookup_poll_interval, security=self._security
+            )
             self._discovery_task = loop.create_task(self._discover())
 
     @property

@@ -51,6 +51,7 @@ import grpc
 
 from pairq import grpcopts
 from pairq.errors import PairqError, UnavailableError
+from pairq.security.client import ClientSecurity
 from pairq.v1 import lookup_pb2 as pb
 
 __all__ = [
@@ -162,8 +163,14 @@ class Discovery:
     """Queries every lookup and merges their answers (see the module docstring)."""
 
     def __init__(
-        self, lookups: Sequence[str], *, poll_interval: float = 15.0, timeout: float = 2.0
+        self,
+        lookups: Sequence[str],
+        *,
+        poll_interval: float = 15.0,
+        timeout: float = 2.0,
+        security: ClientSecurity | None = None,
     ) -> None:
+        self._security = security or ClientSecurity()
         if not lookups:
             raise ValueError("Discovery needs at least one lookup address")
         self.lookups = list(dict.fromkeys(lookups))
@@ -191,7 +198,7 @@ class Discovery:
     def _channel(self, address: str) -> Any:
         ch = self._channels.get(address)
         if ch is None:
-            ch = grpc.aio.insecure_channel(address, options=grpcopts.client_options())
+            ch = self._security.channel(address, grpcopts.client_options())
             self._channels[address] = ch
         return ch
 

@@ -56,6 +56,7 @@ from pairq.client._tracing import inject
 from pairq.client.discovery import Discovery
 from pairq.errors import InvalidError, PairqError, UnavailableError
 from pairq.grpcopts import DEFAULT_MAX_BATCH
+from pairq.security.client import ClientSecurity
 from pairq.v1 import broker_pb2
 
 # Messages per batch request by default (see ``Producer``), at most the broker's.
@@ -146,6 +147,8 @@ class Producer:
       failed. ``brokers`` given as well are tried after the discovered ones.
     - ``trace_context``: add the current OpenTelemetry span's W3C trace context
       (``traceparent``) to the headers of messages published inside a span.
+    - ``token``, ``tls_cert``, ``tls_key``, ``tls_ca``: bearer token and TLS files
+      (``pairq.security.client.ClientSecurity``), for brokers and lookups alike.
     """
 
     def __init__(
@@ -163,7 +166,12 @@ class Producer:
         retry_backoff: float = 0.05,
         retry_backoff_max: float = 1.0,
         trace_context: bool = True,
+        token: str = "",
+        tls_cert: str = "",
+        tls_key: str = "",
+        tls_ca: str = "",
     ) -> None:
+        security = ClientSecurity(token, tls_cert, tls_key, tls_ca)
         if isinstance(brokers, str):
             brokers = [brokers]
         if isinstance(lookups, str):
@@ -176,15 +184,18 @@ class Producer:
             raise ValueError("max_batch_size and max_batches_in_flight must be >= 1")
         if max_message_bytes < 1 or max_batch_bytes < max_message_bytes:
             raise ValueError("need 1 <= max_message_bytes <= max_batch_bytes")
-        self._conn_opts = {
+        self._conn_opts: dict[str, Any] = {
             "max_message_bytes": max_message_bytes,
             "max_rpc_bytes": max_batch_bytes + max_batch_size * 64,
+            "security": security,
         }
         self._pool: dict[str, BrokerConn] = {}
         self._conns = [self._conn(a) for a in dict.fromkeys(brokers)]
         self._static_route = _Route(self._conns)
         self._discovery = (
-            Discovery(list(lookups), poll_interval=lookup_poll_interval) if lookups else None
+            Discovery(list(lookups), poll_interval=lookup_poll_interval, security=security)
+            if lookups
+            else None
         )
         self._lookup_poll_interval = lookup_poll_interval
         self._routes: dict[str, _Route] = {}

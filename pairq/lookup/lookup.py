@@ -29,6 +29,8 @@ from pairq.lookup.options import LookupOptions
 from pairq.lookup.registry import Registry
 from pairq.lookup.service import SERVICE, LookupService
 from pairq.options import parse_hostport
+from pairq.security.auth import LOOKUP_RULES
+from pairq.security.server import ServerSecurity
 
 __all__ = ["Lookup"]
 
@@ -66,6 +68,12 @@ class Lookup:
         self._server: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
+        # TLS and tokens (--tls-*, --auth-file); reload() on SIGHUP.
+        self.security = ServerSecurity(options, LOOKUP_RULES)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the TLS files and the auth file (connections stay up)."""
+        self.security.reload()
 
     @property
     def gossip_address(self) -> str:
@@ -76,11 +84,10 @@ class Lookup:
 
     async def start(self) -> None:
         host, port = parse_hostport(self.options.address, what="--address")
-        server = grpc.aio.server(options=grpcopts.server_options())
-        try:
-            bound = server.add_insecure_port(f"{host}:{port}")
-        except RuntimeError:  # grpcio >= 1.60 raises instead of returning 0
-            bound = 0
+        server = grpc.aio.server(
+            options=grpcopts.server_options(), interceptors=self.security.interceptors()
+        )
+        bound = self.security.add_port(server, f"{host}:{port}")
         if bound == 0:
             raise OSError(f"cannot listen on {self.options.address} (address in use?)")
         self.address = f"{host}:{bound}"

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from pairq.gossip.config import GossipOptions
 from pairq.options import OptionsError, check_fields, hostport
+from pairq.security.options import SecurityOptions
 
 __all__ = ["LookupOptions"]
 
@@ -21,7 +22,7 @@ def _o(default: Any, help: str, **meta: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class LookupOptions(GossipOptions):
+class LookupOptions(GossipOptions, SecurityOptions):
     # Environment: PAIRQ_LOOKUP_<FIELD> (not PAIRQ_<FIELD>: that is the broker's).
     ENV_PREFIX: ClassVar[str] = "PAIRQ_LOOKUP_"
 
@@ -63,6 +64,9 @@ class LookupOptions(GossipOptions):
         metadata; the rules below relate several fields."""
         check_fields(self)
         self.check_gossip_rules()
+        errors = self.check_security_rules()
+        if errors:
+            raise OptionsError(errors)
         if self.inactivity_timeout_s * 1000 < 3 * self.heartbeat_interval_ms:
             raise OptionsError(["--inactivity-timeout-s must be at least 3 heartbeat intervals"])
         return self

@@ -437,7 +437,7 @@ class TopicStats(_message.Message):
     def __init__(self, name: _Optional[str] = ..., depth: _Optional[int] = ..., message_count: _Optional[int] = ..., paused: _Optional[bool] = ..., ephemeral: _Optional[bool] = ..., channels: _Optional[_Iterable[_Union[ChannelStats, _Mapping]]] = ...) -> None: ...
 
 class PairStats(_message.Message):
-    __slots__ = ("pair", "partner_address", "partner_id", "connected", "lease_remaining_ms", "solo", "epoch", "replication_lag", "standby_messages", "min_copies", "takeovers", "partner_connected", "link", "refill_sending", "refill_receiving")
+    __slots__ = ("pair", "partner_address", "partner_id", "connected", "lease_remaining_ms", "solo", "epoch", "replication_lag", "standby_messages", "min_copies", "takeovers", "partner_connected", "link", "refill_sending", "refill_receiving", "auth_failures")
     PAIR_FIELD_NUMBER: _ClassVar[int]
     PARTNER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PARTNER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -453,6 +453,7 @@ class PairStats(_message.Message):
     LINK_FIELD_NUMBER: _ClassVar[int]
     REFILL_SENDING_FIELD_NUMBER: _ClassVar[int]
     REFILL_RECEIVING_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FAILURES_FIELD_NUMBER: _ClassVar[int]
     pair: str
     partner_address: str
     partner_id: str
@@ -468,7 +469,8 @@ class PairStats(_message.Message):
     link: str
     refill_sending: int
     refill_receiving: int
-    def __init__(self, pair: _Optional[str] = ..., partner_address: _Optional[str] = ..., partner_id: _Optional[str] = ..., connected: _Optional[bool] = ..., lease_remaining_ms: _Optional[int] = ..., solo: _Optional[bool] = ..., epoch: _Optional[int] = ..., replication_lag: _Optional[int] = ..., standby_messages: _Optional[int] = ..., min_copies: _Optional[int] = ..., takeovers: _Optional[int] = ..., partner_connected: _Optional[bool] = ..., link: _Optional[str] = ..., refill_sending: _Optional[int] = ..., refill_receiving: _Optional[int] = ...) -> None: ...
+    auth_failures: int
+    def __init__(self, pair: _Optional[str] = ..., partner_address: _Optional[str] = ..., partner_id: _Optional[str] = ..., connected: _Optional[bool] = ..., lease_remaining_ms: _Optional[int] = ..., solo: _Optional[bool] = ..., epoch: _Optional[int] = ..., replication_lag: _Optional[int] = ..., standby_messages: _Optional[int] = ..., min_copies: _Optional[int] = ..., takeovers: _Optional[int] = ..., partner_connected: _Optional[bool] = ..., link: _Optional[str] = ..., refill_sending: _Optional[int] = ..., refill_receiving: _Optional[int] = ..., auth_failures: _Optional[int] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ("topic", "channel", "no_clients")

@@ -59,14 +59,30 @@ class ReplicaProgress(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., channel: _Optional[str] = ..., floor: _Optional[int] = ..., finished: _Optional[_Iterable[int]] = ..., deleted: _Optional[bool] = ..., states: _Optional[_Iterable[_Union[ReplicaState, _Mapping]]] = ...) -> None: ...
 
 class ReplicaHello(_message.Message):
-    __slots__ = ("node_id", "pair", "tcp")
+    __slots__ = ("node_id", "pair", "tcp", "nonce")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PAIR_FIELD_NUMBER: _ClassVar[int]
     TCP_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     pair: str
     tcp: bool
-    def __init__(self, node_id: _Optional[str] = ..., pair: _Optional[str] = ..., tcp: _Optional[bool] = ...) -> None: ...
+    nonce: bytes
+    def __init__(self, node_id: _Optional[str] = ..., pair: _Optional[str] = ..., tcp: _Optional[bool] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+
+class ReplicaProof(_message.Message):
+    __slots__ = ("proof",)
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    proof: bytes
+    def __init__(self, proof: _Optional[bytes] = ...) -> None: ...
+
+class ReplicaChallenge(_message.Message):
+    __slots__ = ("nonce", "proof")
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    proof: bytes
+    def __init__(self, nonce: _Optional[bytes] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
 class ReplicaBatch(_message.Message):
     __slots__ = ("batch_id", "appends", "progress", "deleted_topics", "committed", "catalog", "catchup_remaining", "catchup")
@@ -89,12 +105,14 @@ class ReplicaBatch(_message.Message):
     def __init__(self, batch_id: _Optional[int] = ..., appends: _Optional[_Iterable[_Union[ReplicaAppend, _Mapping]]] = ..., progress: _Optional[_Iterable[_Union[ReplicaProgress, _Mapping]]] = ..., deleted_topics: _Optional[_Iterable[str]] = ..., committed: _Optional[_Iterable[_Union[ReplicaRange, _Mapping]]] = ..., catalog: _Optional[bool] = ..., catchup_remaining: _Optional[int] = ..., catchup: _Optional[bool] = ...) -> None: ...
 
 class ReplicateRequest(_message.Message):
-    __slots__ = ("hello", "batch")
+    __slots__ = ("hello", "batch", "proof")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     hello: ReplicaHello
     batch: ReplicaBatch
-    def __init__(self, hello: _Optional[_Union[ReplicaHello, _Mapping]] = ..., batch: _Optional[_Union[ReplicaBatch, _Mapping]] = ...) -> None: ...
+    proof: ReplicaProof
+    def __init__(self, hello: _Optional[_Union[ReplicaHello, _Mapping]] = ..., batch: _Optional[_Union[ReplicaBatch, _Mapping]] = ..., proof: _Optional[_Union[ReplicaProof, _Mapping]] = ...) -> None: ...
 
 class ReplicaHolding(_message.Message):
     __slots__ = ("topic", "next_seq", "taken_upto")
@@ -127,12 +145,14 @@ class ReplicaAck(_message.Message):
     def __init__(self, batch_id: _Optional[int] = ..., lease_ms: _Optional[int] = ...) -> None: ...
 
 class ReplicateResponse(_message.Message):
-    __slots__ = ("welcome", "ack")
+    __slots__ = ("welcome", "ack", "challenge")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     welcome: ReplicaWelcome
     ack: ReplicaAck
-    def __init__(self, welcome: _Optional[_Union[ReplicaWelcome, _Mapping]] = ..., ack: _Optional[_Union[ReplicaAck, _Mapping]] = ...) -> None: ...
+    challenge: ReplicaChallenge
+    def __init__(self, welcome: _Optional[_Union[ReplicaWelcome, _Mapping]] = ..., ack: _Optional[_Union[ReplicaAck, _Mapping]] = ..., challenge: _Optional[_Union[ReplicaChallenge, _Mapping]] = ...) -> None: ...
 
 class RepairRequest(_message.Message):
     __slots__ = ("topic", "seqs", "owned")

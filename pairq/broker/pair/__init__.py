@@ -357,6 +357,7 @@ class Pair:
             ),
             refill_sending=self.refill_sending,
             refill_receiving=self.refill_receiving,
+            auth_failures=self.state.auth_failures,
         )
 
     # ------------------------------------------------------------ repair (integrity.py)

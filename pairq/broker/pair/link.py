@@ -119,10 +119,16 @@ class FramedLink:
 
 async def read_token(reader: asyncio.StreamReader, timeout: float) -> bytes:
     """The first frame of a new connection: the session token (or b"" if it is not one)."""
+    return await read_frame(reader, TOKEN_BYTES, timeout)
+
+
+async def read_frame(reader: asyncio.StreamReader, size: int, timeout: float) -> bytes:
+    """A frame of exactly ``size`` bytes (the handshake's token, nonce, proof), or
+    b"" for anything else, a timeout or a closed connection."""
     try:
         head = await asyncio.wait_for(reader.readexactly(4), timeout)
         n = int.from_bytes(head, "big")
-        if n != TOKEN_BYTES:
+        if n != size:
             return b""
         return await asyncio.wait_for(reader.readexactly(n), timeout)
     except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):

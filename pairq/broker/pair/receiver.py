@@ -28,11 +28,19 @@ import grpc
 
 from pairq import grpcopts
 from pairq.broker.pair import core as pc
-from pairq.broker.pair.link import TOKEN_BYTES, FramedLink, LinkError, ReplicaLink, read_token
+from pairq.broker.pair.link import (
+    TOKEN_BYTES,
+    FramedLink,
+    LinkError,
+    ReplicaLink,
+    read_frame,
+    read_token,
+)
 from pairq.broker.pair.refill import RefillLog
 from pairq.broker.pair.standby import validate_batch
 from pairq.errors import PairqError
 from pairq.options import parse_hostport
+from pairq.security import pairauth
 from pairq.v1 import replication_pb2 as rpb
 
 if TYPE_CHECKING:
@@ -91,6 +99,10 @@ class Receiver:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "first message must be hello")
             return
         h = hello.hello
+        # The pair secret first: a peer that cannot prove it learns nothing and
+        # changes nothing (no takeover, no reset, no store write).
+        if not await self._authenticate(context, h):
+            return
         if h.pair != self._s.name:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -243,6 +255,53 @@ class Receiver:
             if refill is not None and refill.remaining:
                 refill.stopped("the partner's session ended")
 
+    async def _authenticate(self, context: Any, h: rpb.ReplicaHello) -> bool:
+        """The challenge-response of ``pairauth`` on the gRPC stream (True: proven, or
+        no secret on either side). A failure is counted, logged and refused."""
+        secret = self._s.secret
+        peer = str(context.peer())
+        if secret is None:
+            if h.nonce:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "this broker has no --pair-secret-file but the peer has one: give both the same secret",
+                )
+                return False
+            return True
+        if len(h.nonce) != pairauth.NONCE_BYTES:
+            self._s.auth_failed(peer, "its hello carries no pair-secret challenge")
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "this pair requires the pair secret: start the partner with the same --pair-secret-file",
+            )
+            return False
+        nr = pairauth.new_nonce()
+        await context.write(
+            rpb.ReplicateResponse(
+                challenge=rpb.ReplicaChallenge(
+                    nonce=nr,
+                    proof=pairauth.proof(secret, pairauth.RECEIVER, h.pair, h.node_id, h.nonce, nr),
+                )
+            )
+        )
+        try:
+            msg = await asyncio.wait_for(context.read(), timeout=max(2.0, 3 * self._s.lease))
+        except TimeoutError:
+            msg = grpc.aio.EOF
+        if (
+            msg is grpc.aio.EOF
+            or msg.WhichOneof("kind") != "proof"
+            or not pairauth.verify(
+                secret, msg.proof.proof, pairauth.SENDER, h.pair, h.node_id, h.nonce, nr
+            )
+        ):
+            self._s.auth_failed(
+                peer, f"it failed the pair-secret proof (claimed node {h.node_id!r})"
+            )
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "pair secret proof failed")
+            return False
+        return True
+
     async def _abort_on_close(self, context: Any, link: ReplicaLink) -> None:
         await self._closing.wait()
         with contextlib.suppress(BaseException):
@@ -370,12 +429,27 @@ class Receiver:
             host, port = parse_hostport(self.broker.address)[0], 0
         else:
             host, port = parse_hostport(o.replication_address, what="--replication-address")
-        self._tcp_server = await asyncio.start_server(self._on_tcp, host, port)
+        tls = self._s.security.tls
+        self._tcp_server = await asyncio.start_server(
+            self._on_tcp, host, port, ssl=tls.server_context() if tls is not None else None
+        )
         self.tcp_port = self._tcp_server.sockets[0].getsockname()[1]
         log.info("replication link listening on %s:%d", host, self.tcp_port)
 
     async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        secret = self._s.secret
+        nonce = b""
+        if secret is not None:  # pairauth: a fresh challenge before the token
+            nonce = pairauth.new_nonce()
+            writer.write(len(nonce).to_bytes(4, "big") + nonce)
         token = await read_token(reader, timeout=5.0)
+        if secret is not None and token in self._tcp_waiters:
+            got = await read_frame(reader, pairauth.PROOF_BYTES, timeout=5.0)
+            if not pairauth.verify(secret, got, pairauth.LINK, self._s.name, token, nonce):
+                peer = writer.get_extra_info("peername")
+                self._s.auth_failed(f"tcp:{peer}", "its TCP link failed the pair-secret proof")
+                writer.close()
+                return
         fut = self._tcp_waiters.pop(token, None) if token else None
         if fut is None or fut.done():
             writer.close()  # not a session of ours: garbage, a stale or a reused token

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -32,12 +33,13 @@ import grpc
 
 from pairq import grpcopts
 from pairq.broker.pair import core as pc
-from pairq.broker.pair.link import TOKEN_BYTES, FramedLink, ReplicaLink
+from pairq.broker.pair.link import TOKEN_BYTES, FramedLink, ReplicaLink, read_frame
 from pairq.broker.pair.refill import RefillLog
 from pairq.broker.pair.standby import MAX_BATCH_RECORDS
 from pairq.broker.store import Write
 from pairq.errors import UnavailableError
 from pairq.options import parse_hostport
+from pairq.security import pairauth
 from pairq.v1 import replication_pb2 as rpb
 from pairq.v1 import replication_pb2_grpc as rpbg
 
@@ -209,6 +211,8 @@ class Sender:
         self._catchup: list[tuple[Topic, int, int]] = []
         self._catalog: list[rpb.ReplicaProgress] = []
         self.refill_sending = 0  # seqs of our log the running catch-up has still to send
+        self._client_ssl: ssl.SSLContext | None = None  # the TCP link's, with TLS
+        self._auth_warned = False  # the partner's refusal of our proof was logged once
 
     def replicate(
         self,
@@ -333,9 +337,9 @@ class Sender:
         after a loss."""
         backoff = 0.05
         while self._s.running:
-            channel = grpc.aio.insecure_channel(
+            channel = self._s.security.channel(
                 self._s.partner_address,
-                options=grpcopts.client_options(self.broker.options.max_msg_size),
+                grpcopts.client_options(self.broker.options.max_msg_size),
             )
             try:
                 stub = rpbg.ReplicationServiceStub(channel)
@@ -347,6 +351,7 @@ class Sender:
                 )
                 if resp is grpc.aio.EOF or resp.WhichOneof("kind") != "welcome":
                     raise ConnectionError("partner did not welcome us")
+                self._auth_warned = False  # a later refusal is news again
                 link = await self._open_tcp_link(resp.welcome) or call
                 self.link = link
                 await self._on_welcome(link, resp.welcome)
@@ -386,12 +391,54 @@ class Sender:
                 backoff = min(backoff * 2, 0.5)
 
     async def _handshake(self, call: Any) -> Any:
+        """Hello, and the pair-secret challenge-response when there is a secret
+        (``pairauth``); the partner's answer to it (a welcome, or EOF)."""
+        secret = self._s.secret
+        ns = pairauth.new_nonce() if secret is not None else b""
+        node_id, pair = self.broker.store_id, self._s.name
         await call.write(
             rpb.ReplicateRequest(
-                hello=rpb.ReplicaHello(node_id=self.broker.store_id, pair=self._s.name, tcp=True)
+                hello=rpb.ReplicaHello(node_id=node_id, pair=pair, tcp=True, nonce=ns)
             )
         )
-        return await call.read()
+        try:
+            resp = await call.read()
+            kind = None if resp is grpc.aio.EOF else resp.WhichOneof("kind")
+            if secret is None:
+                if kind == "challenge":
+                    raise ConnectionError(
+                        "the partner requires the pair secret: give this broker the same --pair-secret-file"
+                    )
+                return resp
+            if kind != "challenge":
+                self._s.auth_failed(
+                    self._s.partner_address,
+                    "it answered without proving the pair secret (is --pair-secret-file set there?)",
+                )
+                raise ConnectionError("the partner did not prove the pair secret")
+            c = resp.challenge
+            if len(c.nonce) != pairauth.NONCE_BYTES or not pairauth.verify(
+                secret, c.proof, pairauth.RECEIVER, pair, node_id, ns, c.nonce
+            ):
+                self._s.auth_failed(self._s.partner_address, "it failed the pair-secret proof")
+                raise ConnectionError("the partner failed the pair-secret proof")
+            await call.write(
+                rpb.ReplicateRequest(
+                    proof=rpb.ReplicaProof(
+                        proof=pairauth.proof(secret, pairauth.SENDER, pair, node_id, ns, c.nonce)
+                    )
+                )
+            )
+            return await call.read()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                if not self._auth_warned:
+                    self._auth_warned = True
+                    log.warning(
+                        "partner %s refused this broker: %s", self._s.partner_address, exc.details()
+                    )
+                raise ConnectionError(f"partner refused us: {exc.details()}") from None
+            raise
 
     async def _open_tcp_link(self, welcome: rpb.ReplicaWelcome) -> FramedLink | None:
         """Switch to the partner's plain TCP link if it offered one (None: stay on gRPC)."""
@@ -399,8 +446,19 @@ class Sender:
             return None
         host, _ = parse_hostport(self._s.partner_address)
         try:
-            r, w = await asyncio.wait_for(asyncio.open_connection(host, welcome.tcp_port), 2.0)
-        except (OSError, TimeoutError) as exc:
+            tls = self._s.security.tls
+            ssl_ctx = None
+            if tls is not None:
+                if self._client_ssl is None:
+                    self._client_ssl = tls.client_context()
+                ssl_ctx = self._client_ssl
+            r, w = await asyncio.wait_for(
+                asyncio.open_connection(
+                    host, welcome.tcp_port, ssl=ssl_ctx, server_hostname=host if ssl_ctx else None
+                ),
+                2.0,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
             log.warning(
                 "cannot open the TCP replication link to %s:%d (%s); replicating over gRPC",
                 host,
@@ -410,6 +468,20 @@ class Sender:
             return None
         with contextlib.suppress(Exception):
             w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        proof = b""
+        if self._s.secret is not None:  # pairauth: answer the link's challenge
+            nonce = await read_frame(r, pairauth.NONCE_BYTES, timeout=2.0)
+            if not nonce:
+                w.close()
+                log.warning(
+                    "the TCP replication link to %s:%d sent no pair-secret challenge; replicating over gRPC",
+                    host,
+                    welcome.tcp_port,
+                )
+                return None
+            proof = pairauth.proof(
+                self._s.secret, pairauth.LINK, self._s.name, welcome.tcp_token, nonce
+            )
         link = FramedLink(
             r,
             w,
@@ -417,6 +489,8 @@ class Sender:
             grpcopts.frame_limit(self.broker.options.max_msg_size),
         )
         await link.write_raw(welcome.tcp_token)
+        if proof:
+            await link.write_raw(proof)
         return link
 
     async def _on_welcome(self, call: ReplicaLink, welcome: rpb.ReplicaWelcome) -> None:

@@ -18,6 +18,8 @@ from pairq.broker.pair import core as pc
 from pairq.broker.pair.standby import StandbyStore
 from pairq.broker.store import Store
 from pairq.broker.topic import Topic
+from pairq.security.pairauth import load_secret
+from pairq.security.server import ServerSecurity
 
 log = logging.getLogger("pairq.pair")
 
@@ -31,6 +33,7 @@ class PairHost(Protocol):
 
     options: BrokerOptions
     store: Store
+    security: ServerSecurity
     store_id: str
     address: str
     topics: dict[str, Topic]
@@ -57,6 +60,7 @@ class PairState:
 
     def __init__(self, broker: PairHost) -> None:
         self.broker = broker
+        self.security = broker.security  # TLS for the partner links (gRPC and TCP)
         o = broker.options
         self.name = o.pair
         self.partner_address = o.partner
@@ -81,6 +85,20 @@ class PairState:
         self.fence = 0
         self._epoch_pending = 0  # new epochs not yet durable: no delivery meanwhile
         self._fence_waiters: list[asyncio.Future[None]] = []
+        # The pair secret (--pair-secret-file; None: an unauthenticated pair) and the
+        # sessions refused for failing its proof (pairq.security.pairauth).
+        self.secret: bytes | None = load_secret(o.pair_secret_file) if o.pair_secret_file else None
+        self.auth_failures = 0
+
+    def auth_failed(self, peer: str, why: str) -> None:
+        """A peer failed the pair-secret proof: count it and say so (it changed nothing)."""
+        self.auth_failures += 1
+        log.warning(
+            "refused a replication session from %s: %s (%d refused since start)",
+            peer,
+            why,
+            self.auth_failures,
+        )
 
     # ------------------------------------------------------------ delivery fence
     def may_deliver(self) -> bool:

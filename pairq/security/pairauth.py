@@ -1,0 +1,87 @@
+"""The pair's challenge-response: both brokers prove they hold the pair secret.
+
+Pure functions (no I/O). The rules:
+
+- The secret comes from ``--pair-secret-file``: the file's bytes with
+  surrounding whitespace stripped, at least ``MIN_SECRET_BYTES`` long. It is
+  never sent; only HMAC-SHA256 proofs over fresh nonces are.
+- Each side contributes a fresh ``NONCE_BYTES`` random nonce per session
+  (``new_nonce``): the sender ``Ns`` in its hello, the receiver ``Nr`` in its
+  challenge. A proof covers both, so a recorded proof is worthless in any
+  other session, and a role label, so one side's proof is never valid as the
+  other's (no reflection).
+- Transcripts (``proof``): ``ROLE \\0 pair \\0 node_id \\0 Ns Nr`` with ROLE
+  ``receiver`` (the receiver's answer to a hello) or ``sender`` (the sender's
+  answer to the challenge), and ``link \\0 pair \\0 token \\0 Nl`` for the TCP
+  link, where ``Nl`` is the receiver's nonce for that connection and ``token``
+  the one-time session token the welcome gave.
+- ``verify`` compares in constant time, and refuses a proof of the wrong length
+  or made with an empty nonce.
+
+``proto/pairq/v1/replication.proto`` describes the message flow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from pathlib import Path
+
+__all__ = [
+    "LINK",
+    "MIN_SECRET_BYTES",
+    "NONCE_BYTES",
+    "PROOF_BYTES",
+    "RECEIVER",
+    "SENDER",
+    "load_secret",
+    "new_nonce",
+    "proof",
+    "verify",
+]
+
+NONCE_BYTES = 32
+PROOF_BYTES = 32
+MIN_SECRET_BYTES = 16
+SENDER = "sender"
+RECEIVER = "receiver"
+LINK = "link"
+
+
+def load_secret(path: str) -> bytes:
+    """The pair secret in ``path``; ``ValueError`` saying what is wrong with it."""
+    try:
+        data = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise ValueError(f"--pair-secret-file {path}: {exc.strerror or exc}") from None
+    if len(data) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"--pair-secret-file {path}: the secret is {len(data)} bytes, at least "
+            f"{MIN_SECRET_BYTES} are needed (e.g. `head -c 32 /dev/urandom | base64`)"
+        )
+    return data
+
+
+def new_nonce() -> bytes:
+    return os.urandom(NONCE_BYTES)
+
+
+def proof(secret: bytes, role: str, pair: str, ident: bytes | str, *nonces: bytes) -> bytes:
+    """HMAC-SHA256 over ``role \\0 pair \\0 ident \\0 nonces...``."""
+    ident_b = ident.encode() if isinstance(ident, str) else ident
+    mac = hmac.new(secret, digestmod=hashlib.sha256)
+    mac.update(b"pairq-pair-v1\0" + role.encode() + b"\0" + pair.encode() + b"\0")
+    mac.update(ident_b + b"\0")
+    for n in nonces:
+        mac.update(n)
+    return mac.digest()
+
+
+def verify(
+    secret: bytes, got: bytes, role: str, pair: str, ident: bytes | str, *nonces: bytes
+) -> bool:
+    """Whether ``got`` is the proof for this transcript (constant-time)."""
+    if len(got) != PROOF_BYTES or any(len(n) != NONCE_BYTES for n in nonces):
+        return False
+    return hmac.compare_digest(got, proof(secret, role, pair, ident, *nonces))
