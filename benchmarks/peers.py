@@ -326,6 +326,11 @@ def _median(rs: list[dict[str, Any]], key: str) -> float | None:
 async def main_async(
     sz: Sizes, tmp: Path, nats: NatsCluster | None, rabbit: RabbitCluster | None
 ) -> dict[str, dict[str, Any]]:
+    # SIGTERM cancels the run like Ctrl-C does (asyncio.run's own SIGINT handling): every
+    # `finally` below stops the pairq processes, then main()'s ExitStack stops the peers.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     runners: list[tuple[str, Callable[[int], Awaitable[dict[str, Any]]]]] = [
         (PAIR, lambda run: run_pair(tmp, sz, run)),
         (SINGLE, lambda run: run_single(tmp, sz, run)),
@@ -409,6 +414,7 @@ def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Before and after the event loop runs (peer start-up): unwind, so ``with`` blocks stop."""
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -426,7 +432,10 @@ def main() -> int:
     load0 = os.getloadavg()
     started = datetime.datetime.now(datetime.UTC)
     failed: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="pairq-peers-") as d, contextlib.ExitStack() as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="pairq-peers-") as d,
+        contextlib.ExitStack() as stack,
+    ):
         tmp = Path(d)
         nats: NatsCluster | None = None
         rabbit: RabbitCluster | None = None
@@ -447,7 +456,15 @@ def main() -> int:
             except Exception as exc:
                 failed[RABBIT] = f"{type(exc).__name__}: {exc}"
                 log(f"** RabbitMQ did not start: {failed[RABBIT]}")
-        summary = asyncio.run(main_async(sz, tmp, nats, rabbit))
+        try:
+            summary = asyncio.run(main_async(sz, tmp, nats, rabbit))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            log("** interrupted: stopping every process this benchmark started")
+            return 130
+        finally:
+            # The loop's close reset SIGTERM to its default: let the stopping below finish
+            # (each wait in it is bounded).
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
     rs = ratios(summary)
     log("")
     for line in table(summary, failed):
@@ -478,4 +495,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        log("** interrupted while starting or stopping the peers (what had started is stopped)")
+        sys.exit(130)
