@@ -29,6 +29,7 @@ from aiormq import Connection as AmqpConnection
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from nats.aio.client import Client as NatsClient
 from nats.js import api as js_api
+from nats.js import errors as nats_js_errors
 from pamqp.commands import Basic
 
 from pairq.client import Consumer, Producer
@@ -265,6 +266,11 @@ class NatsSystem:
                 try:
                     msgs = await sub.fetch(batch, timeout=1.0)
                 except TimeoutError:
+                    continue
+                except nats_js_errors.ServiceUnavailableError:
+                    # A 503 status for a pull request (seen with many small fetchers on a
+                    # loaded machine): ask again; the loop is bounded by the deadline.
+                    await asyncio.sleep(0.01)
                     continue
                 for m in msgs:
                     await m.ack()
