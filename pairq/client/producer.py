@@ -42,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -256,8 +256,20 @@ class Producer:
         if task is None:
             task = asyncio.get_running_loop().create_task(self._refresh_route(topic, route))
             self._refreshing[topic] = task
-            task.add_done_callback(lambda _t: self._refreshing.pop(topic, None))
+            task.add_done_callback(self._refreshed(topic))
+        if route is not None and route.conns:
+            # Publish on the known route while the lookups are asked: a slow or silent
+            # lookup must not stall every producer at each refresh.
+            return route
         return await asyncio.shield(task)
+
+    def _refreshed(self, topic: str) -> Callable[[asyncio.Task[_Route]], None]:
+        def done(task: asyncio.Task[_Route]) -> None:
+            self._refreshing.pop(topic, None)
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("placement refresh for %r failed: %s", topic, task.exception())
+
+        return done
 
     async def _refresh_route(self, topic: str, old: _Route | None) -> _Route:
         """Ask the lookups where ``topic`` goes (placement order), keeping the old route on failure."""

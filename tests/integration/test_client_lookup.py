@@ -212,3 +212,35 @@ async def test_consumer_started_before_the_topic_exists_finds_it_without_a_full_
             t0 = time.monotonic()
             await eventually(lambda: len(got) == 1, timeout=5)
             assert time.monotonic() - t0 < 5  # the old behaviour waited out the 15 s poll
+
+
+async def test_a_silent_lookup_does_not_stall_publishing_at_a_refresh(tmp_path: Path) -> None:
+    """Regression (chaos harness, isolate-lookup): a lookup that accepts connections but
+    never answers held every publish for its 2 s timeout at each placement refresh."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts (the kernel does), never answers
+    try:
+        lk = Lookup(LookupOptions(address="127.0.0.1:0"))
+        await lk.start()
+        try:
+            addrs = [lk.address, f"127.0.0.1:{silent.getsockname()[1]}"]
+            async with run_broker(tmp_path / "b") as b, registered([b], [lk.address]):
+                await eventually(lambda: len(lk.registry.nodes(time.monotonic())) == 1)
+                async with Producer(lookups=addrs, lookup_poll_interval=0.05) as prod:
+                    await prod.publish("t", b"first")  # the first placement waits once
+                    for _ in range(2000):  # until the route expires and a refresh starts
+                        if "t" in prod._refreshing:
+                            break
+                        await prod.publish("t", b"more")
+                    refresh = prod._refreshing["t"]  # held by the silent lookup
+                    for i in range(20):
+                        ack = await prod.publish("t", b"%d" % i)
+                        assert ack.copies == 1
+                    assert not refresh.done(), "publishes waited for the refresh"
+        finally:
+            await lk.stop()
+    finally:
+        silent.close()
