@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""pairq-supervise: run one pairq service without systemd (pairq_supervisor: process).
+"""pairq-supervise: run one pairq service without systemd (pairq_common_supervisor: process).
 
 Usage: ``pairq-supervise start|stop|restart|status SPEC.json``. The spec is rendered by
 the Ansible roles, as the systemd unit is: ``name``, ``argv``, ``env`` (a dict),
