@@ -195,24 +195,27 @@ class Deployment:
         env["ANSIBLE_NOCOLOR"] = "1"
         env["ANSIBLE_FORCE_COLOR"] = "0"
         env.pop("PYTHONPATH", None)  # the deployed venvs must run their own pairq
-        proc = subprocess.run(
-            [
-                ansible_bin("ansible-playbook"),
-                "-i",
-                str(inventory or self.root / "inventory.json"),
-                name,
-                *extra,
-            ],
-            cwd=PLAYBOOKS,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
         n = len(list(self.root.glob(f"{name}-*.log")))
-        (self.root / f"{name}-{n}.log").write_text(proc.stdout + proc.stderr)
+        log = self.root / f"{name}-{n}.log"  # written as it runs: tail it while debugging
+        with log.open("w") as f:
+            rc = subprocess.run(
+                [
+                    ansible_bin("ansible-playbook"),
+                    "-i",
+                    str(inventory or self.root / "inventory.json"),
+                    name,
+                    *extra,
+                ],
+                cwd=PLAYBOOKS,
+                env=env,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=900,
+            ).returncode
+        proc = subprocess.CompletedProcess([name, *extra], rc, log.read_text(), "")
         if check and proc.returncode != 0:
-            raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
+            raise AssertionError(f"{name} failed ({rc}), see {log}:\n{proc.stdout[-8000:]}")
         return proc
 
     def spec(self, host: str) -> Path:

@@ -8,8 +8,8 @@ when ``--timeout`` passes first (the rolling restart and the upgrade stop there)
 
 The rules (``verdict``, pure: it takes the two GetStats answers, as dicts):
 - both brokers answer, and each reports ``health == "ok"`` and pair stats;
-- they are each other's partner (each one's ``partner_id`` is the other's ``broker_id``)
-  and name the same pair;
+- they are each other's partner (each one's ``partner_address`` is the address the other
+  was asked at, ``address``) and name the same pair;
 - replication is up both ways on both (``connected`` and ``partner_connected``);
 - every message is back at two copies: ``replication_lag == 0`` on both, and no re-fill
   in progress (``refill_sending == refill_receiving == 0``).
@@ -35,10 +35,10 @@ def verdict(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
             return f"{name} {s.get('broker_id', '?')} has no pair"
     assert a is not None and b is not None
     pa, pb = a["pair"], b["pair"]
-    if pa.get("partner_id") != b.get("broker_id") or pb.get("partner_id") != a.get("broker_id"):
+    if pa.get("partner_address") != b.get("address") or pb.get("partner_address") != a.get("address"):
         return (
-            f"not each other's partner: {a.get('broker_id')} -> {pa.get('partner_id')!r}, "
-            f"{b.get('broker_id')} -> {pb.get('partner_id')!r}"
+            f"not each other's partner: {a.get('address')} -> {pa.get('partner_address')!r}, "
+            f"{b.get('address')} -> {pb.get('partner_address')!r}"
         )
     if pa.get("pair") != pb.get("pair"):
         return f"pair names differ: {pa.get('pair')!r} and {pb.get('pair')!r}"
@@ -70,7 +70,12 @@ def _stats(address: str, timeout: float) -> dict[str, Any] | None:
             )
     except grpc.RpcError:
         return None
-    out: dict[str, Any] = {"broker_id": r.broker_id, "health": r.health, "version": r.version}
+    out: dict[str, Any] = {
+        "address": address,
+        "broker_id": r.broker_id,
+        "health": r.health,
+        "version": r.version,
+    }
     if r.HasField("pair"):
         out["pair"] = {f.name: getattr(r.pair, f.name) for f in r.pair.DESCRIPTOR.fields}
     return out
