@@ -64,7 +64,18 @@ def wheelhouse(wheel: Path, out: Path) -> Path:
     """The wheel's dependencies as wheels (one download, then reused from REPO/build)."""
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(out), "--find-links", str(out), str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "-w",
+            str(out),
+            "--find-links",
+            str(out),
+            str(wheel),
+        ],
         check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -225,7 +236,12 @@ class Deployment:
     def supervise(self, host: str, verb: str) -> subprocess.CompletedProcess[str]:
         r = self.host_root(host) / "opt"
         return subprocess.run(
-            [str(r / "venv" / "bin" / "python"), str(r / "bin" / "pairq-supervise"), verb, str(self.spec(host))],
+            [
+                str(r / "venv" / "bin" / "python"),
+                str(r / "bin" / "pairq-supervise"),
+                verb,
+                str(self.spec(host)),
+            ],
             capture_output=True,
             text=True,
             timeout=120,
@@ -247,7 +263,10 @@ class Deployment:
     def stop_all(self) -> None:
         """Stop every service this deployment started (by its pid files)."""
         for h in ALL:
-            if self.spec(h).exists() and (self.host_root(h) / "opt" / "bin" / "pairq-supervise").exists():
+            if (
+                self.spec(h).exists()
+                and (self.host_root(h) / "opt" / "bin" / "pairq-supervise").exists()
+            ):
                 self.supervise(h, "stop")
 
 

@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from pairq.client import Consumer, Producer
-from pairq.errors import PairqError
 from deployharness import (
     BROKERS,
     REPO,
@@ -30,6 +26,10 @@ from deployharness import (
     recap,
     wheelhouse,
 )
+
+from pairq.client import Consumer, Producer
+from pairq.errors import PairqError
+from pairq.testing import eventually
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(1500)]
 
@@ -85,7 +85,9 @@ class Load:
             n = 0
             while not self._stop.is_set():
                 try:
-                    acks = await p.publish_batch(self.topic, [f"m{n}-{i}".encode() for i in range(10)])
+                    acks = await p.publish_batch(
+                        self.topic, [f"m{n}-{i}".encode() for i in range(10)]
+                    )
                     self.acked.update(a.id for a in acks)
                 except PairqError:
                     self.failures += 1
@@ -102,10 +104,16 @@ class Load:
         self._stop.set()
         if self._task is not None:
             await self._task
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not self.acked <= set(self.handled):
-            await asyncio.sleep(0.2)
+        with contextlib.suppress(AssertionError):  # check() says what is missing
+            await eventually(lambda: self.acked <= set(self.handled), timeout=90, interval=0.2)
         await self.consumer.stop()
+
+    async def flowing(self, more: int = 100) -> None:
+        """Wait until `more` further messages are acknowledged and handled."""
+        a, h = len(self.acked), len(self.handled)
+        await eventually(
+            lambda: len(self.acked) >= a + more and len(self.handled) >= h + more, timeout=60
+        )
 
     def check(self, at_least: int) -> None:
         lost = self.acked - set(self.handled)
@@ -129,9 +137,7 @@ def test_site_deploys_a_cluster_that_serves(deployment: Deployment) -> None:
 
     async def roundtrip() -> None:
         async with Load(deployment.lookup_addresses, "deploy-smoke") as load:
-            deadline = time.monotonic() + 30
-            while len(load.acked) < 200 and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
+            await load.flowing(200)
         load.check(at_least=200)
 
     asyncio.run(roundtrip())
@@ -148,9 +154,9 @@ def test_rolling_restart_under_load_loses_nothing(deployment: Deployment) -> Non
 
     async def scenario() -> Load:
         async with Load(deployment.lookup_addresses, "deploy-rolling") as load:
-            await asyncio.sleep(2)
+            await load.flowing()
             await run_playbook(deployment, "rolling-restart.yml")
-            await asyncio.sleep(2)
+            await load.flowing()
         return load
 
     load = asyncio.run(scenario())
@@ -166,9 +172,9 @@ def test_upgrade_under_load_loses_nothing(deployment: Deployment) -> None:
 
     async def scenario() -> Load:
         async with Load(deployment.lookup_addresses, "deploy-upgrade") as load:
-            await asyncio.sleep(2)
+            await load.flowing()
             await run_playbook(deployment, "upgrade.yml", "-e", f"pairq_common_wheel={head}")
-            await asyncio.sleep(2)
+            await load.flowing()
         return load
 
     load = asyncio.run(scenario())
