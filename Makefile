@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 QUICK ?=
 
-.PHONY: run test lint proto proto-check bench bench-compare bench-peers gossip-bench starve chaos chaos-smoke chaos-deps clean ensure-debs ensure-rabbitmq
+.PHONY: run test lint ansible-lint proto proto-check bench bench-compare bench-peers gossip-bench starve chaos chaos-smoke chaos-deps deploy-test clean ensure-debs ensure-rabbitmq
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -31,10 +31,24 @@ test: $(STAMP) lint ensure-debs chaos-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 	$(MAKE) chaos-smoke
 
-lint: $(STAMP)
+lint: $(STAMP) ansible-lint
 	$(BIN)/ruff check pairq tests benchmarks
 	$(BIN)/ruff format --check pairq tests benchmarks
 	$(BIN)/mypy
+
+# deploy/ansible: the production profile of ansible-lint, and a syntax check of each playbook.
+ANSIBLE_DIR := deploy/ansible
+ansible-lint: $(STAMP)
+	cd $(ANSIBLE_DIR) && ANSIBLE_CONFIG=ansible.cfg $(abspath $(BIN))/ansible-lint --profile production --offline -q
+	cd $(ANSIBLE_DIR) && ANSIBLE_CONFIG=ansible.cfg $(abspath $(BIN))/ansible-playbook --syntax-check \
+		-i inventory/example/hosts.yml site.yml rolling-restart.yml upgrade.yml
+
+# Runs deploy/ansible for real on this machine (every inventory host local, own ports and
+# directories, pairq-supervise instead of systemd): site.yml, a second run with changed=0,
+# rolling-restart.yml and upgrade.yml under load, a broken pair stopping the roll.
+# Several minutes (one virtualenv per host), so not part of `make test`; .ci/run runs it.
+deploy-test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -p no:cacheprovider -m deploy tests/deploy
 
 proto: $(STAMP)
 	$(BIN)/python -m pairq._protogen

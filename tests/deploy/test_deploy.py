@@ -1,0 +1,222 @@
+"""deploy/ansible, really run (``make deploy-test``; marker ``deploy``, not in the default run).
+
+In order, against one local deployment (see deployharness.py): site.yml deploys a lookup, two
+pairs and the console (skipped while pairq has no ``admin``) from a wheel of the base
+commit; messages go through the deployed lookups; a second site.yml changes nothing;
+rolling-restart.yml and upgrade.yml (to a wheel of this tree) run under a live publish +
+consume load with no acknowledged message lost and each handled once; a pair whose partner
+is stopped makes the rolling restart stop before it touches that pair's broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from deployharness import (
+    BROKERS,
+    REPO,
+    Deployment,
+    base_revision,
+    build_wheel,
+    export_tree,
+    recap,
+    wheelhouse,
+)
+
+from pairq.client import Consumer, Producer
+from pairq.errors import PairqError
+from pairq.testing import eventually
+
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(1500)]
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    root = tmp_path_factory.mktemp("deploy")
+    base_rev = base_revision()
+    base_src = export_tree(base_rev, root / "base-src")
+    if "check-config" not in "".join(p.read_text() for p in (base_src / "pairq").rglob("*.py")):
+        # An older pairq cannot validate a rendered file: upgrade from this tree's own
+        # source instead (a separate build, so the upgrade still swaps the wheel).
+        print(f"base {base_rev} has no --check-config; upgrading from a build of this tree")
+        base_src = REPO
+    base = build_wheel(base_src, root / "wheel-base")
+    head = build_wheel(REPO, root / "wheel-head")
+    wheels = wheelhouse(head, REPO / "build" / "deploy-wheelhouse")
+    d = Deployment(root=root, wheel=base, wheels=wheels)
+    d.head_wheel = head
+    d.write_inventory()
+    try:
+        yield d
+    finally:
+        d.stop_all()
+
+
+class Load:
+    """A producer and a consumer through the lookups; records what was acked and handled."""
+
+    def __init__(self, lookups: list[str], topic: str) -> None:
+        self.lookups = lookups
+        self.topic = topic
+        self.acked: set[bytes] = set()
+        self.handled: dict[bytes, int] = {}
+        self.failures = 0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.consumer = Consumer(
+            topic,
+            "deploy",
+            lookups=lookups,
+            handler=self._handle,
+            lookup_poll_interval=0.5,
+            reconnect_backoff=0.05,
+            reconnect_backoff_max=0.5,
+        )
+
+    def _handle(self, msg) -> None:  # type: ignore[no-untyped-def]
+        self.handled[msg.id] = self.handled.get(msg.id, 0) + 1
+
+    async def _produce(self) -> None:
+        async with Producer(lookups=self.lookups, retry_timeout=60, lookup_poll_interval=0.5) as p:
+            n = 0
+            while not self._stop.is_set():
+                try:
+                    acks = await p.publish_batch(
+                        self.topic, [f"m{n}-{i}".encode() for i in range(10)]
+                    )
+                    self.acked.update(a.id for a in acks)
+                except PairqError:
+                    self.failures += 1
+                    await asyncio.sleep(0.05)
+                n += 1
+                await asyncio.sleep(0.02)
+
+    async def __aenter__(self) -> Load:
+        await self.consumer.start()
+        self._task = asyncio.create_task(self._produce())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        with contextlib.suppress(AssertionError):  # check() says what is missing
+            await eventually(lambda: self.acked <= set(self.handled), timeout=90, interval=0.2)
+        await self.consumer.stop()
+
+    async def flowing(self, more: int = 100) -> None:
+        """Wait until `more` further messages are acknowledged and handled."""
+        a, h = len(self.acked), len(self.handled)
+        await eventually(
+            lambda: len(self.acked) >= a + more and len(self.handled) >= h + more, timeout=60
+        )
+
+    def check(self, at_least: int) -> None:
+        lost = self.acked - set(self.handled)
+        twice = [i for i, n in self.handled.items() if n > 1]
+        assert len(self.acked) >= at_least, f"only {len(self.acked)} acknowledged"
+        assert not lost, f"{len(lost)} of {len(self.acked)} acknowledged messages lost"
+        assert not twice, f"{len(twice)} messages handled more than once"
+
+
+async def run_playbook(d: Deployment, name: str, *extra: str, check: bool = True):  # type: ignore[no-untyped-def]
+    return await asyncio.to_thread(d.playbook, name, *extra, check=check)
+
+
+def test_site_deploys_a_cluster_that_serves(deployment: Deployment) -> None:
+    out = deployment.playbook("site.yml")
+    assert "SKIPPED pairq_admin" in out.stdout or "pairq-admin-admin-1" in out.stdout
+    for h in BROKERS:
+        assert deployment.service_pid(h) > 0, f"{h} not running"
+        text = (deployment.host_root(h) / "etc" / f"pairq-broker-{h}.toml").read_text()
+        assert "partner = " in text and "min_copies = 2" in text
+
+    async def roundtrip() -> None:
+        async with Load(deployment.lookup_addresses, "deploy-smoke") as load:
+            await load.flowing(200)
+        load.check(at_least=200)
+
+    asyncio.run(roundtrip())
+
+
+def test_second_site_run_changes_nothing(deployment: Deployment) -> None:
+    out = deployment.playbook("site.yml")
+    changed = {h: r["changed"] for h, r in recap(out.stdout).items()}
+    assert changed and all(n == 0 for n in changed.values()), changed
+
+
+def test_rolling_restart_under_load_loses_nothing(deployment: Deployment) -> None:
+    before = {h: deployment.starts(h) for h in BROKERS}
+
+    async def scenario() -> Load:
+        async with Load(deployment.lookup_addresses, "deploy-rolling") as load:
+            await load.flowing()
+            await run_playbook(deployment, "rolling-restart.yml")
+            await load.flowing()
+        return load
+
+    load = asyncio.run(scenario())
+    load.check(at_least=500)
+    after = {h: deployment.starts(h) for h in BROKERS}
+    assert all(after[h] == before[h] + 1 for h in BROKERS), (before, after)
+
+
+def test_upgrade_under_load_loses_nothing(deployment: Deployment) -> None:
+    head = deployment.head_wheel
+    assert head is not None
+    before = {h: deployment.starts(h) for h in BROKERS}
+
+    async def scenario() -> Load:
+        async with Load(deployment.lookup_addresses, "deploy-upgrade") as load:
+            await load.flowing()
+            await run_playbook(deployment, "upgrade.yml", "-e", f"pairq_common_wheel={head}")
+            await load.flowing()
+        return load
+
+    load = asyncio.run(scenario())
+    load.check(at_least=500)
+    after = {h: deployment.starts(h) for h in BROKERS}
+    assert all(after[h] == before[h] + 1 for h in BROKERS), (before, after)
+    for h in BROKERS:
+        installed = (deployment.host_root(h) / "opt" / "installed").read_text()
+        assert head.name in installed
+    deployment.wheel = head  # later runs keep this version
+    deployment.write_inventory()
+
+
+def test_broken_pair_stops_the_rolling_restart(deployment: Deployment) -> None:
+    victim, partner = "broker-2b", "broker-2a"
+    assert deployment.supervise(victim, "stop").returncode == 0
+    before = {h: deployment.starts(h) for h in BROKERS}
+    pid_before = deployment.service_pid(partner)
+    try:
+        out = deployment.playbook(
+            "rolling-restart.yml", "-e", "pairq_broker_precheck_timeout_s=5", check=False
+        )
+        assert out.returncode != 0, "rolling restart went on with a broken pair"
+        assert "not healthy" in out.stdout
+        after = {h: deployment.starts(h) for h in BROKERS}
+        assert after["broker-1a"] == before["broker-1a"] + 1
+        assert after["broker-1b"] == before["broker-1b"] + 1
+        assert after[partner] == before[partner], "the broken pair's broker was restarted"
+        assert deployment.service_pid(partner) == pid_before
+    finally:
+        with contextlib.suppress(Exception):
+            deployment.supervise(victim, "start")
+
+
+def test_preflight_refuses_a_pair_of_three(deployment: Deployment, tmp_path: Path) -> None:
+    import json
+
+    inv = json.loads((deployment.root / "inventory.json").read_text())
+    p2 = inv["all"]["children"]["pairq_brokers"]["children"]["pair_p2"]["hosts"]
+    p2["broker-2b"]["pairq_broker_pair"] = "p1"
+    bad = tmp_path / "inventory.json"
+    bad.write_text(json.dumps(inv))
+    out = deployment.playbook("site.yml", check=False, inventory=bad)
+    assert out.returncode != 0
+    assert "pair p1 has 3 brokers" in out.stdout
