@@ -17,12 +17,12 @@ import argparse
 import sys
 
 import pairq
-from pairq.cli import broker, dev, dlq, lookup, members, nodes, pub, stat, tail, to_file
+from pairq.cli import admin, broker, dev, dlq, lookup, members, nodes, pub, stat, tail, to_file
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 # In --help order: the daemons, the cluster views, the client tools, the dev cluster.
-COMMANDS = (broker, lookup, nodes, members, pub, tail, stat, to_file, dlq, dev)
+COMMANDS = (broker, lookup, admin, nodes, members, pub, tail, stat, to_file, dlq, dev)
 
 
 def build_parser() -> argparse.ArgumentParser:
