@@ -16,7 +16,22 @@ import pairq
 import pairq.cli
 
 ROOT = Path(__file__).resolve().parents[2] / "pairq"
-EXPECTED = {"broker", "lookup", "nodes", "members", "pub", "tail", "stat", "to-file", "dlq", "dev"}
+EXPECTED = {
+    "broker",
+    "lookup",
+    "admin",
+    "nodes",
+    "members",
+    "pub",
+    "tail",
+    "stat",
+    "to-file",
+    "topic",
+    "channel",
+    "peek",
+    "dlq",
+    "dev",
+}
 
 
 def commands(parser: object) -> set[str]:
