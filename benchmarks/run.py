@@ -667,6 +667,13 @@ async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
         "telemetry_on_vs_off_publish_ratio": _num(
             median(results["publish_single_telemetry"], "msgs_per_s") / single, 3
         ),
+        # The same in broker CPU per message (1.0: telemetry costs nothing); steadier
+        # than throughput when other work shares the machine.
+        "telemetry_on_vs_off_broker_cpu_ratio": _num(
+            median(results["publish_single"], "broker_us")
+            / median(results["publish_single_telemetry"], "broker_us"),
+            3,
+        ),
         "consume_msgs_per_s": _num(median(results["consume"], "msgs_per_s")),
         "publish_p50_ms": _num(p50, 3),
         "publish_p99_ms": _num(median(results["latency"], "p99_ms"), 3),
