@@ -373,3 +373,42 @@ def _histograms(meter: Any, broker: Any) -> None:
     broker.publisher.on_published = on_published
     broker.store.on_commit = on_commit
     broker.store.on_fsync = fsync.record
+
+
+def start_lookup_metrics(address: str, lookup: Any) -> MetricsHandle:
+    """Lookup gauges read at collection time: registered brokers by liveness, open
+    registration streams, known topics, live tombstones."""
+    provider, server = setup("pairq-lookup", address)
+    meter = metrics.get_meter("pairq.lookup")
+
+    def nodes() -> list[Any]:
+        return list(lookup.registry.nodes(lookup.clock()))
+
+    def brokers(_: CallbackOptions) -> list[Observation]:
+        counts = {"alive": 0, "suspect": 0, "dead": 0}
+        for n in nodes():
+            counts[n.status.liveness.name.lower()] += 1
+        return [Observation(v, {"liveness": k}) for k, v in counts.items()]
+
+    def streams(_: CallbackOptions) -> list[Observation]:
+        return [Observation(sum(1 for n in nodes() if n.status.connected))]
+
+    def topics(_: CallbackOptions) -> list[Observation]:
+        return [Observation(len(lookup.registry.topics(lookup.clock())))]
+
+    def tombstones(_: CallbackOptions) -> list[Observation]:
+        return [Observation(sum(len(n.tombstones) for n in nodes()))]
+
+    meter.create_observable_gauge(
+        "pairq_lookup_brokers", [brokers], description="registered brokers, by liveness"
+    )
+    meter.create_observable_gauge(
+        "pairq_lookup_registration_streams",
+        [streams],
+        description="brokers whose Register stream to this lookup is open",
+    )
+    meter.create_observable_gauge("pairq_lookup_topics", [topics], description="topics known")
+    meter.create_observable_gauge(
+        "pairq_lookup_tombstones", [tombstones], description="live topic tombstones"
+    )
+    return MetricsHandle(provider, server)

@@ -64,6 +64,7 @@ class Lookup:
         self.gossip: Gossip | None = None
         self.service: LookupService | None = None
         self._server: Any = None
+        self.metrics: Any = None  # pairq.telemetry.MetricsHandle with --metrics-address or OTLP
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
 
@@ -105,6 +106,12 @@ class Lookup:
             if asyncio.iscoroutine(res):
                 await res
         self._server = server
+        from pairq.telemetry import otlp_metrics_wanted
+
+        if self.options.metrics_address or otlp_metrics_wanted():
+            from pairq.telemetry import start_lookup_metrics
+
+            self.metrics = start_lookup_metrics(self.options.metrics_address, self)
         self._tasks.append(asyncio.create_task(self._sweep(), name="lookup-sweep"))
         log.info(
             "lookup %s listening on %s (gossip %s)",
@@ -191,5 +198,8 @@ class Lookup:
             await self.service.close()
         if self.gossip is not None:
             await self.gossip.stop(leave=True)
+        if self.metrics is not None:
+            self.metrics.shutdown()
+            self.metrics = None
         self._stopped.set()
         log.info("lookup %s stopped", self.lookup_id)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pairq.gossip.config import GossipOptions
-from pairq.options import OptionsError, check_fields, hostport
+from pairq.options import OptionsError, check_fields, hostport, optional_hostport
 
 __all__ = ["LookupOptions"]
 
@@ -33,6 +33,12 @@ class LookupOptions(GossipOptions):
         metavar="HOST:PORT",
     )
     node_name: str = _o("", "this lookup's id in gossip and answers (default: lookup-HOST-PORT)")
+    metrics_address: str = _o(
+        "",
+        "HOST:PORT to serve Prometheus /metrics on (empty: off)",
+        check=optional_hostport,
+        metavar="HOST:PORT",
+    )
 
     # --- registrations ---
     heartbeat_interval_ms: int = _o(

@@ -1,4 +1,4 @@
-"""Every broker's ``/metrics`` passes ``promtool check metrics`` (Debian's
+"""Every process's ``/metrics`` (both brokers of a pair and a lookup) passes ``promtool check metrics`` (Debian's
 ``prometheus``, installed by ``make ensure-debs``) and carries every name of the
 README's metrics reference with live values: a real pair of broker processes."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -15,7 +16,7 @@ import grpc
 import pytest
 from rawclient import RawSub
 
-from pairq.testing import BrokerProcess, free_port
+from pairq.testing import BrokerProcess, free_port, wait_for_port
 from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import broker_pb2_grpc as pbg
 
@@ -45,6 +46,22 @@ DOCUMENTED = (
     "pairq_pair_standby_messages",
     "pairq_pair_takeovers_total",
 )
+
+
+LOOKUP_DOCUMENTED = (
+    "pairq_lookup_brokers",
+    "pairq_lookup_registration_streams",
+    "pairq_lookup_topics",
+    "pairq_lookup_tombstones",
+)
+
+
+def promtool(text: str) -> None:
+    assert PROMTOOL is not None
+    check = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def scrape(port: int) -> str:
@@ -93,30 +110,42 @@ def test_every_broker_metrics_endpoint_passes_promtool(tmp_path: Path) -> None:
             "promtool is not installed: run `make ensure-debs` as root (Debian's prometheus)"
         )
     pa, pb_, ma, mb = free_port(), free_port(), free_port(), free_port()
-    a = BrokerProcess(
-        tmp_path / "a",
-        port=pa,
-        args=[
-            "--pair",
-            "m",
-            "--partner",
-            f"127.0.0.1:{pb_}",
-            "--metrics-address",
-            f"127.0.0.1:{ma}",
-        ],
-    )
-    b = BrokerProcess(
-        tmp_path / "b",
-        port=pb_,
-        args=[
-            "--pair",
-            "m",
-            "--partner",
-            f"127.0.0.1:{pa}",
-            "--metrics-address",
-            f"127.0.0.1:{mb}",
-        ],
-    )
+    lk, ml = free_port(), free_port()
+    with (tmp_path / "lookup.log").open("ab") as log:
+        lookup = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pairq.cli",
+                "lookup",
+                "--address",
+                f"127.0.0.1:{lk}",
+                "--metrics-address",
+                f"127.0.0.1:{ml}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    wait_for_port(lk)
+
+    def broker(name: str, me: int, partner: int, metrics: int) -> BrokerProcess:
+        return BrokerProcess(
+            tmp_path / name,
+            port=me,
+            args=[
+                "--pair",
+                "m",
+                "--partner",
+                f"127.0.0.1:{partner}",
+                "--metrics-address",
+                f"127.0.0.1:{metrics}",
+                "--lookup",
+                f"127.0.0.1:{lk}",
+            ],
+        )
+
+    a = broker("a", pa, pb_, ma)
+    b = broker("b", pb_, pa, mb)
     a.start()
     b.start()
     try:
@@ -159,6 +188,19 @@ def test_every_broker_metrics_endpoint_passes_promtool(tmp_path: Path) -> None:
         assert live['pairq_channel_finished_total{channel="billing",topic="orders"}'] == 1
         assert live['pairq_channel_requeued_total{channel="billing",topic="orders"}'] >= 1
         assert 'pairq_publish_duration_seconds_count{copies="2"} 1' in text
+        # The lookup: both brokers registered, the topic known.
+        deadline = time.monotonic() + 15
+        while 'pairq_lookup_brokers{liveness="alive"} 2' not in (text := scrape(ml)):
+            assert time.monotonic() < deadline, "the lookup counts 2 alive brokers within 15 s"
+            time.sleep(0.1)
+        promtool(text)
+        served = {
+            ln.split("{")[0].split(" ")[0] for ln in text.splitlines() if ln[:1] not in ("#", "")
+        }
+        assert not [n for n in LOOKUP_DOCUMENTED if n not in served]
+        assert "pairq_lookup_topics 1" in text and "otel_scope_" not in text
     finally:
         a.stop()
         b.stop()
+        lookup.terminate()
+        lookup.wait(15)
