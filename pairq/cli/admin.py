@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -55,15 +54,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "they are logged to stderr either way",
     )
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    p.add_argument(
+        "--log-format", default="text", choices=("text", "json"), help="one line or one JSON object"
+    )
     p.set_defaults(func=run_admin)
 
 
 def run_admin(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from pairq.cli._daemon import setup_logging
+
+    setup_logging(str(args.log_level), args.log_format)
     opts = AdminOptions(
         address=args.address,
         lookups=tuple(args.lookup or _env_list("PAIRQ_LOOKUP")),

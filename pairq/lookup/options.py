@@ -62,6 +62,11 @@ class LookupOptions(GossipOptions):
     log_level: str = _o(
         "info", "debug, info, warning or error", choices=["debug", "info", "warning", "error"]
     )
+    log_format: str = _o(
+        "text",
+        "text (one line per record) or json (one JSON object per line: time, level, logger, message)",
+        choices=["text", "json"],
+    )
 
     def validate(self) -> LookupOptions:
         """Raise ValueError (:class:`~pairq.options.OptionsError`) with an actionable
