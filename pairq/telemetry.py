@@ -361,6 +361,11 @@ def _histograms(meter: Any, broker: Any) -> None:
     fsync = meter.create_histogram(
         "pairq.store.fsync.duration", unit="s", description="one periodic fsync (sync=periodic)"
     )
+    replicate = meter.create_histogram(
+        "pairq.replication.duration",
+        unit="s",
+        description="records handed to the partner until its ack (its fsync included)",
+    )
     attrs = {c: {"copies": str(c)} for c in range(3)}
 
     def on_published(seconds: float, copies: int, _n: int) -> None:
@@ -371,6 +376,7 @@ def _histograms(meter: Any, broker: Any) -> None:
         size.record(writes)
 
     broker.publisher.on_published = on_published
+    broker.publisher.on_replicated = replicate.record
     broker.store.on_commit = on_commit
     broker.store.on_fsync = fsync.record
 

@@ -109,6 +109,8 @@ class Publisher:
         # Telemetry (pairq.telemetry): called with (seconds, copies, messages) after
         # each publish that stored its messages; None: nobody listens.
         self.on_published: Callable[[float, int, int], None] | None = None
+        # ... and with the seconds from handing records to the partner to its ack.
+        self.on_replicated: Callable[[float], None] | None = None
 
     # ------------------------------------------------------------ 1. validate
     def record(self, item: Message, now_ns: int, ts_field: bytes) -> tuple[bytes, bytes]:
@@ -364,6 +366,14 @@ class Publisher:
         # turn per publish.
         name = topic.name
         remote = replicator.replicate(name, seq0, records, uncommitted=True)
+        if remote is not None and self.on_replicated is not None:  # telemetry: round trip
+            t0, observe = time.perf_counter(), self.on_replicated
+
+            def on_acked(f: asyncio.Future[Any]) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    observe(time.perf_counter() - t0)
+
+            remote.add_done_callback(on_acked)
         result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         local_ok = False  # set once the local commit is done
         settled = False  # fanned out (exactly once, whatever became of the caller)

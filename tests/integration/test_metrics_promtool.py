@@ -39,6 +39,7 @@ DOCUMENTED = (
     "pairq_publish_duration_seconds_bucket",
     "pairq_store_commit_duration_seconds_bucket",
     "pairq_store_commit_size_bucket",
+    "pairq_replication_duration_seconds_bucket",
     "pairq_store_bytes",
     "pairq_store_commits_total",
     "pairq_pair_replication_lag",
