@@ -20,11 +20,17 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/pairq dev
 
-# System packages the tests need (ip and tc for the pair-partition test, in iproute2):
-# installed when running as root and missing; otherwise that test fails saying so.
+# System packages the tests need: ip and tc for the pair-partition test (iproute2),
+# chromium for the admin console's browser tests, promtool for the /metrics checks
+# (prometheus). Installed when running as root and missing; otherwise those tests
+# fail saying so.
 ensure-debs:
-	@if [ "$$(id -u)" = 0 ] && { ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; }; then \
-		apt-get update -qq && apt-get install -y -qq iproute2; \
+	@missing=""; \
+	{ command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1; } || missing="$$missing iproute2"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
 test: $(STAMP) lint ensure-debs chaos-deps

@@ -135,6 +135,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "publish_p50_ms": ("<=", 1.0),
     "publish_p99_ms": ("<=", 3.0),
     "channels10_vs_1_ratio": (">=", 0.9),
+    "telemetry_on_vs_off_publish_ratio": (">=", 0.9),
 }
 
 
@@ -157,15 +158,30 @@ EXTERNAL_BROKER: list[str] = []
 
 
 @contextlib.contextmanager
-def broker_process(tmp: Path, name: str) -> Iterator[BrokerProcess]:
-    """A fresh ``pairq broker --sync=always`` on a free loopback port; stopped on exit."""
+def broker_process(tmp: Path, name: str, *, telemetry: bool = False) -> Iterator[BrokerProcess]:
+    """A fresh ``pairq broker --sync=always`` on a free loopback port; stopped on exit.
+
+    ``telemetry``: with a Prometheus endpoint and OTLP metrics and traces on (to a
+    loopback port nothing listens on: every export is attempted and fails fast),
+    for the on-vs-off comparison."""
+    from pairq.testing import free_port
+
     data = tmp / name
+    extra = ["--metrics-address", f"127.0.0.1:{free_port()}"] if telemetry else []
     bp = BrokerProcess(
         data,
-        args=["--sync", "always", "--log-level", "warning", *BROKER_ARGS],
+        args=["--sync", "always", "--log-level", "warning", *extra, *BROKER_ARGS],
         log_path=str(tmp / f"{name}.log"),
     )
-    bp.start()
+    saved = dict(os.environ)
+    if telemetry:
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
+        os.environ["OTEL_TRACES_EXPORTER"] = "otlp"
+    try:
+        bp.start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     try:
         yield bp
     finally:
@@ -559,8 +575,14 @@ async def _ch10(address: str, sz: Sizes) -> dict[str, Any]:
     return await publish_channels(address, sz, 10)
 
 
+async def _single_telemetry(address: str, sz: Sizes) -> dict[str, Any]:
+    return await publish_single(address, sz, topic="bench_single_telemetry")
+
+
 MEASUREMENTS: list[tuple[str, Measure]] = [
     ("publish_single", publish_single),
+    # Right after the one without: the same publish path with metrics and tracing on.
+    ("publish_single_telemetry", _single_telemetry),
     ("publish_batch", publish_batch),
     ("consume", consume),
     ("latency", publish_latency),
@@ -607,7 +629,8 @@ async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
                 if EXTERNAL_BROKER:
                     results[name].append(await fn(EXTERNAL_BROKER[0], sz))
                     continue
-                with broker_process(tmp, f"{name}-{run}") as bp:
+                on = name.endswith("_telemetry")
+                with broker_process(tmp, f"{name}-{run}", telemetry=on) as bp:
                     assert bp.proc is not None
                     CPU.broker_pid = bp.proc.pid
                     results[name].append(await fn(bp.address, sz))
@@ -637,6 +660,20 @@ async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "publish_single_msgs_per_s": _num(single),
         "publish_batch_msgs_per_s": _num(median(results["publish_batch"], "msgs_per_s")),
+        # Metrics (Prometheus + OTLP) and tracing on vs off, publish_single both ways.
+        "publish_single_telemetry_msgs_per_s": _num(
+            median(results["publish_single_telemetry"], "msgs_per_s")
+        ),
+        "telemetry_on_vs_off_publish_ratio": _num(
+            median(results["publish_single_telemetry"], "msgs_per_s") / single, 3
+        ),
+        # The same in broker CPU per message (1.0: telemetry costs nothing); steadier
+        # than throughput when other work shares the machine.
+        "telemetry_on_vs_off_broker_cpu_ratio": _num(
+            median(results["publish_single"], "broker_us")
+            / median(results["publish_single_telemetry"], "broker_us"),
+            3,
+        ),
         "consume_msgs_per_s": _num(median(results["consume"], "msgs_per_s")),
         "publish_p50_ms": _num(p50, 3),
         "publish_p99_ms": _num(median(results["latency"], "p99_ms"), 3),

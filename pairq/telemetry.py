@@ -1,14 +1,28 @@
 """OpenTelemetry setup shared by every pairq process: metrics and traces.
 
 Metrics are served on a Prometheus endpoint (``--metrics-address``) and, when
-the standard ``OTEL_EXPORTER_OTLP_*`` variables are set, exported by OTLP.
-Instruments are created through the global API
+the standard ``OTEL_EXPORTER_OTLP_*`` variables are set, exported by OTLP:
+either, both, independently. Instruments are created through the global API
 (``opentelemetry.metrics.get_meter("pairq.<part>")``) so library code never
 depends on how (or whether) the SDK was configured.
+
+Rules:
+- every OTLP export (metrics and spans) has a 1 s deadline, and the providers
+  are shut down at exit on a helper thread that the process waits for at most
+  :data:`SHUTDOWN_TIMEOUT_S`: an unreachable collector never holds a stopping
+  process longer than that (the SDK's own exit hook would retry for ~10 s);
+- a unit is named once: instruments carry it as ``unit`` and the Prometheus
+  exporter appends it (``pairq.publish.duration`` in s ->
+  ``pairq_publish_duration_seconds``);
+- samples carry no ``otel_scope_*`` labels (the Prometheus reader's scope info
+  is off); the instrument names already say which part they belong to.
+
+The names, units and labels are listed in the README's metrics reference.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -24,6 +38,72 @@ log = logging.getLogger("pairq.telemetry")
 
 _provider: MeterProvider | None = None
 _tracing = False
+_exit_hook = False
+SHUTDOWN_TIMEOUT_S = 1.0
+EXPORT_TIMEOUT_S = 1.0
+# Seconds: a publish or a commit is a few ms when healthy, seconds when not.
+LATENCY_BUCKETS_S = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+def otlp_metrics_wanted() -> bool:
+    """The standard variables ask for OTLP metrics export."""
+    env = os.environ
+    if env.get("OTEL_METRICS_EXPORTER", "otlp") == "none":
+        return False
+    return bool(
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+    )
+
+
+def _shutdown_at_exit() -> None:
+    """Shut the providers down on a helper thread; wait for it at most
+    SHUTDOWN_TIMEOUT_S (an unreachable collector must not hold the exit)."""
+    import threading
+
+    def run() -> None:
+        from opentelemetry import trace
+
+        with contextlib.suppress(Exception):
+            if _provider is not None:
+                _provider.shutdown(timeout_millis=SHUTDOWN_TIMEOUT_S * 1000)
+        tp = trace.get_tracer_provider()
+        with contextlib.suppress(Exception):
+            shutdown = getattr(tp, "shutdown", None)
+            if shutdown is not None:
+                shutdown()
+
+    t = threading.Thread(target=run, name="otel-shutdown", daemon=True)
+    t.start()
+    t.join(SHUTDOWN_TIMEOUT_S)
+    if t.is_alive():
+        log.warning(
+            "telemetry: collector did not answer within %.0f s; not waiting", SHUTDOWN_TIMEOUT_S
+        )
+
+
+def _register_exit_hook() -> None:
+    global _exit_hook
+    if not _exit_hook:
+        import atexit
+
+        atexit.register(_shutdown_at_exit)
+        _exit_hook = True
 
 
 def setup_tracing(service_name: str) -> bool:
@@ -42,14 +122,22 @@ def setup_tracing(service_name: str) -> bool:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service_name}), shutdown_on_exit=False
+    )
     if exporter_name == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     else:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        provider.add_span_processor(
+            BatchSpanProcessor(
+                OTLPSpanExporter(timeout=EXPORT_TIMEOUT_S),
+                export_timeout_millis=int(EXPORT_TIMEOUT_S * 1000),
+            )
+        )
     trace.set_tracer_provider(provider)
+    _register_exit_hook()
     _tracing = True
     return True
 
@@ -82,20 +170,38 @@ def setup(service_name: str, metrics_address: str = "") -> tuple[MeterProvider, 
         from prometheus_client import start_http_server
 
         host, port = parse_hostport(metrics_address, what="--metrics-address")
-        readers.append(PrometheusMetricReader())
+        readers.append(PrometheusMetricReader(scope_info_enabled=False))
         server, _thread = start_http_server(port, addr=host)
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
-    ):
+    if otlp_metrics_wanted():
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        readers.append(
+            PeriodicExportingMetricReader(
+                OTLPMetricExporter(timeout=EXPORT_TIMEOUT_S),
+                export_timeout_millis=EXPORT_TIMEOUT_S * 1000,
+            )
+        )
     if _provider is None:
+        from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+
         _provider = MeterProvider(
-            metric_readers=readers, resource=Resource.create({"service.name": service_name})
+            metric_readers=readers,
+            resource=Resource.create({"service.name": service_name}),
+            shutdown_on_exit=False,
+            views=[
+                View(
+                    instrument_name="pairq.*.duration",
+                    aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS_S),
+                ),
+                View(
+                    instrument_name="pairq.*.size",
+                    aggregation=ExplicitBucketHistogramAggregation(SIZE_BUCKETS),
+                ),
+            ],
         )
         metrics.set_meter_provider(_provider)
+        _register_exit_hook()
     return _provider, server
 
 
@@ -184,6 +290,9 @@ def start_metrics(address: str, broker: Any) -> MetricsHandle:
         [pair_auth_failures],
         description="replication sessions refused: the peer failed the pair-secret proof",
     )
+
+    _channel_instruments(meter, broker)
+    _histograms(meter, broker)
     meter.create_observable_gauge("pairq_channel_depth", [depth], description="messages waiting")
     meter.create_observable_gauge(
         "pairq_channel_in_flight", [in_flight], description="messages in flight"
@@ -198,4 +307,125 @@ def start_metrics(address: str, broker: Any) -> MetricsHandle:
         "pairq_store_bytes", [store_bytes], unit="By", description="store size"
     )
     meter.create_observable_counter("pairq_store_commits", [commits], description="group commits")
+    return MetricsHandle(provider, server)
+
+
+def _channel_instruments(meter: Any, broker: Any) -> None:
+    """Everything ``pairq stat`` shows per channel and topic, read at collection time."""
+
+    def per_channel(read: Any) -> Any:
+        def cb(_: CallbackOptions) -> list[Observation]:
+            return [
+                Observation(read(c), {"topic": t.name, "channel": c.name})
+                for t in list(broker.topics.values())
+                for c in list(t.channels.values())
+            ]
+
+        return cb
+
+    counters = {
+        "pairq_channel_requeued": ("requeues (REQ and timeouts)", lambda c: c.core.requeued),
+        "pairq_channel_timed_out": ("in-flight timeouts", lambda c: c.core.timed_out),
+        "pairq_channel_finished": ("messages finished (FIN)", lambda c: c.core.finished),
+        "pairq_channel_dead_lettered": (
+            "messages moved to the dead-letter list",
+            lambda c: c.core.dead_lettered,
+        ),
+    }
+    for name, (desc, read) in counters.items():
+        meter.create_observable_counter(name, [per_channel(read)], description=desc)
+    gauges = {
+        "pairq_channel_deferred": ("messages deferred, not yet due", lambda c: c.core.deferred),
+        "pairq_channel_dead_letters": (
+            "messages now in the dead-letter list",
+            lambda c: c.dlq_count,
+        ),
+        "pairq_channel_clients": ("connected consumers", lambda c: len(c.subscribers)),
+        "pairq_channel_paused": ("1 while delivery is paused", lambda c: int(c.core.paused)),
+    }
+    for name, (desc, read) in gauges.items():
+        meter.create_observable_gauge(name, [per_channel(read)], description=desc)
+
+    def topic_depth(_: CallbackOptions) -> list[Observation]:
+        return [Observation(t.depth, {"topic": t.name}) for t in list(broker.topics.values())]
+
+    meter.create_observable_gauge(
+        "pairq_topic_depth", [topic_depth], description="messages retained for the topic"
+    )
+
+
+def _histograms(meter: Any, broker: Any) -> None:
+    """Publish latency (by copies), store commit latency and size, periodic fsync time."""
+    publish = meter.create_histogram(
+        "pairq.publish.duration",
+        unit="s",
+        description="publish request to durable answer, by the copies it got",
+    )
+    commit = meter.create_histogram(
+        "pairq.store.commit.duration",
+        unit="s",
+        description="one group commit (with sync=always, its fsync included)",
+    )
+    size = meter.create_histogram(
+        "pairq.store.commit.size", unit="{write}", description="writes per group commit"
+    )
+    fsync = meter.create_histogram(
+        "pairq.store.fsync.duration", unit="s", description="one periodic fsync (sync=periodic)"
+    )
+    replicate = meter.create_histogram(
+        "pairq.replication.duration",
+        unit="s",
+        description="records handed to the partner until its ack (its fsync included)",
+    )
+    attrs = {c: {"copies": str(c)} for c in range(3)}
+
+    def on_published(seconds: float, copies: int, _n: int) -> None:
+        publish.record(seconds, attrs.get(copies) or {"copies": str(copies)})
+
+    def on_commit(seconds: float, writes: int) -> None:
+        commit.record(seconds)
+        size.record(writes)
+
+    broker.publisher.on_published = on_published
+    broker.publisher.on_replicated = replicate.record
+    broker.store.on_commit = on_commit
+    broker.store.on_fsync = fsync.record
+
+
+def start_lookup_metrics(address: str, lookup: Any) -> MetricsHandle:
+    """Lookup gauges read at collection time: registered brokers by liveness, open
+    registration streams, known topics, live tombstones."""
+    provider, server = setup("pairq-lookup", address)
+    meter = metrics.get_meter("pairq.lookup")
+
+    def nodes() -> list[Any]:
+        return list(lookup.registry.nodes(lookup.clock()))
+
+    def brokers(_: CallbackOptions) -> list[Observation]:
+        counts = {"alive": 0, "suspect": 0, "dead": 0}
+        for n in nodes():
+            counts[n.status.liveness.name.lower()] += 1
+        return [Observation(v, {"liveness": k}) for k, v in counts.items()]
+
+    def streams(_: CallbackOptions) -> list[Observation]:
+        return [Observation(sum(1 for n in nodes() if n.status.connected))]
+
+    def topics(_: CallbackOptions) -> list[Observation]:
+        return [Observation(len(lookup.registry.topics(lookup.clock())))]
+
+    def tombstones(_: CallbackOptions) -> list[Observation]:
+        return [Observation(sum(len(n.tombstones) for n in nodes()))]
+
+    meter.create_observable_gauge(
+        "pairq_lookup_brokers", [brokers], description="registered brokers, by liveness"
+    )
+    meter.create_observable_gauge(
+        "pairq_lookup_registration_streams",
+        [streams],
+        description="brokers whose Register stream to this lookup is open",
+    )
+    meter.create_observable_gauge("pairq_lookup_topics", [topics], description="topics known")
+    meter.create_observable_gauge(
+        "pairq_lookup_tombstones", [tombstones], description="live topic tombstones"
+    )
     return MetricsHandle(provider, server)

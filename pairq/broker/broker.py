@@ -227,7 +227,10 @@ class Broker:
         await server.start()
         self._server = server
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        if self.options.metrics_address:
+        from pairq.telemetry import otlp_metrics_wanted
+
+        # OTLP export does not need the Prometheus endpoint (issue 16).
+        if self.options.metrics_address or otlp_metrics_wanted():
             from pairq.telemetry import start_metrics
 
             self.metrics = start_metrics(self.options.metrics_address, self)

@@ -606,6 +606,45 @@ class Channel:
             return False
         return not any(lo <= seq < hi for lo, hi in self.gaps)
 
+    async def purge_dead(self, ids: set[bytes] | None) -> int:
+        """Delete dead letters for good (all, or those with the given ids); returns how
+        many. Dead letters being replayed are back in the channel and not touched."""
+        dead = [(seq, rec) for seq, _a, rec in self.list_dead(1 << 30)]
+        gone = [seq for seq, rec in dead if ids is None or rec[:16] in ids]
+        for seq in gone:
+            self.plog.delete_dead(seq)
+        self.dlq_count -= len(gone)
+        return len(gone)
+
+    # ------------------------------------------------------------ peek
+    def peek(self, limit: int) -> list[tuple[int, int, bytes]]:
+        """(seq, attempts so far, record) of the oldest messages this channel has not
+        finished, read back from the topic's log: queued, deferred or in flight,
+        oldest first. Changes nothing (no attempt, no cursor moves). A topic that
+        keeps no log (ephemeral) has nothing to peek at."""
+        if not self.log.retains or limit <= 0:
+            return []
+        out: list[tuple[int, int, bytes]] = []
+        pos, head = max(self.floor, self.topic.first_seq), self.topic.committed_seq
+        while pos < head and len(out) < limit:
+            got = self.log.read(pos, head, READ_CHUNK)
+            rows = got.rows
+            if got.corrupt and not rows:  # failed its checksum: shown once repaired
+                self.log.report_corrupt(got.corrupt[0])
+                pos = got.corrupt[0] + 1
+                continue
+            if not rows:
+                break
+            for seq, rec in rows:
+                if seq in self.fin_mem:
+                    continue
+                state = self.states.get(seq)
+                out.append((seq, state[0] if state else 0, rec))
+                if len(out) >= limit:
+                    break
+            pos = rows[-1][0] + 1
+        return out
+
     def adopt_states(self, states: dict[int, tuple[int, int]]) -> Write | None:
         """Requeue states (attempts, due_ns) of seqs taken over from the partner: kept
         here, and the write that stores them (None when nothing persists)."""

@@ -185,6 +185,11 @@ class BrokerOptions(GossipOptions, SecurityOptions):
     log_level: str = _o(
         "info", "debug, info, warning or error", choices=["debug", "info", "warning", "error"]
     )
+    log_format: str = _o(
+        "text",
+        "text (one line per record) or json (one JSON object per line: time, level, logger, message)",
+        choices=["text", "json"],
+    )
 
     def validate(self) -> BrokerOptions:
         """Raise ValueError (:class:`~pairq.options.OptionsError`) with an actionable

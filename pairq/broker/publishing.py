@@ -107,6 +107,11 @@ class Publisher:
         # Ids being stored right now: a second request with one of them shares
         # the first one's outcome instead of storing it twice.
         self.pending_ids: dict[bytes, asyncio.Future[int]] = {}
+        # Telemetry (pairq.telemetry): called with (seconds, copies, messages) after
+        # each publish that stored its messages; None: nobody listens.
+        self.on_published: Callable[[float, int, int], None] | None = None
+        # ... and with the seconds from handing records to the partner to its ack.
+        self.on_replicated: Callable[[float], None] | None = None
 
     # ------------------------------------------------------------ 1. validate
     def record(self, item: Message, now_ns: int, ts_field: bytes) -> tuple[bytes, bytes]:
@@ -213,6 +218,21 @@ class Publisher:
         *,
         new_ids: bool = False,
     ) -> int:
+        """:meth:`_publish`, timed for the publish-latency histogram."""
+        t0 = time.perf_counter()
+        copies = await self._publish(topic_name, items, traced, new_ids=new_ids)
+        if self.on_published is not None:
+            self.on_published(time.perf_counter() - t0, copies, len(items))
+        return copies
+
+    async def _publish(
+        self,
+        topic_name: str,
+        items: list[Item],
+        traced: list[tuple[bytes, str]] | None = None,
+        *,
+        new_ids: bool = False,
+    ) -> int:
         """Store (id, record, producer-supplied) items, skipping ids already stored
         within the idempotency window; returns the copies.
 
@@ -312,7 +332,7 @@ class Publisher:
             )
             spans.append(span)
         try:
-            copies = await self.publish(topic_name, items)
+            copies = await self._publish(topic_name, items)
             for span in spans:
                 span.set_attribute("pairq.copies", copies)
             return copies
@@ -350,6 +370,14 @@ class Publisher:
         # turn per publish.
         name = topic.name
         remote = replicator.replicate(name, seq0, records, crcs, uncommitted=True)
+        if remote is not None and self.on_replicated is not None:  # telemetry: round trip
+            t0, observe = time.perf_counter(), self.on_replicated
+
+            def on_acked(f: asyncio.Future[Any]) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    observe(time.perf_counter() - t0)
+
+            remote.add_done_callback(on_acked)
         result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         local_ok = False  # set once the local commit is done
         settled = False  # fanned out (exactly once, whatever became of the caller)

@@ -412,6 +412,35 @@ class BrokerService:
         async for progress in integrity.scrub():
             yield progress
 
+    # ------------------------------------------------------------ peek and purge (admin)
+    @unary
+    async def PeekMessages(self, request: pb.PeekMessagesRequest) -> pb.PeekMessagesResponse:
+        _, ch = await self._channel(request.topic, request.channel)
+        limit = request.limit or 20
+        if limit > 1000:
+            raise _invalid("PeekMessages: limit must be <= 1000")
+        resp = pb.PeekMessagesResponse(depth=ch.depth)
+        for _seq, attempts, rec in ch.peek(limit):
+            m = resp.messages.add()
+            m.MergeFromString(wire.record_message(rec))
+            m.attempts = attempts
+            m.broker_id = self.broker.node_id
+        return resp
+
+    @unary
+    async def PurgeDeadLetters(
+        self, request: pb.PurgeDeadLettersRequest
+    ) -> pb.PurgeDeadLettersResponse:
+        _, ch = await self._channel(request.topic, request.channel)
+        for i in request.ids:
+            if len(i) != 16:
+                raise _invalid(f"message ids are 16 bytes; got {len(i)}")
+        ch.flush()
+        await self.broker.store.barrier()
+        n = await ch.purge_dead(set(request.ids) if request.ids else None)
+        await self.broker.store.barrier()
+        return pb.PurgeDeadLettersResponse(purged=n)
+
     # ------------------------------------------------------------ registration
     def generic_handler(self) -> Any:
         def unary(fn: Any, req: Any, resp: Any) -> Any:
@@ -454,6 +483,8 @@ class BrokerService:
             "GetStats",
             "ListDeadLetters",
             "ReplayDeadLetters",
+            "PeekMessages",
+            "PurgeDeadLetters",
         ):
             handlers[name] = unary(
                 getattr(self, name), getattr(pb, name + "Request"), getattr(pb, name + "Response")

@@ -284,6 +284,11 @@ class Store:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.full_reason = ""  # non-empty while appends are refused
         self.commits = 0
+        # Telemetry (pairq.telemetry), called on the writer thread: (seconds, writes)
+        # of each group commit (fsync included with sync="always"), and seconds of
+        # each periodic fsync. None: nobody listens.
+        self.on_commit: Any = None
+        self.on_fsync: Any = None
         self.committed_ops = 0
         self.map_grows = 0
         self.used_bytes = 0
@@ -495,10 +500,16 @@ class Store:
                     continue
                 batch.append(item)
             if batch:
+                t0 = time.perf_counter()
                 self._commit(batch)
+                if self.on_commit is not None:
+                    self.on_commit(time.perf_counter() - t0, len(batch))
             if periodic and (stop or time.monotonic() - last_sync >= self.sync_interval):
                 try:
+                    t0 = time.perf_counter()
                     self.env.sync(True)
+                    if self.on_fsync is not None:
+                        self.on_fsync(time.perf_counter() - t0)
                 except lmdb.Error as exc:  # pragma: no cover - disk failure
                     log.error("periodic fsync failed: %s", exc)
                 last_sync = time.monotonic()

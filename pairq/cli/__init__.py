@@ -17,12 +17,44 @@ import argparse
 import sys
 
 import pairq
-from pairq.cli import broker, dev, dlq, lookup, members, nodes, pub, scrub, stat, tail, to_file
+from pairq.cli import (
+    admin,
+    broker,
+    channel,
+    dev,
+    dlq,
+    lookup,
+    members,
+    nodes,
+    peek,
+    pub,
+    scrub,
+    stat,
+    tail,
+    to_file,
+    topic,
+)
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 # In --help order: the daemons, the cluster views, the client tools, the dev cluster.
-COMMANDS = (broker, lookup, nodes, members, pub, tail, stat, to_file, dlq, scrub, dev)
+COMMANDS = (
+    broker,
+    lookup,
+    admin,
+    nodes,
+    members,
+    pub,
+    tail,
+    stat,
+    to_file,
+    topic,
+    channel,
+    peek,
+    dlq,
+    scrub,
+    dev,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,9 +82,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(func(args))
+        code = int(func(args))
+        sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`pairq nodes | head -1`): end quietly.
+        from pairq.cli._tool import quiet_stdout
+
+        quiet_stdout()
+        return 0
 
 
 if __name__ == "__main__":

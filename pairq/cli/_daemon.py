@@ -45,12 +45,33 @@ def add_daemon_flags(parser: argparse.ArgumentParser, options_cls: type[Any]) ->
     )
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+class JsonFormatter(logging.Formatter):
+    """``--log-format json``: one JSON object per record (time in UTC, ISO 8601)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime
+        import json
+
+        out: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 
 def _errors(exc: Exception) -> list[str]:
@@ -81,7 +102,7 @@ def run_daemon(
         print(f"# {check}: valid; the resolved {name} options:")
         print(to_toml(opts, sources))
         return 0
-    setup_logging(opts.log_level)
+    setup_logging(opts.log_level, getattr(opts, "log_format", "text"))
     try:
         return asyncio.run(_serve(start, opts))
     except OSError as exc:

@@ -67,6 +67,9 @@ def run_tool(
     def func(args: argparse.Namespace) -> int:
         try:
             return asyncio.run(main(args))
+        except BrokenPipeError:  # e.g. `pairq tail | head`: the reader is gone, end quietly
+            quiet_stdout()
+            return 0
         except CliError as exc:
             err(name, str(exc))
         except PairqError as exc:
@@ -77,11 +80,19 @@ def run_tool(
             err(name, rpc_message(exc))
         except (OSError, ValueError) as exc:
             err(name, str(exc))
-        except BrokenPipeError:  # pragma: no cover - e.g. `pairq tail | head`
-            return 0
         return 1
 
     return func
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush at exit does not
+    raise BrokenPipeError again (the recipe of Python's signal docs)."""
+    import os
+
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def err(name: str, message: str) -> None:
@@ -248,3 +259,40 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False) or "(default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
+
+
+async def topic_brokers(args: argparse.Namespace, topic: str, timeout: float) -> list[str]:
+    """The brokers an admin verb on ``topic`` goes to: every ``--broker``, plus with
+    ``--lookup`` every broker not answered dead of every pair holding the topic
+    (both halves of a pair keep their own pause flags, queues and dead letters)."""
+    addresses = list(brokers_or_none(args) or [])
+    lk = lookups(args)
+    if lk:
+        async with Discovery(lk, timeout=timeout, security=security(args)) as d:
+            try:
+                pairs = await d.brokers_for_topic(topic)
+            except UnavailableError as exc:
+                raise CliError(exc.message) from None
+        addresses += [b.address for p in pairs for b in p.brokers if b.alive]
+        if not addresses:
+            raise CliError(f"the lookups know no live broker holding topic {topic!r}")
+    return list(dict.fromkeys(addresses))
+
+
+async def on_each(
+    addresses: Sequence[str],
+    method: str,
+    request: Any,
+    timeout: float,
+    sec: ClientSecurity | None = None,
+) -> list[tuple[str, Any]]:
+    """Call ``method`` on every broker, in order; (address, answer) of each.
+    The first failure ends the command with that broker named."""
+    out = []
+    for a in addresses:
+        conn = BrokerConn(a, security=sec)
+        try:
+            out.append((conn.address, await unary(conn, method, request, timeout)))
+        finally:
+            await conn.close()
+    return out

@@ -1,6 +1,7 @@
 """``pairq dev``: the whole system on one machine, as real child processes.
 
-Starts the local cluster under one data directory, prints where everything
+Starts the local cluster (a lookup, one broker pair and the admin console)
+under one data directory, prints where everything
 is and how to use it, and stops every child (SIGTERM, then SIGKILL after a
 grace period) on Ctrl-C / SIGTERM. Only processes it started are signalled.
 
@@ -25,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-NAMES = ("lookup", "broker-a", "broker-b")
+NAMES = ("lookup", "broker-a", "broker-b", "admin")
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Component:
     args: list[str]
     port: int
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    http: bool = False  # ready when GET /api/overview answers (the admin), not gRPC health
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -54,7 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--lookup-port", type=int, default=4160, help="gRPC port of the lookup (gossip: +1)"
     )
-    p.add_argument("--gossip-port", type=int, default=4170, help="gossip port of the first broker")
+    # 4180, not 4170: the second broker's gossip port would be 4171, the admin's (NSQ's).
+    p.add_argument("--gossip-port", type=int, default=4180, help="gossip port of the first broker")
+    p.add_argument(
+        "--admin-port", type=int, default=4171, help="HTTP port of the admin console (pairq admin)"
+    )
     p.add_argument(
         "action",
         nargs="?",
@@ -105,8 +111,28 @@ def port_taken(host: str, port: int) -> bool:
     return False
 
 
+def wait_http(c: Component, host: str, timeout: float) -> str:
+    """Wait until the admin console answers GET /api/overview; "" or why not."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if c.proc is not None and c.proc.poll() is not None:
+            return f"it exited with {c.proc.returncode}"
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            with urllib.request.urlopen(f"http://{host}:{c.port}/api/overview", timeout=2) as r:
+                if r.status == 200:
+                    return ""
+        time.sleep(0.1)
+    return f"not serving after {timeout:.0f} s"
+
+
 def wait_serving(c: Component, host: str, timeout: float) -> str:
-    """Wait until the component's gRPC health service says SERVING; "" or why not."""
+    """Wait until the component's gRPC health service says SERVING (the admin: its
+    HTTP API answers); "" or why not."""
+    if c.http:
+        return wait_http(c, host, timeout)
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -189,6 +215,12 @@ def components(args: argparse.Namespace) -> list[Component]:
             ],
             pb,
         ),
+        Component(
+            "admin",
+            ["admin", "--address", f"{h}:{args.admin_port}", "--lookup", f"{h}:{lk}"],
+            args.admin_port,
+            http=True,
+        ),
     ]
 
 
@@ -222,12 +254,21 @@ def run(args: argparse.Namespace) -> int:
         ("broker-a gossip", args.gossip_port),
         ("broker-b gossip", args.gossip_port + 1),
     ]
+    clash = sorted({p for _, p in ports if [q for _, q in ports].count(p) > 1})
+    if clash:
+        print(
+            f"pairq dev: port(s) {', '.join(map(str, clash))} given to two components; "
+            "choose other ports (--broker-port, --lookup-port, --gossip-port, --metrics-port, "
+            "--admin-port)",
+            file=sys.stderr,
+        )
+        return 2
     taken = [f"{port} ({what})" for what, port in ports if port_taken(args.host, port)]
     if taken:
         print(
             f"pairq dev: port(s) {', '.join(taken)} on {args.host} already in use by another "
             "process (another `pairq dev`?); stop it, or choose other ports (--broker-port, "
-            "--lookup-port, --gossip-port, --metrics-port)",
+            "--lookup-port, --gossip-port, --metrics-port, --admin-port)",
             file=sys.stderr,
         )
         return 2
@@ -266,6 +307,7 @@ pairq dev cluster is up (data and logs in {data.resolve()}):
   pair "dev":
     broker-a   gRPC {broker}   metrics http://{args.host}:{args.metrics_port}/metrics
     broker-b   gRPC {broker_b}   metrics http://{args.host}:{args.metrics_port + 1}/metrics
+  admin        http://{args.host}:{args.admin_port}/   (web console; JSON API under /api/)
   every publish is fsynced on both brokers before it is acknowledged (copies=2)
 
 Try it (in another terminal, with .venv/bin on PATH or via `.venv/bin/pairq`):

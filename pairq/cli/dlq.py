@@ -1,4 +1,4 @@
-"""``pairq dlq list|replay``: a channel's dead letters."""
+"""``pairq dlq list|replay|purge``: a channel's dead letters."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ async def _dlq(args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             return await _dlq_list(args, conns)
+        if args.action == "purge":
+            return await _dlq_purge(args, conns)
         return await _dlq_replay(args, conns)
     finally:
         for c in conns:
@@ -63,7 +65,27 @@ async def _dlq_list(args: argparse.Namespace, conns: list[BrokerConn]) -> int:
     return 0
 
 
-async def _dlq_replay(args: argparse.Namespace, conns: list[BrokerConn]) -> int:
+async def _dlq_purge(args: argparse.Namespace, conns: list[BrokerConn]) -> int:
+    ids = _ids(args)
+    if not args.yes:
+        which = f"{len(ids)} dead letter(s)" if ids else "EVERY dead letter"
+        raise tool.CliError(
+            f"purge deletes {which} of {args.topic}/{args.channel} for good; add --yes to do it"
+        )
+    purged = 0
+    for c in conns:
+        resp = await tool.unary(
+            c,
+            "PurgeDeadLetters",
+            pb.PurgeDeadLettersRequest(topic=args.topic, channel=args.channel, ids=ids),
+            args.timeout,
+        )
+        purged += resp.purged
+    print(f"purged {purged} dead letters of {args.topic}/{args.channel}")
+    return 0
+
+
+def _ids(args: argparse.Namespace) -> list[bytes]:
     ids: list[bytes] = []
     for h in args.id or []:
         try:
@@ -73,6 +95,11 @@ async def _dlq_replay(args: argparse.Namespace, conns: list[BrokerConn]) -> int:
         if len(b) != 16:
             raise tool.CliError(f"invalid --id {h!r}: expected 32 hex digits")
         ids.append(b)
+    return ids
+
+
+async def _dlq_replay(args: argparse.Namespace, conns: list[BrokerConn]) -> int:
+    ids = _ids(args)
     replayed = 0
     for c in conns:
         resp = await tool.unary(
@@ -89,17 +116,22 @@ async def _dlq_replay(args: argparse.Namespace, conns: list[BrokerConn]) -> int:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "dlq",
-        help="list or replay a channel's dead letters",
+        help="list, replay or purge a channel's dead letters",
         formatter_class=tool.HelpFormatter,
         description="list: show dead-lettered messages; replay: put them back "
-        "(all, or only --id ones) with attempts reset.",
+        "(all, or only --id ones) with attempts reset; purge: delete them for good "
+        "(all, or only --id ones; needs --yes).",
     )
-    p.add_argument("action", choices=["list", "replay"])
+    p.add_argument("action", choices=["list", "replay", "purge"])
     p.add_argument("topic", metavar="TOPIC")
     p.add_argument("channel", metavar="CHANNEL")
     p.add_argument(
-        "--id", action="append", metavar="HEX", help="replay only this message id (repeatable)"
+        "--id",
+        action="append",
+        metavar="HEX",
+        help="replay or purge only this message id (repeatable)",
     )
+    p.add_argument("--yes", action="store_true", help="purge: really delete them")
     p.add_argument("--limit", type=int, default=100, help="list at most this many per broker")
     p.add_argument("--json", action="store_true", help="list as JSON lines")
     p.add_argument("--timeout", type=float, default=5.0, help="per-request deadline, seconds")

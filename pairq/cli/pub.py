@@ -30,6 +30,21 @@ def _parse_headers(raw: list[str] | None) -> dict[str, str] | None:
 
 async def _pub(args: argparse.Namespace) -> int:
     check_topic(args.topic)
+    from pairq.telemetry import setup_tracing
+
+    # With OTEL_EXPORTER_OTLP_* (or OTEL_TRACES_EXPORTER) set, `pairq pub` is traced:
+    # one "pairq pub" span, each message's producer span under it (issue 16).
+    if setup_tracing("pairq-pub"):
+        from opentelemetry import trace
+
+        with trace.get_tracer("pairq.cli").start_as_current_span(
+            "pairq pub", kind=trace.SpanKind.INTERNAL
+        ):
+            return await _pub_traced(args)
+    return await _pub_traced(args)
+
+
+async def _pub_traced(args: argparse.Namespace) -> int:
     headers = _parse_headers(args.header)
     # One batch in flight at a time keeps stdin lines in order.
     async with Producer(

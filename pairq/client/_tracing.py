@@ -1,7 +1,8 @@
 """W3C trace context in message headers (OpenTelemetry API only; no SDK needed).
 
-Publishing inside an active span adds ``traceparent`` (and ``tracestate``)
-to the message headers; a consumer runs the handler of a message that carries
+Publishing inside an active span opens a PRODUCER span (``<topic> publish``,
+from the call to the durable ack) and adds its ``traceparent`` (and
+``tracestate``) to the message headers, so the broker's span is its child; a consumer runs the handler of a message that carries
 them inside a CONSUMER span whose parent is the producer's span, so publish,
 delivery and handling form one trace. Without a configured tracer provider
 these spans are non-recording and cost next to nothing; messages without
@@ -20,15 +21,33 @@ TRACEPARENT = "traceparent"
 _tracer = trace.get_tracer("pairq.client")
 
 
-def inject(headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
-    """``headers`` plus the current span's trace context (unchanged without an active span)."""
-    if not trace.get_current_span().get_span_context().is_valid:
+def inject(headers: Mapping[str, str] | None, span: Any = None) -> Mapping[str, str] | None:
+    """``headers`` plus the trace context of ``span`` (default: the current span);
+    unchanged without an active span, or when they carry a traceparent already."""
+    if span is None and not trace.get_current_span().get_span_context().is_valid:
         return headers
     if headers and TRACEPARENT in headers:
         return headers
     carrier = dict(headers) if headers else {}
-    propagate.inject(carrier)
+    ctx = trace.set_span_in_context(span) if span is not None else None
+    propagate.inject(carrier, context=ctx)
     return carrier
+
+
+def send_span(topic: str) -> Any:
+    """A PRODUCER span for one publish, child of the current span; None without one
+    (nothing to join: the publish is not traced)."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return None
+    return _tracer.start_span(
+        f"{topic} publish",
+        kind=trace.SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "pairq",
+            "messaging.operation": "publish",
+            "messaging.destination.name": topic,
+        },
+    )
 
 
 class ProcessSpan:

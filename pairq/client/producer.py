@@ -52,7 +52,7 @@ from opentelemetry import context as otel_context
 from pairq.client._channel import DEFAULT_BROKER, BrokerConn
 from pairq.client._ids import ID_BYTES, IdGenerator
 from pairq.client._policy import check_topic, cut_batch, retry_backoff
-from pairq.client._tracing import inject
+from pairq.client._tracing import inject, send_span
 from pairq.client.discovery import Discovery
 from pairq.errors import InvalidError, PairqError, UnavailableError
 from pairq.grpcopts import DEFAULT_MAX_BATCH
@@ -368,8 +368,10 @@ class Producer:
         size = len(body) + 24
         # An empty OpenTelemetry context has no span to propagate: skip inject()
         # (most of its cost) when nothing was ever attached, e.g. no tracing set up.
+        span = None
         if self._trace and otel_context.get_current():
-            headers = inject(headers)
+            span = send_span(topic)
+            headers = inject(headers, span)
         if headers or defer_ms or id is not None:
             size += self._check_extras(headers, defer_ms, id)
         fut: asyncio.Future[PublishAck] = asyncio.get_running_loop().create_future()
@@ -382,7 +384,18 @@ class Producer:
         t.pending_bytes += size
         if t.inflight < self._max_inflight:
             self._start_sender(t)
-        return await fut
+        if span is None:
+            return await fut
+        try:  # the producer span: from the call to the durable ack
+            ack = await fut
+            span.set_attribute("messaging.message.id", ack.id.hex())
+            span.set_attribute("pairq.copies", ack.copies)
+            return ack
+        except BaseException as exc:
+            span.record_exception(exc)
+            raise
+        finally:
+            span.end()
 
     async def publish_batch(
         self,

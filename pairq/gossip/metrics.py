@@ -47,8 +47,9 @@ _COUNTERS: dict[str, tuple[str, str, Callable[[Stats], int]]] = {
         "Accusations against this member it refuted",
         lambda s: s.refutations,
     ),
-    "pairq.gossip.bytes_sent": ("By", "Gossip bytes sent (UDP + TCP)", lambda s: s.bytes_sent),
-    "pairq.gossip.bytes_received": (
+    # Named without "bytes": the unit ("By") adds it once (pairq_gossip_sent_bytes_total).
+    "pairq.gossip.sent": ("By", "Gossip bytes sent (UDP + TCP)", lambda s: s.bytes_sent),
+    "pairq.gossip.received": (
         "By",
         "Gossip bytes received (UDP + TCP)",
         lambda s: s.bytes_received,

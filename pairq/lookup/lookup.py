@@ -66,6 +66,7 @@ class Lookup:
         self.gossip: Gossip | None = None
         self.service: LookupService | None = None
         self._server: Any = None
+        self.metrics: Any = None  # pairq.telemetry.MetricsHandle with --metrics-address or OTLP
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         # TLS and tokens (--tls-*, --auth-file); reload() on SIGHUP.
@@ -112,6 +113,12 @@ class Lookup:
             if asyncio.iscoroutine(res):
                 await res
         self._server = server
+        from pairq.telemetry import otlp_metrics_wanted
+
+        if self.options.metrics_address or otlp_metrics_wanted():
+            from pairq.telemetry import start_lookup_metrics
+
+            self.metrics = start_lookup_metrics(self.options.metrics_address, self)
         self._tasks.append(asyncio.create_task(self._sweep(), name="lookup-sweep"))
         log.info(
             "lookup %s listening on %s (gossip %s)",
@@ -198,5 +205,8 @@ class Lookup:
             await self.service.close()
         if self.gossip is not None:
             await self.gossip.stop(leave=True)
+        if self.metrics is not None:
+            self.metrics.shutdown()
+            self.metrics = None
         self._stopped.set()
         log.info("lookup %s stopped", self.lookup_id)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pairq.gossip.config import GossipOptions
-from pairq.options import OptionsError, check_fields, hostport
+from pairq.options import OptionsError, check_fields, hostport, optional_hostport
 from pairq.security.options import SecurityOptions
 
 __all__ = ["LookupOptions"]
@@ -34,6 +34,12 @@ class LookupOptions(GossipOptions, SecurityOptions):
         metavar="HOST:PORT",
     )
     node_name: str = _o("", "this lookup's id in gossip and answers (default: lookup-HOST-PORT)")
+    metrics_address: str = _o(
+        "",
+        "HOST:PORT to serve Prometheus /metrics on (empty: off)",
+        check=optional_hostport,
+        metavar="HOST:PORT",
+    )
 
     # --- registrations ---
     heartbeat_interval_ms: int = _o(
@@ -56,6 +62,11 @@ class LookupOptions(GossipOptions, SecurityOptions):
     shutdown_grace_s: float = _o(2.0, "on SIGTERM: time to let open RPCs finish", min=0.0)
     log_level: str = _o(
         "info", "debug, info, warning or error", choices=["debug", "info", "warning", "error"]
+    )
+    log_format: str = _o(
+        "text",
+        "text (one line per record) or json (one JSON object per line: time, level, logger, message)",
+        choices=["text", "json"],
     )
 
     def validate(self) -> LookupOptions:

@@ -125,6 +125,16 @@ class BrokerServiceStub:
                 request_serializer=pairq_dot_v1_dot_broker__pb2.ReplayDeadLettersRequest.SerializeToString,
                 response_deserializer=pairq_dot_v1_dot_broker__pb2.ReplayDeadLettersResponse.FromString,
                 _registered_method=True)
+        self.PeekMessages = channel.unary_unary(
+                '/pairq.v1.BrokerService/PeekMessages',
+                request_serializer=pairq_dot_v1_dot_broker__pb2.PeekMessagesRequest.SerializeToString,
+                response_deserializer=pairq_dot_v1_dot_broker__pb2.PeekMessagesResponse.FromString,
+                _registered_method=True)
+        self.PurgeDeadLetters = channel.unary_unary(
+                '/pairq.v1.BrokerService/PurgeDeadLetters',
+                request_serializer=pairq_dot_v1_dot_broker__pb2.PurgeDeadLettersRequest.SerializeToString,
+                response_deserializer=pairq_dot_v1_dot_broker__pb2.PurgeDeadLettersResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServiceServicer:
@@ -268,6 +278,20 @@ class BrokerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PeekMessages(self, request, context):
+        """Read a channel's oldest unfinished messages without consuming them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeDeadLetters(self, request, context):
+        """Delete dead-letter messages for good (all, or the given ids).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -360,6 +384,16 @@ def add_BrokerServiceServicer_to_server(servicer, server):
                     servicer.ReplayDeadLetters,
                     request_deserializer=pairq_dot_v1_dot_broker__pb2.ReplayDeadLettersRequest.FromString,
                     response_serializer=pairq_dot_v1_dot_broker__pb2.ReplayDeadLettersResponse.SerializeToString,
+            ),
+            'PeekMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.PeekMessages,
+                    request_deserializer=pairq_dot_v1_dot_broker__pb2.PeekMessagesRequest.FromString,
+                    response_serializer=pairq_dot_v1_dot_broker__pb2.PeekMessagesResponse.SerializeToString,
+            ),
+            'PurgeDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeDeadLetters,
+                    request_deserializer=pairq_dot_v1_dot_broker__pb2.PurgeDeadLettersRequest.FromString,
+                    response_serializer=pairq_dot_v1_dot_broker__pb2.PurgeDeadLettersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -849,6 +883,60 @@ class BrokerService:
             '/pairq.v1.BrokerService/ReplayDeadLetters',
             pairq_dot_v1_dot_broker__pb2.ReplayDeadLettersRequest.SerializeToString,
             pairq_dot_v1_dot_broker__pb2.ReplayDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PeekMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairq.v1.BrokerService/PeekMessages',
+            pairq_dot_v1_dot_broker__pb2.PeekMessagesRequest.SerializeToString,
+            pairq_dot_v1_dot_broker__pb2.PeekMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairq.v1.BrokerService/PurgeDeadLetters',
+            pairq_dot_v1_dot_broker__pb2.PurgeDeadLettersRequest.SerializeToString,
+            pairq_dot_v1_dot_broker__pb2.PurgeDeadLettersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,8 @@ def dev_args(data: Path) -> list[str]:
         str(two()),
         "--metrics-port",
         str(two()),
+        "--admin-port",
+        str(free_port()),
     ]
 
 
@@ -75,6 +77,23 @@ async def until(cond, timeout: float, what: str):  # type: ignore[no-untyped-def
         await asyncio.sleep(0.1)
 
 
+async def admin_nodes(port: int) -> dict | None:  # type: ignore[type-arg]
+    """The dev admin console's /api/nodes once it lists both brokers alive."""
+    import json
+    import urllib.request
+
+    def get() -> dict | None:  # type: ignore[type-arg]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/nodes", timeout=2) as r:
+                got = json.load(r)
+        except OSError:
+            return None
+        alive = [n for n in got["nodes"] if n["state"] == "alive"]
+        return got if len(alive) == 2 else None
+
+    return await asyncio.to_thread(get)
+
+
 async def healthy(a: str, b: str) -> bool:
     sa, sb = await stats(a), await stats(b)
     return all(
@@ -95,6 +114,9 @@ async def test_dev_survives_a_broker_kill9_and_restarts_it_on_request(tmp_path: 
     dev = pairq("dev", *args)
     try:
         await until(lambda: healthy(a, b), 40, "the dev pair healthy")
+        admin_port = int(args[args.index("--admin-port") + 1])
+        admin = await until(lambda: admin_nodes(admin_port), 20, "the dev admin console answering")
+        assert {n["address"] for n in admin["nodes"]} == {a, b}
         async with grpc.aio.insecure_channel(a) as ch:
             r = await pbg.BrokerServiceStub(ch).PublishBatch(
                 pb.PublishBatchRequest(

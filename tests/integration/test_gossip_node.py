@@ -245,7 +245,7 @@ async def test_metrics_are_reported_per_member(trio: list[Gossip]) -> None:
         for p in m.data.data_points
     }
     assert points[("pairq.gossip.probes", "a")] > 0
-    assert points[("pairq.gossip.bytes_sent", "a")] > 0
+    assert points[("pairq.gossip.sent", "a")] > 0
     assert 0 <= points[("pairq.gossip.health_score", "a")] < a.config.awareness_max_multiplier
     assert ("pairq.gossip.refutations", "b") in points
     provider.shutdown()

@@ -29,7 +29,8 @@ async def main():
             trace_id = span.get_span_context().trace_id
         async with Consumer("t", "c", [a.address, b.address], handler=lambda m: None) as c:
             await c.wait_idle(timeout=10)
-    out = [[s.name, s.context.trace_id, s.kind.name, dict(s.attributes or {}).get("pairq.copies")]
+    out = [[s.name, s.context.trace_id, s.kind.name, dict(s.attributes or {}).get("pairq.copies"),
+            s.context.span_id, s.parent.span_id if s.parent else None]
            for s in exporter.get_finished_spans()]
     print(json.dumps({"trace_id": trace_id, "copies": ack.copies, "spans": out}))
 asyncio.run(main())
@@ -43,6 +44,11 @@ def test_publish_store_and_handler_share_one_trace() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     tid = out["trace_id"]
-    by_name = {name: (t, kind, copies) for name, t, kind, copies in out["spans"]}
+    by_name = {name: (t, kind, copies) for name, t, kind, copies, _, _ in out["spans"]}
+    ids = {name: (sid, parent) for name, _, _, _, sid, parent in out["spans"]}
+    assert by_name["t publish"] == (tid, "PRODUCER", 2), out["spans"]
     assert by_name["pairq publish"] == (tid, "SERVER", 2), out["spans"]
     assert by_name["t process"][:2] == (tid, "CONSUMER"), out["spans"]
+    # producer span -> broker's publish span, and the handler's span under the producer's
+    assert ids["pairq publish"][1] == ids["t publish"][0], out["spans"]
+    assert ids["t process"][1] == ids["t publish"][0], out["spans"]
