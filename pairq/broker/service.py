@@ -29,7 +29,7 @@ from pairq.broker.publishing import Publisher
 from pairq.broker.store import Store
 from pairq.broker.subscriber import Subscriber, Terminate
 from pairq.broker.topic import Topic
-from pairq.errors import PairqError, serve_rpc
+from pairq.errors import PairqError, Undecodable, decoder, serve_rpc
 from pairq.names import check_channel, check_topic
 from pairq.streams import SerialWriter, identity
 from pairq.v1 import broker_pb2 as pb
@@ -81,6 +81,8 @@ def unary(
 
     @functools.wraps(fn)
     async def handler(self: BrokerService, request: Req, context: Any) -> Resp:
+        if isinstance(request, Undecodable):
+            await request.error().abort(context)
         return cast(Resp, await serve_rpc(context, lambda: fn(self, request)))
 
     return handler
@@ -127,6 +129,9 @@ class BrokerService:
             )
             return
         if first is grpc.aio.EOF:
+            return
+        if isinstance(first, Undecodable):
+            await first.error().abort(context)
             return
         if first.WhichOneof("command") != "identify":
             err = _invalid(
@@ -226,6 +231,9 @@ class BrokerService:
                 if req is grpc.aio.EOF:
                     sub.finish_stream()
                     return
+                if isinstance(req, Undecodable):
+                    sub.terminate(req.message, pb.ERROR_CODE_INVALID)
+                    return
                 sub.last_seen = time.monotonic()
                 kind = req.WhichOneof("command")
                 if kind == "finish":
@@ -289,9 +297,14 @@ class BrokerService:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if not isinstance(exc, grpc.aio.AioRpcError | grpc.RpcError):
+            if isinstance(exc, grpc.aio.AioRpcError | grpc.RpcError):
+                sub.finish_stream()
+            else:
                 log.exception("subscribe reader failed")
-            sub.finish_stream()
+                sub.terminate(
+                    f"internal error reading this stream ({exc}); reconnect",
+                    pb.ERROR_CODE_UNAVAILABLE,
+                )
 
     # ------------------------------------------------------------ admin
     async def _topic(self, name: str, create: bool = False) -> Any:
@@ -402,7 +415,7 @@ class BrokerService:
     def generic_handler(self) -> Any:
         def unary(fn: Any, req: Any, resp: Any) -> Any:
             return grpc.unary_unary_rpc_method_handler(
-                fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString
+                fn, request_deserializer=decoder(req), response_serializer=resp.SerializeToString
             )
 
         handlers = {
@@ -412,12 +425,12 @@ class BrokerService:
             ),
             "PublishStream": grpc.stream_stream_rpc_method_handler(
                 self.PublishStream,
-                request_deserializer=pb.PublishStreamRequest.FromString,
+                request_deserializer=decoder(pb.PublishStreamRequest),
                 response_serializer=pb.PublishStreamResponse.SerializeToString,
             ),
             "Subscribe": grpc.stream_stream_rpc_method_handler(
                 self.Subscribe,
-                request_deserializer=pb.SubscribeRequest.FromString,
+                request_deserializer=decoder(pb.SubscribeRequest),
                 response_serializer=identity,
             ),
         }
@@ -457,6 +470,7 @@ class PublishStream:
         self._writer = SerialWriter(context.write, self._write_failed)
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
+        self._bad: Undecodable | None = None
 
     async def run(self) -> None:
         self._reader = asyncio.ensure_future(self._read())
@@ -470,6 +484,9 @@ class PublishStream:
         # Answer what was accepted before ending the stream.
         while self.tasks:
             await asyncio.wait(list(self.tasks))
+        if self._bad is not None:
+            # no request_id to answer it under: the stream ends with the status
+            await self._bad.error().abort(self.context)
 
     def close(self) -> None:
         self._closing = True
@@ -485,6 +502,9 @@ class PublishStream:
                 await self._room.wait()
             req = await context.read()
             if req is grpc.aio.EOF:
+                return
+            if isinstance(req, Undecodable):
+                self._bad = req
                 return
             task = loop.create_task(self._serve(req))
             self.tasks.add(task)
