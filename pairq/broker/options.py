@@ -110,6 +110,11 @@ class BrokerOptions(GossipOptions):
         "messages per channel buffered in memory ahead of delivery (the rest stay on disk)",
         min=10,
     )
+    max_subscriber_buffer_bytes: int = _o(
+        8 * 1024 * 1024,
+        "bytes of deliveries queued for one Subscribe stream the client has not read yet; beyond it the broker delivers nothing more to that stream until it drains (memory per subscription is bounded)",
+        min=64 * 1024,
+    )
 
     # --- pair ---
     pair: str = _o("", "pair name; with --partner this broker is one half of a redundant pair")

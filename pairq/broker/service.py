@@ -12,6 +12,7 @@ method is registered with an identity serializer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -38,6 +39,9 @@ log = logging.getLogger("pairq.service")
 
 SERVICE = "pairq.v1.BrokerService"
 IDENTIFY_TIMEOUT = 30.0
+# How long a disconnected subscriber's stream may take to end by itself (its writer
+# may be stuck writing to a client that does not read) before it is cancelled.
+STUCK_STREAM_GRACE = 1.0
 # Requests of one PublishStream served at once (more wait in gRPC's flow control).
 MAX_STREAM_REQUESTS = 64
 
@@ -94,6 +98,7 @@ class BrokerService:
         self.opts = host.options
         self.publisher = publisher
         self.publish_streams: set[PublishStream] = set()
+        self._aborts: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ publish
     @unary
@@ -165,10 +170,13 @@ class BrokerService:
             remote_address=context.peer() or "",
             msg_timeout=timeout_ms / 1000.0,
             heartbeat_interval=hb_ms / 1000.0,
+            max_queued_bytes=self.opts.max_subscriber_buffer_bytes,
         )
         channel.add_subscriber(sub)
         reader = asyncio.create_task(self._read_commands(context, sub, channel))
-        heartbeat = asyncio.create_task(self._heartbeats(sub))
+        stream_task = asyncio.current_task()
+        assert stream_task is not None
+        heartbeat = asyncio.create_task(self._heartbeats(sub, context, channel, stream_task))
         try:
             yield pb.SubscribeResponse(
                 accepted=pb.SubscribeAccepted(
@@ -185,10 +193,14 @@ class BrokerService:
                 if item is None:
                     break
                 if isinstance(item, Terminate):
+                    if sub.aborting:
+                        break  # the watchdog is ending the call (see _heartbeats)
+                    sub.aborting = True
                     err = PairqError(item.message, code=item.code)
                     await err.abort(context)
                     break
                 if isinstance(item, tuple):
+                    sub.taken(len(item[0]))
                     # Deliveries: re-check the fence right before they leave. A
                     # paused process may resume after its lease lapsed: hold them
                     # until the lease is back; if the partner took them over
@@ -197,7 +209,9 @@ class BrokerService:
                     if not await self._fence_allows(sub, item[1]):
                         continue
                     item = item[0]
+                sub.writing = True
                 yield item
+                sub.writing = False
         finally:
             reader.cancel()
             heartbeat.cancel()
@@ -211,18 +225,59 @@ class BrokerService:
             await port.fence_moved(timeout=0.1)
         return fence == port.fence and port.may_deliver()
 
-    async def _heartbeats(self, sub: Subscriber) -> None:
+    async def _heartbeats(
+        self, sub: Subscriber, context: Any, channel: Channel, stream: asyncio.Task[Any]
+    ) -> None:
+        """Heartbeat the stream; disconnect a client silent for two intervals.
+
+        A silent client is often one that stopped reading its stream too, so the
+        stream's writer may be stuck in a write that never completes and would
+        never see a queued Terminate: the subscriber is removed from its channel
+        here (its in-flight messages requeued at once), its queue dropped, and if
+        the writer is stuck (or has not ended the call within one more second), the
+        status is queued from here and the stream's task cancelled."""
         hb = pb.SubscribeResponse(heartbeat=True).SerializeToString()
         while not sub.done:
             await asyncio.sleep(sub.heartbeat_interval)
             if time.monotonic() - sub.last_seen > 2 * sub.heartbeat_interval:
-                sub.terminate(
-                    f"no message from the client for {2 * sub.heartbeat_interval:.1f} s "
-                    "(heartbeats unanswered); in-flight messages were requeued",
-                    pb.ERROR_CODE_HEARTBEAT_TIMEOUT,
-                )
+                break
+            if not sub.held:  # a backed-up stream gets no more, not even heartbeats
+                sub.queue.put_nowait(hb)
+        if sub.done:
+            return
+        reason = (
+            f"no message from the client for {2 * sub.heartbeat_interval:.1f} s "
+            "(heartbeats unanswered); in-flight messages were requeued"
+        )
+        sub.disconnect(reason, pb.ERROR_CODE_HEARTBEAT_TIMEOUT)
+        channel.remove_subscriber(sub)
+        if not sub.writing:
+            # the writer is free: it takes the Terminate and ends the call itself
+            await asyncio.wait({stream}, timeout=STUCK_STREAM_GRACE)
+            if stream.done():
                 return
-            sub.queue.put_nowait(hb)
+        log.info(
+            "subscriber %s (%s) is silent and does not read its stream: disconnected",
+            sub.client_id[:64],
+            sub.remote_address,
+        )
+        if not sub.aborting:
+            # Queue the status from a task of its own (it completes only once the stuck
+            # write does or the call is gone), then cancel the stream's task, which frees
+            # the call without waiting for the client.
+            sub.aborting = True
+            status = PairqError(reason, code=pb.ERROR_CODE_HEARTBEAT_TIMEOUT).to_status()
+            task = asyncio.get_running_loop().create_task(self._abort_stuck(context, status))
+            self._aborts.add(task)
+            task.add_done_callback(self._aborts.discard)
+            await asyncio.sleep(0)
+        stream.cancel()
+
+    @staticmethod
+    async def _abort_stuck(context: Any, status: grpc.Status) -> None:
+        with contextlib.suppress(Exception):  # AbortError, or the timeout
+            async with asyncio.timeout(30.0):
+                await context.abort(status.code, status.details, status.trailing_metadata)
 
     async def _read_commands(self, context: Any, sub: Subscriber, channel: Channel) -> None:
         try:
@@ -231,6 +286,8 @@ class BrokerService:
                 if req is grpc.aio.EOF:
                     sub.finish_stream()
                     return
+                if sub.done:
+                    return  # disconnected (the channel may have forgotten it already)
                 if isinstance(req, Undecodable):
                     sub.terminate(req.message, pb.ERROR_CODE_INVALID)
                     return
