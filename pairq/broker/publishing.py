@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from pairq.broker import wire
+from pairq.broker.limits import limit_exceeded
 from pairq.broker.options import BrokerOptions
 from pairq.broker.ports import Replicator
 from pairq.broker.store import Store
@@ -112,11 +113,13 @@ class Publisher:
         """(id, record) of one message; raises INVALID_ARGUMENT-class errors."""
         body = item.body
         size = len(body)
-        if size == 0 or size > self.opts.max_msg_size:
+        if size > self.opts.max_msg_size:
+            raise limit_exceeded(
+                "max_msg_size", self.opts.max_msg_size, f"message body is {size} bytes"
+            )
+        if size == 0:
             raise _invalid(
-                f"message body is {size} bytes; it must be 1 to {self.opts.max_msg_size} bytes "
-                "(--max-msg-size)",
-                pb.ERROR_CODE_BAD_MESSAGE,
+                "message body is empty; it must be 1 byte or more", pb.ERROR_CODE_BAD_MESSAGE
             )
         msg_id = item.id
         if msg_id:
@@ -164,10 +167,17 @@ class Publisher:
         self._check_serving()
         check_topic(topic)
         n = len(messages)
-        if n == 0 or n > self.opts.max_batch:
+        if n == 0:
             raise _invalid(
-                f"batch has {n} messages; it must have 1 to {self.opts.max_batch} (--max-batch)",
+                f"batch has no messages; it must have 1 to {self.opts.max_batch} (--max-batch)",
                 pb.ERROR_CODE_BAD_BATCH,
+            )
+        if n > self.opts.max_batch:
+            raise limit_exceeded("max_batch", self.opts.max_batch, f"batch has {n} messages")
+        nbytes = sum(len(m.body) for m in messages)
+        if nbytes > self.opts.max_batch_bytes:
+            raise limit_exceeded(
+                "max_batch_bytes", self.opts.max_batch_bytes, f"batch has {nbytes} body bytes"
             )
         now_ns = time.time_ns()
         ts_field = wire.timestamp_field(now_ns)

@@ -24,6 +24,7 @@ import grpc
 from pairq.broker import wire
 from pairq.broker.channel import Channel
 from pairq.broker.channel_core import DelayError, RdyError
+from pairq.broker.limits import RateLimiter, limit_exceeded
 from pairq.broker.options import BrokerOptions
 from pairq.broker.ports import DeliveryFence
 from pairq.broker.publishing import Publisher
@@ -99,17 +100,39 @@ class BrokerService:
         self.publisher = publisher
         self.publish_streams: set[PublishStream] = set()
         self._aborts: set[asyncio.Task[None]] = set()
+        self.rate = RateLimiter(self.opts.max_publish_rate)
+        self.subscriptions = 0  # Subscribe streams identified and not yet ended
+        self.rdy_total = 0  # RDY credit granted over all of them (--max-rdy-total)
 
     # ------------------------------------------------------------ publish
-    @unary
-    async def Publish(self, request: pb.PublishRequest) -> pb.PublishResponse:
-        msg_id, copies = await self.publisher.publish_one(request.topic, request.message)
-        return pb.PublishResponse(id=msg_id, copies=copies)
+    def check_rate(self, peer: str, n: int) -> None:
+        """Refuse ``n`` messages from connection ``peer`` above --max-publish-rate."""
+        if not self.rate.allow(peer, n, time.monotonic()):
+            raise limit_exceeded(
+                "max_publish_rate",
+                self.opts.max_publish_rate,
+                f"this connection publishes more than {self.opts.max_publish_rate} messages/s",
+            )
 
-    @unary
-    async def PublishBatch(self, request: pb.PublishBatchRequest) -> pb.PublishBatchResponse:
-        ids, copies, _ = await self.publisher.publish_messages(request.topic, request.messages)
-        return pb.PublishBatchResponse(ids=ids, copies=copies)
+    async def Publish(self, request: Any, context: Any) -> pb.PublishResponse:
+        async def run() -> pb.PublishResponse:
+            self.check_rate(context.peer() or "", 1)
+            msg_id, copies = await self.publisher.publish_one(request.topic, request.message)
+            return pb.PublishResponse(id=msg_id, copies=copies)
+
+        if isinstance(request, Undecodable):
+            await request.error().abort(context)
+        return cast(pb.PublishResponse, await serve_rpc(context, run))
+
+    async def PublishBatch(self, request: Any, context: Any) -> pb.PublishBatchResponse:
+        async def run() -> pb.PublishBatchResponse:
+            self.check_rate(context.peer() or "", len(request.messages))
+            ids, copies, _ = await self.publisher.publish_messages(request.topic, request.messages)
+            return pb.PublishBatchResponse(ids=ids, copies=copies)
+
+        if isinstance(request, Undecodable):
+            await request.error().abort(context)
+        return cast(pb.PublishBatchResponse, await serve_rpc(context, run))
 
     async def PublishStream(self, request_iterator: Any, context: Any) -> None:
         stream = PublishStream(self, context)
@@ -158,6 +181,12 @@ class BrokerService:
             hb_ms = ident.heartbeat_interval_ms or self.opts.heartbeat_interval_ms
             if hb_ms < 100 or hb_ms > 600_000:
                 raise _invalid(f"heartbeat_interval_ms {hb_ms} must be 100 to 600000")
+            if self.subscriptions >= self.opts.max_clients:
+                raise limit_exceeded(
+                    "max_clients",
+                    self.opts.max_clients,
+                    f"this broker already serves {self.subscriptions} Subscribe streams",
+                )
             topic = await self.broker.get_topic(ident.topic)
             channel = await topic.get_channel(ident.channel)
         except PairqError as exc:
@@ -173,6 +202,7 @@ class BrokerService:
             max_queued_bytes=self.opts.max_subscriber_buffer_bytes,
         )
         channel.add_subscriber(sub)
+        self.subscriptions += 1
         reader = asyncio.create_task(self._read_commands(context, sub, channel))
         stream_task = asyncio.current_task()
         assert stream_task is not None
@@ -217,6 +247,9 @@ class BrokerService:
             heartbeat.cancel()
             sub.done = True
             channel.remove_subscriber(sub)
+            self.subscriptions -= 1
+            self.rdy_total -= sub.rdy_granted
+            sub.rdy_granted = 0
 
     async def _fence_allows(self, sub: Subscriber, fence: int) -> bool:
         port = self.broker.fence_port
@@ -304,7 +337,7 @@ class BrokerService:
                         )
                 elif kind == "ready":
                     try:
-                        channel.set_ready(sub.cid, 0 if sub.closing else req.ready.count)
+                        channel.set_ready(sub.cid, self._grant(sub, req.ready.count))
                     except RdyError:
                         sub.terminate(
                             f"RDY {req.ready.count} is above the broker's maximum "
@@ -343,7 +376,7 @@ class BrokerService:
                         )
                 elif kind == "close":
                     sub.closing = True
-                    channel.set_ready(sub.cid, 0)
+                    channel.set_ready(sub.cid, self._grant(sub, 0))
                 elif kind == "identify":
                     sub.terminate("SubscribeIdentify may only be sent once", pb.ERROR_CODE_INVALID)
                     return
@@ -362,6 +395,29 @@ class BrokerService:
                     f"internal error reading this stream ({exc}); reconnect",
                     pb.ERROR_CODE_UNAVAILABLE,
                 )
+
+    def _grant(self, sub: Subscriber, count: int) -> int:
+        """The RDY to give ``sub`` for a grant of ``count``: 0 once closing, and never
+        more than --max-rdy-total leaves over all subscriptions (the client is told
+        when its grant is cut). A count above --max-rdy-count is passed on for the
+        channel to refuse."""
+        if sub.closing:
+            count = 0
+        if count > self.opts.max_rdy_count:
+            return count
+        room = self.opts.max_rdy_total - (self.rdy_total - sub.rdy_granted)
+        granted = min(count, max(0, room))
+        if granted < count:
+            err = limit_exceeded(
+                "max_rdy_total",
+                self.opts.max_rdy_total,
+                f"RDY {count} cut to {granted}: consumers of this broker hold "
+                f"{self.rdy_total - sub.rdy_granted} of the total",
+            )
+            sub.send_error(pb.ERROR_CODE_TOO_MANY, err.message)
+        self.rdy_total += granted - sub.rdy_granted
+        sub.rdy_granted = granted
+        return granted
 
     # ------------------------------------------------------------ admin
     async def _topic(self, name: str, create: bool = False) -> Any:
@@ -528,6 +584,7 @@ class PublishStream:
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
         self._bad: Undecodable | None = None
+        self._peer = context.peer() or ""
 
     async def run(self) -> None:
         self._reader = asyncio.ensure_future(self._read())
@@ -575,6 +632,7 @@ class PublishStream:
     async def _serve(self, req: pb.PublishStreamRequest) -> None:
         rid = req.request_id
         try:
+            self.service.check_rate(self._peer, len(req.messages))
             ids, copies, all_supplied = await self.service.publisher.publish_messages(
                 req.topic, req.messages, new_ids=req.new_ids
             )

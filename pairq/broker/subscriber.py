@@ -59,6 +59,7 @@ class Subscriber:
         self.queue: asyncio.Queue[bytes | tuple[bytes, int] | Terminate | None] = asyncio.Queue()
         self.closing = False
         self.done = False
+        self.rdy_granted = 0  # its share of --max-rdy-total
         self.writing = False  # the stream's writer is in a write (it may be stuck there)
         self.aborting = False  # the call's status is being sent (by the stream or the watchdog)
         self.max_queued_bytes = max_queued_bytes
