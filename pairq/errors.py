@@ -54,6 +54,9 @@ class PairqError(Exception):
     """Base class: ``code`` is an ``ErrorCode`` value, ``grpc_code`` the status."""
 
     code: int = broker_pb2.ERROR_CODE_UNSPECIFIED
+    # The gRPC status when it is not the one of ``code`` (a limit exceeded by an
+    # otherwise valid request: RESOURCE_EXHAUSTED, with the reason the client maps).
+    status_override: grpc.StatusCode | None = None
 
     def __init__(self, message: str, *, code: int | None = None, **fields: Any) -> None:
         super().__init__(message)
@@ -68,6 +71,8 @@ class PairqError(Exception):
 
     @property
     def grpc_code(self) -> grpc.StatusCode:
+        if self.status_override is not None:
+            return self.status_override
         return _GRPC_CODE.get(self.code, grpc.StatusCode.UNKNOWN)
 
     def to_status(self) -> grpc.Status:

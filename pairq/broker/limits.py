@@ -2,7 +2,8 @@
 
 Rules:
 
-* Exceeding a limit is ``RESOURCE_EXHAUSTED`` (``ERROR_CODE_TOO_MANY``) whose
+* Exceeding a limit is ``RESOURCE_EXHAUSTED`` (reason ``ERROR_CODE_TOO_MANY``, or
+  ``BAD_MESSAGE`` / ``BAD_BATCH`` for a message or batch too large) whose
   message states the limit and its flag, and whose ``ErrorInfo`` metadata carries
   ``limit`` (the option's name, e.g. ``max_batch_bytes``) and ``max`` (its value):
   :func:`limit_exceeded`. It fails that one request; nothing else of that client's
@@ -17,23 +18,27 @@ Rules:
 
 from __future__ import annotations
 
+import grpc
+
 from pairq.errors import PairqError
 from pairq.v1 import broker_pb2 as pb
 
 __all__ = ["RateLimiter", "limit_exceeded"]
 
 
-def limit_exceeded(name: str, limit: int | float, message: str) -> PairqError:
+def limit_exceeded(
+    name: str, limit: int | float, message: str, code: int = pb.ERROR_CODE_TOO_MANY
+) -> PairqError:
     """The error for exceeding option ``name`` (its value ``limit``); ``message`` says
-    what was asked for. The flag is appended: ``(--max-batch-bytes=33554432)``."""
+    what was asked for. The flag is appended: ``(--max-batch-bytes=33554432)``.
+    ``code`` is the ErrorInfo reason (clients map it to an exception class: a message
+    or batch too large stays BAD_MESSAGE / BAD_BATCH, an InvalidError not to retry);
+    the status is RESOURCE_EXHAUSTED whatever it is."""
     flag = "--" + name.replace("_", "-")
     shown = f"{limit:g}" if isinstance(limit, float) else str(limit)
-    return PairqError(
-        f"{message} ({flag}={shown})",
-        code=pb.ERROR_CODE_TOO_MANY,
-        limit=name,
-        max=shown,
-    )
+    err = PairqError(f"{message} ({flag}={shown})", code=code, limit=name, max=shown)
+    err.status_override = grpc.StatusCode.RESOURCE_EXHAUSTED
+    return err
 
 
 class RateLimiter:

@@ -115,7 +115,10 @@ class Publisher:
         size = len(body)
         if size > self.opts.max_msg_size:
             raise limit_exceeded(
-                "max_msg_size", self.opts.max_msg_size, f"message body is {size} bytes"
+                "max_msg_size",
+                self.opts.max_msg_size,
+                f"message body is {size} bytes",
+                pb.ERROR_CODE_BAD_MESSAGE,
             )
         if size == 0:
             raise _invalid(
@@ -173,11 +176,16 @@ class Publisher:
                 pb.ERROR_CODE_BAD_BATCH,
             )
         if n > self.opts.max_batch:
-            raise limit_exceeded("max_batch", self.opts.max_batch, f"batch has {n} messages")
+            raise limit_exceeded(
+                "max_batch", self.opts.max_batch, f"batch has {n} messages", pb.ERROR_CODE_BAD_BATCH
+            )
         nbytes = sum(len(m.body) for m in messages)
         if nbytes > self.opts.max_batch_bytes:
             raise limit_exceeded(
-                "max_batch_bytes", self.opts.max_batch_bytes, f"batch has {nbytes} body bytes"
+                "max_batch_bytes",
+                self.opts.max_batch_bytes,
+                f"batch has {nbytes} body bytes",
+                pb.ERROR_CODE_BAD_BATCH,
             )
         now_ns = time.time_ns()
         ts_field = wire.timestamp_field(now_ns)

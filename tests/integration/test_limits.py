@@ -21,24 +21,26 @@ def _stub(address: str) -> pbg.BrokerServiceStub:
     return pbg.BrokerServiceStub(grpc.aio.insecure_channel(address, options=opts))
 
 
-def _limit(err: grpc.aio.AioRpcError) -> dict[str, str]:
+def _limit(err: grpc.aio.AioRpcError, reason: str = "ERROR_CODE_TOO_MANY") -> dict[str, str]:
     st = rpc_status.from_call(err)
     assert st is not None
     for d in st.details:
         info = error_details_pb2.ErrorInfo()
         if d.Unpack(info):
-            assert info.reason == "ERROR_CODE_TOO_MANY"
+            assert info.reason == reason
             return dict(info.metadata)
     raise AssertionError("no ErrorInfo")
 
 
-async def _refused(call: object, name: str, value: int) -> None:
+async def _refused(
+    call: object, name: str, value: int, reason: str = "ERROR_CODE_TOO_MANY"
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as ei:
         await call  # type: ignore[misc]
     assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, ei.value.details()
     flag = "--" + name.replace("_", "-")
     assert f"{flag}={value}" in (ei.value.details() or "")
-    assert _limit(ei.value) == {"limit": name, "max": str(value)}
+    assert _limit(ei.value, reason) == {"limit": name, "max": str(value)}
 
 
 def _items(n: int, size: int = 1) -> list[pb.PublishItem]:
@@ -56,18 +58,25 @@ async def test_size_batch_topic_and_channel_limits(tmp_path) -> None:
     ) as b:
         stub = _stub(b.address)
         big = pb.PublishItem(body=b"x" * 1001)
+        # Too large a message or batch keeps its reason (the client's InvalidError: do not
+        # retry it unchanged), with RESOURCE_EXHAUSTED as its status.
         await _refused(
-            stub.Publish(pb.PublishRequest(topic="t", message=big)), "max_msg_size", 1000
+            stub.Publish(pb.PublishRequest(topic="t", message=big)),
+            "max_msg_size",
+            1000,
+            "ERROR_CODE_BAD_MESSAGE",
         )
         await _refused(
             stub.PublishBatch(pb.PublishBatchRequest(topic="t", messages=_items(11))),
             "max_batch",
             10,
+            "ERROR_CODE_BAD_BATCH",
         )
         await _refused(
             stub.PublishBatch(pb.PublishBatchRequest(topic="t", messages=_items(6, 1000))),
             "max_batch_bytes",
             5000,
+            "ERROR_CODE_BAD_BATCH",
         )
         await stub.CreateTopic(pb.CreateTopicRequest(topic="a"))
         await stub.CreateTopic(pb.CreateTopicRequest(topic="b"))
