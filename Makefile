@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 QUICK ?=
 
-.PHONY: run test lint proto proto-check bench bench-compare gossip-bench starve chaos clean ensure-debs
+.PHONY: run test lint proto proto-check bench bench-compare gossip-bench starve chaos fuzz clean ensure-debs
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -53,6 +53,13 @@ gossip-bench: $(STAMP)
 
 starve: $(STAMP)
 	$(BIN)/python benchmarks/starvation.py $(if $(QUICK),--seconds 20,)
+
+# At least 1,000,000 fuzzed inputs over every decoder and RPC handler, and a flood of
+# malformed requests against a real broker and lookup while a workload runs
+# (tests/fuzz/fuzzlib.py): make fuzz [DECODERS=N] [RPCS=N] [SEED=S]
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz/run_fuzz.py $(if $(DECODERS),--decoders $(DECODERS),) \
+		$(if $(RPCS),--rpcs $(RPCS),) $(if $(SEED),--seed $(SEED),)
 
 chaos: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider -m chaos tests/chaos
