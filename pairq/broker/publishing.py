@@ -409,6 +409,9 @@ class Publisher:
         if replicator.min_copies >= 2 and copies < 2:
             # Stored here (and delivered), but not acknowledged: the producer
             # retries with the same id and idempotency/de-duplication absorb it.
+            refusal = replicator.partner_refusal()
+            if refusal is not None:
+                raise refusal
             raise UnavailableError(
                 f"partner {replicator.partner_address} did not acknowledge the copy "
                 "(--min-copies=2 requires 2 durable copies); retry"

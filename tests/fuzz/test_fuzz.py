@@ -28,6 +28,6 @@ def test_deserializers_never_raise(data: bytes, seed: int) -> None:
 
 
 async def test_flood_of_malformed_requests_while_a_workload_runs(tmp_path: Path) -> None:
-    report = await flood(tmp_path, rpcs=1200, clients=3, seed=random.randrange(2**16))
-    assert report.total >= 1200 and not report.bad
+    report = await flood(tmp_path, rpcs=600, clients=3, seed=random.randrange(2**16))
+    assert report.total >= 600 and not report.bad
     assert report.received == report.published > 0

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from rawclient import RawSub
 
-from pairq.testing import eventually, run_broker
+from pairq.testing import eventually, run_broker, run_pair
 from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import broker_pb2_grpc as pbg
 
@@ -24,7 +24,10 @@ BODY = b"d" * 60_000
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "disk"
+    yield from _mount(tmp_path / "disk")
+
+
+def _mount(mnt: Path) -> Iterator[Path]:
     mnt.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a 64 MiB tmpfs needs root")
@@ -111,3 +114,34 @@ async def test_default_reserve_on_a_small_disk_names_the_flag(small_disk: Path) 
         assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         details = ei.value.details() or ""
         assert "--store-reserve-bytes" in details and str(64 * 1024 * 1024) in details
+
+
+@pytest.fixture
+def pair_dir(tmp_path: Path) -> Iterator[Path]:
+    """A pair's data directory whose broker B (``b/``) is on a 64 MiB disk."""
+    yield from (tmp_path for _ in _mount(tmp_path / "b"))
+
+
+async def test_partner_disk_full_is_resource_exhausted_naming_the_partner(pair_dir: Path) -> None:
+    """In a pair whose partner's disk is full, the owner answered UNAVAILABLE "partner is
+    unreachable"; now it is RESOURCE_EXHAUSTED naming the partner's store and disk."""
+    async with run_pair(pair_dir, store_reserve_bytes=8 * 1024 * 1024, max_msg_size=65536) as (
+        a,
+        b,
+    ):
+        stub = pbg.BrokerServiceStub(grpc.aio.insecure_channel(a.address))
+        details = ""
+        for _ in range(3000):
+            try:
+                await stub.PublishBatch(
+                    pb.PublishBatchRequest(topic="t", messages=[pb.PublishItem(body=BODY)] * 10),
+                    timeout=10,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    details = exc.details() or ""
+                    break
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+        assert b.store.full_reason and not a.store.full_reason
+        assert f"partner {b.address}" in details and "store is full" in details, details
+        assert "disk has" in details and "--store-reserve-bytes" in details

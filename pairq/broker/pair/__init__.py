@@ -83,6 +83,10 @@ __all__ = ["Pair", "StandbyStore", "validate_batch"]
 log = logging.getLogger("pairq.pair")
 
 
+# Least time between two questions to the partner about its store (``partner_refusal``).
+PARTNER_PROBE_INTERVAL = 0.5
+
+
 class Pair:
     """Both directions of one broker's pair link, its lease and takeover."""
 
@@ -93,6 +97,11 @@ class Pair:
         self.takeover = Takeover(s)
         self.receiver = Receiver(s, self.takeover)
         self._tasks: list[asyncio.Task[Any]] = []
+        # The partner's own word on why it refuses copies (its store is full), as its
+        # GetStats health said at ``_partner_checked``; see ``partner_refusal``.
+        self._partner_full = ""
+        self._partner_checked = -1e9
+        self._partner_probe: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ what the parts share
     @property
@@ -195,6 +204,8 @@ class Pair:
         hold the gRPC server open for the whole shutdown grace period)."""
         self.state.running = False
         self.receiver.close()
+        if self._partner_probe is not None:
+            self._partner_probe.cancel()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -232,11 +243,57 @@ class Pair:
         without the catalog; the partner unreachable under --min-copies=2)."""
         self.check_catalog()
         if self.min_copies >= 2 and not self.connected:
+            refusal = self.partner_refusal()
+            if refusal is not None:
+                raise refusal
             raise PairqError(
                 f"partner {self.partner_address} of pair {self.name!r} is unreachable and this broker "
                 "requires 2 durable copies (--min-copies=2); publish to another pair, or retry later",
                 code=pb.ERROR_CODE_UNAVAILABLE,
             )
+
+    def partner_refusal(self) -> PairqError | None:
+        """A publish failed for want of the partner's copy: if the partner said its store
+        is full, the error to answer (RESOURCE_EXHAUSTED naming the partner's disk)
+        instead of UNAVAILABLE.
+
+        The partner ends the replication session when it cannot store a batch, so the
+        owner only sees the stream drop; rather than change the replication protocol,
+        the owner asks the partner's public ``GetStats`` (its ``health`` says "store
+        full: <why>"), at most every ``PARTNER_PROBE_INTERVAL`` and only while
+        publishes fail. The first failure after a change still answers UNAVAILABLE
+        (retryable); later ones use the answer."""
+        now = time.monotonic()
+        if now - self._partner_checked >= PARTNER_PROBE_INTERVAL and (
+            self._partner_probe is None or self._partner_probe.done()
+        ):
+            self._partner_checked = now
+            self._partner_probe = asyncio.get_running_loop().create_task(self._probe_partner())
+        if not self._partner_full:
+            return None
+        return PairqError(
+            f"partner {self.partner_address} of pair {self.name!r} cannot store copies: its "
+            f"store is full ({self._partner_full}); free room on the partner (finish messages, "
+            "or its --max-store-bytes / --store-reserve-bytes / disk), or publish to another pair",
+            code=pb.ERROR_CODE_STORE_FULL,
+            partner=self.partner_address,
+        )
+
+    async def _probe_partner(self) -> None:
+        from pairq.v1 import broker_pb2_grpc as pbg
+
+        try:
+            async with grpc.aio.insecure_channel(self.partner_address) as ch:
+                resp = await pbg.BrokerServiceStub(ch).GetStats(
+                    pb.GetStatsRequest(no_clients=True), timeout=1.0
+                )
+            health = resp.health
+            self._partner_full = (
+                health[len("store full: ") :] if health.startswith("store full") else ""
+            )
+        except (grpc.aio.AioRpcError, OSError, TimeoutError) as exc:
+            log.debug("cannot ask partner %s about its store: %s", self.partner_address, exc)
+            self._partner_full = ""
 
     def replicate(
         self, topic: str, seq0: int, records: list[bytes], *, uncommitted: bool = False
