@@ -15,7 +15,7 @@ import pytest
 
 from pairq.errors import MAX_MESSAGE_CHARS, PairqError
 from pairq.lookup import Lookup, LookupOptions
-from pairq.testing import run_broker
+from pairq.testing import run_broker, run_pair
 from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import broker_pb2_grpc as pbg
 from pairq.v1 import lookup_pb2 as lpb
@@ -139,3 +139,15 @@ def test_status_of_any_error_fits_in_grpc_trailers() -> None:
     status = err.to_status()
     assert len(status.details) <= MAX_MESSAGE_CHARS
     assert sum(len(v) for _, v in status.trailing_metadata) < 4096
+
+
+async def test_replication_service_answers_garbage_invalid_argument(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with run_pair(tmp_path) as (a, _b):
+        for junk in GARBAGE:
+            err = await _raw_stream(a.address, "/pairq.v1.ReplicationService/Replicate", [junk])
+            _check_invalid(err)
+        assert a.pair is not None and a.pair.connected and a.pair.partner_connected
+    assert not _tracebacks(caplog), [r.getMessage() for r in _tracebacks(caplog)]

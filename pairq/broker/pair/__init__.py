@@ -74,13 +74,31 @@ from pairq.broker.pair.sender import Sender
 from pairq.broker.pair.standby import StandbyStore, validate_batch
 from pairq.broker.pair.state import PairHost, PairState
 from pairq.broker.pair.takeover import Takeover
-from pairq.errors import PairqError, UnavailableError
+from pairq.errors import PairqError, UnavailableError, Undecodable, decoder
 from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import replication_pb2 as rpb
 
 __all__ = ["Pair", "StandbyStore", "validate_batch"]
 
 log = logging.getLogger("pairq.pair")
+
+
+class _Decoded:
+    """The ``Replicate`` servicer context as the receiver sees it: a request that did
+    not parse (an :class:`~pairq.errors.Undecodable` from the deserializer) ends the
+    call with INVALID_ARGUMENT on ``read`` instead of reaching the receiver."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def read(self) -> Any:
+        msg = await self._context.read()
+        if isinstance(msg, Undecodable):
+            await msg.error().abort(self._context)
+        return msg
 
 
 # Least time between two questions to the partner about its store (``partner_refusal``).
@@ -406,13 +424,16 @@ class Pair:
             refill_receiving=self.refill_receiving,
         )
 
+    async def _replicate(self, request_iterator: Any, context: Any) -> None:
+        await self.receiver.Replicate(request_iterator, _Decoded(context))
+
     def generic_handler(self) -> Any:
         return grpc.method_handlers_generic_handler(
             "pairq.v1.ReplicationService",
             {
                 "Replicate": grpc.stream_stream_rpc_method_handler(
-                    self.receiver.Replicate,
-                    request_deserializer=rpb.ReplicateRequest.FromString,
+                    self._replicate,
+                    request_deserializer=decoder(rpb.ReplicateRequest),
                     response_serializer=rpb.ReplicateResponse.SerializeToString,
                 )
             },
