@@ -77,8 +77,8 @@ class BrokerOptions(GossipOptions):
     )
     max_batch: int = _o(DEFAULT_MAX_BATCH, "most messages in one PublishBatch", min=1)
     max_batch_bytes: int = _o(
-        32 * 1024 * 1024,
-        "most body bytes in one PublishBatch or PublishStream request (at least --max-msg-size)",
+        64 * 1024 * 1024,
+        "most body bytes in one PublishBatch or PublishStream request (at least --max-msg-size; the default is gRPC's smallest frame limit here, so it refuses nothing that could arrive before)",
         min=1,
     )
     max_publish_rate: int = _o(
