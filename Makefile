@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 QUICK ?=
 
-.PHONY: run test lint ansible-lint proto proto-check bench bench-compare bench-peers gossip-bench starve chaos chaos-smoke chaos-deps deploy-test clean ensure-debs ensure-rabbitmq
+.PHONY: run test lint ansible-lint proto proto-check bench bench-compare bench-peers gossip-bench starve chaos chaos-smoke chaos-deps deploy-test fuzz clean ensure-debs ensure-rabbitmq
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -115,6 +115,13 @@ chaos-smoke: chaos-deps
 # every scenario, CHAOS_SECONDS of faults each (150 s x 20 scenarios: about 50 minutes of faults)
 chaos: chaos-deps
 	$(BIN)/python -m tests.chaos all --duration $(CHAOS_SECONDS) --seed $(CHAOS_SEED) --out $(CHAOS_OUT)
+
+# At least 1,000,000 fuzzed inputs over every decoder and RPC handler, and a flood of
+# malformed requests against a real broker and lookup while a workload runs
+# (tests/fuzz/fuzzlib.py): make fuzz [DECODERS=N] [RPCS=N] [SEED=S]
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz/run_fuzz.py $(if $(DECODERS),--decoders $(DECODERS),) \
+		$(if $(RPCS),--rpcs $(RPCS),) $(if $(SEED),--seed $(SEED),)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -21,6 +21,13 @@ from pairq.v1 import broker_pb2
 
 DOMAIN = "pairq.dev"
 
+# Echoed input is cut to this many characters; a status message and each ErrorInfo
+# metadata value to these (gRPC refuses trailers beyond its metadata limit, ~8 KiB,
+# and the message travels twice: grpc-message and the base64 status details).
+ECHO_CHARS = 80
+MAX_MESSAGE_CHARS = 1024
+MAX_METADATA_CHARS = 256
+
 # ErrorCode name -> the gRPC status code used for it.
 _GRPC_CODE: dict[int, grpc.StatusCode] = {
     broker_pb2.ERROR_CODE_INVALID: grpc.StatusCode.INVALID_ARGUMENT,
@@ -47,6 +54,9 @@ class PairqError(Exception):
     """Base class: ``code`` is an ``ErrorCode`` value, ``grpc_code`` the status."""
 
     code: int = broker_pb2.ERROR_CODE_UNSPECIFIED
+    # The gRPC status when it is not the one of ``code`` (a limit exceeded by an
+    # otherwise valid request: RESOURCE_EXHAUSTED, with the reason the client maps).
+    status_override: grpc.StatusCode | None = None
 
     def __init__(self, message: str, *, code: int | None = None, **fields: Any) -> None:
         super().__init__(message)
@@ -61,18 +71,23 @@ class PairqError(Exception):
 
     @property
     def grpc_code(self) -> grpc.StatusCode:
+        if self.status_override is not None:
+            return self.status_override
         return _GRPC_CODE.get(self.code, grpc.StatusCode.UNKNOWN)
 
     def to_status(self) -> grpc.Status:
-        """A grpc.Status with ErrorInfo details, for ``context.abort_with_status``."""
+        """A grpc.Status with ErrorInfo details, for ``context.abort_with_status``.
+
+        The message and every metadata value are cut to a bounded length, so a
+        status always fits in gRPC's trailers whatever input it repeats."""
         info = error_details_pb2.ErrorInfo(
             reason=self.reason,
             domain=DOMAIN,
-            metadata={k: str(v) for k, v in self.fields.items()},
+            metadata={k[:64]: clip(str(v), MAX_METADATA_CHARS) for k, v in self.fields.items()},
         )
         detail = status_pb2.Status()
         detail.code = self.grpc_code.value[0]
-        detail.message = self.message
+        detail.message = clip(self.message, MAX_MESSAGE_CHARS)
         packed = detail.details.add()
         packed.Pack(info)
         return rpc_status.to_status(detail)
@@ -166,6 +181,67 @@ _CLASS_BY_CODE: dict[int, type[PairqError]] = {
 RETRYABLE = (UnavailableError,)
 
 _log = logging.getLogger("pairq.rpc")
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    note = f"... ({len(text)} chars)"
+    return text[: max(0, limit - len(note))] + note
+
+
+def echo(value: str | bytes) -> str:
+    """A client-supplied value as error messages repeat it: ``repr`` of a short prefix,
+    with its full length when cut (a 100 kB name must not become a 100 kB status)."""
+    if len(value) <= ECHO_CHARS:
+        return repr(value)
+    return f"{value[:ECHO_CHARS]!r}... ({len(value)} chars)"
+
+
+class Undecodable:
+    """What a :func:`decoder` hands the handler instead of a request it cannot parse.
+
+    gRPC's own path for a deserializer that raises answers UNKNOWN and logs a
+    traceback; with this the handler answers INVALID_ARGUMENT itself (and a
+    stream can end with that status instead of OK)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def error(self) -> InvalidError:
+        return InvalidError(self.message)
+
+
+def decoder(cls: Any) -> Callable[[bytes], Any]:
+    """A request deserializer for protobuf class ``cls`` that never raises:
+    bytes that do not parse become an :class:`Undecodable`."""
+    name = cls.DESCRIPTOR.full_name
+
+    def decode(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except Exception as exc:  # DecodeError, or a RecursionError on deep nesting
+            return Undecodable(
+                f"undecodable request: {len(data)} bytes are not a valid {name} "
+                f"({clip(str(exc) or type(exc).__name__, 120)})"
+            )
+
+    return decode
+
+
+def guard_unary(fn: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+    """A unary gRPC handler ``fn(request, context)`` that answers an
+    :class:`Undecodable` request INVALID_ARGUMENT before ``fn`` sees it."""
+
+    async def handler(request: Any, context: Any) -> Any:
+        if isinstance(request, Undecodable):
+            await request.error().abort(context)
+        return await fn(request, context)
+
+    return handler
 
 
 async def serve_rpc(context: Any, fn: Callable[[], Awaitable[Any]]) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pairq.errors import InvalidError
+from pairq.errors import InvalidError, echo
 from pairq.v1 import broker_pb2
 
 EPHEMERAL_SUFFIX = "#ephemeral"
@@ -22,7 +22,7 @@ def is_ephemeral(name: str) -> bool:
 def check_topic(name: str) -> str:
     if not is_valid_name(name):
         raise InvalidError(
-            f"invalid topic name {name[:80]!r}: use 1-64 characters from [.a-zA-Z0-9_-], "
+            f"invalid topic name {echo(name)}: use 1-64 characters from [.a-zA-Z0-9_-], "
             "optionally followed by '#ephemeral'",
             code=broker_pb2.ERROR_CODE_BAD_TOPIC,
         )
@@ -32,7 +32,7 @@ def check_topic(name: str) -> str:
 def check_channel(name: str) -> str:
     if not is_valid_name(name):
         raise InvalidError(
-            f"invalid channel name {name[:80]!r}: use 1-64 characters from [.a-zA-Z0-9_-], "
+            f"invalid channel name {echo(name)}: use 1-64 characters from [.a-zA-Z0-9_-], "
             "optionally followed by '#ephemeral'",
             code=broker_pb2.ERROR_CODE_BAD_CHANNEL,
         )

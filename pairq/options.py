@@ -310,5 +310,7 @@ def optional_hostport(value: str) -> None:
 def parse_hostport(value: str, *, what: str = "address") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"{what} {value!r} must be HOST:PORT" if what else "must be HOST:PORT")
+        raise ValueError(
+            f"{what} {value[:80]!r} must be HOST:PORT" if what else "must be HOST:PORT"
+        )
     return host.strip("[]") or "0.0.0.0", int(port)

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from pairq import __version__, grpcopts
 from pairq.broker.channel import Channel
 from pairq.broker.integrity import Integrity
+from pairq.broker.limits import limit_exceeded
 from pairq.broker.membership import Membership
 from pairq.broker.options import BrokerOptions
 from pairq.broker.pair import Pair
@@ -393,9 +394,10 @@ class Broker:
         if pending is not None:
             return await asyncio.shield(pending)
         if len(self.topics) >= self.options.max_topics:
-            raise PairqError(
-                f"broker already has {len(self.topics)} topics (--max-topics={self.options.max_topics})",
-                code=pb.ERROR_CODE_TOO_MANY,
+            raise limit_exceeded(
+                "max_topics",
+                self.options.max_topics,
+                f"broker already has {len(self.topics)} topics",
             )
         assert self.ctx is not None
         fut: asyncio.Future[Topic] = asyncio.get_running_loop().create_future()

@@ -447,6 +447,15 @@ class Channel:
     def add_subscriber(self, sub: Subscriber) -> None:
         self.subscribers[sub.cid] = sub
         self.core.add_client(sub.cid, sub.msg_timeout)
+        cid = sub.cid
+
+        def on_hold(held: bool) -> None:
+            if cid in self.subscribers:
+                self.core.hold(cid, held)
+                if not held:
+                    self.schedule_pump()
+
+        sub.on_hold = on_hold
 
     def remove_subscriber(self, sub: Subscriber) -> None:
         if self.subscribers.pop(sub.cid, None) is None:

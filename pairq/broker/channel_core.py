@@ -16,6 +16,7 @@ Interface::
     # subscribers (cid: the broker's int id for one Subscribe stream)
     core.add_client(cid, msg_timeout)              # ValueError: duplicate cid, bad timeout
     core.set_ready(cid, count)                     # RdyError if count < 0 or > max_rdy
+    core.hold(cid, held)                           # held: its stream is backed up
     core.remove_client(cid, now) -> list[Outcome]  # its in-flight go back (front of queue)
 
     # supply
@@ -54,6 +55,10 @@ Rules (the tests in tests/unit/test_channel_core*.py check each one):
   delivered entry gets ``attempts += 1``, ``client = cid`` and
   ``deadline = now + msg_timeout`` of that client. A client never gets more
   than its credit; RDY 0 stops delivery to it.
+- A *held* client (``hold(cid, True)``: the broker could not write its stream
+  fast enough) gets nothing from ``take`` until released; its RDY, in-flight
+  entries and their timeouts are unchanged (a timed-out entry goes to another
+  client), so a consumer that stops reading never has more queued for it.
 - FIN / REQ / TOUCH of an id that the given client does not hold in flight
   (never delivered, already finished, timed out, delivered to another client)
   is *unknown*: it is returned, never raised, and changes nothing.
@@ -173,6 +178,8 @@ class ClientState:
     requeued: int = 0
     """Entries this client sent back with REQ (including ones that went DEAD)."""
     timed_out: int = 0
+    held: bool = False
+    """Delivery to it is suspended (its stream is backed up); see ``ChannelCore.hold``."""
 
 
 # (deadline, entries delivered or touched together with that deadline)
@@ -284,6 +291,10 @@ class ChannelCore:
             raise RdyError(count, self.max_rdy)
         self._clients[cid].rdy = count
 
+    def hold(self, cid: int, held: bool) -> None:
+        """Suspend (``held``) or resume delivery to a client, keeping its RDY."""
+        self._clients[cid].held = held
+
     def client(self, cid: int) -> ClientState:
         """The live state of one client (KeyError if unknown)."""
         return self._clients[cid]
@@ -336,7 +347,7 @@ class ChannelCore:
         for i in range(n):
             c = clients[(start + i) % n]
             avail = c.rdy - c.in_flight
-            if avail > 0:
+            if avail > 0 and not c.held:
                 eligible.append((avail, c))
                 credit += avail
         if not eligible:

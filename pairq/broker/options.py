@@ -95,6 +95,16 @@ class BrokerOptions(GossipOptions, SecurityOptions):
         DEFAULT_MAX_MESSAGE_BYTES, "largest message body in bytes", min=1, max=64 * 1024 * 1024
     )
     max_batch: int = _o(DEFAULT_MAX_BATCH, "most messages in one PublishBatch", min=1)
+    max_batch_bytes: int = _o(
+        64 * 1024 * 1024,
+        "most body bytes in one PublishBatch or PublishStream request (at least --max-msg-size; the default is gRPC's smallest frame limit here, so it refuses nothing that could arrive before)",
+        min=1,
+    )
+    max_publish_rate: int = _o(
+        0,
+        "most messages per second one client connection may publish (0: no limit; else at least --max-batch); beyond it publishes get RESOURCE_EXHAUSTED",
+        min=0,
+    )
     max_topics: int = _o(10000, "most topics on this broker", min=1)
     max_channels: int = _o(1000, "most channels per topic", min=1)
     max_defer_ms: int = _o(3600_000, "longest DPUB / REQ delay in ms", min=0)
@@ -114,6 +124,16 @@ class BrokerOptions(GossipOptions, SecurityOptions):
         15 * 60_000, "largest per-subscription message timeout a client may ask for"
     )
     max_rdy_count: int = _o(2500, "largest RDY count a consumer may grant", min=1)
+    max_rdy_total: int = _o(
+        1_000_000,
+        "most RDY credit all consumers of this broker together may hold; a grant beyond it is cut to what is left and the consumer told so",
+        min=1,
+    )
+    max_clients: int = _o(
+        10_000,
+        "most Subscribe streams open at once on this broker; more get RESOURCE_EXHAUSTED",
+        min=1,
+    )
     max_attempts: int = _o(
         0,
         "deliveries after which a message goes to the channel's dead-letter list (0: never)",
@@ -128,6 +148,11 @@ class BrokerOptions(GossipOptions, SecurityOptions):
         10_000,
         "messages per channel buffered in memory ahead of delivery (the rest stay on disk)",
         min=10,
+    )
+    max_subscriber_buffer_bytes: int = _o(
+        8 * 1024 * 1024,
+        "bytes of deliveries queued for one Subscribe stream the client has not read yet; beyond it the broker delivers nothing more to that stream until it drains (memory per subscription is bounded)",
+        min=64 * 1024,
     )
 
     # --- pair ---
@@ -212,6 +237,14 @@ class BrokerOptions(GossipOptions, SecurityOptions):
                 "--heartbeat-ms must be 10 to a third of --lease-ms",
             ),
             (not self.partner or bool(self.pair), "--partner needs --pair NAME"),
+            (
+                self.max_batch_bytes >= self.max_msg_size,
+                "--max-batch-bytes must be >= --max-msg-size",
+            ),
+            (
+                self.max_publish_rate == 0 or self.max_publish_rate >= self.max_batch,
+                "--max-publish-rate must be 0 (off) or >= --max-batch",
+            ),
         ]
         errors = [message for ok, message in checks if not ok]
         errors += self.check_security_rules()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pairq.broker.store import Store
+from pairq.errors import PairqError
 
 __all__ = [
     "NO_REPAIR",
@@ -55,6 +56,11 @@ class Replicator(Protocol):
 
     def check_publishable(self) -> None:
         """Raise (UNAVAILABLE) if a durable publish cannot get the copies it needs."""
+        ...
+
+    def partner_refusal(self) -> PairqError | None:
+        """Why the partner refuses copies, when it said so (its store is full): the
+        error to answer instead of UNAVAILABLE. Called on the failure paths only."""
         ...
 
     def replicate(
@@ -137,6 +143,9 @@ class _Solo:
         return None
 
     def check_publishable(self) -> None:
+        return None
+
+    def partner_refusal(self) -> PairqError | None:
         return None
 
     def replicate(

@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from pairq.broker import checksum, wire
+from pairq.broker.limits import limit_exceeded
 from pairq.broker.options import BrokerOptions
 from pairq.broker.ports import Replicator
 from pairq.broker.store import Store
@@ -118,11 +119,16 @@ class Publisher:
         """(id, record) of one message; raises INVALID_ARGUMENT-class errors."""
         body = item.body
         size = len(body)
-        if size == 0 or size > self.opts.max_msg_size:
-            raise _invalid(
-                f"message body is {size} bytes; it must be 1 to {self.opts.max_msg_size} bytes "
-                "(--max-msg-size)",
+        if size > self.opts.max_msg_size:
+            raise limit_exceeded(
+                "max_msg_size",
+                self.opts.max_msg_size,
+                f"message body is {size} bytes",
                 pb.ERROR_CODE_BAD_MESSAGE,
+            )
+        if size == 0:
+            raise _invalid(
+                "message body is empty; it must be 1 byte or more", pb.ERROR_CODE_BAD_MESSAGE
             )
         msg_id = item.id
         if msg_id:
@@ -172,9 +178,21 @@ class Publisher:
         check_topic(topic)
         check_publish(topic)  # --auth-file: the caller's publish permission
         n = len(messages)
-        if n == 0 or n > self.opts.max_batch:
+        if n == 0:
             raise _invalid(
-                f"batch has {n} messages; it must have 1 to {self.opts.max_batch} (--max-batch)",
+                f"batch has no messages; it must have 1 to {self.opts.max_batch} (--max-batch)",
+                pb.ERROR_CODE_BAD_BATCH,
+            )
+        if n > self.opts.max_batch:
+            raise limit_exceeded(
+                "max_batch", self.opts.max_batch, f"batch has {n} messages", pb.ERROR_CODE_BAD_BATCH
+            )
+        nbytes = sum(len(m.body) for m in messages)
+        if nbytes > self.opts.max_batch_bytes:
+            raise limit_exceeded(
+                "max_batch_bytes",
+                self.opts.max_batch_bytes,
+                f"batch has {nbytes} body bytes",
                 pb.ERROR_CODE_BAD_BATCH,
             )
         now_ns = time.time_ns()
@@ -423,6 +441,9 @@ class Publisher:
         if replicator.min_copies >= 2 and copies < 2:
             # Stored here (and delivered), but not acknowledged: the producer
             # retries with the same id and idempotency/de-duplication absorb it.
+            refusal = replicator.partner_refusal()
+            if refusal is not None:
+                raise refusal
             raise UnavailableError(
                 f"partner {replicator.partner_address} did not acknowledge the copy "
                 "(--min-copies=2 requires 2 durable copies); retry"

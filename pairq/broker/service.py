@@ -12,6 +12,7 @@ method is registered with an identity serializer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -24,13 +25,14 @@ from pairq.broker import wire
 from pairq.broker.channel import Channel
 from pairq.broker.channel_core import DelayError, RdyError
 from pairq.broker.integrity import Integrity
+from pairq.broker.limits import RateLimiter, limit_exceeded
 from pairq.broker.options import BrokerOptions
 from pairq.broker.ports import DeliveryFence
 from pairq.broker.publishing import Publisher
 from pairq.broker.store import Store
 from pairq.broker.subscriber import Subscriber, Terminate
 from pairq.broker.topic import Topic
-from pairq.errors import PairqError, serve_rpc
+from pairq.errors import PairqError, Undecodable, decoder, serve_rpc
 from pairq.names import check_channel, check_topic
 from pairq.streams import SerialWriter, identity
 from pairq.v1 import broker_pb2 as pb
@@ -39,6 +41,9 @@ log = logging.getLogger("pairq.service")
 
 SERVICE = "pairq.v1.BrokerService"
 IDENTIFY_TIMEOUT = 30.0
+# How long a disconnected subscriber's stream may take to end by itself (its writer
+# may be stuck writing to a client that does not read) before it is cancelled.
+STUCK_STREAM_GRACE = 1.0
 # Requests of one PublishStream served at once (more wait in gRPC's flow control).
 MAX_STREAM_REQUESTS = 64
 
@@ -85,6 +90,8 @@ def unary(
 
     @functools.wraps(fn)
     async def handler(self: BrokerService, request: Req, context: Any) -> Resp:
+        if isinstance(request, Undecodable):
+            await request.error().abort(context)
         return cast(Resp, await serve_rpc(context, lambda: fn(self, request)))
 
     return handler
@@ -96,17 +103,40 @@ class BrokerService:
         self.opts = host.options
         self.publisher = publisher
         self.publish_streams: set[PublishStream] = set()
+        self._aborts: set[asyncio.Task[None]] = set()
+        self.rate = RateLimiter(self.opts.max_publish_rate)
+        self.subscriptions = 0  # Subscribe streams identified and not yet ended
+        self.rdy_total = 0  # RDY credit granted over all of them (--max-rdy-total)
 
     # ------------------------------------------------------------ publish
-    @unary
-    async def Publish(self, request: pb.PublishRequest) -> pb.PublishResponse:
-        msg_id, copies = await self.publisher.publish_one(request.topic, request.message)
-        return pb.PublishResponse(id=msg_id, copies=copies)
+    def check_rate(self, peer: str, n: int) -> None:
+        """Refuse ``n`` messages from connection ``peer`` above --max-publish-rate."""
+        if not self.rate.allow(peer, n, time.monotonic()):
+            raise limit_exceeded(
+                "max_publish_rate",
+                self.opts.max_publish_rate,
+                f"this connection publishes more than {self.opts.max_publish_rate} messages/s",
+            )
 
-    @unary
-    async def PublishBatch(self, request: pb.PublishBatchRequest) -> pb.PublishBatchResponse:
-        ids, copies, _ = await self.publisher.publish_messages(request.topic, request.messages)
-        return pb.PublishBatchResponse(ids=ids, copies=copies)
+    async def Publish(self, request: Any, context: Any) -> pb.PublishResponse:
+        async def run() -> pb.PublishResponse:
+            self.check_rate(context.peer() or "", 1)
+            msg_id, copies = await self.publisher.publish_one(request.topic, request.message)
+            return pb.PublishResponse(id=msg_id, copies=copies)
+
+        if isinstance(request, Undecodable):
+            await request.error().abort(context)
+        return cast(pb.PublishResponse, await serve_rpc(context, run))
+
+    async def PublishBatch(self, request: Any, context: Any) -> pb.PublishBatchResponse:
+        async def run() -> pb.PublishBatchResponse:
+            self.check_rate(context.peer() or "", len(request.messages))
+            ids, copies, _ = await self.publisher.publish_messages(request.topic, request.messages)
+            return pb.PublishBatchResponse(ids=ids, copies=copies)
+
+        if isinstance(request, Undecodable):
+            await request.error().abort(context)
+        return cast(pb.PublishBatchResponse, await serve_rpc(context, run))
 
     async def PublishStream(self, request_iterator: Any, context: Any) -> None:
         stream = PublishStream(self, context)
@@ -132,6 +162,9 @@ class BrokerService:
             return
         if first is grpc.aio.EOF:
             return
+        if isinstance(first, Undecodable):
+            await first.error().abort(context)
+            return
         if first.WhichOneof("command") != "identify":
             err = _invalid(
                 "the first message on a Subscribe stream must be SubscribeIdentify",
@@ -152,6 +185,12 @@ class BrokerService:
             hb_ms = ident.heartbeat_interval_ms or self.opts.heartbeat_interval_ms
             if hb_ms < 100 or hb_ms > 600_000:
                 raise _invalid(f"heartbeat_interval_ms {hb_ms} must be 100 to 600000")
+            if self.subscriptions >= self.opts.max_clients:
+                raise limit_exceeded(
+                    "max_clients",
+                    self.opts.max_clients,
+                    f"this broker already serves {self.subscriptions} Subscribe streams",
+                )
             topic = await self.broker.get_topic(ident.topic)
             channel = await topic.get_channel(ident.channel)
         except PairqError as exc:
@@ -164,10 +203,14 @@ class BrokerService:
             remote_address=context.peer() or "",
             msg_timeout=timeout_ms / 1000.0,
             heartbeat_interval=hb_ms / 1000.0,
+            max_queued_bytes=self.opts.max_subscriber_buffer_bytes,
         )
         channel.add_subscriber(sub)
+        self.subscriptions += 1
         reader = asyncio.create_task(self._read_commands(context, sub, channel))
-        heartbeat = asyncio.create_task(self._heartbeats(sub))
+        stream_task = asyncio.current_task()
+        assert stream_task is not None
+        heartbeat = asyncio.create_task(self._heartbeats(sub, context, channel, stream_task))
         try:
             yield pb.SubscribeResponse(
                 accepted=pb.SubscribeAccepted(
@@ -184,10 +227,14 @@ class BrokerService:
                 if item is None:
                     break
                 if isinstance(item, Terminate):
+                    if sub.aborting:
+                        break  # the watchdog is ending the call (see _heartbeats)
+                    sub.aborting = True
                     err = PairqError(item.message, code=item.code)
                     await err.abort(context)
                     break
                 if isinstance(item, tuple):
+                    sub.taken(len(item[0]))
                     # Deliveries: re-check the fence right before they leave. A
                     # paused process may resume after its lease lapsed: hold them
                     # until the lease is back; if the partner took them over
@@ -196,12 +243,17 @@ class BrokerService:
                     if not await self._fence_allows(sub, item[1]):
                         continue
                     item = item[0]
+                sub.writing = True
                 yield item
+                sub.writing = False
         finally:
             reader.cancel()
             heartbeat.cancel()
             sub.done = True
             channel.remove_subscriber(sub)
+            self.subscriptions -= 1
+            self.rdy_total -= sub.rdy_granted
+            sub.rdy_granted = 0
 
     async def _fence_allows(self, sub: Subscriber, fence: int) -> bool:
         port = self.broker.fence_port
@@ -210,18 +262,59 @@ class BrokerService:
             await port.fence_moved(timeout=0.1)
         return fence == port.fence and port.may_deliver()
 
-    async def _heartbeats(self, sub: Subscriber) -> None:
+    async def _heartbeats(
+        self, sub: Subscriber, context: Any, channel: Channel, stream: asyncio.Task[Any]
+    ) -> None:
+        """Heartbeat the stream; disconnect a client silent for two intervals.
+
+        A silent client is often one that stopped reading its stream too, so the
+        stream's writer may be stuck in a write that never completes and would
+        never see a queued Terminate: the subscriber is removed from its channel
+        here (its in-flight messages requeued at once), its queue dropped, and if
+        the writer is stuck (or has not ended the call within one more second), the
+        status is queued from here and the stream's task cancelled."""
         hb = pb.SubscribeResponse(heartbeat=True).SerializeToString()
         while not sub.done:
             await asyncio.sleep(sub.heartbeat_interval)
             if time.monotonic() - sub.last_seen > 2 * sub.heartbeat_interval:
-                sub.terminate(
-                    f"no message from the client for {2 * sub.heartbeat_interval:.1f} s "
-                    "(heartbeats unanswered); in-flight messages were requeued",
-                    pb.ERROR_CODE_HEARTBEAT_TIMEOUT,
-                )
+                break
+            if not sub.held:  # a backed-up stream gets no more, not even heartbeats
+                sub.queue.put_nowait(hb)
+        if sub.done:
+            return
+        reason = (
+            f"no message from the client for {2 * sub.heartbeat_interval:.1f} s "
+            "(heartbeats unanswered); in-flight messages were requeued"
+        )
+        sub.disconnect(reason, pb.ERROR_CODE_HEARTBEAT_TIMEOUT)
+        channel.remove_subscriber(sub)
+        if not sub.writing:
+            # the writer is free: it takes the Terminate and ends the call itself
+            await asyncio.wait({stream}, timeout=STUCK_STREAM_GRACE)
+            if stream.done():
                 return
-            sub.queue.put_nowait(hb)
+        log.info(
+            "subscriber %s (%s) is silent and does not read its stream: disconnected",
+            sub.client_id[:64],
+            sub.remote_address,
+        )
+        if not sub.aborting:
+            # Queue the status from a task of its own (it completes only once the stuck
+            # write does or the call is gone), then cancel the stream's task, which frees
+            # the call without waiting for the client.
+            sub.aborting = True
+            status = PairqError(reason, code=pb.ERROR_CODE_HEARTBEAT_TIMEOUT).to_status()
+            task = asyncio.get_running_loop().create_task(self._abort_stuck(context, status))
+            self._aborts.add(task)
+            task.add_done_callback(self._aborts.discard)
+            await asyncio.sleep(0)
+        stream.cancel()
+
+    @staticmethod
+    async def _abort_stuck(context: Any, status: grpc.Status) -> None:
+        with contextlib.suppress(Exception):  # AbortError, or the timeout
+            async with asyncio.timeout(30.0):
+                await context.abort(status.code, status.details, status.trailing_metadata)
 
     async def _read_commands(self, context: Any, sub: Subscriber, channel: Channel) -> None:
         try:
@@ -229,6 +322,11 @@ class BrokerService:
                 req = await context.read()
                 if req is grpc.aio.EOF:
                     sub.finish_stream()
+                    return
+                if sub.done:
+                    return  # disconnected (the channel may have forgotten it already)
+                if isinstance(req, Undecodable):
+                    sub.terminate(req.message, pb.ERROR_CODE_INVALID)
                     return
                 sub.last_seen = time.monotonic()
                 kind = req.WhichOneof("command")
@@ -243,7 +341,7 @@ class BrokerService:
                         )
                 elif kind == "ready":
                     try:
-                        channel.set_ready(sub.cid, 0 if sub.closing else req.ready.count)
+                        channel.set_ready(sub.cid, self._grant(sub, req.ready.count))
                     except RdyError:
                         sub.terminate(
                             f"RDY {req.ready.count} is above the broker's maximum "
@@ -282,7 +380,7 @@ class BrokerService:
                         )
                 elif kind == "close":
                     sub.closing = True
-                    channel.set_ready(sub.cid, 0)
+                    channel.set_ready(sub.cid, self._grant(sub, 0))
                 elif kind == "identify":
                     sub.terminate("SubscribeIdentify may only be sent once", pb.ERROR_CODE_INVALID)
                     return
@@ -293,9 +391,37 @@ class BrokerService:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if not isinstance(exc, grpc.aio.AioRpcError | grpc.RpcError):
+            if isinstance(exc, grpc.aio.AioRpcError | grpc.RpcError):
+                sub.finish_stream()
+            else:
                 log.exception("subscribe reader failed")
-            sub.finish_stream()
+                sub.terminate(
+                    f"internal error reading this stream ({exc}); reconnect",
+                    pb.ERROR_CODE_UNAVAILABLE,
+                )
+
+    def _grant(self, sub: Subscriber, count: int) -> int:
+        """The RDY to give ``sub`` for a grant of ``count``: 0 once closing, and never
+        more than --max-rdy-total leaves over all subscriptions (the client is told
+        when its grant is cut). A count above --max-rdy-count is passed on for the
+        channel to refuse."""
+        if sub.closing:
+            count = 0
+        if count > self.opts.max_rdy_count:
+            return count
+        room = self.opts.max_rdy_total - (self.rdy_total - sub.rdy_granted)
+        granted = min(count, max(0, room))
+        if granted < count:
+            err = limit_exceeded(
+                "max_rdy_total",
+                self.opts.max_rdy_total,
+                f"RDY {count} cut to {granted}: consumers of this broker hold "
+                f"{self.rdy_total - sub.rdy_granted} of the total",
+            )
+            sub.send_error(pb.ERROR_CODE_TOO_MANY, err.message)
+        self.rdy_total += granted - sub.rdy_granted
+        sub.rdy_granted = granted
+        return granted
 
     # ------------------------------------------------------------ admin
     async def _topic(self, name: str, create: bool = False) -> Any:
@@ -445,7 +571,7 @@ class BrokerService:
     def generic_handler(self) -> Any:
         def unary(fn: Any, req: Any, resp: Any) -> Any:
             return grpc.unary_unary_rpc_method_handler(
-                fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString
+                fn, request_deserializer=decoder(req), response_serializer=resp.SerializeToString
             )
 
         handlers = {
@@ -455,7 +581,7 @@ class BrokerService:
             ),
             "PublishStream": grpc.stream_stream_rpc_method_handler(
                 self.PublishStream,
-                request_deserializer=pb.PublishStreamRequest.FromString,
+                request_deserializer=decoder(pb.PublishStreamRequest),
                 response_serializer=pb.PublishStreamResponse.SerializeToString,
             ),
             "Scrub": grpc.unary_stream_rpc_method_handler(
@@ -465,7 +591,7 @@ class BrokerService:
             ),
             "Subscribe": grpc.stream_stream_rpc_method_handler(
                 self.Subscribe,
-                request_deserializer=pb.SubscribeRequest.FromString,
+                request_deserializer=decoder(pb.SubscribeRequest),
                 response_serializer=identity,
             ),
         }
@@ -507,6 +633,8 @@ class PublishStream:
         self._writer = SerialWriter(context.write, self._write_failed)
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
+        self._bad: Undecodable | None = None
+        self._peer = context.peer() or ""
 
     async def run(self) -> None:
         self._reader = asyncio.ensure_future(self._read())
@@ -520,6 +648,9 @@ class PublishStream:
         # Answer what was accepted before ending the stream.
         while self.tasks:
             await asyncio.wait(list(self.tasks))
+        if self._bad is not None:
+            # no request_id to answer it under: the stream ends with the status
+            await self._bad.error().abort(self.context)
 
     def close(self) -> None:
         self._closing = True
@@ -536,6 +667,9 @@ class PublishStream:
             req = await context.read()
             if req is grpc.aio.EOF:
                 return
+            if isinstance(req, Undecodable):
+                self._bad = req
+                return
             task = loop.create_task(self._serve(req))
             self.tasks.add(task)
             task.add_done_callback(self._done)
@@ -548,6 +682,7 @@ class PublishStream:
     async def _serve(self, req: pb.PublishStreamRequest) -> None:
         rid = req.request_id
         try:
+            self.service.check_rate(self._peer, len(req.messages))
             ids, copies, all_supplied = await self.service.publisher.publish_messages(
                 req.topic, req.messages, new_ids=req.new_ids
             )

@@ -34,7 +34,8 @@ The memory map starts at ``initial_map_bytes`` and doubles whenever LMDB
 reports it full (``MDB_MAP_FULL``), up to ``max_bytes``. The resize runs on
 the event loop's thread between two callbacks, where no read transaction
 can be open, while the writer waits. When the store reaches its cap
-(``max_bytes - reserve_bytes``) or the disk runs out of space, appends fail
+(``max_bytes - reserve_bytes``) or the disk runs out of space (free disk plus
+LMDB's free pages below ``reserve_bytes``: see :func:`full_reason`), appends fail
 with ``StoreFullError`` while every other write (FINs, cleanup) still
 commits in the reserve, so delivery goes on and the store is never corrupted.
 """
@@ -612,7 +613,8 @@ class Store:
     def _full_message(self) -> str:
         return (
             f"store is full ({self.full_reason}); publishes are refused until consumers "
-            f"finish messages or the cap (--max-store-bytes={self.max_bytes}) / disk grows"
+            "finish messages, or restart with a larger --max-store-bytes, a smaller "
+            "--store-reserve-bytes, or more free disk"
         )
 
     def _maybe_refresh_usage(self) -> None:
@@ -628,24 +630,69 @@ class Store:
             for db in self.dbs:
                 st = txn.stat(db)
                 pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
-            psize = self.env.stat()["psize"]
+        main = self.env.stat()
+        psize = main["psize"]
+        pages += main["branch_pages"] + main["leaf_pages"] + main["overflow_pages"]
         self.used_bytes = pages * psize
-        reason = ""
-        if self.used_bytes > self.max_bytes - self.reserve_bytes:
-            reason = f"store uses {self.used_bytes} of its {self.max_bytes}-byte cap"
-        else:
-            try:
-                st = os.statvfs(self.path)
-                free = st.f_bavail * st.f_frsize
-                if free < self.reserve_bytes:
-                    reason = f"disk has only {free} bytes free"
-            except OSError:
-                pass
+        file_pages = self.env.info()["last_pgno"] + 1
+        try:
+            st = os.statvfs(self.path)
+            disk_free: int | None = st.f_bavail * st.f_frsize
+        except OSError:
+            disk_free = None
+        reason = full_reason(
+            used_pages=pages,
+            file_pages=file_pages,
+            page_size=psize,
+            max_bytes=self.max_bytes,
+            reserve_bytes=self.reserve_bytes,
+            disk_free=disk_free,
+        )
         if reason and not self.full_reason:
             log.warning("store full: %s; refusing publishes", reason)
         elif not reason and self.full_reason:
             log.info("store has room again; accepting publishes")
         self.full_reason = reason
+
+
+def full_reason(
+    *,
+    used_pages: int,
+    file_pages: int,
+    page_size: int,
+    max_bytes: int,
+    reserve_bytes: int,
+    disk_free: int | None,
+) -> str:
+    """Why appends must be refused ("" when there is room): a pure rule on LMDB's numbers.
+
+    * ``used_pages``: pages the databases hold (every named one plus the main one);
+      ``file_pages``: pages the data file has (``env.info()["last_pgno"] + 1``); the
+      difference, less the two meta pages, is LMDB's free list: pages it reuses before
+      it grows the file. Finishing messages frees pages, never file bytes (an LMDB
+      file does not shrink), so those pages are room, also after a restart.
+    * The cap: live pages above ``max_bytes - reserve_bytes`` are full
+      (``--max-store-bytes``).
+    * The disk: room is the disk's free space (``disk_free``; None if unknown: not
+      checked) plus the free list; below ``reserve_bytes`` is full
+      (``--store-reserve-bytes``, kept for FINs and cleanup, which still commit).
+    """
+    used = used_pages * page_size
+    if used > max_bytes - reserve_bytes:
+        return (
+            f"store holds {used} bytes of its {max_bytes}-byte cap (--max-store-bytes) "
+            f"less the {reserve_bytes}-byte reserve (--store-reserve-bytes)"
+        )
+    if disk_free is None:
+        return ""
+    reusable = max(0, file_pages - 2 - used_pages) * page_size
+    room = disk_free + reusable
+    if room < reserve_bytes:
+        return (
+            f"disk has {disk_free} bytes free and the store file {reusable} reusable, "
+            f"under the {reserve_bytes}-byte reserve (--store-reserve-bytes)"
+        )
+    return ""
 
 
 def _resolve_all(results: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:

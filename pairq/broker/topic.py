@@ -20,6 +20,7 @@ import logging
 from collections import deque
 
 from pairq.broker.channel import Channel, decode_records
+from pairq.broker.limits import limit_exceeded
 from pairq.broker.logs import ChannelLog, DurableTopicLog, MemoryTopicLog, TopicLog
 from pairq.broker.ports import SOLO, Context, Replicator
 from pairq.broker.schema import ChannelMeta, TopicMeta
@@ -215,10 +216,10 @@ class Topic:
             replicator.check_catalog()
         limit = self.ctx.limits.max_channels
         if len(self.channels) >= limit:
-            raise PairqError(
-                f"topic {self.name!r} already has {len(self.channels)} channels "
-                f"(--max-channels={limit})",
-                code=broker_pb2.ERROR_CODE_TOO_MANY,
+            raise limit_exceeded(
+                "max_channels",
+                limit,
+                f"topic {self.name!r} already has {len(self.channels)} channels",
             )
         first = not self.channels
         start = self.first_seq if first else self.committed_seq

@@ -6,11 +6,15 @@ compound packet is ``0xFF``, a count byte, then ``u16 length + message`` each.
 
 Decoders never trust the input: every read is bounds-checked and any defect
 raises :class:`DecodeError` (never IndexError, struct.error, ...), so a
-receiver can drop the packet and carry on.
+receiver can drop the packet and carry on. An address's host must be an IP
+literal or a DNS name a socket can send to (:func:`valid_host`): a forged one
+would otherwise spread to every member and fail in each one's ``sendto``.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import struct
 from collections.abc import Sequence
 
@@ -46,6 +50,23 @@ MAX_ENTRIES = 65535
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
+# A DNS name as sockets can resolve it: ASCII labels of 1-63 letters, digits,
+# hyphens and underscores, at most 253 characters in all (anything longer or
+# non-ASCII makes ``sendto`` raise UnicodeError in its IDNA step).
+_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def valid_host(host: str) -> bool:
+    """``host`` is an IP literal or a DNS name a socket can send to."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    if not host or len(host) > 253:
+        return False
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    return all(_LABEL.match(label) for label in labels)
 
 
 class _Writer:
@@ -127,6 +148,8 @@ class _Reader:
         port = self.u16()
         if not host or port == 0:
             raise DecodeError("address needs a host and a non-zero port", self.pos)
+        if not valid_host(host):
+            raise DecodeError(f"address host {host[:40]!r} is not an IP or DNS name", self.pos)
         return (host, port)
 
     def meta(self) -> NodeMeta:

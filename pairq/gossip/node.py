@@ -336,7 +336,9 @@ class Gossip:
         sealed = self._envelope.seal(data, time.time())
         try:
             self._udp.sendto(sealed, addr)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:
+            # UnicodeError: a host name the IDNA step refuses (the decoder drops such
+            # addresses; one from local configuration could still get here)
             log.debug("send to %s failed: %s", addr, exc)
             return
         self.core.stats.bytes_sent += len(sealed)
@@ -409,7 +411,13 @@ class Gossip:
                 core.receive(self._now(), src, [msg])
                 await self._write_frame(writer, encode_message(Ack(msg.seq, self.name)))
             self._flush()
-        except (TimeoutError, DecodeError, OSError, asyncio.IncompleteReadError) as exc:
+        except (
+            TimeoutError,
+            DecodeError,
+            OSError,
+            UnicodeError,
+            asyncio.IncompleteReadError,
+        ) as exc:
             core.stats.decode_errors += isinstance(exc, DecodeError)
             log.debug("gossip stream failed: %s", exc)
         finally:
@@ -436,7 +444,13 @@ class Gossip:
             remote = decode_message(raw)
             if not isinstance(remote, PushPull):
                 raise DecodeError("push-pull answered with another message")
-        except (TimeoutError, DecodeError, OSError, asyncio.IncompleteReadError) as exc:
+        except (
+            TimeoutError,
+            DecodeError,
+            OSError,
+            UnicodeError,
+            asyncio.IncompleteReadError,
+        ) as exc:
             log.debug("push-pull with %s failed: %s", addr, exc)
             return False
         core.merge_remote(self._now(), remote)
@@ -456,7 +470,13 @@ class Gossip:
             ok = isinstance(ack, Ack) and ack.seq == action.ping.seq
         except ConnectionRefusedError:
             refused = True  # nobody listens there: the process is gone (a pause never refuses)
-        except (TimeoutError, DecodeError, OSError, asyncio.IncompleteReadError) as exc:
+        except (
+            TimeoutError,
+            DecodeError,
+            OSError,
+            UnicodeError,
+            asyncio.IncompleteReadError,
+        ) as exc:
             log.debug("tcp ping to %s failed: %s", action.addr, exc)
         if not self._stopping:
             self.core.tcp_ping_result(self._now(), action.ping.seq, ok, refused=refused)

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import grpc
 
-from pairq.errors import PairqError, serve_rpc
+from pairq.errors import PairqError, Undecodable, decoder, echo, guard_unary, serve_rpc
 from pairq.lookup.registry import (
     BrokerIdentity,
     BrokerStatus,
@@ -153,6 +153,8 @@ class LookupService:
         self.streams += 1
         try:
             async for req in requests:
+                if isinstance(req, Undecodable):
+                    await req.error().abort(context)
                 kind = req.WhichOneof("kind")
                 try:
                     if not node_id:
@@ -366,7 +368,7 @@ class LookupService:
                 node_id, expires = self.registry.tombstone(request.topic, request.node, now)
             except UnknownNodeError:
                 raise PairqError(
-                    f"no broker {request.node!r} is registered with this lookup "
+                    f"no broker {echo(request.node)} is registered with this lookup "
                     "(give a node id or gRPC address from `pairq nodes`)",
                     code=broker_pb2.ERROR_CODE_NOT_FOUND,
                 ) from None
@@ -379,15 +381,15 @@ class LookupService:
     def generic_handler(self) -> Any:
         def unary(name: str) -> Any:
             return grpc.unary_unary_rpc_method_handler(
-                getattr(self, name),
-                request_deserializer=getattr(pb, name + "Request").FromString,
+                guard_unary(getattr(self, name)),
+                request_deserializer=decoder(getattr(pb, name + "Request")),
                 response_serializer=getattr(pb, name + "Response").SerializeToString,
             )
 
         handlers = {
             "Register": grpc.stream_stream_rpc_method_handler(
                 self.Register,
-                request_deserializer=pb.RegisterRequest.FromString,
+                request_deserializer=decoder(pb.RegisterRequest),
                 response_serializer=pb.RegisterResponse.SerializeToString,
             ),
         }

@@ -131,6 +131,34 @@ async def test_encrypted_cluster_rejects_plain_and_other_label() -> None:
             await g.stop(leave=False)
 
 
+async def test_forged_packet_with_a_255_char_host_is_dropped_and_counted(
+    trio: list[Gossip], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14: one forged Alive whose address is a 255-character host name spread to every
+    member, each logging a UnicodeError traceback every few seconds. Now it is dropped on
+    arrival and counted as a decode error."""
+    import logging
+    import socket
+
+    from pairq.gossip.codec import encode_message
+    from pairq.gossip.messages import Alive
+
+    caplog.set_level(logging.DEBUG)
+    a = trio[0]
+    forged = encode_message(Alive(9, "evil", ("h" * 255, 7946), NodeMeta(role="broker")))
+    before = a.stats.decode_errors
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _ in range(3):
+            s.sendto(forged, ("127.0.0.1", a.address[1]))
+    await until(lambda: a.stats.decode_errors >= before + 3, 3, "forged packets counted")
+    # A few gossip rounds later nobody knows the forged member and nothing was logged.
+    rounds = a.stats.probes + 5
+    await until(lambda: a.stats.probes >= rounds, 10, "gossip rounds")
+    assert all(state(g, "evil") is None for g in trio)
+    bad = [r for r in caplog.records if r.exc_info or "UnicodeError" in r.getMessage()]
+    assert not bad, [r.getMessage() for r in bad]
+
+
 async def test_key_rotation_without_false_suspicion() -> None:
     nodes = [await start("a", config=cfg(keys=(KEY_A,)))]
     for n in "bc":

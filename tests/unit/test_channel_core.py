@@ -120,6 +120,26 @@ def test_rdy_zero_stops_delivery_to_that_client(clock: Clock) -> None:
     assert delivered(core.take(clock())) == {2: [0, 1, 2, 3]}
 
 
+def test_held_client_gets_nothing_and_its_timeouts_go_to_others(clock: Clock) -> None:
+    core = make(clock, clients={1: 10.0, 2: 30.0}, rdy=2)
+    core.set_ready(2, 0)
+    core.push(entries(1, 2, 3), clock())
+    assert delivered(core.take(clock())) == {1: [1, 2]}
+    core.hold(1, True)  # its stream backed up: credit kept, nothing more for it
+    core.finish(1, [mid(1)], clock())
+    assert core.take(clock()) == []
+    assert core.client(1).rdy == 2 and core.client(1).held
+    # Its in-flight entry still times out, and goes to a client that is not held.
+    assert [o.kind for o in core.tick(clock.advance(10.0))] == [REQUEUED]
+    assert core.take(clock()) == []
+    core.set_ready(2, 2)
+    assert delivered(core.take(clock())) == {2: [3, 2]}
+    core.hold(1, False)
+    core.push(entries(4), clock())
+    assert delivered(core.take(clock())) == {1: [4]}
+    check(core)
+
+
 def test_set_ready_bounds(clock: Clock) -> None:
     core = make(clock, max_rdy=100)
     core.set_ready(1, 100)

@@ -225,3 +225,21 @@ async def test_a_format_1_store_is_upgraded_on_open(tmp_path: Path) -> None:
         assert [r for _, r in got.rows] == recs and got.corrupt == []
     finally:
         s.close()
+
+
+# ------------------------------------------------------------ room (issue 14)
+def test_full_reason_counts_lmdb_free_pages_as_room() -> None:
+    from pairq.broker.store import full_reason
+
+    mib = 1024 * 1024
+    kw = {"page_size": 4096, "max_bytes": 1024 * mib, "reserve_bytes": 8 * mib}
+    # A file of 40 MiB that holds 2 MiB of live pages on a disk with 1 MiB free: the
+    # 38 MiB of free pages are room (finishing messages never shrinks the file).
+    assert full_reason(used_pages=512, file_pages=10240, disk_free=mib, **kw) == ""
+    # The same live data in a file with no free pages: the disk is what is left.
+    reason = full_reason(used_pages=10238, file_pages=10240, disk_free=mib, **kw)
+    assert "--store-reserve-bytes" in reason and "disk has 1048576 bytes free" in reason
+    # The cap counts live pages only, and names both flags.
+    reason = full_reason(used_pages=1020 * 256, file_pages=1021 * 256, disk_free=None, **kw)
+    assert "--max-store-bytes" in reason and "--store-reserve-bytes" in reason
+    assert full_reason(used_pages=100, file_pages=102, disk_free=None, **kw) == ""

@@ -74,13 +74,35 @@ from pairq.broker.pair.sender import Sender
 from pairq.broker.pair.standby import StandbyStore, validate_batch
 from pairq.broker.pair.state import PairHost, PairState
 from pairq.broker.pair.takeover import Takeover
-from pairq.errors import PairqError, UnavailableError
+from pairq.errors import PairqError, UnavailableError, Undecodable, decoder
 from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import replication_pb2 as rpb
 
 __all__ = ["Pair", "StandbyStore", "validate_batch"]
 
 log = logging.getLogger("pairq.pair")
+
+
+class _Decoded:
+    """The ``Replicate`` servicer context as the receiver sees it: a request that did
+    not parse (an :class:`~pairq.errors.Undecodable` from the deserializer) ends the
+    call with INVALID_ARGUMENT on ``read`` instead of reaching the receiver."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def read(self) -> Any:
+        msg = await self._context.read()
+        if isinstance(msg, Undecodable):
+            await msg.error().abort(self._context)
+        return msg
+
+
+# Least time between two questions to the partner about its store (``partner_refusal``).
+PARTNER_PROBE_INTERVAL = 0.5
 
 
 class Pair:
@@ -94,6 +116,12 @@ class Pair:
         self.receiver = Receiver(s, self.takeover)
         self._tasks: list[asyncio.Task[Any]] = []
         self._repair_channel: Any = None
+
+        # The partner's own word on why it refuses copies (its store is full), as its
+        # GetStats health said at ``_partner_checked``; see ``partner_refusal``.
+        self._partner_full = ""
+        self._partner_checked = -1e9
+        self._partner_probe: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ what the parts share
     @property
@@ -196,6 +224,8 @@ class Pair:
         hold the gRPC server open for the whole shutdown grace period)."""
         self.state.running = False
         self.receiver.close()
+        if self._partner_probe is not None:
+            self._partner_probe.cancel()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -236,11 +266,57 @@ class Pair:
         without the catalog; the partner unreachable under --min-copies=2)."""
         self.check_catalog()
         if self.min_copies >= 2 and not self.connected:
+            refusal = self.partner_refusal()
+            if refusal is not None:
+                raise refusal
             raise PairqError(
                 f"partner {self.partner_address} of pair {self.name!r} is unreachable and this broker "
                 "requires 2 durable copies (--min-copies=2); publish to another pair, or retry later",
                 code=pb.ERROR_CODE_UNAVAILABLE,
             )
+
+    def partner_refusal(self) -> PairqError | None:
+        """A publish failed for want of the partner's copy: if the partner said its store
+        is full, the error to answer (RESOURCE_EXHAUSTED naming the partner's disk)
+        instead of UNAVAILABLE.
+
+        The partner ends the replication session when it cannot store a batch, so the
+        owner only sees the stream drop; rather than change the replication protocol,
+        the owner asks the partner's public ``GetStats`` (its ``health`` says "store
+        full: <why>"), at most every ``PARTNER_PROBE_INTERVAL`` and only while
+        publishes fail. The first failure after a change still answers UNAVAILABLE
+        (retryable); later ones use the answer."""
+        now = time.monotonic()
+        if now - self._partner_checked >= PARTNER_PROBE_INTERVAL and (
+            self._partner_probe is None or self._partner_probe.done()
+        ):
+            self._partner_checked = now
+            self._partner_probe = asyncio.get_running_loop().create_task(self._probe_partner())
+        if not self._partner_full:
+            return None
+        return PairqError(
+            f"partner {self.partner_address} of pair {self.name!r} cannot store copies: its "
+            f"store is full ({self._partner_full}); free room on the partner (finish messages, "
+            "or its --max-store-bytes / --store-reserve-bytes / disk), or publish to another pair",
+            code=pb.ERROR_CODE_STORE_FULL,
+            partner=self.partner_address,
+        )
+
+    async def _probe_partner(self) -> None:
+        from pairq.v1 import broker_pb2_grpc as pbg
+
+        try:
+            async with grpc.aio.insecure_channel(self.partner_address) as ch:
+                resp = await pbg.BrokerServiceStub(ch).GetStats(
+                    pb.GetStatsRequest(no_clients=True), timeout=1.0
+                )
+            health = resp.health
+            self._partner_full = (
+                health[len("store full: ") :] if health.startswith("store full") else ""
+            )
+        except (grpc.aio.AioRpcError, OSError, TimeoutError) as exc:
+            log.debug("cannot ask partner %s about its store: %s", self.partner_address, exc)
+            self._partner_full = ""
 
     def replicate(
         self,
@@ -410,13 +486,16 @@ class Pair:
                 out.crcs.append(got[1])
         return out
 
+    async def _replicate(self, request_iterator: Any, context: Any) -> None:
+        await self.receiver.Replicate(request_iterator, _Decoded(context))
+
     def generic_handler(self) -> Any:
         return grpc.method_handlers_generic_handler(
             "pairq.v1.ReplicationService",
             {
                 "Replicate": grpc.stream_stream_rpc_method_handler(
-                    self.receiver.Replicate,
-                    request_deserializer=rpb.ReplicateRequest.FromString,
+                    self._replicate,
+                    request_deserializer=decoder(rpb.ReplicateRequest),
                     response_serializer=rpb.ReplicateResponse.SerializeToString,
                 ),
                 "Repair": grpc.unary_unary_rpc_method_handler(

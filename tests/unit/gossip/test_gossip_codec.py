@@ -118,3 +118,42 @@ def test_fuzz_decoders_small() -> None:
     assert stats["total"] == 20_000
     assert stats["rejected"] > 1000  # the mutations really produce garbage
     assert stats["accepted"] > 100  # and some still parse: the decoders are exercised deeply
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["h" * 255, "a" * 64 + ".example", "bad host", "h\u00e9te", "-lead", "trail-", "a..b", ""],
+)
+def test_forged_host_names_are_rejected(host: str) -> None:
+    """Issue 14: a 255-character host name in an Alive spread to every member, and each
+    one's sendto raised UnicodeError (IDNA labels are at most 63 characters) forever."""
+    raw = b"".join(
+        [
+            bytes([6]),  # ALIVE
+            (1).to_bytes(4, "big"),
+            bytes([4]) + b"evil",
+            bytes([len(host.encode())]) + host.encode(),
+            (7946).to_bytes(2, "big"),
+            encode_message(Alive(1, "x", ("127.0.0.1", 1), NodeMeta()))[-2:],
+        ]
+    )
+    with pytest.raises(DecodeError):
+        decode_message(raw)
+
+
+@pytest.mark.parametrize("host", ["a" * 63 + ".example", "10.0.0.1", "::1", "node_1.local."])
+def test_legal_host_names_still_decode(host: str) -> None:
+    msg = Alive(1, "n", (host, 7946), NodeMeta())
+    assert decode_message(encode_message(msg)) == msg
+
+
+@given(st.binary(max_size=300))
+def test_every_decoded_host_can_be_sent_to(data: bytes) -> None:
+    """Whatever decodes, its addresses pass the socket layer's IDNA step."""
+    try:
+        msgs = decode_packet(bytes([6]) + data)
+    except DecodeError:
+        return
+    for m in msgs:
+        assert isinstance(m, Alive)
+        m.addr[0].encode("idna")
