@@ -1,7 +1,7 @@
 """deploy/ansible, really run (``make deploy-test``; marker ``deploy``, not in the default run).
 
 In order, against one local deployment (see deployharness.py): site.yml deploys a lookup, two
-pairs and the console (skipped while pairq has no ``admin``) from a wheel of the base
+pairs and the console from a wheel of the base
 commit; messages go through the deployed lookups; a second site.yml changes nothing;
 rolling-restart.yml and upgrade.yml (to a wheel of this tree) run under a live publish +
 consume load with no acknowledged message lost and each handled once; a pair whose partner
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,7 +131,21 @@ async def run_playbook(d: Deployment, name: str, *extra: str, check: bool = True
 
 def test_site_deploys_a_cluster_that_serves(deployment: Deployment) -> None:
     out = deployment.playbook("site.yml")
-    assert "SKIPPED pairq_admin" in out.stdout or "pairq-admin-admin-1" in out.stdout
+    assert "pairq_admin : Wait for the console to listen" in out.stdout
+    # The deployed console serves, and sees every deployed broker through the lookup.
+    admin = deployment.addr("admin-1/http")
+    wanted = [deployment.addr(f"{h}/grpc") for h in BROKERS]
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{admin}/api/nodes", timeout=2) as r:
+                body = r.read().decode()
+            if all(a in body for a in wanted):
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"the console at {admin} does not list every broker"
+        time.sleep(0.2)  # polling a condition with a deadline
     for h in BROKERS:
         assert deployment.service_pid(h) > 0, f"{h} not running"
         text = (deployment.host_root(h) / "etc" / f"pairq-broker-{h}.toml").read_text()
