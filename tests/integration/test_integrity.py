@@ -92,6 +92,17 @@ async def _consume_all(
     return handled
 
 
+async def _start_and_publish(
+    a: BrokerProcess, b: BrokerProcess, rng: random.Random
+) -> dict[bytes, bytes]:
+    """Start the pair, make the channel (so records are kept for it) and publish."""
+    a.start()
+    b.start()
+    await wait_healthy(a, b)
+    await _make_channel(a)
+    return await _publish(a, b, rng)
+
+
 async def _make_channel(a: BrokerProcess) -> None:
     import grpc
 
@@ -111,11 +122,7 @@ async def test_flipped_bits_while_stopped_are_repaired_from_the_partner(
     rng = random.Random(seed)
     a, b = make_pair(tmp_path)
     try:
-        a.start()
-        b.start()
-        await wait_healthy(a, b)
-        await _make_channel(a)
-        acked = await _publish(a, b, rng)
+        acked = await _start_and_publish(a, b, rng)
         # Both stopped (kill -9), so neither takes the other's messages over: when they
         # are back the owner reads its own (now bad) records.
         a.stop()
@@ -141,11 +148,7 @@ async def test_flipped_bits_under_a_running_broker_are_never_delivered(tmp_path:
     rng = random.Random(7)
     a, b = make_pair(tmp_path)
     try:
-        a.start()
-        b.start()
-        await wait_healthy(a, b)
-        await _make_channel(a)
-        acked = await _publish(a, b, rng)
+        acked = await _start_and_publish(a, b, rng)
         # Nobody consumed yet: the channel reads these back from disk when a consumer
         # comes. Corrupt them under the running broker (its reads see the page cache).
         victims = rng.sample(sorted(acked.values()), 12)
@@ -164,11 +167,7 @@ async def test_scrub_finds_and_repairs_what_no_read_met(tmp_path: Path) -> None:
     rng = random.Random(11)
     a, b = make_pair(tmp_path)
     try:
-        a.start()
-        b.start()
-        await wait_healthy(a, b)
-        await _make_channel(a)
-        acked = await _publish(a, b, rng)
+        acked = await _start_and_publish(a, b, rng)
         # Corrupt the partner's standby copies: nothing reads them until a takeover.
         victims = rng.sample(sorted(acked.values()), 8)
         flipped = _flip_bodies(Path(b.data_dir) / "store" / "data.mdb", victims, rng)
@@ -220,11 +219,7 @@ async def test_corrupt_meta_pages_resilver_from_the_partner(tmp_path: Path) -> N
     rng = random.Random(5)
     a, b = make_pair(tmp_path)
     try:
-        a.start()
-        b.start()
-        await wait_healthy(a, b)
-        await _make_channel(a)
-        acked = await _publish(a, b, rng)
+        acked = await _start_and_publish(a, b, rng)
         a.stop()
         _corrupt_meta(Path(a.data_dir) / "store" / "data.mdb")
         a.start()  # --on-corruption=resilver (the default in a pair)
@@ -267,11 +262,7 @@ async def test_a_truncated_data_file_resilvers_from_the_partner(tmp_path: Path) 
     rng = random.Random(8)
     a, b = make_pair(tmp_path)
     try:
-        a.start()
-        b.start()
-        await wait_healthy(a, b)
-        await _make_channel(a)
-        acked = await _publish(a, b, rng)
+        acked = await _start_and_publish(a, b, rng)
         a.stop()
         data = Path(a.data_dir) / "store" / "data.mdb"
         with data.open("r+b") as fh:
