@@ -84,6 +84,9 @@ STRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     lmdb.BadTxnError,
     TruncatedStoreError,
 )
+# Within this many bytes of the reserve, room is checked after every commit.
+_CLOSE_MARGIN = 64 * 1024**2
+
 # How long the writer waits for the loop to resize the map before giving up.
 _RESIZE_WAIT = 5.0
 
@@ -294,6 +297,7 @@ class Store:
         self.map_grows = 0
         self.used_bytes = 0
         self._last_space_check = 0.0
+        self._margin = 0  # bytes above the reserve at the last check (see full_reason)
         self.ids_gen = 0  # current idempotency generation (0 or 1)
         self.index_ids = True
         self.integrity = Integrity()
@@ -619,7 +623,14 @@ class Store:
 
     def _maybe_refresh_usage(self) -> None:
         now = time.monotonic()
-        if now - self._last_space_check < 0.05 and not self.full_reason:
+        # Far from full, a check every 50 ms is enough; near it (less than
+        # _CLOSE_MARGIN left above the reserve) every commit is checked, since a fast
+        # disk can write more than the reserve in 50 ms.
+        if (
+            now - self._last_space_check < 0.05
+            and not self.full_reason
+            and self._margin > _CLOSE_MARGIN
+        ):
             return
         self._last_space_check = now
         self._refresh_usage()
@@ -640,6 +651,11 @@ class Store:
             disk_free: int | None = st.f_bavail * st.f_frsize
         except OSError:
             disk_free = None
+        reusable = max(0, file_pages - 2 - pages) * psize
+        margin = self.max_bytes - self.reserve_bytes - self.used_bytes
+        if disk_free is not None:
+            margin = min(margin, disk_free + reusable - self.reserve_bytes)
+        self._margin = margin
         reason = full_reason(
             used_pages=pages,
             file_pages=file_pages,
