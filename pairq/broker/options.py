@@ -51,6 +51,18 @@ class BrokerOptions(GossipOptions, SecurityOptions):
         check=optional_hostport,
         metavar="HOST:PORT",
     )
+    nsq_tcp_address: str = _o(
+        "",
+        "HOST:PORT to serve NSQ's TCP protocol V2 on, for unchanged NSQ clients (pynsq, nsqjs, go-nsq); empty: off",
+        check=optional_hostport,
+        metavar="HOST:PORT",
+    )
+    http_address: str = _o(
+        "",
+        "HOST:PORT to serve NSQ's HTTP API on (/pub, /mpub, /stats, topic and channel actions, as nsqd does); empty: off",
+        check=optional_hostport,
+        metavar="HOST:PORT",
+    )
     node_name: str = _o("", "human-readable node name shown in stats (default: the node id)")
 
     # --- durability ---

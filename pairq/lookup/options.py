@@ -41,6 +41,13 @@ class LookupOptions(GossipOptions, SecurityOptions):
         metavar="HOST:PORT",
     )
 
+    http_address: str = _o(
+        "",
+        "HOST:PORT to serve nsqlookupd's HTTP API on (/lookup, /topics, /channels, /nodes), so NSQ clients given lookupd_http_addresses find pairq brokers; empty: off",
+        check=optional_hostport,
+        metavar="HOST:PORT",
+    )
+
     # --- registrations ---
     heartbeat_interval_ms: int = _o(
         1000,

@@ -19,7 +19,7 @@ LIVENESS_SUSPECT: Liveness
 LIVENESS_DEAD: Liveness
 
 class BrokerIdentity(_message.Message):
-    __slots__ = ("node_id", "pair", "grpc_address", "gossip_address", "version", "partner_address", "hostname", "start_time_ns")
+    __slots__ = ("node_id", "pair", "grpc_address", "gossip_address", "version", "partner_address", "hostname", "start_time_ns", "nsq_tcp_address", "http_address")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PAIR_FIELD_NUMBER: _ClassVar[int]
     GRPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,8 @@ class BrokerIdentity(_message.Message):
     PARTNER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     START_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    NSQ_TCP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HTTP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     pair: str
     grpc_address: str
@@ -36,7 +38,9 @@ class BrokerIdentity(_message.Message):
     partner_address: str
     hostname: str
     start_time_ns: int
-    def __init__(self, node_id: _Optional[str] = ..., pair: _Optional[str] = ..., grpc_address: _Optional[str] = ..., gossip_address: _Optional[str] = ..., version: _Optional[str] = ..., partner_address: _Optional[str] = ..., hostname: _Optional[str] = ..., start_time_ns: _Optional[int] = ...) -> None: ...
+    nsq_tcp_address: str
+    http_address: str
+    def __init__(self, node_id: _Optional[str] = ..., pair: _Optional[str] = ..., grpc_address: _Optional[str] = ..., gossip_address: _Optional[str] = ..., version: _Optional[str] = ..., partner_address: _Optional[str] = ..., hostname: _Optional[str] = ..., start_time_ns: _Optional[int] = ..., nsq_tcp_address: _Optional[str] = ..., http_address: _Optional[str] = ...) -> None: ...
 
 class TopicRegistration(_message.Message):
     __slots__ = ("name", "channels")
