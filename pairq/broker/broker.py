@@ -71,6 +71,10 @@ class Broker:
         self.security = ServerSecurity(options, BROKER_RULES)
         self.address = ""
         self.port = 0
+        # Bound HOST:PORT of the NSQ listeners ("" when off); registration advertises them.
+        self.nsq_tcp_address = ""
+        self.http_address = ""
+        self.nsq_http: Any = None  # pairq.broker.nsq.http.NsqHttpServer with --http-address
         self.start_time_ns = time.time_ns()
         self._server: Any = None
         self.service: BrokerService | None = None
@@ -235,6 +239,17 @@ class Broker:
             from pairq.telemetry import start_metrics
 
             self.metrics = start_metrics(self.options.metrics_address, self)
+        if self.options.http_address:  # nsqd's HTTP API
+            from pairq.broker.nsq.http import NsqHttpServer
+
+            self.nsq_http = NsqHttpServer(
+                self,
+                self.publisher,
+                self.service.actions,
+                auth=self.security.auth,
+                check_rate=self.service.check_rate,
+            )
+            self.http_address = await self.nsq_http.start(self.options.http_address)
         self._serving = True
         if self.pair is not None:
             await self.pair.start_tcp()
@@ -288,6 +303,8 @@ class Broker:
             return
         grace = self.options.shutdown_grace_s if grace is None else grace
         self._serving = False
+        if self.nsq_http is not None:
+            await self.nsq_http.stop()
         if self._register_later is not None:
             self._register_later.cancel()
         if self.registrar is not None:

@@ -44,6 +44,9 @@ class RegistrationHost(Protocol):
     options: BrokerOptions
     address: str
     start_time_ns: int
+    # Bound HOST:PORT of the NSQ TCP listener and of nsqd's HTTP API; "" when off.
+    nsq_tcp_address: str
+    http_address: str
 
     @property
     def node_id(self) -> str: ...
@@ -55,12 +58,26 @@ class RegistrationHost(Protocol):
     def topics(self) -> Mapping[str, Topic]: ...
 
 
-__all__ = ["LookupRegistrar"]
+__all__ = ["LookupRegistrar", "advertised"]
 
 log = logging.getLogger("pairq.registration")
 
 _METHOD = "/pairq.v1.LookupService/Register"
 TopicState = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+_WILDCARD = ("", "0.0.0.0", "::", "[::]")
+
+
+def advertised(address: str) -> str:
+    """A bound HOST:PORT as clients should dial it: a wildcard host (``0.0.0.0``,
+    ``::``) becomes this machine's host name; "" stays "" (the listener is off)."""
+    if not address:
+        return ""
+    host, _, port = address.rpartition(":")
+    if host in _WILDCARD:
+        host = socket.gethostname()
+    return f"{host}:{port}"
 
 
 class LookupRegistrar:
@@ -135,6 +152,9 @@ class LookupRegistrar:
             partner_address=pair.partner_address if pair is not None else b.options.partner,
             hostname=self._hostname,
             start_time_ns=b.start_time_ns,
+            # What NSQ clients dial (the bound ports, so port 0 in a flag works).
+            nsq_tcp_address=advertised(b.nsq_tcp_address),
+            http_address=advertised(b.http_address),
         )
 
     def snapshot(self) -> TopicState:

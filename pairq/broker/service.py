@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar, cast
 import grpc
 
 from pairq.broker import wire
+from pairq.broker.actions import Actions
 from pairq.broker.channel import Channel
 from pairq.broker.channel_core import DelayError, RdyError
 from pairq.broker.integrity import Integrity
@@ -102,6 +103,7 @@ class BrokerService:
         self.broker = host
         self.opts = host.options
         self.publisher = publisher
+        self.actions = Actions(host)
         self.publish_streams: set[PublishStream] = set()
         self._aborts: set[asyncio.Task[None]] = set()
         self.rate = RateLimiter(self.opts.max_publish_rate)
@@ -424,69 +426,63 @@ class BrokerService:
         return granted
 
     # ------------------------------------------------------------ admin
+    # The verbs themselves are ``actions.Actions``' (nsqd's HTTP API calls them too).
     async def _topic(self, name: str, create: bool = False) -> Any:
-        check_topic(name)
-        return await self.broker.get_topic(name, create=create)
+        return await self.actions.topic(name, create=create)
 
     @unary
     async def CreateTopic(self, request: pb.CreateTopicRequest) -> pb.CreateTopicResponse:
-        await self._topic(request.topic, create=True)
+        await self.actions.create_topic(request.topic)
         return pb.CreateTopicResponse()
 
     @unary
     async def DeleteTopic(self, request: pb.DeleteTopicRequest) -> pb.DeleteTopicResponse:
-        await self._topic(request.topic)
-        await self.broker.delete_topic(request.topic)
+        await self.actions.delete_topic(request.topic)
         return pb.DeleteTopicResponse()
 
     @unary
     async def EmptyTopic(self, request: pb.EmptyTopicRequest) -> pb.EmptyTopicResponse:
-        (await self._topic(request.topic)).empty()
+        await self.actions.empty_topic(request.topic)
         return pb.EmptyTopicResponse()
 
     @unary
     async def PauseTopic(self, request: pb.PauseTopicRequest) -> pb.PauseTopicResponse:
-        await self.broker.set_paused(await self._topic(request.topic), None, True)
+        await self.actions.pause_topic(request.topic, True)
         return pb.PauseTopicResponse()
 
     @unary
     async def UnpauseTopic(self, request: pb.UnpauseTopicRequest) -> pb.UnpauseTopicResponse:
-        await self.broker.set_paused(await self._topic(request.topic), None, False)
+        await self.actions.pause_topic(request.topic, False)
         return pb.UnpauseTopicResponse()
 
     async def _channel(
         self, topic: str, channel: str, create: bool = False
     ) -> tuple[Topic, Channel]:
-        check_channel(channel)
-        t = await self._topic(topic, create=create)
-        return t, await t.get_channel(channel, create=create)
+        return await self.actions.channel(topic, channel, create=create)
 
     @unary
     async def CreateChannel(self, request: pb.CreateChannelRequest) -> pb.CreateChannelResponse:
-        await self._channel(request.topic, request.channel, create=True)
+        await self.actions.create_channel(request.topic, request.channel)
         return pb.CreateChannelResponse()
 
     @unary
     async def DeleteChannel(self, request: pb.DeleteChannelRequest) -> pb.DeleteChannelResponse:
-        t, ch = await self._channel(request.topic, request.channel)
-        t.delete_channel(ch.name)
+        await self.actions.delete_channel(request.topic, request.channel)
         return pb.DeleteChannelResponse()
 
     @unary
     async def EmptyChannel(self, request: pb.EmptyChannelRequest) -> pb.EmptyChannelResponse:
-        (await self._channel(request.topic, request.channel))[1].empty()
+        await self.actions.empty_channel(request.topic, request.channel)
         return pb.EmptyChannelResponse()
 
     @unary
     async def PauseChannel(self, request: pb.PauseChannelRequest) -> pb.PauseChannelResponse:
-        t, ch = await self._channel(request.topic, request.channel)
-        await self.broker.set_paused(t, ch, True)
+        await self.actions.pause_channel(request.topic, request.channel, True)
         return pb.PauseChannelResponse()
 
     @unary
     async def UnpauseChannel(self, request: pb.UnpauseChannelRequest) -> pb.UnpauseChannelResponse:
-        t, ch = await self._channel(request.topic, request.channel)
-        await self.broker.set_paused(t, ch, False)
+        await self.actions.pause_channel(request.topic, request.channel, False)
         return pb.UnpauseChannelResponse()
 
     @unary
