@@ -71,9 +71,7 @@ class Broker:
         self.security = ServerSecurity(options, BROKER_RULES)
         self.address = ""
         self.port = 0
-        # Bound HOST:PORT of the NSQ listeners ("" when off); registration advertises them.
-        self.nsq_tcp_address = ""
-        self.http_address = ""
+        self.http_address = ""  # bound HOST:PORT of nsqd's HTTP API ("" when off)
         self.nsq_http: Any = None  # pairq.broker.nsq.http.NsqHttpServer with --http-address
         self.start_time_ns = time.time_ns()
         self._server: Any = None
@@ -239,6 +237,10 @@ class Broker:
             from pairq.telemetry import start_metrics
 
             self.metrics = start_metrics(self.options.metrics_address, self)
+        self._serving = True
+        if self.pair is not None:
+            await self.pair.start_tcp()
+            self.pair.start()
         if self.options.http_address:  # nsqd's HTTP API
             from pairq.broker.nsq.http import NsqHttpServer
 
@@ -250,10 +252,6 @@ class Broker:
                 check_rate=self.service.check_rate,
             )
             self.http_address = await self.nsq_http.start(self.options.http_address)
-        self._serving = True
-        if self.pair is not None:
-            await self.pair.start_tcp()
-            self.pair.start()
         if self.options.gossip_address:
             self.membership = Membership(self)
             await self.membership.start()
@@ -347,6 +345,12 @@ class Broker:
     @property
     def node_id(self) -> str:
         return self.ident.node_id
+
+    @property
+    def nsq_tcp_address(self) -> str:
+        """Bound HOST:PORT of the NSQ TCP listener ("" when off); registration advertises it."""
+        tcp = getattr(self, "nsq_tcp", None)  # pairq.broker.nsq.tcp.NsqTcpServer, when built
+        return str(tcp.address) if tcp is not None else ""
 
     @property
     def fence_port(self) -> DeliveryFence:

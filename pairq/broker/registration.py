@@ -44,9 +44,13 @@ class RegistrationHost(Protocol):
     options: BrokerOptions
     address: str
     start_time_ns: int
+
     # Bound HOST:PORT of the NSQ TCP listener and of nsqd's HTTP API; "" when off.
-    nsq_tcp_address: str
-    http_address: str
+    @property
+    def nsq_tcp_address(self) -> str: ...
+
+    @property
+    def http_address(self) -> str: ...
 
     @property
     def node_id(self) -> str: ...

@@ -62,6 +62,8 @@ class Lookup:
             heartbeat_interval=options.heartbeat_interval_ms / 1000.0,
         )
         self.address = ""
+        self.http_address = ""  # bound HOST:PORT of nsqlookupd's HTTP API ("" when off)
+        self.nsq_http: Any = None  # pairq.lookup.nsqhttp.NsqLookupHttpServer
         self.lookup_id = options.node_name
         self.gossip: Gossip | None = None
         self.service: LookupService | None = None
@@ -119,6 +121,13 @@ class Lookup:
             from pairq.telemetry import start_lookup_metrics
 
             self.metrics = start_lookup_metrics(self.options.metrics_address, self)
+        if self.options.http_address:  # nsqlookupd's HTTP API
+            from pairq.lookup.nsqhttp import NsqLookupHttpServer
+
+            self.nsq_http = NsqLookupHttpServer(
+                self.registry, clock=self.clock, auth=self.security.auth
+            )
+            self.http_address = await self.nsq_http.start(self.options.http_address)
         self._tasks.append(asyncio.create_task(self._sweep(), name="lookup-sweep"))
         log.info(
             "lookup %s listening on %s (gossip %s)",
@@ -198,6 +207,8 @@ class Lookup:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks.clear()
+        if self.nsq_http is not None:
+            await self.nsq_http.stop()
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None

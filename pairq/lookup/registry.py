@@ -78,6 +78,8 @@ class BrokerIdentity:
     partner_address: str = ""
     hostname: str = ""
     start_time_ns: int = 0
+    nsq_tcp_address: str = ""  # HOST:PORT of its NSQ TCP protocol; "": it serves none
+    http_address: str = ""  # HOST:PORT of its nsqd HTTP API; "": off
 
 
 @dataclass(slots=True)

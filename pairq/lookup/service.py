@@ -56,6 +56,8 @@ def identity_from_pb(b: pb.BrokerIdentity) -> BrokerIdentity:
         ("grpc_address", b.grpc_address),
         ("gossip_address", b.gossip_address),
         ("partner_address", b.partner_address),
+        ("nsq_tcp_address", b.nsq_tcp_address),
+        ("http_address", b.http_address),
     ):
         if value:
             try:
@@ -73,6 +75,8 @@ def identity_from_pb(b: pb.BrokerIdentity) -> BrokerIdentity:
         partner_address=b.partner_address,
         hostname=b.hostname,
         start_time_ns=b.start_time_ns,
+        nsq_tcp_address=b.nsq_tcp_address,
+        http_address=b.http_address,
     )
 
 
@@ -100,6 +104,8 @@ def identity_to_pb(i: BrokerIdentity) -> pb.BrokerIdentity:
         partner_address=i.partner_address,
         hostname=i.hostname,
         start_time_ns=i.start_time_ns,
+        nsq_tcp_address=i.nsq_tcp_address,
+        http_address=i.http_address,
     )
 
 

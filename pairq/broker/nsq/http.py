@@ -51,7 +51,6 @@ open, like nsqd.
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import struct
@@ -69,16 +68,15 @@ from pairq.broker.publishing import Publisher
 from pairq.broker.registration import advertised
 from pairq.errors import PairqError
 from pairq.names import is_valid_name
+from pairq.nsqapi import HttpError, Listener, errors, ok, require
 from pairq.options import parse_hostport
-from pairq.security.auth import ADMIN, CURRENT, PUBLISH, Authenticator, Principal
+from pairq.security.auth import ADMIN, PUBLISH, Authenticator
 from pairq.v1 import broker_pb2 as pb
 
-__all__ = ["HttpError", "HttpHost", "NsqHttpServer", "parse_mpub_binary", "parse_mpub_text"]
+__all__ = ["HttpHost", "NsqHttpServer", "nsq_stats", "parse_mpub_binary", "parse_mpub_text"]
 
 log = logging.getLogger("pairq.nsqhttp")
 
-V1_HEADER = ("X-NSQ-Content-Type", "nsq; version=1.0")
-JSON_TYPE = "application/json"
 _BOOL = {"true": True, "1": True, "false": False, "0": False}
 
 # pairq error code -> (HTTP status, the code's name in answers)
@@ -96,15 +94,6 @@ _STATUS: dict[int, tuple[int, str]] = {
 }
 
 
-class HttpError(Exception):
-    """An answer other than 200: ``status`` and the ``message`` of its JSON body."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def from_pairq(exc: PairqError, not_found: str = "TOPIC_NOT_FOUND") -> HttpError:
     """The nsqd-style answer for a pairq error (see the module docstring)."""
     if exc.code == pb.ERROR_CODE_NOT_FOUND:
@@ -114,6 +103,10 @@ def from_pairq(exc: PairqError, not_found: str = "TOPIC_NOT_FOUND") -> HttpError
 
 
 # ---------------------------------------------------------------- pure parsing
+def _translate(exc: Exception) -> HttpError | None:
+    return from_pairq(exc) if isinstance(exc, PairqError) else None
+
+
 def parse_mpub_text(body: bytes, max_msg_size: int) -> list[bytes]:
     """``/mpub`` text mode: messages separated by ``\\n`` (empty ones dropped, as nsqd
     does); a message over ``max_msg_size`` is 413 ``MSG_TOO_BIG``."""
@@ -170,7 +163,9 @@ class HttpHost(Protocol):
     options: BrokerOptions
     start_time_ns: int
     address: str
-    nsq_tcp_address: str
+
+    @property
+    def nsq_tcp_address(self) -> str: ...
 
     @property
     def node_id(self) -> str: ...
@@ -182,25 +177,14 @@ class HttpHost(Protocol):
     ) -> pb.GetStatsResponse: ...
 
 
-class _Metadata:
-    """What ``Authenticator.identify`` reads of a gRPC call, from an HTTP request."""
-
-    def __init__(self, authorization: str) -> None:
-        self._md = [("authorization", authorization)] if authorization else []
-
-    def invocation_metadata(self) -> list[tuple[str, str]]:
-        return self._md
-
-    def auth_context(self) -> dict[str, Any]:
-        return {}  # no client certificates over plain HTTP
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class NsqHttpServer:
     """nsqd's HTTP API over a broker: ``await start(address)`` returns the bound
     HOST:PORT; ``await stop()``."""
+
+    TITLE = "NSQ HTTP API"
 
     def __init__(
         self,
@@ -218,8 +202,8 @@ class NsqHttpServer:
         self.auth = auth
         self.check_rate = check_rate
         self.address = ""
-        self._runner: web.AppRunner | None = None
-        self.app = web.Application(middlewares=[self._errors])
+        self.app = web.Application(middlewares=[errors(log, _translate)])
+        self._listener = Listener(self.app, what="--http-address", grace=2.0)
         r = self.app.router
         r.add_get("/ping", self.ping, allow_head=False)
         r.add_get("/info", self.info, allow_head=False)
@@ -232,89 +216,16 @@ class NsqHttpServer:
 
     # ------------------------------------------------------------ lifecycle
     async def start(self, address: str) -> str:
-        host, port = parse_hostport(address, what="--http-address")
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host.strip("[]"), port, shutdown_timeout=2.0)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            self._runner = None
-            raise OSError(f"cannot listen on --http-address {address}: {exc}") from exc
-        server = getattr(site, "_server", None)
-        bound = server.sockets[0].getsockname()[1] if server is not None else port
-        self.address = f"{host}:{bound}"
-        log.info("NSQ HTTP API listening on http://%s/", self.address)
+        self.address = await self._listener.start(address)
+        log.info("%s listening on http://%s/", self.TITLE, self.address)
         return self.address
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    # ------------------------------------------------------------ answers
-    @staticmethod
-    def ok(data: Any = None) -> web.Response:
-        """nsqd's V1 200: text as is, None as an empty body, anything else as JSON."""
-        if data is None:
-            resp = web.Response(body=b"")
-        elif isinstance(data, str):
-            resp = web.Response(text=data)
-        else:
-            resp = web.Response(text=_json(data), content_type=JSON_TYPE, charset="utf-8")
-        resp.headers[V1_HEADER[0]] = V1_HEADER[1]
-        return resp
-
-    @staticmethod
-    def error(status: int, message: str) -> web.Response:
-        resp = web.Response(
-            status=status,
-            text=_json({"message": message}),
-            content_type=JSON_TYPE,
-            charset="utf-8",
-        )
-        resp.headers[V1_HEADER[0]] = V1_HEADER[1]
-        return resp
-
-    @web.middleware
-    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except HttpError as exc:
-            return self.error(exc.status, exc.message)
-        except web.HTTPMethodNotAllowed:
-            return self.error(405, "METHOD_NOT_ALLOWED")
-        except web.HTTPNotFound:
-            return self.error(404, "NOT_FOUND")
-        except PairqError as exc:
-            err = from_pairq(exc)
-            return self.error(err.status, err.message)
-        except Exception:
-            log.exception("internal error serving %s %s", request.method, request.path)
-            return self.error(500, "INTERNAL_ERROR")
+        await self._listener.stop()
 
     # ------------------------------------------------------------ auth
-    def _authenticate(self, request: web.Request) -> Principal | None:
-        """The caller (None with authentication off); 401 if it cannot be identified."""
-        if self.auth is None:
-            return None
-        who = self.auth.identify(_Metadata(request.headers.get("Authorization", "")))
-        if isinstance(who, str):
-            raise HttpError(
-                401,
-                "UNAUTHENTICATED: "
-                + who.replace(
-                    "'authorization: Bearer TOKEN' metadata", "'Authorization: Bearer TOKEN'"
-                ),
-            )
-        CURRENT.set(who)  # this request's task: Publisher.check_publish reads it
-        return who
-
     def _require(self, request: web.Request, perm: str, topic: str, channel: str = "") -> None:
-        p = self._authenticate(request)
-        if p is not None and not p.allows(perm, topic, channel):
-            raise HttpError(403, f"PERMISSION_DENIED: {p.denial(perm, topic, channel)}")
+        require(self.auth, request, perm, topic, channel)
 
     # ------------------------------------------------------------ /ping, /info
     def _health(self) -> str:
@@ -335,7 +246,7 @@ class NsqHttpServer:
         opts = self.opts
         broadcast, http_port = _split(advertised(self.address))
         _, tcp_port = _split(advertised(self.host.nsq_tcp_address))
-        return self.ok(
+        return ok(
             {
                 "version": __version__,
                 "broadcast_address": broadcast,
@@ -409,7 +320,7 @@ class NsqHttpServer:
         self._require(request, PUBLISH, topic)
         self._rate(request, 1)
         msg_id, copies = await self.publisher.publish_one(topic, _Message(body, defer_ms))
-        resp = self.ok("OK")
+        resp = ok("OK")
         resp.headers["X-Pairq-Copies"] = str(copies)
         resp.headers["X-Pairq-Message-Id"] = msg_id.hex()
         return resp
@@ -433,10 +344,10 @@ class NsqHttpServer:
         if not msgs:
             # nsqd answers OK to an empty text /mpub (and creates the topic)
             await self.actions.create_topic(topic)
-            return self.ok("OK")
+            return ok("OK")
         self._rate(request, len(msgs))
         _, copies, _ = await self.publisher.publish_messages(topic, [_Message(m) for m in msgs])
-        resp = self.ok("OK")
+        resp = ok("OK")
         resp.headers["X-Pairq-Copies"] = str(copies)
         return resp
 
@@ -465,7 +376,7 @@ class NsqHttpServer:
                     await a.pause_topic(topic, verb == "pause")
             except PairqError as exc:
                 raise from_pairq(exc) from None
-            return self.ok()
+            return ok()
 
         return handle
 
@@ -499,7 +410,7 @@ class NsqHttpServer:
                     await a.pause_channel(topic, channel, verb == "pause")
             except PairqError as exc:
                 raise from_pairq(exc, "CHANNEL_NOT_FOUND") from None
-            return self.ok()
+            return ok()
 
         return handle
 
@@ -512,7 +423,7 @@ class NsqHttpServer:
         self._require(request, ADMIN, topic)
         data = nsq_stats(self.host.stats(topic, "", True), topic, channel, clients)
         if q.get("format") == "json":
-            return self.ok(data)
+            return ok(data)
         return web.Response(text=stats_text(data, self.host.start_time_ns))
 
 
@@ -641,10 +552,6 @@ def stats_text(data: dict[str, Any], start_time_ns: int, now: float | None = Non
                 )
     lines += ["", "Producers: None", ""]
     return "\n".join(lines)
-
-
-def _json(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"))
 
 
 def _split(address: str) -> tuple[str, int]:
