@@ -154,7 +154,7 @@ class Listener:
         host, port = parse_hostport(address, what=self.what)
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.grace)
         await runner.setup()
-        site = web.TCPSite(runner, host.strip("[]"), port, shutdown_timeout=self.grace)
+        site = web.TCPSite(runner, host.strip("[]"), port)
         try:
             await site.start()
         except OSError as exc:
