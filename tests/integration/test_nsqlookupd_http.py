@@ -257,3 +257,36 @@ async def test_real_brokers_advertise_their_bound_http_port_and_a_killed_one_dro
             p.stop()
         await h.close()
         await lk.stop()
+
+
+async def test_lookup_auth_file_asks_for_the_grpc_tokens(tmp_path: Path) -> None:
+    from pairq.security.auth import hash_token
+
+    path = tmp_path / "auth.toml"
+    path.write_text(
+        f"""
+[[principal]]
+name = "reader"
+token_sha256 = "{hash_token("reader-token-0123456789")}"
+subscribe = ["t"]
+"""
+    )
+    lk = await _lookup(auth_file=str(path))
+    h = Http(lk.http_address)
+    try:
+        lk.registry.create_topic("t")
+        lk.registry.create_topic("u")
+        assert await h.get("/ping") == (200, b"OK")
+        assert (await h.get("/info"))[0] == 200
+        status, ans = await h.get("/lookup?topic=t")
+        assert status == 401 and ans["message"].startswith("UNAUTHENTICATED: ")
+        assert (await h.get("/topics"))[0] == 401
+        h.session.headers["Authorization"] = "Bearer reader-token-0123456789"
+        assert await h.get("/lookup?topic=t") == (200, {"channels": [], "producers": []})
+        status, ans = await h.get("/lookup?topic=u")
+        assert status == 403 and ans["message"].startswith("PERMISSION_DENIED: 'reader' lacks")
+        assert (await h.get("/topics"))[1] == {"topics": ["t", "u"]}
+        assert (await h.get("/topic/create?topic=t", "POST"))[0] == 403  # admin needed
+    finally:
+        await h.close()
+        await lk.stop()
