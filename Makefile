@@ -22,13 +22,15 @@ run: $(STAMP)
 
 # System packages the tests need: ip and tc for the pair-partition test (iproute2),
 # chromium for the admin console's browser tests, promtool for the /metrics checks
-# (prometheus). Installed when running as root and missing; otherwise those tests
-# fail saying so.
+# (prometheus), node and npm for the Node.js example and the nsqjs tests (nodejs, npm).
+# Installed when running as root and missing; otherwise those tests fail saying so.
 ensure-debs:
 	@missing=""; \
 	{ command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1; } || missing="$$missing iproute2"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi

@@ -149,6 +149,14 @@ class StoreFullError(PairqError):
     code = broker_pb2.ERROR_CODE_STORE_FULL
 
 
+class LimitExceededError(PairqError):
+    """A limit of the broker was reached (``ERROR_CODE_TOO_MANY``: the publish rate,
+    --max-clients, --max-rdy-total, ...): the ErrorInfo metadata names it
+    (``limit``, ``max``). Not a full store; back off or raise the limit."""
+
+    code = broker_pb2.ERROR_CODE_TOO_MANY
+
+
 class UnavailableError(PairqError):
     """The broker cannot take this now (shutting down, unreachable, too few copies)."""
 
@@ -171,7 +179,7 @@ _CLASS_BY_CODE: dict[int, type[PairqError]] = {
     broker_pb2.ERROR_CODE_NOT_FOUND: NotFoundError,
     broker_pb2.ERROR_CODE_DELETED: NotFoundError,
     broker_pb2.ERROR_CODE_STORE_FULL: StoreFullError,
-    broker_pb2.ERROR_CODE_TOO_MANY: StoreFullError,
+    broker_pb2.ERROR_CODE_TOO_MANY: LimitExceededError,
     broker_pb2.ERROR_CODE_UNAVAILABLE: UnavailableError,
     broker_pb2.ERROR_CODE_FIN_FAILED: NotInFlightError,
     broker_pb2.ERROR_CODE_REQ_FAILED: NotInFlightError,

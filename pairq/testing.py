@@ -300,14 +300,20 @@ class BrokerProcess:
 
 async def eventually(cond: Any, timeout: float = 10.0, interval: float = 0.01) -> None:
     """Wait until ``cond()`` is truthy (polling), failing after ``timeout`` seconds.
+    ``cond`` may be a coroutine function: its result is awaited (a coroutine object
+    is never taken for "true").
 
     For tests: wait on a condition with a deadline instead of sleeping.
     """
     import asyncio
+    import inspect
 
     deadline = time.monotonic() + timeout
     while True:
-        if cond():
+        ok = cond()
+        if inspect.isawaitable(ok):
+            ok = await ok
+        if ok:
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")

@@ -41,6 +41,7 @@ from pairq import grpcopts
 from pairq.admin.rates import RateHistory
 from pairq.client.discovery import Discovery
 from pairq.errors import PairqError
+from pairq.security.client import NONE, ClientSecurity
 from pairq.v1 import broker_pb2 as bpb
 from pairq.v1 import broker_pb2_grpc as bpbg
 from pairq.v1 import lookup_pb2 as lpb
@@ -118,6 +119,7 @@ class ClusterView:
         interval: float = 1.0,
         timeout: float = 1.0,
         history: RateHistory | None = None,
+        security: ClientSecurity = NONE,
     ) -> None:
         if not lookups and not brokers:
             raise ValueError("the console needs at least one lookup or broker")
@@ -126,10 +128,13 @@ class ClusterView:
         self.interval = interval
         self.timeout = timeout
         self.history = history or RateHistory()
+        self.security = security  # the console's own token / TLS for lookups and brokers
         self.snapshot = Snapshot()
         self._known: dict[str, dict[str, Any]] = {}  # node id -> last lookup view
         self._channels: dict[str, Any] = {}
-        self._discovery = Discovery(self.lookups, timeout=timeout) if self.lookups else None
+        self._discovery = (
+            Discovery(self.lookups, timeout=timeout, security=security) if self.lookups else None
+        )
         self._task: asyncio.Task[None] | None = None
         self._poll_lock = asyncio.Lock()
         self.polled = asyncio.Event()
@@ -162,7 +167,7 @@ class ClusterView:
     def _chan(self, address: str) -> Any:
         ch = self._channels.get(address)
         if ch is None:
-            ch = grpc.aio.insecure_channel(address, options=_channel_options())
+            ch = self.security.channel(address, _channel_options())
             self._channels[address] = ch
         return ch
 

@@ -32,11 +32,24 @@ def e(v: Any) -> str:
     return html.escape(str(v), quote=True)
 
 
-def page(title: str, body: str, *, path: str, refresh: bool = True, flash: str = "") -> str:
+def page(
+    title: str,
+    body: str,
+    *,
+    path: str,
+    refresh: bool = True,
+    flash: str = "",
+    logout: bool = False,
+) -> str:
     nav = "".join(
         f'<a href="{href}"{" class=active" if href == path else ""}>{e(label)}</a>'
         for href, label in NAV
     )
+    if logout:
+        nav += (
+            '<form method="post" action="/logout" class="logout">'
+            '<button type="submit" id="logout">Log out</button></form>'
+        )
     fl = f'<p class="flash" id="flash">{e(flash)}</p>' if flash else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pairq admin: {e(title)}</title>
@@ -507,6 +520,16 @@ def audit(entries: list[dict[str, Any]]) -> str:
         ),
         cls="audit",
     )
+
+
+def login(next_path: str, error: str) -> str:
+    err = f'<p class="flash" id="login-error">{e(error)}</p>' if error else ""
+    return f"""{err}<form method="post" action="/login" id="login-form">
+<input type="hidden" name="next" value="{e(next_path)}">
+<label>Token <input type="password" name="token" id="token" autocomplete="current-password"
+required autofocus></label>
+<button type="submit" id="login-submit">Log in</button></form>
+<p>A token from this console's <code>--auth-file</code> (the same file format as the brokers').</p>"""
 
 
 def confirm(verb: str, fields: list[tuple[str, str]], what: str, back: str) -> str:

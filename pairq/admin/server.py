@@ -21,9 +21,11 @@ Routes (every page has its ``/api/`` twin serving the same data as JSON):
 =========================  ===============================================
 
 Every action carried out (or refused by the cluster) is written to the audit
-log (:mod:`pairq.admin.audit`). The console has no login of its own: bind it to
-loopback (the default) or put it behind a proxy that authenticates and sets
-``X-Forwarded-User``, which the audit log records. A form post whose
+log (:mod:`pairq.admin.audit`). With ``--auth-file`` the console logs its users
+in and checks each action against their permissions (:mod:`pairq.admin.login`);
+without it, it has no login of its own: bind it to loopback (the default) or put
+it behind a proxy that authenticates and sets ``X-Forwarded-User``, which the
+audit log records. A form post whose
 ``Origin`` is another site is refused, and the JSON API only takes
 ``application/json`` bodies, so another web page cannot make a browser act.
 """
@@ -34,6 +36,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,9 @@ from aiohttp import web
 from pairq.admin import pages
 from pairq.admin.audit import AuditLog
 from pairq.admin.cluster import VERBS, ActionError, ClusterView
+from pairq.admin.login import COOKIE, Sessions, from_token, required
+from pairq.security.auth import AuthTable, Principal
+from pairq.security.client import NONE, ClientSecurity
 
 __all__ = ["Admin", "AdminOptions"]
 
@@ -79,6 +85,10 @@ class AdminOptions:
     poll_interval: float = 1.0
     timeout: float = 1.0
     audit_log: str | None = None
+    # Console users and their permissions (the brokers' auth file format); None: no login.
+    auth_file: str | None = None
+    # The console's own token / TLS files for talking to lookups and brokers.
+    security: ClientSecurity = NONE
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -89,10 +99,27 @@ class AdminOptions:
         host, sep, port = self.address.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError(f"--address {self.address!r} is not HOST:PORT")
+        if self.auth_file:
+            AuthTable.load(self.auth_file)  # ValueError naming the file and the problem
+
+
+# Paths anyone may fetch when the console runs with --auth-file.
+_OPEN_PATHS = ("/login", "/logout", "/metrics")
+# The logged-in principal of a request (absent without --auth-file).
+_PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("pairq_principal", Principal)
+
+
+class Forbidden(ActionError):
+    """The logged-in user lacks the permission an action needs (HTTP 403)."""
 
 
 def who(request: web.Request) -> str:
-    user = request.headers.get("X-Forwarded-User") or request.headers.get("X-Remote-User")
+    p = request.get(_PRINCIPAL)
+    user = (
+        p.name
+        if p is not None
+        else (request.headers.get("X-Forwarded-User") or request.headers.get("X-Remote-User"))
+    )
     return f"{user or 'anonymous'}@{request.remote or '?'}"
 
 
@@ -120,9 +147,13 @@ class Admin:
             list(options.brokers),
             interval=options.poll_interval,
             timeout=options.timeout,
+            security=options.security,
         )
         self.audit = AuditLog(options.audit_log)
-        self.app = web.Application()
+        # --auth-file: raises ValueError naming the file and the problem.
+        self.auth = AuthTable.load(options.auth_file) if options.auth_file else None
+        self.sessions = Sessions()
+        self.app = web.Application(middlewares=[self._authenticate] if self.auth else [])
         self._routes()
         self._runner: web.AppRunner | None = None
         self.address = options.address
@@ -178,6 +209,91 @@ class Admin:
         r.add_get("/api/rates", self.api_rates)
         r.add_post("/api/actions/{verb}", self.api_action)
         r.add_static("/static", STATIC, append_version=False)
+        if self.auth is not None:
+            r.add_get("/login", self.h_login_form)
+            r.add_post("/login", self.h_login)
+            r.add_post("/logout", self.h_logout)
+
+    # ------------------------------------------------------------ login
+    def _principal(self, request: web.Request) -> Principal | None:
+        """Who sent ``request``: a bearer token, else a live session cookie."""
+        assert self.auth is not None
+        header = request.headers.get("Authorization", "")
+        if header:
+            scheme, _, token = header.partition(" ")
+            return from_token(self.auth, token) if scheme.lower() == "bearer" else None
+        sid = request.cookies.get(COOKIE, "")
+        name = self.sessions.get(sid, time.monotonic()) if sid else None
+        if name is None:
+            return None
+        # by name, in the table in force: a principal removed from the file is logged out
+        return next((p for p in self.auth.by_token.values() if p.name == name), None)
+
+    @web.middleware
+    async def _authenticate(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        path = request.path
+        if path in _OPEN_PATHS or path.startswith("/static/"):
+            return await handler(request)
+        p = self._principal(request)
+        if p is None:
+            if path.startswith("/api/"):
+                return web.json_response(
+                    {
+                        "error": "this console requires a login: send 'Authorization: Bearer "
+                        "TOKEN' with a token from its --auth-file"
+                    },
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="pairq admin"'},
+                )
+            raise web.HTTPSeeOther(f"/login?next={quote(request.path_qs)}")
+        request[_PRINCIPAL] = p
+        return await handler(request)
+
+    async def h_login_form(self, request: web.Request) -> web.Response:
+        return self._html(
+            "Log in", pages.login(_safe_next(request.query.get("next", "")), ""), "", refresh=False
+        )
+
+    async def h_login(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        nxt = _safe_next(str(form.get("next", "")))
+        assert self.auth is not None
+        p = from_token(self.auth, str(form.get("token", "")))
+        if p is None:
+            self.audit.write(f"anonymous@{request.remote or '?'}", "login", {}, "refused")
+            return self._html(
+                "Log in",
+                pages.login(nxt, "That token is not in this console's --auth-file."),
+                "",
+                status=401,
+                refresh=False,
+            )
+        sid = self.sessions.create(p.name, time.monotonic())
+        self.audit.write(f"{p.name}@{request.remote or '?'}", "login", {}, "ok")
+        resp = web.HTTPSeeOther(nxt)
+        resp.set_cookie(
+            COOKIE, sid, httponly=True, samesite="Strict", max_age=int(self.sessions.ttl), path="/"
+        )
+        raise resp
+
+    async def h_logout(self, request: web.Request) -> web.Response:
+        self.sessions.drop(request.cookies.get(COOKIE, ""))
+        resp = web.HTTPSeeOther("/login")
+        resp.del_cookie(COOKIE, path="/")
+        raise resp
+
+    def _check_allowed(self, request: web.Request, verb: str, params: dict[str, Any]) -> None:
+        """Raise :class:`ActionError` (403) unless the logged-in user may do ``verb``."""
+        p = request.get(_PRINCIPAL)
+        if self.auth is None or p is None:
+            return
+        perm, topic, channel = required(
+            verb, str(params.get("topic") or ""), str(params.get("channel") or "")
+        )
+        if not p.allows(perm, topic, channel):
+            raise Forbidden(p.denial(perm, topic, channel))
 
     async def _snap(self) -> Any:
         if not self.view.polled.is_set():
@@ -185,10 +301,23 @@ class Admin:
         return self.view.snapshot
 
     def _html(
-        self, title: str, body: str, path: str, flash: str = "", status: int = 200
+        self,
+        title: str,
+        body: str,
+        path: str,
+        flash: str = "",
+        status: int = 200,
+        refresh: bool = True,
     ) -> web.Response:
         return web.Response(
-            text=pages.page(title, body, path=path, flash=flash),
+            text=pages.page(
+                title,
+                body,
+                path=path,
+                flash=flash,
+                refresh=refresh,
+                logout=self.auth is not None and title != "Log in",
+            ),
             content_type="text/html",
             status=status,
         )
@@ -279,6 +408,11 @@ class Admin:
             if k in ("topic", "channel", "node", "ids", "limit", "headers", "body") and v
         }
         try:
+            self._check_allowed(request, verb, params)
+        except Forbidden as exc:
+            self.audit.write(who(request), verb, target, f"refused: {exc}")
+            raise
+        try:
             out = await self.view.act(verb, params)
         except ActionError as exc:
             self.audit.write(who(request), verb, target, f"error: {exc}")
@@ -315,7 +449,10 @@ class Admin:
             out = await self._do(request, verb, params)
         except ActionError as exc:
             return self._html(
-                "Action failed", pages.result(f"{verb} failed: {exc}", back, None), "", status=502
+                "Action failed",
+                pages.result(f"{verb} failed: {exc}", back, None),
+                "",
+                status=403 if isinstance(exc, Forbidden) else 502,
             )
         return self._html("Done", pages.result(out["message"], back, out.get("messages")), "")
 
@@ -344,7 +481,9 @@ class Admin:
         try:
             out = await self._do(request, verb, params)
         except ActionError as exc:
-            return web.json_response({"error": str(exc)}, status=502)
+            return web.json_response(
+                {"error": str(exc)}, status=403 if isinstance(exc, Forbidden) else 502
+            )
         return web.json_response(out)
 
     # ------------------------------------------------------------ JSON API
@@ -383,6 +522,13 @@ class Admin:
         return web.json_response(
             {"now": time.monotonic(), "series": {k: h.series(k) for k in h.keys()}}
         )
+
+
+def _safe_next(nxt: str) -> str:
+    """Where to go after logging in: a local path only (no open redirect)."""
+    if nxt.startswith("/") and not nxt.startswith("//") and "\\" not in nxt:
+        return nxt
+    return "/"
 
 
 def _back_for(params: dict[str, Any], referer: str) -> str:

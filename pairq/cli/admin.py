@@ -10,6 +10,7 @@ import signal
 import sys
 
 from pairq.admin import Admin, AdminOptions
+from pairq.cli._tool import CliError, add_security_args, security
 
 __all__ = ["register"]
 
@@ -53,6 +54,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="append audit lines (JSON) to this file (env PAIRQ_ADMIN_AUDIT_LOG); "
         "they are logged to stderr either way",
     )
+    p.add_argument(
+        "--auth-file",
+        default=os.environ.get("PAIRQ_ADMIN_AUTH_FILE"),
+        metavar="PATH",
+        help="log console users in with the tokens of this auth file (the brokers' format) and "
+        "allow each action only with the permission it needs (env PAIRQ_ADMIN_AUTH_FILE); "
+        "without it the console has no login: keep it on loopback or behind a proxy",
+    )
+    add_security_args(p)
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
     p.add_argument(
         "--log-format", default="text", choices=("text", "json"), help="one line or one JSON object"
@@ -64,6 +74,11 @@ def run_admin(args: argparse.Namespace) -> int:
     from pairq.cli._daemon import setup_logging
 
     setup_logging(str(args.log_level), args.log_format)
+    try:
+        sec = security(args)
+    except CliError as exc:
+        print(f"pairq admin: {exc}", file=sys.stderr)
+        return 2
     opts = AdminOptions(
         address=args.address,
         lookups=tuple(args.lookup or _env_list("PAIRQ_LOOKUP")),
@@ -71,6 +86,8 @@ def run_admin(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         timeout=args.timeout,
         audit_log=args.audit_log,
+        auth_file=args.auth_file,
+        security=sec,
     )
     try:
         opts.validate()

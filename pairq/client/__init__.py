@@ -26,7 +26,8 @@ async with Consumer("orders", "billing", brokers=["127.0.0.1:4150"], handler=han
   Without a handler, ``async for msg in consumer`` and answer each message.
 - ``SyncProducer`` is the Producer for scripts (blocking calls).
 - Errors are ``PairqError`` subclasses: ``InvalidError`` (bad input, not
-  retried), ``UnavailableError`` (no broker took it in time), ``StoreFullError``.
+  retried), ``UnavailableError`` (no broker took it in time), ``StoreFullError``,
+  ``LimitExceededError`` (a limit such as the publish rate; the metadata names it).
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ from pairq.client.dedupe import Dedupe, DedupeWindow, MemoryDedupe
 from pairq.client.message import Message
 from pairq.client.producer import Producer, PublishAck
 from pairq.client.sync import SyncProducer
-from pairq.errors import InvalidError, NotFoundError, PairqError, StoreFullError, UnavailableError
+from pairq.errors import (
+    InvalidError,
+    LimitExceededError,
+    NotFoundError,
+    PairqError,
+    StoreFullError,
+    UnavailableError,
+)
 
 __all__ = [
     "Consumer",
@@ -45,6 +53,7 @@ __all__ = [
     "DedupeWindow",
     "Handler",
     "InvalidError",
+    "LimitExceededError",
     "MemoryDedupe",
     "Message",
     "NotFoundError",

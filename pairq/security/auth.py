@@ -33,7 +33,7 @@ The rules:
   permission implies another.
 - Missing permission: ``PERMISSION_DENIED`` naming the principal, the
   permission and the topic/channel. Health checks need nothing; the pair's
-  ``Replicate`` is authenticated by the pair secret instead
+  ``Replicate`` and ``Repair`` are authenticated by the pair secret instead
   (``pairq.security.pairauth``).
 - ``Authenticator.reload()`` (SIGHUP) reads the file again; a file that does
   not load leaves the previous table in force and is logged.
@@ -288,6 +288,7 @@ BROKER_RULES: dict[str, Rule | str] = {
     },
     "/pairq.v1.BrokerService/Scrub": lambda r: (ADMIN, "", ""),
     "/pairq.v1.ReplicationService/Replicate": OPEN,  # the pair secret's business
+    "/pairq.v1.ReplicationService/Repair": OPEN,  # likewise (a proof in its metadata)
     "/grpc.health.v1.Health/Check": OPEN,
     "/grpc.health.v1.Health/Watch": OPEN,
 }

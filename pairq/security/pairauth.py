@@ -15,6 +15,12 @@ Pure functions (no I/O). The rules:
   answer to the challenge), and ``link \\0 pair \\0 token \\0 Nl`` for the TCP
   link, where ``Nl`` is the receiver's nonce for that connection and ``token``
   the one-time session token the welcome gave.
+- ``ReplicationService.Repair`` is one unary call, so it has no challenge: the
+  asker sends ``pairq-pair-proof: TS_MS.HEX`` metadata, the proof of
+  ``repair \0 pair \0 TS_MS \0 sha256(request)`` (``repair_proof``),
+  and the answerer accepts it within ``REPAIR_WINDOW_MS`` of its own clock
+  (``check_repair``). A replay inside the window only reads the same records
+  again (Repair changes nothing); the request hash binds the proof to its seqs.
 - ``verify`` compares in constant time, and refuses a proof of the wrong length
   or made with an empty nonce.
 
@@ -34,10 +40,15 @@ __all__ = [
     "NONCE_BYTES",
     "PROOF_BYTES",
     "RECEIVER",
+    "REPAIR",
+    "REPAIR_METADATA",
+    "REPAIR_WINDOW_MS",
     "SENDER",
+    "check_repair",
     "load_secret",
     "new_nonce",
     "proof",
+    "repair_proof",
     "verify",
 ]
 
@@ -47,6 +58,10 @@ MIN_SECRET_BYTES = 16
 SENDER = "sender"
 RECEIVER = "receiver"
 LINK = "link"
+REPAIR = "repair"
+REPAIR_METADATA = "pairq-pair-proof"
+# How far the asker's clock (in the proof) may be from the answerer's.
+REPAIR_WINDOW_MS = 120_000
 
 
 def load_secret(path: str) -> bytes:
@@ -85,3 +100,30 @@ def verify(
     if len(got) != PROOF_BYTES or any(len(n) != NONCE_BYTES for n in nonces):
         return False
     return hmac.compare_digest(got, proof(secret, role, pair, ident, *nonces))
+
+
+def repair_proof(secret: bytes, pair: str, ts_ms: int, request: bytes) -> str:
+    """The ``pairq-pair-proof`` metadata value for a Repair request's bytes."""
+    digest = hashlib.sha256(request).digest()
+    mac = proof(secret, REPAIR, pair, str(ts_ms), digest)
+    return f"{ts_ms}.{mac.hex()}"
+
+
+def check_repair(secret: bytes, pair: str, value: str, request: bytes, now_ms: int) -> str:
+    """Why a Repair's proof is refused ("" when it is good)."""
+    ts, sep, mac_hex = value.partition(".")
+    if not sep or not ts.isdigit():
+        return "no pairq-pair-proof metadata (TS_MS.HEX) on the Repair call"
+    if abs(now_ms - int(ts)) > REPAIR_WINDOW_MS:
+        return (
+            f"the Repair proof's time is {abs(now_ms - int(ts)) // 1000} s from this clock "
+            f"(at most {REPAIR_WINDOW_MS // 1000} s: are both hosts' clocks synchronised?)"
+        )
+    try:
+        got = bytes.fromhex(mac_hex)
+    except ValueError:
+        return "the Repair proof is not hex"
+    digest = hashlib.sha256(request).digest()
+    if not verify(secret, got, REPAIR, pair, ts, digest):
+        return "the Repair proof does not match (not made with this pair's secret)"
+    return ""

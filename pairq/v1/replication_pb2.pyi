@@ -165,11 +165,13 @@ class RepairRequest(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., seqs: _Optional[_Iterable[int]] = ..., owned: _Optional[bool] = ...) -> None: ...
 
 class RepairResponse(_message.Message):
-    __slots__ = ("seqs", "records", "crcs")
+    __slots__ = ("seqs", "records", "crcs", "store_full")
     SEQS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     CRCS_FIELD_NUMBER: _ClassVar[int]
+    STORE_FULL_FIELD_NUMBER: _ClassVar[int]
     seqs: _containers.RepeatedScalarFieldContainer[int]
     records: _containers.RepeatedScalarFieldContainer[bytes]
     crcs: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, seqs: _Optional[_Iterable[int]] = ..., records: _Optional[_Iterable[bytes]] = ..., crcs: _Optional[_Iterable[int]] = ...) -> None: ...
+    store_full: str
+    def __init__(self, seqs: _Optional[_Iterable[int]] = ..., records: _Optional[_Iterable[bytes]] = ..., crcs: _Optional[_Iterable[int]] = ..., store_full: _Optional[str] = ...) -> None: ...

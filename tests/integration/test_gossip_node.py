@@ -131,6 +131,27 @@ async def test_encrypted_cluster_rejects_plain_and_other_label() -> None:
             await g.stop(leave=False)
 
 
+async def test_packets_with_the_wrong_key_are_ignored_and_counted() -> None:
+    """Issue 14: a node holding another key cannot join, is never listed, and every
+    packet of its that reached a member is counted as a decode error there."""
+    a = await start("a", config=cfg(keys=(KEY_A,)))
+    b = await start("b", config=cfg(keys=(KEY_A,)), join=[a])
+    wrong = await start("w", config=cfg(keys=(KEY_B,)))
+    try:
+        await until(lambda: state(a, "b") == MemberState.ALIVE, 3, "encrypted join")
+        before = a.stats.decode_errors
+        assert await wrong.join([f"127.0.0.1:{a.address[1]}"], within=0.5) == 0
+        await until(lambda: a.stats.decode_errors > before, 3, "wrong-key packets counted")
+        rounds = a.stats.probes + 3
+        await until(lambda: a.stats.probes >= rounds, 10, "gossip rounds")
+        assert state(a, "w") is None and state(b, "w") is None
+        assert state(wrong, "a") is None and state(wrong, "b") is None
+        assert state(a, "b") == MemberState.ALIVE and a.stats.suspects == 0
+    finally:
+        for g in (a, b, wrong):
+            await g.stop(leave=False)
+
+
 async def test_forged_packet_with_a_255_char_host_is_dropped_and_counted(
     trio: list[Gossip], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -147,3 +147,62 @@ def test_a_short_or_missing_pair_secret_is_refused_at_start_up(tmp_path: Path) -
     for path, words in ((short, "at least 16"), (tmp_path / "missing", "--pair-secret-file")):
         with pytest.raises(OptionsError, match=words):
             BrokerOptions(data_dir=str(tmp_path), pair_secret_file=str(path)).validate()
+
+
+async def test_repair_needs_the_pair_secret_and_works_under_auth(tmp_path: Path) -> None:
+    """Repair (good copies of corrupt records, and the partner's store-full state)
+    is authenticated by the pair secret, not by tokens: under --auth-file the real
+    partner gets its copies, and a caller without the secret gets nothing, even
+    with an admin token."""
+    import grpc
+
+    from pairq.security import pairauth
+    from pairq.security.auth import hash_token
+    from pairq.v1 import replication_pb2 as rpb
+
+    auth = tmp_path / "auth.toml"
+    auth.write_text(
+        f'[[principal]]\nname = "ops"\ntoken_sha256 = "{hash_token("ops-token-123456")}"\n'
+        'admin = ["*"]\npublish = ["*"]\n'
+    )
+    secret = secret_file(tmp_path)
+    async with run_pair(tmp_path / "pair", pair_secret_file=secret, auth_file=str(auth)) as (a, b):
+        assert a.pair is not None and b.pair is not None
+        async with Producer(brokers=[a.address], token="ops-token-123456") as producer:
+            acks = await producer.publish_batch("fix", [b"one", b"two", b"three"])
+        assert [ack.copies for ack in acks] == [2, 2, 2]
+        tid = a.topics["fix"].meta.id
+        seqs = [q for q in range(64) if a.store.log.get(tid, q) is not None]
+        assert len(seqs) == 3
+        # The real partner: B's standby copies of A's records, as A holds them.
+        got = await a.pair.fetch("fix", seqs, owned=True)
+        assert got is not None and sorted(got) == seqs
+        for q in seqs:
+            assert got[q] == a.store.log.get(tid, q)
+        await a.pair._probe_partner()  # the store-full probe takes the same call
+        assert a.pair._partner_full == ""
+        # Anyone else: an admin token is not the pair secret.
+        before = b.pair.state.auth_failures
+        req = rpb.RepairRequest(topic="fix", seqs=seqs, owned=True)
+        other = pairauth.repair_proof(b"x" * 32, a.pair.name, 0, req.SerializeToString())
+        import time
+
+        now_ms = time.time_ns() // 1_000_000
+        wrong = pairauth.repair_proof(b"y" * 32, a.pair.name, now_ms, req.SerializeToString())
+        async with grpc.aio.insecure_channel(b.address) as ch:
+            call = ch.unary_unary(
+                "/pairq.v1.ReplicationService/Repair",
+                request_serializer=rpb.RepairRequest.SerializeToString,
+                response_deserializer=rpb.RepairResponse.FromString,
+            )
+            token = ("authorization", "Bearer ops-token-123456")
+            for md in (
+                (token,),
+                (token, ("pairq-pair-proof", other)),
+                (("pairq-pair-proof", wrong),),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as ei:
+                    await call(req, metadata=md, timeout=5)
+                assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert "Repair refused" in (ei.value.details() or "")
+        assert b.pair.state.auth_failures == before + 3

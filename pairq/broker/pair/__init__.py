@@ -75,6 +75,7 @@ from pairq.broker.pair.standby import StandbyStore, validate_batch
 from pairq.broker.pair.state import PairHost, PairState
 from pairq.broker.pair.takeover import Takeover
 from pairq.errors import PairqError, UnavailableError, Undecodable, decoder
+from pairq.security import pairauth
 from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import replication_pb2 as rpb
 
@@ -303,20 +304,8 @@ class Pair:
         )
 
     async def _probe_partner(self) -> None:
-        from pairq.v1 import broker_pb2_grpc as pbg
-
-        try:
-            async with grpc.aio.insecure_channel(self.partner_address) as ch:
-                resp = await pbg.BrokerServiceStub(ch).GetStats(
-                    pb.GetStatsRequest(no_clients=True), timeout=1.0
-                )
-            health = resp.health
-            self._partner_full = (
-                health[len("store full: ") :] if health.startswith("store full") else ""
-            )
-        except (grpc.aio.AioRpcError, OSError, TimeoutError) as exc:
-            log.debug("cannot ask partner %s about its store: %s", self.partner_address, exc)
-            self._partner_full = ""
+        resp = await self._repair_call(rpb.RepairRequest(), timeout=1.0)
+        self._partner_full = resp.store_full if resp is not None else ""
 
     def replicate(
         self,
@@ -442,36 +431,74 @@ class Pair:
     ) -> dict[int, tuple[bytes, int]] | None:
         """The partner's good copies of ``seqs`` (``integrity.RepairSource``); None when
         it cannot be asked."""
+        resp = await self._repair_call(
+            rpb.RepairRequest(topic=topic, seqs=seqs, owned=owned), timeout=2.0
+        )
+        if resp is None:
+            return None
+        return {q: (r, c) for q, r, c in zip(resp.seqs, resp.records, resp.crcs, strict=False)}
+
+    async def _repair_call(
+        self, request: rpb.RepairRequest, *, timeout: float
+    ) -> rpb.RepairResponse | None:
+        """``ReplicationService.Repair`` on the partner, over TLS when it is on, with
+        the pair secret's proof; None (logged) when it cannot be asked."""
         if self._repair_channel is None:
             from pairq import grpcopts
 
-            self._repair_channel = grpc.aio.insecure_channel(
-                self.partner_address,
-                options=grpcopts.client_options(self.broker.options.max_msg_size),
+            self._repair_channel = self.state.security.channel(
+                self.partner_address, grpcopts.client_options(self.broker.options.max_msg_size)
             )
         call = self._repair_channel.unary_unary(
             "/pairq.v1.ReplicationService/Repair",
             request_serializer=rpb.RepairRequest.SerializeToString,
             response_deserializer=rpb.RepairResponse.FromString,
         )
+        md: tuple[tuple[str, str], ...] = ()
+        if self.state.secret is not None:
+            value = pairauth.repair_proof(
+                self.state.secret,
+                self.name,
+                time.time_ns() // 1_000_000,
+                request.SerializeToString(),
+            )
+            md = ((pairauth.REPAIR_METADATA, value),)
         try:
-            resp = await call(rpb.RepairRequest(topic=topic, seqs=seqs, owned=owned), timeout=2.0)
+            resp: rpb.RepairResponse = await call(request, timeout=timeout, metadata=md)
         except (grpc.aio.AioRpcError, OSError) as exc:
-            log.warning("cannot ask partner %s for good copies: %s", self.partner_address, exc)
+            log.warning("cannot ask partner %s (Repair): %s", self.partner_address, exc)
             return None
-        return {q: (r, c) for q, r, c in zip(resp.seqs, resp.records, resp.crcs, strict=False)}
+        return resp
 
     async def Repair(self, request: rpb.RepairRequest, context: Any) -> rpb.RepairResponse:
         """Our good copies of the asker's records: of what it owns, our standby copies;
-        of its standby copies, our own records."""
+        of its standby copies, our own records; and whether our store is full. With a
+        pair secret, only for a caller that proves it holds it."""
         from pairq.names import is_valid_name
 
+        if self.state.secret is not None:
+            value = ""
+            for k, v in context.invocation_metadata() or ():
+                if k == pairauth.REPAIR_METADATA:
+                    value = v.decode() if isinstance(v, bytes) else str(v)
+            why = pairauth.check_repair(
+                self.state.secret,
+                self.name,
+                value,
+                request.SerializeToString(),
+                time.time_ns() // 1_000_000,
+            )
+            if why:
+                self.state.auth_failed(context.peer() or "?", f"Repair: {why}")
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"Repair refused: {why}")
+        store = self.broker.store
+        if not request.seqs:
+            return rpb.RepairResponse(store_full=store.full_reason)
         if not is_valid_name(request.topic) or len(request.seqs) > 10_000:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "Repair: invalid topic or too many seqs"
             )
-        store = self.broker.store
-        out = rpb.RepairResponse()
+        out = rpb.RepairResponse(store_full=store.full_reason)
         if request.owned:
             found = [(q, store.standby.get(request.topic, q)) for q in request.seqs]
         else:
