@@ -50,19 +50,26 @@ reachable only by tools that can add the header.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
 
 from pairq import __version__
-from pairq.lookup.registry import BrokerIdentity, Liveness, Registry, UnknownNodeError
+from pairq.lookup.registry import (
+    BrokerIdentity,
+    Liveness,
+    NodeAnswer,
+    Registry,
+    TopicAnswer,
+    UnknownNodeError,
+)
 from pairq.names import is_valid_name
 from pairq.nsqapi import HttpError, Listener, errors, ok, require
 from pairq.options import parse_hostport
 from pairq.security.auth import ADMIN, Authenticator
 
-__all__ = ["NsqLookupHttpServer", "node_key", "producer"]
+__all__ = ["NsqLookupHttpServer", "lookup_answer", "node_key", "nodes_answer", "producer"]
 
 log = logging.getLogger("pairq.lookup.nsqhttp")
 
@@ -94,6 +101,35 @@ def node_key(i: BrokerIdentity) -> str:
     """How nsqlookupd names a node in ``/topic/tombstone``: ``broadcast_address:http_port``."""
     p = producer(i)
     return f"{p['broadcast_address']}:{p['http_port']}"
+
+
+def lookup_answer(ans: TopicAnswer) -> dict[str, Any]:
+    """``/lookup``'s answer for a known topic: its channels, and as producers every
+    broker of every pair holding it that serves NSQ TCP, is not DEAD and is not
+    tombstoned for it (the module docstring's rules)."""
+    producers = [
+        producer(b.status.identity)
+        for p in ans.pairs
+        for b in p.brokers
+        if b.status.identity.nsq_tcp_address
+        and b.status.liveness is not Liveness.DEAD
+        and not b.tombstoned
+    ]
+    return {"channels": list(ans.channels), "producers": producers}
+
+
+def nodes_answer(nodes: Iterable[NodeAnswer]) -> dict[str, Any]:
+    """``/nodes``: every broker that is not DEAD and serves NSQ TCP or the HTTP API,
+    with its topics and, per topic, whether it is tombstoned there."""
+    out = []
+    for n in nodes:
+        i = n.status.identity
+        if n.status.liveness is Liveness.DEAD or not (i.nsq_tcp_address or i.http_address):
+            continue
+        stoned = {t for t, _ in n.tombstones}
+        topics = [t for t, _ in n.topics]
+        out.append({**producer(i), "tombstones": [t in stoned for t in topics], "topics": topics})
+    return {"producers": out}
 
 
 class NsqLookupHttpServer:
@@ -173,15 +209,7 @@ class NsqLookupHttpServer:
         ans = self.registry.lookup_topic(topic, self.clock())
         if not ans.known:
             raise HttpError(404, "TOPIC_NOT_FOUND")
-        producers = [
-            producer(b.status.identity)
-            for p in ans.pairs
-            for b in p.brokers
-            if b.status.identity.nsq_tcp_address
-            and b.status.liveness is not Liveness.DEAD
-            and not b.tombstoned
-        ]
-        return ok({"channels": list(ans.channels), "producers": producers})
+        return ok(lookup_answer(ans))
 
     async def topics(self, request: web.Request) -> web.Response:
         require(self.auth, request, "", "")
@@ -194,17 +222,7 @@ class NsqLookupHttpServer:
 
     async def nodes(self, request: web.Request) -> web.Response:
         require(self.auth, request, "", "")
-        out = []
-        for n in self.registry.nodes(self.clock()):
-            i = n.status.identity
-            if n.status.liveness is Liveness.DEAD or not (i.nsq_tcp_address or i.http_address):
-                continue
-            stoned = {t for t, _ in n.tombstones}
-            topics = [t for t, _ in n.topics]
-            out.append(
-                {**producer(i), "tombstones": [t in stoned for t in topics], "topics": topics}
-            )
-        return ok({"producers": out})
+        return ok(nodes_answer(self.registry.nodes(self.clock())))
 
     # ------------------------------------------------------------ operator verbs
     async def topic_create(self, request: web.Request) -> web.Response:
