@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from pairq.broker.options import BrokerOptions
 from pairq.broker.registration import LookupRegistrar
@@ -287,6 +288,77 @@ subscribe = ["t"]
         assert status == 403 and ans["message"].startswith("PERMISSION_DENIED: 'reader' lacks")
         assert (await h.get("/topics"))[1] == {"topics": ["t", "u"]}
         assert (await h.get("/topic/create?topic=t", "POST"))[0] == 403  # admin needed
+    finally:
+        await h.close()
+        await lk.stop()
+
+
+async def test_pynsq_reader_given_only_the_lookupd_consumes_from_both_brokers_of_a_pair(
+    tmp_path: Path,
+) -> None:
+    # Needs the broker's NSQ TCP server (pairq.broker.nsq.tcp, issue 17 item 3, built on
+    # another branch): skipped until it is merged, then it runs.
+    pytest.importorskip("pairq.broker.nsq.tcp")
+    nsq = pytest.importorskip("nsq")  # pynsq, unchanged, from PyPI
+
+    from pairq.testing import run_pair
+
+    lk = await _lookup(heartbeat_interval_ms=200)
+    h = Http(lk.http_address)
+    try:
+        async with run_pair(
+            tmp_path,
+            lookup=(lk.address,),
+            nsq_tcp_address="127.0.0.1:0",
+            http_address="127.0.0.1:0",
+        ) as (a, b):
+            # Each broker owns (and alone delivers) what was published to it.
+            for i in range(10):
+                async with h.session.post(
+                    f"http://{a.http_address}/pub?topic=t", data=b"a%d" % i
+                ) as r:
+                    assert r.status == 200 and r.headers["X-Pairq-Copies"] == "2"
+            async with h.session.post(
+                f"http://{b.http_address}/mpub?topic=t",
+                data=b"\n".join(b"b%d" % i for i in range(10)),
+            ) as r:
+                assert r.status == 200 and r.headers["X-Pairq-Copies"] == "2"
+
+            async def both_listed() -> bool:
+                status, ans = await h.get("/lookup?topic=t")
+                return status == 200 and len(ans["producers"]) == 2
+
+            await until(both_listed, timeout=10)
+            _, ans = await h.get("/lookup?topic=t")
+            want = {("127.0.0.1", int(x.nsq_tcp_address.rpartition(":")[2])) for x in (a, b)}
+            assert {(p["broadcast_address"], p["tcp_port"]) for p in ans["producers"]} == want
+
+            got: list[bytes] = []
+
+            def handler(msg: Any) -> bool:
+                got.append(msg.body)
+                return True
+
+            reader = nsq.Reader(
+                topic="t",
+                channel="c",
+                message_handler=handler,
+                lookupd_http_addresses=[f"http://{lk.http_address}"],
+                lookupd_poll_interval=1,
+                max_in_flight=10,
+            )
+            try:
+                await eventually(lambda: len(set(got)) == 20, timeout=20)
+                assert sorted(set(got)) == sorted(
+                    [b"a%d" % i for i in range(10)] + [b"b%d" % i for i in range(10)]
+                )
+                assert len(reader.conns) == 2  # it found and connected to both brokers
+                for x in (a, b):
+                    await eventually(
+                        lambda x=x: x.topics["t"].channels["c"].core.finished == 10, timeout=10
+                    )
+            finally:
+                reader.close()
     finally:
         await h.close()
         await lk.stop()
