@@ -427,3 +427,34 @@ async def test_a_pair_acknowledges_with_two_copies_and_refuses_without_the_partn
         finally:
             await ha.close()
             await hb.close()
+
+
+async def test_a_full_store_is_503_with_its_reason_and_ping_says_nok(tmp_path: Path) -> None:
+    cap = 16 * 1024 * 1024
+    async with run_broker(
+        tmp_path,
+        http_address="127.0.0.1:0",
+        max_store_bytes=cap,
+        store_reserve_bytes=4 * 1024 * 1024,
+        max_msg_size=65536,
+    ) as b:
+        h = Http(b.http_address)
+        try:
+            batch = b"\n".join([b"z" * 60000] * 10)
+            published = 0
+            for _ in range(1000):
+                status, body, _ = await h.call("POST", "/mpub?topic=t", batch)
+                if status != 200:
+                    break
+                published += 10
+            assert 0 < published < 10_000
+            assert status == 503, body
+            message = json.loads(body)["message"]
+            assert message.startswith("STORE_FULL: ") and "full" in message[len("STORE_FULL: ") :]
+            status, body, _ = await h.call("GET", "/ping")
+            assert status == 500 and body.startswith(b"NOK - store full")
+            stats = json.loads((await h.call("GET", "/stats?format=json"))[1])
+            assert stats["health"].startswith("NOK - store full")
+            assert b.topics["t"].message_count == published
+        finally:
+            await h.close()
