@@ -163,7 +163,8 @@ class Listener:
         self._runner = runner
         server = getattr(site, "_server", None)
         bound = server.sockets[0].getsockname()[1] if server is not None else port
-        self.address = f"{host}:{bound}"
+        shown = f"[{host}]" if ":" in host and not host.startswith("[") else host  # IPv6
+        self.address = f"{shown}:{bound}"
         return self.address
 
     async def stop(self) -> None:

@@ -111,3 +111,15 @@ def test_stats_shape_filters_and_null_clients() -> None:
     assert nsq_stats(resp, "b", "z", False)["topics"][0]["channels"][0]["clients"] is None
     assert [x["topic_name"] for x in nsq_stats(resp, "", "y", True)["topics"]] == ["b"]
     assert nsq_stats(resp, "nope", "", True)["topics"] == []
+
+
+def test_advertised_addresses_are_dialable() -> None:
+    import socket
+
+    from pairq.broker.registration import advertised
+
+    assert advertised("") == ""
+    assert advertised("127.0.0.1:4151") == "127.0.0.1:4151"
+    assert advertised("0.0.0.0:4151") == f"{socket.gethostname()}:4151"
+    assert advertised("[::]:4150") == f"{socket.gethostname()}:4150"
+    assert advertised("[::1]:4150") == "[::1]:4150"
