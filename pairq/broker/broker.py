@@ -41,7 +41,7 @@ from pairq.broker.publishing import Publisher
 from pairq.broker.registration import LookupRegistrar
 from pairq.broker.schema import TopicMeta
 from pairq.broker.service import SERVICE, BrokerService
-from pairq.broker.store import STRUCTURE_ERRORS, Store
+from pairq.broker.store import STRUCTURE_ERRORS, CrashRecord, Store
 from pairq.broker.topic import Topic
 from pairq.errors import PairqError, StoreCorruptError
 from pairq.names import is_ephemeral
@@ -84,6 +84,7 @@ class Broker:
         self.integrity: Integrity | None = None
         self.exit_code = 0  # non-zero when the broker stopped itself (a corrupt store)
         self.corrupt_store_moved_to = ""
+        self.crash_record: CrashRecord | None = None  # armed by the daemon (pairq broker)
         self.publisher: Publisher | None = None
         self.membership: Membership | None = None
         self.registrar: LookupRegistrar | None = None
@@ -102,11 +103,20 @@ class Broker:
             max_commit_batch=o.max_commit_batch,
         )
 
+    def arm_crash_record(self) -> None:
+        """Have a fatal signal (SIGSEGV, SIGBUS) leave a crash record in the store
+        directory, which the next start handles as a corrupt store
+        (:class:`~pairq.broker.store.CrashRecord`). For the daemon only: the fault
+        handler is process-wide."""
+        self.crash_record = CrashRecord(self.store.path)
+        self.crash_record.arm()
+
     def _open_store(self) -> None:
         """Open the store; if LMDB finds its structure corrupt, handle it as a disk loss
         (``--on-corruption``): move it aside and start empty (a pair re-fills it), or
         refuse to start with the file and the recovery steps."""
         try:
+            CrashRecord(self.store.path).check()  # the last process died of a signal?
             self.store.open()
             self.store.catalog.load()  # walks the catalog: a broken tree shows here
         except STRUCTURE_ERRORS as exc:
@@ -319,6 +329,8 @@ class Broker:
         if self.integrity is not None:
             await self.integrity.stop()
         await asyncio.to_thread(self.store.close)
+        if self.crash_record is not None:
+            self.crash_record.disarm()
         self._stopped.set()
         log.info("broker %s stopped", self.node_id)
 
