@@ -1,10 +1,14 @@
 """The contract a client in any language builds from proto/ (issue 17, item 1): the
 broker's limits as clients are told them, a msg_timeout_ms above the maximum refused
-(not capped) with its limit in the ErrorInfo, and server reflection v1 beside v1alpha
-on the broker and the lookup, over real gRPC."""
+(not capped) with its limit in the ErrorInfo, server reflection v1 beside v1alpha
+on the broker and the lookup, over real gRPC, and Message.attempts after a takeover
+(real broker processes, kill -9)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -13,12 +17,13 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.rpc import error_details_pb2
 from grpc_reflection.v1alpha import reflection_pb2 as alpha
 from grpc_reflection.v1alpha import reflection_pb2_grpc as alpha_grpc
+from rawclient import RawSub
 
 from pairq.broker.options import BrokerOptions
 from pairq.lookup.lookup import Lookup
 from pairq.lookup.options import LookupOptions
 from pairq.reflection import V1_SERVICE, V1ALPHA_SERVICE
-from pairq.testing import run_broker
+from pairq.testing import BrokerProcess, free_port, run_broker
 from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import broker_pb2_grpc as pbg
 
@@ -192,3 +197,72 @@ async def test_lookup_serves_reflection_v1_and_v1alpha() -> None:
         await _check_reflection(lk.address, "pairq.v1.LookupService", "LookupTopicRequest")
     finally:
         await lk.stop(grace=0.5)
+
+
+async def _until(cond: Any, timeout: float, what: str) -> None:
+    """Poll the coroutine function ``cond`` until it is truthy, failing after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not await cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+async def test_attempts_after_a_takeover_of_a_message_in_flight(tmp_path: Path) -> None:
+    """Message.attempts as broker.proto states it: a message the owner had delivered
+    (attempts 1) and was not told finished when it died (kill -9) is delivered by the
+    partner with attempts 1 again, from the partner's id, under a new epoch."""
+    pa, pb_ = free_port(), free_port()
+    a = BrokerProcess(
+        tmp_path / "a", port=pa, args=["--pair", "p", "--partner", f"127.0.0.1:{pb_}"]
+    )
+    b = BrokerProcess(
+        tmp_path / "b", port=pb_, args=["--pair", "p", "--partner", f"127.0.0.1:{pa}"]
+    )
+    try:
+        await asyncio.to_thread(a.start)
+        await asyncio.to_thread(b.start)
+        async with (
+            grpc.aio.insecure_channel(a.address) as ca,
+            grpc.aio.insecure_channel(b.address) as cb,
+        ):
+            sa, sb = pbg.BrokerServiceStub(ca), pbg.BrokerServiceStub(cb)
+
+            async def paired() -> bool:
+                for stub in (sa, sb):
+                    p = (await stub.GetStats(pb.GetStatsRequest(), timeout=2)).pair
+                    if not (p.connected and p.partner_connected and p.lease_remaining_ms):
+                        return False
+                return True
+
+            await _until(paired, 20, "the pair connected")
+            body = pb.PublishItem(body=b"in flight")
+            r = await sa.Publish(pb.PublishRequest(topic="t", message=body), timeout=5)
+            assert r.copies == 2
+            on_b = RawSub(sb, "t", "c")  # B owns nothing yet: it delivers nothing
+            on_b.rdy(10)
+            on_a = RawSub(sa, "t", "c")
+            on_a.rdy(10)
+
+            async def delivered() -> bool:
+                return len(on_a.messages) == 1
+
+            await _until(delivered, 10, "A's delivery")
+            first = on_a.messages[0]
+            assert first.id == r.id and first.attempts == 1
+            a_id = first.broker_id
+            a.kill()  # never FIN'd, never requeued: no attempt count reached B
+
+            async def taken_over() -> bool:
+                return len(on_b.messages) == 1
+
+            await _until(taken_over, 20, "B's delivery after the takeover")
+            again = on_b.messages[0]
+            assert again.id == r.id and again.body == b"in flight"
+            assert again.attempts == 1, "the delivery in flight on A is not counted"
+            assert again.broker_id != a_id and again.epoch != first.epoch
+            await on_b.cancel()
+            await on_a.cancel()
+    finally:
+        a.kill()
+        b.kill()
