@@ -150,3 +150,12 @@ def test_limit_names_in_error_info_are_broker_limits_fields() -> None:
                 names.add(kw.value.value)
     assert "max_msg_timeout_ms" in names and "max_batch_bytes" in names
     assert names <= fields, names - fields
+    # The header lists the limits refused with RESOURCE_EXHAUSTED: every
+    # limit_exceeded name but max_rdy_total (only its message is used, in a
+    # SubscribeError frame, which has no metadata).
+    text = " ".join(line.lstrip("/ ") for line in PROTO.read_text().splitlines())
+    m = re.search(r"a size, count or rate limit: ([a-z_, ]+)\)", text)
+    assert m is not None
+    listed = {w.strip() for w in m.group(1).split(",")}
+    exceeded = {c.args[0].value for c in calls("limit_exceeded")}  # type: ignore[attr-defined]
+    assert listed == exceeded - {"max_rdy_total"}
