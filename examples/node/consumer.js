@@ -2,7 +2,8 @@
 // Consume --topic / --channel from both brokers of a pair until --expect distinct
 // messages were handled, then close. Give one --broker and the partner is found with
 // GetStats (pair.partner_address), or give both. The first --requeue messages are
-// REQ'd once (they must come back, with attempts 2). Duplicates (same id) are FIN'd
+// REQ'd once (they must come back, with attempts 2); the first --touch handled ones
+// are TOUCHed before their FIN (a TOUCH_FAILED frame would show in frame_errors). Duplicates (same id) are FIN'd
 // and not handled again. Prints one JSON object: {ok, handled, requeued, duplicates, ...}.
 //
 //   node consumer.js --broker 127.0.0.1:4150 --topic orders --channel billing --expect 100
@@ -22,6 +23,7 @@ async function main() {
   }
   const expect = Number(args.expect || 1);
   const requeueFirst = Number(args.requeue || 0);
+  const touchFirst = Number(args.touch || 0);
   const timeoutMs = Number(args.timeout_ms || 30000);
   const handled = {}; // id hex -> {body, attempts, broker}
   const requeued = {}; // id hex -> attempts when REQ'd
@@ -40,8 +42,9 @@ async function main() {
         return 'req';
       }
       handled[key] = { body: m.body.toString(), attempts: m.attempts, broker: address };
-      if (Object.keys(handled).length >= expect) setImmediate(finish);
-      return 'fin';
+      const n = Object.keys(handled).length;
+      if (n >= expect) setImmediate(finish);
+      return n <= touchFirst ? 'touch' : 'fin';
     },
   });
   consumer.start();

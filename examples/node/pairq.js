@@ -111,7 +111,8 @@ function newId() {
 /**
  * Consumes one channel from every broker given (both brokers of a pair: each
  * delivers only the messages it owns, and the backlog it takes over when its
- * partner dies). handler(message, broker) returns 'fin' or 'req'; a message id
+ * partner dies). handler(message, broker) returns 'fin', 'req', or 'touch' (a
+ * slow handler: reset the message's timeout with TOUCH, then FIN); a message id
  * already FIN'd is not handed over again (a duplicate: FIN'd at once).
  */
 class Consumer {
@@ -172,18 +173,24 @@ class Consumer {
       case 'deliveries': {
         const fin = [];
         const req = [];
+        const touch = [];
         for (const m of resp.deliveries.messages) {
           const key = m.id.toString('hex');
           if (this.done.has(key)) {
             this.duplicates += 1; // delivered again (a timeout, a takeover): done already
             fin.push(m.id);
-          } else if (this.handler(m, address) === 'req') {
-            req.push(m.id);
           } else {
+            const verdict = this.handler(m, address);
+            if (verdict === 'req') {
+              req.push(m.id);
+              continue;
+            }
+            if (verdict === 'touch') touch.push(m.id);
             this.done.add(key);
             fin.push(m.id);
           }
         }
+        if (touch.length) stream.write({ touch: { ids: touch } });
         if (fin.length) stream.write({ finish: { ids: fin } });
         if (req.length) stream.write({ requeue: { ids: req, delay_ms: 0 } });
         break;

@@ -1,6 +1,6 @@
 """examples/node/ against a real pair (issue 17, item 2): a Node.js producer and consumer
 written from proto/ alone publish (Publish and PublishBatch) to both brokers, consume
-from both with RDY/FIN/REQ, de-duplicate by id and decode ErrorInfo details.
+from both with RDY/FIN/REQ/TOUCH, de-duplicate by id and decode ErrorInfo details.
 
 The example is copied to a temporary directory and installed there with ``npm ci``
 (its package-lock.json), so node_modules never appears in the repository. Needs
@@ -100,7 +100,8 @@ async def test_node_producer_and_consumer_on_a_pair(example: Path, tmp_path: Pat
         # The consumer is given broker A only and finds B through GetStats.
         got = await js(
             "consumer.js", "--broker", a.address, "--topic", topic, "--channel", "billing",
-            "--expect", str(2 * PER_BROKER), "--requeue", "1", "--timeout-ms", "20000",
+            "--expect", str(2 * PER_BROKER), "--requeue", "1", "--touch", "3",
+            "--timeout-ms", "20000",
         )  # fmt: skip
         assert got["ok"], got
         assert sorted(got["brokers"]) == sorted([a.address, b.address])
@@ -116,6 +117,7 @@ async def test_node_producer_and_consumer_on_a_pair(example: Path, tmp_path: Pat
         # The REQ'd message came back, counted as a second attempt.
         [(req_id, first_attempts)] = got["requeued"].items()
         assert first_attempts == 1 and handled[req_id]["attempts"] == 2
+        # No SubscribeError frame: every FIN, REQ and TOUCH named a message in flight.
         assert got["stream_errors"] == [] and got["frame_errors"] == []
 
         # Every FIN reached its broker: nothing left queued or in flight on either.
