@@ -15,6 +15,10 @@ both:
   ``describe grpc.reflection.v1.ServerReflection`` answers too.
 
 Both list the same services: the ones given plus both reflection services.
+And both resolve a method or field name (``pairq.v1.BrokerService.Publish``) to
+the file defining it, as grpc-go and grpc-java servers do: grpcurl's
+``describe SERVICE.METHOD`` asks for exactly that, and the protobuf descriptor
+pool alone knows only services, messages, enums and their values.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection
 from grpc_reflection.v1alpha import reflection_pb2 as alpha
+from grpc_reflection.v1alpha import reflection_pb2_grpc as alpha_grpc
 
 __all__ = ["V1ALPHA_SERVICE", "V1_FILE", "V1_SERVICE", "enable_reflection"]
 
@@ -59,14 +64,39 @@ def _add_v1_file(pool: Any) -> None:
     pool.AddSerializedFile(fdp.SerializeToString())
 
 
+class _Servicer(reflection.aio.ReflectionServicer):  # type: ignore[misc]
+    """grpcio-reflection's servicer, also resolving ``Parent.member`` names (a
+    service's method, a message's field) to the file of ``Parent``."""
+
+    def _file_containing_symbol(self, request: Any, fully_qualified_name: str) -> Any:
+        resp = super()._file_containing_symbol(request, fully_qualified_name)
+        parent, _, member = fully_qualified_name.rpartition(".")
+        if not resp.HasField("error_response") or not parent:
+            return resp
+        pool = self._pool
+        try:
+            service = pool.FindServiceByName(parent)
+        except KeyError:
+            service = None
+        if service is not None and member in service.methods_by_name:
+            return super()._file_containing_symbol(request, parent)
+        try:
+            message = pool.FindMessageTypeByName(parent)
+        except KeyError:
+            return resp
+        if member in message.fields_by_name:
+            return super()._file_containing_symbol(request, parent)
+        return resp
+
+
 def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:
     """Serve reflection v1 and v1alpha on ``server`` for ``service_names`` (fully
     qualified) and the two reflection services themselves."""
     pool = descriptor_pool.Default()
     _add_v1_file(pool)
     names = (*service_names, V1_SERVICE, V1ALPHA_SERVICE)
-    reflection.enable_server_reflection(names, server)
-    servicer = reflection.aio.ReflectionServicer(names)
+    servicer = _Servicer(names)
+    alpha_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     handler = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,
         request_deserializer=alpha.ServerReflectionRequest.FromString,

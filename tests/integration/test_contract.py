@@ -154,19 +154,30 @@ async def _ask_v1alpha(ch: grpc.aio.Channel, requests: list[dict[str, Any]]) -> 
     return [r async for r in call]
 
 
-async def _check_reflection(address: str, service: str, message: str) -> None:
+async def _check_reflection(
+    address: str, service: str, method: str, message: str, field: str
+) -> None:
     """Both reflection versions list ``service`` and both reflection services, and
-    describe ``service`` (the file defining it carries ``message``)."""
+    describe ``service``, its ``method`` and a field of ``message`` (grpcurl's
+    ``describe`` asks for each by name) with the file defining them."""
     async with grpc.aio.insecure_channel(address) as ch:
         for ask in (_ask_v1, _ask_v1alpha):
-            listed, described, reflected = await ask(
+            listed, described, reflected, *members, unknown = await ask(
                 ch,
                 [
                     {"list_services": ""},
                     {"file_containing_symbol": service},
                     {"file_containing_symbol": V1_SERVICE},
+                    {"file_containing_symbol": f"{service}.{method}"},
+                    {"file_containing_symbol": f"pairq.v1.{message}.{field}"},
+                    {"file_containing_symbol": f"{service}.NoSuchMethod"},
                 ],
             )
+            for m in members:
+                assert m.file_descriptor_response.file_descriptor_proto == (
+                    described.file_descriptor_response.file_descriptor_proto
+                ), ask.__name__
+            assert unknown.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
             names = {s.name for s in listed.list_services_response.service}
             assert {service, V1_SERVICE, V1ALPHA_SERVICE, "grpc.health.v1.Health"} <= names
             files = [
@@ -187,14 +198,18 @@ async def _check_reflection(address: str, service: str, message: str) -> None:
 
 async def test_broker_serves_reflection_v1_and_v1alpha(tmp_path) -> None:
     async with run_broker(tmp_path) as b:
-        await _check_reflection(b.address, "pairq.v1.BrokerService", "BrokerLimits")
+        await _check_reflection(
+            b.address, "pairq.v1.BrokerService", "Publish", "BrokerLimits", "max_batch"
+        )
 
 
 async def test_lookup_serves_reflection_v1_and_v1alpha() -> None:
     lk = Lookup(LookupOptions(address="127.0.0.1:0"))
     await lk.start()
     try:
-        await _check_reflection(lk.address, "pairq.v1.LookupService", "LookupTopicRequest")
+        await _check_reflection(
+            lk.address, "pairq.v1.LookupService", "LookupTopic", "LookupTopicRequest", "topic"
+        )
     finally:
         await lk.stop(grace=0.5)
 
