@@ -19,7 +19,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from pairq import __version__, grpcopts
 from pairq.broker.channel import Channel
@@ -40,12 +39,13 @@ from pairq.broker.ports import (
 from pairq.broker.publishing import Publisher
 from pairq.broker.registration import LookupRegistrar
 from pairq.broker.schema import TopicMeta
-from pairq.broker.service import SERVICE, BrokerService
+from pairq.broker.service import SERVICE, BrokerService, broker_limits
 from pairq.broker.store import STRUCTURE_ERRORS, CrashRecord, Store
 from pairq.broker.topic import Topic
 from pairq.errors import PairqError, StoreCorruptError
 from pairq.names import is_ephemeral
 from pairq.options import parse_hostport
+from pairq.reflection import enable_reflection
 from pairq.security.auth import BROKER_RULES
 from pairq.security.server import ServerSecurity
 from pairq.v1 import broker_pb2 as pb
@@ -226,9 +226,7 @@ class Broker:
             health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        enable_reflection((SERVICE, health.SERVICE_NAME), server)  # v1 and v1alpha
         bound = self.security.add_port(server, f"{host}:{port}")
         if bound == 0:
             self.store.close()
@@ -501,6 +499,7 @@ class Broker:
             health="ok" if not self.store.full_reason else f"store full: {self.store.full_reason}",
             store_bytes=self.store.used_bytes,
             store_cap_bytes=self.store.max_bytes,
+            limits=broker_limits(self.options),
         )
         if self.pair is not None:
             resp.pair.CopyFrom(self.pair.stats())

@@ -52,6 +52,8 @@ def summary(result: dict[str, Any], faults: list[FaultRecord]) -> str:
         f"{result['handler_reruns']}, lapsed-lease deliveries "
         f"{result['lapsed_lease_deliveries']}, corrupted bodies delivered "
         f"{result.get('corrupt_deliveries', 0)}",
+        f"broker crashes (restarted as systemd would) {len(result.get('crashes', []))}"
+        + "".join(f"; {c['node']} at {c['t']}s exit {c['rc']}" for c in result.get("crashes", [])),
         "integrity (summed over process lives): "
         + ", ".join(f"{k} {v}" for k, v in result.get("integrity", {}).items()),
         f"takeovers {len(result['takeovers'])} (false {result['false_takeovers']}), "

@@ -51,6 +51,7 @@ class Runner:
         self.faults: list[FaultRecord] = []
         self.problems: list[str] = []
         self.producers: Producers | None = None
+        self.crashes: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------- faults
     async def inject(self, f: Fault) -> FaultRecord:
@@ -226,6 +227,20 @@ class Runner:
                     missed += f"; could not unpause {ch} on {n}"
         return missed
 
+    async def supervise(self) -> None:
+        """What systemd's Restart=on-failure does in production (the Ansible unit): a
+        broker that died by itself (not killed by the harness, which restarts its own
+        victims) is recorded as a crash and started again."""
+        c = self.cluster
+        for n in BROKERS:
+            proc = c.brokers[n].proc
+            if n in c.paused or proc is None or proc.poll() is None:
+                continue
+            self.crashes.append({"t": round(self.clock(), 3), "node": n, "rc": proc.returncode})
+            self.log(f"  {n} crashed (exit {proc.returncode}); restarted, as systemd would")
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(c.start, n)
+
     async def revive(self) -> None:
         """Best effort after a failed fault: resume paused brokers, start dead ones."""
         c = self.cluster
@@ -253,6 +268,7 @@ class Runner:
         deadline = time.monotonic() + limit
         self.why = ""
         while time.monotonic() < deadline:
+            await self.supervise()
             await asyncio.gather(*(self.monitor.poll(n) for n in BROKERS))
             self.why = "; ".join(filter(None, map(self.monitor.unhealthy, PAIRS.values())))
             if not self.why:
@@ -347,7 +363,11 @@ class Runner:
             if self.problems:
                 result["violations"] += self.problems
                 result["ok"] = False
+            if self.crashes and not self.sc.crashes_expected:
+                result["violations"].append(f"{len(self.crashes)} broker crashes")
+                result["ok"] = False
             result.update(
+                crashes=self.crashes,
                 problems=self.problems,
                 scenario=self.sc.name,
                 seed=self.seed,
