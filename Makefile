@@ -61,6 +61,10 @@ deploy-test: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python -m pairq._protogen
 
+# the generated pairq/v1 modules match proto/ (also checked by tests/unit/test_proto_fresh.py)
+proto-check: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit/test_proto_fresh.py
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py $(if $(QUICK),--quick,)
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from pairq import __version__, grpcopts
 from pairq.broker.channel import Channel
@@ -40,12 +39,13 @@ from pairq.broker.ports import (
 from pairq.broker.publishing import Publisher
 from pairq.broker.registration import LookupRegistrar
 from pairq.broker.schema import TopicMeta
-from pairq.broker.service import SERVICE, BrokerService
-from pairq.broker.store import STRUCTURE_ERRORS, Store
+from pairq.broker.service import SERVICE, BrokerService, broker_limits
+from pairq.broker.store import STRUCTURE_ERRORS, CrashRecord, Store
 from pairq.broker.topic import Topic
 from pairq.errors import PairqError, StoreCorruptError
 from pairq.names import is_ephemeral
 from pairq.options import parse_hostport
+from pairq.reflection import enable_reflection
 from pairq.security.auth import BROKER_RULES
 from pairq.security.server import ServerSecurity
 from pairq.v1 import broker_pb2 as pb
@@ -86,6 +86,7 @@ class Broker:
         self.integrity: Integrity | None = None
         self.exit_code = 0  # non-zero when the broker stopped itself (a corrupt store)
         self.corrupt_store_moved_to = ""
+        self.crash_record: CrashRecord | None = None  # armed by the daemon (pairq broker)
         self.publisher: Publisher | None = None
         self.membership: Membership | None = None
         self.registrar: LookupRegistrar | None = None
@@ -104,11 +105,20 @@ class Broker:
             max_commit_batch=o.max_commit_batch,
         )
 
+    def arm_crash_record(self) -> None:
+        """Have a fatal signal (SIGSEGV, SIGBUS) leave a crash record in the store
+        directory, which the next start handles as a corrupt store
+        (:class:`~pairq.broker.store.CrashRecord`). For the daemon only: the fault
+        handler is process-wide."""
+        self.crash_record = CrashRecord(self.store.path)
+        self.crash_record.arm()
+
     def _open_store(self) -> None:
         """Open the store; if LMDB finds its structure corrupt, handle it as a disk loss
         (``--on-corruption``): move it aside and start empty (a pair re-fills it), or
         refuse to start with the file and the recovery steps."""
         try:
+            CrashRecord(self.store.path).check()  # the last process died of a signal?
             self.store.open()
             self.store.catalog.load()  # walks the catalog: a broken tree shows here
         except STRUCTURE_ERRORS as exc:
@@ -218,9 +228,7 @@ class Broker:
             health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        enable_reflection((SERVICE, health.SERVICE_NAME), server)  # v1 and v1alpha
         bound = self.security.add_port(server, f"{host}:{port}")
         if bound == 0:
             self.store.close()
@@ -334,6 +342,8 @@ class Broker:
         if self.integrity is not None:
             await self.integrity.stop()
         await asyncio.to_thread(self.store.close)
+        if self.crash_record is not None:
+            self.crash_record.disarm()
         self._stopped.set()
         log.info("broker %s stopped", self.node_id)
 
@@ -510,6 +520,7 @@ class Broker:
             health="ok" if not self.store.full_reason else f"store full: {self.store.full_reason}",
             store_bytes=self.store.used_bytes,
             store_cap_bytes=self.store.max_bytes,
+            limits=broker_limits(self.options),
         )
         if self.pair is not None:
             resp.pair.CopyFrom(self.pair.stats())

@@ -29,7 +29,7 @@ from pairq.broker.integrity import Integrity
 from pairq.broker.limits import RateLimiter, limit_exceeded
 from pairq.broker.options import BrokerOptions
 from pairq.broker.ports import DeliveryFence
-from pairq.broker.publishing import Publisher
+from pairq.broker.publishing import MAX_HEADER_BYTES, Publisher
 from pairq.broker.store import Store
 from pairq.broker.subscriber import Subscriber, Terminate
 from pairq.broker.topic import Topic
@@ -47,6 +47,9 @@ IDENTIFY_TIMEOUT = 30.0
 STUCK_STREAM_GRACE = 1.0
 # Requests of one PublishStream served at once (more wait in gRPC's flow control).
 MAX_STREAM_REQUESTS = 64
+# SubscribeIdentify.heartbeat_interval_ms a client may ask for.
+MIN_HEARTBEAT_INTERVAL_MS = 100
+MAX_HEARTBEAT_INTERVAL_MS = 600_000
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -54,6 +57,33 @@ Resp = TypeVar("Resp")
 
 def _invalid(message: str, code: int = pb.ERROR_CODE_INVALID) -> PairqError:
     return PairqError(message, code=code)
+
+
+def broker_limits(opts: BrokerOptions) -> pb.BrokerLimits:
+    """The limits ``opts`` make the broker enforce, as clients are told them
+    (``SubscribeAccepted.limits``, ``GetStatsResponse.limits``). Each field
+    carries the value of the option of the same name; the last four are the
+    constants the broker checks against."""
+    return pb.BrokerLimits(
+        max_msg_size=opts.max_msg_size,
+        max_batch=opts.max_batch,
+        max_batch_bytes=opts.max_batch_bytes,
+        max_defer_ms=opts.max_defer_ms,
+        max_msg_timeout_ms=opts.max_msg_timeout_ms,
+        msg_timeout_ms=opts.msg_timeout_ms,
+        max_rdy_count=opts.max_rdy_count,
+        max_rdy_total=opts.max_rdy_total,
+        idempotency_window_s=opts.idempotency_window_s,
+        max_publish_rate=opts.max_publish_rate,
+        max_topics=opts.max_topics,
+        max_channels=opts.max_channels,
+        max_clients=opts.max_clients,
+        max_attempts=opts.max_attempts,
+        heartbeat_interval_ms=opts.heartbeat_interval_ms,
+        min_heartbeat_interval_ms=MIN_HEARTBEAT_INTERVAL_MS,
+        max_heartbeat_interval_ms=MAX_HEARTBEAT_INTERVAL_MS,
+        max_header_bytes=MAX_HEADER_BYTES,
+    )
 
 
 class ServiceHost(Protocol):
@@ -107,6 +137,7 @@ class BrokerService:
         self.publish_streams: set[PublishStream] = set()
         self._aborts: set[asyncio.Task[None]] = set()
         self.rate = RateLimiter(self.opts.max_publish_rate)
+        self.limits = broker_limits(self.opts)
         self.subscriptions = 0  # Subscribe streams identified and not yet ended
         self.rdy_total = 0  # RDY credit granted over all of them (--max-rdy-total)
 
@@ -181,12 +212,21 @@ class BrokerService:
             check_channel(ident.channel)
             timeout_ms = ident.msg_timeout_ms or self.opts.msg_timeout_ms
             if timeout_ms > self.opts.max_msg_timeout_ms:
-                raise _invalid(
-                    f"msg_timeout_ms {timeout_ms} exceeds the maximum {self.opts.max_msg_timeout_ms}"
+                # Refused, not capped: a consumer that needs this long per message
+                # must not silently get less (see SubscribeIdentify in broker.proto).
+                raise PairqError(
+                    f"msg_timeout_ms {timeout_ms} exceeds the maximum "
+                    f"{self.opts.max_msg_timeout_ms} (--max-msg-timeout-ms)",
+                    code=pb.ERROR_CODE_INVALID,
+                    limit="max_msg_timeout_ms",
+                    max=self.opts.max_msg_timeout_ms,
                 )
             hb_ms = ident.heartbeat_interval_ms or self.opts.heartbeat_interval_ms
-            if hb_ms < 100 or hb_ms > 600_000:
-                raise _invalid(f"heartbeat_interval_ms {hb_ms} must be 100 to 600000")
+            if not MIN_HEARTBEAT_INTERVAL_MS <= hb_ms <= MAX_HEARTBEAT_INTERVAL_MS:
+                raise _invalid(
+                    f"heartbeat_interval_ms {hb_ms} must be {MIN_HEARTBEAT_INTERVAL_MS} "
+                    f"to {MAX_HEARTBEAT_INTERVAL_MS}"
+                )
             if self.subscriptions >= self.opts.max_clients:
                 raise limit_exceeded(
                     "max_clients",
@@ -221,6 +261,7 @@ class BrokerService:
                     msg_timeout_ms=timeout_ms,
                     heartbeat_interval_ms=hb_ms,
                     max_attempts=self.opts.max_attempts,
+                    limits=self.limits,
                 )
             ).SerializeToString()
             q = sub.queue

@@ -73,6 +73,63 @@ class TruncatedStoreError(Exception):
     kill the process with SIGBUS)."""
 
 
+class CrashedStoreError(Exception):
+    """The previous process died of a fatal signal (SIGSEGV, SIGBUS, ...) while it had
+    this store open (its crash record says so: :class:`CrashRecord`). LMDB does not
+    checksum its own pages, so a corrupt B-tree or overflow page can crash a reader
+    instead of returning an error; a store that crashed its process is handled as a
+    corrupt one, or the next start would crash on the same page again."""
+
+
+class CrashRecord:
+    """``native-crash.log`` in the store directory: Python's ``faulthandler`` writes the
+    stacks there when the process dies of a fatal signal while the store is open.
+
+    The rules: ``check()`` at open raises :class:`CrashedStoreError` when the file holds
+    a report (an empty one is what a clean exit or a kill -9 leaves: removed);
+    ``arm()`` (the daemon only: ``faulthandler`` is process-wide) opens it empty and
+    points ``faulthandler`` at it; ``disarm()`` on a clean close removes it. The file
+    lives in the store directory, so it moves aside with a corrupt store."""
+
+    NAME = "native-crash.log"
+
+    def __init__(self, store_dir: Path) -> None:
+        self.path = store_dir / self.NAME
+        self._fh: Any = None
+
+    def check(self) -> None:
+        try:
+            text = self.path.read_text(errors="replace")
+        except FileNotFoundError:
+            return
+        if not text.strip():
+            self.path.unlink(missing_ok=True)
+            return
+        first = next((ln for ln in text.splitlines() if ln.strip()), "").strip()
+        raise CrashedStoreError(
+            f"the previous broker process died with {first!r} while this store was open "
+            f"(stacks in {self.path}); LMDB does not checksum its pages, so a corrupt page "
+            "can crash a reader: handled as a corrupt store"
+        )
+
+    def arm(self) -> None:
+        import faulthandler
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self.path.open("w")
+        faulthandler.enable(file=self._fh, all_threads=True)
+
+    def disarm(self) -> None:
+        if self._fh is None:
+            return
+        import faulthandler
+
+        faulthandler.disable()
+        self._fh.close()
+        self._fh = None
+        self.path.unlink(missing_ok=True)
+
+
 # LMDB errors that mean its own structure is damaged (not a full disk): the store
 # must not be served from (Broker: --on-corruption).
 STRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
@@ -83,6 +140,7 @@ STRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     lmdb.PanicError,
     lmdb.BadTxnError,
     TruncatedStoreError,
+    CrashedStoreError,
 )
 # Within this many bytes of the reserve, room is checked after every commit.
 _CLOSE_MARGIN = 64 * 1024**2

@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
 async def _start(opts: BrokerOptions) -> Broker:
     broker = Broker(opts)
     await broker.start()
+    broker.arm_crash_record()  # a SIGSEGV/SIGBUS marks the store corrupt for the next start
     # Latency: keep what start-up allocated (modules, catalog, stubs) out of every
     # future cyclic-GC pass, and collect young objects less often; the hot paths
     # create few reference cycles.

@@ -21,7 +21,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from pairq import grpcopts
 from pairq.gossip import EventKind, Gossip, MemberEvent, MemberState, MemberView, NodeMeta
@@ -29,6 +28,7 @@ from pairq.lookup.options import LookupOptions
 from pairq.lookup.registry import Registry
 from pairq.lookup.service import SERVICE, LookupService
 from pairq.options import parse_hostport
+from pairq.reflection import enable_reflection
 from pairq.security.auth import LOOKUP_RULES
 from pairq.security.server import ServerSecurity
 
@@ -106,9 +106,7 @@ class Lookup:
         server.add_generic_rpc_handlers((self.service.generic_handler(),))
         hs = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-        reflection.enable_server_reflection(
-            (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        enable_reflection((SERVICE, health.SERVICE_NAME), server)  # v1 and v1alpha
         await server.start()
         for name in ("", SERVICE):
             res = hs.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -217,18 +217,20 @@ class SubscribeRequest(_message.Message):
     def __init__(self, identify: _Optional[_Union[SubscribeIdentify, _Mapping]] = ..., ready: _Optional[_Union[SubscribeReady, _Mapping]] = ..., finish: _Optional[_Union[SubscribeFinish, _Mapping]] = ..., requeue: _Optional[_Union[SubscribeRequeue, _Mapping]] = ..., touch: _Optional[_Union[SubscribeTouch, _Mapping]] = ..., close: _Optional[bool] = ..., nop: _Optional[bool] = ...) -> None: ...
 
 class SubscribeAccepted(_message.Message):
-    __slots__ = ("broker_id", "max_rdy_count", "msg_timeout_ms", "heartbeat_interval_ms", "max_attempts")
+    __slots__ = ("broker_id", "max_rdy_count", "msg_timeout_ms", "heartbeat_interval_ms", "max_attempts", "limits")
     BROKER_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_RDY_COUNT_FIELD_NUMBER: _ClassVar[int]
     MSG_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     broker_id: str
     max_rdy_count: int
     msg_timeout_ms: int
     heartbeat_interval_ms: int
     max_attempts: int
-    def __init__(self, broker_id: _Optional[str] = ..., max_rdy_count: _Optional[int] = ..., msg_timeout_ms: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., max_attempts: _Optional[int] = ...) -> None: ...
+    limits: BrokerLimits
+    def __init__(self, broker_id: _Optional[str] = ..., max_rdy_count: _Optional[int] = ..., msg_timeout_ms: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., max_attempts: _Optional[int] = ..., limits: _Optional[_Union[BrokerLimits, _Mapping]] = ...) -> None: ...
 
 class SubscribeDeliveries(_message.Message):
     __slots__ = ("messages",)
@@ -483,7 +485,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., channel: _Optional[str] = ..., no_clients: _Optional[bool] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("broker_id", "version", "start_time_ns", "health", "topics", "store_bytes", "store_cap_bytes", "pair", "integrity")
+    __slots__ = ("broker_id", "version", "start_time_ns", "health", "topics", "store_bytes", "store_cap_bytes", "pair", "integrity", "limits")
     BROKER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     START_TIME_NS_FIELD_NUMBER: _ClassVar[int]
@@ -493,6 +495,7 @@ class GetStatsResponse(_message.Message):
     STORE_CAP_BYTES_FIELD_NUMBER: _ClassVar[int]
     PAIR_FIELD_NUMBER: _ClassVar[int]
     INTEGRITY_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     broker_id: str
     version: str
     start_time_ns: int
@@ -502,7 +505,48 @@ class GetStatsResponse(_message.Message):
     store_cap_bytes: int
     pair: PairStats
     integrity: IntegrityStats
-    def __init__(self, broker_id: _Optional[str] = ..., version: _Optional[str] = ..., start_time_ns: _Optional[int] = ..., health: _Optional[str] = ..., topics: _Optional[_Iterable[_Union[TopicStats, _Mapping]]] = ..., store_bytes: _Optional[int] = ..., store_cap_bytes: _Optional[int] = ..., pair: _Optional[_Union[PairStats, _Mapping]] = ..., integrity: _Optional[_Union[IntegrityStats, _Mapping]] = ...) -> None: ...
+    limits: BrokerLimits
+    def __init__(self, broker_id: _Optional[str] = ..., version: _Optional[str] = ..., start_time_ns: _Optional[int] = ..., health: _Optional[str] = ..., topics: _Optional[_Iterable[_Union[TopicStats, _Mapping]]] = ..., store_bytes: _Optional[int] = ..., store_cap_bytes: _Optional[int] = ..., pair: _Optional[_Union[PairStats, _Mapping]] = ..., integrity: _Optional[_Union[IntegrityStats, _Mapping]] = ..., limits: _Optional[_Union[BrokerLimits, _Mapping]] = ...) -> None: ...
+
+class BrokerLimits(_message.Message):
+    __slots__ = ("max_msg_size", "max_batch", "max_batch_bytes", "max_defer_ms", "max_msg_timeout_ms", "msg_timeout_ms", "max_rdy_count", "max_rdy_total", "idempotency_window_s", "max_publish_rate", "max_topics", "max_channels", "max_clients", "max_attempts", "heartbeat_interval_ms", "min_heartbeat_interval_ms", "max_heartbeat_interval_ms", "max_header_bytes")
+    MAX_MSG_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_DEFER_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MSG_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    MSG_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_RDY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MAX_RDY_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_PUBLISH_RATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOPICS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_HEADER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    max_msg_size: int
+    max_batch: int
+    max_batch_bytes: int
+    max_defer_ms: int
+    max_msg_timeout_ms: int
+    msg_timeout_ms: int
+    max_rdy_count: int
+    max_rdy_total: int
+    idempotency_window_s: int
+    max_publish_rate: int
+    max_topics: int
+    max_channels: int
+    max_clients: int
+    max_attempts: int
+    heartbeat_interval_ms: int
+    min_heartbeat_interval_ms: int
+    max_heartbeat_interval_ms: int
+    max_header_bytes: int
+    def __init__(self, max_msg_size: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ..., max_defer_ms: _Optional[int] = ..., max_msg_timeout_ms: _Optional[int] = ..., msg_timeout_ms: _Optional[int] = ..., max_rdy_count: _Optional[int] = ..., max_rdy_total: _Optional[int] = ..., idempotency_window_s: _Optional[int] = ..., max_publish_rate: _Optional[int] = ..., max_topics: _Optional[int] = ..., max_channels: _Optional[int] = ..., max_clients: _Optional[int] = ..., max_attempts: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., min_heartbeat_interval_ms: _Optional[int] = ..., max_heartbeat_interval_ms: _Optional[int] = ..., max_header_bytes: _Optional[int] = ...) -> None: ...
 
 class IntegrityStats(_message.Message):
     __slots__ = ("checksum_failures", "repairs", "quarantined", "scrub_running", "scrub_checked", "last_scrub_ns", "last_scrub_bad")

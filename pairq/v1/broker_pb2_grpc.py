@@ -171,7 +171,9 @@ class BrokerServiceServicer:
     def Subscribe(self, request_iterator, context):
         """Consume a channel. The client sends SubscribeIdentify first, then RDY,
         FIN, REQ, TOUCH as it goes; the broker sends SubscribeAccepted, then
-        deliveries, heartbeats and non-fatal errors.
+        deliveries, heartbeats and non-fatal errors. The stream delivers only
+        the messages this broker owns: subscribe to both brokers of a pair (see
+        OWNERSHIP AND PAIRS at the top of this file).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -103,7 +103,8 @@ class LookupServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LookupTopic(self, request, context):
-        """Pairs holding a topic, each with its brokers' liveness and tombstones.
+        """Pairs holding a topic, each with its brokers' liveness and tombstones: a
+        consumer subscribes to every broker listed (both of each pair).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

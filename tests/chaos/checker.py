@@ -116,6 +116,7 @@ def check(
     n_lost = sum(len(v) for v in lost.values())
     reruns = sum(n - 1 for c in handled.values() for n in c.values() if n > 1)
     unacked_handled = sum(1 for c in handled.values() for i in c if i not in acks)
+    corrupt = [r for r in runs if not getattr(r, "intact", True)]
 
     # takeovers and false takeovers
     tks = []
@@ -184,6 +185,16 @@ def check(
         last[k] = done
     longest = max((b - a for w in windows.values() for a, b in w), default=0.0)
 
+    # integrity counters: the last value of each process life, summed
+    lives: dict[tuple[str, int], Any] = {}
+    for smp in samples:
+        if smp.ok:
+            lives[(smp.node, smp.start_ns)] = smp
+    integrity = {
+        k: sum(getattr(v, k, 0) for v in lives.values())
+        for k in ("checksum_failures", "repairs", "quarantined")
+    }
+
     takeover_s = [float(t["takeover_s"]) for t in tks if not t["false"] and t["takeover_s"]]
     lat = [x[1] for x in latencies]
     result = {
@@ -195,6 +206,9 @@ def check(
         "lost_sample": {ch: [i.decode(errors="replace") for i in v[:20]] for ch, v in lost.items()},
         "handler_reruns": reruns,
         "handled_not_acked": unacked_handled,
+        "corrupt_deliveries": len(corrupt),
+        "integrity": integrity,
+        "corrupt_sample": [r.id.decode(errors="replace") for r in corrupt[:20]],
         "raw_duplicates": raw_duplicates,
         "faults": len(faults),
         "faults_per_kind": dict(Counter(f.kind for f in faults)),
@@ -221,6 +235,8 @@ def check(
         violations.append(f"lost {n_lost} acknowledged messages")
     if reruns:
         violations.append(f"{reruns} handler re-runs")
+    if corrupt:
+        violations.append(f"{len(corrupt)} deliveries with a corrupted body")
     if unhealed:
         violations.append(f"not healed: {', '.join(unhealed)}")
     if slow:

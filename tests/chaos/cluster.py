@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -228,6 +229,72 @@ class Cluster:
                 shutil.rmtree(child)
             else:
                 child.unlink()
+
+    # ----------------------------------------------------------------- bad disks
+    def store_file(self, node: str) -> Path:
+        return self.data_dir(node) / "store" / "data.mdb"
+
+    def flip_bits(self, node: str, rng: random.Random, n: int = 16) -> str:
+        """A bad disk under a stopped broker: ``n`` random bits flipped anywhere in its
+        data file (records, keys, B-tree pages, free pages alike), in place."""
+        assert not self.alive(node)
+        f = self.store_file(node)
+        size = f.stat().st_size
+        with f.open("r+b") as fh:
+            for _ in range(n):
+                at = rng.randrange(size)
+                fh.seek(at)
+                b = fh.read(1)
+                fh.seek(at)
+                fh.write(bytes([b[0] ^ (1 << rng.randrange(8))]))
+            fh.flush()
+            os.fsync(fh.fileno())
+        return f"{n} bits flipped in {size} bytes"
+
+    def holds_any(self, node: str, bodies: list[bytes]) -> bool:
+        raw = self.store_file(node).read_bytes()
+        return any(b in raw for b in bodies)
+
+    def flip_bodies(self, node: str, bodies: list[bytes], rng: random.Random) -> str:
+        """A bad disk where the broker's reads meet it: one bit flipped in each of
+        ``bodies`` (every copy of it in the file); under a running broker through the
+        page cache its map shares."""
+        f = self.store_file(node)
+        raw = bytearray(f.read_bytes())
+        found = 0
+        with f.open("r+b") as fh:
+            for body in bodies:
+                at = raw.find(body)
+                if at < 0:
+                    continue
+                found += 1
+                offset, bit = rng.randrange(len(body)), 1 << rng.randrange(8)
+                while at >= 0:
+                    fh.seek(at + offset)
+                    fh.write(bytes([raw[at + offset] ^ bit]))
+                    at = raw.find(body, at + 1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return f"{found} of {len(bodies)} backlog bodies flipped on {node}"
+
+    def truncate_store(self, node: str, rng: random.Random) -> str:
+        """A lost tail: the stopped broker's data file cut to 30-90 % of its size."""
+        assert not self.alive(node)
+        f = self.store_file(node)
+        size = f.stat().st_size
+        keep = int(size * rng.uniform(0.3, 0.9))
+        os.truncate(f, keep)
+        return f"data file truncated from {size} to {keep} bytes"
+
+    def corrupt_meta(self, node: str, rng: random.Random) -> str:
+        """Both LMDB meta pages (the first two pages) of the stopped broker overwritten."""
+        assert not self.alive(node)
+        f = self.store_file(node)
+        with f.open("r+b") as fh:
+            fh.write(rng.randbytes(2 * 4096))
+            fh.flush()
+            os.fsync(fh.fileno())
+        return "both meta pages overwritten with random bytes"
 
     def fill_disk(self, node: str) -> Path:
         """Fill the broker's data-dir filesystem up to ENOSPC with a filler file."""

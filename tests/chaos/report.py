@@ -50,7 +50,12 @@ def summary(result: dict[str, Any], faults: list[FaultRecord]) -> str:
         f"{result['handler_runs']}, raw duplicates absorbed {result['raw_duplicates']}",
         f"lost {result['lost']} {result['lost_per_channel']}, handler re-runs "
         f"{result['handler_reruns']}, lapsed-lease deliveries "
-        f"{result['lapsed_lease_deliveries']}",
+        f"{result['lapsed_lease_deliveries']}, corrupted bodies delivered "
+        f"{result.get('corrupt_deliveries', 0)}",
+        f"broker crashes (restarted as systemd would) {len(result.get('crashes', []))}"
+        + "".join(f"; {c['node']} at {c['t']}s exit {c['rc']}" for c in result.get("crashes", [])),
+        "integrity (summed over process lives): "
+        + ", ".join(f"{k} {v}" for k, v in result.get("integrity", {}).items()),
         f"takeovers {len(result['takeovers'])} (false {result['false_takeovers']}), "
         f"takeover p50/p99 {result['takeover_p50_s']}/{result['takeover_p99_s']} s",
         f"healing p50/p99/max {result['heal_p50_s']}/{result['heal_p99_s']}/"

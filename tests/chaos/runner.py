@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,16 @@ from . import report
 from .checker import FaultRecord, check
 from .cluster import BROKERS, PAIRS, Cluster, partner_of
 from .nemesis import SCENARIOS, Fault, schedule
-from .workload import CHANNELS, TOPIC, Clock, Consumers, Monitor, Producers, probe_publish
+from .workload import (
+    CHANNELS,
+    TOPIC,
+    Clock,
+    Consumers,
+    Monitor,
+    Producers,
+    body_of,
+    probe_publish,
+)
 
 HEAL_BOUND = 20.0  # s from a fault's end to a healthy cluster (checked)
 HEAL_WAIT = 45.0  # s the runner waits for healing before it gives up on a fault
@@ -40,6 +50,8 @@ class Runner:
         )
         self.faults: list[FaultRecord] = []
         self.problems: list[str] = []
+        self.producers: Producers | None = None
+        self.crashes: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------- faults
     async def inject(self, f: Fault) -> FaultRecord:
@@ -126,6 +138,38 @@ class Runner:
             await sleep(d)
             for n in victims:
                 await asyncio.to_thread(c.start, n)
+        elif k in ("truncate", "corrupt-meta"):
+            rec.down = (t,)
+            c.kill(t)
+            rng = random.Random(f"{self.seed}:{len(self.faults)}")
+            rec.notes = (c.truncate_store if k == "truncate" else c.corrupt_meta)(t, rng)
+            await sleep(d)
+            await asyncio.to_thread(c.start, t)
+        elif k in ("bitflip", "bitflip-live"):
+            # A backlog first (both channels paused everywhere for ``d`` s), so the
+            # flipped bodies are still to be read when the channels go on. The topic
+            # lives on one pair (placement): if ``t`` holds none of the bodies, the
+            # same broker of the other pair is hit instead. ``bitflip`` stops the
+            # broker first and also flips 16 bits anywhere in the file.
+            await self.pause_channels(tuple(BROKERS), True)
+            since = self.clock()
+            await sleep(d)
+            acks = self.producers.acks if self.producers is not None else {}
+            bodies = [body_of(i) for i, (_c, at, _k) in acks.items() if at >= since]
+            rng = random.Random(f"{self.seed}:{len(self.faults)}")
+            victims = rng.sample(bodies, min(50, len(bodies)))
+            other = next(n for n in BROKERS if n[-1] == t[-1] and n != t)
+            node = t if c.holds_any(t, victims) else other
+            rec.target = node
+            if k == "bitflip":
+                rec.down = (node,)
+                rec.down_at[node] = self.clock()
+                c.kill(node)
+                rec.notes = c.flip_bits(node, rng) + "; "
+            rec.notes += c.flip_bodies(node, victims, rng)
+            if k == "bitflip":
+                await asyncio.to_thread(c.start, node)
+            rec.notes += await self.pause_channels(tuple(BROKERS), False)
         else:  # pragma: no cover
             raise ValueError(k)
         rec.end = self.clock()
@@ -139,9 +183,7 @@ class Runner:
         at most 10 s); the channels are unpaused when both are back."""
         c, p = self.cluster, partner_of(t)
         pair = (t, p)
-        for n in pair:
-            for ch in CHANNELS:
-                await c.pause_channel(n, TOPIC, ch, True)
+        await self.pause_channels(pair, True)
         await asyncio.sleep(d)  # the backlog
         rec.down = (t, p)
         c.kill(t)
@@ -166,14 +208,38 @@ class Runner:
         ) + (f": {cut[0].split('pairq.pair: ')[-1]}" if cut else "")
         await asyncio.sleep(d)
         await asyncio.to_thread(c.start, p)
-        for n in pair:
+        rec.notes += await self.pause_channels(pair, False)
+
+    async def pause_channels(self, nodes: tuple[str, ...], pause: bool) -> str:
+        """Pause or unpause both channels on ``nodes``; unpausing retries (bounded:
+        20 s each; a paused channel left over would look like lost messages)."""
+        c, missed = self.cluster, ""
+        for n in nodes:
             for ch in CHANNELS:
-                for _ in range(40):  # bounded: 20 s; a paused channel left over would look lost
+                if pause:
+                    await c.pause_channel(n, TOPIC, ch, True)
+                    continue
+                for _ in range(40):
                     if await c.pause_channel(n, TOPIC, ch, False):
                         break
                     await asyncio.sleep(0.5)
                 else:
-                    rec.notes += f"; could not unpause {ch} on {n}"
+                    missed += f"; could not unpause {ch} on {n}"
+        return missed
+
+    async def supervise(self) -> None:
+        """What systemd's Restart=on-failure does in production (the Ansible unit): a
+        broker that died by itself (not killed by the harness, which restarts its own
+        victims) is recorded as a crash and started again."""
+        c = self.cluster
+        for n in BROKERS:
+            proc = c.brokers[n].proc
+            if n in c.paused or proc is None or proc.poll() is None:
+                continue
+            self.crashes.append({"t": round(self.clock(), 3), "node": n, "rc": proc.returncode})
+            self.log(f"  {n} crashed (exit {proc.returncode}); restarted, as systemd would")
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(c.start, n)
 
     async def revive(self) -> None:
         """Best effort after a failed fault: resume paused brokers, start dead ones."""
@@ -202,6 +268,7 @@ class Runner:
         deadline = time.monotonic() + limit
         self.why = ""
         while time.monotonic() < deadline:
+            await self.supervise()
             await asyncio.gather(*(self.monitor.poll(n) for n in BROKERS))
             self.why = "; ".join(filter(None, map(self.monitor.unhealthy, PAIRS.values())))
             if not self.why:
@@ -237,7 +304,7 @@ class Runner:
             consumers = Consumers(c.lookup_addresses, self.clock, dedupe=self.sc.dedupe)
             if not self.sc.consume_late:
                 await consumers.start()
-            producers = Producers(c.lookup_addresses, self.clock)
+            producers = self.producers = Producers(c.lookup_addresses, self.clock)
             producers.start()
             self.monitor.start()
             self.log(f"run dir {self.run_dir}; cluster up ({c.net.method})")
@@ -296,7 +363,11 @@ class Runner:
             if self.problems:
                 result["violations"] += self.problems
                 result["ok"] = False
+            if self.crashes and not self.sc.crashes_expected:
+                result["violations"].append(f"{len(self.crashes)} broker crashes")
+                result["ok"] = False
             result.update(
+                crashes=self.crashes,
                 problems=self.problems,
                 scenario=self.sc.name,
                 seed=self.seed,

@@ -1,11 +1,13 @@
 """The workload and the recorders: what the checker reads is only what these saw.
 
 - ``Producers``: each publishes unique ids (``P<k><seq, 14 digits>``, 16 bytes) through
-  the lookups in small batches at a fixed pace; every ack (id, copies, time) and
+  the lookups in small batches at a fixed pace, each body the sha256 of its id (hex,
+  so a corrupted body is recognised: ``body_of``); every ack (id, copies, time) and
   every failure (time, error) is recorded.
 - ``Consumers``: one ``pairq.client.Consumer`` per channel, de-duplication on (the
   product's in-memory window, wrapped so every raw delivery it is asked about is
-  counted); the handler records every run (channel, id, broker id, epoch, time).
+  counted); the handler records every run (channel, id, broker id, epoch, time,
+  whether the body was the one published).
 - ``Monitor``: GetStats of every broker every ``interval`` s (pair fields: connected,
   lag, solo, epoch, takeovers, re-fill), kept as samples for healing, takeovers and
   the lease check.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import time
 from typing import Any
 
@@ -29,6 +32,11 @@ from .cluster import BROKERS, Cluster
 TOPIC = "chaos"
 CHANNELS = ("c1", "c2")
 PROBE_TOPIC = "chaos-probe"
+
+
+def body_of(mid: bytes) -> bytes:
+    """The body published with id ``mid`` (64 bytes)."""
+    return hashlib.sha256(mid).hexdigest().encode()
 
 
 class Clock:
@@ -74,7 +82,7 @@ class Producers:
                 self.attempted += len(ids)
                 t = self.clock()
                 try:
-                    acks = await p.publish_batch(TOPIC, [b"x" * 64] * len(ids), ids=ids)
+                    acks = await p.publish_batch(TOPIC, [body_of(i) for i in ids], ids=ids)
                 except PairqError as exc:
                     self.failures.append((self.clock(), k, f"{type(exc).__name__}: {exc}"[:200]))
                     await asyncio.sleep(0.05)
@@ -121,6 +129,7 @@ class Run:
     broker_id: str
     epoch: int
     t: float
+    intact: bool = True  # the body is the one published with this id
 
 
 class Consumers:
@@ -134,7 +143,9 @@ class Consumers:
         for ch in CHANNELS:
 
             def handle(msg: Any, ch: str = ch) -> None:
-                self.runs.append(Run(ch, bytes(msg.id), msg.broker_id, msg.epoch, self.clock()))
+                mid = bytes(msg.id)
+                intact = bytes(msg.body) == body_of(mid)
+                self.runs.append(Run(ch, mid, msg.broker_id, msg.epoch, self.clock(), intact))
 
             window = CountingDedupe(MemoryDedupe(max_entries=1_000_000, ttl=3600))
             self.windows.append(window)
@@ -183,6 +194,9 @@ class Sample:
     takeovers: int = 0
     lease_ms: int = 0
     refill: int = 0
+    checksum_failures: int = 0  # this process life's integrity counters
+    repairs: int = 0
+    quarantined: int = 0
 
 
 class Monitor:
@@ -225,6 +239,9 @@ class Monitor:
                     p.takeovers,
                     p.lease_remaining_ms,
                     p.refill_sending + p.refill_receiving,
+                    r.integrity.checksum_failures,
+                    r.integrity.repairs,
+                    r.integrity.quarantined,
                 )
         self.samples.append(s)
         self.last[node] = s

@@ -275,3 +275,41 @@ async def test_a_truncated_data_file_resilvers_from_the_partner(tmp_path: Path) 
     finally:
         a.stop()
         b.stop()
+
+
+async def test_a_store_that_crashed_its_process_resilvers_and_a_kill_does_not(
+    tmp_path: Path,
+) -> None:
+    """A corrupt LMDB page can kill a reader with SIGSEGV/SIGBUS instead of an error
+    (the chaos harness's bitflip found one: memcpy past the map). The fault handler
+    leaves a crash record in the store; the next start handles the store as corrupt
+    (re-silver), so it does not crash on the same page again. A kill -9 leaves an empty
+    record and the store is kept."""
+    import signal
+
+    rng = random.Random(9)
+    a, b = make_pair(tmp_path)
+    try:
+        acked = await _start_and_publish(a, b, rng)
+        a.stop()  # kill -9: not a crash of the store
+        a.start()
+        await wait_healthy(a, b, timeout=30)
+        assert not _moved_aside(a)
+        assert a.proc is not None
+        a.proc.send_signal(signal.SIGSEGV)  # what a corrupt page does to a reader
+        a.proc.wait(timeout=10)
+        record = Path(a.data_dir) / "store" / "native-crash.log"
+        assert "Segmentation fault" in record.read_text()
+        a.start()
+        await wait_healthy(a, b, timeout=30)
+        aside = _moved_aside(a)
+        assert len(aside) == 1, aside
+        assert (Path(a.data_dir) / aside[0] / "native-crash.log").exists()  # for forensics
+        log = _text(a.log_path)
+        assert "died with 'Fatal Python error: Segmentation fault'" in log and "re-fills" in log
+        handled = await _consume_all(a, b, acked)
+        assert set(acked) <= set(handled)
+        assert all(handled[i] == 1 for i in acked)
+    finally:
+        a.stop()
+        b.stop()

@@ -243,3 +243,17 @@ def test_full_reason_counts_lmdb_free_pages_as_room() -> None:
     reason = full_reason(used_pages=1020 * 256, file_pages=1021 * 256, disk_free=None, **kw)
     assert "--max-store-bytes" in reason and "--store-reserve-bytes" in reason
     assert full_reason(used_pages=100, file_pages=102, disk_free=None, **kw) == ""
+
+
+def test_crash_record_check(tmp_path: Path) -> None:
+    from pairq.broker.store import CrashedStoreError, CrashRecord
+
+    rec = CrashRecord(tmp_path)
+    rec.check()  # no record: nothing to say
+    rec.path.write_text("")  # what a kill -9 or a clean exit leaves
+    rec.check()
+    assert not rec.path.exists()
+    rec.path.write_text("\nFatal Python error: Bus error\n\nThread 0x1 (most recent call first):\n")
+    with pytest.raises(CrashedStoreError, match="'Fatal Python error: Bus error'"):
+        rec.check()
+    assert rec.path.exists()  # kept: it moves aside with the store
