@@ -179,6 +179,9 @@ class Broker:
             scrub_bytes_per_s=self.options.scrub_bytes_per_s,
         )
         self.ctx.integrity = self.integrity
+        from pairq.telemetry import install_broker_tracing
+
+        install_broker_tracing(self)  # deliver spans (pairq.telemetry), if tracing
 
         def fatal(exc: BaseException) -> None:  # from the writer thread
             with contextlib.suppress(RuntimeError):  # the loop is closing
