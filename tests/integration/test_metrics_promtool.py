@@ -21,7 +21,9 @@ from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import broker_pb2_grpc as pbg
 
 PROMTOOL = shutil.which("promtool")
-# The README's metrics reference, every row (Prometheus names).
+# The README's metrics reference, every row (Prometheus names), but
+# pairq_message_end_to_end_duration_seconds: only a broker that finished messages has
+# samples of it (checked on the owner below).
 DOCUMENTED = (
     "pairq_topic_published_total",
     "pairq_topic_depth",
@@ -189,6 +191,11 @@ def test_every_broker_metrics_endpoint_passes_promtool(tmp_path: Path) -> None:
         assert live['pairq_channel_finished_total{channel="billing",topic="orders"}'] == 1
         assert live['pairq_channel_requeued_total{channel="billing",topic="orders"}'] >= 1
         assert 'pairq_publish_duration_seconds_count{copies="2"} 1' in text
+        # End-to-end latency: on the owner, the one message finished (FIN) so far; the
+        # other broker finished none, so it has no samples of it.
+        e2e = 'pairq_message_end_to_end_duration_seconds_count{channel="billing",topic="orders"}'
+        assert f"{e2e} 1" in text, text
+        assert 'pairq_message_end_to_end_duration_seconds_bucket{channel="billing"' in text
         # The lookup: both brokers registered, the topic known.
         deadline = time.monotonic() + 15
         while 'pairq_lookup_brokers{liveness="alive"} 2' not in (text := scrape(ml)):
