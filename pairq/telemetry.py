@@ -162,17 +162,25 @@ class MetricsHandle:
             self.server = None
 
 
-def setup(service_name: str, metrics_address: str = "") -> tuple[MeterProvider, Any]:
-    """Install a MeterProvider with Prometheus (and OTLP if configured) readers, once."""
+def setup(
+    service_name: str, metrics_address: str = "", *, prometheus: bool = False
+) -> tuple[MeterProvider, Any]:
+    """Install a MeterProvider with Prometheus (and OTLP if configured) readers, once.
+
+    ``metrics_address``: serve ``/metrics`` there (prometheus_client's own server);
+    ``prometheus``: the Prometheus reader without a server, for a process that
+    serves ``prometheus_client``'s registry itself (``pairq admin``)."""
     global _provider
     readers: list[Any] = []
     server = None
-    if metrics_address:
+    if metrics_address or prometheus:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+        readers.append(PrometheusMetricReader(scope_info_enabled=False))
+    if metrics_address:
         from prometheus_client import start_http_server
 
         host, port = parse_hostport(metrics_address, what="--metrics-address")
-        readers.append(PrometheusMetricReader(scope_info_enabled=False))
         server, _thread = start_http_server(port, addr=host)
     if otlp_metrics_wanted():
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
