@@ -349,14 +349,16 @@ class Publisher:
                 },
             )
             spans.append(span)
-        # The partner's replicate spans are children of these (ports.publish_traces).
+        # The partner's replicate spans are children of these (ports.publish_traces);
+        # nothing to carry while no partner copy is being made.
         carried: list[tuple[str, bytes, str]] = []
-        for (msg_id, _), span in zip(traced, spans, strict=True):
-            carrier: dict[str, str] = {}
-            prop.inject(carrier, context=set_span_in_context(span))
-            if TRACEPARENT in carrier:
-                carried.append((topic_name, msg_id, carrier[TRACEPARENT]))
-        token = publish_traces.set(carried)
+        if self._replicator.copies() >= 2:
+            for (msg_id, _), span in zip(traced, spans, strict=True):
+                carrier: dict[str, str] = {}
+                prop.inject(carrier, context=set_span_in_context(span))
+                if TRACEPARENT in carrier:
+                    carried.append((topic_name, msg_id, carrier[TRACEPARENT]))
+        token = publish_traces.set(carried or None)
         try:
             copies = await self._publish(topic_name, items)
             for span in spans:
