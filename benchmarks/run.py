@@ -136,6 +136,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "publish_p99_ms": ("<=", 3.0),
     "channels10_vs_1_ratio": (">=", 0.9),
     "telemetry_on_vs_off_publish_ratio": (">=", 0.9),
+    "telemetry_traced_on_vs_off_publish_ratio": (">=", 0.9),
 }
 
 
@@ -358,11 +359,17 @@ async def channel_stats(stub: Any, topic: str, channel: str) -> Any:
 # -- measurements ------------------------------------------------------------------
 
 
-async def publish_single(address: str, sz: Sizes, topic: str = "bench_single") -> dict[str, Any]:
+async def publish_single(
+    address: str,
+    sz: Sizes,
+    topic: str = "bench_single",
+    headers: dict[str, str] | None = None,
+    label: str = "publish single",
+) -> dict[str, Any]:
     lats: list[float] = []
     async with Producer(brokers=[address]) as p:
         for _ in range(50):  # warm up: connection, topic creation
-            await p.publish(topic, BODY)
+            await p.publish(topic, BODY, headers=headers)
         rpc0 = p.rpc_count
         issued = 0
         deadline = time.perf_counter() + sz.time_cap
@@ -373,7 +380,7 @@ async def publish_single(address: str, sz: Sizes, topic: str = "bench_single") -
             while issued < sz.single_n and clock() < deadline:
                 issued += 1
                 t = clock()
-                await p.publish(topic, BODY)
+                await p.publish(topic, BODY, headers=headers)
                 lats.append(clock() - t)
 
         CPU.start()
@@ -386,7 +393,7 @@ async def publish_single(address: str, sz: Sizes, topic: str = "bench_single") -
     rate = n / elapsed
     cpu = CPU.per_msg(n)
     log(
-        f"  publish single  : {rate:>10,.0f} msg/s  ({n:,} msgs in {elapsed:.2f} s, "
+        f"  {label:<16}: {rate:>10,.0f} msg/s  ({n:,} msgs in {elapsed:.2f} s, "
         f"{sz.single_in_flight} in flight, {rpcs:,} RPCs, avg batch {n / max(rpcs, 1):.0f})  "
         f"{lat_summary(lats)}; {CPU.last}"
     )
@@ -576,13 +583,39 @@ async def _ch10(address: str, sz: Sizes) -> dict[str, Any]:
 
 
 async def _single_telemetry(address: str, sz: Sizes) -> dict[str, Any]:
-    return await publish_single(address, sz, topic="bench_single_telemetry")
+    return await publish_single(
+        address, sz, topic="bench_single_telemetry", label="single telem. on"
+    )
+
+
+# Every message of the traced pair of measurements carries the W3C trace context of a
+# sampled trace (as a producer publishing inside a span sends it, without the producer's
+# own span work, so the figure is the broker's): with tracing on, the broker records a
+# ``pairq publish`` span for each one; with it off, the same messages cost no span.
+TRACED = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+
+
+async def _traced(address: str, sz: Sizes) -> dict[str, Any]:
+    return await publish_single(
+        address, sz, topic="bench_traced", headers=TRACED, label="traced, telem. off"
+    )
+
+
+async def _traced_telemetry(address: str, sz: Sizes) -> dict[str, Any]:
+    return await publish_single(
+        address, sz, topic="bench_traced_telemetry", headers=TRACED, label="traced, telem. on"
+    )
 
 
 MEASUREMENTS: list[tuple[str, Measure]] = [
     ("publish_single", publish_single),
-    # Right after the one without: the same publish path with metrics and tracing on.
+    # Right after the one without: the same publish path with metrics and tracing on
+    # (the messages carry no trace context: the cost of having telemetry on).
     ("publish_single_telemetry", _single_telemetry),
+    # The same pair with every message traced (the broker records a span per message
+    # with tracing on): the cost of tracing all traffic.
+    ("publish_traced", _traced),
+    ("publish_traced_telemetry", _traced_telemetry),
     ("publish_batch", publish_batch),
     ("consume", consume),
     ("latency", publish_latency),
@@ -666,6 +699,12 @@ async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
         ),
         "telemetry_on_vs_off_publish_ratio": _num(
             median(results["publish_single_telemetry"], "msgs_per_s") / single, 3
+        ),
+        # ... and with every message traced (both runs send the same traced messages).
+        "telemetry_traced_on_vs_off_publish_ratio": _num(
+            median(results["publish_traced_telemetry"], "msgs_per_s")
+            / median(results["publish_traced"], "msgs_per_s"),
+            3,
         ),
         # The same in broker CPU per message (1.0: telemetry costs nothing); steadier
         # than throughput when other work shares the machine.

@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
+from collections.abc import Iterable
 from typing import Any
 
 from opentelemetry import metrics
@@ -160,17 +162,25 @@ class MetricsHandle:
             self.server = None
 
 
-def setup(service_name: str, metrics_address: str = "") -> tuple[MeterProvider, Any]:
-    """Install a MeterProvider with Prometheus (and OTLP if configured) readers, once."""
+def setup(
+    service_name: str, metrics_address: str = "", *, prometheus: bool = False
+) -> tuple[MeterProvider, Any]:
+    """Install a MeterProvider with Prometheus (and OTLP if configured) readers, once.
+
+    ``metrics_address``: serve ``/metrics`` there (prometheus_client's own server);
+    ``prometheus``: the Prometheus reader without a server, for a process that
+    serves ``prometheus_client``'s registry itself (``pairq admin``)."""
     global _provider
     readers: list[Any] = []
     server = None
-    if metrics_address:
+    if metrics_address or prometheus:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+        readers.append(PrometheusMetricReader(scope_info_enabled=False))
+    if metrics_address:
         from prometheus_client import start_http_server
 
         host, port = parse_hostport(metrics_address, what="--metrics-address")
-        readers.append(PrometheusMetricReader(scope_info_enabled=False))
         server, _thread = start_http_server(port, addr=host)
     if otlp_metrics_wanted():
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
@@ -355,7 +365,8 @@ def _channel_instruments(meter: Any, broker: Any) -> None:
 
 
 def _histograms(meter: Any, broker: Any) -> None:
-    """Publish latency (by copies), store commit latency and size, periodic fsync time."""
+    """Publish latency (by copies), store commit latency and size, periodic fsync time,
+    replication round trip, end-to-end processing latency."""
     publish = meter.create_histogram(
         "pairq.publish.duration",
         unit="s",
@@ -386,10 +397,40 @@ def _histograms(meter: Any, broker: Any) -> None:
         commit.record(seconds)
         size.record(writes)
 
+    end_to_end = meter.create_histogram(
+        "pairq.message.end_to_end.duration",
+        unit="s",
+        description="a message's publish accepted (its timestamp) to its FIN at the owner",
+    )
+    broker.ctx.telemetry.on_finished = end_to_end_hook(end_to_end.record)
     broker.publisher.on_published = on_published
     broker.publisher.on_replicated = replicate.record
     broker.store.on_commit = on_commit
     broker.store.on_fsync = fsync.record
+
+
+def end_to_end_hook(record: Any, clock: Any = time.time_ns) -> Any:
+    """The ``on_finished`` hook: for each finished message, the seconds from its
+    ``timestamp_ns`` (set when the broker that took the publish accepted it) to now
+    (``clock``, wall time in ns), labelled by topic and channel. Requeues and
+    redeliveries are inside the figure; a message without a timestamp is skipped;
+    clock skew between the brokers of a pair (a message finished after a takeover)
+    is clamped at 0."""
+    from pairq.broker.wire import message_timestamp_ns
+
+    labels: dict[tuple[str, str], dict[str, str]] = {}
+
+    def on_finished(topic: str, channel: str, entries: list[Any]) -> None:
+        attrs = labels.get((topic, channel))
+        if attrs is None:
+            attrs = labels[(topic, channel)] = {"topic": topic, "channel": channel}
+        now = clock()
+        for e in entries:
+            ts = message_timestamp_ns(e.payload)
+            if ts:
+                record(max(0, now - ts) / 1e9, attrs)
+
+    return on_finished
 
 
 def start_lookup_metrics(address: str, lookup: Any) -> MetricsHandle:
@@ -429,3 +470,79 @@ def start_lookup_metrics(address: str, lookup: Any) -> MetricsHandle:
         "pairq_lookup_tombstones", [tombstones], description="live topic tombstones"
     )
     return MetricsHandle(provider, server)
+
+
+# ---------------------------------------------------------------- broker traces
+def install_broker_tracing(broker: Any) -> None:
+    """With a tracer on the broker, a ``pairq deliver`` span for each traced message
+    sent to a subscriber (``TelemetryHooks.on_delivered``); nothing otherwise."""
+    tracer = broker.tracer
+    if tracer is None:
+        return
+    broker.ctx.telemetry.on_delivered = deliver_spans(tracer, lambda: broker.node_id)
+
+
+def _parent(traceparent: str) -> Any:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+
+
+def deliver_spans(tracer: Any, node_id: Any) -> Any:
+    """The ``on_delivered`` hook: for each entry whose message carries a traceparent
+    (a cheap byte test first: messages without headers are skipped undecoded), a
+    ``pairq deliver`` span, child of the producer's span, marking its hand-off to a
+    consumer (attempts: this delivery's number)."""
+    from opentelemetry.trace import SpanKind
+
+    from pairq.broker import wire
+    from pairq.v1 import broker_pb2 as pb
+
+    def on_delivered(topic: str, channel: str, entries: list[Any]) -> None:
+        for e in entries:
+            m = e.payload
+            if not wire.has_headers(m):
+                continue
+            tp = pb.Message.FromString(m).headers.get("traceparent")
+            if not tp:
+                continue
+            span = tracer.start_span(
+                "pairq deliver",
+                context=_parent(tp),
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "pairq",
+                    "messaging.operation": "deliver",
+                    "messaging.destination.name": topic,
+                    "messaging.consumer.group.name": channel,
+                    "messaging.message.id": e.id.hex(),
+                    "pairq.attempts": e.attempts,
+                    "pairq.broker_id": node_id(),
+                },
+            )
+            span.end()
+
+    return on_delivered
+
+
+def replicate_spans(tracer: Any, traces: Iterable[Any], broker_id: str) -> list[Any]:
+    """A ``pairq replicate`` span (SERVER) per ``ReplicaTrace``: child of the owner's
+    ``pairq publish`` span, from the batch's arrival to its commit here (the caller
+    ends them)."""
+    from opentelemetry.trace import SpanKind
+
+    return [
+        tracer.start_span(
+            "pairq replicate",
+            context=_parent(t.traceparent),
+            kind=SpanKind.SERVER,
+            attributes={
+                "messaging.system": "pairq",
+                "messaging.operation": "replicate",
+                "messaging.destination.name": t.topic,
+                "messaging.message.id": bytes(t.message_id).hex(),
+                "pairq.broker_id": broker_id,
+            },
+        )
+        for t in traces
+    ]

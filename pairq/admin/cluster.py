@@ -38,6 +38,7 @@ from typing import Any
 import grpc
 
 from pairq import grpcopts
+from pairq.admin.metrics import AdminCounters
 from pairq.admin.rates import RateHistory
 from pairq.client.discovery import Discovery
 from pairq.errors import PairqError
@@ -138,6 +139,7 @@ class ClusterView:
         self._task: asyncio.Task[None] | None = None
         self._poll_lock = asyncio.Lock()
         self.polled = asyncio.Event()
+        self.counters = AdminCounters()  # pairq.admin.metrics reads them
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -160,6 +162,7 @@ class ClusterView:
             try:
                 await self.poll()
             except Exception:
+                self.counters.poll_failed()
                 log.exception("admin poll failed")
             await asyncio.sleep(self.interval)
 
@@ -187,6 +190,7 @@ class ClusterView:
         """Ask every lookup and broker once; returns (and keeps) the new snapshot."""
         async with self._poll_lock:
             snap = await self._collect()
+            self.counters.polled(snap)
             self.snapshot = snap
             self.polled.set()
             return snap

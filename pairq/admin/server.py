@@ -14,6 +14,7 @@ Routes (every page has its ``/api/`` twin serving the same data as JSON):
 ``/lookups``               every lookup and the gossip members it sees
 ``/audit``                 the audit log, newest first
 ``/static/…``              the console's own CSS and script (nothing from outside)
+``/metrics``               its own metrics, Prometheus text (``metrics.py``)
 ``POST /action``           a form action: answered with a confirmation page,
                            carried out when re-posted with ``confirm=yes``
 ``POST /api/actions/{v}``  the same from scripts: a JSON body with the fields
@@ -48,6 +49,7 @@ from pairq.admin import pages
 from pairq.admin.audit import AuditLog
 from pairq.admin.cluster import VERBS, ActionError, ClusterView
 from pairq.admin.login import COOKIE, Sessions, from_token, required
+from pairq.admin.metrics import render, start_admin_metrics
 from pairq.security.auth import AuthTable, Principal
 from pairq.security.client import NONE, ClientSecurity
 
@@ -161,6 +163,7 @@ class Admin:
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        start_admin_metrics(self.view.counters)
         self.view.start()
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
@@ -209,6 +212,7 @@ class Admin:
         r.add_get("/api/rates", self.api_rates)
         r.add_post("/api/actions/{verb}", self.api_action)
         r.add_static("/static", STATIC, append_version=False)
+        r.add_get("/metrics", self.h_metrics)
         if self.auth is not None:
             r.add_get("/login", self.h_login_form)
             r.add_post("/login", self.h_login)
@@ -397,6 +401,10 @@ class Admin:
     async def h_lookups(self, request: web.Request) -> web.Response:
         return self._html("Lookups & gossip", pages.lookups(await self._snap()), "/lookups")
 
+    async def h_metrics(self, request: web.Request) -> web.Response:
+        body, content_type = render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
     async def h_audit(self, request: web.Request) -> web.Response:
         return self._html("Audit log", pages.audit(self.audit.recent()), "/audit")
 
@@ -416,8 +424,10 @@ class Admin:
             out = await self.view.act(verb, params)
         except ActionError as exc:
             self.audit.write(who(request), verb, target, f"error: {exc}")
+            self.view.counters.acted(verb, ok=False)
             raise
         self.audit.write(who(request), verb, target, "ok")
+        self.view.counters.acted(verb, ok=True)
         if verb not in ("peek", "dead-letters"):
             await self.view.poll()  # the pages show the change at once
         return out

@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from pairq import __version__, grpcopts
 from pairq.broker.channel import Channel
+from pairq.broker.health import HealthWatcher, PublishHealth, publish_health
 from pairq.broker.integrity import Integrity
 from pairq.broker.limits import limit_exceeded
 from pairq.broker.membership import Membership
@@ -77,6 +78,7 @@ class Broker:
         self._server: Any = None
         self.service: BrokerService | None = None
         self._health: Any = None
+        self._health_watch: HealthWatcher | None = None
         self._creating: dict[str, asyncio.Future[Topic]] = {}
         self._serving = False  # False before start and once shutting down
         self._stopped = asyncio.Event()
@@ -189,6 +191,9 @@ class Broker:
             scrub_bytes_per_s=self.options.scrub_bytes_per_s,
         )
         self.ctx.integrity = self.integrity
+        from pairq.telemetry import install_broker_tracing
+
+        install_broker_tracing(self)  # deliver spans (pairq.telemetry), if tracing
 
         def fatal(exc: BaseException) -> None:  # from the writer thread
             with contextlib.suppress(RuntimeError):  # the loop is closing
@@ -249,6 +254,10 @@ class Broker:
         if self.pair is not None:
             await self.pair.start_tcp()
             self.pair.start()
+        # pairq.broker.health: BrokerService NOT_SERVING while publishes would be refused.
+        self._health_watch = HealthWatcher(self._publish_health, self._set_publish_health)
+        await self._health_watch.check()
+        self._health_watch.start()
         if self.options.http_address:  # nsqd's HTTP API
             from pairq.broker.nsq.http import NsqHttpServer
 
@@ -258,6 +267,7 @@ class Broker:
                 self.service.actions,
                 auth=self.security.auth,
                 check_rate=self.service.check_rate,
+                unhealthy=lambda: self._publish_health().reason,
             )
             self.http_address = await self.nsq_http.start(self.options.http_address)
         if self.options.gossip_address:
@@ -294,8 +304,23 @@ class Broker:
         if self.registrar is not None and self._serving:
             self.registrar.start()
 
-    async def _set_health(self, status: Any) -> None:
-        for name in ("", SERVICE):
+    def _publish_health(self) -> PublishHealth:
+        pair = self.pair
+        return publish_health(
+            self.store.full_reason,
+            pair is not None,
+            pair.min_copies if pair is not None else 1,
+            pair is not None and pair.connected,
+            pair is None or pair.core.catalog_ready,
+        )
+
+    async def _set_publish_health(self, serving: bool) -> None:
+        if self._serving:
+            s = health_pb2.HealthCheckResponse
+            await self._set_health(s.SERVING if serving else s.NOT_SERVING, (SERVICE,))
+
+    async def _set_health(self, status: Any, names: tuple[str, ...] = ("", SERVICE)) -> None:
+        for name in names:
             res = self._health.set(name, status)
             if asyncio.iscoroutine(res):
                 await res
@@ -316,6 +341,8 @@ class Broker:
         if self.registrar is not None:
             await self.registrar.stop()
             self.registrar = None
+        if self._health_watch is not None:
+            await self._health_watch.stop()
         if self._health is not None:
             await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         for topic in self.topics.values():

@@ -104,6 +104,7 @@ class Channel:
         self.durable = progress.durable
         self.replicator = replicator
         self._fence = ctx.fence
+        self._hooks = ctx.telemetry
         self._ident = ident = ctx.ident
         limits = ctx.limits
         self._max_backlog = limits.max_backlog
@@ -348,10 +349,13 @@ class Channel:
             self._suffix_epoch = ident.epoch
             self._suffix = wire.broker_fields(ident.node_id, ident.epoch)
         fence = self._fence.fence
+        delivered = self._hooks.on_delivered
         for cid, entries in self.core.take(now):
             sub = self.subscribers.get(cid)
             if sub is None:  # pragma: no cover - core and glue disagree
                 continue
+            if delivered is not None:  # tracing: deliver spans
+                delivered(self.topic.name, self.name, entries)
             # Keep each stream message well under clients' default 4 MiB limit.
             start = 0
             size = 0
@@ -420,6 +424,8 @@ class Channel:
     # ------------------------------------------------------------ consumer commands
     def finish(self, cid: int, ids: list[bytes]) -> list[bytes]:
         done, unknown = self.core.finish(cid, ids, time.monotonic())
+        if done and self._hooks.on_finished is not None:  # end-to-end latency
+            self._hooks.on_finished(self.topic.name, self.name, done)
         for e in done:
             if e.key >= 0:
                 self._finished_seq(e.key)

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from pairq.broker.channel_core import Entry
 from pairq.broker.store import Store
 from pairq.errors import PairqError
 
@@ -34,6 +36,8 @@ __all__ = [
     "IntegrityPort",
     "Limits",
     "Replicator",
+    "TelemetryHooks",
+    "publish_traces",
 ]
 
 
@@ -259,6 +263,29 @@ class Limits:
     max_rdy_count: int = 2500
 
 
+# (topic, message id, W3C traceparent of its ``pairq publish`` span) of the traced
+# messages of the publish now running in this task: set by the publishing path only
+# while tracing is on (``Publisher._publish_traced``), taken by the replication
+# sender into the batch that carries those records (``ReplicaBatch.traces``), so
+# the partner's replicate span joins the trace. None (one lookup) when not traced.
+publish_traces: ContextVar[list[tuple[str, bytes, str]] | None] = ContextVar(
+    "pairq_publish_traces", default=None
+)
+
+
+@dataclass
+class TelemetryHooks:
+    """Where channels report to ``pairq.telemetry``; each hook is None while nobody
+    listens (metrics or tracing off), which costs one attribute test per call.
+
+    Both are called with (topic, channel, entries) on the event loop and must not
+    block: ``on_finished`` after a FIN finished ``entries``, ``on_delivered``
+    before ``entries`` are sent to a subscriber."""
+
+    on_finished: Callable[[str, str, list[Entry]], None] | None = None
+    on_delivered: Callable[[str, str, list[Entry]], None] | None = None
+
+
 @dataclass
 class Context:
     """What a topic, its channels and the publishing path are given instead of the broker."""
@@ -271,3 +298,4 @@ class Context:
     limits: Limits
     topology_changed: Callable[[], None]
     integrity: IntegrityPort = NO_REPAIR
+    telemetry: TelemetryHooks = field(default_factory=TelemetryHooks)

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from pairq.broker import checksum, wire
 from pairq.broker.limits import limit_exceeded
 from pairq.broker.options import BrokerOptions
-from pairq.broker.ports import Replicator
+from pairq.broker.ports import Replicator, publish_traces
 from pairq.broker.store import Store
 from pairq.broker.topic import Topic
 from pairq.errors import PairqError, UnavailableError
@@ -329,7 +329,7 @@ class Publisher:
     async def _publish_traced(
         self, topic_name: str, items: list[Item], traced: list[tuple[bytes, str]]
     ) -> int:
-        from opentelemetry.trace import SpanKind
+        from opentelemetry.trace import SpanKind, set_span_in_context
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         tracer = self._tracer()
@@ -349,6 +349,16 @@ class Publisher:
                 },
             )
             spans.append(span)
+        # The partner's replicate spans are children of these (ports.publish_traces);
+        # nothing to carry while no partner copy is being made.
+        carried: list[tuple[str, bytes, str]] = []
+        if self._replicator.copies() >= 2:
+            for (msg_id, _), span in zip(traced, spans, strict=True):
+                carrier: dict[str, str] = {}
+                prop.inject(carrier, context=set_span_in_context(span))
+                if TRACEPARENT in carrier:
+                    carried.append((topic_name, msg_id, carrier[TRACEPARENT]))
+        token = publish_traces.set(carried or None)
         try:
             copies = await self._publish(topic_name, items)
             for span in spans:
@@ -359,6 +369,7 @@ class Publisher:
                 span.record_exception(exc)
             raise
         finally:
+            publish_traces.reset(token)
             for span in spans:
                 span.end()
 

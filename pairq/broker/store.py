@@ -142,6 +142,10 @@ STRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     TruncatedStoreError,
     CrashedStoreError,
 )
+# What the writer treats as a broken structure: those, and a SystemError that py-lmdb
+# raises around one of them (checked for its cause in ``Store._commit``).
+_FATAL_OR_WRAPPED: tuple[type[BaseException], ...] = (*STRUCTURE_ERRORS, SystemError)
+
 # Within this many bytes of the reserve, room is checked after every commit.
 _CLOSE_MARGIN = 64 * 1024**2
 
@@ -589,7 +593,12 @@ class Store:
                             failed.append((fut, StoreFullError(self._full_message())))
                             continue
                         w.apply(txn, self)
-            except STRUCTURE_ERRORS as exc:
+            except _FATAL_OR_WRAPPED as exc:
+                # py-lmdb sometimes wraps an LMDB error from a cursor call in a
+                # SystemError ("returned a result with an exception set"): the same.
+                if isinstance(exc, SystemError) and not isinstance(exc.__cause__, lmdb.Error):
+                    self._write_failed(batch, results, exc)
+                    break
                 log.critical("store commit failed: LMDB reports its structure corrupt: %s", exc)
                 for _w, fut in batch:
                     if fut is not None:
@@ -609,6 +618,11 @@ class Store:
                     break
                 refuse_appends = True
                 continue
+            except Exception as exc:
+                # Not LMDB's: a bug in a write. The writer must outlive it (a dead
+                # writer thread wedges every later commit): this batch fails, loudly.
+                self._write_failed(batch, results, exc)
+                break
             for _w, fut in batch:
                 if fut is None:
                     continue
@@ -623,6 +637,22 @@ class Store:
                 self._loop.call_soon_threadsafe(_resolve_all, results)
             except RuntimeError:  # loop closed during shutdown
                 pass
+
+    def _write_failed(
+        self,
+        batch: list[tuple[Write, asyncio.Future[None] | None]],
+        results: list[tuple[asyncio.Future[None], BaseException | None]],
+        exc: BaseException,
+    ) -> None:
+        log.error(
+            "store commit failed (%s: %s); its writes are refused",
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        for _w, fut in batch:
+            if fut is not None:
+                results.append((fut, StoreFullError(f"store write failed: {exc}")))
 
     def _on_full(
         self,

@@ -100,6 +100,55 @@ def record_message(rec: bytes) -> bytes:
     return rec[HEADER_SIZE:]
 
 
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """(value, position after it) of the varint at ``pos``."""
+    n = shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return n, pos
+        shift += 7
+
+
+def message_parts(m: bytes) -> tuple[int, int]:
+    """(where the headers start, ``timestamp_ns``) of record message bytes (as built by
+    ``encode_record``: id, body, headers, timestamp); the headers end where the
+    timestamp field begins. (0, 0) for bytes not of that shape."""
+    try:
+        if m[:2] != b"\x0a\x10" or m[18] != 0x12:
+            return 0, 0
+        n, pos = _read_varint(m, 19)
+        pos += n
+        start = pos
+        while m[pos] == 0x1A:  # headers entries
+            n, pos = _read_varint(m, pos + 1)
+            pos += n
+        if m[pos] != 0x20:
+            return 0, 0
+        return start, _read_varint(m, pos + 1)[0]
+    except IndexError:
+        return 0, 0
+
+
+def message_timestamp_ns(m: bytes) -> int:
+    """``timestamp_ns`` (when the broker accepted the publish) of record message bytes;
+    0 if absent."""
+    return message_parts(m)[1]
+
+
+def has_headers(m: bytes) -> bool:
+    """Whether record message bytes carry any header (cheap: no decoding)."""
+    try:
+        if m[:2] != b"\x0a\x10" or m[18] != 0x12:
+            return False
+        n, pos = _read_varint(m, 19)
+        return m[pos + n] == 0x1A
+    except IndexError:
+        return False
+
+
 def broker_fields(broker_id: str, epoch: int) -> bytes:
     """Encoded ``Message.broker_id`` and ``Message.epoch``, appended to every delivery."""
     out = _ld(0x32, broker_id.encode()) if broker_id else b""

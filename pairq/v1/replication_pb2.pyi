@@ -85,7 +85,7 @@ class ReplicaChallenge(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
 class ReplicaBatch(_message.Message):
-    __slots__ = ("batch_id", "appends", "progress", "deleted_topics", "committed", "catalog", "catchup_remaining", "catchup")
+    __slots__ = ("batch_id", "appends", "progress", "deleted_topics", "committed", "catalog", "catchup_remaining", "catchup", "traces")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     APPENDS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class ReplicaBatch(_message.Message):
     CATALOG_FIELD_NUMBER: _ClassVar[int]
     CATCHUP_REMAINING_FIELD_NUMBER: _ClassVar[int]
     CATCHUP_FIELD_NUMBER: _ClassVar[int]
+    TRACES_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     appends: _containers.RepeatedCompositeFieldContainer[ReplicaAppend]
     progress: _containers.RepeatedCompositeFieldContainer[ReplicaProgress]
@@ -102,7 +103,18 @@ class ReplicaBatch(_message.Message):
     catalog: bool
     catchup_remaining: int
     catchup: bool
-    def __init__(self, batch_id: _Optional[int] = ..., appends: _Optional[_Iterable[_Union[ReplicaAppend, _Mapping]]] = ..., progress: _Optional[_Iterable[_Union[ReplicaProgress, _Mapping]]] = ..., deleted_topics: _Optional[_Iterable[str]] = ..., committed: _Optional[_Iterable[_Union[ReplicaRange, _Mapping]]] = ..., catalog: _Optional[bool] = ..., catchup_remaining: _Optional[int] = ..., catchup: _Optional[bool] = ...) -> None: ...
+    traces: _containers.RepeatedCompositeFieldContainer[ReplicaTrace]
+    def __init__(self, batch_id: _Optional[int] = ..., appends: _Optional[_Iterable[_Union[ReplicaAppend, _Mapping]]] = ..., progress: _Optional[_Iterable[_Union[ReplicaProgress, _Mapping]]] = ..., deleted_topics: _Optional[_Iterable[str]] = ..., committed: _Optional[_Iterable[_Union[ReplicaRange, _Mapping]]] = ..., catalog: _Optional[bool] = ..., catchup_remaining: _Optional[int] = ..., catchup: _Optional[bool] = ..., traces: _Optional[_Iterable[_Union[ReplicaTrace, _Mapping]]] = ...) -> None: ...
+
+class ReplicaTrace(_message.Message):
+    __slots__ = ("topic", "message_id", "traceparent")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    message_id: bytes
+    traceparent: str
+    def __init__(self, topic: _Optional[str] = ..., message_id: _Optional[bytes] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class ReplicateRequest(_message.Message):
     __slots__ = ("hello", "batch", "proof")

@@ -411,6 +411,7 @@ async def test_a_pair_acknowledges_with_two_copies_and_refuses_without_the_partn
         ha, hb = Http(a.http_address), Http(b.http_address)
         try:
             assert a.http_address != b.http_address
+            assert (await ha.call("GET", "/ping"))[:2] == (200, b"OK")
             status, body, headers = await ha.call("POST", "/pub?topic=t", b"durable")
             assert (status, body) == (200, b"OK") and headers["X-Pairq-Copies"] == "2"
             status, _, headers = await hb.call("POST", "/mpub?topic=t", b"m1\nm2")
@@ -424,6 +425,9 @@ async def test_a_pair_acknowledges_with_two_copies_and_refuses_without_the_partn
             status, message = await ha.err("POST", "/pub?topic=t", b"alone")
             assert status == 503 and message.startswith("UNAVAILABLE: ")
             assert "min-copies" in message or "partner" in message
+            # ... and /ping says so, like nsqd's when it cannot take messages.
+            status, body, _ = await ha.call("GET", "/ping")
+            assert status == 500 and body.startswith(b"NOK - ") and b"partner" in body
         finally:
             await ha.close()
             await hb.close()

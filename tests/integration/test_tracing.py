@@ -1,4 +1,7 @@
-"""Publish, the broker's durable store and the consumer's handler form one trace."""
+"""One trace spans producer -> broker publish -> partner (replicate) -> deliver ->
+the consumer's handler, on a real pair (in-process brokers on loopback, real gRPC
+and the real replication link, both the TCP link and the gRPC stream), collected
+with an in-memory exporter."""
 
 from __future__ import annotations
 
@@ -6,8 +9,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 _SCRIPT = r"""
-import asyncio, json
+import asyncio, json, sys
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -19,9 +24,11 @@ exporter = InMemorySpanExporter()
 provider = TracerProvider()
 provider.add_span_processor(SimpleSpanProcessor(exporter))
 trace.set_tracer_provider(provider)
+LINK = sys.argv[1]
 
 async def main():
-    async with run_pair() as (a, b):
+    async with run_pair(replication_address=LINK) as (a, b):
+        on_tcp = bool(b.pair.receiver.links)
         tracer = trace.get_tracer("test")
         with tracer.start_as_current_span("request") as span:
             async with Producer([a.address]) as p:
@@ -29,26 +36,50 @@ async def main():
             trace_id = span.get_span_context().trace_id
         async with Consumer("t", "c", [a.address, b.address], handler=lambda m: None) as c:
             await c.wait_idle(timeout=10)
+        ids = {"a": a.node_id, "b": b.node_id}
     out = [[s.name, s.context.trace_id, s.kind.name, dict(s.attributes or {}).get("pairq.copies"),
-            s.context.span_id, s.parent.span_id if s.parent else None]
+            s.context.span_id, s.parent.span_id if s.parent else None,
+            dict(s.attributes or {}).get("pairq.broker_id")]
            for s in exporter.get_finished_spans()]
-    print(json.dumps({"trace_id": trace_id, "copies": ack.copies, "spans": out}))
+    print(json.dumps({"trace_id": trace_id, "copies": ack.copies, "spans": out, "ids": ids,
+                      "on_tcp": on_tcp}))
 asyncio.run(main())
 """
 
 
-def test_publish_store_and_handler_share_one_trace() -> None:
+@pytest.mark.parametrize("link", ["auto", "off"])
+def test_one_trace_spans_producer_publish_replicate_deliver_and_handler(link: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", _SCRIPT], capture_output=True, text=True, timeout=90
+        [sys.executable, "-c", _SCRIPT, link], capture_output=True, text=True, timeout=90
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    tid = out["trace_id"]
-    by_name = {name: (t, kind, copies) for name, t, kind, copies, _, _ in out["spans"]}
-    ids = {name: (sid, parent) for name, _, _, _, sid, parent in out["spans"]}
-    assert by_name["t publish"] == (tid, "PRODUCER", 2), out["spans"]
-    assert by_name["pairq publish"] == (tid, "SERVER", 2), out["spans"]
-    assert by_name["t process"][:2] == (tid, "CONSUMER"), out["spans"]
-    # producer span -> broker's publish span, and the handler's span under the producer's
-    assert ids["pairq publish"][1] == ids["t publish"][0], out["spans"]
-    assert ids["t process"][1] == ids["t publish"][0], out["spans"]
+    # the replication link this run used: the TCP link ("auto") or the gRPC stream ("off")
+    assert out["on_tcp"] == (link == "auto"), out
+    tid, ids = out["trace_id"], out["ids"]
+    spans = {name: row for name, *row in out["spans"]}
+    assert {"t publish", "pairq publish", "pairq replicate", "pairq deliver", "t process"} <= set(
+        spans
+    ), out["spans"]
+
+    def span_id(name: str) -> int:
+        return int(spans[name][3])
+
+    def parent(name: str) -> int:
+        return int(spans[name][4])
+
+    for name in spans:
+        if name != "request":
+            assert spans[name][0] == tid, (name, out["spans"])
+    assert spans["t publish"][1:3] == ["PRODUCER", 2], out["spans"]
+    assert spans["pairq publish"][1:3] == ["SERVER", 2], out["spans"]
+    assert spans["pairq publish"][5] == ids["a"]
+    # producer span -> the broker's publish span -> the partner's replicate span
+    assert parent("pairq publish") == span_id("t publish"), out["spans"]
+    assert spans["pairq replicate"][1] == "SERVER" and spans["pairq replicate"][5] == ids["b"]
+    assert parent("pairq replicate") == span_id("pairq publish"), out["spans"]
+    # the owner's deliver span and the handler's span, both under the producer's
+    assert spans["pairq deliver"][5] == ids["a"], out["spans"]
+    assert parent("pairq deliver") == span_id("t publish"), out["spans"]
+    assert spans["t process"][1] == "CONSUMER", out["spans"]
+    assert parent("t process") == span_id("t publish"), out["spans"]

@@ -257,3 +257,35 @@ def test_crash_record_check(tmp_path: Path) -> None:
     with pytest.raises(CrashedStoreError, match="'Fatal Python error: Bus error'"):
         rec.check()
     assert rec.path.exists()  # kept: it moves aside with the store
+
+
+async def test_the_writer_outlives_a_failing_write(opened: Store) -> None:
+    """The chaos harness's bitflip found a writer thread killed by a SystemError that
+    py-lmdb raised around MDB_BAD_TXN: every later commit then hung (replication lag
+    stuck, never healed). A write that raises fails its own batch only; one that
+    raises LMDB's structure error (also wrapped) stops the store as corrupt."""
+    from pairq.broker.store import Write
+
+    fatal: list[BaseException] = []
+    opened.on_fatal = fatal.append
+
+    class Boom(Write):
+        __slots__ = ("exc",)
+
+        def __init__(self, exc: BaseException) -> None:
+            self.exc = exc
+
+        def apply(self, txn: object, s: Store) -> None:
+            raise self.exc
+
+    with pytest.raises(StoreFullError, match="store write failed: a bug"):
+        await opened.commit(Boom(ValueError("a bug")))
+    assert not fatal
+    await opened.commit(_append(opened, 1, 1, _records(3, 50)))  # the writer is alive
+    assert opened.log.get(1, 3) is not None
+    wrapped = SystemError("<method 'delete' of 'Cursor' objects> returned a result")
+    wrapped.__cause__ = lmdb.BadTxnError("MDB_BAD_TXN")
+    with pytest.raises(StoreFullError, match="store is corrupt"):
+        await opened.commit(Boom(wrapped))
+    assert fatal == [wrapped]
+    await opened.commit(_append(opened, 1, 4, _records(1, 50)))  # still alive to drain

@@ -44,3 +44,20 @@ def test_varint_matches_protobuf() -> None:
     for n in (0, 1, 127, 128, 300, 16383, 16384, 2**35, 2**63):
         m = pb.SubscribeReady(count=min(n, 2**32 - 1))
         assert m.SerializeToString() == (b"\x08" + wire.varint(m.count) if m.count else b"")
+
+
+def test_message_parts_find_the_headers_and_the_timestamp() -> None:
+    headers = wire.encode_headers({"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})
+    for body, hdrs in ((b"x", b""), (b"y" * 20000, headers), (b"z" * 200, headers)):
+        m = wire.record_message(wire.encode_record(b"i" * 16, body, 1_700_000_000_123, 0, hdrs))
+        start, ts = wire.message_parts(m)
+        assert ts == 1_700_000_000_123 == wire.message_timestamp_ns(m)
+        assert wire.has_headers(m) == bool(hdrs)
+        assert m[start : start + len(hdrs)] == hdrs
+        assert pb.Message.FromString(m).timestamp_ns == ts
+    plain = wire.record_message(wire.encode_plain_record(b"i" * 16, b"b", wire.timestamp_field(7)))
+    assert wire.message_timestamp_ns(plain) == 7 and not wire.has_headers(plain)
+    assert wire.message_parts(b"") == (0, 0) and wire.message_parts(b"\x0a\x10" + b"i" * 16) == (
+        0,
+        0,
+    )

@@ -4,8 +4,9 @@ written for nsqd keep working against pairq.
 Routes (nsqd v1.x; any other method is 405, any other path 404):
 
 =================================================  ====  ========================================
-``/ping``                                          GET   ``OK`` (text); 500 ``NOK - reason`` when
-                                                         unhealthy (store full, shutting down)
+``/ping``                                          GET   ``OK`` (text); 500 ``NOK - reason`` while
+                                                         publishes would be refused (store full,
+                                                         partner down under --min-copies=2 …)
 ``/info``                                          GET   version, ports, start time (JSON)
 ``/pub?topic=T[&defer=MS]``                        POST  body = one message
 ``/mpub?topic=T[&binary=true]``                    POST  newline-separated messages, or binary:
@@ -194,6 +195,7 @@ class NsqHttpServer:
         *,
         auth: Authenticator | None = None,
         check_rate: Callable[[str, int], None] | None = None,
+        unhealthy: Callable[[], str] | None = None,
     ) -> None:
         self.host = host
         self.opts = host.options
@@ -201,6 +203,8 @@ class NsqHttpServer:
         self.actions = actions
         self.auth = auth
         self.check_rate = check_rate
+        # why publishes would be refused now ("" when they would not): pairq.broker.health
+        self.unhealthy = unhealthy
         self.address = ""
         self.app = web.Application(middlewares=[errors(log, _translate)])
         self._listener = Listener(self.app, what="--http-address", grace=2.0)
@@ -229,12 +233,19 @@ class NsqHttpServer:
 
     # ------------------------------------------------------------ /ping, /info
     def _health(self) -> str:
+        """nsqd's health string: ``OK``, or ``NOK - reason`` while publishes here would
+        be refused (shutting down, store full, and in a pair the partner unreachable
+        under --min-copies=2 or the pair's catalog missing: ``pairq.broker.health``)."""
         try:
             self.host.check_serving()
         except PairqError as exc:
             return f"NOK - {exc.message}"
-        health = self.host.stats(clients=False).health
-        return "OK" if health == "ok" else f"NOK - {health}"
+        if self.unhealthy is not None:
+            reason = self.unhealthy()
+        else:
+            health = self.host.stats(clients=False).health
+            reason = "" if health == "ok" else health
+        return f"NOK - {reason}" if reason else "OK"
 
     async def ping(self, request: web.Request) -> web.Response:
         health = self._health()
@@ -422,6 +433,7 @@ class NsqHttpServer:
         clients = parse_bool(q.get("include_clients"), True)
         self._require(request, ADMIN, topic)
         data = nsq_stats(self.host.stats(topic, "", True), topic, channel, clients)
+        data["health"] = self._health()
         if q.get("format") == "json":
             return ok(data)
         return web.Response(text=stats_text(data, self.host.start_time_ns))

@@ -57,6 +57,15 @@ async def _end(context: Any, link: ReplicaLink, code: grpc.StatusCode, message: 
     await context.abort(code, message)
 
 
+def _end_spans(spans: list[Any], fut: asyncio.Future[Any]) -> None:
+    """End replicate spans when the batch's commit is done (an error if it failed)."""
+    exc = None if fut.cancelled() else fut.exception()
+    for span in spans:
+        if exc is not None:
+            span.record_exception(exc)
+        span.end()
+
+
 class Receiver:
     """Serves the partner's sessions to this broker (the ``Replicate`` handler and
     the TCP link listener)."""
@@ -222,6 +231,8 @@ class Receiver:
                         f"bad replication batch: {problem}",
                     )
                     return
+                # Tracing: a replicate span per traced publish, until our commit is done.
+                spans = self._replicate_spans(req.batch) if req.batch.traces else None
                 ops, confirmed = self._s.standby.apply_batch(req.batch)
                 if req.batch.catchup:
                     refill = self._note_refill(refill, req.batch)
@@ -230,6 +241,8 @@ class Receiver:
                     await self._adopt_channels(req.batch)
                 fut = self.broker.store.commit(*ops) if ops else self.broker.store.barrier()
                 self._s.standby.confirm_after(fut, confirmed)
+                if spans:
+                    fut.add_done_callback(functools.partial(_end_spans, spans))
                 if tcp_acks is not None:
                     # On TCP the ack goes out from the commit's callback: no task
                     # switch between our fsync and the partner hearing of it.
@@ -336,6 +349,16 @@ class Receiver:
                 )
                 return
             await link.write(self._grant_ack(bid))
+
+    def _replicate_spans(self, batch: rpb.ReplicaBatch) -> list[Any]:
+        """Open a ``pairq replicate`` span for each traced publish of ``batch`` (none
+        while this broker does not record spans)."""
+        tracer = self.broker.tracer
+        if tracer is None:
+            return []
+        from pairq.telemetry import replicate_spans
+
+        return replicate_spans(tracer, batch.traces, self.broker.node_id)
 
     def _note_refill(self, refill: RefillLog | None, batch: rpb.ReplicaBatch) -> RefillLog | None:
         """Log and expose the re-fill the partner is sending us (its catch-up batches)."""

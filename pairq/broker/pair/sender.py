@@ -36,6 +36,7 @@ from pairq.broker.pair import core as pc
 from pairq.broker.pair.link import TOKEN_BYTES, FramedLink, ReplicaLink, read_frame
 from pairq.broker.pair.refill import RefillLog
 from pairq.broker.pair.standby import MAX_BATCH_RECORDS
+from pairq.broker.ports import publish_traces
 from pairq.broker.store import Write
 from pairq.errors import UnavailableError
 from pairq.options import parse_hostport
@@ -197,6 +198,8 @@ class Sender:
         self.connected = False
         self._batch_id = 0
         self._appends: list[Pending] = []
+        # Trace context of traced publishes among _appends (ports.publish_traces).
+        self._traces: list[rpb.ReplicaTrace] = []
         self._confirms: list[tuple[str, int, int]] = []  # committed here since sent uncommitted
         self._confirm_timer: asyncio.TimerHandle | None = None
         self.link: ReplicaLink | None = None  # the session's gRPC call or FramedLink
@@ -233,6 +236,12 @@ class Sender:
         if not self.connected:
             return None
         self._appends.append((topic, seq0, records, crcs, uncommitted))
+        traced = publish_traces.get()
+        if traced:  # tracing on and this publish is traced: its context rides along
+            self._traces.extend(
+                rpb.ReplicaTrace(topic=t, message_id=i, traceparent=tp) for t, i, tp in traced
+            )
+            traced.clear()  # once: a later append of the same publish carries none
         self.unacked_msgs += len(records)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._futures.append(fut)
@@ -508,6 +517,7 @@ class Sender:
         # 2. Queue our un-replicated state: the catalog (every channel with its
         #    progress) first, then appends from what it holds to our head.
         self._appends = []
+        self._traces = []
         self._confirms = []
         self._progress = {}
         self._futures = []
@@ -652,6 +662,9 @@ class Sender:
             progress = [_progress_msg(t, c, pr) for (t, c), pr in self._progress.items()]
             deleted = self._deleted
             futures = self._futures
+            traces = self._traces
+            if traces:
+                self._traces = []
             self._appends, self._progress, self._deleted, self._futures = [], {}, [], []
             self._confirms = []
             if self._confirm_timer is not None:  # they ride on this batch
@@ -662,7 +675,9 @@ class Sender:
             # cumulative) resolves every future of this round.
             for appends in frames[:-1]:
                 await self._send(call, reader, appends, [], [], [])
-            await self._send(call, reader, frames[-1], progress, deleted, futures, confirms)
+            await self._send(
+                call, reader, frames[-1], progress, deleted, futures, confirms, traces=traces
+            )
 
     async def _send(
         self,
@@ -677,6 +692,7 @@ class Sender:
         catalog: bool = False,
         span: int | None = None,
         catchup_remaining: int | None = None,
+        traces: list[rpb.ReplicaTrace] | None = None,
     ) -> None:
         raise_hwm: list[Write] = []
         for a in appends:
@@ -724,6 +740,7 @@ class Sender:
                     catalog=catalog,
                     catchup=catchup_remaining is not None,
                     catchup_remaining=catchup_remaining or 0,
+                    traces=traces,
                 )
             )
         )

@@ -37,9 +37,13 @@ class PairHost(Protocol):
     store_id: str
     address: str
     topics: dict[str, Topic]
+    tracer: Any  # an OpenTelemetry tracer while tracing is on, else None
 
     @property
     def epoch(self) -> int: ...
+
+    @property
+    def node_id(self) -> str: ...
 
     async def get_topic(
         self, name: str, *, create: bool = True, from_partner: bool = False
