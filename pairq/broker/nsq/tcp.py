@@ -1,0 +1,399 @@
+"""The NSQ TCP protocol V2 server (``--nsq-tcp-address``): one task per connection.
+
+``protocol.py`` decides everything about the protocol; this module owns the
+sockets, the clock and the tasks, and maps commands to the broker:
+
+* **Publishing.** PUB, DPUB (one message) and MPUB (one batch) go through the
+  broker's ``Publisher``, exactly as a gRPC publish: the same validation,
+  --max-publish-rate, --auth-file publish permission, pair durability and
+  --min-copies. ``OK`` is sent only once the publish is acknowledged (durable).
+  A client may pipeline commands (pynsq's Writer does): up to
+  ``MAX_PENDING`` publishes of one connection run at once, and their answers
+  are written in the order of the commands; beyond that the connection is not
+  read (TCP holds the client back). A failed publish is fatal, as in nsqd.
+* **Consuming.** SUB makes the connection a channel subscriber like a gRPC
+  Subscribe stream, through the same pieces (``BrokerService.admit / joined /
+  left / grant / fence_allows``): --max-clients, RDY within --max-rdy-count
+  and the broker's --max-rdy-total (a cut grant is not an NSQ error: the
+  client simply gets less), the delivery fence re-checked right before the
+  bytes leave (a broker whose lease lapsed never delivers), msg timeout,
+  attempts, deferral and dead letters from the channel. The channel encodes
+  deliveries with this connection's encoder (``Subscriber.encode``): NSQ
+  message frames straight from the stored record (``wire.body_and_timestamp``)
+  with the NSQ id of ``protocol.nsq_id``, no protobuf in between. Memory per
+  connection is bounded as for gRPC: queued deliveries count against
+  --max-subscriber-buffer-bytes (then the channel holds the subscriber) and
+  the writer waits for the socket to drain before taking more.
+* **Liveness.** Every connection with heartbeats on gets ``_heartbeat_`` each
+  interval; a client that sent nothing for two intervals is disconnected (its
+  in-flight messages requeued at once), whether or not it reads its socket.
+* **Shutdown.** ``stop`` stops accepting, answers what was accepted, and
+  closes every connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from pairq import __version__
+from pairq.broker import wire
+from pairq.broker.nsq import protocol as p
+from pairq.broker.subscriber import Subscriber, Terminate
+from pairq.errors import PairqError
+from pairq.options import parse_hostport
+from pairq.security import auth
+
+if TYPE_CHECKING:
+    from pairq.broker.broker import Broker
+    from pairq.broker.channel import Channel
+    from pairq.broker.channel_core import Entry
+    from pairq.broker.publishing import Publisher
+    from pairq.broker.service import BrokerService
+
+log = logging.getLogger("pairq.nsq")
+
+MAX_PENDING = 64  # publishes of one connection served at once
+READ_SIZE = 256 * 1024
+STOP_GRACE = 5.0
+
+
+class NsqMessage:
+    """A message as ``Publisher`` takes it: NSQ's carry a body and maybe a delay."""
+
+    __slots__ = ("body", "defer_ms")
+
+    id = b""  # broker-assigned
+    headers = None
+
+    def __init__(self, body: bytes, defer_ms: int = 0) -> None:
+        self.body = body
+        self.defer_ms = defer_ms
+
+
+class NsqTcpServer:
+    def __init__(self, broker: Broker, service: BrokerService, publisher: Publisher) -> None:
+        self.broker = broker
+        self.service = service
+        self.publisher = publisher
+        opts = broker.options
+        self.config = p.Config(
+            max_rdy_count=opts.max_rdy_count,
+            msg_timeout_ms=opts.msg_timeout_ms,
+            max_msg_timeout_ms=opts.max_msg_timeout_ms,
+            heartbeat_interval_ms=opts.heartbeat_interval_ms,
+            max_defer_ms=opts.max_defer_ms,
+            auth_required=broker.security.auth is not None,
+            version=f"pairq-{__version__}",
+        )
+        self.connections: set[Connection] = set()
+        self._server: asyncio.Server | None = None
+        self.address = ""
+        self.port = 0
+
+    async def start(self) -> None:
+        host, port = parse_hostport(self.broker.options.nsq_tcp_address, what="--nsq-tcp-address")
+        self._server = await asyncio.start_server(self._serve, host, port, limit=READ_SIZE)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        self.address = f"{host}:{self.port}"
+        log.info("NSQ TCP protocol V2 on %s", self.address)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        conns = list(self.connections)
+        for c in conns:
+            c.shutdown()
+        tasks = [c.task for c in conns if c.task is not None]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=STOP_GRACE)
+            for t in late:
+                t.cancel()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(self, reader, writer)
+        self.connections.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self.connections.discard(conn)
+
+
+class Connection:
+    """One client connection (see the module docstring)."""
+
+    def __init__(
+        self, server: NsqTcpServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.server = server
+        self.service = server.service
+        self.reader = reader
+        self.writer = writer
+        opts = server.broker.options
+        self.session = p.Session(server.config)
+        self.decoder = p.Decoder(
+            max_msg_size=opts.max_msg_size,
+            max_batch=opts.max_batch,
+            max_batch_bytes=opts.max_batch_bytes,
+        )
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        # Answers in command order: a frame, or a task whose result is one.
+        self.answers: asyncio.Queue[bytes | asyncio.Task[bytes] | None] = asyncio.Queue()
+        # SUB's OK is written before any message (deliveries wait for it)
+        self.sub_answered = asyncio.Event()
+        self._sub_ok = p.frame(p.FRAME_RESPONSE, p.OK)  # SUB's OK (the same bytes, its own object)
+        self.room = asyncio.Semaphore(MAX_PENDING)
+        self.last_seen = time.monotonic()
+        self.principal: auth.Principal | None = None
+        self.sub: Subscriber | None = None
+        self.channel: Channel | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.closed = False
+        self.answering = False  # closing after the queued answers are written
+        self._reading: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---------------------------------------------------------- lifecycle
+    async def run(self) -> None:
+        self.task = asyncio.current_task()
+        answers = asyncio.create_task(self._write_answers())
+        self._tasks.append(asyncio.create_task(self._heartbeats()))
+        self._reading = asyncio.create_task(self._read())
+        try:
+            await asyncio.wait({answers, self._reading}, return_when=asyncio.FIRST_COMPLETED)
+            if not answers.done() and self.answering:
+                # a fatal error or shutdown: what was accepted is answered, then the error
+                await asyncio.wait({answers}, timeout=STOP_GRACE)
+            # else the client closed (or the read failed): nothing more to answer to
+        finally:
+            self.closed = True
+            for t in (self._reading, answers, *self._tasks):
+                t.cancel()
+            if self.sub is not None and self.channel is not None:
+                self.service.left(self.sub, self.channel)
+            with contextlib.suppress(Exception):
+                self.writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+
+    def shutdown(self) -> None:
+        """Broker stopping: read no more; answer what was accepted, then close."""
+        self.answering = True
+        if self._reading is not None:
+            self._reading.cancel()
+        self.answers.put_nowait(None)
+        if self.sub is not None:
+            self.sub.finish_stream()
+
+    def abort(self, why: str) -> None:
+        """Close at once, whatever is unwritten (a client that stopped reading)."""
+        log.info("NSQ client %s (%s): %s", self.session.client_id[:64], self.peer, why)
+        self.closed = True
+        self.writer.transport.abort()
+        if self.task is not None:
+            self.task.cancel()
+
+    def _fatal(self, err: p.ProtocolError) -> None:
+        log.info("NSQ client %s (%s): %s", self.session.client_id[:64], self.peer, err)
+        self.answering = True
+        self.answers.put_nowait(err.frame())
+        self.answers.put_nowait(None)
+
+    # ---------------------------------------------------------- reading
+    async def _read(self) -> None:
+        decoder = self.decoder
+        while True:
+            try:
+                data = await self.reader.read(READ_SIZE)
+            except (ConnectionError, OSError):
+                return
+            if not data:
+                return
+            self.last_seen = time.monotonic()
+            if self.sub is not None:
+                self.sub.last_seen = self.last_seen
+            decoder.feed(data)
+            while True:
+                try:
+                    cmd = decoder.next_command()
+                    if cmd is None:
+                        break
+                    await self._handle(cmd)
+                except p.ProtocolError as err:
+                    if err.fatal:
+                        self._fatal(err)
+                        return
+                    self.answers.put_nowait(err.frame())
+
+    async def _handle(self, cmd: p.Command) -> None:
+        out = self.session.accept(cmd)
+        if isinstance(out, bytes):
+            if out:
+                self.answers.put_nowait(out)
+            return
+        if isinstance(out, p.Resolved):
+            self._resolved(out)
+        elif isinstance(out, p.Pub | p.Dpub | p.Mpub):
+            await self.room.acquire()
+            self.answers.put_nowait(asyncio.create_task(self._publish(out)))
+        elif isinstance(out, p.Rdy):
+            assert self.sub is not None and self.channel is not None
+            granted, cut = self.service.grant(self.sub, out.count)
+            if cut:
+                log.debug("NSQ client %s: %s", self.peer, cut)
+            self.channel.set_ready(self.sub.cid, granted)
+        elif isinstance(out, p.Sub):
+            await self._subscribe(out)
+        elif isinstance(out, p.Auth):
+            self._auth(out.secret)
+
+    def _auth(self, secret: bytes) -> None:
+        authn = self.server.broker.security.auth
+        assert authn is not None  # the session refuses AUTH without --auth-file
+        principal = authn.table.by_token.get(auth.hash_token(secret.decode("utf-8", "replace")))
+        count = 0
+        if principal is not None:
+            count = len(principal.publish) + len(principal.subscribe) + len(principal.admin)
+        frame = self.session.authenticated(
+            principal.name if principal else "",
+            principal.allows if principal else None,
+            count,
+        )
+        self.principal = principal
+        self.answers.put_nowait(frame)
+
+    # ---------------------------------------------------------- publishing
+    async def _publish(self, cmd: p.Pub | p.Dpub | p.Mpub) -> bytes:
+        name = type(cmd).__name__.upper()
+        auth.CURRENT.set(self.principal)  # this task's context: check_publish sees it
+        try:
+            publisher = self.server.publisher
+            if isinstance(cmd, p.Mpub):
+                self.service.check_rate(self.peer, len(cmd.bodies))
+                await publisher.publish_messages(cmd.topic, [NsqMessage(b) for b in cmd.bodies])
+            else:
+                self.service.check_rate(self.peer, 1)
+                defer = cmd.defer_ms if isinstance(cmd, p.Dpub) else 0
+                await publisher.publish_one(cmd.topic, NsqMessage(cmd.body, defer))
+            return p.OK_FRAME
+        except PairqError as exc:
+            raise p.ProtocolError(f"E_{name}_FAILED", f"{name} failed {exc.message}") from None
+        except Exception as exc:
+            log.exception("NSQ %s failed", name)
+            raise p.ProtocolError(f"E_{name}_FAILED", f"{name} failed: internal error") from exc
+
+    async def _write_answers(self) -> None:
+        writer = self.writer
+        while True:
+            item = await self.answers.get()
+            if item is None:
+                return
+            if isinstance(item, asyncio.Task):
+                try:
+                    data = await item
+                except p.ProtocolError as err:
+                    writer.write(err.frame())
+                    await writer.drain()
+                    return  # fatal: the connection closes
+                finally:
+                    self.room.release()
+            else:
+                data = item
+            writer.write(data)
+            await writer.drain()
+            if data is self._sub_ok:
+                self.sub_answered.set()
+
+    # ---------------------------------------------------------- consuming
+    async def _subscribe(self, cmd: p.Sub) -> None:
+        broker = self.server.broker
+        try:
+            broker.check_serving()
+            self.service.admit()
+            topic = await broker.get_topic(cmd.topic)
+            channel = await topic.get_channel(cmd.channel)
+        except PairqError as exc:
+            raise p.ProtocolError("E_SUB_FAILED", f"SUB failed {exc.message}") from None
+        s = self.session
+        sub = Subscriber(
+            client_id=s.client_id,
+            hostname=s.hostname,
+            user_agent=s.user_agent or "nsq",
+            remote_address=self.peer,
+            msg_timeout=s.msg_timeout_ms / 1000.0,
+            heartbeat_interval=s.heartbeat_ms / 1000.0,
+            max_queued_bytes=broker.options.max_subscriber_buffer_bytes,
+        )
+        sub.encode = self._encode
+        self.sub, self.channel = sub, channel
+        self.service.joined(sub, channel)
+        self._tasks.append(asyncio.create_task(self._deliver(sub)))
+        self.answers.put_nowait(self._sub_ok)
+
+    def _encode(self, entries: list[Entry]) -> bytes:
+        delivered = self.session.delivered
+        frames = []
+        for e in entries:
+            body, ts = wire.body_and_timestamp(e.payload)  # type: ignore[arg-type]
+            frames.append(p.message_frame(ts, e.attempts, delivered(e.id), body))
+        return b"".join(frames)
+
+    def _resolved(self, r: p.Resolved) -> None:
+        assert self.sub is not None and self.channel is not None
+        cid, ch = self.sub.cid, self.channel
+        if r.cmd == "FIN":
+            unknown = ch.finish(cid, [r.pairq_id])
+        elif r.cmd == "REQ":
+            unknown = ch.requeue(cid, [r.pairq_id], r.delay_ms / 1000.0)
+        else:
+            unknown = ch.touch(cid, [r.pairq_id])
+        if unknown:
+            self.answers.put_nowait(r.failed().frame())
+
+    async def _deliver(self, sub: Subscriber) -> None:
+        """Write what the channel queued for this subscriber (fence re-checked)."""
+        writer = self.writer
+        q = sub.queue
+        await self.sub_answered.wait()
+        while True:
+            item = await q.get()
+            if item is None:
+                return  # the broker is stopping (``shutdown`` closes the connection)
+            if isinstance(item, Terminate):  # channel deleted or closed
+                self.abort(f"subscription ended: {item.message}")
+                return
+            if isinstance(item, tuple):
+                data, fence = item
+                sub.taken(len(data))
+                if not await self.service.fence_allows(sub, fence):
+                    continue
+            else:
+                data = item
+            writer.write(data)
+            await writer.drain()
+
+    async def _heartbeats(self) -> None:
+        while True:
+            hb = self.session.heartbeat_ms
+            if hb <= 0:  # disabled by IDENTIFY (no SUB then)
+                return
+            await asyncio.sleep(hb / 1000.0)
+            if self.session.heartbeat_ms != hb:
+                continue  # IDENTIFY changed it meanwhile
+            silent = time.monotonic() - self.last_seen
+            if silent > 2 * hb / 1000.0:
+                self.abort(
+                    f"nothing received for {silent:.1f} s (two heartbeat intervals): "
+                    "disconnected, in-flight messages requeued"
+                )
+                return
+            if self.sub is None or not self.sub.held:
+                self.writer.write(p.HEARTBEAT_FRAME)
