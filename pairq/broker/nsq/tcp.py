@@ -37,7 +37,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pairq import __version__
 from pairq.broker import wire
@@ -48,17 +48,31 @@ from pairq.options import parse_hostport
 from pairq.security import auth
 
 if TYPE_CHECKING:
-    from pairq.broker.broker import Broker
     from pairq.broker.channel import Channel
     from pairq.broker.channel_core import Entry
+    from pairq.broker.options import BrokerOptions
     from pairq.broker.publishing import Publisher
     from pairq.broker.service import BrokerService
+    from pairq.broker.topic import Topic
+    from pairq.security.server import ServerSecurity
 
 log = logging.getLogger("pairq.nsq")
 
 MAX_PENDING = 64  # publishes of one connection served at once
 READ_SIZE = 256 * 1024
 STOP_GRACE = 5.0
+
+
+class NsqHost(Protocol):
+    """What the server asks of the broker (``Broker``) besides publishing and the
+    subscription bookkeeping (``BrokerService``)."""
+
+    options: BrokerOptions
+    security: ServerSecurity
+
+    def check_serving(self) -> None: ...
+
+    async def get_topic(self, name: str, *, create: bool = True) -> Topic: ...
 
 
 class NsqMessage:
@@ -75,7 +89,7 @@ class NsqMessage:
 
 
 class NsqTcpServer:
-    def __init__(self, broker: Broker, service: BrokerService, publisher: Publisher) -> None:
+    def __init__(self, broker: NsqHost, service: BrokerService, publisher: Publisher) -> None:
         self.broker = broker
         self.service = service
         self.publisher = publisher
@@ -149,6 +163,7 @@ class Connection:
         self.answers: asyncio.Queue[bytes | asyncio.Task[bytes] | None] = asyncio.Queue()
         # SUB's OK is written before any message (deliveries wait for it)
         self.sub_answered = asyncio.Event()
+        self.identified = asyncio.Event()  # wakes the heartbeat task for the new interval
         self._sub_ok = p.frame(p.FRAME_RESPONSE, p.OK)  # SUB's OK (the same bytes, its own object)
         self.room = asyncio.Semaphore(MAX_PENDING)
         self.last_seen = time.monotonic()
@@ -235,6 +250,8 @@ class Connection:
 
     async def _handle(self, cmd: p.Command) -> None:
         out = self.session.accept(cmd)
+        if isinstance(cmd, p.Identify):
+            self.identified.set()
         if isinstance(out, bytes):
             if out:
                 self.answers.put_nowait(out)
@@ -385,9 +402,10 @@ class Connection:
             hb = self.session.heartbeat_ms
             if hb <= 0:  # disabled by IDENTIFY (no SUB then)
                 return
-            await asyncio.sleep(hb / 1000.0)
-            if self.session.heartbeat_ms != hb:
-                continue  # IDENTIFY changed it meanwhile
+            self.identified.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.identified.wait(), hb / 1000.0)
+                continue  # IDENTIFY set the interval: start again with it
             silent = time.monotonic() - self.last_seen
             if silent > 2 * hb / 1000.0:
                 self.abort(
