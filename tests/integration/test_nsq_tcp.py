@@ -51,6 +51,7 @@ async def connected_writer(addresses: list[str]) -> nsq.Writer:
 
 
 def close_writer(w: nsq.Writer) -> None:
+    w.reconnect_interval = 3600.0  # pynsq reconnects a closed connection otherwise
     for c in list(w.conns.values()):
         c.close()
 

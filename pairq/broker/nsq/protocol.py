@@ -256,12 +256,13 @@ class Decoder:
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
         self._buf = bytearray()
+        self._pos = 0  # where the next command starts in ``_buf``
         self._magic = False
         self._broken: ProtocolError | None = None
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
     def feed(self, data: bytes) -> None:
         if self._broken is None:
@@ -271,14 +272,21 @@ class Decoder:
         if self._broken is not None:
             raise self._broken
         try:
-            return self._next()
+            cmd = self._next()
         except ProtocolError as exc:
             self._broken = exc
             self._buf.clear()
+            self._pos = 0
             raise
+        if cmd is None and self._pos:
+            # everything decodable is decoded: drop it once (not per command)
+            del self._buf[: self._pos]
+            self._pos = 0
+        return cmd
 
     def _next(self) -> Command | None:
         buf = self._buf
+        pos = self._pos
         if not self._magic:
             if len(buf) < 4:
                 if not MAGIC.startswith(bytes(buf)):
@@ -288,14 +296,14 @@ class Decoder:
                 raise ProtocolError(
                     "E_BAD_PROTOCOL", f"bad magic {bytes(buf[:4])!r}: this is NSQ's protocol V2"
                 )
-            del buf[:4]
+            pos = self._pos = 4
             self._magic = True
-        nl = buf.find(b"\n", 0, MAX_LINE + 1)
+        nl = buf.find(b"\n", pos, pos + MAX_LINE + 1)
         if nl < 0:
-            if len(buf) > MAX_LINE:
+            if len(buf) - pos > MAX_LINE:
                 raise ProtocolError("E_INVALID", f"command line longer than {MAX_LINE} bytes")
             return None
-        line = bytes(buf[:nl])
+        line = bytes(buf[pos:nl])
         if line.endswith(b"\r"):
             line = line[:-1]
         params = line.split(b" ")
@@ -303,8 +311,8 @@ class Decoder:
         result = self._command(name, params, nl + 1)
         if result is None:
             return None
-        cmd, used = result
-        del buf[:used]
+        cmd, end = result
+        self._pos = end
         return cmd
 
     def _body(self, at: int) -> bytes | None:

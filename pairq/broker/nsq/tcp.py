@@ -8,9 +8,11 @@ sockets, the clock and the tasks, and maps commands to the broker:
   --max-publish-rate, --auth-file publish permission, pair durability and
   --min-copies. ``OK`` is sent only once the publish is acknowledged (durable).
   A client may pipeline commands (pynsq's Writer does): up to
-  ``MAX_PENDING`` publishes of one connection run at once, and their answers
+  ``MAX_PENDING`` publishes (``MAX_PENDING_BYTES``) of one connection run at once, and their answers
   are written in the order of the commands; beyond that the connection is not
-  read (TCP holds the client back). A failed publish is fatal, as in nsqd.
+  read (TCP holds the client back). Consecutive PUBs to one topic read before
+  the first of them starts are stored as one batch (one append, one fsync),
+  each still answered OK in its place. A failed publish is fatal, as in nsqd.
 * **Consuming.** SUB makes the connection a channel subscriber like a gRPC
   Subscribe stream, through the same pieces (``BrokerService.admit / joined /
   left / grant / fence_allows``): --max-clients, RDY within --max-rdy-count
@@ -58,7 +60,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pairq.nsq")
 
-MAX_PENDING = 64  # publishes of one connection served at once
+# Publishes of one connection being served (accepted, not yet answered): at most this
+# many commands and this many body bytes; then the connection is not read until some
+# are answered.
+MAX_PENDING = 1024
+MAX_PENDING_BYTES = 8 * 1024 * 1024
 READ_SIZE = 256 * 1024
 STOP_GRACE = 5.0
 
@@ -86,6 +92,19 @@ class NsqMessage:
     def __init__(self, body: bytes, defer_ms: int = 0) -> None:
         self.body = body
         self.defer_ms = defer_ms
+
+
+class PubGroup:
+    """PUBs of one connection published as one batch (``Connection._publish_task``)."""
+
+    __slots__ = ("bodies", "nbytes", "started", "task", "topic")
+
+    def __init__(self, topic: str, body: bytes) -> None:
+        self.topic = topic
+        self.bodies = [body]
+        self.nbytes = len(body)
+        self.started = False
+        self.task: asyncio.Task[bytes]
 
 
 class NsqTcpServer:
@@ -159,13 +178,19 @@ class Connection:
         )
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
-        # Answers in command order: a frame, or a task whose result is one.
-        self.answers: asyncio.Queue[bytes | asyncio.Task[bytes] | None] = asyncio.Queue()
+        # Answers in command order: a frame, or (a publish's task whose result is one,
+        # its body bytes).
+        self.answers: asyncio.Queue[bytes | tuple[asyncio.Task[bytes], int] | None] = (
+            asyncio.Queue()
+        )
         # SUB's OK is written before any message (deliveries wait for it)
         self.sub_answered = asyncio.Event()
         self.identified = asyncio.Event()  # wakes the heartbeat task for the new interval
         self._sub_ok = p.frame(p.FRAME_RESPONSE, p.OK)  # SUB's OK (the same bytes, its own object)
-        self.room = asyncio.Semaphore(MAX_PENDING)
+        self.pending = 0  # publishes accepted and not answered yet
+        self.pending_bytes = 0  # ... and their body bytes
+        self.room = asyncio.Event()  # set while under both limits
+        self.room.set()
         self.last_seen = time.monotonic()
         self.principal: auth.Principal | None = None
         self.sub: Subscriber | None = None
@@ -175,6 +200,7 @@ class Connection:
         self.answering = False  # closing after the queued answers are written
         self._reading: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._group: PubGroup | None = None  # PUBs still joining one batch
 
     # ---------------------------------------------------------- lifecycle
     async def run(self) -> None:
@@ -249,6 +275,8 @@ class Connection:
                     self.answers.put_nowait(err.frame())
 
     async def _handle(self, cmd: p.Command) -> None:
+        if not isinstance(cmd, p.Pub):
+            self._group = None  # a PUB after this one starts a batch of its own
         out = self.session.accept(cmd)
         if isinstance(cmd, p.Identify):
             self.identified.set()
@@ -259,8 +287,13 @@ class Connection:
         if isinstance(out, p.Resolved):
             self._resolved(out)
         elif isinstance(out, p.Pub | p.Dpub | p.Mpub):
-            await self.room.acquire()
-            self.answers.put_nowait(asyncio.create_task(self._publish(out)))
+            while self.pending >= MAX_PENDING or self.pending_bytes >= MAX_PENDING_BYTES:
+                self.room.clear()
+                await self.room.wait()
+            nbytes = sum(map(len, out.bodies)) if isinstance(out, p.Mpub) else len(out.body)
+            self.pending += 1
+            self.pending_bytes += nbytes
+            self.answers.put_nowait((self._publish_task(out), nbytes))
         elif isinstance(out, p.Rdy):
             assert self.sub is not None and self.channel is not None
             granted, cut = self.service.grant(self.sub, out.count)
@@ -288,8 +321,37 @@ class Connection:
         self.answers.put_nowait(frame)
 
     # ---------------------------------------------------------- publishing
-    async def _publish(self, cmd: p.Pub | p.Dpub | p.Mpub) -> bytes:
-        name = type(cmd).__name__.upper()
+    def _publish_task(self, cmd: p.Pub | p.Dpub | p.Mpub) -> asyncio.Task[bytes]:
+        """The task whose result answers ``cmd``. Consecutive PUBs to one topic that
+        arrive before the first of them has started (a pipelining client's) are
+        published as one batch, within --max-batch and --max-batch-bytes: one durable
+        append for all of them, each answered OK (in its place) once it is done."""
+        if not isinstance(cmd, p.Pub):
+            return asyncio.create_task(self._publish(cmd))
+        opts = self.server.broker.options
+        g = self._group
+        if (
+            g is not None
+            and not g.started
+            and g.topic == cmd.topic
+            and len(g.bodies) < opts.max_batch
+            and g.nbytes + len(cmd.body) <= opts.max_batch_bytes
+        ):
+            g.bodies.append(cmd.body)
+            g.nbytes += len(cmd.body)
+            return g.task
+        g = self._group = PubGroup(cmd.topic, cmd.body)
+        g.task = asyncio.create_task(self._publish_group(g))
+        return g.task
+
+    async def _publish_group(self, g: PubGroup) -> bytes:
+        g.started = True
+        if self._group is g:
+            self._group = None
+        return await self._publish(p.Mpub(g.topic, g.bodies), name="PUB")
+
+    async def _publish(self, cmd: p.Pub | p.Dpub | p.Mpub, name: str = "") -> bytes:
+        name = name or type(cmd).__name__.upper()
         auth.CURRENT.set(self.principal)  # this task's context: check_publish sees it
         try:
             publisher = self.server.publisher
@@ -309,24 +371,32 @@ class Connection:
 
     async def _write_answers(self) -> None:
         writer = self.writer
+        answers = self.answers
         while True:
-            item = await self.answers.get()
+            if answers.empty():
+                await writer.drain()  # once per run of ready answers, not per answer
+            item = await answers.get()
             if item is None:
+                await writer.drain()
                 return
-            if isinstance(item, asyncio.Task):
+            if isinstance(item, tuple):
+                task, nbytes = item
                 try:
-                    data = await item
+                    data = await task
                 except p.ProtocolError as err:
                     writer.write(err.frame())
                     await writer.drain()
                     return  # fatal: the connection closes
                 finally:
-                    self.room.release()
+                    self.pending -= 1
+                    self.pending_bytes -= nbytes
+                    if self.pending < MAX_PENDING and self.pending_bytes < MAX_PENDING_BYTES:
+                        self.room.set()
             else:
                 data = item
             writer.write(data)
-            await writer.drain()
             if data is self._sub_ok:
+                await writer.drain()
                 self.sub_answered.set()
 
     # ---------------------------------------------------------- consuming
