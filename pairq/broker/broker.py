@@ -241,7 +241,12 @@ class Broker:
             from pairq.broker.nsq.tcp import NsqTcpServer
 
             self.nsq_tcp = NsqTcpServer(self, self.service, self.publisher)
-            await self.nsq_tcp.start()
+            try:
+                await self.nsq_tcp.start()
+            except OSError:
+                self.nsq_tcp = None
+                await self.stop(grace=0)
+                raise
         if self.pair is not None:
             await self.pair.start_tcp()
             self.pair.start()

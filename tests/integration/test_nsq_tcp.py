@@ -323,6 +323,98 @@ async def test_raw_framing_heartbeats_and_errors(tmp_path: Path) -> None:
         await eventually(lambda: not broker.nsq_tcp.connections, timeout=5)
 
 
+async def test_a_consumer_that_stops_reading_costs_bounded_memory(tmp_path: Path) -> None:
+    """A raw NSQ consumer grants RDY and never reads: the broker stops delivering to it
+    once --max-subscriber-buffer-bytes are queued (its socket buffer full), keeps it
+    while it sends NOPs, and disconnects it once it is silent for two heartbeats; a
+    healthy consumer on the same channel then gets every message."""
+    buffer = 256 * 1024
+    body = b"m" * 10_000
+    async with run_broker(
+        tmp_path / "b", nsq_tcp_address="127.0.0.1:0", max_subscriber_buffer_bytes=buffer
+    ) as broker:
+        port = broker.nsq_tcp.port
+        t = await broker.get_topic("stuck")
+        await t.get_channel("c")
+        pub = await Raw.open(port)
+        n = 3000  # 30 MB
+        for _ in range(0, n, 100):
+            pub.send(b"MPUB stuck", mpub_body([body] * 100))
+        for _ in range(0, n, 100):
+            assert await pub.frame() == (0, b"OK")
+        pub.close()
+
+        stuck = await Raw.open(port)
+        stuck.identify(heartbeat_interval=500, msg_timeout=60_000)
+        assert await stuck.frame() == (0, b"OK")
+        stuck.send(b"SUB stuck c")
+        assert await stuck.frame() == (0, b"OK")
+        stuck.send(b"RDY 2500")
+        await stuck.w.drain()
+
+        def stuck_conn() -> Any:
+            return next(
+                (c for c in broker.nsq_tcp.connections if c.sub is not None and c.sub.held),
+                None,
+            )
+
+        await eventually(lambda: stuck_conn() is not None, timeout=10)
+        conn = stuck_conn()
+        # alive (NOPs) but not reading: held, not disconnected, and nothing more is queued
+        # for it: at most its buffer plus the one RDY window already handed over (the
+        # same bound as a gRPC subscriber's), and one write's worth in the socket
+        first = conn.sub.queued_bytes
+        assert first <= buffer + 2500 * len(body)
+        for _ in range(6):
+            stuck.send(b"NOP")
+            await stuck.w.drain()
+            await asyncio.sleep(0.25)  # the length of the fault (NOPs keep it alive)
+            assert conn in broker.nsq_tcp.connections and conn.sub.held
+            assert conn.sub.queued_bytes <= first
+            unsent = conn.writer.transport.get_write_buffer_size()
+            assert unsent <= 2 * 1024 * 1024, unsent
+        assert channel_stats(broker, "stuck", "c").depth > 0
+        # silent now: disconnected after two heartbeat intervals, in-flight requeued
+        await eventually(lambda: conn not in broker.nsq_tcp.connections, timeout=5)
+        await eventually(lambda: channel_stats(broker, "stuck", "c").in_flight == 0, timeout=5)
+        stuck.close()
+
+        got = 0
+
+        def handler(msg: Any) -> bool:
+            nonlocal got
+            got += 1
+            return True
+
+        r = nsq.Reader(
+            topic="stuck",
+            channel="c",
+            message_handler=handler,
+            nsqd_tcp_addresses=[f"127.0.0.1:{port}"],
+            max_in_flight=500,
+        )
+        try:
+            await eventually(lambda: channel_stats(broker, "stuck", "c").finished == n, timeout=60)
+            assert channel_stats(broker, "stuck", "c").depth == 0
+        finally:
+            r.close()
+
+
+async def test_nsq_address_in_use_fails_start_cleanly(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match="--nsq-tcp-address"):
+            async with run_broker(tmp_path / "b", nsq_tcp_address=f"127.0.0.1:{port}"):
+                pass
+    # the gRPC side was stopped too: the same data dir starts again
+    async with run_broker(tmp_path / "b", nsq_tcp_address="127.0.0.1:0") as broker:
+        assert broker.nsq_tcp.port > 0
+
+
 def mpub_body(bodies: list[bytes], extra: bytes = b"") -> bytes:
     out = struct.pack(">I", len(bodies))
     for b in bodies:

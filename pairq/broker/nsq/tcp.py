@@ -128,8 +128,14 @@ class NsqTcpServer:
         self.port = 0
 
     async def start(self) -> None:
-        host, port = parse_hostport(self.broker.options.nsq_tcp_address, what="--nsq-tcp-address")
-        self._server = await asyncio.start_server(self._serve, host, port, limit=READ_SIZE)
+        addr = self.broker.options.nsq_tcp_address
+        host, port = parse_hostport(addr, what="--nsq-tcp-address")
+        try:
+            self._server = await asyncio.start_server(self._serve, host, port, limit=READ_SIZE)
+        except OSError as exc:
+            raise OSError(
+                f"cannot listen on --nsq-tcp-address {addr}: {exc.strerror or exc}"
+            ) from exc
         self.port = int(self._server.sockets[0].getsockname()[1])
         self.address = f"{host}:{self.port}"
         log.info("NSQ TCP protocol V2 on %s", self.address)
@@ -140,11 +146,13 @@ class NsqTcpServer:
         conns = list(self.connections)
         for c in conns:
             c.shutdown()
-        tasks = [c.task for c in conns if c.task is not None]
+        tasks = {c.task: c for c in conns if c.task is not None}
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=STOP_GRACE)
             for t in late:
-                t.cancel()
+                tasks[t].abort("broker stopping")
+            if late:
+                await asyncio.wait(late, timeout=1.0)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
@@ -239,8 +247,9 @@ class Connection:
         log.info("NSQ client %s (%s): %s", self.session.client_id[:64], self.peer, why)
         self.closed = True
         self.writer.transport.abort()
-        if self.task is not None:
-            self.task.cancel()
+        if self._reading is not None:
+            self._reading.cancel()  # ``run`` then closes (its own task is never cancelled:
+            # asyncio's server logs a cancelled connection task as an error)
 
     def _fatal(self, err: p.ProtocolError) -> None:
         log.info("NSQ client %s (%s): %s", self.session.client_id[:64], self.peer, err)
