@@ -686,3 +686,66 @@ async def test_pair_kill_owner_with_consumer_running(tmp_path: Path) -> None:
             close_writer(w)
         a.stop()
         b.stop()
+
+
+async def test_a_paused_owner_delivers_nothing_after_the_takeover(tmp_path: Path) -> None:
+    """The delivery fence applies to NSQ subscribers: the owner is paused (SIGSTOP), its
+    partner takes its messages over and they are finished there; when the ex-owner
+    resumes, its NSQ consumer, which granted RDY meanwhile, gets none of them. (This is
+    the channel's fence; the re-check right before the bytes leave is the gRPC stream's
+    ``BrokerService.fence_allows``, shared, and tested in test_pair.py.)"""
+    import os
+    import signal
+
+    a, b, na, nb = make_pair(tmp_path)
+    a.start()
+    b.start()
+    try:
+        await wait_pair(a, b)
+        on_a = await Raw.open(na)
+        on_a.identify(heartbeat_interval=60_000)
+        assert await on_a.frame() == (0, b"OK")
+        on_a.send(b"SUB " + TOPIC.encode() + b" work")
+        assert await on_a.frame() == (0, b"OK")  # RDY 0: nothing delivered yet
+        pub = await Raw.open(na)
+        for i in range(50):
+            pub.send(b"PUB " + TOPIC.encode(), b"x%d" % i)
+        for _ in range(50):
+            assert await pub.frame() == (0, b"OK")  # two copies each (--min-copies 2)
+        pub.close()
+        assert a.proc is not None
+        os.kill(a.proc.pid, signal.SIGSTOP)
+        try:
+            on_b = await Raw.open(nb)
+            on_b.send(b"SUB " + TOPIC.encode() + b" work")
+            assert await on_b.frame() == (0, b"OK")
+            on_b.send(b"RDY 100")
+            got = 0
+            while got < 50:  # B took the 50 over once A's lease lapsed
+                kind, data = await on_b.frame(timeout=20)
+                if kind == 2:
+                    got += 1
+                    on_b.send(b"FIN " + data[10:26])
+            on_a.send(b"RDY 100")  # queued in the socket while A is paused
+            await on_a.w.drain()
+        finally:
+            os.kill(a.proc.pid, signal.SIGCONT)
+        await wait_pair(a, b, timeout=30)
+        # A is back in the pair and has heard of the FINs: its consumer got nothing
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            try:
+                kind, data = await on_a.frame(timeout=deadline - time.monotonic())
+            except TimeoutError:
+                break
+            assert kind != 2, f"the ex-owner delivered {data[26:]!r} after the takeover"
+        s = await stats(b.address)
+        assert s is not None and s.pair.takeovers >= 1
+        on_a.close()
+        on_b.close()
+    except BaseException:
+        print_logs(tmp_path)
+        raise
+    finally:
+        a.stop()
+        b.stop()

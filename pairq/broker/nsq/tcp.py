@@ -128,7 +128,8 @@ class NsqTcpServer:
         self.port = 0
 
     async def start(self) -> None:
-        addr = self.broker.options.nsq_tcp_address
+        opts = self.broker.options
+        addr = opts.nsq_tcp_address
         host, port = parse_hostport(addr, what="--nsq-tcp-address")
         try:
             self._server = await asyncio.start_server(self._serve, host, port, limit=READ_SIZE)
@@ -139,6 +140,15 @@ class NsqTcpServer:
         self.port = int(self._server.sockets[0].getsockname()[1])
         self.address = f"{host}:{self.port}"
         log.info("NSQ TCP protocol V2 on %s", self.address)
+        if opts.tls_cert:
+            log.warning(
+                "--nsq-tcp-address %s is plaintext (NSQ's tls_v1 is not offered) while gRPC uses "
+                "TLS%s",
+                self.address,
+                ""
+                if self.config.auth_required
+                else "; without --auth-file anyone who reaches it may publish and consume",
+            )
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -259,6 +269,13 @@ class Connection:
 
     # ---------------------------------------------------------- reading
     async def _read(self) -> None:
+        try:
+            await self._read_commands()
+        except Exception as exc:  # a bug: end this connection, not the broker
+            log.exception("NSQ connection %s failed", self.peer)
+            self._fatal(p.ProtocolError("E_INVALID", f"internal error ({exc}); reconnect"))
+
+    async def _read_commands(self) -> None:
         decoder = self.decoder
         while True:
             try:
@@ -379,6 +396,10 @@ class Connection:
             raise p.ProtocolError(f"E_{name}_FAILED", f"{name} failed: internal error") from exc
 
     async def _write_answers(self) -> None:
+        with contextlib.suppress(ConnectionError, OSError):  # the client is gone
+            await self._write_answers_until_closed()
+
+    async def _write_answers_until_closed(self) -> None:
         writer = self.writer
         answers = self.answers
         while True:
@@ -456,6 +477,10 @@ class Connection:
 
     async def _deliver(self, sub: Subscriber) -> None:
         """Write what the channel queued for this subscriber (fence re-checked)."""
+        with contextlib.suppress(ConnectionError, OSError):  # the client is gone
+            await self._deliver_until_closed(sub)
+
+    async def _deliver_until_closed(self, sub: Subscriber) -> None:
         writer = self.writer
         q = sub.queue
         await self.sub_answered.wait()
