@@ -96,3 +96,44 @@ async def test_nsqjs_writer_and_reader_against_a_pair(nsqjs: Path, tmp_path: Pat
         assert owner.timed_out == 0 and owner.requeued == 1
         for broker in (a, b):
             assert channel(broker).depth == 0 and channel(broker).in_flight == 0
+
+
+@pytest.mark.timeout(180)
+async def test_nsqjs_messages_survive_kill_9_of_the_owner(nsqjs: Path, tmp_path: Path) -> None:
+    """nsqjs publishes to the owner of a real pair (processes); the owner is killed with
+    SIGKILL; an nsqjs Reader given both brokers finishes every acked message."""
+    from test_nsq_tcp import make_pair, print_logs, wait_pair
+
+    a, b, na, nb = make_pair(tmp_path)
+    a.start()
+    b.start()
+    try:
+        await wait_pair(a, b)
+        base = {
+            "writer": f"127.0.0.1:{na}",
+            "readers": [f"127.0.0.1:{na}", f"127.0.0.1:{nb}"],
+            "topic": TOPIC,
+            "channel": "work",
+            "count": COUNT,
+            "msgTimeoutMs": MSG_TIMEOUT_MS,
+            "timeoutMs": 60_000,
+        }
+        code, result, stderr = await run_node(nsqjs, {**base, "mode": "publish"})
+        assert code == 0, f"{result} {stderr[-2000:]}"
+        acked = result["published"]
+        assert len(acked) == COUNT and result["errors"] == []
+        a.kill()
+        code, result, stderr = await run_node(nsqjs, {**base, "mode": "consume", "expect": acked})
+        assert code == 0, f"not every acked message arrived after the kill: {stderr[-2000:]}"
+        assert set(result["received"]) == set(acked)
+        # recovery: the owner restarts, the pair heals and takes nsqjs publishes again
+        a.start()
+        await wait_pair(a, b, timeout=30)
+        code, result, stderr = await run_node(nsqjs, {**base, "mode": "publish"})
+        assert code == 0 and len(result["published"]) == COUNT, stderr[-2000:]
+    except BaseException:
+        print_logs(tmp_path)
+        raise
+    finally:
+        a.stop()
+        b.stop()

@@ -10,21 +10,25 @@
 //   {"published": [...bodies acked...], "received": {body: [[id, attempts], ...]},
 //    "errors": [...]}
 // and exits 0 once every acked body was finished (and its connections closed), 1 on timeout.
+// With "mode": "publish" it only publishes (N "m-*" messages in batches) and exits once
+// they are acked; with "mode": "consume" and "expect": [bodies] it only consumes, until
+// every expected body was finished.
 'use strict'
 
 const nsq = require('nsqjs')
 
 const cfg = JSON.parse(process.argv[2])
 const [wHost, wPort] = cfg.writer.split(':')
-const published = []
+const mode = cfg.mode || 'all'
+const published = mode === 'consume' ? [...cfg.expect] : []
 const received = {}
 const finished = new Set()
 const errors = []
-let publishing = true
+let publishing = mode !== 'consume'
 
 function done(code) {
   console.log(JSON.stringify({ published, received, errors }))
-  if (code !== 0) process.exit(code)
+  if (code !== 0 || mode === 'publish') process.exit(code)
   // Let the last FINs leave (nsqjs writes them on the next tick), then close: CLS on
   // every connection; node exits once they are closed.
   reader.close()
@@ -40,14 +44,14 @@ function check() {
   }
 }
 
-const reader = new nsq.Reader(cfg.topic, cfg.channel, {
+const reader = mode === 'publish' ? null : new nsq.Reader(cfg.topic, cfg.channel, {
   nsqdTCPAddresses: cfg.readers,
   maxInFlight: 50,
   messageTimeout: cfg.msgTimeoutMs,
   heartbeatInterval: 1,
 })
-reader.on('error', (err) => errors.push(`reader: ${err}`))
-reader.on('message', (msg) => {
+if (reader) reader.on('error', (err) => errors.push(`reader: ${err}`))
+if (reader) reader.on('message', (msg) => {
   const body = msg.body.toString()
   ;(received[body] = received[body] || []).push([msg.id, msg.attempts])
   if (finished.has(body)) {
@@ -77,36 +81,47 @@ reader.on('message', (msg) => {
   }
   fin()
 })
-reader.connect()
+if (reader) reader.connect()
 
-const writer = new nsq.Writer(wHost, Number(wPort))
-writer.on('error', (err) => errors.push(`writer: ${err}`))
-writer.on('ready', async () => {
-  const pub = (msgs) =>
-    new Promise((resolve) =>
-      writer.publish(cfg.topic, msgs, (err) => {
-        if (err) errors.push(`publish: ${err}`)
-        else published.push(...(Array.isArray(msgs) ? msgs : [msgs]))
+if (mode !== 'consume') startWriter()
+
+function startWriter() {
+  const writer = new nsq.Writer(wHost, Number(wPort))
+  writer.on('error', (err) => errors.push(`writer: ${err}`))
+  writer.on('ready', async () => {
+    const pub = (msgs) =>
+      new Promise((resolve) =>
+        writer.publish(cfg.topic, msgs, (err) => {
+          if (err) errors.push(`publish: ${err}`)
+          else published.push(...(Array.isArray(msgs) ? msgs : [msgs]))
+          resolve()
+        })
+      )
+    if (mode === 'all') {
+      await pub('req-0')
+      await pub('touch-0')
+    }
+    const batch = []
+    for (let i = 0; i < cfg.count; i++) {
+      batch.push(`m-${i}`)
+      if (batch.length === 10) await pub(batch.splice(0))
+    }
+    if (batch.length) await pub(batch.splice(0))
+    if (mode === 'publish') {
+      writer.close()
+      done(0)
+      return
+    }
+    await new Promise((resolve) =>
+      writer.deferPublish(cfg.topic, ['late'], 300, (err) => {
+        if (err) errors.push(`deferPublish: ${err}`)
+        else published.push('late')
         resolve()
       })
     )
-  await pub('req-0')
-  await pub('touch-0')
-  const batch = []
-  for (let i = 0; i < cfg.count; i++) {
-    batch.push(`m-${i}`)
-    if (batch.length === 10) await pub(batch.splice(0))
-  }
-  if (batch.length) await pub(batch.splice(0))
-  await new Promise((resolve) =>
-    writer.deferPublish(cfg.topic, ['late'], 300, (err) => {
-      if (err) errors.push(`deferPublish: ${err}`)
-      else published.push('late')
-      resolve()
-    })
-  )
-  publishing = false
-  writer.close()
-  check()
-})
-writer.connect()
+    publishing = false
+    writer.close()
+    check()
+  })
+  writer.connect()
+}
