@@ -400,6 +400,37 @@ async def test_a_consumer_that_stops_reading_costs_bounded_memory(tmp_path: Path
             r.close()
 
 
+async def test_a_client_that_does_not_read_its_answers_is_not_read_either(
+    tmp_path: Path,
+) -> None:
+    """Commands whose answers pile up unread (here: failing FINs, each answered with an
+    error frame) stop being read once ``MAX_PENDING`` answers wait: the broker's memory
+    for the connection stays bounded whatever the client sends."""
+    from pairq.broker.nsq.tcp import MAX_PENDING
+
+    async with run_broker(tmp_path / "b", nsq_tcp_address="127.0.0.1:0") as broker:
+        c = await Raw.open(broker.nsq_tcp.port)
+        c.identify(heartbeat_interval=60_000)
+        c.send(b"SUB flood c")
+        line = b"FIN 0123456789abcdef\n"
+        sent = 0
+        for _ in range(400):  # up to 400 x 10,000 FINs (84 MB), never reading an answer
+            c.w.write(line * 10_000)
+            sent += 10_000
+            try:
+                await asyncio.wait_for(c.w.drain(), 0.5)
+            except TimeoutError:
+                break  # the broker stopped reading: TCP holds the client back
+        else:
+            raise AssertionError("the broker read 4,000,000 commands whose answers nobody read")
+        (conn,) = broker.nsq_tcp.connections
+        assert conn.answers.qsize() <= MAX_PENDING + 1
+        assert conn.decoder.buffered <= 2 * 1024 * 1024
+        assert conn.writer.transport.get_write_buffer_size() <= 1024 * 1024
+        c.w.transport.abort()
+        await eventually(lambda: not broker.nsq_tcp.connections, timeout=5)
+
+
 async def test_nsq_address_in_use_fails_start_cleanly(tmp_path: Path) -> None:
     import socket
 

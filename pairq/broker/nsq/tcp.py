@@ -8,9 +8,10 @@ sockets, the clock and the tasks, and maps commands to the broker:
   --max-publish-rate, --auth-file publish permission, pair durability and
   --min-copies. ``OK`` is sent only once the publish is acknowledged (durable).
   A client may pipeline commands (pynsq's Writer does): up to
-  ``MAX_PENDING`` publishes (``MAX_PENDING_BYTES``) of one connection run at once, and their answers
-  are written in the order of the commands; beyond that the connection is not
-  read (TCP holds the client back). Consecutive PUBs to one topic read before
+  ``MAX_PENDING`` publishes (``MAX_PENDING_BYTES``) of one connection run at
+  once, and their answers are written in the order of the commands; beyond
+  that, or with ``MAX_PENDING`` answers unwritten (a client that does not read
+  them), the connection is not read (TCP holds the client back). Consecutive PUBs to one topic read before
   the first of them starts are stored as one batch (one append, one fsync),
   each still answered OK in its place. A failed publish is fatal, as in nsqd.
 * **Consuming.** SUB makes the connection a channel subscriber like a gRPC
@@ -61,8 +62,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pairq.nsq")
 
 # Publishes of one connection being served (accepted, not yet answered): at most this
-# many commands and this many body bytes; then the connection is not read until some
-# are answered.
+# many commands and this many body bytes, and at most this many answers waiting to be
+# written; then the connection is not read until some are answered.
 MAX_PENDING = 1024
 MAX_PENDING_BYTES = 8 * 1024 * 1024
 READ_SIZE = 256 * 1024
@@ -300,7 +301,18 @@ class Connection:
                         return
                     self.answers.put_nowait(err.frame())
 
+    def _has_room(self) -> bool:
+        return (
+            self.pending < MAX_PENDING
+            and self.pending_bytes < MAX_PENDING_BYTES
+            and self.answers.qsize() < MAX_PENDING
+        )
+
     async def _handle(self, cmd: p.Command) -> None:
+        # A client that does not read its answers is not read either (TCP holds it back)
+        while not self._has_room():
+            self.room.clear()
+            await self.room.wait()
         if not isinstance(cmd, p.Pub):
             self._group = None  # a PUB after this one starts a batch of its own
         out = self.session.accept(cmd)
@@ -313,9 +325,6 @@ class Connection:
         if isinstance(out, p.Resolved):
             self._resolved(out)
         elif isinstance(out, p.Pub | p.Dpub | p.Mpub):
-            while self.pending >= MAX_PENDING or self.pending_bytes >= MAX_PENDING_BYTES:
-                self.room.clear()
-                await self.room.wait()
             nbytes = sum(map(len, out.bodies)) if isinstance(out, p.Mpub) else len(out.body)
             self.pending += 1
             self.pending_bytes += nbytes
@@ -409,6 +418,8 @@ class Connection:
             if item is None:
                 await writer.drain()
                 return
+            if self._has_room():
+                self.room.set()
             if isinstance(item, tuple):
                 task, nbytes = item
                 try:
@@ -420,7 +431,7 @@ class Connection:
                 finally:
                     self.pending -= 1
                     self.pending_bytes -= nbytes
-                    if self.pending < MAX_PENDING and self.pending_bytes < MAX_PENDING_BYTES:
+                    if self._has_room():
                         self.room.set()
             else:
                 data = item
