@@ -581,6 +581,15 @@ async def publish_latency(address: str, sz: Sizes, topic: str = "bench_latency")
 
 # -- driver ------------------------------------------------------------------------------
 
+
+def broker_has_nsq() -> bool:
+    """Whether the broker being measured (``pairq broker``, as importable here) serves
+    NSQ's TCP protocol."""
+    import importlib.util
+
+    return importlib.util.find_spec("pairq.broker.nsq.tcp") is not None
+
+
 NSQ_CONNECTIONS = 4
 NSQ_WINDOW = 500  # PUBs in flight per connection
 
@@ -739,6 +748,10 @@ async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
                     continue
                 on = name.endswith("_telemetry")
                 nsq = name.startswith("nsq_")
+                if nsq and not broker_has_nsq():
+                    # an older revision (make bench-compare BASE=...): not measured there
+                    log(f"  {name}: skipped (this broker has no --nsq-tcp-address)")
+                    continue
                 with broker_process(tmp, f"{name}-{run}", telemetry=on, nsq=nsq) as bp:
                     assert bp.proc is not None
                     CPU.broker_pid = bp.proc.pid
