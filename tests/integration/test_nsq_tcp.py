@@ -431,6 +431,37 @@ async def test_a_client_that_does_not_read_its_answers_is_not_read_either(
         await eventually(lambda: not broker.nsq_tcp.connections, timeout=5)
 
 
+async def test_max_clients_and_max_rdy_total_count_nsq_subscribers(tmp_path: Path) -> None:
+    async with run_broker(
+        tmp_path / "b", nsq_tcp_address="127.0.0.1:0", max_clients=2, max_rdy_total=30
+    ) as broker:
+        port = broker.nsq_tcp.port
+        first = await Raw.open(port)
+        first.send(b"SUB lim c")
+        assert await first.frame() == (0, b"OK")
+        first.send(b"RDY 20")
+        second = await Raw.open(port)
+        second.send(b"SUB lim c")
+        assert await second.frame() == (0, b"OK")
+        second.send(b"RDY 20")  # cut to the 10 left of --max-rdy-total (not an NSQ error)
+        second.send(b"NOP")
+
+        def rdys() -> list[int]:
+            return sorted(c.ready_count for c in channel_stats(broker, "lim", "c").clients)
+
+        await eventually(lambda: rdys() == [10, 20], timeout=5)
+        third = await Raw.open(port)
+        third.send(b"SUB lim c")
+        text = await expect_fatal(third, b"E_SUB_FAILED")
+        assert b"max_clients" in text or b"--max-clients" in text, text
+        first.close()
+        # its share comes back: the second may now have all it asked for
+        await eventually(lambda: len(channel_stats(broker, "lim", "c").clients) == 1, timeout=5)
+        second.send(b"RDY 25")
+        await eventually(lambda: rdys() == [25], timeout=5)
+        second.close()
+
+
 async def test_nsq_address_in_use_fails_start_cleanly(tmp_path: Path) -> None:
     import socket
 
