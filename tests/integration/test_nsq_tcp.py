@@ -462,6 +462,60 @@ async def test_max_clients_and_max_rdy_total_count_nsq_subscribers(tmp_path: Pat
         second.close()
 
 
+async def test_tls_v1_is_negotiated_and_required_with_broker_tls(tmp_path: Path) -> None:
+    from certs import CA
+
+    ca = CA(tmp_path / "ca")
+    server = ca.issue("broker")
+    async with run_broker(
+        tmp_path / "b",
+        nsq_tcp_address="127.0.0.1:0",
+        tls_cert=server.cert,
+        tls_key=server.key,
+        tls_ca=ca.path,
+    ) as broker:
+        port = broker.nsq_tcp.port
+        # plaintext is refused: the NSQ port is no way around the gRPC port's TLS
+        c = await Raw.open(port)
+        c.send(b"PUB " + TOPIC.encode(), b"x")
+        text = await expect_fatal(c, b"E_INVALID")
+        assert b"TLS required" in text
+        c = await Raw.open(port)
+        c.identify(feature_negotiation=True)  # without tls_v1
+        kind, data = await c.frame()
+        assert kind == 0 and json.loads(data)["tls_v1"] is False
+        c.send(b"NOP")
+        await expect_fatal(c, b"E_INVALID")
+
+        # pynsq with tls_v1 publishes and consumes over TLS, verifying the broker's cert
+        tls = {"tls_v1": True, "tls_options": {"ca_certs": ca.path}}
+        w = nsq.Writer([f"127.0.0.1:{port}"], reconnect_interval=0.2, **tls)
+        await eventually(lambda: any(x.connected() for x in w.conns.values()), timeout=10)
+        pubs = Pubs()
+        w.pub(TOPIC, b"secret", callback=pubs.callback)
+        w.mpub(TOPIC, [b"a", b"b"], callback=pubs.callback)
+        await eventually(lambda: pubs.ok == 2, timeout=10)
+        got: list[bytes] = []
+
+        def handler(msg: Any) -> bool:
+            got.append(msg.body)
+            return True
+
+        r = nsq.Reader(
+            topic=TOPIC,
+            channel="c",
+            message_handler=handler,
+            nsqd_tcp_addresses=[f"127.0.0.1:{port}"],
+            **tls,
+        )
+        try:
+            await eventually(lambda: sorted(got) == [b"a", b"b", b"secret"], timeout=10)
+            assert pubs.errors == []
+        finally:
+            r.close()
+            close_writer(w)
+
+
 async def test_nsq_address_in_use_fails_start_cleanly(tmp_path: Path) -> None:
     import socket
 

@@ -341,6 +341,25 @@ def test_auth_rules() -> None:
     assert info.value.code == "E_AUTH_DISABLED"
 
 
+def test_tls_is_offered_and_required_when_the_broker_has_it() -> None:
+    plain = p.Session(CFG)
+    out = plain.accept(p.Identify({"feature_negotiation": True, "tls_v1": True}))
+    assert isinstance(out, bytes) and json.loads(out[8:])["tls_v1"] is False
+    assert not plain.upgrading
+    s = p.Session(p.Config(**{**CFG.__dict__, "tls": True}))
+    with pytest.raises(p.ProtocolError) as info:
+        s.accept(p.Pub("t", b"x"))
+    assert info.value.fatal and "TLS required" in info.value.message
+    out = s.accept(p.Identify({"feature_negotiation": True, "tls_v1": True}))
+    assert isinstance(out, bytes) and json.loads(out[8:])["tls_v1"] is True
+    assert s.upgrading
+    assert s.upgraded() == p.OK_FRAME and s.tls and not s.upgrading
+    assert s.accept(p.Pub("t", b"x")) == p.Pub("t", b"x")
+    # a second IDENTIFY does not upgrade again
+    again = s.accept(p.Identify({"feature_negotiation": True, "tls_v1": True}))
+    assert isinstance(again, bytes) and json.loads(again[8:])["tls_v1"] is False
+
+
 def test_dpub_delay_within_max_defer() -> None:
     s = p.Session(CFG)
     with pytest.raises(p.ProtocolError) as info:

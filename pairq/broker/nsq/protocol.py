@@ -55,8 +55,16 @@ else 100 to 600000 (pairq's range, also used by gRPC subscribers).
 ``client_id``, ``hostname``, ``user_agent`` are kept (at most 256 characters)
 and shown in GetStats. With ``feature_negotiation`` the answer is JSON with
 ``max_rdy_count``, ``version``, ``max_msg_timeout``, ``msg_timeout``,
-``auth_required`` and ``tls_v1``, ``snappy``, ``deflate`` all false (pairq
-builds none of them); without it, ``OK``.
+``auth_required``, ``snappy`` and ``deflate`` false (not built), and ``tls_v1``:
+true when the client asked for it and the broker has TLS (--tls-cert); without
+feature negotiation, ``OK``.
+
+**TLS.** After an answer with ``tls_v1`` true the connection becomes TLS (the
+caller upgrades it; ``Session.upgrading``), and ``OK`` is sent over TLS; bytes
+the client sent after IDENTIFY before the handshake are ``E_INVALID``. When the
+broker has TLS, TLS is required (as nsqd's --tls-required): every command but
+IDENTIFY before the upgrade is ``E_INVALID ... (TLS required)``, fatal, so the
+NSQ port is never a plaintext way around the gRPC port's TLS.
 
 **AUTH.** Only when the broker runs with --auth-file (else ``E_AUTH_DISABLED``),
 once, in INIT. The secret is a pairq token; unknown: ``E_AUTH_FAILED``. The
@@ -483,6 +491,7 @@ class Config:
     max_defer_ms: int
     auth_required: bool
     version: str
+    tls: bool = False  # the broker can upgrade connections to TLS (and requires it)
 
 
 Allows = Callable[[str, str, str], bool]
@@ -508,6 +517,8 @@ class Session:
         self.output_buffer_size = 16 * 1024
         self.output_buffer_timeout_ms = 250
         self.identified = False
+        self.tls = False  # upgraded to TLS
+        self.upgrading = False  # the last IDENTIFY's answer says tls_v1: upgrade now
         # the principal's ``allows(perm, topic, channel)`` once AUTH succeeded
         self.allows: Allows | None = None
         self.identity = ""
@@ -542,6 +553,12 @@ class Session:
     # ---------------------------------------------------------- commands
     def accept(self, cmd: Command) -> bytes | Command | Resolved:
         st = self.state
+        if self.config.tls and not self.tls and not isinstance(cmd, Identify):
+            raise ProtocolError(
+                "E_INVALID",
+                f"cannot {type(cmd).__name__.upper()} in current state (TLS required: "
+                "IDENTIFY with tls_v1 true and feature_negotiation)",
+            )
         if isinstance(cmd, Nop):
             return b""
         if isinstance(cmd, Identify):
@@ -603,6 +620,12 @@ class Session:
             delay = min(cmd.delay_ms, self.config.max_defer_ms)
             return Resolved("REQ", self._resolve(cmd.id, "REQ", True), cmd.id, delay)
         return Resolved("TOUCH", self._resolve(cmd.id, "TOUCH", False), cmd.id, 0)
+
+    def upgraded(self) -> bytes:
+        """The connection is TLS now: the frame to send over it."""
+        self.upgrading = False
+        self.tls = True
+        return OK_FRAME
 
     def _check_auth(self, cmd: str, perm: str, topic: str, channel: str) -> None:
         if not self.config.auth_required:
@@ -696,12 +719,14 @@ class Session:
         self.identified = True
         if not data.get("feature_negotiation"):
             return OK_FRAME
+        tls = self.config.tls and not self.tls and bool(data.get("tls_v1"))
+        self.upgrading = tls
         answer = {
             "max_rdy_count": cfg.max_rdy_count,
             "version": cfg.version,
             "max_msg_timeout": cfg.max_msg_timeout_ms,
             "msg_timeout": timeout,
-            "tls_v1": False,
+            "tls_v1": tls,
             "deflate": False,
             "deflate_level": 0,
             "max_deflate_level": 0,

@@ -27,6 +27,11 @@ sockets, the clock and the tasks, and maps commands to the broker:
   connection is bounded as for gRPC: queued deliveries count against
   --max-subscriber-buffer-bytes (then the channel holds the subscriber) and
   the writer waits for the socket to drain before taking more.
+* **TLS.** With --tls-cert, an IDENTIFY asking for ``tls_v1`` is answered, the
+  connection upgraded in place (``StreamWriter.start_tls``, the broker's
+  certificate and CA, reloaded on SIGHUP; a client certificate required as
+  --tls-require-client-cert says) and ``OK`` sent over TLS; the session then
+  requires TLS for every other command (``protocol.py``).
 * **Liveness.** Every connection with heartbeats on gets ``_heartbeat_`` each
   interval; a client that sent nothing for two intervals is disconnected (its
   in-flight messages requeued at once), whether or not it reads its socket.
@@ -39,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -95,6 +101,17 @@ class NsqMessage:
         self.defer_ms = defer_ms
 
 
+class Upgrade:
+    """Queued as an answer: write ``frame`` (IDENTIFY's, saying tls_v1), upgrade the
+    connection to TLS, send OK over it, then resolve ``done``."""
+
+    __slots__ = ("done", "frame")
+
+    def __init__(self, frame: bytes, done: asyncio.Future[None]) -> None:
+        self.frame = frame
+        self.done = done
+
+
 class PubGroup:
     """PUBs of one connection published as one batch (``Connection._publish_task``)."""
 
@@ -122,7 +139,17 @@ class NsqTcpServer:
             max_defer_ms=opts.max_defer_ms,
             auth_required=broker.security.auth is not None,
             version=f"pairq-{__version__}",
+            tls=broker.security.tls is not None,
         )
+        self.ssl: ssl.SSLContext | None = None
+        tls = broker.security.tls
+        if tls is not None:
+            self.ssl = tls.server_context()  # reloaded with the files on SIGHUP
+            self.ssl.verify_mode = (
+                ssl.CERT_REQUIRED
+                if tls.require_client_cert
+                else (ssl.CERT_OPTIONAL if tls.ca else ssl.CERT_NONE)
+            )
         self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
         self.address = ""
@@ -141,15 +168,6 @@ class NsqTcpServer:
         self.port = int(self._server.sockets[0].getsockname()[1])
         self.address = f"{host}:{self.port}"
         log.info("NSQ TCP protocol V2 on %s", self.address)
-        if opts.tls_cert:
-            log.warning(
-                "--nsq-tcp-address %s is plaintext (NSQ's tls_v1 is not offered) while gRPC uses "
-                "TLS%s",
-                self.address,
-                ""
-                if self.config.auth_required
-                else "; without --auth-file anyone who reaches it may publish and consume",
-            )
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -199,7 +217,7 @@ class Connection:
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
         # Answers in command order: a frame, or (a publish's task whose result is one,
         # its body bytes).
-        self.answers: asyncio.Queue[bytes | tuple[asyncio.Task[bytes], int] | None] = (
+        self.answers: asyncio.Queue[bytes | tuple[asyncio.Task[bytes], int] | Upgrade | None] = (
             asyncio.Queue()
         )
         # SUB's OK is written before any message (deliveries wait for it)
@@ -318,6 +336,10 @@ class Connection:
         out = self.session.accept(cmd)
         if isinstance(cmd, p.Identify):
             self.identified.set()
+            if self.session.upgrading:
+                assert isinstance(out, bytes)
+                await self._upgrade(out)
+                return
         if isinstance(out, bytes):
             if out:
                 self.answers.put_nowait(out)
@@ -339,6 +361,16 @@ class Connection:
             await self._subscribe(out)
         elif isinstance(out, p.Auth):
             self._auth(out.secret)
+
+    async def _upgrade(self, answer: bytes) -> None:
+        """IDENTIFY said tls_v1: answer, then TLS (nothing is read meanwhile)."""
+        if self.decoder.buffered:
+            raise p.ProtocolError(
+                "E_INVALID", "bytes after IDENTIFY (tls_v1) before the TLS handshake"
+            )
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.answers.put_nowait(Upgrade(answer, done))
+        await done
 
     def _auth(self, secret: bytes) -> None:
         authn = self.server.broker.security.auth
@@ -420,6 +452,20 @@ class Connection:
                 return
             if self._has_room():
                 self.room.set()
+            if isinstance(item, Upgrade):
+                writer.write(item.frame)
+                ctx = self.server.ssl
+                assert ctx is not None  # the session offers tls_v1 only with one
+                try:
+                    await writer.start_tls(ctx, ssl_handshake_timeout=10.0)
+                except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+                    item.done.set_exception(
+                        p.ProtocolError("E_IDENTIFY_FAILED", f"TLS handshake failed: {exc}")
+                    )
+                    return
+                writer.write(self.session.upgraded())
+                item.done.set_result(None)
+                continue
             if isinstance(item, tuple):
                 task, nbytes = item
                 try:
@@ -528,5 +574,5 @@ class Connection:
                     "disconnected, in-flight messages requeued"
                 )
                 return
-            if self.sub is None or not self.sub.held:
+            if (self.sub is None or not self.sub.held) and not self.session.upgrading:
                 self.writer.write(p.HEARTBEAT_FRAME)
