@@ -516,6 +516,39 @@ async def test_tls_v1_is_negotiated_and_required_with_broker_tls(tmp_path: Path)
             close_writer(w)
 
 
+async def test_mtls_client_certificate_names_the_principal(tmp_path: Path) -> None:
+    """With --tls-require-client-cert and --auth-file, a client certificate whose CN is a
+    principal's cert_cn is that principal without AUTH, as on gRPC."""
+    from certs import CA
+
+    ca = CA(tmp_path / "ca")
+    server = ca.issue("broker")
+    client = ca.issue("nsq-app")
+    auth_path = tmp_path / "auth.toml"
+    auth_path.write_text('[[principal]]\nname = "app"\ncert_cn = "nsq-app"\npublish = ["mine"]\n')
+    async with run_broker(
+        tmp_path / "b",
+        nsq_tcp_address="127.0.0.1:0",
+        tls_cert=server.cert,
+        tls_key=server.key,
+        tls_ca=ca.path,
+        tls_require_client_cert=True,
+        auth_file=str(auth_path),
+    ) as broker:
+        port = broker.nsq_tcp.port
+        opts = {"ca_certs": ca.path, "certfile": client.cert, "keyfile": client.key}
+        w = nsq.Writer([f"127.0.0.1:{port}"], reconnect_interval=0.2, tls_v1=True, tls_options=opts)
+        await eventually(lambda: any(x.connected() for x in w.conns.values()), timeout=10)
+        pubs = Pubs()
+        w.pub("mine", b"x", callback=pubs.callback)
+        await eventually(lambda: pubs.ok == 1, timeout=10)
+        w.pub("theirs", b"x", callback=pubs.callback)
+        await eventually(lambda: len(pubs.errors) == 1, timeout=10)
+        assert "E_UNAUTHORIZED" in str(pubs.errors[0])
+        close_writer(w)
+        assert broker.stats("mine").topics[0].message_count == 1
+
+
 async def test_nsq_address_in_use_fails_start_cleanly(tmp_path: Path) -> None:
     import socket
 

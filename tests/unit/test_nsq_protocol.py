@@ -360,6 +360,23 @@ def test_tls_is_offered_and_required_when_the_broker_has_it() -> None:
     assert isinstance(again, bytes) and json.loads(again[8:])["tls_v1"] is False
 
 
+def test_a_certificate_principal_until_auth_replaces_it() -> None:
+    s = p.Session(p.Config(**{**CFG.__dict__, "auth_required": True}))
+    s.certified("by-cert", lambda perm, topic, channel: topic == "a")
+    assert s.accept(p.Pub("a", b"x")) == p.Pub("a", b"x")
+    with pytest.raises(p.ProtocolError) as info:
+        s.accept(p.Pub("b", b"x"))
+    assert info.value.code == "E_UNAUTHORIZED"
+    s = p.Session(p.Config(**{**CFG.__dict__, "auth_required": True}))
+    s.certified("by-cert", lambda perm, topic, channel: topic == "a")
+    assert s.accept(p.Auth(b"tok")) == p.Auth(b"tok")  # a token wins over the cert
+    s.authenticated("by-token", lambda perm, topic, channel: topic == "b", 1)
+    assert s.accept(p.Pub("b", b"x")) == p.Pub("b", b"x") and s.identity == "by-token"
+    with pytest.raises(p.ProtocolError) as info:
+        s.accept(p.Auth(b"again"))
+    assert "already set" in info.value.message
+
+
 def test_dpub_delay_within_max_defer() -> None:
     s = p.Session(CFG)
     with pytest.raises(p.ProtocolError) as info:

@@ -68,8 +68,10 @@ NSQ port is never a plaintext way around the gRPC port's TLS.
 
 **AUTH.** Only when the broker runs with --auth-file (else ``E_AUTH_DISABLED``),
 once, in INIT. The secret is a pairq token; unknown: ``E_AUTH_FAILED``. The
-answer is ``{"identity", "identity_url", "permission_count"}``. With auth on,
-PUB/MPUB/DPUB/SUB before AUTH: ``E_AUTH_FIRST``; without the publish
+answer is ``{"identity", "identity_url", "permission_count"}``. A verified TLS
+client certificate whose common name is a principal's ``cert_cn`` identifies
+the caller without AUTH (an AUTH replaces it), as on gRPC. With auth on,
+PUB/MPUB/DPUB/SUB with neither: ``E_AUTH_FIRST``; without the publish
 (subscribe) permission on the topic (channel): ``E_UNAUTHORIZED``, exactly
 the rules of ``pairq.security.auth``.
 
@@ -522,6 +524,7 @@ class Session:
         # the principal's ``allows(perm, topic, channel)`` once AUTH succeeded
         self.allows: Allows | None = None
         self.identity = ""
+        self.by_cert = False  # ``allows`` is the TLS client certificate's (AUTH may replace it)
         self._in_flight: dict[bytes, bytes] = {}  # NSQ id -> pairq id
         self.max_table = 2 * config.max_rdy_count + 64
 
@@ -568,7 +571,7 @@ class Session:
         if isinstance(cmd, Auth):
             if st is not State.INIT:
                 raise ProtocolError("E_INVALID", "cannot AUTH in current state")
-            if self.allows is not None:
+            if self.allows is not None and not self.by_cert:
                 raise ProtocolError("E_INVALID", "AUTH already set")
             if not self.config.auth_required:
                 raise ProtocolError(
@@ -639,6 +642,13 @@ class Session:
                 f"{perm} permission",
             )
 
+    def certified(self, identity: str, allows: Allows) -> None:
+        """The TLS client certificate names a principal (``cert_cn``): it is the
+        caller's until an AUTH names another (as gRPC: a token wins over a cert)."""
+        self.allows = allows
+        self.identity = identity
+        self.by_cert = True
+
     def authenticated(self, identity: str, allows: Allows | None, permission_count: int) -> bytes:
         """The caller looked the secret up: its principal (``allows`` None: unknown)."""
         if allows is None:
@@ -647,6 +657,7 @@ class Session:
             raise ProtocolError("E_UNAUTHORIZED", "AUTH no authorizations found")
         self.allows = allows
         self.identity = identity
+        self.by_cert = False
         body = {"identity": identity, "identity_url": "", "permission_count": permission_count}
         return frame(FRAME_RESPONSE, json.dumps(body).encode())
 

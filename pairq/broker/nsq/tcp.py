@@ -372,6 +372,20 @@ class Connection:
         self.answers.put_nowait(Upgrade(answer, done))
         await done
 
+    def _certified(self) -> None:
+        """With --auth-file: the principal of the verified client certificate, if any."""
+        authn = self.server.broker.security.auth
+        cert = self.writer.get_extra_info("peercert")
+        if authn is None or not cert:
+            return
+        for rdn in cert.get("subject", ()):
+            for key, value in rdn:
+                principal = authn.table.by_cn.get(value) if key == "commonName" else None
+                if principal is not None:
+                    self.principal = principal
+                    self.session.certified(principal.name, principal.allows)
+                    return
+
     def _auth(self, secret: bytes) -> None:
         authn = self.server.broker.security.auth
         assert authn is not None  # the session refuses AUTH without --auth-file
@@ -464,6 +478,7 @@ class Connection:
                     )
                     return
                 writer.write(self.session.upgraded())
+                self._certified()
                 item.done.set_result(None)
                 continue
             if isinstance(item, tuple):
