@@ -225,12 +225,14 @@ async def test_raw_framing_heartbeats_and_errors(tmp_path: Path) -> None:
 
         # IDENTIFY with feature negotiation: honest answers; then PUB OK
         c = await Raw.open(port)
-        c.identify(feature_negotiation=True, heartbeat_interval=1000, snappy=True, deflate=True)
+        c.identify(feature_negotiation=True, heartbeat_interval=1000, snappy=True, tls_v1=True)
         kind, data = await c.frame()
         answer = json.loads(data)
         assert kind == 0
-        assert answer["snappy"] is False and answer["deflate"] is False
-        assert answer["tls_v1"] is False and answer["max_rdy_count"] == 2500
+        assert answer["snappy"] is False, "snappy is not built"
+        assert answer["tls_v1"] is False, "this broker has no --tls-cert"
+        assert answer["deflate"] is False, "not asked for"
+        assert answer["max_rdy_count"] == 2500
         assert answer["auth_required"] is False
         c.send(b"PUB " + TOPIC.encode(), b"x")
         assert await c.frame() == (0, b"OK")
@@ -488,7 +490,7 @@ async def test_tls_v1_is_negotiated_and_required_with_broker_tls(tmp_path: Path)
         await expect_fatal(c, b"E_INVALID")
 
         # pynsq with tls_v1 publishes and consumes over TLS, verifying the broker's cert
-        tls = {"tls_v1": True, "tls_options": {"ca_certs": ca.path}}
+        tls: dict[str, Any] = {"tls_v1": True, "tls_options": {"ca_certs": ca.path}}
         w = nsq.Writer([f"127.0.0.1:{port}"], reconnect_interval=0.2, **tls)
         await eventually(lambda: any(x.connected() for x in w.conns.values()), timeout=10)
         pubs = Pubs()
@@ -506,6 +508,7 @@ async def test_tls_v1_is_negotiated_and_required_with_broker_tls(tmp_path: Path)
             channel="c",
             message_handler=handler,
             nsqd_tcp_addresses=[f"127.0.0.1:{port}"],
+            deflate=True,  # TLS first, then deflate inside it
             **tls,
         )
         try:
@@ -547,6 +550,44 @@ async def test_mtls_client_certificate_names_the_principal(tmp_path: Path) -> No
         assert "E_UNAUTHORIZED" in str(pubs.errors[0])
         close_writer(w)
         assert broker.stats("mine").topics[0].message_count == 1
+
+
+async def test_deflate_is_negotiated_both_ways(tmp_path: Path) -> None:
+    async with run_broker(tmp_path / "b", nsq_tcp_address="127.0.0.1:0") as broker:
+        addr = nsq_address(broker)
+        w = nsq.Writer([addr], reconnect_interval=0.2, deflate=True, deflate_level=9)
+        await eventually(lambda: any(x.connected() for x in w.conns.values()), timeout=10)
+        (conn,) = broker.nsq_tcp.connections
+        assert conn.session.deflate_level == 6, "level 9 asked, capped at max_deflate_level"
+        pubs = Pubs()
+        bodies = [b"compressible " * 200 + b"%d" % i for i in range(50)]
+        for body in bodies[:10]:
+            w.pub(TOPIC, body, callback=pubs.callback)
+        w.mpub(TOPIC, bodies[10:], callback=pubs.callback)
+        await eventually(lambda: pubs.ok == 11, timeout=10)
+        got: list[bytes] = []
+
+        def handler(msg: Any) -> bool:
+            got.append(msg.body)
+            return True
+
+        r = nsq.Reader(
+            topic=TOPIC,
+            channel="c",
+            message_handler=handler,
+            nsqd_tcp_addresses=[addr],
+            max_in_flight=20,
+            deflate=True,
+            deflate_level=1,
+        )
+        try:
+            await eventually(lambda: sorted(got) == sorted(bodies), timeout=10)
+            await eventually(lambda: channel_stats(broker).finished == 50, timeout=5)
+            levels = sorted(c.session.deflate_level for c in broker.nsq_tcp.connections)
+            assert levels == [1, 6]
+        finally:
+            r.close()
+            close_writer(w)
 
 
 async def test_nsq_address_in_use_fails_start_cleanly(tmp_path: Path) -> None:

@@ -219,13 +219,31 @@ def test_identify_negotiates_honestly() -> None:
     )
     assert isinstance(out, bytes)
     answer = json.loads(out[8:])
-    assert answer["snappy"] is answer["deflate"] is answer["tls_v1"] is False
+    assert answer["snappy"] is answer["tls_v1"] is False  # not built / no broker TLS
+    assert answer["deflate"] is True and answer["deflate_level"] == 6
+    assert s.deflating == 6 and s.deflate_level == 0
+    assert s.deflated() == p.OK_FRAME and (s.deflating, s.deflate_level) == (0, 6)
     assert answer["sample_rate"] == 0 and answer["auth_required"] is False
     assert answer["max_rdy_count"] == 100 and answer["msg_timeout"] == 2000
     assert answer["max_msg_timeout"] == 900_000 and answer["version"] == "pairq-test"
     assert (s.heartbeat_ms, s.msg_timeout_ms) == (5000, 2000)
     assert (s.client_id, s.hostname, s.user_agent) == ("cid", "h", "ua/1")
     assert p.Session(CFG).accept(p.Identify({})) == p.OK_FRAME
+
+
+def test_deflate_level_is_capped_and_checked() -> None:
+    s = p.Session(CFG)
+    out = s.accept(p.Identify({"feature_negotiation": True, "deflate": True, "deflate_level": 9}))
+    assert isinstance(out, bytes) and json.loads(out[8:])["deflate_level"] == 6
+    with pytest.raises(p.ProtocolError) as info:
+        p.Session(CFG).accept(
+            p.Identify({"feature_negotiation": True, "deflate": True, "deflate_level": 10})
+        )
+    assert info.value.code == "E_BAD_BODY"
+    off = p.Session(p.Config(**{**CFG.__dict__, "max_deflate_level": 0}))
+    out = off.accept(p.Identify({"feature_negotiation": True, "deflate": True}))
+    assert isinstance(out, bytes) and json.loads(out[8:])["deflate"] is False
+    assert not off.deflating
 
 
 @pytest.mark.parametrize(
@@ -386,7 +404,11 @@ def test_dpub_delay_within_max_defer() -> None:
 
 # ----------------------------------------------------------------------------- properties
 names = st.text(alphabet="abcXYZ09._-", min_size=1, max_size=12)
-ids = st.binary(min_size=16, max_size=16).filter(lambda b: b" " not in b and b"\n" not in b)
+# Any 16 bytes but the separators (a line's trailing \r is dropped, as nsqd does: real
+# ids are hex digits)
+ids = st.binary(min_size=16, max_size=16).filter(
+    lambda b: b" " not in b and b"\n" not in b and not b.endswith(b"\r")
+)
 bodies = st.binary(min_size=1, max_size=40)
 commands = st.one_of(
     st.builds(lambda d: p.Identify(d), st.dictionaries(names, st.integers(0, 9), max_size=3)),

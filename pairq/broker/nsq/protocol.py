@@ -55,9 +55,11 @@ else 100 to 600000 (pairq's range, also used by gRPC subscribers).
 ``client_id``, ``hostname``, ``user_agent`` are kept (at most 256 characters)
 and shown in GetStats. With ``feature_negotiation`` the answer is JSON with
 ``max_rdy_count``, ``version``, ``max_msg_timeout``, ``msg_timeout``,
-``auth_required``, ``snappy`` and ``deflate`` false (not built), and ``tls_v1``:
-true when the client asked for it and the broker has TLS (--tls-cert); without
-feature negotiation, ``OK``.
+``auth_required``, ``snappy`` false (not built), ``tls_v1`` true when the
+client asked for it and the broker has TLS (--tls-cert), and ``deflate`` true
+when the client asked for it, with ``deflate_level`` its ``deflate_level``
+(default 6) capped at ``max_deflate_level`` (6); without feature negotiation,
+``OK``.
 
 **TLS.** After an answer with ``tls_v1`` true the connection becomes TLS (the
 caller upgrades it; ``Session.upgrading``), and ``OK`` is sent over TLS; bytes
@@ -65,6 +67,11 @@ the client sent after IDENTIFY before the handshake are ``E_INVALID``. When the
 broker has TLS, TLS is required (as nsqd's --tls-required): every command but
 IDENTIFY before the upgrade is ``E_INVALID ... (TLS required)``, fatal, so the
 NSQ port is never a plaintext way around the gRPC port's TLS.
+
+**Deflate.** After an answer with ``deflate`` true (and after TLS, when both),
+everything both ways is raw deflate (RFC 1951, no zlib header), each write
+flushed with a sync flush, and ``OK`` is the first compressed frame
+(``Session.deflating`` until the caller switched; ``deflated``).
 
 **AUTH.** Only when the broker runs with --auth-file (else ``E_AUTH_DISABLED``),
 once, in INIT. The secret is a pairq token; unknown: ``E_AUTH_FAILED``. The
@@ -494,6 +501,7 @@ class Config:
     auth_required: bool
     version: str
     tls: bool = False  # the broker can upgrade connections to TLS (and requires it)
+    max_deflate_level: int = 6  # 0: deflate not offered
 
 
 Allows = Callable[[str, str, str], bool]
@@ -521,6 +529,8 @@ class Session:
         self.identified = False
         self.tls = False  # upgraded to TLS
         self.upgrading = False  # the last IDENTIFY's answer says tls_v1: upgrade now
+        self.deflate_level = 0  # deflate in use at this level (0: not)
+        self.deflating = 0  # ... agreed by the last IDENTIFY's answer: switch now
         # the principal's ``allows(perm, topic, channel)`` once AUTH succeeded
         self.allows: Allows | None = None
         self.identity = ""
@@ -630,6 +640,11 @@ class Session:
         self.tls = True
         return OK_FRAME
 
+    def deflated(self) -> bytes:
+        """Both directions are deflated now: the frame to send (compressed)."""
+        self.deflate_level, self.deflating = self.deflating, 0
+        return OK_FRAME
+
     def _check_auth(self, cmd: str, perm: str, topic: str, channel: str) -> None:
         if not self.config.auth_required:
             return
@@ -731,16 +746,25 @@ class Session:
         if not data.get("feature_negotiation"):
             return OK_FRAME
         tls = self.config.tls and not self.tls and bool(data.get("tls_v1"))
+        level = 0
+        if data.get("deflate") and cfg.max_deflate_level and not self.deflate_level:
+            asked = num("deflate_level", 6)
+            if not 1 <= asked <= 9:
+                raise ProtocolError(
+                    "E_BAD_BODY", f"IDENTIFY deflate_level ({asked}) is invalid: 1-9"
+                )
+            level = min(asked, cfg.max_deflate_level)
         self.upgrading = tls
+        self.deflating = level
         answer = {
             "max_rdy_count": cfg.max_rdy_count,
             "version": cfg.version,
             "max_msg_timeout": cfg.max_msg_timeout_ms,
             "msg_timeout": timeout,
             "tls_v1": tls,
-            "deflate": False,
-            "deflate_level": 0,
-            "max_deflate_level": 0,
+            "deflate": bool(level),
+            "deflate_level": level,
+            "max_deflate_level": cfg.max_deflate_level,
             "snappy": False,
             "sample_rate": 0,
             "auth_required": cfg.auth_required,

@@ -31,7 +31,9 @@ sockets, the clock and the tasks, and maps commands to the broker:
   connection upgraded in place (``StreamWriter.start_tls``, the broker's
   certificate and CA, reloaded on SIGHUP; a client certificate required as
   --tls-require-client-cert says) and ``OK`` sent over TLS; the session then
-  requires TLS for every other command (``protocol.py``).
+  requires TLS for every other command (``protocol.py``). Deflate (zlib, raw)
+  follows, inside TLS when both: every write is compressed and sync-flushed,
+  and compressed input is inflated at most ``READ_SIZE`` at a time.
 * **Liveness.** Every connection with heartbeats on gets ``_heartbeat_`` each
   interval; a client that sent nothing for two intervals is disconnected (its
   in-flight messages requeued at once), whether or not it reads its socket.
@@ -46,6 +48,7 @@ import contextlib
 import logging
 import ssl
 import time
+import zlib
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pairq import __version__
@@ -238,6 +241,8 @@ class Connection:
         self._reading: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._group: PubGroup | None = None  # PUBs still joining one batch
+        self._deflate: Any = None  # zlib compressor / decompressor once deflate is on
+        self._inflate: Any = None
 
     # ---------------------------------------------------------- lifecycle
     async def run(self) -> None:
@@ -286,6 +291,14 @@ class Connection:
         self.answers.put_nowait(err.frame())
         self.answers.put_nowait(None)
 
+    def _send(self, data: bytes) -> None:
+        """Write frames (deflated once negotiated: every write is one sync-flushed block,
+        so the compressed stream follows the order of the writes)."""
+        c = self._deflate
+        if c is not None:
+            data = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+        self.writer.write(data)
+
     # ---------------------------------------------------------- reading
     async def _read(self) -> None:
         try:
@@ -306,18 +319,33 @@ class Connection:
             self.last_seen = time.monotonic()
             if self.sub is not None:
                 self.sub.last_seen = self.last_seen
-            decoder.feed(data)
             while True:
-                try:
-                    cmd = decoder.next_command()
-                    if cmd is None:
-                        break
-                    await self._handle(cmd)
-                except p.ProtocolError as err:
-                    if err.fatal:
-                        self._fatal(err)
+                # Deflated input is taken a piece of at most READ_SIZE at a time: a small
+                # compressed read may stand for far more.
+                inflate = self._inflate
+                if inflate is None:
+                    piece, data = data, b""
+                else:
+                    try:
+                        piece = inflate.decompress(data, READ_SIZE)
+                    except zlib.error as exc:
+                        self._fatal(p.ProtocolError("E_BAD_BODY", f"bad deflate stream: {exc}"))
                         return
-                    self.answers.put_nowait(err.frame())
+                    data = inflate.unconsumed_tail
+                if not piece and not data:
+                    break
+                decoder.feed(piece)
+                while True:
+                    try:
+                        cmd = decoder.next_command()
+                        if cmd is None:
+                            break
+                        await self._handle(cmd)
+                    except p.ProtocolError as err:
+                        if err.fatal:
+                            self._fatal(err)
+                            return
+                        self.answers.put_nowait(err.frame())
 
     def _has_room(self) -> bool:
         return (
@@ -336,7 +364,7 @@ class Connection:
         out = self.session.accept(cmd)
         if isinstance(cmd, p.Identify):
             self.identified.set()
-            if self.session.upgrading:
+            if self.session.upgrading or self.session.deflating:
                 assert isinstance(out, bytes)
                 await self._upgrade(out)
                 return
@@ -363,10 +391,11 @@ class Connection:
             self._auth(out.secret)
 
     async def _upgrade(self, answer: bytes) -> None:
-        """IDENTIFY said tls_v1: answer, then TLS (nothing is read meanwhile)."""
+        """IDENTIFY said tls_v1 or deflate: answer, then TLS, then deflate (nothing is
+        read meanwhile)."""
         if self.decoder.buffered:
             raise p.ProtocolError(
-                "E_INVALID", "bytes after IDENTIFY (tls_v1) before the TLS handshake"
+                "E_INVALID", "bytes after IDENTIFY (tls_v1, deflate) before the upgrade"
             )
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.answers.put_nowait(Upgrade(answer, done))
@@ -467,18 +496,24 @@ class Connection:
             if self._has_room():
                 self.room.set()
             if isinstance(item, Upgrade):
-                writer.write(item.frame)
-                ctx = self.server.ssl
-                assert ctx is not None  # the session offers tls_v1 only with one
-                try:
-                    await writer.start_tls(ctx, ssl_handshake_timeout=10.0)
-                except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
-                    item.done.set_exception(
-                        p.ProtocolError("E_IDENTIFY_FAILED", f"TLS handshake failed: {exc}")
-                    )
-                    return
-                writer.write(self.session.upgraded())
-                self._certified()
+                self._send(item.frame)
+                if self.session.upgrading:
+                    ctx = self.server.ssl
+                    assert ctx is not None  # the session offers tls_v1 only with one
+                    try:
+                        await writer.start_tls(ctx, ssl_handshake_timeout=10.0)
+                    except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+                        item.done.set_exception(
+                            p.ProtocolError("E_IDENTIFY_FAILED", f"TLS handshake failed: {exc}")
+                        )
+                        return
+                    self._send(self.session.upgraded())
+                    self._certified()
+                if self.session.deflating:
+                    level = self.session.deflating
+                    self._deflate = zlib.compressobj(level, zlib.DEFLATED, -15)
+                    self._inflate = zlib.decompressobj(-15)
+                    self._send(self.session.deflated())
                 item.done.set_result(None)
                 continue
             if isinstance(item, tuple):
@@ -486,7 +521,7 @@ class Connection:
                 try:
                     data = await task
                 except p.ProtocolError as err:
-                    writer.write(err.frame())
+                    self._send(err.frame())
                     await writer.drain()
                     return  # fatal: the connection closes
                 finally:
@@ -496,7 +531,7 @@ class Connection:
                         self.room.set()
             else:
                 data = item
-            writer.write(data)
+            self._send(data)
             if data is self._sub_ok:
                 await writer.drain()
                 self.sub_answered.set()
@@ -570,7 +605,7 @@ class Connection:
                     continue
             else:
                 data = item
-            writer.write(data)
+            self._send(data)
             await writer.drain()
 
     async def _heartbeats(self) -> None:
@@ -590,4 +625,4 @@ class Connection:
                 )
                 return
             if (self.sub is None or not self.sub.held) and not self.session.upgrading:
-                self.writer.write(p.HEARTBEAT_FRAME)
+                self._send(p.HEARTBEAT_FRAME)
