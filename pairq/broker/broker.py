@@ -93,6 +93,7 @@ class Broker:
         self.tracer: Any = None  # an OpenTelemetry tracer when tracing is on
         self._rotator: asyncio.Task[None] | None = None
         self._register_later: asyncio.Task[None] | None = None
+        self.nsq_tcp: Any = None  # pairq.broker.nsq.tcp.NsqTcpServer (--nsq-tcp-address)
 
     def _new_store(self) -> Store:
         o = self.options
@@ -249,6 +250,16 @@ class Broker:
 
             self.metrics = start_metrics(self.options.metrics_address, self)
         self._serving = True
+        if self.options.nsq_tcp_address:  # NSQ's TCP protocol V2 (issue 17)
+            from pairq.broker.nsq.tcp import NsqTcpServer
+
+            self.nsq_tcp = NsqTcpServer(self, self.service, self.publisher)
+            try:
+                await self.nsq_tcp.start()
+            except OSError:
+                self.nsq_tcp = None
+                await self.stop(grace=0)
+                raise
         if self.pair is not None:
             await self.pair.start_tcp()
             self.pair.start()
@@ -335,6 +346,8 @@ class Broker:
                     sub.finish_stream()
         if self.service is not None:
             self.service.close_publish_streams()
+        if self.nsq_tcp is not None:
+            await self.nsq_tcp.stop()
         if self.pair is not None:
             await self.pair.stop()
         if self._server is not None:
