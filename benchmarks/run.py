@@ -17,6 +17,10 @@ process is the client. Measured:
    latency of each ``publish()`` from call to ack.
 5. ``channels``: batch publish throughput into a topic with 1 and with 10
    channels (created beforehand, no consumers) -> ``channels10_vs_1_ratio``.
+6. ``nsq_protocol_publish``: pynsq (NSQ's own Python client) publishing single
+   PUBs over the broker's NSQ TCP protocol (``--nsq-tcp-address``), 4 connections
+   pipelining up to ``NSQ_WINDOW`` each; every OK counted, and the broker's stats
+   must show that many messages in the topic.
 
 Baselines measured in the same run (absolute numbers on a shared 2-core
 machine are noisy): fsync'd LMDB commits/s on this disk, and raw unary gRPC
@@ -158,8 +162,14 @@ EXTERNAL_BROKER: list[str] = []
 """Extra ``pairq broker`` flags (``--broker-args``), e.g. to compare ``--sync=periodic``."""
 
 
+NSQ_ADDRESSES: dict[str, str] = {}
+"""gRPC address of a benchmark broker -> its NSQ TCP address (``nsq=True``)."""
+
+
 @contextlib.contextmanager
-def broker_process(tmp: Path, name: str, *, telemetry: bool = False) -> Iterator[BrokerProcess]:
+def broker_process(
+    tmp: Path, name: str, *, telemetry: bool = False, nsq: bool = False
+) -> Iterator[BrokerProcess]:
     """A fresh ``pairq broker --sync=always`` on a free loopback port; stopped on exit.
 
     ``telemetry``: with a Prometheus endpoint and OTLP metrics and traces on (to a
@@ -169,6 +179,9 @@ def broker_process(tmp: Path, name: str, *, telemetry: bool = False) -> Iterator
 
     data = tmp / name
     extra = ["--metrics-address", f"127.0.0.1:{free_port()}"] if telemetry else []
+    nsq_address = f"127.0.0.1:{free_port()}" if nsq else ""
+    if nsq:
+        extra += ["--nsq-tcp-address", nsq_address]
     bp = BrokerProcess(
         data,
         args=["--sync", "always", "--log-level", "warning", *extra, *BROKER_ARGS],
@@ -183,9 +196,13 @@ def broker_process(tmp: Path, name: str, *, telemetry: bool = False) -> Iterator
     finally:
         os.environ.clear()
         os.environ.update(saved)
+    if nsq:
+        NSQ_ADDRESSES[bp.address] = nsq_address
+        wait_for_port(int(nsq_address.rpartition(":")[2]))
     try:
         yield bp
     finally:
+        NSQ_ADDRESSES.pop(bp.address, None)
         try:
             bp.terminate(timeout=15)
         except subprocess.TimeoutExpired:
@@ -571,6 +588,105 @@ async def publish_latency(address: str, sz: Sizes, topic: str = "bench_latency")
 
 # -- driver ------------------------------------------------------------------------------
 
+
+def broker_has_nsq() -> bool:
+    """Whether the broker being measured (``pairq broker``, as importable here) serves
+    NSQ's TCP protocol."""
+    import importlib.util
+
+    return importlib.util.find_spec("pairq.broker.nsq.tcp") is not None
+
+
+NSQ_CONNECTIONS = 4
+NSQ_WINDOW = 500  # PUBs in flight per connection
+
+
+async def nsq_protocol_publish(address: str, sz: Sizes) -> dict[str, Any]:
+    """pynsq Writers publishing single PUBs over the NSQ TCP protocol (see the docstring)."""
+    import logging
+
+    import nsq  # pynsq (the test extra); runs on tornado, i.e. on this asyncio loop
+
+    logging.getLogger("nsq").setLevel(logging.CRITICAL)  # its reconnect chatter at the end
+
+    nsq_address = NSQ_ADDRESSES.get(address)
+    if nsq_address is None:
+        raise RuntimeError("nsq_protocol_publish needs a broker started here (not --address)")
+    topic = "bench_nsq"
+    writers = [nsq.Writer([nsq_address], reconnect_interval=1.0) for _ in range(NSQ_CONNECTIONS)]
+    deadline = time.monotonic() + 20
+    while not all(any(c.connected() for c in w.conns.values()) for w in writers):
+        if time.monotonic() > deadline:
+            raise RuntimeError("pynsq did not connect to the NSQ port in 20 s")
+        await asyncio.sleep(0.01)
+    total = sz.single_n
+    acked = 0
+    errors: list[Any] = []
+    issued = 0
+    lats: list[float] = []
+    done = asyncio.Event()
+    stop_at = 0.0
+
+    def publish(w: Any) -> None:
+        nonlocal issued
+        issued += 1
+        t = time.perf_counter()
+
+        def cb(conn: Any, data: Any) -> None:
+            nonlocal acked
+            if isinstance(data, nsq.Error):
+                errors.append(data)
+                done.set()
+                return
+            acked += 1
+            lats.append(time.perf_counter() - t)
+            if acked + len(errors) >= issued and (issued >= total or time.perf_counter() > stop_at):
+                done.set()
+            elif issued < total and time.perf_counter() <= stop_at:
+                publish(w)
+
+        w.pub(topic, BODY, callback=cb)
+
+    # warm up: connections, topic creation
+    for w in writers:
+        w.pub(topic, BODY)
+    async with admin(address) as stub:
+        while True:
+            resp = await stub.GetStats(pb.GetStatsRequest(topic=topic, no_clients=True))
+            if resp.topics and resp.topics[0].message_count >= NSQ_CONNECTIONS:
+                break
+            await asyncio.sleep(0.01)
+        base = resp.topics[0].message_count
+        CPU.start()
+        t0 = time.perf_counter()
+        stop_at = t0 + sz.time_cap
+        for w in writers:
+            for _ in range(min(NSQ_WINDOW, total // NSQ_CONNECTIONS)):
+                publish(w)
+        await asyncio.wait_for(done.wait(), sz.time_cap + 60)
+        elapsed = time.perf_counter() - t0
+        CPU.stop()
+        if errors:
+            raise RuntimeError(f"NSQ PUB failed: {errors[0]}")
+        # every OK is a stored message: the broker's own count agrees
+        resp = await stub.GetStats(pb.GetStatsRequest(topic=topic, no_clients=True))
+        stored = resp.topics[0].message_count - base
+    for w in writers:
+        w.reconnect_interval = 3600.0  # pynsq reconnects a closed connection otherwise
+        for c in list(w.conns.values()):
+            c.close()
+    if stored != acked:
+        raise RuntimeError(f"broker stats show {stored} messages, pynsq got {acked} OKs")
+    rate = acked / elapsed
+    cpu = CPU.per_msg(acked)
+    log(
+        f"  nsq protocol PUB: {rate:>10,.0f} msg/s  ({acked:,} msgs in {elapsed:.2f} s, pynsq, "
+        f"{NSQ_CONNECTIONS} connections x {NSQ_WINDOW} in flight, broker stats agree)  "
+        f"{lat_summary(lats)}; {CPU.last}"
+    )
+    return {"msgs_per_s": rate, "n": acked, "p50_ms": pct(lats, 50) * 1000, **cpu}
+
+
 Measure = Callable[[str, Sizes], Awaitable[dict[str, Any]]]
 
 
@@ -621,6 +737,7 @@ MEASUREMENTS: list[tuple[str, Measure]] = [
     ("latency", publish_latency),
     ("channels1", _ch1),
     ("channels10", _ch10),
+    ("nsq_protocol_publish", nsq_protocol_publish),
 ]
 
 
@@ -663,7 +780,12 @@ async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
                     results[name].append(await fn(EXTERNAL_BROKER[0], sz))
                     continue
                 on = name.endswith("_telemetry")
-                with broker_process(tmp, f"{name}-{run}", telemetry=on) as bp:
+                nsq = name.startswith("nsq_")
+                if nsq and not broker_has_nsq():
+                    # an older revision (make bench-compare BASE=...): not measured there
+                    log(f"  {name}: skipped (this broker has no --nsq-tcp-address)")
+                    continue
+                with broker_process(tmp, f"{name}-{run}", telemetry=on, nsq=nsq) as bp:
                     assert bp.proc is not None
                     CPU.broker_pid = bp.proc.pid
                     results[name].append(await fn(bp.address, sz))
@@ -724,6 +846,10 @@ async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
         "channels10_vs_1_broker_cpu_ratio": _num(
             median(results["channels1"], "broker_us") / median(results["channels10"], "broker_us"),
             3,
+        ),
+        # pynsq publishing over the NSQ TCP protocol (beside the gRPC publish figures)
+        "nsq_protocol_publish_msgs_per_s": _num(
+            median(results["nsq_protocol_publish"], "msgs_per_s")
         ),
         "consume_complete": all(r["complete"] for r in results["consume"])
         if results["consume"]

@@ -95,6 +95,7 @@ class Broker:
         self.tracer: Any = None  # an OpenTelemetry tracer when tracing is on
         self._rotator: asyncio.Task[None] | None = None
         self._register_later: asyncio.Task[None] | None = None
+        self.nsq_tcp: Any = None  # pairq.broker.nsq.tcp.NsqTcpServer (--nsq-tcp-address)
 
     def _new_store(self) -> Store:
         o = self.options
@@ -251,6 +252,16 @@ class Broker:
 
             self.metrics = start_metrics(self.options.metrics_address, self)
         self._serving = True
+        if self.options.nsq_tcp_address:  # NSQ's TCP protocol V2 (issue 17)
+            from pairq.broker.nsq.tcp import NsqTcpServer
+
+            self.nsq_tcp = NsqTcpServer(self, self.service, self.publisher)
+            try:
+                await self.nsq_tcp.start()
+            except OSError:
+                self.nsq_tcp = None
+                await self.stop(grace=0)
+                raise
         if self.pair is not None:
             await self.pair.start_tcp()
             self.pair.start()
@@ -269,7 +280,12 @@ class Broker:
                 check_rate=self.service.check_rate,
                 unhealthy=lambda: self._publish_health().reason,
             )
-            self.http_address = await self.nsq_http.start(self.options.http_address)
+            try:
+                self.http_address = await self.nsq_http.start(self.options.http_address)
+            except OSError:
+                self.nsq_http = None
+                await self.stop(grace=0)
+                raise
         if self.options.gossip_address:
             self.membership = Membership(self)
             await self.membership.start()
@@ -351,6 +367,8 @@ class Broker:
                     sub.finish_stream()
         if self.service is not None:
             self.service.close_publish_streams()
+        if self.nsq_tcp is not None:
+            await self.nsq_tcp.stop()
         if self.pair is not None:
             await self.pair.stop()
         if self._server is not None:
@@ -386,8 +404,7 @@ class Broker:
     @property
     def nsq_tcp_address(self) -> str:
         """Bound HOST:PORT of the NSQ TCP listener ("" when off); registration advertises it."""
-        tcp = getattr(self, "nsq_tcp", None)  # pairq.broker.nsq.tcp.NsqTcpServer, when built
-        return str(tcp.address) if tcp is not None else ""
+        return str(self.nsq_tcp.address) if self.nsq_tcp is not None else ""
 
     @property
     def fence_port(self) -> DeliveryFence:

@@ -356,16 +356,17 @@ class Channel:
                 continue
             if delivered is not None:  # tracing: deliver spans
                 delivered(self.topic.name, self.name, entries)
+            encode = sub.encode or self._encode
             # Keep each stream message well under clients' default 4 MiB limit.
             start = 0
             size = 0
             for i, e in enumerate(entries):
                 size += len(cast(bytes, e.payload))
                 if size > MAX_DELIVERY_BYTES and i > start:
-                    sub.send_deliveries(self._encode(entries[start:i]), i - start, fence)
+                    sub.send_deliveries(encode(entries[start:i]), i - start, fence)
                     start = i
                     size = len(cast(bytes, e.payload))
-            sub.send_deliveries(self._encode(entries[start:]), len(entries) - start, fence)
+            sub.send_deliveries(encode(entries[start:]), len(entries) - start, fence)
         self._arm_timer()
 
     def _encode(self, entries: list[Entry]) -> bytes:

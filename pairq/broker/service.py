@@ -227,12 +227,7 @@ class BrokerService:
                     f"heartbeat_interval_ms {hb_ms} must be {MIN_HEARTBEAT_INTERVAL_MS} "
                     f"to {MAX_HEARTBEAT_INTERVAL_MS}"
                 )
-            if self.subscriptions >= self.opts.max_clients:
-                raise limit_exceeded(
-                    "max_clients",
-                    self.opts.max_clients,
-                    f"this broker already serves {self.subscriptions} Subscribe streams",
-                )
+            self.admit()
             topic = await self.broker.get_topic(ident.topic)
             channel = await topic.get_channel(ident.channel)
         except PairqError as exc:
@@ -247,8 +242,7 @@ class BrokerService:
             heartbeat_interval=hb_ms / 1000.0,
             max_queued_bytes=self.opts.max_subscriber_buffer_bytes,
         )
-        channel.add_subscriber(sub)
-        self.subscriptions += 1
+        self.joined(sub, channel)
         reader = asyncio.create_task(self._read_commands(context, sub, channel))
         stream_task = asyncio.current_task()
         assert stream_task is not None
@@ -283,7 +277,7 @@ class BrokerService:
                     # until the lease is back; if the partner took them over
                     # meanwhile (the fence generation moved), drop them (the
                     # channel forgot them too).
-                    if not await self._fence_allows(sub, item[1]):
+                    if not await self.fence_allows(sub, item[1]):
                         continue
                     item = item[0]
                 sub.writing = True
@@ -292,13 +286,33 @@ class BrokerService:
         finally:
             reader.cancel()
             heartbeat.cancel()
-            sub.done = True
-            channel.remove_subscriber(sub)
-            self.subscriptions -= 1
-            self.rdy_total -= sub.rdy_granted
-            sub.rdy_granted = 0
+            self.left(sub, channel)
 
-    async def _fence_allows(self, sub: Subscriber, fence: int) -> bool:
+    # Shared with every protocol's subscribers (pairq.broker.nsq.tcp): --max-clients,
+    # --max-rdy-total, the delivery fence.
+    def admit(self) -> None:
+        """Refuse one more subscription above --max-clients."""
+        if self.subscriptions >= self.opts.max_clients:
+            raise limit_exceeded(
+                "max_clients",
+                self.opts.max_clients,
+                f"this broker already serves {self.subscriptions} subscriptions",
+            )
+
+    def joined(self, sub: Subscriber, channel: Channel) -> None:
+        channel.add_subscriber(sub)
+        self.subscriptions += 1
+
+    def left(self, sub: Subscriber, channel: Channel) -> None:
+        """The subscription ended: out of its channel (in-flight messages requeued),
+        its share of --max-rdy-total given back."""
+        sub.done = True
+        channel.remove_subscriber(sub)
+        self.subscriptions -= 1
+        self.rdy_total -= sub.rdy_granted
+        sub.rdy_granted = 0
+
+    async def fence_allows(self, sub: Subscriber, fence: int) -> bool:
         port = self.broker.fence_port
         while not port.may_deliver() and fence == port.fence and not sub.done:
             # until an ack renews the lease, or a drop moves the fence
@@ -448,23 +462,31 @@ class BrokerService:
         more than --max-rdy-total leaves over all subscriptions (the client is told
         when its grant is cut). A count above --max-rdy-count is passed on for the
         channel to refuse."""
+        granted, cut = self.grant(sub, count)
+        if cut:
+            sub.send_error(pb.ERROR_CODE_TOO_MANY, cut)
+        return granted
+
+    def grant(self, sub: Subscriber, count: int) -> tuple[int, str]:
+        """:meth:`_grant` without telling the client: (granted, the message saying
+        why the grant was cut, or "")."""
         if sub.closing:
             count = 0
         if count > self.opts.max_rdy_count:
-            return count
+            return count, ""
         room = self.opts.max_rdy_total - (self.rdy_total - sub.rdy_granted)
         granted = min(count, max(0, room))
+        cut = ""
         if granted < count:
-            err = limit_exceeded(
+            cut = limit_exceeded(
                 "max_rdy_total",
                 self.opts.max_rdy_total,
                 f"RDY {count} cut to {granted}: consumers of this broker hold "
                 f"{self.rdy_total - sub.rdy_granted} of the total",
-            )
-            sub.send_error(pb.ERROR_CODE_TOO_MANY, err.message)
+            ).message
         self.rdy_total += granted - sub.rdy_granted
         sub.rdy_granted = granted
-        return granted
+        return granted, cut
 
     # ------------------------------------------------------------ admin
     # The verbs themselves are ``actions.Actions``' (nsqd's HTTP API calls them too).

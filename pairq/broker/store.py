@@ -177,11 +177,11 @@ class _Append(Write):
 
     def apply(self, txn: Any, s: Store) -> None:
         key = sc.seq_key
-        pack = sc.pack_record
+        prefix = sc.crc_prefix
         tid = self.topic_id
         txn.cursor(db=s.dbs[sc.MSGS]).putmulti(
             [
-                (key(tid, q), pack(c, rec))
+                (key(tid, q), prefix(c) + rec)
                 for q, rec, c in zip(
                     range(self.seq, self.seq + len(self.records)),
                     self.records,
@@ -210,10 +210,10 @@ class _StandbyAppend(Write):
     def apply(self, txn: Any, s: Store) -> None:
         base = sc.sb_topic_prefix(self.topic)
         pack = sc.pack_q
-        rec_value = sc.pack_record
+        prefix = sc.crc_prefix
         txn.cursor(db=s.dbs[sc.SB_MSGS]).putmulti(
             [
-                (base + pack(q), rec_value(c, rec))
+                (base + pack(q), prefix(c) + rec)
                 for q, rec, c in zip(
                     range(self.seq, self.seq + len(self.records)),
                     self.records,
@@ -846,17 +846,19 @@ def _checked_rows(
 ) -> LogRead:
     """(seq, key, stored value) -> LogRead, verifying every value's crc32c."""
     out = LogRead()
-    split = sc.split_record
+    crc_of = sc.crc_of_value
+    rows, crcs = out.rows, out.crcs
     for seq, key, value in items:
-        c, rec = split(value)
+        c = crc_of(value)[0]
+        rec = bytes(value[4:])
         if crc32c(rec) != c:
             s.integrity.saw_bad(db, key)
             out.corrupt.append(seq)
             if stop_at_corrupt:
                 break
             continue
-        out.rows.append((seq, rec))
-        out.crcs.append(c)
+        rows.append((seq, rec))
+        crcs.append(c)
     return out
 
 

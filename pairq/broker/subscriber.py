@@ -15,8 +15,12 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pairq.v1 import broker_pb2
+
+if TYPE_CHECKING:
+    from pairq.broker.channel_core import Entry
 
 _ids = itertools.count(1)
 
@@ -68,6 +72,10 @@ class Subscriber:
         self.holds = 0  # times delivery to it was suspended (stats)
         # Set by the channel it joins: suspend (True) / resume (False) delivery to it.
         self.on_hold: Callable[[bool], None] | None = None
+        # How its channel encodes deliveries for it (a batch of entries -> bytes to
+        # queue); None: the Subscribe stream's pre-encoded protobuf (wire.encode_deliveries).
+        # Another protocol (NSQ's) supplies its own framing here.
+        self.encode: Callable[[list[Entry]], bytes] | None = None
 
     def send_deliveries(self, data: bytes, count: int, fence: int = 0) -> None:
         self.queue.put_nowait((data, fence))

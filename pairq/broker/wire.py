@@ -173,3 +173,28 @@ def encode_deliveries(items: Iterable[tuple[bytes, int]], suffix: bytes) -> byte
 def encode_prefix(msg_id: bytes, due_ns: int = 0) -> bytes:
     """The record header alone (``record = encode_prefix(id) + message bytes``)."""
     return _HDR.pack(msg_id, due_ns)
+
+
+def body_and_timestamp(message: bytes) -> tuple[bytes, int]:
+    """``(body, timestamp_ns)`` of a record's message bytes (``record_message``), for
+    protocols that send messages in a form of their own (NSQ's): a scan of the
+    plain protobuf fields, no protobuf object. Headers and other fields are skipped."""
+    body = b""
+    ts = 0
+    pos = 0
+    end = len(message)
+    while pos < end:
+        key, pos = _read_varint(message, pos)
+        field, kind = key >> 3, key & 7
+        if kind == 0:
+            value, pos = _read_varint(message, pos)
+            if field == 4:
+                ts = value
+        elif kind == 2:
+            size, pos = _read_varint(message, pos)
+            if field == 2:
+                body = message[pos : pos + size]
+            pos += size
+        else:  # pragma: no cover - records hold only varint and length-delimited fields
+            raise ValueError(f"unexpected wire type {kind} in a stored message")
+    return body, ts

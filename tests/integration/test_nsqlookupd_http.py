@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from pairq.broker.options import BrokerOptions
 from pairq.broker.registration import LookupRegistrar
@@ -296,10 +295,7 @@ subscribe = ["t"]
 async def test_pynsq_reader_given_only_the_lookupd_consumes_from_both_brokers_of_a_pair(
     tmp_path: Path,
 ) -> None:
-    # Needs the broker's NSQ TCP server (pairq.broker.nsq.tcp, issue 17 item 3, built on
-    # another branch): skipped until it is merged, then it runs.
-    pytest.importorskip("pairq.broker.nsq.tcp")
-    nsq = pytest.importorskip("nsq")  # pynsq, unchanged, from PyPI
+    import nsq  # pynsq, unchanged, from PyPI (the test extra)
 
     from pairq.testing import run_pair
 
