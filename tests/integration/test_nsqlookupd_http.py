@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,7 @@ def lk_version() -> str:
     return __version__
 
 
-async def test_real_brokers_advertise_their_bound_http_port_and_a_killed_one_drops_out(
+async def test_real_brokers_advertise_their_bound_ports_and_a_killed_one_drops_out(
     tmp_path: Path,
 ) -> None:
     lk = await _lookup(heartbeat_interval_ms=200, inactivity_timeout_s=10.0)
@@ -216,7 +217,9 @@ async def test_real_brokers_advertise_their_bound_http_port_and_a_killed_one_dro
                 "--lookup",
                 lk.address,
                 "--http-address",
-                "127.0.0.1:0",  # port 0: the lookup must learn the bound port
+                "127.0.0.1:0",  # port 0: the lookup must learn the bound ports
+                "--nsq-tcp-address",
+                "127.0.0.1:0",
             ],
         )
         for name, port, partner in (("a", pa, pb_), ("b", pb_, pa))
@@ -241,14 +244,50 @@ async def test_real_brokers_advertise_their_bound_http_port_and_a_killed_one_dro
         for n in nodes["producers"]:
             async with h.session.get(f"http://127.0.0.1:{n['http_port']}/ping") as r:
                 assert (r.status, await r.text()) == (200, "OK")
-        # kill -9 B: its stream breaks and its port refuses; it leaves /nodes within
-        # 2 s (the probe answers at once; without it, 3 heartbeats = 0.6 s).
+        # A topic published to A: /lookup lists A and its partner B, with their NSQ ports.
+        http_a = next(
+            n["http_port"] for n in nodes["producers"] if n["remote_address"].endswith(f":{pa}")
+        )
+
+        async def published() -> bool:
+            # Just after the pair links up, its first copy may still be refused with
+            # 503 UNAVAILABLE "... retry": retry, as a producer does.
+            async with h.session.post(f"http://127.0.0.1:{http_a}/pub?topic=t", data=b"x") as r:
+                if r.status == 503:
+                    return False
+                assert r.status == 200 and r.headers["X-Pairq-Copies"] == "2", await r.text()
+                return True
+
+        await until(published, timeout=10)
+
+        async def listed() -> bool:
+            status, ans = await h.get("/lookup?topic=t")
+            return status == 200 and len(ans["producers"]) == 2
+
+        await until(listed, timeout=10)
+        _, ans = await h.get("/lookup?topic=t")
+        tcp = {p["remote_address"]: p["tcp_port"] for p in ans["producers"]}
+        assert set(tcp) == {f"127.0.0.1:{pa}", f"127.0.0.1:{pb_}"}
+        assert all(port > 0 for port in tcp.values()) and len(set(tcp.values())) == 2
+        for port in tcp.values():  # NSQ's protocol answers there: an error frame
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"  V2BOGUS\n")
+            size, frame_type = struct.unpack(">ii", await reader.readexactly(8))
+            assert frame_type == 1  # FrameTypeError
+            assert (await reader.readexactly(size - 4)).startswith(b"E_INVALID")
+            writer.close()
+        # kill -9 B: its stream breaks and its port refuses; it leaves /lookup and
+        # /nodes within 2 s (the probe answers at once; without it, 3 heartbeats = 0.6 s).
         procs[1].kill()
         t0 = time.monotonic()
 
         async def one() -> bool:
             _, nodes = await h.get("/nodes")
-            return [n["remote_address"] for n in nodes["producers"]] == [f"127.0.0.1:{pa}"]
+            _, ans = await h.get("/lookup?topic=t")
+            a_only = [f"127.0.0.1:{pa}"]
+            return [n["remote_address"] for n in nodes["producers"]] == a_only and [
+                p["remote_address"] for p in ans["producers"]
+            ] == a_only
 
         await until(one, timeout=2.0)
         assert time.monotonic() - t0 < 2.0
