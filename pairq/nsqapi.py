@@ -11,16 +11,23 @@ Rules (as NSQ v1.x's ``internal/http_api`` answers):
 - Not 200: ``{"message": CODE}`` with the status; a path nobody serves is 404
   ``NOT_FOUND``, a method the path does not take 405 ``METHOD_NOT_ALLOWED``, a
   bug 500 ``INTERNAL_ERROR`` (logged).
+- TLS: with ``--tls-cert`` the API is served over HTTPS only, with the server's
+  certificate (reloaded on SIGHUP like the gRPC port's), so it is no plaintext
+  way around the gRPC port's TLS; client certificates are required with
+  ``--tls-require-client-cert``, verified against ``--tls-ca`` when one is sent.
 - Tokens: with an ``--auth-file`` a request identifies itself with
   ``Authorization: Bearer TOKEN`` (NSQ's HTTP APIs have no authentication of
-  their own); one that does not is 401 ``UNAUTHENTICATED: …``, a permission it
-  lacks 403 ``PERMISSION_DENIED: …`` naming the principal and what it lacks.
+  their own) or, without a token, by its verified client certificate's common
+  name (``cert_cn``), as on gRPC; one that does neither is 401
+  ``UNAUTHENTICATED: …``, a permission it lacks 403 ``PERMISSION_DENIED: …``
+  naming the principal and what it lacks.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,8 +35,19 @@ from aiohttp import web
 
 from pairq.options import parse_hostport
 from pairq.security.auth import CURRENT, Authenticator, Principal
+from pairq.security.tls import TLSFiles
 
-__all__ = ["V1_HEADER", "HttpError", "Listener", "authenticate", "error", "errors", "ok", "require"]
+__all__ = [
+    "V1_HEADER",
+    "HttpError",
+    "Listener",
+    "authenticate",
+    "error",
+    "errors",
+    "ok",
+    "require",
+    "server_ssl",
+]
 
 V1_HEADER = ("X-NSQ-Content-Type", "nsq; version=1.0")
 JSON_TYPE = "application/json"
@@ -97,17 +115,41 @@ def errors(
     return middleware
 
 
+def server_ssl(tls: TLSFiles | None) -> ssl.SSLContext | None:
+    """The HTTPS context for ``--tls-cert`` (None without): client certificates
+    required with ``--tls-require-client-cert``, else verified when sent."""
+    if tls is None:
+        return None
+    ctx = tls.server_context()  # reloaded with the files on SIGHUP
+    ctx.verify_mode = (
+        ssl.CERT_REQUIRED
+        if tls.require_client_cert
+        else (ssl.CERT_OPTIONAL if tls.ca else ssl.CERT_NONE)
+    )
+    return ctx
+
+
+def _cert_cns(request: web.Request) -> list[str]:
+    """Common names of the request's verified client certificate (none over HTTP)."""
+    transport = request.transport
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    if not cert:
+        return []
+    return [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
+
+
 class _Metadata:
     """What ``Authenticator.identify`` reads of a gRPC call, from an HTTP request."""
 
-    def __init__(self, authorization: str) -> None:
+    def __init__(self, authorization: str, cns: list[str]) -> None:
         self._md = [("authorization", authorization)] if authorization else []
+        self._cns = cns
 
     def invocation_metadata(self) -> list[tuple[str, str]]:
         return self._md
 
     def auth_context(self) -> dict[str, Any]:
-        return {}  # no client certificates over plain HTTP
+        return {"x509_common_name": self._cns}
 
 
 def authenticate(auth: Authenticator | None, request: web.Request) -> Principal | None:
@@ -115,7 +157,7 @@ def authenticate(auth: Authenticator | None, request: web.Request) -> Principal 
     request's task (``pairq.security.auth.CURRENT``); 401 if it cannot be identified."""
     if auth is None:
         return None
-    who = auth.identify(_Metadata(request.headers.get("Authorization", "")))
+    who = auth.identify(_Metadata(request.headers.get("Authorization", ""), _cert_cns(request)))
     if isinstance(who, str):
         text = who.replace(
             "'authorization: Bearer TOKEN' metadata", "'Authorization: Bearer TOKEN'"
@@ -139,12 +181,21 @@ def require(
 
 
 class Listener:
-    """An aiohttp application served on HOST:PORT: ``await start(address)`` returns
+    """An aiohttp application served on HOST:PORT (HTTPS with ``ssl_context``):
+    ``await start(address)`` returns
     the bound HOST:PORT (port 0 picks one); ``await stop()`` lets requests under way
     finish for up to ``grace`` seconds."""
 
-    def __init__(self, app: web.Application, *, what: str, grace: float = 2.0) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        what: str,
+        grace: float = 2.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.app = app
+        self.ssl_context = ssl_context
         self.what = what
         self.grace = grace
         self.address = ""
@@ -154,7 +205,7 @@ class Listener:
         host, port = parse_hostport(address, what=self.what)
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.grace)
         await runner.setup()
-        site = web.TCPSite(runner, host.strip("[]"), port)
+        site = web.TCPSite(runner, host.strip("[]"), port, ssl_context=self.ssl_context)
         try:
             await site.start()
         except OSError as exc:

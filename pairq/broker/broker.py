@@ -277,6 +277,7 @@ class Broker:
                 self.publisher,
                 self.service.actions,
                 auth=self.security.auth,
+                tls=self.security.tls,
                 check_rate=self.service.check_rate,
                 unhealthy=lambda: self._publish_health().reason,
             )

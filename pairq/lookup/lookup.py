@@ -123,7 +123,7 @@ class Lookup:
             from pairq.lookup.nsqhttp import NsqLookupHttpServer
 
             self.nsq_http = NsqLookupHttpServer(
-                self.registry, clock=self.clock, auth=self.security.auth
+                self.registry, clock=self.clock, auth=self.security.auth, tls=self.security.tls
             )
             self.http_address = await self.nsq_http.start(self.options.http_address)
         self._tasks.append(asyncio.create_task(self._sweep(), name="lookup-sweep"))

@@ -65,9 +65,10 @@ from pairq.lookup.registry import (
     UnknownNodeError,
 )
 from pairq.names import is_valid_name
-from pairq.nsqapi import HttpError, Listener, errors, ok, require
+from pairq.nsqapi import HttpError, Listener, errors, ok, require, server_ssl
 from pairq.options import parse_hostport
 from pairq.security.auth import ADMIN, Authenticator
+from pairq.security.tls import TLSFiles
 
 __all__ = ["NsqLookupHttpServer", "lookup_answer", "node_key", "nodes_answer", "producer"]
 
@@ -144,13 +145,16 @@ class NsqLookupHttpServer:
         *,
         clock: Callable[[], float],
         auth: Authenticator | None = None,
+        tls: TLSFiles | None = None,
     ) -> None:
         self.registry = registry
         self.clock = clock
         self.auth = auth
         self.address = ""
         self.app = web.Application(middlewares=[errors(log)])
-        self._listener = Listener(self.app, what="--http-address", grace=1.0)
+        self._listener = Listener(
+            self.app, what="--http-address", ssl_context=server_ssl(tls), grace=1.0
+        )
         r = self.app.router
         r.add_get("/ping", self.ping, allow_head=False)
         r.add_get("/info", self.info, allow_head=False)

@@ -462,3 +462,48 @@ async def test_a_full_store_is_503_with_its_reason_and_ping_says_nok(tmp_path: P
             assert b.topics["t"].message_count == published
         finally:
             await h.close()
+
+
+async def test_with_tls_it_is_https_only_and_a_client_certificate_names_the_principal(
+    tmp_path: Path,
+) -> None:
+    import ssl
+
+    from certs import CA
+
+    ca = CA(tmp_path / "ca")
+    server = ca.issue("broker")
+    client = ca.issue("http-app")
+    auth_path = tmp_path / "auth.toml"
+    auth_path.write_text('[[principal]]\nname = "app"\ncert_cn = "http-app"\npublish = ["mine"]\n')
+    async with run_broker(
+        tmp_path / "b",
+        http_address="127.0.0.1:0",
+        tls_cert=server.cert,
+        tls_key=server.key,
+        tls_ca=ca.path,
+        auth_file=str(auth_path),
+    ) as b:
+        ctx = ssl.create_default_context(cafile=ca.path)
+        with_cert = ssl.create_default_context(cafile=ca.path)
+        with_cert.load_cert_chain(client.cert, client.key)
+        async with aiohttp.ClientSession() as s:
+            # plaintext gets no answer: the HTTP port is no way around TLS
+            try:
+                async with s.post(f"http://{b.http_address}/pub?topic=mine", data=b"x") as r:
+                    plain: int | str = r.status
+            except aiohttp.ClientError as exc:
+                plain = type(exc).__name__
+            assert plain != 200
+            url = f"https://{b.http_address}"
+            async with s.get(url + "/ping", ssl=ctx) as r:
+                assert (r.status, await r.text()) == (200, "OK")
+            # no certificate, no token: unauthenticated
+            async with s.post(url + "/pub?topic=mine", data=b"x", ssl=ctx) as r:
+                assert r.status == 401
+            # the certificate's CN is the principal, with its permissions
+            async with s.post(url + "/pub?topic=mine", data=b"x", ssl=with_cert) as r:
+                assert (r.status, await r.text()) == (200, "OK")
+            async with s.post(url + "/pub?topic=theirs", data=b"x", ssl=with_cert) as r:
+                assert r.status == 403 and "'app' lacks publish" in await r.text()
+        assert b.topics["mine"].message_count == 1 and "theirs" not in b.topics

@@ -69,9 +69,10 @@ from pairq.broker.publishing import Publisher
 from pairq.broker.registration import advertised
 from pairq.errors import PairqError
 from pairq.names import is_valid_name
-from pairq.nsqapi import HttpError, Listener, errors, ok, require
+from pairq.nsqapi import HttpError, Listener, errors, ok, require, server_ssl
 from pairq.options import parse_hostport
 from pairq.security.auth import ADMIN, PUBLISH, Authenticator
+from pairq.security.tls import TLSFiles
 from pairq.v1 import broker_pb2 as pb
 
 __all__ = ["HttpHost", "NsqHttpServer", "nsq_stats", "parse_mpub_binary", "parse_mpub_text"]
@@ -194,6 +195,7 @@ class NsqHttpServer:
         actions: Actions,
         *,
         auth: Authenticator | None = None,
+        tls: TLSFiles | None = None,
         check_rate: Callable[[str, int], None] | None = None,
         unhealthy: Callable[[], str] | None = None,
     ) -> None:
@@ -207,7 +209,9 @@ class NsqHttpServer:
         self.unhealthy = unhealthy
         self.address = ""
         self.app = web.Application(middlewares=[errors(log, _translate)])
-        self._listener = Listener(self.app, what="--http-address", grace=2.0)
+        self._listener = Listener(
+            self.app, what="--http-address", ssl_context=server_ssl(tls), grace=2.0
+        )
         r = self.app.router
         r.add_get("/ping", self.ping, allow_head=False)
         r.add_get("/info", self.info, allow_head=False)
