@@ -14,7 +14,7 @@ Routes (nsqlookupd v1.x; answers and errors as ``pairq.nsqapi`` describes):
 ``/nodes``                             GET   ``{"producers": [...]}``, each with ``topics``
                                              and ``tombstones`` (one flag per topic)
 ``/topic/create|delete?topic=T``       POST  operator registrations, as nsqlookupd's
-``/channel/create|delete?topic&channel`` POST
+``/channel/VERB?topic=T&channel=C``    POST  VERB: create, delete (404 ``CHANNEL_NOT_FOUND``)
 ``/topic/tombstone?topic=T&node=N``    POST  N: ``HOST:HTTP_PORT`` as /nodes lists it
                                              (or a node id / gRPC address)
 =====================================  ====  =============================================

@@ -3,19 +3,18 @@ written for nsqd keep working against pairq.
 
 Routes (nsqd v1.x; any other method is 405, any other path 404):
 
-=================================================  ====  ========================================
-``/ping``                                          GET   ``OK`` (text); 500 ``NOK - reason`` while
-                                                         publishes would be refused (store full,
-                                                         partner down under --min-copies=2 …)
-``/info``                                          GET   version, ports, start time (JSON)
-``/pub?topic=T[&defer=MS]``                        POST  body = one message
-``/mpub?topic=T[&binary=true]``                    POST  newline-separated messages, or binary:
-                                                         4-byte count, then 4-byte size + body each
-``/stats[?format=json&topic=&channel=``            GET   NSQ's stats shape (text without
-``&include_clients=]``                                   ``format=json``)
-``/topic/create|delete|empty|pause|unpause?topic``  POST  the admin verbs (``actions.Actions``)
-``/channel/create|delete|empty|pause|unpause``      POST  … with ``&channel=C``
-=================================================  ====  ========================================
+========================================  ====  ===================================================
+``/ping``                                 GET   ``OK`` (text); 500 ``NOK - reason`` while publishes
+                                                would be refused (store full, partner down …)
+``/info``                                 GET   version, ports, start time (JSON)
+``/pub?topic=T[&defer=MS]``               POST  body = one message
+``/mpub?topic=T[&binary=true]``           POST  newline-separated messages, or binary: a 4-byte
+                                                count, then a 4-byte size + body each
+``/stats[?format=json&topic=&channel=]``  GET   nsqd's stats shape (text without ``format=json``;
+                                                ``include_clients=false`` leaves clients out)
+``/topic/VERB?topic=T``                   POST  VERB: create, delete, empty, pause, unpause
+``/channel/VERB?topic=T&channel=C``       POST  the same verbs on a channel (``actions.Actions``)
+========================================  ====  ===================================================
 
 nsqd has no ``/dpub`` (a deferred publish over HTTP is ``/pub?defer=MS``; DPUB is
 a TCP command), so neither does this.
