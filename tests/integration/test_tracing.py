@@ -1,8 +1,8 @@
 """One trace spans producer -> broker publish -> partner (replicate) -> deliver ->
-the consumer's handler, on a real pair; a batch of messages from many traces gets
-one broker span per request, linked to every trace (in-process brokers on loopback, real gRPC
+the consumer's handler, on a real pair (in-process brokers on loopback, real gRPC
 and the real replication link, both the TCP link and the gRPC stream), collected
-with an in-memory exporter."""
+with an in-memory exporter; a batch of messages from many traces gets one broker
+span per request, linked to every trace."""
 
 from __future__ import annotations
 
