@@ -27,7 +27,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import metrics
@@ -475,11 +475,22 @@ def start_lookup_metrics(address: str, lookup: Any) -> MetricsHandle:
 
 
 # ---------------------------------------------------------------- broker traces
-MAX_LINKS = 128
-"""Links a broker span carries at most (the SDK's default ``max_links``); further
-traced contexts are counted in its ``pairq.links_dropped`` attribute."""
+def _link_limit() -> int:
+    """``OTEL_SPAN_LINK_COUNT_LIMIT`` (the SDK's own limit on links), else 128."""
+    try:
+        return max(0, int(os.environ.get("OTEL_SPAN_LINK_COUNT_LIMIT", "128")))
+    except ValueError:
+        return 128
+
+
+MAX_LINKS = _link_limit()
+"""Links a broker span carries at most: the SDK's ``max_links`` (the standard
+``OTEL_SPAN_LINK_COUNT_LIMIT``, default 128), which would drop any more; further
+contexts are counted in the span's ``pairq.links_dropped`` attribute."""
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_SAMPLED_DIGITS = frozenset("13579bdf")  # the low hex digit of flags with bit 0 set
+_FLAGS: dict[str, TraceFlags] = {}  # at most 256: the two hex digits seen
 
 
 def parse_traceparent(traceparent: str) -> SpanContext | None:
@@ -495,49 +506,61 @@ def parse_traceparent(traceparent: str) -> SpanContext | None:
     trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
     if not trace_id or not span_id:
         return None
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(flags, 16)))
+    trace_flags = _FLAGS.get(flags)
+    if trace_flags is None:
+        trace_flags = _FLAGS[flags] = TraceFlags(int(flags, 16))
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace_flags)
 
 
 def batch_contexts(
-    traceparents: Iterable[str], max_links: int = MAX_LINKS
+    traceparents: Sequence[str], max_links: int = MAX_LINKS
 ) -> tuple[SpanContext | None, list[Link], int]:
     """(parent, links, dropped) for ONE span over a batch of traced messages, as
     OpenTelemetry's messaging conventions do for batches.
 
-    Rules: invalid values are skipped; a value seen before (the same producer
-    span on several messages) counts once; the parent is the first sampled
-    context (else the first: the batch is then not sampled either); each other
-    context is a link, in order, up to ``max_links``; ``dropped`` counts the
-    distinct contexts beyond that, which are parsed no further. No valid value:
-    (None, [], 0)."""
+    Rules, in the batch's order:
+    - invalid values are ignored; a value seen before (one producer span on
+      several messages) counts once;
+    - the parent is the first sampled context; with none sampled, the first
+      valid one (the span is then not sampled either, so it needs no links);
+    - each other sampled context is a link, up to ``max_links``; ``dropped``
+      counts the distinct sampled values beyond those (not validated: past the
+      cap a value costs one set lookup, not a parse);
+    - a context not sampled is never linked: nobody records its trace.
+    Nothing valid: (None, [], 0). The sampled test reads the flags' low hex digit
+    before any parse, so unsampled traffic costs no parse beyond the parent's."""
     seen: set[str] = set()
-    contexts: list[SpanContext] = []
+    sampled = _SAMPLED_DIGITS
     parent: SpanContext | None = None
+    contexts: list[SpanContext] = []
     dropped = 0
+    full = False  # the links are at the cap (after the parent)
     for tp in traceparents:
-        if tp in seen:
+        if len(tp) < 55 or tp[54] not in sampled or tp in seen:
             continue
         seen.add(tp)
-        if parent is not None and len(contexts) >= max_links:
-            dropped += 1  # counted unparsed: an invalid one among them is counted too
+        if full:
+            dropped += 1
             continue
         sc = parse_traceparent(tp)
         if sc is None:
             continue
-        if parent is None and sc.trace_flags.sampled:
+        if parent is None:
             parent = sc
         else:
             contexts.append(sc)
-    if parent is None and contexts:
-        parent = contexts.pop(0)  # none sampled: the first
-    if len(contexts) > max_links:  # only when none was sampled until the cap
-        dropped += len(contexts) - max_links
-        del contexts[max_links:]
+        full = len(contexts) >= max_links
+    if parent is None:  # none sampled: the first valid one, unlinked
+        for tp in traceparents:
+            parent = parse_traceparent(tp)
+            if parent is not None:
+                break
+        return parent, [], 0
     return parent, [Link(sc) for sc in contexts], dropped
 
 
 def batch_span(
-    tracer: Any, name: str, kind: Any, traceparents: Iterable[str], attributes: dict[str, Any]
+    tracer: Any, name: str, kind: Any, traceparents: Sequence[str], attributes: dict[str, Any]
 ) -> Any:
     """Start ONE span (the caller ends it) for a batch of traced messages: child of
     the first traced context, linked to the others (:func:`batch_contexts`), with

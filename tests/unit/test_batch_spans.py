@@ -8,10 +8,11 @@ from typing import Any
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from pairq.broker import wire
 from pairq.broker.channel_core import Entry
-from pairq.telemetry import batch_contexts, deliver_spans, parse_traceparent
+from pairq.telemetry import batch_contexts, batch_span, deliver_spans, parse_traceparent
 
 
 def tp(trace: int, span: int, flags: str = "01") -> str:
@@ -46,26 +47,48 @@ def test_one_parent_and_a_link_per_other_distinct_context() -> None:
     assert batch_contexts(["junk", ""]) == (None, [], 0)
 
 
-def test_the_parent_is_the_first_sampled_context() -> None:
-    parent, links, _ = batch_contexts([tp(1, 1, "00"), tp(2, 2, "01"), tp(3, 3, "01")])
+def test_the_parent_is_the_first_sampled_context_and_unsampled_ones_are_not_linked() -> None:
+    parent, links, _ = batch_contexts([tp(1, 1, "00"), tp(2, 2, "01"), tp(3, 3, "03")])
     assert parent is not None and parent.trace_id == 2
-    assert [lk.context.trace_id for lk in links] == [1, 3]
-    # none sampled: the first (the batch span is then not sampled either)
-    parent, links, _ = batch_contexts([tp(1, 1, "00"), tp(2, 2, "00")])
-    assert parent is not None and parent.trace_id == 1 and len(links) == 1
+    assert [lk.context.trace_id for lk in links] == [3]
+    # none sampled: the first valid one, with no links (the span is not sampled either)
+    parent, links, dropped = batch_contexts(["junk", tp(1, 1, "00"), tp(2, 2, "00")])
+    assert parent is not None and parent.trace_id == 1 and not parent.trace_flags.sampled
+    assert (links, dropped) == ([], 0)
 
 
 def test_links_are_capped_and_the_rest_counted() -> None:
     values = [tp(i, i) for i in range(1, 302)]
+    values += values[:10]  # repeated contexts count once
+    values += [tp(900 + i, 1, "00") for i in range(50)]  # unsampled: neither linked nor counted
     parent, links, dropped = batch_contexts(values, max_links=128)
     assert parent is not None and parent.trace_id == 1
     assert [lk.context.trace_id for lk in links] == list(range(2, 130))
     assert dropped == 301 - 1 - 128
-    # unsampled ones before the first sampled one: the cap holds all the same
-    values = [tp(i, i, "00") for i in range(1, 200)] + [tp(500, 5)]
-    parent, links, dropped = batch_contexts(values, max_links=128)
-    assert parent is not None and parent.trace_id == 500
-    assert len(links) == 128 and dropped == 199 - 128
+    # no links at all: the parent only
+    parent, links, dropped = batch_contexts(values, max_links=0)
+    assert parent is not None and parent.trace_id == 1 and links == [] and dropped == 300
+
+
+def recorder() -> tuple[Any, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider.get_tracer("t"), exporter
+
+
+def test_batch_span_counts_the_links_beyond_the_cap_and_is_a_root_without_context() -> None:
+    tracer, exporter = recorder()
+    values = [tp(i, i) for i in range(1, 200)]
+    batch_span(tracer, "s", SpanKind.SERVER, values, {"k": 1}).end()
+    (span,) = exporter.get_finished_spans()
+    assert span.parent is not None and span.parent.trace_id == 1
+    assert len(span.links) == 128 and span.dropped_links == 0
+    assert dict(span.attributes or {}) == {"k": 1, "pairq.links_dropped": 199 - 1 - 128}
+    exporter.clear()
+    batch_span(tracer, "s", SpanKind.SERVER, ["junk"], {}).end()
+    (span,) = exporter.get_finished_spans()
+    assert span.parent is None and not span.links
 
 
 def entry(key: int, traceparent: str | None) -> Entry:
@@ -76,10 +99,8 @@ def entry(key: int, traceparent: str | None) -> Entry:
 
 
 def test_one_deliver_span_per_delivery_batch() -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    hook = deliver_spans(provider.get_tracer("t"), lambda: "node")
+    tracer, exporter = recorder()
+    hook = deliver_spans(tracer, lambda: "node")
     # no traced message in the batch: no span
     hook("t", "c", [entry(1, None), entry(2, None)])
     assert exporter.get_finished_spans() == ()
