@@ -632,7 +632,8 @@ def replicate_span(tracer: Any, traces: Sequence[Any], records: int, broker_id: 
     owner, linked to the others' (:func:`batch_span`), from the batch's arrival to
     its commit here (the caller ends it). ``records``: the batch's appended records
     (``messaging.batch.message_count``); the topic is named when every trace has
-    the same one, as is the message id with a single trace."""
+    the same one, the message id when the batch holds one record (a trace names
+    the first traced message of its publish request, which may hold more)."""
     from opentelemetry.trace import SpanKind
 
     attributes: dict[str, Any] = {
@@ -644,7 +645,7 @@ def replicate_span(tracer: Any, traces: Sequence[Any], records: int, broker_id: 
     topics = {t.topic for t in traces}
     if len(topics) == 1:
         attributes["messaging.destination.name"] = traces[0].topic
-    if len(traces) == 1:
+    if len(traces) == 1 and records == 1:
         attributes["messaging.message.id"] = bytes(traces[0].message_id).hex()
     return batch_span(
         tracer, "pairq replicate", SpanKind.SERVER, [t.traceparent for t in traces], attributes
