@@ -12,7 +12,13 @@ from opentelemetry.trace import SpanKind
 
 from pairq.broker import wire
 from pairq.broker.channel_core import Entry
-from pairq.telemetry import batch_contexts, batch_span, deliver_spans, parse_traceparent
+from pairq.telemetry import (
+    MAX_LINKS,
+    batch_contexts,
+    batch_span,
+    deliver_spans,
+    parse_traceparent,
+)
 
 
 def tp(trace: int, span: int, flags: str = "01") -> str:
@@ -83,8 +89,9 @@ def test_batch_span_counts_the_links_beyond_the_cap_and_is_a_root_without_contex
     batch_span(tracer, "s", SpanKind.SERVER, values, {"k": 1}).end()
     (span,) = exporter.get_finished_spans()
     assert span.parent is not None and span.parent.trace_id == 1
-    assert len(span.links) == 128 and span.dropped_links == 0
-    assert dict(span.attributes or {}) == {"k": 1, "pairq.links_dropped": 199 - 1 - 128}
+    assert MAX_LINKS == 32  # pairq's default (OTEL_SPAN_LINK_COUNT_LIMIT unset)
+    assert len(span.links) == MAX_LINKS and span.dropped_links == 0
+    assert dict(span.attributes or {}) == {"k": 1, "pairq.links_dropped": 199 - 1 - MAX_LINKS}
     exporter.clear()
     batch_span(tracer, "s", SpanKind.SERVER, ["junk"], {}).end()
     (span,) = exporter.get_finished_spans()
