@@ -354,7 +354,7 @@ class Channel:
             sub = self.subscribers.get(cid)
             if sub is None:  # pragma: no cover - core and glue disagree
                 continue
-            if delivered is not None:  # tracing: deliver spans
+            if delivered is not None:  # tracing: one deliver span for the batch
                 delivered(self.topic.name, self.name, entries)
             encode = sub.encode or self._encode
             # Keep each stream message well under clients' default 4 MiB limit.

@@ -263,8 +263,8 @@ class Limits:
     max_rdy_count: int = 2500
 
 
-# (topic, message id, W3C traceparent of its ``pairq publish`` span) of the traced
-# messages of the publish now running in this task: set by the publishing path only
+# (topic, first traced message's id, W3C traceparent of the request's one ``pairq
+# publish`` span) of the publish now running in this task: set by the publishing path only
 # while tracing is on (``Publisher._publish_traced``), taken by the replication
 # sender into the batch that carries those records (``ReplicaBatch.traces``), so
 # the partner's replicate span joins the trace. None (one lookup) when not traced.

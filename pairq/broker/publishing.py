@@ -255,8 +255,9 @@ class Publisher:
         within the idempotency window; returns the copies.
 
         ``traced``: (id, traceparent) of messages carrying W3C trace context; with
-        tracing on, each gets a ``pairq publish`` span in its producer's trace,
-        covering the durable store (and the partner's copy).
+        tracing on, the request gets one ``pairq publish`` span in the first one's
+        trace, linked to the others, covering the durable store (and the
+        partner's copy).
 
         ``new_ids``: the client vouches that every id is new (PublishStreamRequest.new_ids),
         so the idempotency lookup is skipped; the ids are recorded all the same."""
@@ -329,49 +330,47 @@ class Publisher:
     async def _publish_traced(
         self, topic_name: str, items: list[Item], traced: list[tuple[bytes, str]]
     ) -> int:
+        """:meth:`_publish` inside ONE ``pairq publish`` span for the request (not one
+        per message): child of the first traced message's context, linked to the
+        others' (``pairq.telemetry.batch_span``: at most ``MAX_LINKS``, the rest
+        counted). Its own context rides to the partner once per request
+        (``ports.publish_traces``) for the replicate span there."""
         from opentelemetry.trace import SpanKind, set_span_in_context
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        tracer = self._tracer()
-        prop = TraceContextTextMapPropagator()
-        spans = []
-        for msg_id, parent in traced:
-            ctx = prop.extract({"traceparent": parent})
-            span = tracer.start_span(
-                "pairq publish",
-                context=ctx,
-                kind=SpanKind.SERVER,
-                attributes={
-                    "messaging.system": "pairq",
-                    "messaging.destination.name": topic_name,
-                    "messaging.message.id": msg_id.hex(),
-                    "pairq.broker_id": self._node_id(),
-                },
-            )
-            spans.append(span)
-        # The partner's replicate spans are children of these (ports.publish_traces);
+        from pairq.telemetry import batch_span
+
+        attributes: dict[str, Any] = {
+            "messaging.system": "pairq",
+            "messaging.operation": "publish",
+            "messaging.destination.name": topic_name,
+            "messaging.batch.message_count": len(items),
+            "pairq.broker_id": self._node_id(),
+        }
+        if len(items) == 1:
+            attributes["messaging.message.id"] = items[0][0].hex()
+        span = batch_span(
+            self._tracer(), "pairq publish", SpanKind.SERVER, [tp for _, tp in traced], attributes
+        )
+        # The partner's replicate span is a child of this one (ports.publish_traces);
         # nothing to carry while no partner copy is being made.
         carried: list[tuple[str, bytes, str]] = []
         if self._replicator.copies() >= 2:
-            for (msg_id, _), span in zip(traced, spans, strict=True):
-                carrier: dict[str, str] = {}
-                prop.inject(carrier, context=set_span_in_context(span))
-                if TRACEPARENT in carrier:
-                    carried.append((topic_name, msg_id, carrier[TRACEPARENT]))
+            carrier: dict[str, str] = {}
+            TraceContextTextMapPropagator().inject(carrier, context=set_span_in_context(span))
+            if TRACEPARENT in carrier:
+                carried.append((topic_name, traced[0][0], carrier[TRACEPARENT]))
         token = publish_traces.set(carried or None)
         try:
             copies = await self._publish(topic_name, items)
-            for span in spans:
-                span.set_attribute("pairq.copies", copies)
+            span.set_attribute("pairq.copies", copies)
             return copies
         except Exception as exc:
-            for span in spans:
-                span.record_exception(exc)
+            span.record_exception(exc)
             raise
         finally:
             publish_traces.reset(token)
-            for span in spans:
-                span.end()
+            span.end()
 
     # ------------------------------------------------------------ 3. append + replicate, 4. copies
     async def append(self, topic: Topic, records: list[bytes]) -> tuple[int, int]:

@@ -252,16 +252,21 @@ class Runner:
 
     async def bounded(self, what: str, aw: Any, limit: float) -> Any:
         """Await ``aw`` at most ``limit`` s; a hang is recorded (a violation) and every
-        asyncio task's stack goes to logs/harness.log, so the hang can be located."""
-        try:
-            return await asyncio.wait_for(aw, limit)
-        except TimeoutError:
-            self.problems.append(f"{what} did not finish within {limit:g} s")
-            with (self.run_dir / "logs" / "harness.log").open("a") as f:
-                f.write(f"--- {what} hung; tasks:\n")
-                for task in asyncio.all_tasks():
-                    task.print_stack(file=f)
-            return None
+        asyncio task's stack goes to logs/harness.log, so the hang can be located. The
+        hung task is cancelled but not waited for (``wait_for`` would wait for its
+        cancellation, forever if it ignores it), so the run always ends by itself."""
+        task = asyncio.ensure_future(aw)
+        done, _ = await asyncio.wait({task}, timeout=limit)
+        if task in done:
+            return task.result()
+        self.problems.append(f"{what} did not finish within {limit:g} s")
+        with (self.run_dir / "logs" / "harness.log").open("a") as f:
+            f.write(f"--- {what} hung; tasks:\n")
+            for t in asyncio.all_tasks():
+                t.print_stack(file=f)
+        task.cancel()
+        await asyncio.wait({task}, timeout=5.0)
+        return None
 
     async def wait_healthy(self, limit: float) -> float | None:
         """Bounded wait until every pair is healthy and takes a 2-copy probe publish."""

@@ -1,13 +1,15 @@
 """One trace spans producer -> broker publish -> partner (replicate) -> deliver ->
 the consumer's handler, on a real pair (in-process brokers on loopback, real gRPC
 and the real replication link, both the TCP link and the gRPC stream), collected
-with an in-memory exporter."""
+with an in-memory exporter; a batch of messages from many traces gets one broker
+span per request, linked to every trace."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -83,3 +85,83 @@ def test_one_trace_spans_producer_publish_replicate_deliver_and_handler(link: st
     assert parent("pairq deliver") == span_id("t publish"), out["spans"]
     assert spans["t process"][1] == "CONSUMER", out["spans"]
     assert parent("t process") == span_id("t publish"), out["spans"]
+
+
+_BATCH_SCRIPT = r"""
+import asyncio, json, sys
+import grpc
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pairq.client import Consumer
+from pairq.client._tracing import inject, send_span
+from pairq.testing import run_pair
+from pairq.v1 import broker_pb2 as pb, broker_pb2_grpc as pbg
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+N = int(sys.argv[1])
+
+async def main():
+    async with run_pair() as (a, b):
+        tracer = trace.get_tracer("test")
+        producers, items = [], []
+        for i in range(N):  # N messages, each from its own trace (its own request span)
+            with tracer.start_as_current_span(f"request {i}"):
+                span = send_span("t")
+                producers.append(span)
+                items.append(pb.PublishItem(body=b"%d" % i, headers=inject(None, span)))
+        async with grpc.aio.insecure_channel(a.address) as ch:
+            r = await pbg.BrokerServiceStub(ch).PublishBatch(
+                pb.PublishBatchRequest(topic="t", messages=items)
+            )
+        for span in producers:
+            span.end()
+        handled = []
+        async with Consumer("t", "c", [a.address, b.address],
+                            handler=lambda m: handled.append(m.body)) as c:
+            await c.wait_idle(timeout=10)
+    def ctx(c):
+        return [c.trace_id, c.span_id]
+    out = [{"name": s.name, "ctx": ctx(s.context), "parent": ctx(s.parent) if s.parent else None,
+            "links": [ctx(l.context) for l in s.links], "attrs": dict(s.attributes or {})}
+           for s in exporter.get_finished_spans()]
+    print(json.dumps({"copies": r.copies, "handled": len(handled), "spans": out,
+                      "producers": [ctx(s.get_span_context()) for s in producers]}))
+asyncio.run(main())
+"""
+
+
+def test_a_batch_of_traced_messages_gets_one_publish_span_linked_to_every_trace() -> None:
+    n = 5
+    proc = subprocess.run(
+        [sys.executable, "-c", _BATCH_SCRIPT, str(n)], capture_output=True, text=True, timeout=90
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["copies"] == 2 and out["handled"] == n, out
+    producers = out["producers"]
+    assert len({t for t, _ in producers}) == n  # n distinct traces
+
+    def named(name: str) -> list[dict[str, Any]]:
+        return [s for s in out["spans"] if s["name"] == name]
+
+    # ONE publish span for the request: child of the first message's producer span,
+    # linked to the other n-1
+    (publish,) = named("pairq publish")
+    assert publish["parent"] == producers[0], publish
+    assert publish["links"] == producers[1:], publish
+    assert publish["attrs"]["messaging.batch.message_count"] == n
+    assert "pairq.links_dropped" not in publish["attrs"]
+    # ONE replicate span on the partner for the batch that carried it
+    (replicate,) = named("pairq replicate")
+    assert replicate["parent"] == publish["ctx"] and replicate["links"] == [], replicate
+    # deliver spans (one per delivery batch) reach every message's trace, once
+    delivered = [c for s in named("pairq deliver") for c in [s["parent"], *s["links"]]]
+    assert sorted(delivered) == sorted(producers), named("pairq deliver")
+    # every message's own trace still reaches its handler span
+    handlers = named("t process")
+    assert sorted(s["parent"] for s in handlers) == sorted(producers), handlers

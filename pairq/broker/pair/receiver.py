@@ -231,7 +231,7 @@ class Receiver:
                         f"bad replication batch: {problem}",
                     )
                     return
-                # Tracing: a replicate span per traced publish, until our commit is done.
+                # Tracing: one replicate span for the batch, until our commit is done.
                 spans = self._replicate_spans(req.batch) if req.batch.traces else None
                 ops, confirmed = self._s.standby.apply_batch(req.batch)
                 if req.batch.catchup:
@@ -351,14 +351,16 @@ class Receiver:
             await link.write(self._grant_ack(bid))
 
     def _replicate_spans(self, batch: rpb.ReplicaBatch) -> list[Any]:
-        """Open a ``pairq replicate`` span for each traced publish of ``batch`` (none
-        while this broker does not record spans)."""
+        """Open ONE ``pairq replicate`` span for ``batch``, in the trace of its first
+        traced publish and linked to the others (none while this broker does not
+        record spans)."""
         tracer = self.broker.tracer
         if tracer is None:
             return []
-        from pairq.telemetry import replicate_spans
+        from pairq.telemetry import replicate_span
 
-        return replicate_spans(tracer, batch.traces, self.broker.node_id)
+        records = sum(len(a.records) for a in batch.appends)
+        return [replicate_span(tracer, batch.traces, records, self.broker.node_id)]
 
     def _note_refill(self, refill: RefillLog | None, batch: rpb.ReplicaBatch) -> RefillLog | None:
         """Log and expose the re-fill the partner is sending us (its catch-up batches)."""
