@@ -76,7 +76,8 @@ async def test_ping_info_and_unknown_routes(tmp_path: Path) -> None:
             assert await h.err("GET", "/pub?topic=t") == (405, "METHOD_NOT_ALLOWED")
             assert await h.err("GET", "/topic/create?topic=t") == (405, "METHOD_NOT_ALLOWED")
             assert await h.err("GET", "/nope") == (404, "NOT_FOUND")
-            assert await h.err("POST", "/dpub?topic=t", b"x") == (404, "NOT_FOUND")  # nsqd has none
+            # /dpub: /pub with a required defer (nsqd v1 has none; DPUB's name over HTTP)
+            assert await h.err("POST", "/dpub?topic=t", b"x") == (400, "MISSING_ARG_DEFER")
         finally:
             await h.close()
 
@@ -114,6 +115,12 @@ async def test_publishes_reach_a_grpc_subscriber(tmp_path: Path) -> None:
             await eventually(lambda: len(sub.messages) == 1, timeout=5)
             assert time.monotonic() - t0 >= 0.4
             assert sub.messages[0].body == b"later"
+            sub.fin([m.id for m in sub.take()])
+            t0 = time.monotonic()
+            status, body, _ = await h.call("POST", "/dpub?topic=t&defer=300", b"dlater")
+            assert (status, body) == (200, b"OK")
+            await eventually(lambda: len(sub.messages) == 1, timeout=5)
+            assert time.monotonic() - t0 >= 0.3 and sub.messages[0].body == b"dlater"
             # An empty text /mpub is OK and publishes nothing (nsqd), creating the topic.
             status, body, _ = await h.call("POST", "/mpub?topic=fresh", b"\n\n")
             assert (status, body) == (200, b"OK") and "fresh" in b.topics

@@ -684,9 +684,9 @@ subscribe = ["{TOPIC}:allowed"]
 
 
 # ----------------------------------------------------------------------------- a real pair
-def make_pair(tmp: Path) -> tuple[BrokerProcess, BrokerProcess, int, int]:
+def make_pair(tmp: Path, *extra: str) -> tuple[BrokerProcess, BrokerProcess, int, int]:
     pa, pb_, na, nb = free_port(), free_port(), free_port(), free_port()
-    common: list[str] = []  # defaults: --min-copies 2, an 800 ms lease
+    common: list[str] = [*extra]  # defaults: --min-copies 2, an 800 ms lease
     a = BrokerProcess(
         tmp / "a",
         port=pa,
@@ -754,9 +754,37 @@ async def publish_all(w: nsq.Writer, bodies: list[bytes], batch: int = 10) -> li
     return acked
 
 
+async def nsq_lookup() -> Any:
+    """An in-process lookup serving nsqlookupd's HTTP API (heartbeats every 200 ms)."""
+    from pairq.lookup import Lookup, LookupOptions
+
+    lk = Lookup(
+        LookupOptions(address="127.0.0.1:0", http_address="127.0.0.1:0", heartbeat_interval_ms=200)
+    )
+    await lk.start()
+    return lk
+
+
+async def lookup_lists(lk: Any, n: int, topic: str = TOPIC, timeout: float = 20) -> None:
+    """Until the lookup's ``/lookup?topic=...`` lists ``n`` NSQ producers."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+
+        async def listed() -> bool:
+            async with http.get(f"http://{lk.http_address}/lookup?topic={topic}") as r:
+                return r.status == 200 and len((await r.json())["producers"]) == n
+
+        await eventually(listed, timeout=timeout)
+
+
 @pytest.mark.timeout(180)
 async def test_pair_kill_owner_every_acked_message_arrives(tmp_path: Path) -> None:
-    a, b, na, nb = make_pair(tmp_path)
+    """pynsq's Writer publishes to the owner; the owner is killed; a pynsq Reader given
+    only the lookup's nsqlookupd HTTP API (as NSQ consumers run) finishes every acked
+    message from the partner, then the owner's new ones once it is back."""
+    lk = await nsq_lookup()
+    a, b, na, _ = make_pair(tmp_path, "--lookup", lk.address)
     a.start()
     b.start()
     r: nsq.Reader | None = None
@@ -777,13 +805,14 @@ async def test_pair_kill_owner_every_acked_message_arrives(tmp_path: Path) -> No
             per_body[msg.body] = per_body.get(msg.body, 0) + 1
             return True
 
-        # the consumer is connected to both brokers, but has not taken anything yet
+        await lookup_lists(lk, 2)  # both brokers hold the topic (the partner as standby)
         a.kill()
         r = nsq.Reader(
             topic=TOPIC,
             channel="work",
             message_handler=handler,
-            nsqd_tcp_addresses=[f"127.0.0.1:{na}", f"127.0.0.1:{nb}"],
+            lookupd_http_addresses=[f"http://{lk.http_address}"],
+            lookupd_poll_interval=1,
             max_in_flight=100,
         )
         await eventually(lambda: set(acked) <= set(per_body), timeout=30)
@@ -812,6 +841,7 @@ async def test_pair_kill_owner_every_acked_message_arrives(tmp_path: Path) -> No
             close_writer(w)
         a.stop()
         b.stop()
+        await lk.stop()
 
 
 async def test_pair_kill_owner_with_consumer_running(tmp_path: Path) -> None:

@@ -2,9 +2,10 @@
 real pairq pair over the NSQ TCP protocol: FIN, REQ and TOUCH, every message arrives.
 
 The Node side is tests/nsqjs/pairq_nsqjs.js; its dependencies are pinned by
-tests/nsqjs/package-lock.json and installed with ``npm ci``. The brokers are addressed
-directly (nsqdTCPAddresses); NSQ lookup discovery is tested where the lookup serves
-nsqlookupd's HTTP API.
+tests/nsqjs/package-lock.json and installed with ``npm ci``. The Writer is given a
+broker's NSQ address (as NSQ producers are given an nsqd); the Reader only the lookup's
+nsqlookupd HTTP API (``lookupdHTTPAddresses``), through which it finds both brokers of
+the pair, as NSQ consumers run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_nsq_tcp import lookup_lists, nsq_lookup
 
 from pairq.testing import eventually, run_pair
 
@@ -58,11 +60,22 @@ async def run_node(script: Path, config: dict[str, Any]) -> tuple[int, dict[str,
 
 
 async def test_nsqjs_writer_and_reader_against_a_pair(nsqjs: Path, tmp_path: Path) -> None:
-    async with run_pair(tmp_path, nsq_tcp_address="127.0.0.1:0") as (a, b):
+    lk = await nsq_lookup()
+    try:
+        await _writer_and_reader(nsqjs, tmp_path, lk)
+    finally:
+        await lk.stop()
+
+
+async def _writer_and_reader(nsqjs: Path, tmp_path: Path, lk: Any) -> None:
+    async with run_pair(tmp_path, nsq_tcp_address="127.0.0.1:0", lookup=(lk.address,)) as (a, b):
         addresses = [f"127.0.0.1:{x.nsq_tcp.port}" for x in (a, b)]
+        for x in (a, b):
+            await x.get_topic(TOPIC)  # registered: the Reader finds both brokers
+        await lookup_lists(lk, 2, TOPIC)
         config = {
             "writer": addresses[0],
-            "readers": addresses,
+            "lookupd": [lk.http_address],
             "topic": TOPIC,
             "channel": "work",
             "count": COUNT,
@@ -101,17 +114,18 @@ async def test_nsqjs_writer_and_reader_against_a_pair(nsqjs: Path, tmp_path: Pat
 @pytest.mark.timeout(180)
 async def test_nsqjs_messages_survive_kill_9_of_the_owner(nsqjs: Path, tmp_path: Path) -> None:
     """nsqjs publishes to the owner of a real pair (processes); the owner is killed with
-    SIGKILL; an nsqjs Reader given both brokers finishes every acked message."""
+    SIGKILL; an nsqjs Reader given only the lookup finishes every acked message."""
     from test_nsq_tcp import make_pair, print_logs, wait_pair
 
-    a, b, na, nb = make_pair(tmp_path)
+    lk = await nsq_lookup()
+    a, b, na, _ = make_pair(tmp_path, "--lookup", lk.address)
     a.start()
     b.start()
     try:
         await wait_pair(a, b)
         base = {
             "writer": f"127.0.0.1:{na}",
-            "readers": [f"127.0.0.1:{na}", f"127.0.0.1:{nb}"],
+            "lookupd": [lk.http_address],
             "topic": TOPIC,
             "channel": "work",
             "count": COUNT,
@@ -122,6 +136,7 @@ async def test_nsqjs_messages_survive_kill_9_of_the_owner(nsqjs: Path, tmp_path:
         assert code == 0, f"{result} {stderr[-2000:]}"
         acked = result["published"]
         assert len(acked) == COUNT and result["errors"] == []
+        await lookup_lists(lk, 2, TOPIC)  # both brokers hold the topic (the partner as standby)
         a.kill()
         code, result, stderr = await run_node(nsqjs, {**base, "mode": "consume", "expect": acked})
         assert code == 0, f"not every acked message arrived after the kill: {stderr[-2000:]}"
@@ -137,3 +152,4 @@ async def test_nsqjs_messages_survive_kill_9_of_the_owner(nsqjs: Path, tmp_path:
     finally:
         a.stop()
         b.stop()
+        await lk.stop()

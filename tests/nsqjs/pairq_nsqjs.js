@@ -3,6 +3,8 @@
 // node pairq_nsqjs.js CONFIG_JSON, where CONFIG_JSON is
 //   {"writer": "HOST:PORT", "readers": ["HOST:PORT", ...], "topic": T, "channel": C,
 //    "count": N, "msgTimeoutMs": MS, "timeoutMs": MS}
+// or, instead of "readers", "lookupd": ["HOST:PORT", ...]: the Reader finds the brokers
+// through nsqlookupd's HTTP API (a pairq lookup's --http-address), as NSQ users run it.
 // The Writer publishes N messages: "req-*" and "touch-*" one at a time, "m-*" in batches,
 // and one deferred ("late"). The Reader, connected to every address, FINs each message,
 // except that a "req-*" one is requeued on its first attempt and a "touch-*" one is kept
@@ -45,7 +47,9 @@ function check() {
 }
 
 const reader = mode === 'publish' ? null : new nsq.Reader(cfg.topic, cfg.channel, {
-  nsqdTCPAddresses: cfg.readers,
+  ...(cfg.lookupd
+    ? { lookupdHTTPAddresses: cfg.lookupd, lookupdPollInterval: 1, lookupdPollJitter: 0.1 }
+    : { nsqdTCPAddresses: cfg.readers }),
   maxInFlight: 50,
   messageTimeout: cfg.msgTimeoutMs,
   heartbeatInterval: 1,

@@ -16,8 +16,10 @@ Routes (nsqd v1.x; any other method is 405, any other path 404):
 ``/channel/VERB?topic=T&channel=C``       POST  the same verbs on a channel (``actions.Actions``)
 ========================================  ====  ===================================================
 
-nsqd has no ``/dpub`` (a deferred publish over HTTP is ``/pub?defer=MS``; DPUB is
-a TCP command), so neither does this.
+``/dpub?topic=T&defer=MS`` (POST) is ``/pub`` with a required ``defer`` (400
+``MISSING_ARG_DEFER`` without it): nsqd v1 has no such endpoint (its deferred HTTP
+publish is ``/pub?defer=MS``; DPUB is a TCP command), but scripts written for the
+TCP command's name find it here.
 
 Answers, as nsqd's ``V1`` responses: 200 with ``OK`` (publishes) or an empty
 body (verbs) or JSON; an error is ``{"message": CODE}`` with nsqd's status and
@@ -215,6 +217,7 @@ class NsqHttpServer:
         r.add_get("/ping", self.ping, allow_head=False)
         r.add_get("/info", self.info, allow_head=False)
         r.add_post("/pub", self.pub)
+        r.add_post("/dpub", self.dpub)
         r.add_post("/mpub", self.mpub)
         r.add_get("/stats", self.stats, allow_head=False)
         for verb in ("create", "delete", "empty", "pause", "unpause"):
@@ -338,6 +341,11 @@ class NsqHttpServer:
         resp.headers["X-Pairq-Copies"] = str(copies)
         resp.headers["X-Pairq-Message-Id"] = msg_id.hex()
         return resp
+
+    async def dpub(self, request: web.Request) -> web.Response:
+        if "defer" not in request.query:
+            raise HttpError(400, "MISSING_ARG_DEFER")
+        return await self.pub(request)
 
     async def mpub(self, request: web.Request) -> web.Response:
         opts = self.opts
