@@ -112,9 +112,21 @@ async def test_pynsq_publishes_pub_mpub_dpub(tmp_path: Path) -> None:
 
 
 async def test_pynsq_consumes_with_fin_req_touch(tmp_path: Path) -> None:
-    async with run_broker(tmp_path / "b", nsq_tcp_address="127.0.0.1:0") as broker:
+    """The Reader finds the broker through the lookup's nsqlookupd HTTP API."""
+    lk = await nsq_lookup()
+    try:
+        await _fin_req_touch(tmp_path, lk)
+    finally:
+        await lk.stop()
+
+
+async def _fin_req_touch(tmp_path: Path, lk: Any) -> None:
+    async with run_broker(
+        tmp_path / "b", nsq_tcp_address="127.0.0.1:0", lookup=(lk.address,)
+    ) as broker:
         t = await broker.get_topic(TOPIC)
         await t.get_channel("c")
+        await lookup_lists(lk, 1)
         w = await connected_writer([nsq_address(broker)])
         pubs = Pubs()
         w.mpub(TOPIC, [b"fin", b"req", b"touch"], callback=pubs.callback)
@@ -147,7 +159,8 @@ async def test_pynsq_consumes_with_fin_req_touch(tmp_path: Path) -> None:
             topic=TOPIC,
             channel="c",
             message_handler=handler,
-            nsqd_tcp_addresses=[nsq_address(broker)],
+            lookupd_http_addresses=[f"http://{lk.http_address}"],
+            lookupd_poll_interval=1,
             max_in_flight=10,
             msg_timeout=1,
         )
