@@ -67,7 +67,7 @@ from pairq.lookup.registry import (
 from pairq.names import is_valid_name
 from pairq.nsqapi import HttpError, Listener, errors, ok, require, server_ssl
 from pairq.options import parse_hostport
-from pairq.security.auth import ADMIN, Authenticator
+from pairq.security.auth import ADMIN, ANY_CHANNEL, Authenticator
 from pairq.security.tls import TLSFiles
 
 __all__ = ["NsqLookupHttpServer", "lookup_answer", "node_key", "nodes_answer", "producer"]
@@ -209,7 +209,7 @@ class NsqLookupHttpServer:
 
     async def lookup(self, request: web.Request) -> web.Response:
         topic = self._topic(request)
-        require(self.auth, request, LOOKUP_PERMS, topic)
+        require(self.auth, request, LOOKUP_PERMS, topic, ANY_CHANNEL)
         ans = self.registry.lookup_topic(topic, self.clock())
         if not ans.known:
             raise HttpError(404, "TOPIC_NOT_FOUND")
@@ -221,7 +221,7 @@ class NsqLookupHttpServer:
 
     async def channels(self, request: web.Request) -> web.Response:
         topic = self._topic(request)
-        require(self.auth, request, LOOKUP_PERMS, topic)
+        require(self.auth, request, LOOKUP_PERMS, topic, ANY_CHANNEL)
         return ok({"channels": self.registry.channels(topic, self.clock())})
 
     async def nodes(self, request: web.Request) -> web.Response:

@@ -64,6 +64,7 @@ from pairq.v1 import broker_pb2 as pb
 
 __all__ = [
     "ADMIN",
+    "ANY_CHANNEL",
     "PUBLISH",
     "SUBSCRIBE",
     "AuthInterceptor",
@@ -91,10 +92,18 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# The channel of an action on a topic as a whole that any channel permission covers
+# (looking up where a topic is: a consumer allowed ``t:c`` may find ``t``); never a
+# channel name (names have no NUL).
+ANY_CHANNEL = "\x00"
+
+
 def _matches(patterns: tuple[str, ...], topic: str, channel: str) -> bool:
     for p in patterns:
         tp, _, cp = p.partition(":")
-        if fnmatch.fnmatchcase(topic, tp) and (not cp or fnmatch.fnmatchcase(channel, cp)):
+        if fnmatch.fnmatchcase(topic, tp) and (
+            not cp or channel == ANY_CHANNEL or fnmatch.fnmatchcase(channel, cp)
+        ):
             return True
     return False
 
@@ -116,7 +125,8 @@ class Principal:
     def denial(self, perm: str, topic: str, channel: str = "") -> str:
         """The PERMISSION_DENIED message for a missing permission."""
         what = (
-            f"topic {topic[:80]!r}" + (f" channel {channel[:80]!r}" if channel else "")
+            f"topic {topic[:80]!r}"
+            + (f" channel {channel[:80]!r}" if channel and channel != ANY_CHANNEL else "")
             if topic
             else "this broker-wide action (needs the pattern '*')"
         )
@@ -295,9 +305,9 @@ BROKER_RULES: dict[str, Rule | str] = {
 
 LOOKUP_RULES: dict[str, Rule | str] = {
     "/pairq.v1.LookupService/Register": lambda r: (ADMIN, "", ""),
-    "/pairq.v1.LookupService/LookupTopic": lambda r: ("publish|subscribe", r.topic, ""),
+    "/pairq.v1.LookupService/LookupTopic": lambda r: ("publish|subscribe", r.topic, ANY_CHANNEL),
     "/pairq.v1.LookupService/ListTopics": _authenticated,
-    "/pairq.v1.LookupService/ListChannels": lambda r: ("publish|subscribe", r.topic, ""),
+    "/pairq.v1.LookupService/ListChannels": lambda r: ("publish|subscribe", r.topic, ANY_CHANNEL),
     "/pairq.v1.LookupService/ListNodes": _authenticated,
     "/pairq.v1.LookupService/CreateTopicRegistration": _topic(ADMIN),
     "/pairq.v1.LookupService/DeleteTopicRegistration": _topic(ADMIN),

@@ -66,3 +66,20 @@ def test_the_auth_file_stores_hashes_and_refuses_mistakes(tmp_path: Path) -> Non
         f.write_text("[[principal]]\n" + body)
         with pytest.raises(ValueError, match=words):
             AuthTable.load(str(f))
+
+
+def test_a_channel_permission_lets_its_consumer_find_the_topic() -> None:
+    """auth.py: subscribe on ``t:c`` allows lookups of ``t`` (a consumer must find the
+    brokers of its topic); it was denied because the lookup checked channel ""."""
+    from pairq.security.auth import ANY_CHANNEL, LOOKUP_RULES, Principal, _denied
+    from pairq.v1 import lookup_pb2 as lpb
+
+    p = Principal(name="billing", subscribe=("orders:billing",))
+    for method in ("LookupTopic", "ListChannels"):
+        rule = LOOKUP_RULES[f"/pairq.v1.LookupService/{method}"]
+        assert callable(rule)
+        req = getattr(lpb, f"{method}Request")(topic="orders")
+        assert _denied(p, rule(req)) is None
+        assert _denied(p, rule(getattr(lpb, f"{method}Request")(topic="audit"))) is not None
+    assert not p.allows("subscribe", "orders", "other")  # a channel is still a channel
+    assert p.allows("subscribe", "orders", ANY_CHANNEL)
