@@ -263,7 +263,10 @@ class Runner:
         with (self.run_dir / "logs" / "harness.log").open("a") as f:
             f.write(f"--- {what} hung; tasks:\n")
             for t in asyncio.all_tasks():
-                t.print_stack(file=f)
+                f.write(f"{t!r}\n")
+                for frame in t.get_stack():  # (print_stack fails on a frame with no line)
+                    code = frame.f_code
+                    f.write(f"  {code.co_filename}:{frame.f_lineno} in {code.co_name}\n")
         task.cancel()
         await asyncio.wait({task}, timeout=5.0)
         return None
