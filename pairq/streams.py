@@ -50,6 +50,11 @@ class SerialWriter:
         finally:
             self._writing = False
 
+    @property
+    def busy(self) -> bool:
+        """A write is in flight: ``put`` only queues (and returns at once)."""
+        return self._writing
+
     def stop(self) -> None:
         self.stopped = True
         self._out.clear()

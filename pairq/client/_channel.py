@@ -93,6 +93,7 @@ class PublishStreamClient:
         self._next_id = 1
         self._writer = SerialWriter(self._call.write, self._write_failed)
         self.broken: BaseException | None = None
+        self._writes: set[asyncio.Task[None]] = set()  # writes of requests (see request)
         self._reader = self._loop.create_task(self._read())
 
     async def request(self, req: broker_pb2.PublishStreamRequest, timeout: float) -> Any:
@@ -106,7 +107,20 @@ class PublishStreamClient:
         self._pending[rid] = fut
         timer = self._loop.call_later(timeout, self._expire, rid, timeout)
         try:
-            await self._writer.put(req.SerializeToString())
+            data = req.SerializeToString()
+            if self._writer.busy:
+                await self._writer.put(data)  # queued: the task writing sends it
+            else:
+                # This call would write itself: never past its deadline. grpc.aio's
+                # write waits for the call's initial metadata to go out, and a call
+                # cancelled before that (a broker that accepted the connection but never
+                # answered: SIGSTOPped, overloaded) leaves the write waiting for ever.
+                # The timer resolves ``fut`` at the deadline; a stuck write is left to
+                # its task (cancelled on close).
+                writing = self._loop.create_task(self._writer.put(data))
+                self._writes.add(writing)
+                writing.add_done_callback(self._writes.discard)
+                await asyncio.wait((writing, fut), return_when=asyncio.FIRST_COMPLETED)
             resp = await fut
         finally:
             timer.cancel()
@@ -166,6 +180,8 @@ class PublishStreamClient:
 
     async def close(self) -> None:
         self._break(UnavailableError("publish stream closed"))
+        for w in list(self._writes):
+            w.cancel()  # not awaited: a write stuck in grpc may never end
         self._reader.cancel()
         with contextlib.suppress(BaseException):
             await self._reader

@@ -264,9 +264,17 @@ class Runner:
             f.write(f"--- {what} hung; tasks:\n")
             for t in asyncio.all_tasks():
                 f.write(f"{t!r}\n")
-                for frame in t.get_stack():  # (print_stack fails on a frame with no line)
+                # the await chain, innermost last (print_stack shows the outer frame only,
+                # and fails on a frame with no line number)
+                aw: Any = t.get_coro()
+                while aw is not None:
+                    frame = getattr(aw, "cr_frame", None) or getattr(aw, "gi_frame", None)
+                    if frame is None:
+                        f.write(f"  awaiting {aw!r}\n")
+                        break
                     code = frame.f_code
                     f.write(f"  {code.co_filename}:{frame.f_lineno} in {code.co_name}\n")
+                    aw = getattr(aw, "cr_await", None) or getattr(aw, "gi_yieldfrom", None)
         task.cancel()
         await asyncio.wait({task}, timeout=5.0)
         return None
