@@ -41,7 +41,7 @@ from pairq.broker.publishing import Publisher
 from pairq.broker.registration import LookupRegistrar
 from pairq.broker.schema import TopicMeta
 from pairq.broker.service import SERVICE, BrokerService, broker_limits
-from pairq.broker.store import STRUCTURE_ERRORS, CrashRecord, Store
+from pairq.broker.store import MALFORMED, STRUCTURE_ERRORS, CrashRecord, Store
 from pairq.broker.topic import Topic
 from pairq.errors import PairqError, StoreCorruptError
 from pairq.names import is_ephemeral
@@ -161,6 +161,33 @@ class Broker:
             self.tracer = trace.get_tracer("pairq.broker")
         host, port = parse_hostport(self.options.address, what="--address")
         await asyncio.to_thread(self._open_store)
+        try:
+            await self._load(loop)
+        except MALFORMED as exc:
+            # A damaged key or value LMDB itself does not see (it checksums nothing):
+            # the load would fail the same way at every start. Handled as a corrupt
+            # store: the crash record makes _open_store move it aside (or refuse).
+            log.critical(
+                "the store %s holds malformed data (%s: %s)",
+                self.store.path,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+            await asyncio.to_thread(self.store.close)
+            CrashRecord(self.store.path).write(
+                f"malformed store data at start-up: {type(exc).__name__}: {exc}"
+            )
+            self.topics.clear()
+            self.pair = None
+            self.store = self._new_store()
+            await asyncio.to_thread(self._open_store)
+            await self._load(loop)
+        await self._serve(loop, host, port)
+
+    async def _load(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Everything start-up reads from the store: identity, the pair's standby
+        image, the catalog, topics and channels with their progress."""
         # The store's id names this data dir: a wiped disk gets a new one, which is
         # how the partner knows to re-fill it (pairq.broker.pair), whatever --node-name says.
         self.store_id = self.store.meta.node_id()
@@ -221,11 +248,14 @@ class Broker:
             for ch in topic.channels.values():
                 ch.schedule_pump()
 
+    async def _serve(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
+        assert self.publisher is not None  # made by _load
+        publisher = self.publisher
         server = grpc.aio.server(
             options=grpcopts.server_options(self.options.max_msg_size),
             interceptors=self.security.interceptors(),
         )
-        self.service = BrokerService(self, self.publisher)
+        self.service = BrokerService(self, publisher)
         handlers = [self.service.generic_handler()]
         if self.pair is not None:
             handlers.append(self.pair.generic_handler())
@@ -255,7 +285,7 @@ class Broker:
         if self.options.nsq_tcp_address:  # NSQ's TCP protocol V2 (issue 17)
             from pairq.broker.nsq.tcp import NsqTcpServer
 
-            self.nsq_tcp = NsqTcpServer(self, self.service, self.publisher)
+            self.nsq_tcp = NsqTcpServer(self, self.service, publisher)
             try:
                 await self.nsq_tcp.start()
             except OSError:
@@ -274,7 +304,7 @@ class Broker:
 
             self.nsq_http = NsqHttpServer(
                 self,
-                self.publisher,
+                publisher,
                 self.service.actions,
                 auth=self.security.auth,
                 tls=self.security.tls,

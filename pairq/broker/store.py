@@ -46,6 +46,7 @@ import asyncio
 import logging
 import os
 import queue
+import struct
 import threading
 import time
 import uuid
@@ -112,6 +113,12 @@ class CrashRecord:
             "can crash a reader: handled as a corrupt store"
         )
 
+    def write(self, reason: str) -> None:
+        """Record ``reason`` (malformed data found at start-up): the next ``check``
+        handles the store as corrupt."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(reason + "\n")
+
     def arm(self) -> None:
         import faulthandler
 
@@ -142,6 +149,16 @@ STRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     TruncatedStoreError,
     CrashedStoreError,
 )
+# What decoding a damaged key or value raises (a flipped bit in a topic name, a value
+# of the wrong length): at start-up the store is then handled as corrupt (Broker).
+MALFORMED: tuple[type[BaseException], ...] = (
+    UnicodeDecodeError,
+    struct.error,
+    ValueError,
+    IndexError,
+    KeyError,
+)
+
 # What the writer treats as a broken structure: those, and a SystemError that py-lmdb
 # raises around one of them (checked for its cause in ``Store._commit``).
 _FATAL_OR_WRAPPED: tuple[type[BaseException], ...] = (*STRUCTURE_ERRORS, SystemError)

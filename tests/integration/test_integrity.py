@@ -313,3 +313,47 @@ async def test_a_store_that_crashed_its_process_resilvers_and_a_kill_does_not(
     finally:
         a.stop()
         b.stop()
+
+
+def _mangle_standby_key(data_dir: Path, topic: str) -> int:
+    """A flipped bit in the topic name of the standby copies' keys (invalid UTF-8):
+    LMDB's structure is fine, only pairq's decoding of the key fails."""
+    import lmdb
+
+    env = lmdb.open(str(data_dir / "store"), max_dbs=32)
+    moved = 0
+    with env.begin(write=True) as txn:
+        db = env.open_db(b"sb_msgs", txn=txn)
+        prefix = topic.encode() + b"\0"
+        items = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=db) if bytes(k).startswith(prefix)]
+        for k, v in items[:5]:
+            txn.delete(k, db=db)
+            txn.put(b"\xe1" + k[1:], v, db=db)
+            moved += 1
+    env.close()
+    return moved
+
+
+async def test_a_key_that_no_longer_decodes_resilvers_instead_of_crash_looping(
+    tmp_path: Path,
+) -> None:
+    """The chaos harness's bitflip (make chaos, seed 1) flipped a bit in a standby key's
+    topic name: every start of that broker died decoding it (UnicodeDecodeError), 38
+    restarts, the pair never healed. Malformed data at start-up is a corrupt store."""
+    rng = random.Random(12)
+    a, b = make_pair(tmp_path)
+    try:
+        acked = await _start_and_publish(a, b, rng)
+        b.stop()  # kill -9 the partner: it holds A's messages as standby copies
+        assert _mangle_standby_key(Path(b.data_dir), TOPIC) == 5
+        b.start()
+        await wait_healthy(a, b, timeout=30)
+        assert _moved_aside(b), "the store with malformed keys was not moved aside"
+        log = _text(b.log_path)
+        assert "holds malformed data (UnicodeDecodeError" in log and "re-fills" in log
+        handled = await _consume_all(a, b, acked)
+        assert set(acked) <= set(handled)
+        assert all(handled[i] == 1 for i in acked)
+    finally:
+        a.stop()
+        b.stop()
