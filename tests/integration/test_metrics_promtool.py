@@ -248,6 +248,13 @@ def test_admin_metrics_endpoint_passes_promtool(tmp_path: Path) -> None:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        # The lookup listens first: polls before it did would count lookup errors.
+        try:
+            wait_for_port(lk)
+        except BaseException:
+            lookup.kill()
+            lookup.wait()
+            raise
         # --broker at a port nobody listens on: every poll counts one broker error.
         admin = subprocess.Popen(
             [
