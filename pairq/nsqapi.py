@@ -33,6 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pairq.names import is_valid_name
 from pairq.options import parse_hostport
 from pairq.security.auth import CURRENT, Authenticator, Principal
 from pairq.security.tls import TLSFiles
@@ -62,6 +63,23 @@ class HttpError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def topic_channel_args(request: web.Request) -> tuple[str, str]:
+    """``?topic=T&channel=C``, both present and valid names, as nsqd and nsqlookupd
+    check them (400 ``MISSING_ARG_*`` / ``INVALID_ARG_*``)."""
+    q = request.query
+    if "topic" not in q:
+        raise HttpError(400, "MISSING_ARG_TOPIC")
+    topic = q.getone("topic")
+    if not is_valid_name(topic):
+        raise HttpError(400, "INVALID_ARG_TOPIC")
+    if "channel" not in q:
+        raise HttpError(400, "MISSING_ARG_CHANNEL")
+    channel = q.getone("channel")
+    if not is_valid_name(channel):
+        raise HttpError(400, "INVALID_ARG_CHANNEL")
+    return topic, channel
 
 
 def _json(data: Any) -> str:

@@ -65,7 +65,7 @@ from pairq.lookup.registry import (
     UnknownNodeError,
 )
 from pairq.names import is_valid_name
-from pairq.nsqapi import HttpError, Listener, errors, ok, require, server_ssl
+from pairq.nsqapi import HttpError, Listener, errors, ok, require, server_ssl, topic_channel_args
 from pairq.options import parse_hostport
 from pairq.security.auth import ADMIN, ANY_CHANNEL, Authenticator
 from pairq.security.tls import TLSFiles
@@ -184,22 +184,6 @@ class NsqLookupHttpServer:
             raise HttpError(400, "MISSING_ARG_TOPIC")
         return request.query.getone("topic")
 
-    @staticmethod
-    def _topic_channel(request: web.Request) -> tuple[str, str]:
-        """nsqlookupd's ``GetTopicChannelArgs``: both present and valid names."""
-        q = request.query
-        if "topic" not in q:
-            raise HttpError(400, "MISSING_ARG_TOPIC")
-        topic = q.getone("topic")
-        if not is_valid_name(topic):
-            raise HttpError(400, "INVALID_ARG_TOPIC")
-        if "channel" not in q:
-            raise HttpError(400, "MISSING_ARG_CHANNEL")
-        channel = q.getone("channel")
-        if not is_valid_name(channel):
-            raise HttpError(400, "INVALID_ARG_CHANNEL")
-        return topic, channel
-
     # ------------------------------------------------------------ queries
     async def ping(self, request: web.Request) -> web.Response:
         return web.Response(text="OK")
@@ -267,13 +251,13 @@ class NsqLookupHttpServer:
         return ok()
 
     async def channel_create(self, request: web.Request) -> web.Response:
-        topic, channel = self._topic_channel(request)
+        topic, channel = topic_channel_args(request)
         require(self.auth, request, ADMIN, topic, channel)
         self.registry.create_channel(topic, channel)
         return ok()
 
     async def channel_delete(self, request: web.Request) -> web.Response:
-        topic, channel = self._topic_channel(request)
+        topic, channel = topic_channel_args(request)
         require(self.auth, request, ADMIN, topic, channel)
         if channel not in self.registry.channels(topic, self.clock()):
             raise HttpError(404, "CHANNEL_NOT_FOUND")

@@ -70,7 +70,15 @@ from pairq.broker.publishing import Publisher
 from pairq.broker.registration import advertised
 from pairq.errors import PairqError
 from pairq.names import is_valid_name
-from pairq.nsqapi import HttpError, Listener, errors, ok, require, server_ssl
+from pairq.nsqapi import (
+    HttpError,
+    Listener,
+    errors,
+    ok,
+    require,
+    server_ssl,
+    topic_channel_args,
+)
 from pairq.options import parse_hostport
 from pairq.security.auth import ADMIN, PUBLISH, Authenticator
 from pairq.security.tls import TLSFiles
@@ -404,17 +412,7 @@ class NsqHttpServer:
 
     def _channel_verb(self, verb: str) -> Handler:
         async def handle(request: web.Request) -> web.Response:
-            q = request.query
-            if "topic" not in q:
-                raise HttpError(400, "MISSING_ARG_TOPIC")
-            topic = q.getone("topic")
-            if not is_valid_name(topic):
-                raise HttpError(400, "INVALID_ARG_TOPIC")
-            if "channel" not in q:
-                raise HttpError(400, "MISSING_ARG_CHANNEL")
-            channel = q.getone("channel")
-            if not is_valid_name(channel):
-                raise HttpError(400, "INVALID_ARG_CHANNEL")
+            topic, channel = topic_channel_args(request)
             self._require(request, ADMIN, topic, channel)
             a = self.actions
             try:
