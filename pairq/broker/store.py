@@ -756,7 +756,7 @@ class Store:
             disk_free: int | None = st.f_bavail * st.f_frsize
         except OSError:
             disk_free = None
-        reusable = max(0, file_pages - 2 - pages) * psize
+        reusable = reusable_bytes(file_pages, pages, psize)
         margin = self.max_bytes - self.reserve_bytes - self.used_bytes
         if disk_free is not None:
             margin = min(margin, disk_free + reusable - self.reserve_bytes)
@@ -774,6 +774,12 @@ class Store:
         elif not reason and self.full_reason:
             log.info("store has room again; accepting publishes")
         self.full_reason = reason
+
+
+def reusable_bytes(file_pages: int, used_pages: int, page_size: int) -> int:
+    """LMDB's free list in bytes: the data file's pages less the live ones and the two
+    meta pages (reused before the file grows)."""
+    return max(0, file_pages - 2 - used_pages) * page_size
 
 
 def full_reason(
@@ -806,7 +812,7 @@ def full_reason(
         )
     if disk_free is None:
         return ""
-    reusable = max(0, file_pages - 2 - used_pages) * page_size
+    reusable = reusable_bytes(file_pages, used_pages, page_size)
     room = disk_free + reusable
     if room < reserve_bytes:
         return (
