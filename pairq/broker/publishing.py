@@ -187,14 +187,6 @@ class Publisher:
             raise limit_exceeded(
                 "max_batch", self.opts.max_batch, f"batch has {n} messages", pb.ERROR_CODE_BAD_BATCH
             )
-        nbytes = sum(len(m.body) for m in messages)
-        if nbytes > self.opts.max_batch_bytes:
-            raise limit_exceeded(
-                "max_batch_bytes",
-                self.opts.max_batch_bytes,
-                f"batch has {nbytes} body bytes",
-                pb.ERROR_CODE_BAD_BATCH,
-            )
         now_ns = time.time_ns()
         ts_field = wire.timestamp_field(now_ns)
         items: list[Item] = []
@@ -204,8 +196,10 @@ class Publisher:
         traced: list[tuple[bytes, str]] = []
         tracing = self._tracer() is not None
         all_supplied = True
+        nbytes = 0  # body bytes, summed here: each protobuf field read costs a copy
         for item in messages:
             body = item.body
+            nbytes += len(body)
             i = item.id
             # Fast path: a producer id, no headers, no delay (what Producer sends).
             if (
@@ -224,6 +218,13 @@ class Publisher:
                 tp = item.headers.get(TRACEPARENT)
                 if tp:
                     traced.append((i, tp))
+        if nbytes > self.opts.max_batch_bytes:
+            raise limit_exceeded(
+                "max_batch_bytes",
+                self.opts.max_batch_bytes,
+                f"batch has {nbytes} body bytes",
+                pb.ERROR_CODE_BAD_BATCH,
+            )
         copies = await self.publish(topic, items, traced or None, new_ids=new_ids)
         return [i for i, _, _ in items], copies, all_supplied
 
