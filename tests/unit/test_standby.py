@@ -7,8 +7,8 @@ import os
 import time
 from pathlib import Path
 
+from pairq.broker import checksum, wire
 from pairq.broker import store as st
-from pairq.broker import wire
 from pairq.broker.pair.standby import StandbyStore, validate_batch
 from pairq.v1 import replication_pb2 as rpb
 
@@ -136,3 +136,75 @@ def test_confirmations_and_floors_split_runs_of_unconfirmed_copies(tmp_path: Pat
         )
     )
     assert confirmed == [ids[4]] and "t" not in sb.unconfirmed
+
+
+# -- validate_batch: what the partner refuses before it touches its store ------------
+
+
+def _rec(body: bytes = b"x" * 200) -> bytes:
+    return wire.encode_plain_record(os.urandom(16), body, wire.timestamp_field(1))
+
+
+def test_validate_batch_accepts_a_good_batch_and_names_what_is_wrong() -> None:
+    r1, r2 = _rec(), _rec()
+    good = rpb.ReplicaBatch(
+        batch_id=1,
+        appends=[
+            rpb.ReplicaAppend(
+                topic="t", first_seq=5, records=[r1, r2], crcs=checksum.crcs([r1, r2])
+            )
+        ],
+        committed=[rpb.ReplicaRange(topic="t", first_seq=3, count=2)],
+        progress=[rpb.ReplicaProgress(topic="t", channel="c", floor=2, finished=[4])],
+        deleted_topics=["gone"],
+    )
+    assert validate_batch(good, 1 << 20) == ""
+    # the same batch again (names now cached as valid) is still fine
+    assert validate_batch(good, 1 << 20) == ""
+
+    def bad(**kw: object) -> str:
+        b = rpb.ReplicaBatch()
+        b.CopyFrom(good)
+        for k, v in kw.items():
+            b.ClearField(k)
+            getattr(b, k).extend(v)  # type: ignore[arg-type]
+        return validate_batch(b, 1 << 20)
+
+    assert "invalid topic name" in bad(
+        appends=[rpb.ReplicaAppend(topic="t\x00", first_seq=1, records=[r1])]
+    )
+    assert "out of range" in bad(
+        appends=[rpb.ReplicaAppend(topic="t", first_seq=2**63, records=[r1])]
+    )
+    assert "size out of range" in bad(
+        appends=[rpb.ReplicaAppend(topic="t", first_seq=1, records=[b"short"])]
+    )
+    assert "size out of range" in validate_batch(
+        rpb.ReplicaBatch(
+            appends=[rpb.ReplicaAppend(topic="t", first_seq=1, records=[_rec(b"y" * 70_000)])]
+        ),
+        1000,
+    )
+    assert "1 checksums for 2 records" in bad(
+        appends=[
+            rpb.ReplicaAppend(topic="t", first_seq=1, records=[r1, r2], crcs=[checksum.crc(r1)])
+        ]
+    )
+    flipped = checksum.crc(r2) ^ 1
+    msg = bad(
+        appends=[
+            rpb.ReplicaAppend(
+                topic="t", first_seq=7, records=[r1, r2], crcs=[checksum.crc(r1), flipped]
+            )
+        ]
+    )
+    assert "record 8 of topic 't' failed its checksum in transit" in msg
+    assert "invalid name" in bad(progress=[rpb.ReplicaProgress(topic="t", channel="", floor=1)])
+    assert "seq out of range" in bad(
+        progress=[rpb.ReplicaProgress(topic="t", channel="c", finished=[2**63])]
+    )
+    assert "invalid topic name" in bad(deleted_topics=["bad name"])
+    assert "invalid topic name" in bad(
+        committed=[rpb.ReplicaRange(topic="#", first_seq=1, count=1)]
+    )
+    assert "out of bounds" in bad(committed=[rpb.ReplicaRange(topic="t", first_seq=1, count=10**9)])

@@ -221,7 +221,8 @@ class Receiver:
                 self._s.core.on_heard(time.monotonic())
                 if req.WhichOneof("kind") != "batch":
                     continue
-                problem = validate_batch(req.batch, self.broker.options.max_msg_size)
+                batch = req.batch  # read once: each protobuf field read builds a wrapper
+                problem = validate_batch(batch, self.broker.options.max_msg_size)
                 if problem:
                     log.error("rejecting a replication batch from %s: %s", h.node_id, problem)
                     await _end(
@@ -232,13 +233,13 @@ class Receiver:
                     )
                     return
                 # Tracing: one replicate span for the batch, until our commit is done.
-                spans = self._replicate_spans(req.batch) if req.batch.traces else None
-                ops, confirmed = self._s.standby.apply_batch(req.batch)
-                if req.batch.catchup:
-                    refill = self._note_refill(refill, req.batch)
-                if req.batch.progress or req.batch.catalog:
+                spans = self._replicate_spans(batch) if batch.traces else None
+                ops, confirmed = self._s.standby.apply_batch(batch)
+                if batch.catchup:
+                    refill = self._note_refill(refill, batch)
+                if batch.progress or batch.catalog:
                     # Channels are pair state: adopt the partner's before acknowledging.
-                    await self._adopt_channels(req.batch)
+                    await self._adopt_channels(batch)
                 fut = self.broker.store.commit(*ops) if ops else self.broker.store.barrier()
                 self._s.standby.confirm_after(fut, confirmed)
                 if spans:
@@ -246,9 +247,9 @@ class Receiver:
                 if tcp_acks is not None:
                     # On TCP the ack goes out from the commit's callback: no task
                     # switch between our fsync and the partner hearing of it.
-                    fut.add_done_callback(functools.partial(tcp_acks, req.batch.batch_id))
+                    fut.add_done_callback(functools.partial(tcp_acks, batch.batch_id))
                 else:
-                    acks.put_nowait((req.batch.batch_id, fut))
+                    acks.put_nowait((batch.batch_id, fut))
                 if writer.done():
                     break
         finally:

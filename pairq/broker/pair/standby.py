@@ -17,6 +17,7 @@ from typing import Any
 
 from pairq.broker import checksum, wire
 from pairq.broker.store import Store, Write
+from pairq.names import is_valid_name
 from pairq.v1 import replication_pb2 as rpb
 
 # Most records in one committed range of a replication batch (the sender merges
@@ -183,15 +184,20 @@ class StandbyStore:
         the ids it confirms (stored for idempotency once those writes commit)."""
         sb = self.store.standby
         ops: list[Write] = []
+        # Each protobuf field is read once, and empty repeated fields are not
+        # iterated (every read builds a wrapper: this runs once per batch).
         for a in batch.appends:
-            t = self.topic(a.topic)
-            n = len(a.records)
+            recs = list(a.records)
+            n = len(recs)
             if n == 0:
                 continue
+            topic = a.topic
+            t = self.topic(topic)
             first = a.first_seq
-            recs = list(a.records)
+            uncommitted = a.uncommitted
             # Verified by validate_batch when the sender sent them; computed here otherwise.
-            crcs = list(a.crcs) if len(a.crcs) == n else checksum.crcs(recs)
+            got = a.crcs
+            crcs = list(got) if len(got) == n else checksum.crcs(recs)
             if first < t.taken_upto:  # already ours: skip the overlap
                 skip = min(n, t.taken_upto - first)
                 first += skip
@@ -199,20 +205,24 @@ class StandbyStore:
                 crcs = crcs[skip:]
             if not recs:
                 continue
-            ops.append(sb.append(a.topic, first, recs, crcs, index=not a.uncommitted))
-            if a.uncommitted:
+            ops.append(sb.append(topic, first, recs, crcs, index=not uncommitted))
+            if uncommitted:
                 ids = [rec[:16] for rec in recs]
-                self.unconfirmed.setdefault(a.topic, {})[first] = ids
+                self.unconfirmed.setdefault(topic, {})[first] = ids
                 self.unconfirmed_ids.update(ids)
             if t.next_seq <= t.first_seq and first > t.next_seq:
                 t.first_seq = first
             t.next_seq = max(t.next_seq, first + len(recs))
         confirmed: list[bytes] = []
-        for r in batch.committed:
-            confirmed += self._cut(r.topic, r.first_seq, r.first_seq + r.count)
-        if confirmed:
-            ops.append(sb.index_ids(confirmed))
-        for p in batch.progress:
+        committed = batch.committed
+        if committed:
+            for r in committed:
+                first = r.first_seq
+                confirmed += self._cut(r.topic, first, first + r.count)
+            if confirmed:
+                ops.append(sb.index_ids(confirmed))
+        progress = batch.progress
+        for p in progress if progress else ():
             t = self.topic(p.topic)
             if p.deleted:
                 c = t.channels.pop(p.channel, None)
@@ -249,7 +259,8 @@ class StandbyStore:
             if low is not None and low > t.first_seq:
                 ops.append(sb.trim(p.topic, t.first_seq, low))
                 t.first_seq = low
-        for name in batch.deleted_topics:
+        deleted = batch.deleted_topics
+        for name in deleted if deleted else ():
             ops.append(sb.drop_topic(name))
             self.topics.pop(name, None)
             self.forget_unconfirmed(name)
@@ -265,41 +276,72 @@ class StandbyStore:
         return sum(t.count for t in self.topics.values())
 
 
+# Topic names validate_batch has already accepted (bounded: cleared when full).
+_VALID_NAMES: set[str] = set()
+
+
+def _name_ok(name: str) -> bool:
+    if name in _VALID_NAMES:
+        return True
+    if not is_valid_name(name):
+        return False
+    if len(_VALID_NAMES) >= 4096:
+        _VALID_NAMES.clear()
+    _VALID_NAMES.add(name)
+    return True
+
+
 def validate_batch(batch: rpb.ReplicaBatch, max_msg_size: int) -> str:
     """Why a replicated batch is unacceptable ("" if it is fine): names that would
-    corrupt standby keys, impossible seqs, malformed records."""
-    from pairq.names import is_valid_name
+    corrupt standby keys, impossible seqs, malformed records.
 
-    for a in batch.appends:
-        if not is_valid_name(a.topic):
-            return f"invalid topic name {a.topic[:80]!r}"
-        if a.first_seq > 2**62:
-            return f"seq {a.first_seq} out of range"
-        if a.records:
-            sizes = list(map(len, a.records))
-            if min(sizes) < wire.HEADER_SIZE + 20 or max(sizes) > max_msg_size + 65536 + 128:
+    On the partner's hot path (once per batch, most batches hold one append):
+    every protobuf field read costs a wrapper or a copy, so each field is read
+    once and an empty repeated field is skipped without iterating it."""
+    appends = batch.appends
+    if appends:
+        lo, hi = wire.HEADER_SIZE + 20, max_msg_size + 65536 + 128
+        for a in appends:
+            topic = a.topic
+            if topic not in _VALID_NAMES and not _name_ok(topic):
+                return f"invalid topic name {topic[:80]!r}"
+            first_seq = a.first_seq
+            if first_seq > 2**62:
+                return f"seq {first_seq} out of range"
+            records = a.records
+            if not records:
+                continue
+            sizes = list(map(len, records))
+            if min(sizes) < lo or max(sizes) > hi:
                 return "malformed record (size out of range)"
-            if a.crcs:
-                if len(a.crcs) != len(a.records):
-                    return f"{len(a.crcs)} checksums for {len(a.records)} records"
-                got = list(map(checksum.crc, a.records))  # one C loop; the index on failure
-                if got != list(a.crcs):
-                    i = next(i for i, (g, c) in enumerate(zip(got, a.crcs, strict=True)) if g != c)
+            crcs = a.crcs
+            if crcs:
+                if len(crcs) != len(sizes):
+                    return f"{len(crcs)} checksums for {len(sizes)} records"
+                got = list(map(checksum.crc, records))  # one C loop; the index on failure
+                if crcs != got:
+                    i = next(i for i, (g, c) in enumerate(zip(got, crcs, strict=True)) if g != c)
                     return (
-                        f"record {a.first_seq + i} of topic {a.topic[:80]!r} failed its "
+                        f"record {first_seq + i} of topic {topic[:80]!r} failed its "
                         "checksum in transit"
                     )
-    for p in batch.progress:
-        if not is_valid_name(p.topic) or not is_valid_name(p.channel):
-            return f"invalid name {p.topic[:80]!r}/{p.channel[:80]!r}"
-        if p.floor > 2**62 or any(s > 2**62 for s in p.finished):
-            return "seq out of range"
-    for name in batch.deleted_topics:
-        if not is_valid_name(name):
-            return f"invalid topic name {name[:80]!r}"
-    for r in batch.committed:
-        if not is_valid_name(r.topic):
-            return f"invalid topic name {r.topic[:80]!r}"
-        if r.first_seq > 2**62 or r.count > MAX_BATCH_RECORDS:
-            return "committed range out of bounds"
+    progress = batch.progress
+    if progress:
+        for p in progress:
+            if not _name_ok(p.topic) or not _name_ok(p.channel):
+                return f"invalid name {p.topic[:80]!r}/{p.channel[:80]!r}"
+            if p.floor > 2**62 or any(s > 2**62 for s in p.finished):
+                return "seq out of range"
+    deleted = batch.deleted_topics
+    if deleted:
+        for name in deleted:
+            if not _name_ok(name):
+                return f"invalid topic name {name[:80]!r}"
+    committed = batch.committed
+    if committed:
+        for r in committed:
+            if r.topic not in _VALID_NAMES and not _name_ok(r.topic):
+                return f"invalid topic name {r.topic[:80]!r}"
+            if r.first_seq > 2**62 or r.count > MAX_BATCH_RECORDS:
+                return "committed range out of bounds"
     return ""
