@@ -383,8 +383,8 @@ class Publisher:
         n = len(records)
         seq0 = topic.reserve(n)
         crcs = checksum.crcs(records)  # computed once, stored and replicated with them
-        local = topic.log.append(seq0, records, crcs)
-        if local is None:  # nothing to wait for (an ephemeral topic)
+        if topic.ephemeral:  # nothing to wait for, nothing replicated
+            topic.log.append(seq0, records, crcs)
             topic.settle(seq0, n, records)
             return seq0, topic.log.copies
         # The partner gets the records at once, in parallel with our commit,
@@ -392,6 +392,8 @@ class Publisher:
         # stored until we confirm our commit (pair.StandbyStore explains why:
         # a crash or a failed commit here would otherwise leave an orphan copy
         # that an idempotent retry to the partner took for a stored message).
+        # Queued before our own write, so that on the next loop turn the frame
+        # to the partner goes out before the writer thread wakes (Store._enqueue).
         #
         # The outcome (fan-out, or a gap for a failed append) follows the commits
         # through callbacks, not the caller: a cancelled RPC must not turn a
@@ -399,6 +401,8 @@ class Publisher:
         # turn per publish.
         name = topic.name
         remote = replicator.replicate(name, seq0, records, crcs, uncommitted=True)
+        local = topic.log.append(seq0, records, crcs)
+        assert local is not None  # a durable log always has a commit to wait for
         if remote is not None and self.on_replicated is not None:  # telemetry: round trip
             t0, observe = time.perf_counter(), self.on_replicated
 
