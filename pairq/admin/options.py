@@ -201,7 +201,9 @@ class AdminOptions:
         check_fields(self)
         errors = []
         if not self.lookup and not self.broker:
-            errors.append("needs at least one --lookup or --broker (TOML: lookup = [...], broker = [...])")
+            errors.append(
+                "needs at least one --lookup or --broker (TOML: lookup = [...], broker = [...])"
+            )
         if bool(self.tls_cert) != bool(self.tls_key):
             errors.append("--tls-cert and --tls-key go together")
         elif self.tls_cert or self.tls_ca:
