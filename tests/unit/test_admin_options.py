@@ -62,6 +62,10 @@ def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
         "log_level": "PAIRQ_ADMIN_LOG_LEVEL",
     }
     assert opts.validate() is opts
+    # the file can also be named by PAIRQ_ADMIN_CONFIG (not PAIRQ_CONFIG: the broker's)
+    by_env = resolve(AdminOptions, parse([]), env={"PAIRQ_ADMIN_CONFIG": str(cfg)})
+    assert by_env.lookup == opts.lookup
+    assert resolve(AdminOptions, parse([]), env={"PAIRQ_CONFIG": str(cfg)}) == AdminOptions()
 
 
 def test_the_old_environment_names_keep_working(tmp_path: Path) -> None:
