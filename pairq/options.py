@@ -11,7 +11,11 @@ carry their rules in ``metadata``:
 - ``check``: a function that raises ``ValueError(reason)`` for a bad value
   (for a tuple: called on each item);
 - ``metavar``, ``group`` (an ``--help`` section, listed after the others),
-  ``internal`` (no flag).
+  ``internal`` (no flag);
+- ``env``: other environment variable names read after ``PREFIX_FIELD``, in
+  order (the console's ``lookup`` also reads ``PAIRQ_LOOKUP``, as it always did);
+- ``secret``: the value (a token) is never printed: :func:`to_toml` and the
+  error messages show ``'***'`` instead.
 
 The rules (validation):
 
@@ -53,7 +57,9 @@ __all__ = [
     "check_fields",
     "default_value",
     "env_name",
+    "env_names",
     "env_prefix",
+    "example_toml",
     "field_kind",
     "flag_name",
     "hostport",
@@ -102,6 +108,17 @@ def env_prefix(cls: type[Any]) -> str:
 
 def env_name(field: str, prefix: str = "PAIRQ_") -> str:
     return prefix + field.upper()
+
+
+def env_names(f: dataclasses.Field[Any], prefix: str = "PAIRQ_") -> list[str]:
+    """The environment variables field ``f`` reads, the first one found wins:
+    ``PREFIX_FIELD``, then the field's ``env`` aliases."""
+    return [env_name(f.name, prefix), *f.metadata.get("env", ())]
+
+
+def _shown(f: dataclasses.Field[Any], value: Any) -> str:
+    """``repr(value)``, or ``'***'`` for a set secret."""
+    return "'***'" if f.metadata.get("secret") and value else repr(value)
 
 
 def option_fields(cls: type[Any]) -> list[dataclasses.Field[Any]]:
@@ -201,7 +218,7 @@ def check_fields(obj: Any) -> None:
         try:
             parse_value(f, value, text=False)
         except ValueError as exc:
-            errors.append(f"{flag_name(f.name)}={value!r}: {exc}")
+            errors.append(f"{flag_name(f.name)}={_shown(f, value)}: {exc}")
     if errors:
         raise OptionsError(errors)
 
@@ -223,7 +240,7 @@ def resolve_with_sources(
     """Build ``cls`` from flags, then env, then the TOML file, then defaults.
 
     Returns the options and, for every value not left at its default, where it
-    came from (``--flag``, ``PAIRQ_NAME`` or the file's path). Raises
+    came from (``--flag``, ``PAIRQ_NAME`` (or an ``env`` alias) or the file's path). Raises
     :class:`OptionsError` naming every refused value and its source.
     """
     env = dict(os.environ) if env is None else env
@@ -242,18 +259,19 @@ def resolve_with_sources(
     sources: dict[str, str] = {}
     for f in option_fields(cls):
         flag = getattr(args, f.name, None) if args is not None else None
-        ename = env_name(f.name, prefix)
+        ename = next((n for n in env_names(f, prefix) if n in env), None)
         if flag is not None:
             raw: Any = flag
             if isinstance(flag, list):  # a repeatable flag: each item is one value
                 raw = tuple(flag)
-            where, text, shown = flag_name(f.name), True, f"{flag_name(f.name)}={raw!r}"
-        elif ename in env:
+            where, text = flag_name(f.name), True
+            shown = f"{flag_name(f.name)}={_shown(f, raw)}"
+        elif ename is not None:
             raw, where, text = env[ename], ename, True
-            shown = f"{ename}={raw!r}"
+            shown = f"{ename}={_shown(f, raw)}"
         elif f.name in file_values:
             raw, where, text = file_values[f.name], str(config_path), False
-            shown = f"{config_path}: {f.name} = {raw!r}"
+            shown = f"{config_path}: {f.name} = {_shown(f, raw)}"
         else:
             continue
         try:
@@ -286,13 +304,44 @@ def _toml_value(v: Any) -> str:
 
 def to_toml(obj: Any, sources: Mapping[str, str] | None = None) -> str:
     """``obj``'s options as TOML lines (``key = value``), each value not at its
-    default followed by ``# from SOURCE``; readable back by :func:`resolve`."""
+    default followed by ``# from SOURCE``; readable back by :func:`resolve`.
+    A set secret is a comment (``# token = '***'``), so it is neither shown nor
+    read back."""
     lines = []
     for f in option_fields(type(obj)):
-        line = f"{f.name} = {_toml_value(getattr(obj, f.name))}"
+        value = getattr(obj, f.name)
+        if f.metadata.get("secret") and value:
+            line = f"# {f.name} = '***' (set, not shown)"
+        else:
+            line = f"{f.name} = {_toml_value(value)}"
         if sources and f.name in sources:
             line += f"  # from {sources[f.name]}"
         lines.append(line)
+    return "\n".join(lines)
+
+
+def example_toml(cls: type[Any], title: str) -> str:
+    """A commented example config for ``cls``: every option's help and its
+    default as a commented ``key = value`` line, after a header naming ``title``
+    (``pairq broker``) and its env prefix. ``deploy/*.example.toml`` are this."""
+    prefix = env_prefix(cls)
+    lines = [
+        f"# {title} configuration (TOML). Every key is also a flag (--key-name) and an",
+        f"# environment variable ({prefix}KEY_NAME); precedence: flag > env > this file > default.",
+        "# Values shown are the defaults.",
+        "",
+    ]
+    for f in option_fields(cls):
+        v: Any = default_value(f)
+        if isinstance(v, tuple):
+            shown: Any = "[" + ", ".join(f'"{x}"' for x in v) + "]"
+        elif isinstance(v, str):
+            shown = f'"{v}"'
+        elif isinstance(v, bool):
+            shown = str(v).lower()
+        else:
+            shown = v
+        lines += [f"# {f.metadata['help']}", f"# {f.name} = {shown}", ""]
     return "\n".join(lines)
 
 

@@ -38,7 +38,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -50,8 +49,8 @@ from pairq.admin.audit import AuditLog
 from pairq.admin.cluster import VERBS, ActionError, ClusterView
 from pairq.admin.login import COOKIE, Sessions, from_token, required
 from pairq.admin.metrics import render, start_admin_metrics
+from pairq.admin.options import AdminOptions
 from pairq.security.auth import AuthTable, Principal
-from pairq.security.client import NONE, ClientSecurity
 
 __all__ = ["Admin", "AdminOptions"]
 
@@ -75,34 +74,6 @@ _DESCRIBE = {
     "publish": "Publish a test message to topic {topic}?",
     "dead-letters": "List dead letters of {topic}/{channel}?",
 }
-
-
-@dataclass(frozen=True)
-class AdminOptions:
-    """Settings of ``pairq admin`` (the flags of ``pairq/cli/admin.py``)."""
-
-    address: str = "127.0.0.1:4171"
-    lookups: tuple[str, ...] = ()
-    brokers: tuple[str, ...] = ()
-    poll_interval: float = 1.0
-    timeout: float = 1.0
-    audit_log: str | None = None
-    # Console users and their permissions (the brokers' auth file format); None: no login.
-    auth_file: str | None = None
-    # The console's own token / TLS files for talking to lookups and brokers.
-    security: ClientSecurity = NONE
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        if not self.lookups and not self.brokers:
-            raise ValueError("pairq admin needs --lookup (or --broker)")
-        if self.poll_interval <= 0 or self.timeout <= 0:
-            raise ValueError("--poll-interval and --timeout must be > 0")
-        host, sep, port = self.address.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"--address {self.address!r} is not HOST:PORT")
-        if self.auth_file:
-            AuthTable.load(self.auth_file)  # ValueError naming the file and the problem
 
 
 # Paths anyone may fetch when the console runs with --auth-file.
@@ -145,13 +116,13 @@ class Admin:
         options.validate()
         self.options = options
         self.view = ClusterView(
-            list(options.lookups),
-            list(options.brokers),
+            list(options.lookup),
+            list(options.broker),
             interval=options.poll_interval,
             timeout=options.timeout,
             security=options.security,
         )
-        self.audit = AuditLog(options.audit_log)
+        self.audit = AuditLog(options.audit_log or None)
         # --auth-file: raises ValueError naming the file and the problem.
         self.auth = AuthTable.load(options.auth_file) if options.auth_file else None
         self.sessions = Sessions()

@@ -12,7 +12,8 @@ from typing import Any
 
 from pairq.gossip.config import GossipOptions
 from pairq.grpcopts import DEFAULT_MAX_BATCH, DEFAULT_MAX_MESSAGE_BYTES
-from pairq.options import OptionsError, check_fields, hostport, option_fields, optional_hostport
+from pairq.options import OptionsError, check_fields, hostport, optional_hostport
+from pairq.options import example_toml as generic_example_toml
 from pairq.security.options import SecurityOptions
 
 
@@ -297,24 +298,7 @@ def read_token_file(path: str) -> str:
 
 def example_toml() -> str:
     """The commented example config (``deploy/broker.example.toml``), generated from the fields."""
-    lines = [
-        "# pairq broker configuration (TOML). Every key is also a flag (--key-name) and an",
-        "# environment variable (PAIRQ_KEY_NAME); precedence: flag > env > this file > default.",
-        "# Values shown are the defaults.",
-        "",
-    ]
-    for f in option_fields(BrokerOptions):
-        v: Any = f.default
-        if isinstance(v, tuple):
-            shown: Any = "[" + ", ".join(f'"{x}"' for x in v) + "]"
-        elif isinstance(v, str):
-            shown = f'"{v}"'
-        elif isinstance(v, bool):
-            shown = str(v).lower()
-        else:
-            shown = v
-        lines += [f"# {f.metadata['help']}", f"# {f.name} = {shown}", ""]
-    return "\n".join(lines)
+    return generic_example_toml(BrokerOptions, "pairq broker")
 
 
 if __name__ == "__main__":

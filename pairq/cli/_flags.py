@@ -1,5 +1,5 @@
 """Command-line flags made from an options dataclass (``BrokerOptions``,
-``LookupOptions``): one flag per field, ``--help`` showing every default, its
+``LookupOptions``, ``AdminOptions``): one flag per field, ``--help`` showing every default, its
 choices and its env var, and ``--config FILE``.
 
 The flags carry plain strings (no argparse ``type`` or ``choices``): their
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pairq.options import default_value, env_name, env_prefix, field_kind, flag_name, option_fields
+from pairq.options import default_value, env_names, env_prefix, field_kind, flag_name, option_fields
 
 __all__ = ["add_flags"]
 
@@ -43,7 +43,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         shown = default if not isinstance(default, tuple) else list(default)
         help_text = f.metadata.get("help", "")
         choices = f.metadata.get("choices")
-        help_text = f"{help_text} (default: {shown!r}; env {env_name(f.name, prefix)})"
+        envs = " or ".join(env_names(f, prefix))
+        help_text = f"{help_text} (default: {shown!r}; env {envs})"
         kind = field_kind(f)
         if kind == "bool":
             target.add_argument(

@@ -164,7 +164,12 @@ class Deployment:
                     "pairq_broker_health_timeout_s": 90,
                 }
         for h in ADMINS:
-            hosts[h] |= {"pairq_admin_address": self.addr(f"{h}/http")}
+            hosts[h] |= {
+                "pairq_admin_address": self.addr(f"{h}/http"),
+                # a key of pairq admin's own (not a role variable): reaches the console
+                # through its TOML file, checked by --check-config
+                "pairq_admin_options": {"poll_interval": 0.5},
+            }
         inventory = {
             "all": {
                 "vars": {
@@ -251,6 +256,17 @@ class Deployment:
         """The pid of the host's running service (0: not running)."""
         out = self.supervise(host, "status")
         return int(json.loads(out.stdout)["pid"]) if out.stdout.strip() else 0
+
+    def cmdline(self, host: str) -> list[str]:
+        """The argv of the host's running service process ([] when not running)."""
+        pid = self.service_pid(host)
+        if not pid:
+            return []
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+    def config(self, host: str) -> Path:
+        """The host's rendered TOML file."""
+        return self.spec(host).with_suffix(".toml")
 
     def starts(self, host: str) -> int:
         """How many times the host's service was started (from its supervisor log)."""

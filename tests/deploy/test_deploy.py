@@ -4,7 +4,8 @@ In order, against one local deployment (see deployharness.py): site.yml deploys 
 pairs and the console from a wheel of the base
 commit; messages go through the deployed lookups; a second site.yml changes nothing;
 rolling-restart.yml and upgrade.yml (to a wheel of this tree) run under a live publish +
-consume load with no acknowledged message lost and each handled once; a pair whose partner
+consume load with no acknowledged message lost and each handled once, and the upgraded
+console runs from its checked TOML file (``pairq admin --config``); a pair whose partner
 is stopped makes the rolling restart stop before it touches that pair's broker.
 """
 
@@ -12,13 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from deployharness import (
+    ADMINS,
     BROKERS,
     REPO,
     Deployment,
@@ -129,12 +134,11 @@ async def run_playbook(d: Deployment, name: str, *extra: str, check: bool = True
     return await asyncio.to_thread(d.playbook, name, *extra, check=check)
 
 
-def test_site_deploys_a_cluster_that_serves(deployment: Deployment) -> None:
-    out = deployment.playbook("site.yml")
-    assert "pairq_admin : Wait for the console to listen" in out.stdout
-    # The deployed console serves, and sees every deployed broker through the lookup.
-    admin = deployment.addr("admin-1/http")
-    wanted = [deployment.addr(f"{h}/grpc") for h in BROKERS]
+def console_serves(d: Deployment) -> None:
+    """The deployed console answers /api/nodes listing every deployed broker (seen through
+    the lookup), within 60 s."""
+    admin = d.addr("admin-1/http")
+    wanted = [d.addr(f"{h}/grpc") for h in BROKERS]
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -146,6 +150,19 @@ def test_site_deploys_a_cluster_that_serves(deployment: Deployment) -> None:
             pass
         assert time.monotonic() < deadline, f"the console at {admin} does not list every broker"
         time.sleep(0.2)  # polling a condition with a deadline
+
+
+def test_site_deploys_a_cluster_that_serves(deployment: Deployment) -> None:
+    out = deployment.playbook("site.yml")
+    assert "pairq_admin : Wait for the console to listen" in out.stdout
+    # The console's file holds pairq admin's keys: its address, the lookups (a list), the
+    # audit log and pairq_admin_options.
+    (host,) = ADMINS
+    text = deployment.config(host).read_text()
+    lookups = ", ".join(f'"{a}"' for a in deployment.lookup_addresses)
+    assert f"lookup = [{lookups}]" in text and "poll_interval = 0.5" in text, text
+    assert f'audit_log = "{deployment.host_root(host)}/log/pairq-admin-{host}-audit.log"' in text
+    console_serves(deployment)
     for h in BROKERS:
         assert deployment.service_pid(h) > 0, f"{h} not running"
         text = (deployment.host_root(h) / "etc" / f"pairq-broker-{h}.toml").read_text()
@@ -184,7 +201,7 @@ def test_rolling_restart_under_load_loses_nothing(deployment: Deployment) -> Non
 def test_upgrade_under_load_loses_nothing(deployment: Deployment) -> None:
     head = deployment.head_wheel
     assert head is not None
-    before = {h: deployment.starts(h) for h in BROKERS}
+    before = {h: deployment.starts(h) for h in BROKERS + ADMINS}
 
     async def scenario() -> Load:
         async with Load(deployment.lookup_addresses, "deploy-upgrade") as load:
@@ -197,9 +214,38 @@ def test_upgrade_under_load_loses_nothing(deployment: Deployment) -> None:
     load.check(at_least=500)
     after = {h: deployment.starts(h) for h in BROKERS}
     assert all(after[h] == before[h] + 1 for h in BROKERS), (before, after)
-    for h in BROKERS:
+    for h in BROKERS + ADMINS:
         installed = (deployment.host_root(h) / "opt" / "installed").read_text()
         assert head.name in installed
+    # The console was restarted once for the new wheel, now runs from its file (whatever the
+    # old one ran with), and that file passes the new pairq's own check.
+    (host,) = ADMINS
+    assert deployment.starts(host) == before[host] + 1
+    argv = deployment.cmdline(host)
+    assert argv[-3:] == ["admin", "--config", str(deployment.config(host))], argv
+    venv = deployment.host_root(host) / "opt" / "venv"
+    check = subprocess.run(
+        [str(venv / "bin" / "pairq"), "admin", "--check-config", str(deployment.config(host))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stderr
+    assert f"poll_interval = 0.5  # from {deployment.config(host)}" in check.stdout
+    console_serves(deployment)
+    # An action through the upgraded console lands in the audit log its file names.
+    audit = deployment.host_root(host) / "log" / f"pairq-admin-{host}-audit.log"
+    req = urllib.request.Request(
+        f"http://{deployment.addr(f'{host}/http')}/api/actions/pause-topic",
+        data=json.dumps({"topic": "deploy-upgrade", "confirm": True}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        urllib.request.urlopen(req, timeout=30).close()
+    except urllib.error.HTTPError:
+        pass  # refused by a broker: audit-logged all the same
+    assert json.loads(audit.read_text().splitlines()[-1])["action"] == "pause-topic"
     deployment.wheel = head  # later runs keep this version
     deployment.write_inventory()
 

@@ -29,7 +29,7 @@ async def test_api_serves_the_cluster_and_actions_need_confirmation(tmp_path: Pa
         admin = Admin(
             AdminOptions(
                 address="127.0.0.1:0",
-                lookups=tuple(c.lookup_addresses),
+                lookup=tuple(c.lookup_addresses),
                 poll_interval=0.2,
                 audit_log=str(audit),
             )

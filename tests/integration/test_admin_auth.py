@@ -13,7 +13,6 @@ import grpc
 
 from pairq.admin import Admin, AdminOptions
 from pairq.security.auth import hash_token
-from pairq.security.client import ClientSecurity
 from pairq.testing import eventually, run_broker
 from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import broker_pb2_grpc as pbg
@@ -66,11 +65,11 @@ async def test_console_refuses_anonymous_users_and_checks_each_action(tmp_path: 
         admin = Admin(
             AdminOptions(
                 address="127.0.0.1:0",
-                brokers=(broker.address,),
+                broker=(broker.address,),
                 poll_interval=0.2,
                 audit_log=str(audit),
                 auth_file=path,
-                security=ClientSecurity(token=TOKENS["ops"]),
+                token=TOKENS["ops"],
             )
         )
         await admin.start()
