@@ -202,6 +202,8 @@ class Sender:
         self._traces: list[rpb.ReplicaTrace] = []
         self._confirms: list[tuple[str, int, int]] = []  # committed here since sent uncommitted
         self._confirm_timer: asyncio.TimerHandle | None = None
+        self._hb_timer: asyncio.TimerHandle | None = None  # see _heartbeat_due
+        self._last_send = 0.0  # loop time the last batch went out
         self.link: ReplicaLink | None = None  # the session's gRPC call or FramedLink
         # (topic, channel) -> (floor, finished above it, deleted, requeue states (None: cleared))
         self._progress: dict[tuple[str, str], _Progress] = {}  # (topic, channel) -> unsent progress
@@ -259,6 +261,20 @@ class Sender:
             self._confirm_timer = asyncio.get_running_loop().call_later(
                 CONFIRM_DELAY, self._confirm_due
             )
+
+    def _heartbeat_due(self) -> None:
+        """The heartbeat timer: one per idle heartbeat interval, not one per batch (a
+        timer armed and cancelled around every wait cost each lone publish a
+        TimerHandle and left the loop's heap full of cancelled ones). It wakes the
+        send loop only once ``heartbeat`` has passed since the last batch went out;
+        otherwise it re-arms itself for then."""
+        loop = asyncio.get_running_loop()
+        due = self._last_send + self._s.heartbeat
+        if loop.time() >= due - 0.001:
+            self._hb_timer = None
+            self._wake.set()
+        else:
+            self._hb_timer = loop.call_at(due, self._heartbeat_due)
 
     def _confirm_due(self) -> None:
         self._confirm_timer = None
@@ -651,9 +667,11 @@ class Sender:
                 # Sleep until there is something to send or a heartbeat is due (a
                 # timer, not wait_for: that costs a task per batch on the hot path).
                 self._wake.clear()
-                timer = asyncio.get_running_loop().call_later(self._s.heartbeat, self._wake.set)
+                if self._hb_timer is None:
+                    self._hb_timer = asyncio.get_running_loop().call_at(
+                        self._last_send + self._s.heartbeat, self._heartbeat_due
+                    )
                 await self._wake.wait()
-                timer.cancel()
             if reader.done():
                 reader.result()
                 raise ConnectionError("ack stream ended")
@@ -726,6 +744,7 @@ class Sender:
         else:
             await self._window.acquire()
         self._batch_id += 1
+        self._last_send = asyncio.get_running_loop().time()
         pending = _Pending(self._batch_id, time.monotonic(), futures)
         self.in_flight.append(pending)
         pending.count = span if span is not None else sum(len(a.records) for a in appends)
