@@ -289,3 +289,40 @@ async def test_the_writer_outlives_a_failing_write(opened: Store) -> None:
         await opened.commit(Boom(wrapped))
     assert fatal == [wrapped]
     await opened.commit(_append(opened, 1, 4, _records(1, 50)))  # still alive to drain
+
+
+async def test_writes_of_one_loop_turn_reach_the_writer_together_in_order(opened: Store) -> None:
+    """Store._enqueue hands a loop turn's writes to the writer thread at the end of the
+    turn, as one group (one commit), in the order they were queued; a write queued
+    after the turn's group commits in a later commit."""
+    recs = _records(6, 40)
+    before = opened.commits
+    futs = [opened.commit(_append(opened, 1, seq, [recs[seq]])) for seq in range(5)]
+    assert opened.commits == before  # nothing handed over before the turn ends
+    await asyncio.gather(*futs)
+    assert opened.commits == before + 1
+    assert [opened.log.get(1, seq) for seq in range(5)] == [
+        (r, c) for r, c in zip(recs[:5], crcs(recs[:5]), strict=True)
+    ]
+    late = opened.commit(_append(opened, 1, 5, [recs[5]]))
+    await late
+    assert opened.commits == before + 2 and opened.log.get(1, 5) == (recs[5], crcs(recs[5:])[0])
+
+
+async def test_close_commits_what_a_loop_turn_left_pending(tmp_path: Path) -> None:
+    """close() (run in a thread at shutdown) hands over writes still waiting for the end
+    of their loop turn before it stops the writer: they are durable after a reopen."""
+    s = Store(tmp_path / "s", max_bytes=256 * MiB, reserve_bytes=MiB)
+    s.open()
+    s.start(asyncio.get_running_loop())
+    recs = _records(3, 40)
+    s.post(_append(s, 7, 0, recs))  # no await: still pending when close() runs
+    await asyncio.to_thread(s.close)
+    again = Store(tmp_path / "s", max_bytes=256 * MiB, reserve_bytes=MiB)
+    again.open()
+    try:
+        assert [again.log.get(7, seq) for seq in range(3)] == list(
+            zip(recs, crcs(recs), strict=True)
+        )
+    finally:
+        again.close()
