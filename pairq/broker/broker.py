@@ -207,6 +207,7 @@ class Broker:
             ids=self.ids,
             limits=self.limits,
             topology_changed=self.topology_changed,
+            tombstones=self.store.catalog.tombstones(),
         )
         self.integrity = Integrity(
             self.store,

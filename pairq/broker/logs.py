@@ -21,6 +21,7 @@ from collections import deque
 from typing import Protocol
 
 from pairq.broker.ports import NO_REPAIR, IdAllocator, IntegrityPort
+from pairq.broker.schema import ChannelMeta
 from pairq.broker.store import LogRead, ProgressBatch, Store, Write
 
 MEMORY_DEAD_LETTERS = 1000
@@ -57,17 +58,15 @@ class TopicLog(Protocol):
 
     def channel_log(self, channel_id: int, *, ephemeral: bool) -> ChannelLog: ...
 
-    def created_channel(
-        self, name: str, channel_id: int, floor: int, ids: IdAllocator
-    ) -> list[Write]:
+    def created_channel(self, meta: ChannelMeta, ids: IdAllocator) -> list[Write]:
         """Writes that record a new channel (empty for the twin)."""
         ...
 
-    def deleted_channel(self, name: str, channel_id: int) -> list[Write]: ...
+    def deleted_channel(self, meta: ChannelMeta) -> list[Write]: ...
 
     def paused(self, paused: bool) -> list[Write]: ...
 
-    def channel_paused(self, name: str, channel_id: int, paused: bool) -> list[Write]: ...
+    def channel_paused(self, meta: ChannelMeta) -> list[Write]: ...
 
 
 class ChannelLog(Protocol):
@@ -137,29 +136,31 @@ class DurableTopicLog:
             return MemoryChannelLog()
         return DurableChannelLog(self._store, channel_id)
 
-    def created_channel(
-        self, name: str, channel_id: int, floor: int, ids: IdAllocator
-    ) -> list[Write]:
+    def created_channel(self, meta: ChannelMeta, ids: IdAllocator) -> list[Write]:
         s = self._store
-        batch = s.progress.batch(channel_id)
-        batch.floor(floor)
+        batch = s.progress.batch(meta.id)
+        batch.floor(meta.floor)
         first = batch.write()
         assert first is not None
         return [
-            s.catalog.put_channel(self._tid, name, channel_id, False),
+            s.catalog.put_channel(self._tid, meta.name, meta.id, False, meta.created_ns),
             first,
             s.catalog.put_next_ids(ids.next_topic, ids.next_channel),
         ]
 
-    def deleted_channel(self, name: str, channel_id: int) -> list[Write]:
+    def deleted_channel(self, meta: ChannelMeta) -> list[Write]:
         s = self._store
-        return [s.catalog.delete_channel(self._tid, name), s.progress.drop(channel_id)]
+        return [s.catalog.delete_channel(self._tid, meta.name), s.progress.drop(meta.id)]
 
     def paused(self, paused: bool) -> list[Write]:
         return []  # the topic's own entry is the broker's (Broker.set_paused)
 
-    def channel_paused(self, name: str, channel_id: int, paused: bool) -> list[Write]:
-        return [self._store.catalog.put_channel(self._tid, name, channel_id, paused)]
+    def channel_paused(self, meta: ChannelMeta) -> list[Write]:
+        return [
+            self._store.catalog.put_channel(
+                self._tid, meta.name, meta.id, meta.paused, meta.created_ns
+            )
+        ]
 
 
 class DurableChannelLog:
@@ -256,18 +257,16 @@ class MemoryTopicLog:
     def channel_log(self, channel_id: int, *, ephemeral: bool) -> ChannelLog:
         return MemoryChannelLog()
 
-    def created_channel(
-        self, name: str, channel_id: int, floor: int, ids: IdAllocator
-    ) -> list[Write]:
+    def created_channel(self, meta: ChannelMeta, ids: IdAllocator) -> list[Write]:
         return []
 
-    def deleted_channel(self, name: str, channel_id: int) -> list[Write]:
+    def deleted_channel(self, meta: ChannelMeta) -> list[Write]:
         return []
 
     def paused(self, paused: bool) -> list[Write]:
         return []
 
-    def channel_paused(self, name: str, channel_id: int, paused: bool) -> list[Write]:
+    def channel_paused(self, meta: ChannelMeta) -> list[Write]:
         return []
 
 

@@ -112,7 +112,11 @@ class Replicator(Protocol):
         """A channel's progress, for the partner's standby copies."""
         ...
 
-    def channel_deleted(self, topic: str, channel: str) -> None: ...
+    def channel_created(self, topic: str, channel: str, floor: int, created_ns: int) -> None:
+        """A new durable channel (its starting floor and creation time), for the partner."""
+        ...
+
+    def channel_deleted(self, topic: str, channel: str, deleted_ns: int) -> None: ...
 
     def topic_deleted(self, topic: str) -> None: ...
 
@@ -190,7 +194,10 @@ class _Solo:
     ) -> None:
         return None
 
-    def channel_deleted(self, topic: str, channel: str) -> None:
+    def channel_created(self, topic: str, channel: str, floor: int, created_ns: int) -> None:
+        return None
+
+    def channel_deleted(self, topic: str, channel: str, deleted_ns: int) -> None:
         return None
 
     def topic_deleted(self, topic: str) -> None:
@@ -299,3 +306,13 @@ class Context:
     topology_changed: Callable[[], None]
     integrity: IntegrityPort = NO_REPAIR
     telemetry: TelemetryHooks = field(default_factory=TelemetryHooks)
+    # (topic, channel) -> when that durable channel was deleted (ns): pair/catalog.py
+    tombstones: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def tombstone(self, topic: str, channel: str, deleted_ns: int) -> None:
+        """Record (here and in the store) that a durable channel was deleted at
+        ``deleted_ns``, keeping the later of two deletions."""
+        key = (topic, channel)
+        if deleted_ns > self.tombstones.get(key, 0):
+            self.tombstones[key] = deleted_ns
+            self.store.post(self.store.catalog.put_tombstone(topic, channel, deleted_ns))

@@ -14,8 +14,10 @@ meta        b"ids"                          >II next topic id, next channel id
 meta        b"epoch"                        >Q current ownership epoch
 meta        b"catalog"                      b"1" once the store has the pair's catalog
 meta        b"hwm:" + >I topic id           >Q every seq ever sent to the partner is below
+meta        b"tomb:" + topic + 0 + channel  >Q when the channel was deleted (ns; a tombstone)
 catalog     b"T" + topic name               >IB topic id, paused
-catalog     b"C" + >I topic id + name       >IB channel id, paused
+catalog     b"C" + >I topic id + name       >IBQ channel id, paused, created (ns; 0: not
+                                            known: >IB, as an older broker wrote it)
 msgs        >I topic id + >Q seq            >I crc32c + message record (``wire.encode_record``)
 floors      >I channel id                   >Q floor: every seq below it is finished
 fins        >I channel id + >Q seq          b"" (finished, above the floor)
@@ -85,6 +87,7 @@ _I = struct.Struct(">I")
 _Q = struct.Struct(">Q")
 _IQ = struct.Struct(">IQ")
 _IB = struct.Struct(">IB")
+_IBQ = struct.Struct(">IBQ")
 _II = struct.Struct(">II")
 _STATE = struct.Struct(">Iq")
 
@@ -95,6 +98,7 @@ IDS_GEN = b"ids_gen"
 NEXT_IDS = b"ids"
 EPOCH = b"epoch"
 CATALOG_READY = b"catalog"
+TOMB = b"tomb:"
 # sb_meta keys
 PARTNER = b"partner"
 TAKEN = b"taken:"
@@ -110,6 +114,7 @@ class ChannelMeta:
     name: str
     paused: bool = False
     floor: int = 0
+    created_ns: int = 0  # when first created, on whichever broker of the pair (0: not known)
 
 
 @dataclass
@@ -184,8 +189,30 @@ def pack_catalog(ident: int, paused: bool) -> bytes:
 
 
 def unpack_catalog(value: bytes) -> tuple[int, bool]:
-    ident, paused = _IB.unpack(value)
+    ident, paused = _IB.unpack_from(value)
     return int(ident), bool(paused)
+
+
+def pack_channel(ident: int, paused: bool, created_ns: int) -> bytes:
+    return _IBQ.pack(ident, 1 if paused else 0, created_ns)
+
+
+def unpack_channel(value: bytes) -> tuple[int, bool, int]:
+    """(channel id, paused, created ns; 0 for an entry without it)."""
+    if len(value) >= _IBQ.size:
+        ident, paused, created = _IBQ.unpack_from(value)
+        return int(ident), bool(paused), int(created)
+    ident, paused = _IB.unpack_from(value)
+    return int(ident), bool(paused), 0
+
+
+def tomb_key(topic: str, channel: str) -> bytes:
+    return TOMB + topic.encode() + b"\0" + channel.encode()
+
+
+def split_tomb_key(key: bytes) -> tuple[str, str]:
+    topic, _, channel = key[len(TOMB) :].partition(b"\0")
+    return topic.decode(), channel.decode()
 
 
 def floor_key(channel_id: int) -> bytes:

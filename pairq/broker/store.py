@@ -1027,13 +1027,25 @@ class Catalog:
             ]
         )
 
-    def put_channel(self, topic_id: int, name: str, channel_id: int, paused: bool) -> Write:
+    def put_channel(
+        self, topic_id: int, name: str, channel_id: int, paused: bool, created_ns: int
+    ) -> Write:
         return _put(
-            sc.CATALOG, sc.catalog_channel_key(topic_id, name), sc.pack_catalog(channel_id, paused)
+            sc.CATALOG,
+            sc.catalog_channel_key(topic_id, name),
+            sc.pack_channel(channel_id, paused, created_ns),
         )
 
     def delete_channel(self, topic_id: int, name: str) -> Write:
         return _delete(sc.CATALOG, sc.catalog_channel_key(topic_id, name))
+
+    def put_tombstone(self, topic: str, channel: str, deleted_ns: int) -> Write:
+        """Channel ``topic/channel`` was deleted at ``deleted_ns`` (see pair/catalog.py)."""
+        return _put(sc.META, sc.tomb_key(topic, channel), sc.pack_q(deleted_ns))
+
+    def tombstones(self) -> dict[tuple[str, str], int]:
+        """(topic, channel) -> when it was deleted (ns)."""
+        return {sc.split_tomb_key(k): sc.unpack_q(v) for k, v in self._s._scan(sc.META, sc.TOMB)}
 
     def put_next_ids(self, next_topic: int, next_channel: int) -> Write:
         """The allocator's state: ids of deleted topics may still own keys, never reuse."""
@@ -1066,12 +1078,16 @@ class Catalog:
             by_id[tid] = t
         for k, v in s._scan(sc.CATALOG, b"C"):
             tid, name = sc.split_catalog_channel_key(k)
-            cid, paused = sc.unpack_catalog(v)
+            cid, paused, created_ns = sc.unpack_channel(v)
             t2 = by_id.get(tid)
             if t2 is None:
                 continue
             t2.channels[name] = ChannelMeta(
-                id=cid, name=name, paused=paused, floor=s.progress.floor(cid)
+                id=cid,
+                name=name,
+                paused=paused,
+                floor=s.progress.floor(cid),
+                created_ns=created_ns,
             )
         for t in topics.values():
             first, last = s.log.seq_range(t.id)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 
 from pairq.broker.channel import Channel, decode_records
@@ -191,7 +192,7 @@ class Topic:
 
     # ------------------------------------------------------------ channels
     async def get_channel(
-        self, name: str, *, create: bool = True, from_partner: bool = False
+        self, name: str, *, create: bool = True, from_partner: bool = False, created_ns: int = 0
     ) -> Channel:
         """The channel, created if needed (NSQ's starting point: the first channel at the
         oldest retained message, later ones at the head).
@@ -199,7 +200,8 @@ class Topic:
         In a pair a channel is pair state: a new durable channel's existence and
         starting point reach the partner, which creates it on its own topic too,
         before this returns (``from_partner``: the partner is why we create it, so
-        neither the new-store gate nor that wait applies).
+        neither the new-store gate nor that wait applies; ``created_ns``: when it was
+        first created there, kept here too, ``pair/catalog.py``).
         """
         ch = self.channels.get(name)
         if ch is not None:
@@ -223,10 +225,15 @@ class Topic:
             )
         first = not self.channels
         start = self.first_seq if first else self.committed_seq
-        meta = ChannelMeta(id=self.ctx.ids.channel(), name=name, floor=start)
+        meta = ChannelMeta(
+            id=self.ctx.ids.channel(),
+            name=name,
+            floor=start,
+            created_ns=created_ns or time.time_ns(),
+        )
         clog = self.log.channel_log(meta.id, ephemeral=ephemeral)
         if clog.durable:
-            await self._persist(self.log.created_channel(name, meta.id, start, self.ctx.ids))
+            await self._persist(self.log.created_channel(meta, self.ctx.ids))
             existing = self.channels.get(name)
             if existing is not None:  # created concurrently
                 return existing
@@ -241,7 +248,7 @@ class Topic:
                 ch.offer(seq, decode_records([rec]))
             self._mem.clear()
         if clog.durable:
-            replicator.progress(self.name, name, ch.floor, [])
+            replicator.channel_created(self.name, name, ch.floor, meta.created_ns)
             if not from_partner:
                 await replicator.wait_replicated()
         ch.schedule_pump()
@@ -266,15 +273,19 @@ class Topic:
             ch.skip_gap(*self.gap)
         return ch
 
-    def delete_channel(self, name: str) -> None:
+    def delete_channel(self, name: str, deleted_ns: int = 0) -> None:
+        """Delete a channel; a durable one leaves a tombstone (``pair/catalog.py``) at
+        ``deleted_ns`` (the partner's time when it deleted it first; default now)."""
         ch = self.channels.pop(name, None)
         if ch is None:
             return
         self.ctx.topology_changed()
         ch.close("channel deleted")
         if ch.durable:
-            ch.replicator.channel_deleted(self.name, name)
-        self.log.post(*self.log.deleted_channel(name, ch.meta.id) if ch.durable else ())
+            deleted_ns = deleted_ns or time.time_ns()
+            self.ctx.tombstone(self.name, name, deleted_ns)
+            ch.replicator.channel_deleted(self.name, name, deleted_ns)
+        self.log.post(*self.log.deleted_channel(ch.meta) if ch.durable else ())
         self.on_floor_advanced()
 
     async def set_channel_paused(self, ch: Channel, paused: bool) -> None:
@@ -284,7 +295,7 @@ class Topic:
         elif not self.paused:
             ch.unpause()
         if ch.durable:
-            await self._persist(self.log.channel_paused(ch.name, ch.meta.id, paused))
+            await self._persist(self.log.channel_paused(ch.meta))
 
     async def _persist(self, writes: list[Write]) -> None:
         fut = self.log.commit(*writes)

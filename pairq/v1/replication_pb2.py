@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apairq/v1/replication.proto\x12\x08pairq.v1\"e\n\rReplicaAppend\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12\x0f\n\x07records\x18\x03 \x03(\x0c\x12\x13\n\x0buncommitted\x18\x04 \x01(\x08\x12\x0c\n\x04\x63rcs\x18\x05 \x03(\x07\"?\n\x0cReplicaRange\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"N\n\x0cReplicaState\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x10\n\x08\x61ttempts\x18\x02 \x01(\r\x12\x0e\n\x06\x64ue_ns\x18\x03 \x01(\x03\x12\x0f\n\x07\x63leared\x18\x04 \x01(\x08\"\x8b\x01\n\x0fReplicaProgress\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\r\n\x05\x66loor\x18\x03 \x01(\x04\x12\x10\n\x08\x66inished\x18\x04 \x03(\x04\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x08\x12&\n\x06states\x18\x06 \x03(\x0b\x32\x16.pairq.v1.ReplicaState\"I\n\x0cReplicaHello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04pair\x18\x02 \x01(\t\x12\x0b\n\x03tcp\x18\x03 \x01(\x08\x12\r\n\x05nonce\x18\x04 \x01(\x0c\"\x1d\n\x0cReplicaProof\x12\r\n\x05proof\x18\x01 \x01(\x0c\"0\n\x10ReplicaChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\r\n\x05proof\x18\x02 \x01(\x0c\"\x9f\x02\n\x0cReplicaBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12(\n\x07\x61ppends\x18\x02 \x03(\x0b\x32\x17.pairq.v1.ReplicaAppend\x12+\n\x08progress\x18\x03 \x03(\x0b\x32\x19.pairq.v1.ReplicaProgress\x12\x16\n\x0e\x64\x65leted_topics\x18\x04 \x03(\t\x12)\n\tcommitted\x18\x05 \x03(\x0b\x32\x16.pairq.v1.ReplicaRange\x12\x0f\n\x07\x63\x61talog\x18\x06 \x01(\x08\x12\x19\n\x11\x63\x61tchup_remaining\x18\x07 \x01(\x04\x12\x0f\n\x07\x63\x61tchup\x18\x08 \x01(\x08\x12&\n\x06traces\x18\t \x03(\x0b\x32\x16.pairq.v1.ReplicaTrace\"F\n\x0cReplicaTrace\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\x0c\x12\x13\n\x0btraceparent\x18\x03 \x01(\t\"\x95\x01\n\x10ReplicateRequest\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.pairq.v1.ReplicaHelloH\x00\x12\'\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x16.pairq.v1.ReplicaBatchH\x00\x12\'\n\x05proof\x18\x03 \x01(\x0b\x32\x16.pairq.v1.ReplicaProofH\x00\x42\x06\n\x04kind\"E\n\x0eReplicaHolding\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x10\n\x08next_seq\x18\x02 \x01(\x04\x12\x12\n\ntaken_upto\x18\x03 \x01(\x04\"r\n\x0eReplicaWelcome\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12*\n\x08holdings\x18\x02 \x03(\x0b\x32\x18.pairq.v1.ReplicaHolding\x12\x10\n\x08tcp_port\x18\x03 \x01(\r\x12\x11\n\ttcp_token\x18\x04 \x01(\x0c\"0\n\nReplicaAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x10\n\x08lease_ms\x18\x02 \x01(\r\"\x9e\x01\n\x11ReplicateResponse\x12+\n\x07welcome\x18\x01 \x01(\x0b\x32\x18.pairq.v1.ReplicaWelcomeH\x00\x12#\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x14.pairq.v1.ReplicaAckH\x00\x12/\n\tchallenge\x18\x03 \x01(\x0b\x32\x1a.pairq.v1.ReplicaChallengeH\x00\x42\x06\n\x04kind\";\n\rRepairRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0c\n\x04seqs\x18\x02 \x03(\x04\x12\r\n\x05owned\x18\x03 \x01(\x08\"Q\n\x0eRepairResponse\x12\x0c\n\x04seqs\x18\x01 \x03(\x04\x12\x0f\n\x07records\x18\x02 \x03(\x0c\x12\x0c\n\x04\x63rcs\x18\x03 \x03(\x07\x12\x12\n\nstore_full\x18\x04 \x01(\t2\x9b\x01\n\x12ReplicationService\x12H\n\tReplicate\x12\x1a.pairq.v1.ReplicateRequest\x1a\x1b.pairq.v1.ReplicateResponse(\x01\x30\x01\x12;\n\x06Repair\x12\x17.pairq.v1.RepairRequest\x1a\x18.pairq.v1.RepairResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apairq/v1/replication.proto\x12\x08pairq.v1\"e\n\rReplicaAppend\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12\x0f\n\x07records\x18\x03 \x03(\x0c\x12\x13\n\x0buncommitted\x18\x04 \x01(\x08\x12\x0c\n\x04\x63rcs\x18\x05 \x03(\x07\"?\n\x0cReplicaRange\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"N\n\x0cReplicaState\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x10\n\x08\x61ttempts\x18\x02 \x01(\r\x12\x0e\n\x06\x64ue_ns\x18\x03 \x01(\x03\x12\x0f\n\x07\x63leared\x18\x04 \x01(\x08\"\xb3\x01\n\x0fReplicaProgress\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\r\n\x05\x66loor\x18\x03 \x01(\x04\x12\x10\n\x08\x66inished\x18\x04 \x03(\x04\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x08\x12&\n\x06states\x18\x06 \x03(\x0b\x32\x16.pairq.v1.ReplicaState\x12\x12\n\ncreated_ns\x18\x07 \x01(\x04\x12\x12\n\ndeleted_ns\x18\x08 \x01(\x04\"I\n\x0cReplicaHello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04pair\x18\x02 \x01(\t\x12\x0b\n\x03tcp\x18\x03 \x01(\x08\x12\r\n\x05nonce\x18\x04 \x01(\x0c\"\x1d\n\x0cReplicaProof\x12\r\n\x05proof\x18\x01 \x01(\x0c\"0\n\x10ReplicaChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\r\n\x05proof\x18\x02 \x01(\x0c\"\x9f\x02\n\x0cReplicaBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12(\n\x07\x61ppends\x18\x02 \x03(\x0b\x32\x17.pairq.v1.ReplicaAppend\x12+\n\x08progress\x18\x03 \x03(\x0b\x32\x19.pairq.v1.ReplicaProgress\x12\x16\n\x0e\x64\x65leted_topics\x18\x04 \x03(\t\x12)\n\tcommitted\x18\x05 \x03(\x0b\x32\x16.pairq.v1.ReplicaRange\x12\x0f\n\x07\x63\x61talog\x18\x06 \x01(\x08\x12\x19\n\x11\x63\x61tchup_remaining\x18\x07 \x01(\x04\x12\x0f\n\x07\x63\x61tchup\x18\x08 \x01(\x08\x12&\n\x06traces\x18\t \x03(\x0b\x32\x16.pairq.v1.ReplicaTrace\"F\n\x0cReplicaTrace\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\x0c\x12\x13\n\x0btraceparent\x18\x03 \x01(\t\"\x95\x01\n\x10ReplicateRequest\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.pairq.v1.ReplicaHelloH\x00\x12\'\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x16.pairq.v1.ReplicaBatchH\x00\x12\'\n\x05proof\x18\x03 \x01(\x0b\x32\x16.pairq.v1.ReplicaProofH\x00\x42\x06\n\x04kind\"E\n\x0eReplicaHolding\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x10\n\x08next_seq\x18\x02 \x01(\x04\x12\x12\n\ntaken_upto\x18\x03 \x01(\x04\"r\n\x0eReplicaWelcome\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12*\n\x08holdings\x18\x02 \x03(\x0b\x32\x18.pairq.v1.ReplicaHolding\x12\x10\n\x08tcp_port\x18\x03 \x01(\r\x12\x11\n\ttcp_token\x18\x04 \x01(\x0c\"0\n\nReplicaAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x10\n\x08lease_ms\x18\x02 \x01(\r\"\x9e\x01\n\x11ReplicateResponse\x12+\n\x07welcome\x18\x01 \x01(\x0b\x32\x18.pairq.v1.ReplicaWelcomeH\x00\x12#\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x14.pairq.v1.ReplicaAckH\x00\x12/\n\tchallenge\x18\x03 \x01(\x0b\x32\x1a.pairq.v1.ReplicaChallengeH\x00\x42\x06\n\x04kind\";\n\rRepairRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0c\n\x04seqs\x18\x02 \x03(\x04\x12\r\n\x05owned\x18\x03 \x01(\x08\"Q\n\x0eRepairResponse\x12\x0c\n\x04seqs\x18\x01 \x03(\x04\x12\x0f\n\x07records\x18\x02 \x03(\x0c\x12\x0c\n\x04\x63rcs\x18\x03 \x03(\x07\x12\x12\n\nstore_full\x18\x04 \x01(\t2\x9b\x01\n\x12ReplicationService\x12H\n\tReplicate\x12\x1a.pairq.v1.ReplicateRequest\x1a\x1b.pairq.v1.ReplicateResponse(\x01\x30\x01\x12;\n\x06Repair\x12\x17.pairq.v1.RepairRequest\x1a\x18.pairq.v1.RepairResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,31 +38,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLICASTATE']._serialized_start=208
   _globals['_REPLICASTATE']._serialized_end=286
   _globals['_REPLICAPROGRESS']._serialized_start=289
-  _globals['_REPLICAPROGRESS']._serialized_end=428
-  _globals['_REPLICAHELLO']._serialized_start=430
-  _globals['_REPLICAHELLO']._serialized_end=503
-  _globals['_REPLICAPROOF']._serialized_start=505
-  _globals['_REPLICAPROOF']._serialized_end=534
-  _globals['_REPLICACHALLENGE']._serialized_start=536
-  _globals['_REPLICACHALLENGE']._serialized_end=584
-  _globals['_REPLICABATCH']._serialized_start=587
-  _globals['_REPLICABATCH']._serialized_end=874
-  _globals['_REPLICATRACE']._serialized_start=876
-  _globals['_REPLICATRACE']._serialized_end=946
-  _globals['_REPLICATEREQUEST']._serialized_start=949
-  _globals['_REPLICATEREQUEST']._serialized_end=1098
-  _globals['_REPLICAHOLDING']._serialized_start=1100
-  _globals['_REPLICAHOLDING']._serialized_end=1169
-  _globals['_REPLICAWELCOME']._serialized_start=1171
-  _globals['_REPLICAWELCOME']._serialized_end=1285
-  _globals['_REPLICAACK']._serialized_start=1287
-  _globals['_REPLICAACK']._serialized_end=1335
-  _globals['_REPLICATERESPONSE']._serialized_start=1338
-  _globals['_REPLICATERESPONSE']._serialized_end=1496
-  _globals['_REPAIRREQUEST']._serialized_start=1498
-  _globals['_REPAIRREQUEST']._serialized_end=1557
-  _globals['_REPAIRRESPONSE']._serialized_start=1559
-  _globals['_REPAIRRESPONSE']._serialized_end=1640
-  _globals['_REPLICATIONSERVICE']._serialized_start=1643
-  _globals['_REPLICATIONSERVICE']._serialized_end=1798
+  _globals['_REPLICAPROGRESS']._serialized_end=468
+  _globals['_REPLICAHELLO']._serialized_start=470
+  _globals['_REPLICAHELLO']._serialized_end=543
+  _globals['_REPLICAPROOF']._serialized_start=545
+  _globals['_REPLICAPROOF']._serialized_end=574
+  _globals['_REPLICACHALLENGE']._serialized_start=576
+  _globals['_REPLICACHALLENGE']._serialized_end=624
+  _globals['_REPLICABATCH']._serialized_start=627
+  _globals['_REPLICABATCH']._serialized_end=914
+  _globals['_REPLICATRACE']._serialized_start=916
+  _globals['_REPLICATRACE']._serialized_end=986
+  _globals['_REPLICATEREQUEST']._serialized_start=989
+  _globals['_REPLICATEREQUEST']._serialized_end=1138
+  _globals['_REPLICAHOLDING']._serialized_start=1140
+  _globals['_REPLICAHOLDING']._serialized_end=1209
+  _globals['_REPLICAWELCOME']._serialized_start=1211
+  _globals['_REPLICAWELCOME']._serialized_end=1325
+  _globals['_REPLICAACK']._serialized_start=1327
+  _globals['_REPLICAACK']._serialized_end=1375
+  _globals['_REPLICATERESPONSE']._serialized_start=1378
+  _globals['_REPLICATERESPONSE']._serialized_end=1536
+  _globals['_REPAIRREQUEST']._serialized_start=1538
+  _globals['_REPAIRREQUEST']._serialized_end=1597
+  _globals['_REPAIRRESPONSE']._serialized_start=1599
+  _globals['_REPAIRRESPONSE']._serialized_end=1680
+  _globals['_REPLICATIONSERVICE']._serialized_start=1683
+  _globals['_REPLICATIONSERVICE']._serialized_end=1838
 # @@protoc_insertion_point(module_scope)

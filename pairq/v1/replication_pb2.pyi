@@ -43,20 +43,24 @@ class ReplicaState(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., attempts: _Optional[int] = ..., due_ns: _Optional[int] = ..., cleared: _Optional[bool] = ...) -> None: ...
 
 class ReplicaProgress(_message.Message):
-    __slots__ = ("topic", "channel", "floor", "finished", "deleted", "states")
+    __slots__ = ("topic", "channel", "floor", "finished", "deleted", "states", "created_ns", "deleted_ns")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     FLOOR_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_NS_FIELD_NUMBER: _ClassVar[int]
+    DELETED_NS_FIELD_NUMBER: _ClassVar[int]
     topic: str
     channel: str
     floor: int
     finished: _containers.RepeatedScalarFieldContainer[int]
     deleted: bool
     states: _containers.RepeatedCompositeFieldContainer[ReplicaState]
-    def __init__(self, topic: _Optional[str] = ..., channel: _Optional[str] = ..., floor: _Optional[int] = ..., finished: _Optional[_Iterable[int]] = ..., deleted: _Optional[bool] = ..., states: _Optional[_Iterable[_Union[ReplicaState, _Mapping]]] = ...) -> None: ...
+    created_ns: int
+    deleted_ns: int
+    def __init__(self, topic: _Optional[str] = ..., channel: _Optional[str] = ..., floor: _Optional[int] = ..., finished: _Optional[_Iterable[int]] = ..., deleted: _Optional[bool] = ..., states: _Optional[_Iterable[_Union[ReplicaState, _Mapping]]] = ..., created_ns: _Optional[int] = ..., deleted_ns: _Optional[int] = ...) -> None: ...
 
 class ReplicaHello(_message.Message):
     __slots__ = ("node_id", "pair", "tcp", "nonce")

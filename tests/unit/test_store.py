@@ -53,7 +53,8 @@ async def test_catalog_progress_and_dead_letters_round_trip(opened: Store) -> No
     s = opened
     await s.commit(
         s.catalog.put_topic("orders", 3, False),
-        s.catalog.put_channel(3, "billing", 7, True),
+        s.catalog.put_channel(3, "billing", 7, True, 1_700_000_000_000_000_000),
+        s.catalog.put_tombstone("orders", "old", 1_600_000_000_000_000_000),
         s.catalog.put_next_ids(4, 8),
         _append(s, 3, 10, _records(5, 100)),
     )
@@ -68,7 +69,8 @@ async def test_catalog_progress_and_dead_letters_round_trip(opened: Store) -> No
     t = topics["orders"]
     assert (t.id, t.first_seq, t.next_seq) == (3, 10, 15)
     ch = t.channels["billing"]
-    assert (ch.id, ch.paused, ch.floor) == (7, True, 12)
+    assert (ch.id, ch.paused, ch.floor, ch.created_ns) == (7, True, 12, 1_700_000_000_000_000_000)
+    assert s.catalog.tombstones() == {("orders", "old"): 1_600_000_000_000_000_000}
     assert s.progress.finished(7) == [14]
     assert s.progress.states(7) == {13: (2, 123)}
     assert s.dead.scan(7) == ([(11, 5, b"r" * 40)], [])

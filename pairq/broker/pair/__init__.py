@@ -353,8 +353,11 @@ class Pair:
         """A channel's progress, for the partner's standby copies."""
         self.sender.progress(topic, channel, floor, finished, states)
 
-    def channel_deleted(self, topic: str, channel: str) -> None:
-        self.sender.channel_deleted(topic, channel)
+    def channel_created(self, topic: str, channel: str, floor: int, created_ns: int) -> None:
+        self.sender.channel_created(topic, channel, floor, created_ns)
+
+    def channel_deleted(self, topic: str, channel: str, deleted_ns: int) -> None:
+        self.sender.channel_deleted(topic, channel, deleted_ns)
 
     def topic_deleted(self, topic: str) -> None:
         self.sender.topic_deleted(topic)

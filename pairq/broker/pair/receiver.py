@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from pairq import grpcopts
+from pairq.broker.pair import catalog
 from pairq.broker.pair import core as pc
 from pairq.broker.pair.link import (
     TOKEN_BYTES,
@@ -386,19 +387,38 @@ class Receiver:
         channel exists on both brokers before any later publish is acknowledged; the
         first complete catalog lifts a new store's gate (``check_catalog``)."""
         broker = self.broker
+        ctx = broker.ctx
+        assert ctx is not None  # sessions are served once the broker has started
+        tombstones = ctx.tombstones
         for p in batch.progress:
             topic = broker.topics.get(p.topic)
-            if p.deleted:
-                if topic is not None and p.channel in topic.channels:
-                    log.info(
-                        "partner deleted channel %s/%s: deleting it here too", p.topic, p.channel
-                    )
-                    topic.delete_channel(p.channel)
+            if p.deleted:  # a live deletion, or a tombstone of the partner's catalog
+                ch = topic.channels.get(p.channel) if topic is not None else None
+                if ch is not None and topic is not None and ch.durable:
+                    if catalog.delete(ch.meta.created_ns, p.deleted_ns):
+                        log.info(
+                            "partner deleted channel %s/%s: deleting it here too",
+                            p.topic,
+                            p.channel,
+                        )
+                        topic.delete_channel(p.channel, p.deleted_ns)
+                    continue  # created again after that deletion: it stays
+                keep = catalog.keep(tombstones.get((p.topic, p.channel)), p.deleted_ns)
+                if keep is not None:
+                    ctx.tombstone(p.topic, p.channel, keep)
                 continue
             if topic is None or p.channel not in topic.channels:
+                if not catalog.adopt(p.created_ns, tombstones.get((p.topic, p.channel))):
+                    log.info(
+                        "partner has channel %s/%s, deleted here since: not recreating it "
+                        "(our catalog tells the partner to delete it)",
+                        p.topic,
+                        p.channel,
+                    )
+                    continue
                 try:
                     topic = await broker.get_topic(p.topic, from_partner=True)
-                    await topic.get_channel(p.channel, from_partner=True)
+                    await topic.get_channel(p.channel, from_partner=True, created_ns=p.created_ns)
                 except PairqError as exc:  # a limit (--max-topics/--max-channels) here
                     log.error(
                         "cannot create the partner's channel %s/%s here: %s",

@@ -74,6 +74,8 @@ class _Progress:
     finished: set[int]  # finished seqs >= floor
     deleted: bool
     states: dict[int, tuple[int, int] | None]  # seq -> (attempts, due_ns); None: cleared
+    created_ns: int = 0  # a new channel's creation time (pair/catalog.py)
+    deleted_ns: int = 0  # with deleted: when
 
 
 @dataclass
@@ -165,6 +167,8 @@ def _progress_msg(topic: str, channel: str, pr: _Progress) -> rpb.ReplicaProgres
         floor=pr.floor,
         finished=sorted(pr.finished),
         deleted=pr.deleted,
+        created_ns=pr.created_ns,
+        deleted_ns=pr.deleted_ns,
         states=[
             rpb.ReplicaState(seq=seq, cleared=True)
             if v is None
@@ -321,11 +325,20 @@ class Sender:
         merged = dict(cur.states) if cur is not None else {}
         if states:
             merged.update(states)
-        self._progress[key] = _Progress(floor, {s for s in fins if s >= floor}, False, merged)
+        created = cur.created_ns if cur is not None else 0
+        self._progress[key] = _Progress(
+            floor, {s for s in fins if s >= floor}, False, merged, created_ns=created
+        )
         self._wake.set()
 
-    def channel_deleted(self, topic: str, channel: str) -> None:
-        self._progress[(topic, channel)] = _Progress(0, set(), True, {})
+    def channel_created(self, topic: str, channel: str, floor: int, created_ns: int) -> None:
+        if not self.connected:
+            return  # the next connection's catalog carries it
+        self._progress[(topic, channel)] = _Progress(floor, set(), False, {}, created_ns=created_ns)
+        self._wake.set()
+
+    def channel_deleted(self, topic: str, channel: str, deleted_ns: int) -> None:
+        self._progress[(topic, channel)] = _Progress(0, set(), True, {}, deleted_ns=deleted_ns)
         self._wake.set()
 
     def topic_deleted(self, topic: str) -> None:
@@ -562,10 +575,22 @@ class Sender:
                     floor, finished, states = ch.progress_snapshot()
                     catalog.append(
                         _progress_msg(
-                            topic.name, ch.name, _Progress(floor, finished, False, dict(states))
+                            topic.name,
+                            ch.name,
+                            _Progress(
+                                floor, finished, False, dict(states), created_ns=ch.meta.created_ns
+                            ),
                         )
                     )
-        self._catalog = catalog
+        # Our tombstones ride in the catalog too, ahead of the live channels
+        # (pair/catalog.py): a channel deleted while the partner was away must not
+        # come back with the partner's catalog, and one created again since must
+        # replace the partner's old one.
+        tombs = broker.ctx.tombstones if broker.ctx is not None else {}
+        self._catalog = [
+            rpb.ReplicaProgress(topic=t, channel=c, deleted=True, deleted_ns=ns)
+            for (t, c), ns in tombs.items()
+        ] + catalog
         self._catchup = catchup
         self._wake.set()
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from pairq.broker.options import BrokerOptions
 from pairq.broker.pair import core as pc
 from pairq.broker.pair.standby import StandbyStore
+from pairq.broker.ports import Context
 from pairq.broker.store import Store
 from pairq.broker.topic import Topic
 from pairq.security.pairauth import load_secret
@@ -38,6 +39,7 @@ class PairHost(Protocol):
     address: str
     topics: dict[str, Topic]
     tracer: Any  # an OpenTelemetry tracer while tracing is on, else None
+    ctx: Context | None  # its channel tombstones (pair/catalog.py); set once started
 
     @property
     def epoch(self) -> int: ...

@@ -19,6 +19,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from pairq.broker.pair import catalog
 from pairq.broker.pair import core as pc
 from pairq.broker.pair.link import FramedLink
 from pairq.broker.pair.standby import StandbyStore, StandbyTopic
@@ -118,8 +119,12 @@ async def _take_over_topic(broker: PairHost, standby: StandbyStore, sb: StandbyT
     if end <= start and not sb.channels:
         return 0
     topic = await broker.get_topic(sb.name, from_partner=True)
+    tombstones = broker.ctx.tombstones if broker.ctx is not None else {}
     for ch_name in sb.channels:
-        await topic.get_channel(ch_name, from_partner=True)
+        # Deleted here since (pair/catalog.py): the deletion is newer than anything
+        # we know of the partner's channel, so it is not brought back.
+        if catalog.adopt(0, tombstones.get((sb.name, ch_name))):
+            await topic.get_channel(ch_name, from_partner=True)
     got = broker.store.standby.read(sb.name, start, end)
     rows = got.rows
     records: list[bytes] = []
