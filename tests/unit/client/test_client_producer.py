@@ -62,6 +62,30 @@ async def test_fails_over_to_next_broker() -> None:
         assert fake.broker.calls["PublishBatch"] == 2
 
 
+@pytest.mark.parametrize("streams", [True, False])
+async def test_a_refusal_naming_the_partner_skips_the_partner(streams: bool) -> None:
+    """A broker refusing because its partner cannot hold the copy (metadata "partner")
+    sends the retry to another pair at once, not to that partner (which, silent, would
+    cost an RPC timeout)."""
+    async with (
+        run_fake_broker() as refusing,
+        run_fake_broker() as partner,
+        run_fake_broker() as other,
+    ):
+        for f in (refusing, partner, other):
+            f.broker.streams = streams
+        refusing.broker.partner_down = partner.address
+        brokers = [refusing.address, partner.address, other.address]
+        async with Producer(brokers, retry_backoff=0.01) as p:
+            ack = await p.publish("t", b"x")
+            assert refusing.broker.attempted_ids == [ack.id]
+            assert other.broker.attempted_ids == [ack.id]
+            assert partner.broker.attempted_ids == []
+            ack2 = await p.publish("t", b"y")  # stays on the broker that took it
+            assert other.broker.attempted_ids == [ack.id, ack2.id]
+            assert partner.broker.attempted_ids == [] and len(refusing.broker.attempted_ids) == 1
+
+
 async def test_gives_up_after_retry_timeout() -> None:
     dead = f"127.0.0.1:{free_port()}"
     async with Producer([dead], retry_timeout=0.3, retry_backoff=0.01) as p:
