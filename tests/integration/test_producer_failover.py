@@ -149,6 +149,7 @@ async def test_a_stopped_broker_costs_a_producer_at_most_one_rpc_timeout(
                         PAUSE + 5,
                         "acks on the other pair",
                     )
+                    assert pub.broker_in_use() not in {n.address for n in c.pair(in_use.pair)}
                     await asyncio.sleep(max(0.0, t0 + PAUSE - time.monotonic()))  # the fault
                 finally:
                     stopped.signal(signal.SIGCONT)
