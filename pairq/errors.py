@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -75,15 +75,18 @@ class PairqError(Exception):
             return self.status_override
         return _GRPC_CODE.get(self.code, grpc.StatusCode.UNKNOWN)
 
+    def metadata(self) -> dict[str, str]:
+        """``fields`` as wire metadata (ErrorInfo's, or a PublishError's): strings, each
+        key and value cut to a bounded length."""
+        return {k[:64]: clip(str(v), MAX_METADATA_CHARS) for k, v in self.fields.items()}
+
     def to_status(self) -> grpc.Status:
         """A grpc.Status with ErrorInfo details, for ``context.abort_with_status``.
 
         The message and every metadata value are cut to a bounded length, so a
         status always fits in gRPC's trailers whatever input it repeats."""
         info = error_details_pb2.ErrorInfo(
-            reason=self.reason,
-            domain=DOMAIN,
-            metadata={k[:64]: clip(str(v), MAX_METADATA_CHARS) for k, v in self.fields.items()},
+            reason=self.reason, domain=DOMAIN, metadata=self.metadata()
         )
         detail = status_pb2.Status()
         detail.code = self.grpc_code.value[0]
@@ -102,6 +105,7 @@ class PairqError(Exception):
         """Map a gRPC error (from a pairq broker or a transport failure) to an exception."""
         code: int = broker_pb2.ERROR_CODE_UNSPECIFIED
         message = ""
+        fields: dict[str, str] = {}
         try:
             message = err.details() or ""
             st = rpc_status.from_call(err)
@@ -110,6 +114,7 @@ class PairqError(Exception):
                     info = error_details_pb2.ErrorInfo()
                     if d.Unpack(info) and info.domain == DOMAIN:
                         code = int(broker_pb2.ErrorCode.Value(info.reason))
+                        fields = dict(info.metadata)
         except Exception:
             pass
         if code == broker_pb2.ERROR_CODE_UNSPECIFIED:
@@ -119,13 +124,17 @@ class PairqError(Exception):
             if status == grpc.StatusCode.RESOURCE_EXHAUSTED and "full" in message:
                 return StoreFullError(message)
             return PairqError(message or str(status))
-        return cls.from_code(code, message)
+        return cls.from_code(code, message, fields)
 
     @classmethod
-    def from_code(cls, code: int, message: str) -> PairqError:
-        """The exception for an ``ErrorCode`` value (e.g. from a ``PublishError``)."""
+    def from_code(
+        cls, code: int, message: str, metadata: Mapping[str, str] | None = None
+    ) -> PairqError:
+        """The exception for an ``ErrorCode`` value (e.g. from a ``PublishError``), with
+        the error's metadata (ErrorInfo's, or PublishError's) as its ``fields``."""
         klass = _CLASS_BY_CODE.get(code, PairqError)
-        return klass(message, code=code)
+        fields = {k: v for k, v in (metadata or {}).items() if k != "code"}
+        return klass(message, code=code, **fields)
 
 
 class InvalidError(PairqError):

@@ -323,7 +323,8 @@ class Publisher:
                 if replicator.min_copies >= 2:
                     raise UnavailableError(
                         f"message already stored here, but partner {replicator.partner_address} "
-                        "is unreachable, so it may have only 1 copy (--min-copies=2); retry"
+                        "is unreachable, so it may have only 1 copy (--min-copies=2); retry",
+                        partner=replicator.partner_address,
                     ) from exc
                 copies = 1
         return copies
@@ -461,6 +462,7 @@ class Publisher:
                 raise refusal
             raise UnavailableError(
                 f"partner {replicator.partner_address} did not acknowledge the copy "
-                "(--min-copies=2 requires 2 durable copies); retry"
+                "(--min-copies=2 requires 2 durable copies); retry",
+                partner=replicator.partner_address,  # the client skips this pair (broker.proto)
             )
         return seq0, copies

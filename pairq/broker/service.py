@@ -752,7 +752,10 @@ class PublishStream:
             )
         except PairqError as exc:
             resp = pb.PublishStreamResponse(
-                request_id=rid, error=pb.PublishError(code=cast(Any, exc.code), message=exc.message)
+                request_id=rid,
+                error=pb.PublishError(
+                    code=cast(Any, exc.code), message=exc.message, metadata=exc.metadata()
+                ),
             )
         except Exception as exc:
             log.exception("internal error serving a publish stream request")

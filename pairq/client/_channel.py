@@ -126,7 +126,7 @@ class PublishStreamClient:
             timer.cancel()
             self._pending.pop(rid, None)
         if resp.HasField("error"):
-            raise PairqError.from_code(resp.error.code, resp.error.message)
+            raise PairqError.from_code(resp.error.code, resp.error.message, resp.error.metadata)
         return resp
 
     def _write_failed(self, exc: Exception) -> None:

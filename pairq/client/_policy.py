@@ -1,4 +1,5 @@
-"""Pure client policies: retry backoff, requeue delays, RDY distribution, batch cutting.
+"""Pure client policies: retry backoff, failover order, requeue delays, RDY distribution,
+batch cutting.
 
 Nothing here does I/O or reads a clock; the async code in ``producer`` and
 ``consumer`` calls these functions with the numbers it has, which keeps the
@@ -7,7 +8,7 @@ rules testable on their own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from pairq import names
 from pairq.errors import InvalidError, PairqError
@@ -24,6 +25,72 @@ def retry_backoff(attempt: int, *, base: float, cap: float, jitter: float = 0.0)
         return 0.0
     delay = min(cap, base * (2.0 ** min(attempt - 1, 62)))
     return max(0.0, delay * (1.0 - 0.5 * jitter))
+
+
+# How long a broker that failed a publish is tried after every other one (see Penalties):
+# about the time gossip and the lookups take to declare a silent broker dead and a
+# producer's placement (polled every second or more) to drop it, and longer than a
+# pair takes to give up on a silent partner (its ack timeout, ~1.6 s) and refuse.
+FAILOVER_PENALTY_S = 10.0
+
+
+class Penalties:
+    """Brokers a producer tries last for a while, because they just failed a publish.
+
+    Rules (the caller passes ``now``, any monotonic clock):
+
+    - ``add(addresses, now)``: each address is penalized until ``now + period``
+      (a later failure extends it). A producer adds the broker that did not answer,
+      broke its stream or refused; when the refusal named the broker's partner
+      (metadata ``partner``: it cannot get the second copy there), the partner and
+      every other broker of that pair too, since the partner is the silent one.
+    - ``clear(address)``: a publish it acknowledged ends its penalty at once.
+    - ``active(now)``: the addresses still penalized (expired ones are forgotten).
+
+    A penalty only reorders failover (``pick_broker``); it never excludes a broker,
+    so with every broker penalized the producer still tries them all in turn.
+    """
+
+    __slots__ = ("_until", "period")
+
+    def __init__(self, period: float = FAILOVER_PENALTY_S) -> None:
+        self.period = period
+        self._until: dict[str, float] = {}
+
+    def add(self, addresses: Iterable[str], now: float) -> None:
+        until = now + self.period
+        for a in addresses:
+            self._until[a] = until
+
+    def clear(self, address: str) -> None:
+        if self._until:
+            self._until.pop(address, None)
+
+    def active(self, now: float) -> set[str]:
+        expired = [a for a, t in self._until.items() if t <= now]
+        for a in expired:
+            del self._until[a]
+        return set(self._until)
+
+
+def pick_broker(count: int, start: int, avoid: Collection[int]) -> int:
+    """Which of a route's ``count`` brokers to use: the first index from ``start`` on,
+    in route order and wrapping around, that is not in ``avoid``; ``start`` itself
+    when every one is to be avoided (or ``count`` is 0).
+
+    After broker ``i`` failed, ``pick_broker(count, (i + 1) % count, avoid | {i})``
+    is the failover: the next broker that is not penalized, else simply the next
+    one (``i`` itself only when it is the only broker). At a new route, ``start``
+    is 0: the placement's first broker that is not penalized.
+    """
+    if count <= 0:
+        return 0
+    start %= count
+    for k in range(count):
+        i = (start + k) % count
+        if i not in avoid:
+            return i
+    return start
 
 
 def requeue_delay_ms(attempts: int, *, base_ms: int, max_ms: int) -> int:

@@ -28,9 +28,21 @@ the first attempt, so a retry after a timeout or a failover re-sends the same
 ids and the broker can store each message once.
 
 Retries. UNAVAILABLE and DEADLINE_EXCEEDED are retried with exponential
-backoff, moving to the next broker of ``brokers`` after each failure, until
-``retry_timeout`` seconds have passed. Every other error (invalid input, store
-full, permission) is raised to the caller at once. A transparent batch that
+backoff, moving to another broker of the route after each failure, until
+``retry_timeout`` seconds have passed. Every other error (invalid input,
+permission) is raised to the caller at once; a full store moves to another
+broker and is raised once every broker of the route said so.
+
+Failover order (``_policy.Penalties``, ``_policy.pick_broker``). A broker that
+failed a publish (no answer within ``rpc_timeout``, a broken stream, a refusal)
+is tried after every other broker for ``FAILOVER_PENALTY_S``; a refusal that
+names the broker's partner (ErrorInfo / PublishError metadata ``partner``: the
+pair cannot get its second copy) penalizes that whole pair, so the retry goes to
+another pair at once instead of to the silent partner and its RPC timeout. The
+failover moves the route in use when the attempt ends, also when a placement
+refresh replaced it meanwhile (the refresh keeps the broker in use, which would
+otherwise be tried again). A penalty never excludes a broker: with all of them
+penalized, they are tried in route order. A transparent batch that
 the broker rejects as invalid is split and re-sent, so one bad publish
 cannot fail the publishes that happened to share its RPC: the batch is re-sent
 in halves down to single units (a ``publish_batch`` call or part is one unit, so
@@ -40,6 +52,7 @@ it fails only if its own messages are invalid).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -49,9 +62,9 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 
-from pairq.client._channel import DEFAULT_BROKER, BrokerConn
+from pairq.client._channel import DEFAULT_BROKER, BrokerConn, normalize_address
 from pairq.client._ids import ID_BYTES, IdGenerator
-from pairq.client._policy import check_topic, cut_batch, retry_backoff
+from pairq.client._policy import Penalties, check_topic, cut_batch, pick_broker, retry_backoff
 from pairq.client._tracing import inject, send_span
 from pairq.client.discovery import Discovery
 from pairq.errors import InvalidError, PairqError, UnavailableError
@@ -98,14 +111,23 @@ _Unit = _Pending | _Part
 
 
 class _Route:
-    """Where a topic's publishes go: brokers in failover order and the one in use."""
+    """Where a topic's publishes go: brokers in failover order and the one in use.
 
-    __slots__ = ("conns", "current", "expires")
+    ``groups[i]`` names the pair of ``conns[i]`` as the lookups placed it ("" when
+    not known: brokers given, not discovered)."""
 
-    def __init__(self, conns: list[BrokerConn], expires: float = float("inf")) -> None:
+    __slots__ = ("conns", "current", "expires", "groups")
+
+    def __init__(
+        self,
+        conns: list[BrokerConn],
+        expires: float = float("inf"),
+        groups: list[str] | None = None,
+    ) -> None:
         self.conns = conns
         self.current = 0
         self.expires = expires
+        self.groups = groups if groups is not None else [""] * len(conns)
 
 
 class _Topic:
@@ -199,6 +221,7 @@ class Producer:
         )
         self._lookup_poll_interval = lookup_poll_interval
         self._routes: dict[str, _Route] = {}
+        self._penalties = Penalties()
         self._refreshing: dict[str, asyncio.Task[_Route]] = {}
         self._max_batch_size = max_batch_size
         self._max_batch_bytes = max_batch_bytes
@@ -287,17 +310,27 @@ class Producer:
                 self._routes[topic] = route
                 return route
             raise UnavailableError(f"cannot place topic {topic!r}: {exc.message}") from None
-        addresses = [a for p in pairs for a in p.addresses()]
-        conns = [self._conn(a) for a in dict.fromkeys(addresses)]
-        conns += [c for c in self._conns if c not in conns]
+        conns: list[BrokerConn] = []
+        groups: list[str] = []  # the pair of each, for skipping a pair at once
+        for p in pairs:
+            for a in p.addresses():
+                c = self._conn(a)
+                if c not in conns:
+                    conns.append(c)
+                    groups.append(p.key)
+        for c in self._conns:
+            if c not in conns:
+                conns.append(c)
+                groups.append("")
         if not conns:
             raise UnavailableError(f"the lookups know no live broker to publish {topic!r} to")
-        route = _Route(conns, loop.time() + self._lookup_poll_interval)
-        if old is not None and old.conns and old.current < len(old.conns):
+        route = _Route(conns, loop.time() + self._lookup_poll_interval, groups)
+        cur = old.conns[old.current] if old is not None and old.current < len(old.conns) else None
+        if cur in conns:
             # Stay on the broker in use while it is still listed.
-            cur = old.conns[old.current]
-            if cur in conns:
-                route.current = conns.index(cur)
+            route.current = conns.index(cur)
+        else:
+            route.current = pick_broker(len(conns), 0, self._penalized(conns))
         self._routes[topic] = route
         return route
 
@@ -609,9 +642,12 @@ class Producer:
                 if attempt:
                     request.new_ids = False  # an earlier attempt may have been stored
                 try:
-                    return await conn.publish(request, self._rpc_timeout)
+                    resp = await conn.publish(request, self._rpc_timeout)
                 except PairqError as exc:
                     err = exc
+                else:
+                    self._penalties.clear(conn.address)
+                    return resp
                 if err.code == broker_pb2.ERROR_CODE_STORE_FULL:
                     # Nothing was stored there: another broker of the placement (another
                     # pair) may have room. Only when every one is full does the caller hear it.
@@ -622,8 +658,7 @@ class Producer:
                     raise err
                 if conn.address not in tried:
                     tried.append(conn.address)
-                if n > 1 and route.current == index:
-                    route.current = (index + 1) % n  # fail over
+                self._fail_over(topic, route, conn, err)
                 if (attempt + 1) % n == 0:
                     route.expires = 0.0  # tried them all: ask the lookups again
             attempt += 1
@@ -646,6 +681,38 @@ class Producer:
                 )
             if delay:
                 await asyncio.sleep(delay)
+
+    def _penalized(self, conns: list[BrokerConn]) -> set[int]:
+        """Indexes of ``conns`` whose brokers are penalized now (``_policy.Penalties``)."""
+        bad = self._penalties.active(asyncio.get_running_loop().time())
+        return {i for i, c in enumerate(conns) if c.address in bad} if bad else set()
+
+    def _fail_over(self, topic: str, used: _Route, conn: BrokerConn, err: PairqError) -> None:
+        """``conn`` failed a publish of ``topic`` (over route ``used``): penalize it, and
+        its whole pair when it refused for want of its partner's copy; then move the
+        topic's route off it, to the next broker that is not penalized."""
+        # A placement refresh may have replaced the route during the attempt (keeping
+        # the broker in use, ``conn``): move the route in use now, not the old one.
+        route = self._routes.get(topic, used)
+        conns = route.conns
+        bad = {conn.address}
+        partner = err.fields.get("partner")
+        if partner:
+            # This pair cannot make two copies now: neither broker is worth trying next.
+            with contextlib.suppress(ValueError):
+                bad.add(normalize_address(str(partner)))
+            for r in (route, used):
+                if conn in r.conns:
+                    pair = r.groups[r.conns.index(conn)]
+                    if pair:
+                        bad.update(
+                            c.address for c, g in zip(r.conns, r.groups, strict=True) if g == pair
+                        )
+        self._penalties.add(bad, asyncio.get_running_loop().time())
+        n = len(conns)
+        if n > 1 and conns[route.current % n] is conn:
+            avoid = self._penalized(conns)
+            route.current = pick_broker(n, route.current % n + 1, avoid | {route.current % n})
 
     # -- lifecycle ----------------------------------------------------------------
 

@@ -274,6 +274,7 @@ class Pair:
                 f"partner {self.partner_address} of pair {self.name!r} is unreachable and this broker "
                 "requires 2 durable copies (--min-copies=2); publish to another pair, or retry later",
                 code=pb.ERROR_CODE_UNAVAILABLE,
+                partner=self.partner_address,  # the client skips this pair (broker.proto)
             )
 
     def partner_refusal(self) -> PairqError | None:

@@ -58,6 +58,10 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):  # type: ignore[misc]
         self.reject_body = b"\x00reject"
         self.streams = True  # False: answer PublishStream UNIMPLEMENTED (an older broker)
         self.new_ids: list[bool] = []  # PublishStreamRequest.new_ids of each request
+        # Set to an address: refuse every publish UNAVAILABLE naming it as the partner
+        # that cannot hold the copy (metadata "partner"), like a pair broker under
+        # --min-copies=2 whose partner is gone.
+        self.partner_down = ""
 
     def _channel(self, topic: str, channel: str) -> _Channel:
         ch = self.channels.get((topic, channel))
@@ -102,10 +106,19 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):  # type: ignore[misc]
         ids, copies = self._store(request.topic, [request.message])
         return pb.PublishResponse(id=ids[0], copies=copies)
 
+    def _partner_refusal(self) -> PairqError:
+        return PairqError(
+            f"partner {self.partner_down} is unreachable (--min-copies=2)",
+            code=pb.ERROR_CODE_UNAVAILABLE,
+            partner=self.partner_down,
+        )
+
     async def PublishBatch(self, request: Any, context: Any) -> Any:
         self.calls["PublishBatch"] += 1
         self.batch_sizes.append(len(request.messages))
         await self._maybe_fail(context, [m.id for m in request.messages])
+        if self.partner_down:
+            await self._partner_refusal().abort(context)
         for m in request.messages:
             if not m.body or m.body == self.reject_body:
                 st = PairqError("bad body", code=pb.ERROR_CODE_BAD_MESSAGE).to_status()
@@ -125,6 +138,15 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):  # type: ignore[misc]
             self.batch_sizes.append(len(req.messages))
             self.new_ids.append(req.new_ids)
             await self._maybe_fail(context, [m.id for m in req.messages])
+            if self.partner_down:
+                err = self._partner_refusal()
+                yield pb.PublishStreamResponse(
+                    request_id=req.request_id,
+                    error=pb.PublishError(
+                        code=err.code, message=err.message, metadata=err.metadata()
+                    ),
+                )
+                continue
             if any(not m.body or m.body == self.reject_body for m in req.messages):
                 yield pb.PublishStreamResponse(
                     request_id=req.request_id,

@@ -8,7 +8,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pairq.client._ids import IdGenerator
-from pairq.client._policy import cut_batch, rdy_per_connection, requeue_delay_ms, retry_backoff
+from pairq.client._policy import (
+    Penalties,
+    cut_batch,
+    pick_broker,
+    rdy_per_connection,
+    requeue_delay_ms,
+    retry_backoff,
+)
 
 
 def test_retry_backoff_doubles_and_caps() -> None:
@@ -98,3 +105,42 @@ def test_ids_differ_after_fork() -> None:
     os.close(r)
     os.close(w)
     assert child[:10] != gen.next()[:10]
+
+
+def test_pick_broker_skips_penalized_ones_but_never_excludes_them() -> None:
+    # after broker 0 failed: the next one not penalized
+    assert pick_broker(4, 1, {0}) == 1
+    assert pick_broker(4, 1, {0, 1}) == 2  # its partner penalized too: the other pair
+    assert pick_broker(4, 3, {3}) == 0  # wraps around
+    assert pick_broker(4, 1, {0, 1, 2, 3}) == 1  # all penalized: simply the next one
+    assert pick_broker(1, 1, {0}) == 0  # the only broker
+    assert pick_broker(0, 0, set()) == 0
+    assert pick_broker(3, 0, {0}) == 1  # a new route starts at its first good broker
+
+
+@given(
+    st.integers(1, 8),
+    st.integers(0, 20),
+    st.sets(st.integers(0, 7)),
+)
+def test_pick_broker_is_the_first_good_one_in_route_order(
+    count: int, start: int, avoid: set[int]
+) -> None:
+    i = pick_broker(count, start, avoid)
+    assert 0 <= i < count
+    order = [(start + k) % count for k in range(count)]
+    good = [j for j in order if j not in avoid]
+    assert i == (good[0] if good else start % count)
+
+
+def test_penalties_expire_and_a_success_clears_them() -> None:
+    p = Penalties(period=10.0)
+    p.add(["a", "b"], now=100.0)
+    assert p.active(105.0) == {"a", "b"}
+    p.add(["b"], now=108.0)  # a later failure extends it
+    p.clear("a")  # it acknowledged a publish
+    assert p.active(109.0) == {"b"}
+    assert p.active(117.9) == {"b"}
+    assert p.active(118.0) == set()
+    p.clear("nobody")
+    assert p.active(200.0) == set()

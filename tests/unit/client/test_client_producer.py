@@ -62,6 +62,52 @@ async def test_fails_over_to_next_broker() -> None:
         assert fake.broker.calls["PublishBatch"] == 2
 
 
+@pytest.mark.parametrize("streams", [True, False])
+async def test_a_refusal_naming_the_partner_skips_the_partner(streams: bool) -> None:
+    """A broker refusing because its partner cannot hold the copy (metadata "partner")
+    sends the retry to another pair at once, not to that partner (which, silent, would
+    cost an RPC timeout)."""
+    async with (
+        run_fake_broker() as refusing,
+        run_fake_broker() as partner,
+        run_fake_broker() as other,
+    ):
+        for f in (refusing, partner, other):
+            f.broker.streams = streams
+        refusing.broker.partner_down = partner.address
+        brokers = [refusing.address, partner.address, other.address]
+        async with Producer(brokers, retry_backoff=0.01) as p:
+            ack = await p.publish("t", b"x")
+            assert refusing.broker.attempted_ids == [ack.id]
+            assert other.broker.attempted_ids == [ack.id]
+            assert partner.broker.attempted_ids == []
+            ack2 = await p.publish("t", b"y")  # stays on the broker that took it
+            assert other.broker.attempted_ids == [ack.id, ack2.id]
+            assert partner.broker.attempted_ids == [] and len(refusing.broker.attempted_ids) == 1
+
+
+async def test_a_failover_moves_the_route_a_refresh_made_during_the_attempt() -> None:
+    """A placement refresh that completes while an attempt is in flight keeps the
+    broker in use (the one being tried) in a new route object; when that attempt
+    fails, the new route must move off it, or the retry goes to the same silent
+    broker (one more RPC timeout: chaos pause-long, issue 13)."""
+    from pairq.client.producer import _Route
+
+    async with Producer(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]) as p:
+        a, b, c, d = (p._conn(f"127.0.0.1:{i}") for i in (1, 2, 3, 4))
+        used = _Route([a, b, c, d], groups=["p0", "p0", "p1", "p1"])
+        used.current = 2  # the attempt went to c
+        refreshed = _Route([a, b, c, d], groups=["p0", "p0", "p1", "p1"])
+        refreshed.current = 2  # the refresh stayed on c
+        p._routes["t"] = refreshed
+        p._fail_over("t", used, c, UnavailableError("c did not answer"))
+        assert refreshed.current == 3  # its partner next: c only timed out
+        # d refuses, naming c as the partner that cannot hold the copy: skip pair p1
+        p._fail_over("t", used, d, UnavailableError("no copy", partner="127.0.0.1:3"))
+        assert refreshed.current == 0
+        assert p._penalized([a, b, c, d]) == {2, 3}  # both of p1, for a while
+
+
 async def test_gives_up_after_retry_timeout() -> None:
     dead = f"127.0.0.1:{free_port()}"
     async with Producer([dead], retry_timeout=0.3, retry_backoff=0.01) as p:
