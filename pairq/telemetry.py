@@ -132,11 +132,11 @@ def setup_tracing(service_name: str) -> bool:
     if exporter_name == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     else:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from pairq.otlp_spans import otlp_span_exporter
 
         provider.add_span_processor(
             BatchSpanProcessor(
-                OTLPSpanExporter(timeout=EXPORT_TIMEOUT_S),
+                otlp_span_exporter(timeout=EXPORT_TIMEOUT_S),
                 export_timeout_millis=int(EXPORT_TIMEOUT_S * 1000),
             )
         )
