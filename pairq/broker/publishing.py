@@ -262,7 +262,7 @@ class Publisher:
         ``new_ids``: the client vouches that every id is new (PublishStreamRequest.new_ids),
         so the idempotency lookup is skipped; the ids are recorded all the same."""
         if traced and self._tracer() is not None:
-            return await self._publish_traced(topic_name, items, traced)
+            return await self._publish_traced(topic_name, items, traced, new_ids=new_ids)
         topic = self._topics.get(topic_name) or await self._get_topic(topic_name)
         supplied = [] if new_ids else [i for i, _, s in items if s]
         if not supplied or topic.ephemeral or not self.opts.idempotency_window_s:
@@ -328,7 +328,12 @@ class Publisher:
         return copies
 
     async def _publish_traced(
-        self, topic_name: str, items: list[Item], traced: list[tuple[bytes, str]]
+        self,
+        topic_name: str,
+        items: list[Item],
+        traced: list[tuple[bytes, str]],
+        *,
+        new_ids: bool = False,
     ) -> int:
         """:meth:`_publish` inside ONE ``pairq publish`` span for the request (not one
         per message): child of the first traced message's context, linked to the
@@ -362,7 +367,7 @@ class Publisher:
                 carried.append((topic_name, traced[0][0], carrier[TRACEPARENT]))
         token = publish_traces.set(carried or None)
         try:
-            copies = await self._publish(topic_name, items)
+            copies = await self._publish(topic_name, items, new_ids=new_ids)
             span.set_attribute("pairq.copies", copies)
             return copies
         except Exception as exc:

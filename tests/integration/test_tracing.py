@@ -165,3 +165,30 @@ def test_a_batch_of_traced_messages_gets_one_publish_span_linked_to_every_trace(
     # every message's own trace still reaches its handler span
     handlers = named("t process")
     assert sorted(s["parent"] for s in handlers) == sorted(producers), handlers
+
+
+async def test_a_traced_publish_skips_the_idempotency_lookup_as_an_untraced_one_does() -> None:
+    """``new_ids`` (the client vouches every id is new) means the same with tracing on:
+    the lookup is skipped, so an id stored before is stored again, as without
+    tracing (tracing on once dropped the flag and paid the lookup per message)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from pairq.testing import run_broker
+    from pairq.v1 import broker_pb2 as pb
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    traced = {"traceparent": f"00-{7:032x}-{8:016x}-01"}
+    async with run_broker() as broker:
+        for topic, tracer in [("untraced", None), ("traced", provider.get_tracer("t"))]:
+            broker.tracer = tracer
+            item = pb.PublishItem(id=topic.encode().ljust(16, b"."), body=b"x", headers=traced)
+            await broker.publisher.publish_messages(topic, [item])
+            await broker.publisher.publish_messages(topic, [item])  # a retry: found
+            assert broker.topics[topic].message_count == 1, topic
+            await broker.publisher.publish_messages(topic, [item], new_ids=True)
+            assert broker.topics[topic].message_count == 2, topic
+    assert [s.name for s in exporter.get_finished_spans()] == ["pairq publish"] * 3
