@@ -531,7 +531,7 @@ def batch_contexts(
       valid one (the span is then not sampled either, so it needs no links);
     - each other sampled context is a link, up to ``max_links``; ``dropped``
       counts the distinct sampled values beyond those (not validated: past the
-      cap a value costs one set lookup, not a parse);
+      cap the values are counted in one set difference, not parsed);
     - a context not sampled is never linked: nobody records its trace.
     Nothing valid: (None, [], 0). The sampled test reads the flags' low hex digit
     before any parse, so unsampled traffic costs no parse beyond the parent's."""
@@ -540,14 +540,11 @@ def batch_contexts(
     parent: SpanContext | None = None
     contexts: list[SpanContext] = []
     dropped = 0
-    full = False  # the links are at the cap (after the parent)
-    for tp in traceparents:
+    values = iter(traceparents)
+    for tp in values:
         if len(tp) < 55 or tp[54] not in sampled or tp in seen:
             continue
         seen.add(tp)
-        if full:
-            dropped += 1
-            continue
         sc = parse_traceparent(tp)
         if sc is None:
             continue
@@ -555,7 +552,10 @@ def batch_contexts(
             parent = sc
         else:
             contexts.append(sc)
-        full = len(contexts) >= max_links
+        if len(contexts) >= max_links:  # at the cap: the rest is only counted
+            rest = {v for v in values if len(v) >= 55 and v[54] in sampled}
+            dropped = len(rest - seen)
+            break
     if parent is None:  # none sampled: the first valid one, unlinked
         for tp in traceparents:
             parent = parse_traceparent(tp)
