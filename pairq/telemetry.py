@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -34,9 +33,10 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.trace import Link, SpanContext, TraceFlags
+from opentelemetry.trace import Link, SpanContext
 
 from pairq.options import parse_hostport
+from pairq.traceparent import parse_traceparent
 
 log = logging.getLogger("pairq.telemetry")
 
@@ -494,28 +494,7 @@ request in its own sampled trace 128 links cost about 0.8x of untraced throughpu
 and 32 about 0.9x); further contexts are counted in the span's
 ``pairq.links_dropped`` attribute."""
 
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _SAMPLED_DIGITS = frozenset("13579bdf")  # the low hex digit of flags with bit 0 set
-_FLAGS: dict[str, TraceFlags] = {}  # at most 256: the two hex digits seen
-
-
-def parse_traceparent(traceparent: str) -> SpanContext | None:
-    """The remote span context of a W3C ``traceparent`` value, or None when it is
-    not a valid one (version ``ff``, all-zero ids, not lower-case hex, version 00
-    with trailing fields). Cheaper than the propagator (no Context, no tracestate)."""
-    m = _TRACEPARENT.fullmatch(traceparent)
-    if m is None:
-        return None
-    version, trace_hex, span_hex, flags, rest = m.groups()
-    if version == "ff" or (version == "00" and rest):
-        return None
-    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
-    if not trace_id or not span_id:
-        return None
-    trace_flags = _FLAGS.get(flags)
-    if trace_flags is None:
-        trace_flags = _FLAGS[flags] = TraceFlags(int(flags, 16))
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace_flags)
 
 
 def batch_contexts(

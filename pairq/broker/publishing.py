@@ -340,10 +340,10 @@ class Publisher:
         others' (``pairq.telemetry.batch_span``: at most ``MAX_LINKS``, the rest
         counted). Its own context rides to the partner once per request
         (``ports.publish_traces``) for the replicate span there."""
-        from opentelemetry.trace import SpanKind, set_span_in_context
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+        from opentelemetry.trace import SpanKind
 
         from pairq.telemetry import batch_span
+        from pairq.traceparent import format_traceparent
 
         attributes: dict[str, Any] = {
             "messaging.system": "pairq",
@@ -360,11 +360,9 @@ class Publisher:
         # The partner's replicate span is a child of this one (ports.publish_traces);
         # nothing to carry while no partner copy is being made.
         carried: list[tuple[str, bytes, str]] = []
-        if self._replicator.copies() >= 2:
-            carrier: dict[str, str] = {}
-            TraceContextTextMapPropagator().inject(carrier, context=set_span_in_context(span))
-            if TRACEPARENT in carrier:
-                carried.append((topic_name, traced[0][0], carrier[TRACEPARENT]))
+        sc = span.get_span_context()
+        if self._replicator.copies() >= 2 and sc.is_valid:
+            carried.append((topic_name, traced[0][0], format_traceparent(sc)))
         token = publish_traces.set(carried or None)
         try:
             copies = await self._publish(topic_name, items, new_ids=new_ids)

@@ -12,13 +12,8 @@ from opentelemetry.trace import SpanKind
 
 from pairq.broker import wire
 from pairq.broker.channel_core import Entry
-from pairq.telemetry import (
-    MAX_LINKS,
-    batch_contexts,
-    batch_span,
-    deliver_spans,
-    parse_traceparent,
-)
+from pairq.telemetry import MAX_LINKS, batch_contexts, batch_span, deliver_spans
+from pairq.traceparent import parse_traceparent
 
 
 def tp(trace: int, span: int, flags: str = "01") -> str:
