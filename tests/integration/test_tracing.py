@@ -192,3 +192,77 @@ async def test_a_traced_publish_skips_the_idempotency_lookup_as_an_untraced_one_
             await broker.publisher.publish_messages(topic, [item], new_ids=True)
             assert broker.topics[topic].message_count == 2, topic
     assert [s.name for s in exporter.get_finished_spans()] == ["pairq publish"] * 3
+
+
+def test_a_broker_process_exports_its_spans_by_otlp_to_a_collector(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the standard OTEL variables, a real ``pairq broker`` sends its publish
+    span (pairq's own OTLP encoding, pairq.otlp_spans) to a real collector: in the
+    publisher's trace, under its span, with the broker's resource."""
+    import threading
+    import time
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as tsp
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as tsg
+
+    from pairq.testing import BrokerProcess
+    from pairq.v1 import broker_pb2 as pb
+    from pairq.v1 import broker_pb2_grpc as pbg
+
+    got: list[Any] = []
+    arrived = threading.Event()
+
+    class Collector(tsg.TraceServiceServicer):  # type: ignore[misc]
+        def Export(self, request: Any, context: Any) -> Any:
+            got.append(request)
+            arrived.set()
+            return tsp.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    tsg.add_TraceServiceServicer_to_server(Collector(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")  # ms: export soon
+    broker = BrokerProcess(tmp_path / "data", args=["--log-level", "warning"])
+    trace_id, span_id = 0x1234_5678_9ABC, 0xDEF0
+    try:
+        broker.start()
+        item = pb.PublishItem(
+            body=b"x", headers={"traceparent": f"00-{trace_id:032x}-{span_id:016x}-01"}
+        )
+        with grpc.insecure_channel(broker.address) as ch:
+            pbg.BrokerServiceStub(ch).PublishBatch(
+                pb.PublishBatchRequest(topic="t", messages=[item]), timeout=10
+            )
+
+        def publish_spans() -> list[Any]:
+            return [
+                (rs, s)
+                for req in got
+                for rs in req.resource_spans
+                for ss in rs.scope_spans
+                for s in ss.spans
+                if s.name == "pairq publish"
+            ]
+
+        deadline = time.monotonic() + 15
+        while not publish_spans() and time.monotonic() < deadline:
+            arrived.wait(0.5)
+            arrived.clear()
+        (rs, span), *_ = publish_spans()
+        assert int.from_bytes(span.trace_id, "big") == trace_id
+        assert int.from_bytes(span.parent_span_id, "big") == span_id
+        assert span.kind == span.SPAN_KIND_SERVER
+        attrs = {a.key: a.value for a in span.attributes}
+        assert attrs["messaging.destination.name"].string_value == "t"
+        assert attrs["messaging.batch.message_count"].int_value == 1
+        resource = {a.key: a.value.string_value for a in rs.resource.attributes}
+        assert resource["service.name"] == "pairq-broker"
+    finally:
+        broker.terminate()
+        server.stop(0)
