@@ -713,9 +713,10 @@ async def _single_telemetry(address: str, sz: Sizes) -> dict[str, Any]:
 # own sampled trace (as producers publishing inside their own request spans send it,
 # without the producer's own span work, so the figure is the broker's): with tracing
 # on, the broker records ONE ``pairq publish`` span per request, child of its first
-# message's context and linked to the others' (at most 128 links). Distinct contexts
-# are the dearer case: identical ones collapse into the parent. With tracing off, the
-# same messages cost no span.
+# message's context and linked to the others' (at most ``pairq.telemetry.MAX_LINKS``,
+# 32 unless OTEL_SPAN_LINK_COUNT_LIMIT says otherwise). Distinct contexts are the
+# dearer case: identical ones collapse into the parent. With tracing off, the same
+# messages cost no span.
 _rng = random.Random(16)
 TRACED = [
     {"traceparent": f"00-{_rng.getrandbits(128) | 1:032x}-{_rng.getrandbits(64) | 1:016x}-01"}
@@ -740,8 +741,8 @@ MEASUREMENTS: list[tuple[str, Measure]] = [
     # Right after the one without: the same publish path with metrics and tracing on
     # (the messages carry no trace context: the cost of having telemetry on).
     ("publish_single_telemetry", _single_telemetry),
-    # The same pair with every message traced (the broker records a span per message
-    # with tracing on): the cost of tracing all traffic.
+    # The same pair with every message traced (the broker records a span per request
+    # with tracing on, linked to every message's trace): the cost of tracing all traffic.
     ("publish_traced", _traced),
     ("publish_traced_telemetry", _traced_telemetry),
     ("publish_batch", publish_batch),
