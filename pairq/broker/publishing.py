@@ -115,8 +115,9 @@ class Publisher:
         self.on_replicated: Callable[[float], None] | None = None
 
     # ------------------------------------------------------------ 1. validate
-    def record(self, item: Message, now_ns: int, ts_field: bytes) -> tuple[bytes, bytes]:
-        """(id, record) of one message; raises INVALID_ARGUMENT-class errors."""
+    def record(self, item: Message, now_ns: int, ts_field: bytes) -> tuple[bytes, bytes, str]:
+        """(id, record, its ``traceparent`` header or "") of one message; raises
+        INVALID_ARGUMENT-class errors."""
         body = item.body
         size = len(body)
         if size > self.opts.max_msg_size:
@@ -146,14 +147,17 @@ class Publisher:
                 )
             due_ns = now_ns + defer_ms * 1_000_000
         headers = b""
+        traceparent = ""
         if item.headers:
             h = dict(item.headers)
+            traceparent = h.get(TRACEPARENT, "")
             if sum(len(k) + len(v) for k, v in h.items()) > MAX_HEADER_BYTES:
                 raise _invalid(f"headers exceed {MAX_HEADER_BYTES} bytes")
             if any(not k for k in h):
                 raise _invalid("header names must not be empty")
             headers = wire.encode_headers(h)
-        return msg_id, wire.encode_record(msg_id, body, now_ns, due_ns, headers, ts_field=ts_field)
+        rec = wire.encode_record(msg_id, body, now_ns, due_ns, headers, ts_field=ts_field)
+        return msg_id, rec, traceparent
 
     async def publish_one(self, topic: str, message: Message) -> tuple[bytes, int]:
         """Publish: (id, copies)."""
@@ -161,11 +165,8 @@ class Publisher:
         check_topic(topic)
         check_publish(topic)  # --auth-file: the caller's publish permission
         now_ns = time.time_ns()
-        msg_id, rec = self.record(message, now_ns, wire.timestamp_field(now_ns))
-        traced = None
-        if self._tracer() is not None and message.headers:
-            tp = message.headers.get(TRACEPARENT)
-            traced = [(msg_id, tp)] if tp else None
+        msg_id, rec, tp = self.record(message, now_ns, wire.timestamp_field(now_ns))
+        traced = [(msg_id, tp)] if tp and self._tracer() is not None else None
         copies = await self.publish(topic, [(msg_id, rec, bool(message.id))], traced)
         return msg_id, copies
 
@@ -216,14 +217,12 @@ class Publisher:
             ):
                 items.append((i, plain(i, body, ts_field), True))
                 continue
-            i, r = make(item, now_ns, ts_field)
+            i, r, tp = make(item, now_ns, ts_field)
             supplied = bool(item.id)
             all_supplied = all_supplied and supplied
             items.append((i, r, supplied))
-            if tracing and item.headers:
-                tp = item.headers.get(TRACEPARENT)
-                if tp:
-                    traced.append((i, tp))
+            if tp and tracing:  # read once, by record(), from the headers it encodes
+                traced.append((i, tp))
         copies = await self.publish(topic, items, traced or None, new_ids=new_ids)
         return [i for i, _, _ in items], copies, all_supplied
 
