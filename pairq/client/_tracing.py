@@ -63,7 +63,7 @@ def inject(headers: Mapping[str, str] | None, span: Any = None) -> Mapping[str, 
         return headers
     carrier = dict(headers) if headers else {}
     if w3c_propagation() and not baggage.get_all():
-        sc = (span or trace.get_current_span()).get_span_context()
+        sc = (span if span is not None else trace.get_current_span()).get_span_context()
         if sc == trace.INVALID_SPAN_CONTEXT:
             return carrier
         if not sc.trace_state:  # what TraceContextTextMapPropagator.inject writes
