@@ -194,12 +194,14 @@ async def test_a_traced_publish_skips_the_idempotency_lookup_as_an_untraced_one_
     assert [s.name for s in exporter.get_finished_spans()] == ["pairq publish"] * 3
 
 
-def test_a_broker_process_exports_its_spans_by_otlp_to_a_collector(
+def test_broker_and_pairq_pub_processes_export_their_spans_by_otlp_to_a_collector(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the standard OTEL variables, a real ``pairq broker`` sends its publish
-    span (pairq's own OTLP encoding, pairq.otlp_spans) to a real collector: in the
-    publisher's trace, under its span, with the broker's resource."""
+    """With the standard OTEL variables, a real ``pairq broker`` and a real ``pairq
+    pub`` send their spans (pairq's own OTLP encoding, pairq.otlp_spans) to a real
+    collector: the broker's publish span in the publisher's trace, under its span,
+    with the broker's resource; ``pairq pub`` -> its producer span -> the broker's
+    publish span, one trace."""
     import threading
     import time
     from concurrent import futures
@@ -221,6 +223,23 @@ def test_a_broker_process_exports_its_spans_by_otlp_to_a_collector(
             arrived.set()
             return tsp.ExportTraceServiceResponse()
 
+    def spans(name: str) -> list[tuple[dict[str, str], Any]]:
+        """(resource attributes, span) of every span called ``name`` received."""
+        return [
+            ({a.key: a.value.string_value for a in rs.resource.attributes}, s)
+            for req in list(got)
+            for rs in req.resource_spans
+            for ss in rs.scope_spans
+            for s in ss.spans
+            if s.name == name
+        ]
+
+    def wait_for(*names: str) -> None:
+        deadline = time.monotonic() + 15
+        while not all(spans(n) for n in names) and time.monotonic() < deadline:
+            arrived.wait(0.5)
+            arrived.clear()
+
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     tsg.add_TraceServiceServicer_to_server(Collector(), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -239,30 +258,29 @@ def test_a_broker_process_exports_its_spans_by_otlp_to_a_collector(
             pbg.BrokerServiceStub(ch).PublishBatch(
                 pb.PublishBatchRequest(topic="t", messages=[item]), timeout=10
             )
-
-        def publish_spans() -> list[Any]:
-            return [
-                (rs, s)
-                for req in got
-                for rs in req.resource_spans
-                for ss in rs.scope_spans
-                for s in ss.spans
-                if s.name == "pairq publish"
-            ]
-
-        deadline = time.monotonic() + 15
-        while not publish_spans() and time.monotonic() < deadline:
-            arrived.wait(0.5)
-            arrived.clear()
-        (rs, span), *_ = publish_spans()
+        wait_for("pairq publish")
+        (resource, span), *_ = spans("pairq publish")
         assert int.from_bytes(span.trace_id, "big") == trace_id
         assert int.from_bytes(span.parent_span_id, "big") == span_id
         assert span.kind == span.SPAN_KIND_SERVER
         attrs = {a.key: a.value for a in span.attributes}
         assert attrs["messaging.destination.name"].string_value == "t"
         assert attrs["messaging.batch.message_count"].int_value == 1
-        resource = {a.key: a.value.string_value for a in rs.resource.attributes}
         assert resource["service.name"] == "pairq-broker"
+
+        got.clear()
+        cmd = [sys.executable, "-m", "pairq.cli", "pub", "--broker", broker.address, "u", "hi"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        wait_for("pairq pub", "u publish", "pairq publish")
+        (_, cli), (_, producer), (_, publish) = (
+            spans(n)[0] for n in ("pairq pub", "u publish", "pairq publish")
+        )
+        assert cli.trace_id == producer.trace_id == publish.trace_id
+        assert producer.parent_span_id == cli.span_id and producer.kind == span.SPAN_KIND_PRODUCER
+        assert publish.parent_span_id == producer.span_id
+        copies = {a.key: a.value.int_value for a in producer.attributes}["pairq.copies"]
+        assert copies == 1
     finally:
         broker.terminate()
         server.stop(0)
