@@ -14,7 +14,7 @@ compares both on the same spans):
 - a span carries trace and span id, its trace state when not empty, the parent
   span id when it has a parent, name, kind, start and end time, attributes,
   events, links (trace id, span id, attributes, flags: no trace state, as the
-  SDK's), dropped counts, its status (always present, possibly empty) and
+  SDK's), dropped counts, its status (possibly empty; none for a None status) and
   flags (``HAS_IS_REMOTE``, plus ``IS_REMOTE`` when the parent, or the linked
   context, is remote);
 - an attribute value is a string, bool, int (int64), float, bytes, a sequence
@@ -165,11 +165,10 @@ def _span(s: Any) -> bytes:
         parts.append(_field(b"\x6a", b"".join(lk)))
     parts.append(_uint(b"\x70", s.dropped_links))
     status = s.status
-    st = b""
-    if status.description:
-        st = _field(b"\x12", status.description.encode())
-    st += _uint(b"\x18", status.status_code.value)
-    parts.append(_field(b"\x7a", st))
+    if status is not None:
+        st = _field(b"\x12", status.description.encode()) if status.description else b""
+        st += _uint(b"\x18", status.status_code.value)
+        parts.append(_field(b"\x7a", st))
     parts += (
         b"\x85\x01",
         _FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL,

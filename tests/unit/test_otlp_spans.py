@@ -152,6 +152,8 @@ def test_dropped_counts_unset_times_and_a_span_without_scope() -> None:
     )
     bare = ReadableSpan("bare", context=SpanContext(9, 9, is_remote=False))
     same([bare])
+    no_status = ReadableSpan("s", context=SpanContext(9, 9, is_remote=False), status=None)  # type: ignore[arg-type]
+    assert not same([no_status]).resource_spans[0].scope_spans[0].spans[0].HasField("status")
 
 
 def test_equal_resources_share_a_group_and_groups_keep_their_order() -> None:
