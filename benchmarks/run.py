@@ -713,9 +713,10 @@ async def _single_telemetry(address: str, sz: Sizes) -> dict[str, Any]:
 # own sampled trace (as producers publishing inside their own request spans send it,
 # without the producer's own span work, so the figure is the broker's): with tracing
 # on, the broker records ONE ``pairq publish`` span per request, child of its first
-# message's context and linked to the others' (at most 128 links). Distinct contexts
-# are the dearer case: identical ones collapse into the parent. With tracing off, the
-# same messages cost no span.
+# message's context and linked to the others' (at most ``pairq.telemetry.MAX_LINKS``,
+# 32 unless OTEL_SPAN_LINK_COUNT_LIMIT says otherwise). Distinct contexts are the
+# dearer case: identical ones collapse into the parent. With tracing off, the same
+# messages cost no span.
 _rng = random.Random(16)
 TRACED = [
     {"traceparent": f"00-{_rng.getrandbits(128) | 1:032x}-{_rng.getrandbits(64) | 1:016x}-01"}
@@ -735,13 +736,63 @@ async def _traced_telemetry(address: str, sz: Sizes) -> dict[str, Any]:
     )
 
 
+TRACED_SLICES = 4
+"""Slices of each traced measurement in one run (see :func:`traced_pair`)."""
+
+
+def _combine(slices: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from the slices of a measurement: msg/s over their summed time, CPU
+    per message over their summed messages, the median slice's latencies."""
+    n = sum(r["n"] for r in slices)
+    seconds = sum(r["n"] / r["msgs_per_s"] for r in slices)
+    out: dict[str, Any] = {"msgs_per_s": n / seconds, "n": n}
+    for key in ("client_us", "broker_us"):
+        out[key] = sum(r[key] * r["n"] for r in slices) / max(n, 1)
+    for key in ("p50_ms", "p99_ms"):
+        out[key] = statistics.median(r[key] for r in slices)
+    return out
+
+
+async def traced_pair(tmp: Path, run: int, sz: Sizes) -> dict[str, dict[str, Any]]:
+    """``publish_traced`` and ``publish_traced_telemetry`` of one run, measured in
+    :data:`TRACED_SLICES` alternating slices each (off, on, on, off, off, on, ...;
+    each slice 1/TRACED_SLICES of the messages and time cap) against two brokers
+    started side by side, one without and one with telemetry: their ratio is the
+    cost of tracing, and a shared machine's drift (other processes, the disk's
+    fsync time, which here varies several-fold within a minute) hits both alike
+    instead of whichever ran second."""
+    part = dataclasses.replace(
+        sz, single_n=sz.single_n // TRACED_SLICES, time_cap=sz.time_cap / TRACED_SLICES
+    )
+    slices: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    with (
+        broker_process(tmp, f"publish_traced-{run}") as off,
+        broker_process(tmp, f"publish_traced_telemetry-{run}", telemetry=True) as on,
+    ):
+        for k in range(TRACED_SLICES):
+            order = [(False, off), (True, on)] if k % 2 == 0 else [(True, on), (False, off)]
+            for telemetry, bp in order:
+                assert bp.proc is not None
+                CPU.broker_pid = bp.proc.pid
+                label = f"traced, telem. {'on ' if telemetry else 'off'} {k + 1}/{TRACED_SLICES}"
+                topic = "bench_traced_telemetry" if telemetry else "bench_traced"
+                slices[telemetry].append(
+                    await publish_single(bp.address, part, topic=topic, headers=TRACED, label=label)
+                )
+    return {
+        "publish_traced": _combine(slices[False]),
+        "publish_traced_telemetry": _combine(slices[True]),
+    }
+
+
 MEASUREMENTS: list[tuple[str, Measure]] = [
     ("publish_single", publish_single),
     # Right after the one without: the same publish path with metrics and tracing on
     # (the messages carry no trace context: the cost of having telemetry on).
     ("publish_single_telemetry", _single_telemetry),
-    # The same pair with every message traced (the broker records a span per message
-    # with tracing on): the cost of tracing all traffic.
+    # The same pair with every message traced (the broker records a span per request
+    # with tracing on, linked to every message's trace): the cost of tracing all traffic.
+    # Run together, both brokers side by side, in alternating slices (traced_pair).
     ("publish_traced", _traced),
     ("publish_traced_telemetry", _traced_telemetry),
     ("publish_batch", publish_batch),
@@ -787,9 +838,16 @@ async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
         for run in range(sz.runs):
             log(f"run {run + 1}/{sz.runs}")
             baselines.append(await baseline(tmp / f"lmdb-{run}", sz.baseline_seconds))
+            names = {name for name, _ in MEASUREMENTS}
+            paired = {"publish_traced", "publish_traced_telemetry"} <= names
             for name, fn in MEASUREMENTS:
                 if EXTERNAL_BROKER:
                     results[name].append(await fn(EXTERNAL_BROKER[0], sz))
+                    continue
+                if paired and name.startswith("publish_traced"):
+                    if name == "publish_traced":  # both, in alternating slices
+                        for key, result in (await traced_pair(tmp, run, sz)).items():
+                            results[key].append(result)
                     continue
                 on = name.endswith("_telemetry")
                 nsq = name.startswith("nsq_")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -34,9 +33,10 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.trace import Link, SpanContext, TraceFlags
+from opentelemetry.trace import Link, SpanContext
 
 from pairq.options import parse_hostport
+from pairq.traceparent import parse_traceparent
 
 log = logging.getLogger("pairq.telemetry")
 
@@ -132,11 +132,11 @@ def setup_tracing(service_name: str) -> bool:
     if exporter_name == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     else:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from pairq.otlp_spans import otlp_span_exporter
 
         provider.add_span_processor(
             BatchSpanProcessor(
-                OTLPSpanExporter(timeout=EXPORT_TIMEOUT_S),
+                otlp_span_exporter(timeout=EXPORT_TIMEOUT_S),
                 export_timeout_millis=int(EXPORT_TIMEOUT_S * 1000),
             )
         )
@@ -488,34 +488,14 @@ def _link_limit() -> int:
 
 MAX_LINKS = _link_limit()
 """Links a broker span carries at most: 32 unless the standard
-``OTEL_SPAN_LINK_COUNT_LIMIT`` says otherwise (the SDK's default is 128, but each
-link costs the broker 10-20 µs of CPU, so with every message of a 1,000-message
-request in its own sampled trace 128 links cost about 0.8x of untraced throughput
-and 32 about 0.9x); further contexts are counted in the span's
-``pairq.links_dropped`` attribute."""
+``OTEL_SPAN_LINK_COUNT_LIMIT`` says otherwise (the SDK's default is 128; a link
+costs the broker a few µs of CPU to parse, create and encode, 10-20 µs with the
+SDK's own OTLP encoder, so with every message of a 1,000-message request in its
+own sampled trace 128 links cost about 0.8x of untraced throughput then and 32
+about 0.9x); further contexts are counted in the span's ``pairq.links_dropped``
+attribute."""
 
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _SAMPLED_DIGITS = frozenset("13579bdf")  # the low hex digit of flags with bit 0 set
-_FLAGS: dict[str, TraceFlags] = {}  # at most 256: the two hex digits seen
-
-
-def parse_traceparent(traceparent: str) -> SpanContext | None:
-    """The remote span context of a W3C ``traceparent`` value, or None when it is
-    not a valid one (version ``ff``, all-zero ids, not lower-case hex, version 00
-    with trailing fields). Cheaper than the propagator (no Context, no tracestate)."""
-    m = _TRACEPARENT.fullmatch(traceparent)
-    if m is None:
-        return None
-    version, trace_hex, span_hex, flags, rest = m.groups()
-    if version == "ff" or (version == "00" and rest):
-        return None
-    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
-    if not trace_id or not span_id:
-        return None
-    trace_flags = _FLAGS.get(flags)
-    if trace_flags is None:
-        trace_flags = _FLAGS[flags] = TraceFlags(int(flags, 16))
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace_flags)
 
 
 def batch_contexts(
@@ -531,7 +511,7 @@ def batch_contexts(
       valid one (the span is then not sampled either, so it needs no links);
     - each other sampled context is a link, up to ``max_links``; ``dropped``
       counts the distinct sampled values beyond those (not validated: past the
-      cap a value costs one set lookup, not a parse);
+      cap the values are counted in one set difference, not parsed);
     - a context not sampled is never linked: nobody records its trace.
     Nothing valid: (None, [], 0). The sampled test reads the flags' low hex digit
     before any parse, so unsampled traffic costs no parse beyond the parent's."""
@@ -540,14 +520,11 @@ def batch_contexts(
     parent: SpanContext | None = None
     contexts: list[SpanContext] = []
     dropped = 0
-    full = False  # the links are at the cap (after the parent)
-    for tp in traceparents:
+    values = iter(traceparents)
+    for tp in values:
         if len(tp) < 55 or tp[54] not in sampled or tp in seen:
             continue
         seen.add(tp)
-        if full:
-            dropped += 1
-            continue
         sc = parse_traceparent(tp)
         if sc is None:
             continue
@@ -555,7 +532,10 @@ def batch_contexts(
             parent = sc
         else:
             contexts.append(sc)
-        full = len(contexts) >= max_links
+        if len(contexts) >= max_links:  # at the cap: the rest is only counted
+            rest = {v for v in values if len(v) >= 55 and v[54] in sampled}
+            dropped = len(rest - seen)
+            break
     if parent is None:  # none sampled: the first valid one, unlinked
         for tp in traceparents:
             parent = parse_traceparent(tp)

@@ -115,8 +115,9 @@ class Publisher:
         self.on_replicated: Callable[[float], None] | None = None
 
     # ------------------------------------------------------------ 1. validate
-    def record(self, item: Message, now_ns: int, ts_field: bytes) -> tuple[bytes, bytes]:
-        """(id, record) of one message; raises INVALID_ARGUMENT-class errors."""
+    def record(self, item: Message, now_ns: int, ts_field: bytes) -> tuple[bytes, bytes, str]:
+        """(id, record, its ``traceparent`` header or "") of one message; raises
+        INVALID_ARGUMENT-class errors."""
         body = item.body
         size = len(body)
         if size > self.opts.max_msg_size:
@@ -146,14 +147,17 @@ class Publisher:
                 )
             due_ns = now_ns + defer_ms * 1_000_000
         headers = b""
+        traceparent = ""
         if item.headers:
             h = dict(item.headers)
+            traceparent = h.get(TRACEPARENT, "")
             if sum(len(k) + len(v) for k, v in h.items()) > MAX_HEADER_BYTES:
                 raise _invalid(f"headers exceed {MAX_HEADER_BYTES} bytes")
             if any(not k for k in h):
                 raise _invalid("header names must not be empty")
             headers = wire.encode_headers(h)
-        return msg_id, wire.encode_record(msg_id, body, now_ns, due_ns, headers, ts_field=ts_field)
+        rec = wire.encode_record(msg_id, body, now_ns, due_ns, headers, ts_field=ts_field)
+        return msg_id, rec, traceparent
 
     async def publish_one(self, topic: str, message: Message) -> tuple[bytes, int]:
         """Publish: (id, copies)."""
@@ -161,11 +165,8 @@ class Publisher:
         check_topic(topic)
         check_publish(topic)  # --auth-file: the caller's publish permission
         now_ns = time.time_ns()
-        msg_id, rec = self.record(message, now_ns, wire.timestamp_field(now_ns))
-        traced = None
-        if self._tracer() is not None and message.headers:
-            tp = message.headers.get(TRACEPARENT)
-            traced = [(msg_id, tp)] if tp else None
+        msg_id, rec, tp = self.record(message, now_ns, wire.timestamp_field(now_ns))
+        traced = [(msg_id, tp)] if tp and self._tracer() is not None else None
         copies = await self.publish(topic, [(msg_id, rec, bool(message.id))], traced)
         return msg_id, copies
 
@@ -210,14 +211,12 @@ class Publisher:
             ):
                 items.append((i, plain(i, body, ts_field), True))
                 continue
-            i, r = make(item, now_ns, ts_field)
+            i, r, tp = make(item, now_ns, ts_field)
             supplied = bool(item.id)
             all_supplied = all_supplied and supplied
             items.append((i, r, supplied))
-            if tracing and item.headers:
-                tp = item.headers.get(TRACEPARENT)
-                if tp:
-                    traced.append((i, tp))
+            if tp and tracing:  # read once, by record(), from the headers it encodes
+                traced.append((i, tp))
         if nbytes > self.opts.max_batch_bytes:
             raise limit_exceeded(
                 "max_batch_bytes",
@@ -263,7 +262,7 @@ class Publisher:
         ``new_ids``: the client vouches that every id is new (PublishStreamRequest.new_ids),
         so the idempotency lookup is skipped; the ids are recorded all the same."""
         if traced and self._tracer() is not None:
-            return await self._publish_traced(topic_name, items, traced)
+            return await self._publish_traced(topic_name, items, traced, new_ids=new_ids)
         topic = self._topics.get(topic_name) or await self._get_topic(topic_name)
         supplied = [] if new_ids else [i for i, _, s in items if s]
         if not supplied or topic.ephemeral or not self.opts.idempotency_window_s:
@@ -330,17 +329,22 @@ class Publisher:
         return copies
 
     async def _publish_traced(
-        self, topic_name: str, items: list[Item], traced: list[tuple[bytes, str]]
+        self,
+        topic_name: str,
+        items: list[Item],
+        traced: list[tuple[bytes, str]],
+        *,
+        new_ids: bool = False,
     ) -> int:
         """:meth:`_publish` inside ONE ``pairq publish`` span for the request (not one
         per message): child of the first traced message's context, linked to the
         others' (``pairq.telemetry.batch_span``: at most ``MAX_LINKS``, the rest
         counted). Its own context rides to the partner once per request
         (``ports.publish_traces``) for the replicate span there."""
-        from opentelemetry.trace import SpanKind, set_span_in_context
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+        from opentelemetry.trace import SpanKind
 
         from pairq.telemetry import batch_span
+        from pairq.traceparent import format_traceparent
 
         attributes: dict[str, Any] = {
             "messaging.system": "pairq",
@@ -357,14 +361,12 @@ class Publisher:
         # The partner's replicate span is a child of this one (ports.publish_traces);
         # nothing to carry while no partner copy is being made.
         carried: list[tuple[str, bytes, str]] = []
-        if self._replicator.copies() >= 2:
-            carrier: dict[str, str] = {}
-            TraceContextTextMapPropagator().inject(carrier, context=set_span_in_context(span))
-            if TRACEPARENT in carrier:
-                carried.append((topic_name, traced[0][0], carrier[TRACEPARENT]))
+        sc = span.get_span_context()
+        if self._replicator.copies() >= 2 and sc.is_valid:
+            carried.append((topic_name, traced[0][0], format_traceparent(sc)))
         token = publish_traces.set(carried or None)
         try:
-            copies = await self._publish(topic_name, items)
+            copies = await self._publish(topic_name, items, new_ids=new_ids)
             span.set_attribute("pairq.copies", copies)
             return copies
         except Exception as exc:

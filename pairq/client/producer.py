@@ -421,8 +421,7 @@ class Producer:
             return await fut
         try:  # the producer span: from the call to the durable ack
             ack = await fut
-            span.set_attribute("messaging.message.id", ack.id.hex())
-            span.set_attribute("pairq.copies", ack.copies)
+            span.set_attributes({"messaging.message.id": ack.id.hex(), "pairq.copies": ack.copies})
             return ack
         except BaseException as exc:
             span.record_exception(exc)

@@ -165,3 +165,122 @@ def test_a_batch_of_traced_messages_gets_one_publish_span_linked_to_every_trace(
     # every message's own trace still reaches its handler span
     handlers = named("t process")
     assert sorted(s["parent"] for s in handlers) == sorted(producers), handlers
+
+
+async def test_a_traced_publish_skips_the_idempotency_lookup_as_an_untraced_one_does() -> None:
+    """``new_ids`` (the client vouches every id is new) means the same with tracing on:
+    the lookup is skipped, so an id stored before is stored again, as without
+    tracing (tracing on once dropped the flag and paid the lookup per message)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from pairq.testing import run_broker
+    from pairq.v1 import broker_pb2 as pb
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    traced = {"traceparent": f"00-{7:032x}-{8:016x}-01"}
+    async with run_broker() as broker:
+        for topic, tracer in [("untraced", None), ("traced", provider.get_tracer("t"))]:
+            broker.tracer = tracer
+            item = pb.PublishItem(id=topic.encode().ljust(16, b"."), body=b"x", headers=traced)
+            await broker.publisher.publish_messages(topic, [item])
+            await broker.publisher.publish_messages(topic, [item])  # a retry: found
+            assert broker.topics[topic].message_count == 1, topic
+            await broker.publisher.publish_messages(topic, [item], new_ids=True)
+            assert broker.topics[topic].message_count == 2, topic
+    assert [s.name for s in exporter.get_finished_spans()] == ["pairq publish"] * 3
+
+
+def test_broker_and_pairq_pub_processes_export_their_spans_by_otlp_to_a_collector(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the standard OTEL variables, a real ``pairq broker`` and a real ``pairq
+    pub`` send their spans (pairq's own OTLP encoding, pairq.otlp_spans) to a real
+    collector: the broker's publish span in the publisher's trace, under its span,
+    with the broker's resource; ``pairq pub`` -> its producer span -> the broker's
+    publish span, one trace."""
+    import threading
+    import time
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as tsp
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as tsg
+
+    from pairq.testing import BrokerProcess
+    from pairq.v1 import broker_pb2 as pb
+    from pairq.v1 import broker_pb2_grpc as pbg
+
+    got: list[Any] = []
+    arrived = threading.Event()
+
+    class Collector(tsg.TraceServiceServicer):  # type: ignore[misc]
+        def Export(self, request: Any, context: Any) -> Any:
+            got.append(request)
+            arrived.set()
+            return tsp.ExportTraceServiceResponse()
+
+    def spans(name: str) -> list[tuple[dict[str, str], Any]]:
+        """(resource attributes, span) of every span called ``name`` received."""
+        return [
+            ({a.key: a.value.string_value for a in rs.resource.attributes}, s)
+            for req in list(got)
+            for rs in req.resource_spans
+            for ss in rs.scope_spans
+            for s in ss.spans
+            if s.name == name
+        ]
+
+    def wait_for(*names: str) -> None:
+        deadline = time.monotonic() + 15
+        while not all(spans(n) for n in names) and time.monotonic() < deadline:
+            arrived.wait(0.5)
+            arrived.clear()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    tsg.add_TraceServiceServicer_to_server(Collector(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")  # ms: export soon
+    broker = BrokerProcess(tmp_path / "data", args=["--log-level", "warning"])
+    trace_id, span_id = 0x1234_5678_9ABC, 0xDEF0
+    try:
+        broker.start()
+        item = pb.PublishItem(
+            body=b"x", headers={"traceparent": f"00-{trace_id:032x}-{span_id:016x}-01"}
+        )
+        with grpc.insecure_channel(broker.address) as ch:
+            pbg.BrokerServiceStub(ch).PublishBatch(
+                pb.PublishBatchRequest(topic="t", messages=[item]), timeout=10
+            )
+        wait_for("pairq publish")
+        (resource, span), *_ = spans("pairq publish")
+        assert int.from_bytes(span.trace_id, "big") == trace_id
+        assert int.from_bytes(span.parent_span_id, "big") == span_id
+        assert span.kind == span.SPAN_KIND_SERVER
+        attrs = {a.key: a.value for a in span.attributes}
+        assert attrs["messaging.destination.name"].string_value == "t"
+        assert attrs["messaging.batch.message_count"].int_value == 1
+        assert resource["service.name"] == "pairq-broker"
+
+        got.clear()
+        cmd = [sys.executable, "-m", "pairq.cli", "pub", "--broker", broker.address, "u", "hi"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        wait_for("pairq pub", "u publish", "pairq publish")
+        (_, cli), (_, producer), (_, publish) = (
+            spans(n)[0] for n in ("pairq pub", "u publish", "pairq publish")
+        )
+        assert cli.trace_id == producer.trace_id == publish.trace_id
+        assert producer.parent_span_id == cli.span_id and producer.kind == span.SPAN_KIND_PRODUCER
+        assert publish.parent_span_id == producer.span_id
+        copies = {a.key: a.value.int_value for a in producer.attributes}["pairq.copies"]
+        assert copies == 1
+    finally:
+        broker.terminate()
+        server.stop(0)

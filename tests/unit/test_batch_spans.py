@@ -12,13 +12,8 @@ from opentelemetry.trace import SpanKind
 
 from pairq.broker import wire
 from pairq.broker.channel_core import Entry
-from pairq.telemetry import (
-    MAX_LINKS,
-    batch_contexts,
-    batch_span,
-    deliver_spans,
-    parse_traceparent,
-)
+from pairq.telemetry import MAX_LINKS, batch_contexts, batch_span, deliver_spans
+from pairq.traceparent import parse_traceparent
 
 
 def tp(trace: int, span: int, flags: str = "01") -> str:
@@ -126,3 +121,25 @@ def test_one_deliver_span_per_delivery_batch() -> None:
     attrs = dict(span.attributes or {})
     assert attrs["messaging.message.id"] == (5).to_bytes(16, "big").hex() and not span.links
     assert attrs["pairq.attempts"] == 0
+
+
+def test_unsampled_traffic_costs_one_parse_per_batch(monkeypatch: Any) -> None:
+    """A batch whose contexts are all unsampled (a ratio sampler upstream said no)
+    parses one value, the parent's, however many messages it holds; a sampled batch
+    parses no more than the parent and the links it keeps."""
+    import pairq.telemetry as telemetry
+
+    calls: list[str] = []
+
+    def counting(value: str) -> Any:
+        calls.append(value)
+        return parse_traceparent(value)
+
+    monkeypatch.setattr(telemetry, "parse_traceparent", counting)
+    parent, links, dropped = batch_contexts([tp(i, i, "00") for i in range(1, 1001)])
+    assert parent is not None and parent.trace_id == 1 and (links, dropped) == ([], 0)
+    assert len(calls) == 1
+    calls.clear()
+    parent, links, dropped = batch_contexts([tp(i, i) for i in range(1, 1001)], max_links=32)
+    assert len(links) == 32 and dropped == 1000 - 33
+    assert len(calls) == 33
