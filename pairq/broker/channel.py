@@ -683,7 +683,9 @@ class Channel:
         """Queued in memory plus what still waits on disk."""
         if not self.durable:
             return int(self.core.depth)
-        pos, head = self.read_pos, self.topic.committed_seq
+        # Below the floor everything is finished; the floor can pass the read position
+        # over a gap (a restart's skipped range once the partner took over the rest).
+        pos, head = max(self.read_pos, self.floor), self.topic.committed_seq
         # Seqs known to hold nothing (failed appends, a restart's skipped range) are
         # not messages waiting.
         empty = sum(min(hi, head) - max(lo, pos) for lo, hi in self.gaps if hi > pos and lo < head)
