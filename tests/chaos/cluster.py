@@ -118,6 +118,9 @@ class Cluster:
         self.lookups: dict[str, LookupProcess] = {}
         self.brokers: dict[str, BrokerProcess] = {}
         self.paused: set[str] = set()
+        # Brokers the harness itself stopped (kill, terminate) and has not started
+        # again: the supervisor leaves them alone; any other dead broker died by itself.
+        self.down: set[str] = set()
         self.fs: dict[str, Any] = {}  # node -> lazyfs mount (storage="lazyfs")
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.stale: list[str] = []
@@ -193,9 +196,12 @@ class Cluster:
             self.lookups[node].start()
         else:
             self.brokers[node].start(timeout=30)
+            self.down.discard(node)
 
     def kill(self, node: str) -> None:
         self.paused.discard(node)
+        if node in self.brokers:
+            self.down.add(node)
         if node in self.lookups:
             self.lookups[node].kill()
             return
@@ -205,6 +211,7 @@ class Cluster:
             p.wait()
 
     def terminate(self, node: str, timeout: float = 20.0) -> int:
+        self.down.add(node)
         return self.brokers[node].terminate(timeout)
 
     def _signal(self, node: str, sig: signal.Signals) -> None:

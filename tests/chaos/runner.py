@@ -34,6 +34,7 @@ from .workload import (
 HEAL_BOUND = 20.0  # s from a fault's end to a healthy cluster (checked)
 HEAL_WAIT = 45.0  # s the runner waits for healing before it gives up on a fault
 DRAIN_WAIT = 60.0
+SUPERVISE_EVERY = 0.5  # s between the supervisor's checks (systemd's RestartSec is 100 ms)
 
 
 class Runner:
@@ -52,6 +53,7 @@ class Runner:
         self.problems: list[str] = []
         self.producers: Producers | None = None
         self.crashes: list[dict[str, Any]] = []
+        self._supervising = asyncio.Lock()  # one supervise() at a time
 
     # ----------------------------------------------------------------- faults
     async def inject(self, f: Fault) -> FaultRecord:
@@ -229,17 +231,26 @@ class Runner:
 
     async def supervise(self) -> None:
         """What systemd's Restart=on-failure does in production (the Ansible unit): a
-        broker that died by itself (not killed by the harness, which restarts its own
-        victims) is recorded as a crash and started again."""
+        broker that died by itself (not stopped by the harness, ``Cluster.down``, which
+        restarts its own victims) is recorded as a crash and started again. Runs every
+        ``SUPERVISE_EVERY`` s for the whole run (``_supervisor``), also while a fault is
+        being injected: a broker that a fault made crash (a corrupt page, a store
+        found corrupt) must not stay down until the fault's own steps end."""
         c = self.cluster
-        for n in BROKERS:
-            proc = c.brokers[n].proc
-            if n in c.paused or proc is None or proc.poll() is None:
-                continue
-            self.crashes.append({"t": round(self.clock(), 3), "node": n, "rc": proc.returncode})
-            self.log(f"  {n} crashed (exit {proc.returncode}); restarted, as systemd would")
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(c.start, n)
+        async with self._supervising:
+            for n in BROKERS:
+                proc = c.brokers[n].proc
+                if n in c.paused or n in c.down or proc is None or proc.poll() is None:
+                    continue
+                self.crashes.append({"t": round(self.clock(), 3), "node": n, "rc": proc.returncode})
+                self.log(f"  {n} crashed (exit {proc.returncode}); restarted, as systemd would")
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(c.start, n)
+
+    async def _supervisor(self) -> None:
+        while True:
+            await asyncio.sleep(SUPERVISE_EVERY)
+            await self.supervise()
 
     async def revive(self) -> None:
         """Best effort after a failed fault: resume paused brokers, start dead ones."""
@@ -323,6 +334,7 @@ class Runner:
             producers = self.producers = Producers(c.lookup_addresses, self.clock)
             producers.start()
             self.monitor.start()
+            supervisor = asyncio.ensure_future(self._supervisor())
             self.log(f"run dir {self.run_dir}; cluster up ({c.net.method})")
             t_end = time.monotonic() + self.duration
             unsupported: set[str] = set()
@@ -351,6 +363,8 @@ class Runner:
                 self.log(report.fault_line(rec))
             # the workload runs the whole duration (also when no fault fitted or could run)
             await asyncio.sleep(max(0.0, t_end - time.monotonic()) + 1.0)
+            supervisor.cancel()
+            await asyncio.wait({supervisor}, timeout=35)  # a restart in progress finishes
             await self.bounded("stopping the producers", producers.stop(), 30)
             if self.sc.consume_late:
                 await consumers.start()
