@@ -204,6 +204,12 @@ def check(
         "lost": n_lost,
         "lost_per_channel": {ch: len(v) for ch, v in lost.items()},
         "lost_sample": {ch: [i.decode(errors="replace") for i in v[:20]] for ch, v in lost.items()},
+        # when the lost ones were acknowledged (harness clock): to place them among the faults
+        "lost_acked_at": {
+            ch: [round(min(acks[i][1] for i in v), 3), round(max(acks[i][1] for i in v), 3)]
+            for ch, v in lost.items()
+            if v
+        },
         "handler_reruns": reruns,
         "handled_not_acked": unacked_handled,
         "corrupt_deliveries": len(corrupt),
