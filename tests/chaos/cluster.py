@@ -369,7 +369,11 @@ class Cluster:
             with contextlib.suppress(Exception):
                 self._signal(n, signal.SIGCONT)
                 self.kill(n)
+        keep = os.environ.get("PAIRQ_CHAOS_KEEP_DATA")  # copy the stores out first (forensics)
         for b in BROKERS:
+            if keep:
+                with contextlib.suppress(Exception):
+                    shutil.copytree(self.data_dir(b), self.run_dir / "kept" / b)
             with contextlib.suppress(Exception):
                 if b in self.fs:
                     self.fs[b].unmount()
