@@ -216,6 +216,7 @@ class Broker:
             topic_id=lambda n: t.meta.id if (t := self.topics.get(n)) is not None else None,
             owned_needed=self._owned_needed,
             repaired=lambda n: t.repaired() if (t := self.topics.get(n)) is not None else None,
+            hole=lambda n, q: t.mark_hole(q) if (t := self.topics.get(n)) is not None else None,
             scrub_interval_s=self.options.scrub_interval,
             scrub_bytes_per_s=self.options.scrub_bytes_per_s,
         )

@@ -41,6 +41,8 @@ log = logging.getLogger("pairq.channel")
 
 # Read from disk in chunks of this many records when the channel lags.
 READ_CHUNK = 2000
+# At most this many seqs missing from the log are reported for repair per read.
+MISSING_REPORT = 1000
 # Split deliveries into stream messages of at most about this many bytes.
 MAX_DELIVERY_BYTES = 1024 * 1024
 # Keys < 0 are dead letters replayed into the channel: -(dlq seq) - 1.
@@ -210,17 +212,24 @@ class Channel:
             rows = got.rows
             corrupt = got.corrupt[0] if got.corrupt else None
             if not rows and corrupt is None:
-                # Nothing left below the head: the rest are failed appends.
-                self._mark_gap(self.read_pos, head)
-                self.read_pos = head
+                # Nothing left below the head: failed appends, if known as such.
+                if self._explained(self.read_pos, head):
+                    self._mark_gap(self.read_pos, head)
+                    self.read_pos = head
                 break
             entries = []
             fin = self.fin_mem
             states = self.states
             prev = self.read_pos
+            stopped = False
             for seq, rec in rows:
                 if seq != prev:
-                    self._mark_gap(prev, seq)  # seqs missing from the log: failed appends
+                    # Seqs missing from the log: failed appends or a restart's skipped
+                    # range if a gap says so; anything else vanished from the store.
+                    if not self._explained(prev, seq):
+                        stopped = True
+                        break
+                    self._mark_gap(prev, seq)
                 prev = seq + 1
                 if seq in fin:
                     continue
@@ -229,22 +238,70 @@ class Channel:
                     entries.append(self._entry(seq, rec, state[0], state[1]))
                 else:
                     entries.append(self._entry(seq, rec, 0, 0))
-            self.read_pos = prev
+            if not stopped:
+                self.read_pos = prev
             if entries:
                 self.core.push(entries, now)
             want -= len(entries)
+            if stopped:
+                break
             if corrupt is not None:
                 # A record failed its checksum: never delivered. Reading resumes there
                 # once it is repaired from the partner (or quarantined: then a gap).
+                if not self._explained(prev, corrupt):
+                    break
                 self._mark_gap(prev, corrupt)
                 self.read_pos = max(prev, corrupt)
                 self.log.report_corrupt(corrupt)
                 break
             if len(rows) < limit and self.read_pos < head:
                 # The read stopped short of its limit, so nothing else is below the
-                # head: the remaining seqs are failed appends.
+                # head: the remaining seqs are failed appends, if known as such.
+                if not self._explained(self.read_pos, head):
+                    break
                 self._mark_gap(self.read_pos, head)
                 self.read_pos = head
+
+    def _covered(self, seq: int) -> bool:
+        """A known gap (failed append, restart's skipped range, a seq missing on both
+        brokers) or a finished seq holds ``seq``."""
+        if seq < self.floor or seq in self.fin_mem:
+            return True
+        gaps = self.gaps
+        i = bisect.bisect_right(gaps, (seq, 1 << 62)) - 1
+        return i >= 0 and gaps[i][0] <= seq < gaps[i][1]
+
+    def _explained(self, lo: int, hi: int) -> bool:
+        """Are the seqs [lo, hi), missing from a read of the log, known holes? If not,
+        the first unexplained one becomes the read position and the unexplained ones
+        (up to MISSING_REPORT) go to the repair path, as a record failing its checksum
+        does: they are fetched from the partner and rewritten, or, if no broker has
+        them, made known holes (``mark_hole``). Taking them for failed appends would
+        finish them unseen: a damaged store (a flipped bit in LMDB's own pages, which
+        it does not checksum) loses records from reads without any checksum failing."""
+        seq = max(lo, self.floor)
+        gaps = self.gaps
+        i = max(0, bisect.bisect_right(gaps, (seq, 1 << 62)) - 1)
+        while seq < hi:  # skip what the known gaps and finished seqs cover
+            while i < len(gaps) and gaps[i][1] <= seq:
+                i += 1
+            if i < len(gaps) and gaps[i][0] <= seq:
+                seq = gaps[i][1]
+            elif seq in self.fin_mem:
+                seq += 1
+            else:
+                break
+        if seq >= hi:
+            return True
+        self.read_pos = seq
+        missing = [s for s in range(seq, min(hi, seq + MISSING_REPORT)) if not self._covered(s)]
+        self.log.report_missing(missing)
+        return False
+
+    def mark_hole(self, seq: int) -> None:
+        """No broker has ``seq`` (checked after it went missing from the log): a gap."""
+        self.skip_gap(seq, seq + 1)
+        self.schedule_pump()
 
     def _mark_gap(self, lo: int, hi: int) -> None:
         """Seqs [lo, hi) hold no message (failed appends, or the range a restarted

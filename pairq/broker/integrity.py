@@ -61,6 +61,7 @@ class Integrity:
         topic_id: Callable[[str], int | None],
         owned_needed: Callable[[str, int], bool],
         repaired: Callable[[str], None],
+        hole: Callable[[str, int], None] | None = None,
         scrub_interval_s: float = 0.0,
         scrub_bytes_per_s: int = 32 * 1024 * 1024,
     ) -> None:
@@ -70,6 +71,9 @@ class Integrity:
         self._topic_id = topic_id
         self._owned_needed = owned_needed
         self._repaired = repaired
+        # An owned seq no broker has (it went missing from the log, or its record was
+        # quarantined): the topic's channels take it for a gap (Channel.mark_hole).
+        self._hole = hole
         self.scrub_interval_s = scrub_interval_s
         self.scrub_bytes_per_s = scrub_bytes_per_s
         self._queue: dict[tuple[str, bool], set[int]] = {}  # (topic, owned) -> seqs
@@ -136,6 +140,7 @@ class Integrity:
         got = await self.source.fetch(topic, bad, owned=owned) if self.source else None
         writes = []
         retry: list[int] = []
+        holes: list[int] = []
         for q in bad:
             copy = got.get(q) if got is not None else None
             if copy is not None and crc32c(copy[0]) == copy[1]:
@@ -175,8 +180,15 @@ class Integrity:
                 if tid is not None
                 else store.standby.quarantine(topic, q)
             )
+            if tid is not None:
+                holes.append(q)
         if writes:
             await store.commit(*writes)
+            for q in holes:  # quarantined, or missing and no copy anywhere
+                assert tid is not None
+                store.log.forget_bad(tid, q)
+                if self._hole is not None:
+                    self._hole(topic, q)
             if owned:
                 self._repaired(topic)
         return retry

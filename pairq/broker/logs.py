@@ -17,12 +17,15 @@ last ``MEMORY_DEAD_LETTERS``) and go away with it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import Protocol
 
 from pairq.broker.ports import NO_REPAIR, IdAllocator, IntegrityPort
 from pairq.broker.schema import ChannelMeta
 from pairq.broker.store import LogRead, ProgressBatch, Store, Write
+
+log = logging.getLogger("pairq.broker")
 
 MEMORY_DEAD_LETTERS = 1000
 
@@ -44,6 +47,10 @@ class TopicLog(Protocol):
 
     def report_corrupt(self, seq: int) -> None:
         """The record at ``seq`` failed its checksum: have it repaired."""
+        ...
+
+    def report_missing(self, seqs: list[int]) -> None:
+        """Records a read expected and the log no longer has: have them repaired."""
         ...
 
     def trim(self, lo: int, hi: int) -> None:
@@ -112,6 +119,21 @@ class DurableTopicLog:
 
     def report_corrupt(self, seq: int) -> None:
         self._integrity.report_owned(self._name, self._tid, seq)
+
+    def report_missing(self, seqs: list[int]) -> None:
+        new = self._store.log.mark_missing(self._tid, seqs)
+        if new:
+            log.error(
+                "%d record(s) of topic %s missing from the store (seqs %d..%d), though no "
+                "failed append or restart explains them: a damaged store; fetching them "
+                "from the partner",
+                len(new),
+                self._name,
+                new[0],
+                new[-1],
+            )
+        for q in seqs:
+            self._integrity.report_owned(self._name, self._tid, q)
 
     def append(
         self, seq: int, records: list[bytes], crcs: list[int]
@@ -243,6 +265,9 @@ class MemoryTopicLog:
         return LogRead()
 
     def report_corrupt(self, seq: int) -> None:
+        return None
+
+    def report_missing(self, seqs: list[int]) -> None:
         return None
 
     def trim(self, lo: int, hi: int) -> None:

@@ -879,6 +879,7 @@ class Integrity:
     failures: int = 0
     repairs: int = 0
     quarantined: int = 0
+    missing: int = 0  # records that vanished from reads (counted once per key)
     bad: set[tuple[int, bytes]] = field(default_factory=set)
 
     def saw_bad(self, db: int, key: bytes) -> None:
@@ -928,6 +929,20 @@ class MessageLog:
     def rewrite(self, topic_id: int, seq: int, record: bytes, crc: int) -> Write:
         """A good copy in place of a stored record that failed its checksum."""
         return _put(sc.MSGS, sc.seq_key(topic_id, seq), sc.pack_record(crc, record))
+
+    def mark_missing(self, topic_id: int, seqs: list[int]) -> list[int]:
+        """Seqs a read expected and the log no longer has (no failed append explains
+        them): bad, like a record failing its checksum, until repaired or confirmed
+        absent on both brokers; returns those not already known to be."""
+        integ, db = self._s.integrity, sc.MSGS
+        new = [q for q in seqs if (db, sc.seq_key(topic_id, q)) not in integ.bad]
+        for q in new:
+            integ.bad.add((db, sc.seq_key(topic_id, q)))
+        integ.missing += len(new)
+        return new
+
+    def forget_bad(self, topic_id: int, seq: int) -> None:
+        self._s.integrity.bad.discard((sc.MSGS, sc.seq_key(topic_id, seq)))
 
     def quarantine(self, topic: str, topic_id: int, seq: int) -> Write:
         """Move a record with no good copy anywhere aside (the seq then reads as a gap)."""

@@ -147,6 +147,11 @@ class Topic:
             if remote is not None:  # nobody waits: a lost session re-sends them from the log
                 remote.add_done_callback(lambda f: f.cancelled() or f.exception())
 
+    def mark_hole(self, seq: int) -> None:
+        """No broker has ``seq`` (see ``Channel._explained``): a gap for every channel."""
+        for ch in self.channels.values():
+            ch.mark_hole(seq)
+
     def repaired(self) -> None:
         """A record of this topic that failed its checksum was repaired or set aside:
         channels read on."""
@@ -255,7 +260,7 @@ class Topic:
         return ch
 
     def _new_channel(self, meta: ChannelMeta, clog: ChannelLog, *, ephemeral: bool) -> Channel:
-        return Channel(
+        ch = Channel(
             self,
             meta,
             log=self.log,
@@ -264,13 +269,16 @@ class Topic:
             ctx=self.ctx,
             ephemeral=ephemeral,
         )
+        if self.gap[1] > self.gap[0]:
+            # The restart's skipped seqs hold nothing: a known gap for every channel,
+            # so a read through them is not taken for records gone missing.
+            ch.skip_gap(*self.gap)
+        return ch
 
     def add_loaded_channel(self, meta: ChannelMeta) -> Channel:
         clog = self.log.channel_log(meta.id, ephemeral=False)
         ch = self._new_channel(meta, clog, ephemeral=False)
         self.channels[meta.name] = ch
-        if self.gap[1] > self.gap[0]:
-            ch.skip_gap(*self.gap)
         return ch
 
     def delete_channel(self, name: str, deleted_ns: int = 0) -> None:
