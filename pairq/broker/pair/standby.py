@@ -303,7 +303,7 @@ def validate_batch(batch: rpb.ReplicaBatch, max_msg_size: int) -> str:
         lo, hi = wire.HEADER_SIZE + 20, max_msg_size + 65536 + 128
         for a in appends:
             topic = a.topic
-            if topic not in _VALID_NAMES and not _name_ok(topic):
+            if not _name_ok(topic):
                 return f"invalid topic name {topic[:80]!r}"
             first_seq = a.first_seq
             if first_seq > 2**62:
@@ -340,7 +340,7 @@ def validate_batch(batch: rpb.ReplicaBatch, max_msg_size: int) -> str:
     committed = batch.committed
     if committed:
         for r in committed:
-            if r.topic not in _VALID_NAMES and not _name_ok(r.topic):
+            if not _name_ok(r.topic):
                 return f"invalid topic name {r.topic[:80]!r}"
             if r.first_seq > 2**62 or r.count > MAX_BATCH_RECORDS:
                 return "committed range out of bounds"
