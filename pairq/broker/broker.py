@@ -51,6 +51,9 @@ from pairq.security.auth import BROKER_RULES
 from pairq.security.server import ServerSecurity
 from pairq.v1 import broker_pb2 as pb
 
+STALL_CHECK_S = 5.0  # how often _watch_commits looks
+STALL_REPORT_S = 20.0  # a committed head waiting this long is logged
+
 log = logging.getLogger("pairq.broker")
 
 
@@ -94,6 +97,7 @@ class Broker:
         self.registrar: LookupRegistrar | None = None
         self.tracer: Any = None  # an OpenTelemetry tracer when tracing is on
         self._rotator: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._register_later: asyncio.Task[None] | None = None
         self.nsq_tcp: Any = None  # pairq.broker.nsq.tcp.NsqTcpServer (--nsq-tcp-address)
 
@@ -337,6 +341,7 @@ class Broker:
         self.store.index_ids = self.options.idempotency_window_s > 0
         if self.options.idempotency_window_s > 0:
             self._rotator = asyncio.create_task(self._rotate_ids())
+        self._watcher = asyncio.create_task(self._watch_commits())
         assert self.integrity is not None
         self.integrity.start()
         log.info(
@@ -409,8 +414,9 @@ class Broker:
             self._server = None
         if self.membership is not None:
             await self.membership.stop()
-        if self._rotator is not None:
-            self._rotator.cancel()
+        for task in (self._rotator, self._watcher):
+            if task is not None:
+                task.cancel()
         for topic in self.topics.values():
             for ch in topic.channels.values():
                 ch.flush()
@@ -424,6 +430,28 @@ class Broker:
             self.crash_record.disarm()
         self._stopped.set()
         log.info("broker %s stopped", self.node_id)
+
+    async def _watch_commits(self) -> None:
+        """Log a topic whose committed head waits on a range that never settles
+        (``Topic.stalled``): its deliveries would stop without any other sign."""
+        told: set[tuple[str, int]] = set()
+        while True:
+            await asyncio.sleep(STALL_CHECK_S)
+            now = time.monotonic()
+            for topic in list(self.topics.values()):
+                waited = topic.stalled(now)
+                key = (topic.name, topic.committed_seq)
+                if waited >= STALL_REPORT_S and key not in told:
+                    told.add(key)
+                    log.error(
+                        "topic %r: seq %d has not settled for %.0f s while %d later range(s) "
+                        "did; fan-out and the partner's re-fill of this topic wait behind it "
+                        "(a bug: please report it with this log)",
+                        topic.name,
+                        topic.committed_seq,
+                        waited,
+                        topic.waiting_ranges,
+                    )
 
     async def _rotate_ids(self) -> None:
         while True:

@@ -43,6 +43,9 @@ from pairq.security.auth import check_publish
 from pairq.v1 import broker_pb2 as pb
 
 MAX_HEADER_BYTES = 64 * 1024
+_YIELD_BYTES = (
+    8 * 1024 * 1024
+)  # publish_messages yields to the loop after each this many body bytes
 TRACEPARENT = "traceparent"
 
 # (message id, record, whether the producer supplied the id)
@@ -198,9 +201,17 @@ class Publisher:
         tracing = self._tracer() is not None
         all_supplied = True
         nbytes = 0  # body bytes, summed here: each protobuf field read costs a copy
+        pause_at = _YIELD_BYTES
         for item in messages:
             body = item.body
             nbytes += len(body)
+            if nbytes >= pause_at:
+                # A batch of many MiB: let the loop breathe between slices (each
+                # body is copied twice here), or the pair's heartbeats wait out
+                # the whole batch and the partner may take a lease's silence for
+                # a loss.
+                pause_at = nbytes + _YIELD_BYTES
+                await asyncio.sleep(0)
             i = item.id
             # Fast path: a producer id, no headers, no delay (what Producer sends).
             if (

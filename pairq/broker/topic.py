@@ -62,6 +62,7 @@ class Topic:
             self.gap = (self.next_seq, meta.hwm)
             self.next_seq = self.committed_seq = meta.hwm
         self._pending: dict[int, tuple[int, list[bytes] | None]] = {}
+        self._waiting: tuple[int, float] | None = None  # (committed_seq, since): stalled()
         self.message_count = 0
         self.dropped = 0
         self.deleted = False
@@ -166,6 +167,25 @@ class Topic:
             dropped = ch.drop_below(upto) or dropped
         self.on_floor_advanced()
         return dropped
+
+    @property
+    def waiting_ranges(self) -> int:
+        """Settled ranges waiting for an earlier one before they fan out."""
+        return len(self._pending)
+
+    def stalled(self, now: float) -> float:
+        """Seconds the committed head has waited at one seq while later ranges were
+        settled behind it (0: it is not waiting). Every reserved range must settle
+        (``reserve``); one that never does holds every later fan-out and the
+        partner's re-fill, while the publishes behind it are still acknowledged.
+        The broker logs it (``Broker._watch_commits``): a bug, never a state."""
+        if not self._pending:
+            self._waiting = None
+            return 0.0
+        if self._waiting is None or self._waiting[0] != self.committed_seq:
+            self._waiting = (self.committed_seq, now)
+            return 0.0
+        return now - self._waiting[1]
 
     def _complete(self, seq0: int, n: int, records: list[bytes] | None) -> None:
         # Commits resolve in order, but keep fan-out strictly in seq order anyway.

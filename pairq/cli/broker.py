@@ -6,6 +6,7 @@ import argparse
 import gc
 import sys
 
+from pairq.broker import malloc
 from pairq.broker.broker import Broker
 from pairq.broker.options import BrokerOptions
 from pairq.cli._daemon import add_daemon_flags, run_daemon
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    malloc.tune()  # before the first big buffer (pairq/broker/malloc.py says why)
     return run_daemon("broker", BrokerOptions, args, _start)
 
 

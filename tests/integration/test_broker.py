@@ -568,3 +568,31 @@ async def test_a_producer_fails_over_from_a_full_store_to_a_broker_with_room(tmp
         async with Producer(brokers=[full.address], retry_timeout=5) as p:
             with pytest.raises(StoreFullError):
                 await p.publish("t", b"nowhere")
+
+
+async def test_a_range_that_never_settles_is_reported_not_silent(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """Every reserved seq range must settle (Topic.reserve). One that does not holds
+    the committed head, and with it every later fan-out, while the publishes behind
+    it are still acknowledged: deliveries stop without a sign. The broker logs it."""
+    import pairq.broker.broker as broker_mod
+
+    monkeypatch.setattr(broker_mod, "STALL_CHECK_S", 0.05)
+    monkeypatch.setattr(broker_mod, "STALL_REPORT_S", 0.3)
+    async with run_broker(tmp_path) as b:
+        async with Producer(b.address) as p:
+            await p.publish("t", b"first")
+            topic = b.topics["t"]
+            assert topic.stalled(time.monotonic()) == 0.0
+            stuck = topic.reserve(1)  # a bug's range: reserved, never settled
+            await p.publish("t", b"behind it")  # acknowledged, but cannot fan out
+            assert topic.committed_seq == stuck and topic.waiting_ranges == 1
+            await eventually(
+                lambda: any(
+                    f"seq {stuck} has not settled" in r.getMessage() for r in caplog.records
+                ),
+                timeout=10,
+            )
+            topic.settle(stuck, 1, None)  # the range fails: the head moves on
+            assert topic.committed_seq == stuck + 2 and topic.stalled(time.monotonic()) == 0.0

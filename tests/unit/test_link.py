@@ -71,3 +71,30 @@ async def test_read_token_accepts_only_a_16_byte_first_frame() -> None:
         w.write(data)
         w.write_eof()
         assert await read_token(link._r, timeout=5) == want
+
+
+async def test_a_big_frame_reports_each_chunk_as_it_arrives() -> None:
+    """The receiver counts the partner as heard while a big frame's bytes flow
+    (receiver._heard_part): progress comes per chunk, before the frame is whole."""
+    link, w, r = await _pair(max_frame=16 << 20)
+    client = FramedLink(r, w, rpb.ReplicateResponse.FromString, 16 << 20)
+    calls: list[int] = []
+    two = asyncio.Event()
+
+    def progress() -> None:
+        calls.append(1)
+        if len(calls) >= 2:
+            two.set()
+
+    link.on_progress = progress
+    big = rpb.ReplicateRequest(batch=rpb.ReplicaBatch(deleted_topics=["x" * (5 << 20)]))
+    data = big.SerializeToString()
+    # Half the frame, then wait for progress to be reported before sending the rest.
+    w.write(len(data).to_bytes(4, "big") + data[: len(data) // 2])
+    reading = asyncio.ensure_future(link.read())
+    await asyncio.wait_for(two.wait(), 5)
+    assert not reading.done(), "the frame was whole before the rest was sent"
+    w.write(data[len(data) // 2 :])
+    assert await asyncio.wait_for(reading, 5) == big
+    assert len(calls) >= 5  # one per 1 MiB chunk
+    client.close()

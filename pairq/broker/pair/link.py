@@ -28,6 +28,7 @@ import grpc
 
 TOKEN_BYTES = 16
 _HIGH_WATER = 4 * 1024 * 1024  # wait for the socket to drain above this much buffered
+_CHUNK = 1024 * 1024  # a bigger frame is read in chunks of this, each reported (on_progress)
 
 
 class LinkError(Exception):
@@ -66,6 +67,10 @@ class FramedLink:
         self._parse = parse
         self._max = max_frame
         self.closed = False
+        # Called as each chunk of a big frame arrives: the receiver counts the
+        # partner as heard while its bytes flow, not only once a whole frame is in
+        # (an 8 MiB frame on a loaded host can take longer than the lease).
+        self.on_progress: Callable[[], None] | None = None
 
     async def read(self) -> Any:
         """The next message; ``grpc.aio.EOF`` once the connection is closed or broken.
@@ -77,7 +82,17 @@ class FramedLink:
                 raise LinkError(
                     f"replication frame of {n} bytes exceeds the {self._max}-byte limit"
                 )
-            data = await self._r.readexactly(n)
+            if n <= _CHUNK or self.on_progress is None:
+                data = await self._r.readexactly(n)
+            else:
+                parts = []
+                left = n
+                while left:
+                    part = await self._r.readexactly(min(_CHUNK, left))
+                    left -= len(part)
+                    parts.append(part)
+                    self.on_progress()
+                data = b"".join(parts)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             return grpc.aio.EOF
         try:

@@ -204,6 +204,8 @@ class Receiver:
             if isinstance(link, FramedLink)
             else None
         )
+        if isinstance(link, FramedLink):
+            link.on_progress = functools.partial(self._heard_part, generation)
         refill: RefillLog | None = None
         try:
             while True:
@@ -269,6 +271,12 @@ class Receiver:
             self.refill_receiving = 0
             if refill is not None and refill.remaining:
                 refill.stopped("the partner's session ended")
+
+    def _heard_part(self, generation: int) -> None:
+        """A chunk of a big frame arrived (``FramedLink.on_progress``): the partner is
+        heard, as for a whole frame, unless a takeover fenced this session."""
+        if not self._sessions.fenced(generation):
+            self._s.core.on_heard(time.monotonic())
 
     async def _authenticate(self, context: Any, h: rpb.ReplicaHello) -> bool:
         """The challenge-response of ``pairauth`` on the gRPC stream (True: proven, or
