@@ -96,6 +96,11 @@ def takeovers(samples: list[Any]) -> list[tuple[float, str, int]]:
     return out
 
 
+# A takeover within this long after its victim crashed (died by itself, restarted by the
+# supervisor) is the crash's, not a false one.
+CRASH_TAKEOVER_S = 5.0
+
+
 def check(
     *,
     acks: dict[bytes, tuple[int, float, int]],
@@ -108,6 +113,7 @@ def check(
     partner: dict[str, str],
     heal_bound: float,
     producers: int,
+    crashes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     handled: dict[str, Counter[bytes]] = {ch: Counter() for ch in channels}
     for r in runs:
@@ -125,13 +131,26 @@ def check(
         fault = next((f for f in faults if f.start <= t <= (f.healed_at or f.end) + 1.0), None)
         victim = partner[node]
         legit = fault is not None and victim in fault.down
+        took = round(t - fault.down_at.get(victim, fault.start), 3) if fault else None
+        # A broker that died by itself (it found its store corrupt and stopped, to
+        # come back empty; a crash) is as down as a killed one.
+        crash = next(
+            (
+                c
+                for c in crashes or ()
+                if c["node"] == victim and c["t"] <= t <= c["t"] + CRASH_TAKEOVER_S
+            ),
+            None,
+        )
+        if not legit and crash is not None:
+            legit, took = True, round(t - crash["t"], 3)
         rec = {
             "t": round(t, 3),
             "by": node,
             "of": victim,
             "count": count,
-            "fault": fault.kind if fault else None,
-            "takeover_s": round(t - fault.down_at.get(victim, fault.start), 3) if fault else None,
+            "fault": fault.kind if fault else ("crash" if crash else None),
+            "takeover_s": took,
             "false": not legit,
         }
         tks.append(rec)

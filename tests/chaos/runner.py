@@ -389,6 +389,7 @@ class Runner:
                 partner={b: partner_of(b) for b in BROKERS},
                 heal_bound=HEAL_BOUND,
                 producers=producers.n,
+                crashes=self.crashes,
             )
             if self.problems:
                 result["violations"] += self.problems

@@ -100,6 +100,18 @@ def test_takeover_of_a_live_partner_is_false() -> None:
     assert r["false_takeovers"] == 1 and not r["ok"]
 
 
+def test_takeover_of_a_partner_that_crashed_by_itself_is_not_false() -> None:
+    """bitflip seed 1: a broker found its store corrupt after a fault had healed and
+    stopped (to come back empty); its partner's takeover was counted false."""
+    f = [FaultRecord("partition-pair", "p0a", 0.5, 0.6, healed_at=0.7, down=())]
+    crashed = [{"t": 2.1, "node": "p0a", "rc": 3}]
+    r = check(**history(faults=f), crashes=crashed)  # type: ignore[arg-type]
+    assert r["false_takeovers"] == 0 and r["ok"], r["violations"]
+    assert r["takeovers"][0]["fault"] == "crash" and r["takeovers"][0]["takeover_s"] == 0.9
+    too_early = [{"t": 3.5, "node": "p0a", "rc": 3}]  # after the takeover: no excuse
+    assert check(**history(faults=f), crashes=too_early)["false_takeovers"] == 1  # type: ignore[arg-type]
+
+
 def test_delivery_under_the_taken_over_epoch_is_flagged_until_restart() -> None:
     h = history()
     late = Run("c1", b"A", "idA", 1, 3.3)  # after the takeover seen at 3.0, before restart
