@@ -26,7 +26,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry import metrics
@@ -303,6 +303,7 @@ def start_metrics(address: str, broker: Any) -> MetricsHandle:
         description="replication sessions refused: the peer failed the pair-secret proof",
     )
 
+    _integrity_instruments(meter, broker)
     _channel_instruments(meter, broker)
     _histograms(meter, broker)
     meter.create_observable_gauge("pairq_channel_depth", [depth], description="messages waiting")
@@ -560,6 +561,60 @@ def batch_span(
         attributes["pairq.links_dropped"] = dropped
     ctx = set_span_in_context(NonRecordingSpan(parent)) if parent is not None else Context()
     return tracer.start_span(name, context=ctx, kind=kind, links=links, attributes=attributes)
+
+
+def _integrity_instruments(meter: Any, broker: Any) -> None:
+    """Record integrity (pairq/broker/integrity.py): what ``GetStats.integrity`` shows."""
+
+    def counter(attr: str) -> Callable[[CallbackOptions], list[Observation]]:
+        def observe(_: CallbackOptions) -> list[Observation]:
+            return [Observation(getattr(broker.store.integrity, attr))]
+
+        return observe
+
+    for name, attr, what in (
+        (
+            "pairq_integrity_checksum_failures",
+            "failures",
+            "stored records that failed their checksum",
+        ),
+        (
+            "pairq_integrity_missing_records",
+            "missing",
+            "records the log no longer returned, unexplained",
+        ),
+        (
+            "pairq_integrity_repairs",
+            "repairs",
+            "bad records rewritten from the partner's good copy",
+        ),
+        (
+            "pairq_integrity_quarantined",
+            "quarantined",
+            "records with no good copy anywhere, set aside",
+        ),
+    ):
+        meter.create_observable_counter(name, [counter(attr)], description=what)
+
+    def scrub_checked(_: CallbackOptions) -> list[Observation]:
+        i = broker.integrity
+        return [] if i is None else [Observation(i.scrub_checked)]
+
+    def last_scrub(_: CallbackOptions) -> list[Observation]:
+        i = broker.integrity
+        return [] if i is None or not i.last_scrub_ns else [Observation(i.last_scrub_ns / 1e9)]
+
+    meter.create_observable_gauge(
+        "pairq_integrity_scrub_checked",
+        [scrub_checked],
+        description="records the running or last scrub checked",
+    )
+    meter.create_observable_gauge(
+        "pairq_integrity_last_scrub_time",
+        [last_scrub],
+        unit="s",
+        description="when the last complete scrub ended (Unix time)",
+    )
 
 
 def install_broker_tracing(broker: Any) -> None:

@@ -274,4 +274,5 @@ class Integrity:
             scrub_checked=self.scrub_checked,
             last_scrub_ns=self.last_scrub_ns,
             last_scrub_bad=self.last_scrub_bad,
+            missing_records=i.missing,
         )

@@ -879,6 +879,7 @@ class Integrity:
     failures: int = 0
     repairs: int = 0
     quarantined: int = 0
+    missing: int = 0  # records reads expected and the log no longer had (mark_missing)
     bad: set[tuple[int, bytes]] = field(default_factory=set)
 
     def saw_bad(self, db: int, key: bytes) -> None:
@@ -937,6 +938,7 @@ class MessageLog:
         new = [q for q in seqs if (db, sc.seq_key(topic_id, q)) not in integ.bad]
         for q in new:
             integ.bad.add((db, sc.seq_key(topic_id, q)))
+        integ.missing += len(new)
         return new
 
     def forget_bad(self, topic_id: int, seq: int) -> None:

@@ -558,7 +558,7 @@ class BrokerLimits(_message.Message):
     def __init__(self, max_msg_size: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ..., max_defer_ms: _Optional[int] = ..., max_msg_timeout_ms: _Optional[int] = ..., msg_timeout_ms: _Optional[int] = ..., max_rdy_count: _Optional[int] = ..., max_rdy_total: _Optional[int] = ..., idempotency_window_s: _Optional[int] = ..., max_publish_rate: _Optional[int] = ..., max_topics: _Optional[int] = ..., max_channels: _Optional[int] = ..., max_clients: _Optional[int] = ..., max_attempts: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., min_heartbeat_interval_ms: _Optional[int] = ..., max_heartbeat_interval_ms: _Optional[int] = ..., max_header_bytes: _Optional[int] = ...) -> None: ...
 
 class IntegrityStats(_message.Message):
-    __slots__ = ("checksum_failures", "repairs", "quarantined", "scrub_running", "scrub_checked", "last_scrub_ns", "last_scrub_bad")
+    __slots__ = ("checksum_failures", "repairs", "quarantined", "scrub_running", "scrub_checked", "last_scrub_ns", "last_scrub_bad", "missing_records")
     CHECKSUM_FAILURES_FIELD_NUMBER: _ClassVar[int]
     REPAIRS_FIELD_NUMBER: _ClassVar[int]
     QUARANTINED_FIELD_NUMBER: _ClassVar[int]
@@ -566,6 +566,7 @@ class IntegrityStats(_message.Message):
     SCRUB_CHECKED_FIELD_NUMBER: _ClassVar[int]
     LAST_SCRUB_NS_FIELD_NUMBER: _ClassVar[int]
     LAST_SCRUB_BAD_FIELD_NUMBER: _ClassVar[int]
+    MISSING_RECORDS_FIELD_NUMBER: _ClassVar[int]
     checksum_failures: int
     repairs: int
     quarantined: int
@@ -573,7 +574,8 @@ class IntegrityStats(_message.Message):
     scrub_checked: int
     last_scrub_ns: int
     last_scrub_bad: int
-    def __init__(self, checksum_failures: _Optional[int] = ..., repairs: _Optional[int] = ..., quarantined: _Optional[int] = ..., scrub_running: _Optional[bool] = ..., scrub_checked: _Optional[int] = ..., last_scrub_ns: _Optional[int] = ..., last_scrub_bad: _Optional[int] = ...) -> None: ...
+    missing_records: int
+    def __init__(self, checksum_failures: _Optional[int] = ..., repairs: _Optional[int] = ..., quarantined: _Optional[int] = ..., scrub_running: _Optional[bool] = ..., scrub_checked: _Optional[int] = ..., last_scrub_ns: _Optional[int] = ..., last_scrub_bad: _Optional[int] = ..., missing_records: _Optional[int] = ...) -> None: ...
 
 class ScrubRequest(_message.Message):
     __slots__ = ()

@@ -24,7 +24,8 @@ from pairq.v1 import broker_pb2_grpc as pbg
 PROMTOOL = shutil.which("promtool")
 # The README's metrics reference, every row (Prometheus names), but
 # pairq_message_end_to_end_duration_seconds: only a broker that finished messages has
-# samples of it (checked on the owner below).
+# samples of it (checked on the owner below); pairq_integrity_last_scrub_time_seconds:
+# only after a complete scrub.
 DOCUMENTED = (
     "pairq_topic_published_total",
     "pairq_topic_depth",
@@ -45,6 +46,11 @@ DOCUMENTED = (
     "pairq_replication_duration_seconds_bucket",
     "pairq_store_bytes",
     "pairq_store_commits_total",
+    "pairq_integrity_checksum_failures_total",
+    "pairq_integrity_missing_records_total",
+    "pairq_integrity_repairs_total",
+    "pairq_integrity_quarantined_total",
+    "pairq_integrity_scrub_checked",
     "pairq_pair_replication_lag",
     "pairq_pair_lease_remaining_seconds",
     "pairq_pair_standby_messages",
