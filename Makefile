@@ -36,7 +36,7 @@ ensure-debs:
 	fi
 
 test: $(STAMP) lint ensure-debs chaos-deps
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --durations=20
 	$(MAKE) chaos-smoke
 
 lint: $(STAMP) ansible-lint

@@ -47,9 +47,12 @@ class LazyFS:
     """The harness's handle on one mounted lazyfs server (a child process)."""
 
     def __init__(self, mountpoint: Path, log: Path) -> None:
-        self.mountpoint = mountpoint
-        self.backing = mountpoint.with_name(mountpoint.name + ".backing")
-        self.control = mountpoint.with_name(mountpoint.name + ".ctl")
+        # Absolute: /proc/mounts lists absolute paths (a relative one, such as make
+        # chaos's default --out chaos-runs, never matched, so every power-loss
+        # scenario failed to start).
+        self.mountpoint = mp = mountpoint.resolve()
+        self.backing = mp.with_name(mp.name + ".backing")
+        self.control = mp.with_name(mp.name + ".ctl")
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -69,7 +72,9 @@ class LazyFS:
         cmd = [sys.executable, "-m", "tests.chaos.lazyfs"]
         cmd += [str(self.backing), str(self.mountpoint), str(self.control)]
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            # From the checkout's root, whatever the caller's directory (-m tests.chaos...).
+            root = Path(__file__).resolve().parents[2]
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root)
         deadline = time.monotonic() + 15
         while not (self._mounted() and self.control.exists()):
             if self.proc.poll() is not None or time.monotonic() > deadline:

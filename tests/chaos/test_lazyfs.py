@@ -64,3 +64,16 @@ def test_power_cut_drops_exactly_what_lmdb_did_not_sync(tmp_path: Path) -> None:
         assert _keys(mp) == [b"env-synced", b"synced"]
     finally:
         fs.unmount()
+
+
+def test_a_relative_mountpoint_mounts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """make chaos's default --out is relative (chaos-runs): the mount must be found."""
+    from tests.chaos.lazyfs import LazyFS
+
+    monkeypatch.chdir(tmp_path)
+    Path("pqc-1-r").mkdir()
+    fs = LazyFS.mount(Path("pqc-1-r"), tmp_path / "lazyfs.log")
+    try:
+        assert fs.mountpoint == tmp_path / "pqc-1-r" and fs.pending_bytes() == 0
+    finally:
+        fs.unmount()
