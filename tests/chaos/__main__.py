@@ -58,7 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for name in names:
         runner = Runner(name, args.duration, args.seed, args.out)
-        result = asyncio.run(runner.run())
+        try:
+            result = asyncio.run(runner.run())
+        except Exception as exc:  # the harness itself failed (set-up): report, go on
+            if len(names) == 1:
+                raise
+            print(f"scenario {name}: the harness failed: {exc!r}")
+            failed.append(name)
+            continue
         print((runner.run_dir / "summary.txt").read_text())
         # `run` reports the checker's verdict (a self-test exits 1: it found the fault);
         # `all` reports whether each scenario behaved as intended (a self-test must fail)
