@@ -5,10 +5,10 @@ A 1 MiB message body is copied several times on its way through a broker
 frame). glibc serves every allocation above its mmap threshold (128 KiB at
 first, raised on the fly up to 32 MiB) with a fresh ``mmap`` and returns it on
 ``free``, so each copy also pays a page fault per 4 KiB touched. Measured on
-this project's 2-core VM: copying 60 MiB in 1 MiB pieces took 140-180 ms cold,
-30-60 ms with the memory kept (benchmarks/README.md, "big batches"). Those
-stretches run on the event loop, and a loop stalled for a lease silences the
-pair's heartbeats.
+this project's 2-core VM (``benchmarks/malloc_copy.py``): copying 60 MiB in
+1 MiB pieces takes 42-48 ms with glibc's defaults and 9-11 ms tuned on a quiet
+machine, 140-180 ms against 12-19 ms on a loaded one. Those stretches run on
+the event loop, and a loop stalled for a lease silences the pair's heartbeats.
 
 ``tune()`` sets a fixed mmap threshold above the largest body a broker holds in
 one piece (so such buffers come from the heap and are reused) and a trim
