@@ -212,6 +212,19 @@ class Runner:
         await asyncio.to_thread(c.start, p)
         rec.notes += await self.pause_channels(pair, False)
 
+    async def dump_stats(self, name: str) -> None:
+        """Every broker's GetStats, as text, into the run dir (a loss's forensics)."""
+        from google.protobuf import text_format
+
+        parts = []
+        for n in BROKERS:
+            s = await self.cluster.stats(n, timeout=2.0)
+            parts.append(
+                f"===== {n}\n" + (text_format.MessageToString(s) if s else "(no answer)\n")
+            )
+        (self.run_dir / name).write_text("".join(parts))
+        self.log(f"  not every acked message arrived: broker stats in {self.run_dir / name}")
+
     async def pause_channels(self, nodes: tuple[str, ...], pause: bool) -> str:
         """Pause or unpause both channels on ``nodes``; unpausing retries (bounded:
         20 s each; a paused channel left over would look like lost messages)."""
@@ -375,6 +388,10 @@ class Runner:
                 if all(acked <= s for s in seen.values()):
                     break
                 await asyncio.sleep(0.2)
+            else:
+                # Not every acked id arrived: keep what each broker says now (channels'
+                # depth, in flight, paused; the pair) for the post-mortem.
+                await self.dump_stats("final-stats.txt")
             await asyncio.sleep(0.5)  # late duplicates still count as re-runs
             await self.bounded("stopping the monitor", self.monitor.stop(), 10)
             await self.bounded("stopping the consumers", consumers.stop(), 60)

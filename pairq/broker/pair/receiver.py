@@ -463,9 +463,10 @@ class Receiver:
     ) -> None:
         """``_write_acks`` for the TCP link, run as the commit's done-callback (commits
         complete in order, so acks go out in order); failures go to the writer task."""
+        failed = fut.cancelled() or fut.exception() is not None  # (retrieved, also when closed)
         if link.closed:
             return
-        if fut.cancelled() or fut.exception() is not None or self._sessions.fenced(generation):
+        if failed or self._sessions.fenced(generation):
             # Acks are cumulative: nothing may be acknowledged after this one. Close
             # the link now; the task ends the session with the right status.
             link.close()
