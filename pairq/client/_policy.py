@@ -41,9 +41,9 @@ class Penalties:
 
     - ``add(addresses, now)``: each address is penalized until ``now + period``
       (a later failure extends it). A producer adds the broker that did not answer,
-      broke its stream or refused; when the refusal named the broker's partner
-      (metadata ``partner``: it cannot get the second copy there), the partner and
-      every other broker of that pair too, since the partner is the silent one.
+      broke its stream or refused, and every other broker of its pair (a publish needs
+      both; when the refusal named the partner, metadata ``partner``, that address
+      too, whether or not the route lists it).
     - ``clear(address)``: a publish it acknowledged ends its penalty at once.
     - ``active(now)``: the addresses still penalized (expired ones are forgotten).
 

@@ -687,26 +687,31 @@ class Producer:
         return {i for i, c in enumerate(conns) if c.address in bad} if bad else set()
 
     def _fail_over(self, topic: str, used: _Route, conn: BrokerConn, err: PairqError) -> None:
-        """``conn`` failed a publish of ``topic`` (over route ``used``): penalize it, and
-        its whole pair when it refused for want of its partner's copy; then move the
-        topic's route off it, to the next broker that is not penalized."""
+        """``conn`` failed a publish of ``topic`` (over route ``used``): penalize it and
+        its whole pair (every publish needs both brokers of a pair: one that does not
+        answer, or refuses, leaves its partner unable to make the second copy too),
+        then move the topic's route off it, to the next broker that is not penalized.
+
+        make chaos (mixed, isolate-broker): with only the silent broker penalized, a
+        producer's next try went to its partner, which waited out its own ack timeout
+        before refusing: 2 s + 1.6 s without an ack, instead of going to the other pair."""
         # A placement refresh may have replaced the route during the attempt (keeping
         # the broker in use, ``conn``): move the route in use now, not the old one.
         route = self._routes.get(topic, used)
         conns = route.conns
         bad = {conn.address}
         partner = err.fields.get("partner")
-        if partner:
-            # This pair cannot make two copies now: neither broker is worth trying next.
+        if partner:  # the refusal names it (it may not be in the route)
             with contextlib.suppress(ValueError):
                 bad.add(normalize_address(str(partner)))
-            for r in (route, used):
-                if conn in r.conns:
-                    pair = r.groups[r.conns.index(conn)]
-                    if pair:
-                        bad.update(
-                            c.address for c, g in zip(r.conns, r.groups, strict=True) if g == pair
-                        )
+        # This pair cannot make two copies now: neither broker is worth trying next.
+        for r in (route, used):
+            if conn in r.conns:
+                pair = r.groups[r.conns.index(conn)]
+                if pair:
+                    bad.update(
+                        c.address for c, g in zip(r.conns, r.groups, strict=True) if g == pair
+                    )
         self._penalties.add(bad, asyncio.get_running_loop().time())
         n = len(conns)
         if n > 1 and conns[route.current % n] is conn:
