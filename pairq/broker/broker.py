@@ -167,10 +167,13 @@ class Broker:
         await asyncio.to_thread(self._open_store)
         try:
             await self._load(loop)
-        except MALFORMED as exc:
-            # A damaged key or value LMDB itself does not see (it checksums nothing):
-            # the load would fail the same way at every start. Handled as a corrupt
-            # store: the crash record makes _open_store move it aside (or refuse).
+        except (*MALFORMED, *STRUCTURE_ERRORS) as exc:
+            # A damaged key or value LMDB itself does not see (it checksums nothing),
+            # or a damaged page of a tree the catalog's walk did not reach (make chaos,
+            # bitflip seed 2: MDB_CORRUPTED reading a channel's finished seqs, and the
+            # broker exited 1 at every start): the load would fail the same way each
+            # time. Handled as a corrupt store: the crash record makes _open_store move
+            # it aside (or refuse).
             log.critical(
                 "the store %s holds malformed data (%s: %s)",
                 self.store.path,

@@ -412,3 +412,33 @@ async def test_records_that_vanished_from_the_owners_log_are_fetched_from_the_pa
     finally:
         a.stop()
         b.stop()
+
+
+async def test_lmdb_corruption_found_while_loading_channels_is_a_corrupt_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """make chaos (bitflip, seed 2): a flipped bit in a page of the channels' finished
+    seqs passed the catalog's walk, and the channel load raised MDB_CORRUPTED: the
+    broker exited 1 at every start (crash loop) instead of handling a corrupt store.
+    LMDB's own page damage cannot be aimed at one tree here, so the real store's scan
+    of that tree is made to raise what LMDB raised there; the rest is real."""
+    import lmdb
+
+    from pairq.broker.broker import Broker
+    from pairq.broker.options import BrokerOptions
+    from pairq.broker.store import ChannelProgress
+    from pairq.errors import StoreCorruptError
+    from pairq.testing import run_broker
+
+    async with run_broker(tmp_path / "b") as b:
+        async with Producer(b.address) as p:
+            await p.publish(TOPIC, b"x")
+        await b.topics[TOPIC].get_channel("c")  # a durable channel: loaded at start
+
+    def damaged(self: Any, channel_id: int) -> list[int]:
+        raise lmdb.CorruptedError("mdb_cursor_get: MDB_CORRUPTED: Located page was wrong type")
+
+    monkeypatch.setattr(ChannelProgress, "finished", damaged)
+    broker = Broker(BrokerOptions(data_dir=str(tmp_path / "b"), address="127.0.0.1:0"))
+    with pytest.raises(StoreCorruptError, match=r"is corrupt .*Recovery: move the directory"):
+        await broker.start()
