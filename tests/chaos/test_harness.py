@@ -175,3 +175,28 @@ async def test_the_supervisor_restarts_brokers_that_died_by_themselves_at_any_ti
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+async def test_a_failed_fault_leaves_no_channel_paused(tmp_path: Path) -> None:
+    """make chaos, bitflip seed 2: the fault paused both channels on every broker, then a
+    broker would not start again and the fault ended half-way; the channels stayed paused
+    for the rest of the run and every message acked after that counted as lost. The
+    clean-up after a failed fault (``revive``) unpauses them everywhere."""
+    from tests.chaos.runner import BROKERS, CHANNELS, Runner
+
+    r = Runner("bitflip", 1.0, 2, tmp_path, log=lambda *_: None)
+    c = r.cluster
+    state = {(n, ch): True for n in BROKERS for ch in CHANNELS}  # all paused
+    calls: list[tuple[str, str, bool]] = []
+
+    async def pause_channel(node: str, topic: str, channel: str, pause: bool) -> bool:
+        calls.append((node, channel, pause))
+        state[(node, channel)] = pause
+        return True
+
+    c.pause_channel = pause_channel  # type: ignore[method-assign]
+    c.resume = lambda n: None  # type: ignore[method-assign]
+    c.alive = lambda n: True  # type: ignore[method-assign]
+    await r.revive()
+    assert not any(state.values()), state
+    assert sorted(calls) == sorted((n, ch, False) for n in BROKERS for ch in CHANNELS)
