@@ -173,7 +173,7 @@ class Integrity:
             if tid is not None and not self._owned_needed(topic, q):
                 # Every channel had finished it: cleanup would delete it anyway.
                 writes.append(store.log.delete_range(tid, q, q + 1))
-                store.integrity.bad.discard((sc.MSGS, sc.seq_key(tid, q)))
+                store.log.forget_bad(tid, q)
                 continue
             writes.append(
                 store.log.quarantine(topic, tid, q)
@@ -185,7 +185,7 @@ class Integrity:
         if writes:
             await store.commit(*writes)
             for q in holes:  # quarantined, or missing and no copy anywhere
-                assert tid is not None
+                assert tid is not None  # only owned records become holes
                 store.log.forget_bad(tid, q)
                 if self._hole is not None:
                     self._hole(topic, q)

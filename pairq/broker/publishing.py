@@ -43,9 +43,8 @@ from pairq.security.auth import check_publish
 from pairq.v1 import broker_pb2 as pb
 
 MAX_HEADER_BYTES = 64 * 1024
-_YIELD_BYTES = (
-    8 * 1024 * 1024
-)  # publish_messages yields to the loop after each this many body bytes
+# publish_messages yields to the loop after each this many body bytes
+_YIELD_BYTES = 8 * 1024 * 1024
 TRACEPARENT = "traceparent"
 
 # (message id, record, whether the producer supplied the id)
