@@ -32,7 +32,7 @@ from typing import Protocol
 
 from pairq.broker import schema as sc
 from pairq.broker.checksum import crc as crc32c
-from pairq.broker.store import Store
+from pairq.broker.store import CorruptStoreError, Store
 from pairq.v1 import broker_pb2 as pb
 
 log = logging.getLogger("pairq.integrity")
@@ -202,8 +202,11 @@ class Integrity:
     async def _scrub_loop(self) -> None:
         while True:
             await asyncio.sleep(self.scrub_interval_s)
-            async for _ in self.scrub():
-                pass
+            try:
+                async for _ in self.scrub():
+                    pass
+            except CorruptStoreError:
+                return  # the broker stops (Store.on_fatal): nothing more to scrub
 
     async def scrub(self) -> AsyncIterator[pb.ScrubProgress]:
         """Check every stored record once, at most ``scrub_bytes_per_s``; progress per chunk."""
@@ -214,7 +217,11 @@ class Integrity:
             size_total = 0
             t0 = time.monotonic()
             try:
-                for db in (sc.MSGS, sc.SB_MSGS, sc.DLQ):
+                # The records first, then every other database (walked only: a B-tree
+                # page LMDB finds broken is the store's end, Store.scrub_chunk).
+                order: tuple[int, ...] = (sc.MSGS, sc.SB_MSGS, sc.DLQ)
+                order += tuple(i for i in range(len(sc.DB_NAMES)) if i not in order)
+                for db in order:
                     after: bytes | None = None
                     while True:
                         checked, size, bad, after = await asyncio.to_thread(

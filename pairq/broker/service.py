@@ -30,7 +30,7 @@ from pairq.broker.limits import RateLimiter, limit_exceeded
 from pairq.broker.options import BrokerOptions
 from pairq.broker.ports import DeliveryFence
 from pairq.broker.publishing import MAX_HEADER_BYTES, Publisher
-from pairq.broker.store import Store
+from pairq.broker.store import CorruptStoreError, Store
 from pairq.broker.subscriber import Subscriber, Terminate
 from pairq.broker.topic import Topic
 from pairq.errors import PairqError, Undecodable, decoder, serve_rpc
@@ -594,8 +594,16 @@ class BrokerService:
         if integrity is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "broker is starting")
             return
-        async for progress in integrity.scrub():
-            yield progress
+        try:
+            async for progress in integrity.scrub():
+                yield progress
+        except CorruptStoreError as exc:
+            await context.abort(
+                grpc.StatusCode.DATA_LOSS,
+                f"the scrub found the store's LMDB structure corrupt ({exc}): the broker stops "
+                "serving from it; with --on-corruption=resilver it moves the store aside and its "
+                "partner re-fills it, with exit it exits (see the broker's log)",
+            )
 
     # ------------------------------------------------------------ peek and purge (admin)
     @unary

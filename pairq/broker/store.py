@@ -74,6 +74,10 @@ class TruncatedStoreError(Exception):
     kill the process with SIGBUS)."""
 
 
+class CorruptStoreError(Exception):
+    """A read (the scrub's) met LMDB structure damage; ``Store.on_fatal`` was told."""
+
+
 class CrashedStoreError(Exception):
     """The previous process died of a fatal signal (SIGSEGV, SIGBUS, ...) while it had
     this store open (its crash record says so: :class:`CrashRecord`). LMDB does not
@@ -469,32 +473,48 @@ class Store:
     def scrub_chunk(
         self, db: int, after: bytes | None, limit: int
     ) -> tuple[int, int, list[bytes], bytes | None]:
-        """Check up to ``limit`` records of ``db`` (``msgs``, ``sb_msgs`` or ``dlq``) after
-        key ``after`` (None: from the start): (checked, bytes read, keys that failed
-        their checksum, the last key checked or None at the end)."""
-        checked = size = 0
+        """Check up to ``limit`` records of ``db`` after key ``after`` (None: from the
+        start): (records checked, bytes read, keys that failed their checksum, the
+        last key walked or None at the end). Records of ``msgs``, ``sb_msgs`` and ``dlq`` are
+        checked against their crc32c; every other database's entries are only walked,
+        so LMDB meets every page of every B-tree. LMDB structure damage met on the way
+        is the store's end (``on_fatal``, as in the writer): ``CorruptStoreError``."""
+        checked = walked = size = 0
         bad: list[bytes] = []
         last: bytes | None = None
-        with self.env.begin(buffers=False) as txn:
-            cur = txn.cursor(db=self.dbs[db])
-            ok = cur.set_range(after) if after is not None else cur.first()
-            if ok and after is not None and cur.key() == after:
-                ok = cur.next()
-            while ok and checked < limit:
-                k, v = cur.key(), cur.value()
-                if db == sc.DLQ:
-                    _a, c, rec = sc.unpack_dlq(v)
-                else:
-                    c, rec = sc.split_record(v)
-                if crc32c(rec) != c:
-                    self.integrity.saw_bad(db, k)
-                    bad.append(k)
-                checked += 1
-                size += len(v)
-                last = k
-                ok = cur.next()
-            if not ok:
-                last = None
+        records = db in (sc.MSGS, sc.SB_MSGS, sc.DLQ)
+        try:
+            with self.env.begin(buffers=False) as txn:
+                cur = txn.cursor(db=self.dbs[db])
+                ok = cur.set_range(after) if after is not None else cur.first()
+                if ok and after is not None and cur.key() == after:
+                    ok = cur.next()
+                while ok and walked < limit:
+                    k, v = cur.key(), cur.value()
+                    if records:
+                        if db == sc.DLQ:
+                            _a, c, rec = sc.unpack_dlq(v)
+                        else:
+                            c, rec = sc.split_record(v)
+                        if crc32c(rec) != c:
+                            self.integrity.saw_bad(db, k)
+                            bad.append(k)
+                        checked += 1
+                    walked += 1
+                    size += len(k) + len(v)
+                    last = k
+                    ok = cur.next()
+                if not ok:
+                    last = None
+        except _FATAL_OR_WRAPPED as exc:
+            if isinstance(exc, SystemError) and not isinstance(exc.__cause__, lmdb.Error):
+                raise
+            log.critical(
+                "scrub: LMDB reports the structure of %s corrupt: %s", sc.DB_NAMES[db], exc
+            )
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
+            raise CorruptStoreError(f"{sc.DB_NAMES[db]}: {type(exc).__name__}: {exc}") from exc
         return checked, size, bad, last
 
     def quarantined(self, limit: int = 1000) -> list[tuple[bytes, bytes]]:

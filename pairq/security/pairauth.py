@@ -2,9 +2,13 @@
 
 Pure functions (no I/O). The rules:
 
-- The secret comes from ``--pair-secret-file``: the file's bytes with
-  surrounding whitespace stripped, at least ``MIN_SECRET_BYTES`` long. It is
-  never sent; only HMAC-SHA256 proofs over fresh nonces are.
+- The secrets come from ``--pair-secret-file`` (``load_secret``): one per
+  non-empty line, surrounding whitespace stripped, each at least
+  ``MIN_SECRET_BYTES`` long. The first proves (``PairSecret.current``); a proof
+  made with any of them is accepted (``PairSecret.accepted``), so a pair rotates
+  its secret without a moment in which its brokers refuse each other: both get
+  ``OLD`` then ``NEW``, then ``NEW`` then ``OLD``, then ``NEW`` alone, a broker at
+  a time. A secret is never sent; only HMAC-SHA256 proofs over fresh nonces are.
 - Each side contributes a fresh ``NONCE_BYTES`` random nonce per session
   (``new_nonce``): the sender ``Ns`` in its hello, the receiver ``Nr`` in its
   challenge. A proof covers both, so a recorded proof is worthless in any
@@ -32,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
@@ -44,6 +49,7 @@ __all__ = [
     "REPAIR_METADATA",
     "REPAIR_WINDOW_MS",
     "SENDER",
+    "PairSecret",
     "check_repair",
     "load_secret",
     "new_nonce",
@@ -64,18 +70,41 @@ REPAIR_METADATA = "pairq-pair-proof"
 REPAIR_WINDOW_MS = 120_000
 
 
-def load_secret(path: str) -> bytes:
-    """The pair secret in ``path``; ``ValueError`` saying what is wrong with it."""
+@dataclass(frozen=True)
+class PairSecret:
+    """The pair's secrets: ``current`` proves, any of ``accepted`` (``current``
+    first) verifies."""
+
+    current: bytes
+    accepted: tuple[bytes, ...]
+
+    @classmethod
+    def of(cls, *secrets: bytes) -> PairSecret:
+        return cls(secrets[0], tuple(secrets))
+
+
+def load_secret(path: str) -> PairSecret:
+    """The pair secrets in ``path``; ``ValueError`` saying what is wrong with them."""
     try:
-        data = Path(path).read_bytes().strip()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ValueError(f"--pair-secret-file {path}: {exc.strerror or exc}") from None
-    if len(data) < MIN_SECRET_BYTES:
+    secrets = [line.strip() for line in data.splitlines() if line.strip()]
+    if not secrets:
         raise ValueError(
-            f"--pair-secret-file {path}: the secret is {len(data)} bytes, at least "
-            f"{MIN_SECRET_BYTES} are needed (e.g. `head -c 32 /dev/urandom | base64`)"
+            f"--pair-secret-file {path}: the file holds no secret (at least "
+            f"{MIN_SECRET_BYTES} bytes are needed, e.g. `head -c 32 /dev/urandom | base64`)"
         )
-    return data
+    for n, secret in enumerate(secrets, 1):
+        if len(secret) < MIN_SECRET_BYTES:
+            which = (
+                "the secret" if len(secrets) == 1 else f"secret {n} (line {n} of those not empty)"
+            )
+            raise ValueError(
+                f"--pair-secret-file {path}: {which} is {len(secret)} bytes, at least "
+                f"{MIN_SECRET_BYTES} are needed (e.g. `head -c 32 /dev/urandom | base64`)"
+            )
+    return PairSecret.of(*secrets)
 
 
 def new_nonce() -> bytes:
@@ -94,12 +123,16 @@ def proof(secret: bytes, role: str, pair: str, ident: bytes | str, *nonces: byte
 
 
 def verify(
-    secret: bytes, got: bytes, role: str, pair: str, ident: bytes | str, *nonces: bytes
+    secret: PairSecret, got: bytes, role: str, pair: str, ident: bytes | str, *nonces: bytes
 ) -> bool:
-    """Whether ``got`` is the proof for this transcript (constant-time)."""
+    """Whether ``got`` is the proof for this transcript with one of the accepted
+    secrets (constant-time: every one is compared)."""
     if len(got) != PROOF_BYTES or any(len(n) != NONCE_BYTES for n in nonces):
         return False
-    return hmac.compare_digest(got, proof(secret, role, pair, ident, *nonces))
+    good = False
+    for key in secret.accepted:
+        good |= hmac.compare_digest(got, proof(key, role, pair, ident, *nonces))
+    return good
 
 
 def repair_proof(secret: bytes, pair: str, ts_ms: int, request: bytes) -> str:
@@ -109,7 +142,7 @@ def repair_proof(secret: bytes, pair: str, ts_ms: int, request: bytes) -> str:
     return f"{ts_ms}.{mac.hex()}"
 
 
-def check_repair(secret: bytes, pair: str, value: str, request: bytes, now_ms: int) -> str:
+def check_repair(secret: PairSecret, pair: str, value: str, request: bytes, now_ms: int) -> str:
     """Why a Repair's proof is refused ("" when it is good)."""
     ts, sep, mac_hex = value.partition(".")
     if not sep or not ts.isdigit():

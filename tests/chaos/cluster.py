@@ -333,6 +333,19 @@ class Cluster:
             pb.CreateChannelRequest(topic=topic, channel=channel), timeout=10
         )
 
+    async def scrub(self, node: str, timeout: float = 30.0) -> str:
+        """``BrokerService.Scrub`` on ``node`` to the end (what ``pairq scrub`` does):
+        its summary, or the status it ended with (e.g. DATA_LOSS: a broken store)."""
+        last = None
+        try:
+            async for progress in self._stub(node).Scrub(pb.ScrubRequest(), timeout=timeout):
+                last = progress
+        except grpc.aio.AioRpcError as exc:
+            return f"{exc.code().name}: {(exc.details() or '')[:120]}"
+        if last is None or not last.done:
+            return "ended before done"
+        return f"{last.checked} records, {last.bad} bad"
+
     async def pause_channel(self, node: str, topic: str, channel: str, pause: bool) -> bool:
         """PauseChannel / UnpauseChannel on ``node``; False if it did not answer."""
         stub = self._stub(node)

@@ -172,6 +172,13 @@ class Runner:
             if k == "bitflip":
                 await asyncio.to_thread(c.start, node)
             rec.notes += await self.pause_channels(tuple(BROKERS), False)
+            if k == "bitflip":
+                # A disk known to have returned bad bytes is scrubbed before the fault
+                # counts as over (an operator's `pairq scrub`): bits flipped anywhere
+                # can break a B-tree page no read meets for a long time, and until it
+                # is found the pair holds one good copy of that broker's records. A
+                # broken page ends the scrub with DATA_LOSS: the broker re-silvers.
+                rec.notes += "; scrub: " + await self.scrub_once(node)
         else:  # pragma: no cover
             raise ValueError(k)
         rec.end = self.clock()
@@ -224,6 +231,17 @@ class Runner:
             )
         (self.run_dir / name).write_text("".join(parts))
         self.log(f"  not every acked message arrived: broker stats in {self.run_dir / name}")
+
+    async def scrub_once(self, node: str) -> str:
+        """One complete scrub of ``node``, retried while it does not answer (it may be
+        starting); bounded (about 40 s)."""
+        out = ""
+        for _ in range(20):
+            out = await self.cluster.scrub(node)
+            if not out.startswith("UNAVAILABLE"):
+                return out
+            await asyncio.sleep(1.0)
+        return out
 
     async def pause_channels(self, nodes: tuple[str, ...], pause: bool) -> str:
         """Pause or unpause both channels on ``nodes``; unpausing retries (bounded:

@@ -121,6 +121,42 @@ class Deployment:
     head_wheel: Path | None = None
     ports: dict[str, int] = field(default_factory=dict)
     gossip_key: str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+    # TLS on every process (one certificate for 127.0.0.1, signed by a test CA) and a
+    # secret per pair: the roles must wire both into every service they render.
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    def make_tls(self) -> None:
+        from tests.integration.certs import CA
+
+        self._ca = CA(self.root / "tls")
+        self.renew_tls()
+        self.tls_ca = self._ca.path
+
+    def renew_tls(self) -> None:
+        """A new certificate and key from the same CA, at the same controller paths."""
+        node = self._ca.issue("pairq-node", days=2)
+        self.tls_cert, self.tls_key = node.cert, node.key
+
+    def served_serial(self, address: str) -> int:
+        """The serial number of the certificate the TLS server at ``address`` presents."""
+        import ssl
+
+        from cryptography import x509
+
+        ctx = ssl.create_default_context(cafile=self.tls_ca)
+        ctx.set_alpn_protocols(["h2"])
+        host, port = address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return x509.load_der_x509_certificate(der).serial_number
+
+    @staticmethod
+    def pair_secret(pair: str) -> str:
+        return f"deploy-test-secret-of-{pair}-0123456789"
 
     def host_root(self, host: str) -> Path:
         return self.root / "hosts" / host
@@ -185,12 +221,25 @@ class Deployment:
                     "pairq_common_gossip_profile": "local",
                     "pairq_common_gossip_keys": [self.gossip_key],
                     "pairq_common_gossip_label": "deploy-test",
+                    **(
+                        {
+                            "pairq_common_tls_enabled": True,
+                            "pairq_common_tls_cert_src": self.tls_cert,
+                            "pairq_common_tls_key_src": self.tls_key,
+                            "pairq_common_tls_ca_src": self.tls_ca,
+                        }
+                        if self.tls_ca
+                        else {}
+                    ),
                 },
                 "children": {
                     "pairq_lookups": {"hosts": {h: hosts[h] for h in LOOKUPS}},
                     "pairq_brokers": {
                         "children": {
-                            f"pair_{p}": {"hosts": {h: hosts[h] for h in m}}
+                            f"pair_{p}": {
+                                "hosts": {h: hosts[h] for h in m},
+                                "vars": {"pairq_common_pair_secret": self.pair_secret(p)},
+                            }
                             for p, m in PAIRS.items()
                         }
                     },

@@ -24,7 +24,10 @@ from pathlib import Path
 import pytest
 from deployharness import (
     ADMINS,
+    ALL,
     BROKERS,
+    LOOKUPS,
+    PAIRS,
     REPO,
     Deployment,
     base_revision,
@@ -56,6 +59,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     wheels = wheelhouse(head, REPO / "build" / "deploy-wheelhouse")
     d = Deployment(root=root, wheel=base, wheels=wheels)
     d.head_wheel = head
+    d.make_tls()
     d.write_inventory()
     try:
         yield d
@@ -66,8 +70,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 class Load:
     """A producer and a consumer through the lookups; records what was acked and handled."""
 
-    def __init__(self, lookups: list[str], topic: str) -> None:
+    def __init__(self, lookups: list[str], topic: str, tls_ca: str) -> None:
         self.lookups = lookups
+        self.tls_ca = tls_ca
         self.topic = topic
         self.acked: set[bytes] = set()
         self.handled: dict[bytes, int] = {}
@@ -78,6 +83,7 @@ class Load:
             topic,
             "deploy",
             lookups=lookups,
+            tls_ca=tls_ca,
             handler=self._handle,
             lookup_poll_interval=0.5,
             reconnect_backoff=0.05,
@@ -88,7 +94,9 @@ class Load:
         self.handled[msg.id] = self.handled.get(msg.id, 0) + 1
 
     async def _produce(self) -> None:
-        async with Producer(lookups=self.lookups, retry_timeout=60, lookup_poll_interval=0.5) as p:
+        async with Producer(
+            lookups=self.lookups, tls_ca=self.tls_ca, retry_timeout=60, lookup_poll_interval=0.5
+        ) as p:
             n = 0
             while not self._stop.is_set():
                 try:
@@ -169,7 +177,9 @@ def test_site_deploys_a_cluster_that_serves(deployment: Deployment) -> None:
         assert "partner = " in text and "min_copies = 2" in text
 
     async def roundtrip() -> None:
-        async with Load(deployment.lookup_addresses, "deploy-smoke") as load:
+        async with Load(
+            deployment.lookup_addresses, tls_ca=deployment.tls_ca, topic="deploy-smoke"
+        ) as load:
             await load.flowing(200)
         load.check(at_least=200)
 
@@ -182,11 +192,64 @@ def test_second_site_run_changes_nothing(deployment: Deployment) -> None:
     assert changed and all(n == 0 for n in changed.values()), changed
 
 
+def test_every_service_runs_with_tls_and_each_pair_with_its_secret(deployment: Deployment) -> None:
+    import grpc
+
+    from pairq.v1 import broker_pb2, broker_pb2_grpc
+
+    for h in LOOKUPS + BROKERS:
+        text = deployment.config(h).read_text()
+        assert f'tls_cert = "{deployment.host_root(h) / "etc" / "tls" / "server.crt"}"' in text
+        assert "tls_ca = " in text, text
+    for pair, members in PAIRS.items():
+        for h in members:
+            secret = deployment.host_root(h) / "etc" / "pair.secret"
+            assert secret.read_text().strip() == deployment.pair_secret(pair)
+            assert f'pair_secret_file = "{secret}"' in deployment.config(h).read_text()
+    (admin,) = ADMINS
+    assert "tls_ca = " in deployment.config(admin).read_text()
+    # A plaintext client gets nowhere; the pairs replicate (site.yml's health gate passed
+    # over TLS, with both brokers proving their pair's secret).
+    with grpc.insecure_channel(deployment.broker_address(BROKERS[0])) as ch:
+        with pytest.raises(grpc.RpcError):
+            broker_pb2_grpc.BrokerServiceStub(ch).GetStats(
+                broker_pb2.GetStatsRequest(no_clients=True), timeout=3
+            )
+
+
+def test_new_tls_files_are_reloaded_without_a_restart(deployment: Deployment) -> None:
+    before = {h: deployment.starts(h) for h in ALL}
+    served = {h: deployment.served_serial(deployment.addr(f"{h}/grpc")) for h in LOOKUPS + BROKERS}
+    deployment.renew_tls()
+    deployment.write_inventory()
+    out = deployment.playbook("site.yml")
+    assert (
+        "Reload the broker (process)" in out.stdout and "Reload the lookup (process)" in out.stdout
+    )
+    deadline = time.monotonic() + 30
+    for h in LOOKUPS + BROKERS:
+        while deployment.served_serial(deployment.addr(f"{h}/grpc")) == served[h]:
+            assert time.monotonic() < deadline, f"{h} still serves its old certificate"
+            time.sleep(0.2)  # polling a condition with a deadline
+    assert {h: deployment.starts(h) for h in ALL} == before, "a TLS reload restarted a service"
+
+    async def roundtrip() -> None:
+        async with Load(
+            deployment.lookup_addresses, tls_ca=deployment.tls_ca, topic="deploy-tls"
+        ) as load:
+            await load.flowing(100)
+        load.check(at_least=100)
+
+    asyncio.run(roundtrip())
+
+
 def test_rolling_restart_under_load_loses_nothing(deployment: Deployment) -> None:
     before = {h: deployment.starts(h) for h in BROKERS}
 
     async def scenario() -> Load:
-        async with Load(deployment.lookup_addresses, "deploy-rolling") as load:
+        async with Load(
+            deployment.lookup_addresses, tls_ca=deployment.tls_ca, topic="deploy-rolling"
+        ) as load:
             await load.flowing()
             await run_playbook(deployment, "rolling-restart.yml")
             await load.flowing()
@@ -204,7 +267,9 @@ def test_upgrade_under_load_loses_nothing(deployment: Deployment) -> None:
     before = {h: deployment.starts(h) for h in BROKERS + ADMINS}
 
     async def scenario() -> Load:
-        async with Load(deployment.lookup_addresses, "deploy-upgrade") as load:
+        async with Load(
+            deployment.lookup_addresses, tls_ca=deployment.tls_ca, topic="deploy-upgrade"
+        ) as load:
             await load.flowing()
             await run_playbook(deployment, "upgrade.yml", "-e", f"pairq_common_wheel={head}")
             await load.flowing()

@@ -442,3 +442,66 @@ async def test_lmdb_corruption_found_while_loading_channels_is_a_corrupt_store(
     broker = Broker(BrokerOptions(data_dir=str(tmp_path / "b"), address="127.0.0.1:0"))
     with pytest.raises(StoreCorruptError, match=r"is corrupt .*Recovery: move the directory"):
         await broker.start()
+
+
+def _break_tree_root(store: Path, tree: str) -> int:
+    """Make the root page of one of the store's B-trees a page of the wrong type, in
+    place under a running broker (its reads see the page cache), as a flipped bit in
+    a page header does; returns the page number. The sub-database's record in LMDB's
+    main tree (its MDB_db) ends with the root's page number."""
+    import lmdb
+
+    env = lmdb.open(str(store), max_dbs=64, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            record = txn.get(tree.encode())
+        page_size = int(env.stat()["psize"])
+    finally:
+        env.close()
+    assert record is not None and len(record) == 48, record
+    root = int.from_bytes(record[40:48], "little")
+    with (store / "data.mdb").open("r+b") as fh:
+        fh.seek(root * page_size + 10)  # mp_flags, after mp_pgno (8) and mp_pad (2)
+        fh.write((0x08).to_bytes(2, "little"))  # P_META: neither branch nor leaf
+        fh.flush()
+        os.fsync(fh.fileno())
+    return root
+
+
+async def test_a_scrub_that_meets_a_broken_tree_page_resilvers_the_store(tmp_path: Path) -> None:
+    """make chaos (bitflip, seed 2, session 8) lost 110 acknowledged messages: bits
+    flipped anywhere in p0a's file broke a page of its standby tree; no read met it
+    until p0a, 16 s later, tried to take over from its partner (hit by the next
+    fault) and had to drop its store, so neither broker held a good copy of the
+    partner's damaged records. The scrub checked only the records' checksums, and a
+    broken B-tree page raised out of it. Now the scrub walks every tree, and a page
+    LMDB finds broken is handled as the corrupt store it is, while the partner still
+    has every record: the store is moved aside and re-filled."""
+    rng = random.Random(7)
+    a, b = make_pair(tmp_path)
+    try:
+        acked = await _start_and_publish(a, b, rng)
+        _break_tree_root(Path(b.data_dir) / "store", "sb_msgs")
+        out = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "pairq", "scrub", "--broker", b.address],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode != 0, out.stdout
+        assert "DATA_LOSS" in out.stderr or "corrupt" in out.stderr, out.stderr
+        assert b.proc is not None
+        await eventually(lambda: b.proc.poll() is not None, timeout=20)
+        assert b.proc.returncode == 3, b.proc.returncode
+        assert _moved_aside(b), "the corrupt store was not kept aside"
+        log = _text(b.log_path)
+        assert "scrub: LMDB reports the structure of sb_msgs corrupt" in log, log[-3000:]
+        b.start()  # as systemd's Restart=on-failure would
+        await wait_healthy(a, b, timeout=30)
+        a.kill()  # b must now deliver every message from what the re-fill gave it
+        handled = await _consume_all(a, b, acked)
+        assert set(acked) <= set(handled)
+    finally:
+        a.stop()
+        b.stop()

@@ -206,3 +206,34 @@ async def test_repair_needs_the_pair_secret_and_works_under_auth(tmp_path: Path)
                 assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
                 assert "Repair refused" in (ei.value.details() or "")
         assert b.pair.state.auth_failures == before + 3
+
+
+@pytest.mark.parametrize("a_lines,b_lines", [("old new", "old"), ("new old", "old new")])
+async def test_brokers_a_rotation_step_apart_replicate_on_both_links(
+    tmp_path: Path, a_lines: str, b_lines: str
+) -> None:
+    """Rotating the pair secret (pairauth): a broker whose file lists (OLD, NEW) and one
+    with OLD alone, or (NEW, OLD) and (OLD, NEW), prove themselves to each other on the
+    gRPC handshake and the TCP link, so the pair replicates at every step."""
+    keys = {"old": os.urandom(32).hex().encode(), "new": os.urandom(32).hex().encode()}
+
+    def write(name: str, lines: str) -> str:
+        p = tmp_path / name
+        p.write_bytes(b"".join(keys[w] + b"\n" for w in lines.split()))
+        return str(p)
+
+    pa, pb_ = free_port(), free_port()
+    a = await _broker(tmp_path, "a", pa, pb_, pair_secret_file=write("a.secret", a_lines))
+    try:
+        b = await _broker(tmp_path, "b", pb_, pa, pair_secret_file=write("b.secret", b_lines))
+        try:
+            assert a.pair is not None and b.pair is not None
+            await eventually(lambda: a.pair.stats().link == "tcp" and b.pair.stats().link == "tcp")
+            async with Producer(brokers=[a.address]) as producer:
+                ack = await producer.publish("t", b"x")
+            assert ack.copies == 2
+            assert a.pair.stats().auth_failures == 0 and b.pair.stats().auth_failures == 0
+        finally:
+            await b.stop(grace=0.5)
+    finally:
+        await a.stop(grace=0.5)

@@ -12,16 +12,17 @@ from pairq.security.auth import AuthTable, Principal, hash_token
 
 
 def test_a_proof_holds_only_for_its_secret_role_pair_ident_and_nonces() -> None:
-    s, ns, nr = os.urandom(32), pa.new_nonce(), pa.new_nonce()
-    good = pa.proof(s, pa.SENDER, "p1", "node", ns, nr)
+    key, ns, nr = os.urandom(32), pa.new_nonce(), pa.new_nonce()
+    s = pa.PairSecret.of(key)
+    good = pa.proof(key, pa.SENDER, "p1", "node", ns, nr)
     assert pa.verify(s, good, pa.SENDER, "p1", "node", ns, nr)
-    assert not pa.verify(os.urandom(32), good, pa.SENDER, "p1", "node", ns, nr)
+    assert not pa.verify(pa.PairSecret.of(os.urandom(32)), good, pa.SENDER, "p1", "node", ns, nr)
     assert not pa.verify(s, good, pa.RECEIVER, "p1", "node", ns, nr)  # no reflection
     assert not pa.verify(s, good, pa.SENDER, "p2", "node", ns, nr)
     assert not pa.verify(s, good, pa.SENDER, "p1", "other", ns, nr)
     assert not pa.verify(s, good, pa.SENDER, "p1", "node", pa.new_nonce(), nr)  # no replay
     assert not pa.verify(s, good[:-1], pa.SENDER, "p1", "node", ns, nr)
-    assert not pa.verify(s, pa.proof(s, pa.LINK, "p1", "t", b""), pa.LINK, "p1", "t", b"")
+    assert not pa.verify(s, pa.proof(key, pa.LINK, "p1", "t", b""), pa.LINK, "p1", "t", b"")
 
 
 def test_a_short_secret_is_refused(tmp_path: Path) -> None:
@@ -29,7 +30,47 @@ def test_a_short_secret_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 16"):
         pa.load_secret(str(tmp_path / "s"))
     (tmp_path / "s").write_text("x" * 16 + "\n")
-    assert pa.load_secret(str(tmp_path / "s")) == b"x" * 16
+    assert pa.load_secret(str(tmp_path / "s")) == pa.PairSecret(b"x" * 16, (b"x" * 16,))
+    (tmp_path / "s").write_text("\n")
+    with pytest.raises(ValueError, match="holds no secret"):
+        pa.load_secret(str(tmp_path / "s"))
+    (tmp_path / "s").write_text("n" * 16 + "\n" + "short\n")
+    with pytest.raises(ValueError, match=r"secret 2 .* is 5 bytes"):
+        pa.load_secret(str(tmp_path / "s"))
+
+
+def test_rotation_every_step_proves_to_the_other_side() -> None:
+    """The rotation of pairauth's docstring: OLD alone, (OLD, NEW), (NEW, OLD), NEW
+    alone, a broker at a time: at each step the two brokers' files differ by one step
+    at most, and each side's proof verifies on the other."""
+    old, new = b"o" * 32, b"n" * 32
+    steps = [(old,), (old, new), (new, old), (new,)]
+    ns, nr = pa.new_nonce(), pa.new_nonce()
+    for i in range(len(steps) - 1):
+        for a, b in ((steps[i], steps[i + 1]), (steps[i + 1], steps[i])):
+            sa, sb = pa.PairSecret.of(*a), pa.PairSecret.of(*b)
+            assert pa.verify(
+                sb, pa.proof(sa.current, pa.SENDER, "p", "n", ns, nr), pa.SENDER, "p", "n", ns, nr
+            )
+            assert pa.verify(
+                sa,
+                pa.proof(sb.current, pa.RECEIVER, "p", "n", ns, nr),
+                pa.RECEIVER,
+                "p",
+                "n",
+                ns,
+                nr,
+            )
+    # Two steps apart (a broker skipped one) they refuse each other.
+    assert not pa.verify(
+        pa.PairSecret.of(new),
+        pa.proof(old, pa.SENDER, "p", "n", ns, nr),
+        pa.SENDER,
+        "p",
+        "n",
+        ns,
+        nr,
+    )
 
 
 def test_patterns_match_topics_and_channels() -> None:

@@ -461,7 +461,7 @@ class Pair:
         md: tuple[tuple[str, str], ...] = ()
         if self.state.secret is not None:
             value = pairauth.repair_proof(
-                self.state.secret,
+                self.state.secret.current,
                 self.name,
                 time.time_ns() // 1_000_000,
                 request.SerializeToString(),

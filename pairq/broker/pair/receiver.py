@@ -303,7 +303,9 @@ class Receiver:
             rpb.ReplicateResponse(
                 challenge=rpb.ReplicaChallenge(
                     nonce=nr,
-                    proof=pairauth.proof(secret, pairauth.RECEIVER, h.pair, h.node_id, h.nonce, nr),
+                    proof=pairauth.proof(
+                        secret.current, pairauth.RECEIVER, h.pair, h.node_id, h.nonce, nr
+                    ),
                 )
             )
         )

@@ -457,7 +457,9 @@ class Sender:
             await call.write(
                 rpb.ReplicateRequest(
                     proof=rpb.ReplicaProof(
-                        proof=pairauth.proof(secret, pairauth.SENDER, pair, node_id, ns, c.nonce)
+                        proof=pairauth.proof(
+                            secret.current, pairauth.SENDER, pair, node_id, ns, c.nonce
+                        )
                     )
                 )
             )
@@ -512,7 +514,7 @@ class Sender:
                 )
                 return None
             proof = pairauth.proof(
-                self._s.secret, pairauth.LINK, self._s.name, welcome.tcp_token, nonce
+                self._s.secret.current, pairauth.LINK, self._s.name, welcome.tcp_token, nonce
             )
         link = FramedLink(
             r,

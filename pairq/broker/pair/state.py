@@ -19,7 +19,7 @@ from pairq.broker.pair.standby import StandbyStore
 from pairq.broker.ports import Context
 from pairq.broker.store import Store
 from pairq.broker.topic import Topic
-from pairq.security.pairauth import load_secret
+from pairq.security.pairauth import PairSecret, load_secret
 from pairq.security.server import ServerSecurity
 
 log = logging.getLogger("pairq.pair")
@@ -93,7 +93,9 @@ class PairState:
         self._fence_waiters: list[asyncio.Future[None]] = []
         # The pair secret (--pair-secret-file; None: an unauthenticated pair) and the
         # sessions refused for failing its proof (pairq.security.pairauth).
-        self.secret: bytes | None = load_secret(o.pair_secret_file) if o.pair_secret_file else None
+        self.secret: PairSecret | None = (
+            load_secret(o.pair_secret_file) if o.pair_secret_file else None
+        )
         self.auth_failures = 0
 
     def auth_failed(self, peer: str, why: str) -> None:

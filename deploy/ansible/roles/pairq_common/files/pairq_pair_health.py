@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """pairq-pair-health: wait until a broker pair is healthy, or fail closed.
 
-Usage: ``pairq-pair-health --broker HOST:PORT --partner HOST:PORT [--timeout S]``; run with
-the pairq virtualenv's python. Every ``--interval`` it asks both brokers for GetStats and
-exits 0 as soon as ``verdict()`` says healthy twice in a row, or 1 with the last reason
-when ``--timeout`` passes first (the rolling restart and the upgrade stop there).
+Usage: ``pairq-pair-health --broker HOST:PORT --partner HOST:PORT [--timeout S]
+[--tls | --tls-ca FILE] [--tls-cert FILE --tls-key FILE]``; run with the pairq virtualenv's
+python. Every ``--interval`` it asks both brokers for GetStats (over TLS when ``--tls`` or
+``--tls-ca`` is given, presenting ``--tls-cert`` to brokers that require client
+certificates) and exits 0 as soon as ``verdict()`` says healthy twice in a row, or 1 with
+the last reason when ``--timeout`` passes first (the rolling restart and the upgrade stop
+there).
 
 The rules (``verdict``, pure: it takes the two GetStats answers, as dicts):
 - both brokers answer, and each reports ``health == "ok"`` and pair stats;
@@ -58,13 +61,33 @@ def verdict(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
     return ""
 
 
-def _stats(address: str, timeout: float) -> dict[str, Any] | None:
+def _channel(address: str, tls: dict[str, str] | None) -> Any:
+    import grpc
+
+    if tls is None:
+        return grpc.insecure_channel(address)
+
+    def read(path: str) -> bytes | None:
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=read(tls.get("ca", "")),
+        private_key=read(tls.get("key", "")),
+        certificate_chain=read(tls.get("cert", "")),
+    )
+    return grpc.secure_channel(address, creds)
+
+
+def _stats(address: str, timeout: float, tls: dict[str, str] | None = None) -> dict[str, Any] | None:
     import grpc
 
     from pairq.v1 import broker_pb2, broker_pb2_grpc
 
     try:
-        with grpc.insecure_channel(address) as ch:
+        with _channel(address, tls) as ch:
             r = broker_pb2_grpc.BrokerServiceStub(ch).GetStats(
                 broker_pb2.GetStatsRequest(no_clients=True), timeout=timeout
             )
@@ -87,12 +110,23 @@ def main(argv: list[str]) -> int:
     p.add_argument("--partner", required=True, help="gRPC HOST:PORT of the other broker")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds before failing")
     p.add_argument("--interval", type=float, default=0.5, help="seconds between checks")
+    p.add_argument("--tls", action="store_true", help="TLS, trusting the system's roots")
+    p.add_argument("--tls-ca", default="", help="TLS, trusting this PEM CA bundle")
+    p.add_argument("--tls-cert", default="", help="PEM client certificate (mTLS)")
+    p.add_argument("--tls-key", default="", help="PEM key of --tls-cert")
     args = p.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    tls = (
+        {"ca": args.tls_ca, "cert": args.tls_cert, "key": args.tls_key}
+        if args.tls or args.tls_ca or args.tls_cert
+        else None
+    )
     deadline = time.monotonic() + args.timeout
     why, good = "not checked yet", 0
     while True:
-        a = _stats(args.broker, 2.0)
-        b = _stats(args.partner, 2.0)
+        a = _stats(args.broker, 2.0, tls)
+        b = _stats(args.partner, 2.0, tls)
         why = verdict(a, b)
         good = good + 1 if not why else 0
         if good >= 2:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """pairq-supervise: run one pairq service without systemd (pairq_common_supervisor: process).
 
-Usage: ``pairq-supervise start|stop|restart|status SPEC.json``. The spec is rendered by
+Usage: ``pairq-supervise start|stop|restart|reload|status SPEC.json``. The spec is rendered by
 the Ansible roles, as the systemd unit is: ``name``, ``argv``, ``env`` (a dict),
 ``env_files`` (KEY=VALUE files read at every start), ``pidfile``, ``log``,
 ``stop_timeout_s``, ``workdir``, optional ``user`` / ``group``.
@@ -14,6 +14,9 @@ Rules (the systemd unit's, so that a role behaves the same under either):
   on-failure), waiting 1 s, doubling to 30 s while it keeps failing within 10 s.
 - ``stop`` sends SIGTERM to the supervisor, which forwards it to the service and waits up to
   ``stop_timeout_s`` before SIGKILL (TimeoutStopSec); ``stop`` returns once both are gone.
+- ``reload`` sends SIGHUP to the running service (ExecReload=kill -HUP $MAINPID: brokers
+  and lookups re-read their TLS files and auth file without dropping a connection); exit 3
+  when it is not running.
 - ``status`` prints JSON ``{"running", "supervisor", "pid"}``; exit 0 if running, else 3.
 """
 
@@ -170,6 +173,16 @@ def stop(spec: dict[str, Any]) -> int:
     return 1
 
 
+def reload(spec: dict[str, Any]) -> int:
+    child = _read_pid(Path(spec["pidfile"] + ".child")) if _supervisor_pid(spec) else 0
+    if not (child and _alive(child)):
+        print("not running")
+        return 3
+    os.kill(child, signal.SIGHUP)
+    print("reloaded")
+    return 0
+
+
 def status(spec: dict[str, Any]) -> int:
     pid = _supervisor_pid(spec)
     child = _read_pid(Path(spec["pidfile"] + ".child")) if pid else 0
@@ -179,7 +192,7 @@ def status(spec: dict[str, Any]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in ("start", "stop", "restart", "status"):
+    if len(argv) != 2 or argv[0] not in ("start", "stop", "restart", "reload", "status"):
         print(__doc__, file=sys.stderr)
         return 2
     spec = json.loads(Path(argv[1]).read_text())
@@ -189,6 +202,8 @@ def main(argv: list[str]) -> int:
         return stop(spec)
     if argv[0] == "restart":
         return stop(spec) or start(spec)
+    if argv[0] == "reload":
+        return reload(spec)
     return status(spec)
 
 
