@@ -594,6 +594,8 @@ class Broker:
         t = self.topics.get(topic)
         if t is None:
             return False
+        if seq >= t.next_seq:
+            return False  # never reserved: a record at a key no append wrote (a flipped bit)
         durable = [c for c in t.channels.values() if c.durable]
         return not durable or any(c.needs(seq) for c in durable)
 

@@ -32,7 +32,7 @@ from typing import Protocol
 
 from pairq.broker import schema as sc
 from pairq.broker.checksum import crc as crc32c
-from pairq.broker.store import CorruptStoreError, Store
+from pairq.broker.store import MALFORMED, CorruptStoreError, Store
 from pairq.v1 import broker_pb2 as pb
 
 log = logging.getLogger("pairq.integrity")
@@ -224,14 +224,19 @@ class Integrity:
                 for db in order:
                     after: bytes | None = None
                     while True:
-                        checked, size, bad, after = await asyncio.to_thread(
+                        checked, size, bad, after, misplaced = await asyncio.to_thread(
                             self.store.scrub_chunk, db, after, SCRUB_CHUNK
                         )
                         self.scrub_checked += checked
                         size_total += size
-                        bad_total += len(bad)
+                        bad_total += len(bad) + len(misplaced)
                         for key in bad:
                             self._route(db, key)
+                        if misplaced:  # a flipped bit in the key: the record is intact
+                            await self.store.commit(
+                                *(self.store.move_back(db, k, home) for k, home in misplaced)
+                            )
+                            self._moved_back(db, [home for _k, home in misplaced])
                         yield pb.ScrubProgress(
                             checked=self.scrub_checked, bytes=size_total, bad=bad_total
                         )
@@ -257,7 +262,22 @@ class Integrity:
             finally:
                 self.scrub_running = False
 
+    def _moved_back(self, db: int, homes: list[bytes]) -> None:
+        """Records put back at their keys: channels that waited on them read on."""
+        if db != sc.MSGS:
+            return
+        for tid in {sc.unpack_seq_key(h)[0] for h in homes}:
+            name = self._topic_name(tid)
+            if name is not None:
+                self._repaired(name)
+
     def _route(self, db: int, key: bytes) -> None:
+        try:
+            self._route_decoded(db, key)
+        except MALFORMED:  # a key damaged past decoding: nothing to ask the partner for
+            self.store.post(self.store.quarantine_raw(db, key))
+
+    def _route_decoded(self, db: int, key: bytes) -> None:
         if db == sc.MSGS:
             tid, seq = sc.unpack_seq_key(key)
             name = self._topic_name(tid)

@@ -18,12 +18,12 @@ meta        b"tomb:" + topic + 0 + channel  >Q when the channel was deleted (ns;
 catalog     b"T" + topic name               >IB topic id, paused
 catalog     b"C" + >I topic id + name       >IBQ channel id, paused, created (ns; 0: not
                                             known: >IB, as an older broker wrote it)
-msgs        >I topic id + >Q seq            >I crc32c + message record (``wire.encode_record``)
+msgs        >I topic id + >Q seq            >I check + message record (``wire.encode_record``)
 floors      >I channel id                   >Q floor: every seq below it is finished
 fins        >I channel id + >Q seq          b"" (finished, above the floor)
 states      >I channel id + >Q seq          >Iq attempts, due_ns (requeued/deferred)
-dlq         >I channel id + >Q seq          >I attempts + >I crc32c + record (dead letters)
-sb_msgs     topic + 0 + >Q origin seq       >I crc32c + the partner's record (standby copy)
+dlq         >I channel id + >Q seq          >I attempts + >I check + record (dead letters)
+sb_msgs     topic + 0 + >Q origin seq       >I check + the partner's record (standby copy)
 sb_floors   topic + 0 + channel             >Q the partner channel's floor
 sb_fins     topic+0+channel+0+>Q seq        b"" (finished on the partner, above its floor)
 sb_states   topic+0+channel+0+>Q seq        >Iq attempts, due_ns (partner's requeue state)
@@ -34,8 +34,17 @@ quarantine  kind + topic + 0 + >Q seq       a record that failed its checksum wi
                                             copy anywhere (kind b"o" owned, b"s" standby)
 ==========  ==============================  ==========================================
 
-Format 2 added the CRC32C of every record (``checksum.py``); a format-1 store
-is upgraded in place when it is opened (every record gets its checksum).
+A record's check (``keyed``) is the CRC32C of its bytes (``checksum.py``: the
+value computed when the owner accepted the message and carried through
+replication) XOR the CRC32C of its key, so a flipped bit in the key fails the
+check as one in the value does: a record never passes for one at another seq
+(make chaos, bitflip: a seq whose top bit flipped became the log's last record
+and every later seq sorted below it). Reads hand the record's own CRC32C on
+(``unkeyed``), which is what replication and repair carry.
+
+Format 2 added the CRC32C of every record; format 3 keys it. Older stores are
+upgraded in place when they are opened (format 1: every record gets its check;
+format 2: every check is keyed; a record that failed its checksum still fails).
 
 Names cannot contain a NUL byte (``pairq.names``), which is what makes the
 standby keys unambiguous.
@@ -46,7 +55,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-FORMAT_VERSION = b"2"  # 2: every record carries its crc32c
+from pairq.broker.checksum import crc as _crc32c
+
+FORMAT_VERSION = b"3"  # 2: every record carries its crc32c; 3: keyed (see above)
 
 DB_NAMES = (
     "meta",
@@ -228,23 +239,29 @@ def unpack_state(value: bytes) -> tuple[int, int]:
     return int(a), int(d)
 
 
-# The stored crc32c prefix (``pack_record`` inlined on the hot paths: one call less
+# The stored check prefix (``pack_record`` inlined on the hot paths: one call less
 # per record).
 crc_prefix = _I.pack
 crc_of_value = _I.unpack_from
 
 
-def pack_record(crc: int, record: bytes) -> bytes:
-    """A stored record (``msgs``, ``sb_msgs``): its crc32c, then the record."""
-    return _I.pack(crc) + record
+def keyed(crc: int, key: bytes) -> int:
+    """The stored check of a record whose CRC32C is ``crc``, stored at ``key``; also
+    the inverse (``keyed(stored, key)`` is the record's CRC32C again)."""
+    return int(crc ^ _crc32c(key))
+
+
+def pack_record(key: bytes, crc: int, record: bytes) -> bytes:
+    """A stored record (``msgs``, ``sb_msgs``) at ``key``: its check, then the record."""
+    return _I.pack(crc ^ _crc32c(key)) + record
 
 
 def split_record(value: bytes) -> tuple[int, bytes]:
     return int(_I.unpack_from(value)[0]), bytes(value[4:])
 
 
-def pack_dlq(attempts: int, crc: int, record: bytes) -> bytes:
-    return _II.pack(attempts, crc) + record
+def pack_dlq(key: bytes, attempts: int, crc: int, record: bytes) -> bytes:
+    return _II.pack(attempts, crc ^ _crc32c(key)) + record
 
 
 def unpack_dlq(value: bytes) -> tuple[int, int, bytes]:

@@ -200,15 +200,11 @@ class _Append(Write):
         key = sc.seq_key
         prefix = sc.crc_prefix
         tid = self.topic_id
+        keys = [key(tid, q) for q in range(self.seq, self.seq + len(self.records))]
         txn.cursor(db=s.dbs[sc.MSGS]).putmulti(
             [
-                (key(tid, q), prefix(c) + rec)
-                for q, rec, c in zip(
-                    range(self.seq, self.seq + len(self.records)),
-                    self.records,
-                    self.crcs,
-                    strict=True,
-                )
+                (k, prefix(c ^ crc32c(k)) + rec)
+                for k, rec, c in zip(keys, self.records, self.crcs, strict=True)
             ]
         )
         if s.index_ids:
@@ -232,15 +228,11 @@ class _StandbyAppend(Write):
         base = sc.sb_topic_prefix(self.topic)
         pack = sc.pack_q
         prefix = sc.crc_prefix
+        keys = [base + pack(q) for q in range(self.seq, self.seq + len(self.records))]
         txn.cursor(db=s.dbs[sc.SB_MSGS]).putmulti(
             [
-                (base + pack(q), prefix(c) + rec)
-                for q, rec, c in zip(
-                    range(self.seq, self.seq + len(self.records)),
-                    self.records,
-                    self.crcs,
-                    strict=True,
-                )
+                (k, prefix(c ^ crc32c(k)) + rec)
+                for k, rec, c in zip(keys, self.records, self.crcs, strict=True)
             ]
         )
         if s.index_ids and self.index:
@@ -436,15 +428,17 @@ class Store:
             version = txn.get(sc.FORMAT, db=self.dbs[sc.META])
             if version is None:
                 txn.put(sc.FORMAT, sc.FORMAT_VERSION, db=self.dbs[sc.META])
-            elif bytes(version) == b"1":
-                n = self._upgrade_from_1(txn)
+            elif bytes(version) in (b"1", b"2"):
+                old = bytes(version).decode()
+                n = self._upgrade_from_1(txn) if old == "1" else self._upgrade_from_2(txn)
                 txn.put(sc.FORMAT, sc.FORMAT_VERSION, db=self.dbs[sc.META])
                 log.warning(
-                    "%s: upgraded the store from format 1 to %s: %d record(s) now carry their %s",
+                    "%s: upgraded the store from format %s to %s: %d record(s) now carry a "
+                    "crc32c check that covers their key",
                     self.path,
+                    old,
                     sc.FORMAT_VERSION.decode(),
                     n,
-                    "crc32c",
                 )
             elif version != sc.FORMAT_VERSION:
                 raise RuntimeError(
@@ -453,34 +447,99 @@ class Store:
                     "move the data dir aside and let the partner re-fill this broker"
                 )
             self.integrity.quarantined = txn.stat(self.dbs[sc.QUARANTINE])["entries"]
+            self._heal_edges(txn)
         self._refresh_usage()
 
+    def _heal_edges(self, txn: Any) -> None:
+        """Put records whose key lost a bit back at their key, where start-up reads:
+        the first and last record of each topic's log and of each standby topic (a
+        stray there moves a range: ``MessageLog.seq_range``, ``StandbyLog.load``).
+        The scrub does the same for the rest (``scrub_chunk``)."""
+
+        def topic_of(k: bytes) -> bytes:
+            return k[:4]
+
+        def standby_topic_of(k: bytes) -> bytes:
+            return k[:-8]
+
+        groups = ((sc.MSGS, topic_of), (sc.SB_MSGS, standby_topic_of))
+        for _ in range(8):  # a moved record can uncover another edge: bounded passes
+            moved = 0
+            for db, group in groups:
+                cur = txn.cursor(db=self.dbs[db])
+                moves: list[tuple[bytes, bytes]] = []
+                ok = cur.first()
+                while ok:
+                    prefix = group(bytes(cur.key()))
+                    nxt = _next_prefix(prefix) if prefix else None
+                    for forward in (True, False):
+                        if forward:
+                            ok = cur.set_range(prefix)
+                        else:
+                            ok = (
+                                cur.prev() if nxt is not None and cur.set_range(nxt) else cur.last()
+                            )
+                        # Inward from this end, past every record failing its check.
+                        for _ in range(_EDGE_SCAN):
+                            if not ok or not bytes(cur.key()).startswith(prefix):
+                                break
+                            k, v = bytes(cur.key()), bytes(cur.value())
+                            if _holds(db, k, v):
+                                break
+                            home = original_key(db, k, v)
+                            if home is not None:
+                                moves.append((k, home))
+                            ok = cur.next() if forward else cur.prev()
+                    ok = cur.set_range(nxt) if nxt is not None else False
+                for k, home in dict.fromkeys(moves):
+                    _move_back(txn, self, db, k, home)
+                    moved += 1
+            if not moved:
+                return
+
     def _upgrade_from_1(self, txn: Any) -> int:
-        """Give every record of a format-1 store its crc32c (one transaction)."""
+        """Give every record of a format-1 store its check (one transaction)."""
         n = 0
         for db in (sc.MSGS, sc.SB_MSGS):
             items = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self.dbs[db])]
             for k, v in items:
-                txn.put(k, sc.pack_record(crc32c(v), v), db=self.dbs[db])
+                txn.put(k, sc.pack_record(k, crc32c(v), v), db=self.dbs[db])
             n += len(items)
         items = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self.dbs[sc.DLQ])]
         for k, v in items:
             attempts = int.from_bytes(v[:4], "big")
             rec = v[4:]
-            txn.put(k, sc.pack_dlq(attempts, crc32c(rec), rec), db=self.dbs[sc.DLQ])
+            txn.put(k, sc.pack_dlq(k, attempts, crc32c(rec), rec), db=self.dbs[sc.DLQ])
         return n + len(items)
+
+    def _upgrade_from_2(self, txn: Any) -> int:
+        """Key every record's crc32c (format 2 -> 3, one transaction); a record that
+        failed its checksum still does."""
+        n = 0
+        for db, at in ((sc.MSGS, 0), (sc.SB_MSGS, 0), (sc.DLQ, 4)):
+            items = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self.dbs[db])]
+            for k, v in items:
+                if len(v) < at + 4:
+                    continue  # too short to hold a check: fails it either way
+                c = int.from_bytes(v[at : at + 4], "big")
+                fixed = v[:at] + sc.keyed(c, k).to_bytes(4, "big") + v[at + 4 :]
+                txn.put(k, fixed, db=self.dbs[db])
+            n += len(items)
+        return n
 
     def scrub_chunk(
         self, db: int, after: bytes | None, limit: int
-    ) -> tuple[int, int, list[bytes], bytes | None]:
+    ) -> tuple[int, int, list[bytes], bytes | None, list[tuple[bytes, bytes]]]:
         """Check up to ``limit`` records of ``db`` after key ``after`` (None: from the
         start): (records checked, bytes read, keys that failed their checksum, the
-        last key walked or None at the end). Records of ``msgs``, ``sb_msgs`` and ``dlq`` are
+        last key walked or None at the end, (key, original key) of records that fail
+        only because a bit of their key flipped: ``move_back`` them). Records of ``msgs``, ``sb_msgs`` and ``dlq`` are
         checked against their crc32c; every other database's entries are only walked,
         so LMDB meets every page of every B-tree. LMDB structure damage met on the way
         is the store's end (``on_fatal``, as in the writer): ``CorruptStoreError``."""
         checked = walked = size = 0
         bad: list[bytes] = []
+        misplaced: list[tuple[bytes, bytes]] = []
         last: bytes | None = None
         records = db in (sc.MSGS, sc.SB_MSGS, sc.DLQ)
         try:
@@ -496,9 +555,13 @@ class Store:
                             _a, c, rec = sc.unpack_dlq(v)
                         else:
                             c, rec = sc.split_record(v)
-                        if crc32c(rec) != c:
+                        if crc32c(rec) != sc.keyed(c, k):
                             self.integrity.saw_bad(db, k)
-                            bad.append(k)
+                            home = original_key(db, k, v)
+                            if home is not None:
+                                misplaced.append((k, home))
+                            else:
+                                bad.append(k)
                         checked += 1
                     walked += 1
                     size += len(k) + len(v)
@@ -515,7 +578,16 @@ class Store:
             if self.on_fatal is not None:
                 self.on_fatal(exc)
             raise CorruptStoreError(f"{sc.DB_NAMES[db]}: {type(exc).__name__}: {exc}") from exc
-        return checked, size, bad, last
+        return checked, size, bad, last, misplaced
+
+    def quarantine_raw(self, db: int, key: bytes) -> Write:
+        """Move aside a record whose key no longer decodes (kind b"x", then the
+        database's name and the key)."""
+        return _Quarantine(db, key, b"x" + sc.DB_NAMES[db].encode() + b"\0" + key)
+
+    def move_back(self, db: int, stray: bytes, home: bytes) -> Write:
+        """The record at ``stray`` back at ``home`` (``original_key``)."""
+        return _MoveBack(db, stray, home)
 
     def quarantined(self, limit: int = 1000) -> list[tuple[bytes, bytes]]:
         """(key, stored value) of quarantined records (``schema.quarantine_key``)."""
@@ -914,6 +986,108 @@ class Integrity:
             )
 
 
+# How many records failing their check ``_good_edge`` passes over before it gives up.
+_EDGE_SCAN = 1000
+
+
+def _good_edge(
+    s: Store, db: int, cur: Any, ok: bool, prefix: bytes, *, forward: bool
+) -> bytes | None:
+    """From the cursor's record on (``ok``: it is on one), the key of the first record
+    under ``prefix`` whose check holds, moving forward or back; records failing it are
+    counted (``saw_bad``) and passed over. None: no good record under ``prefix``.
+    A key that does not even decode raises (``MALFORMED``: at start-up, a corrupt
+    store, re-silvered from the partner): the copy it held cannot be named."""
+    decode = sc.unpack_seq_key if db == sc.MSGS else sc.split_sb_msg_key
+    for _ in range(_EDGE_SCAN):
+        if not ok:
+            return None
+        key = bytes(cur.key())
+        if not key.startswith(prefix):
+            return None
+        decode(key)
+        value = cur.value()
+        if len(value) >= 4 and crc32c(bytes(value[4:])) == sc.keyed(sc.crc_of_value(value)[0], key):
+            return key
+        s.integrity.saw_bad(db, key)
+        ok = cur.next() if forward else cur.prev()
+    return None
+
+
+def _check_at(db: int) -> int:
+    """Where a stored value's check starts (a dead letter's follows its attempts)."""
+    return 4 if db == sc.DLQ else 0
+
+
+def _holds(db: int, key: bytes, value: bytes) -> bool:
+    """Whether ``value`` passes its check at ``key``."""
+    at = _check_at(db)
+    if len(value) < at + 4:
+        return False
+    stored = int.from_bytes(value[at : at + 4], "big")
+    return bool(crc32c(bytes(value[at + 4 :])) == sc.keyed(stored, key))
+
+
+def original_key(db: int, key: bytes, value: bytes) -> bytes | None:
+    """If one flipped bit in ``key`` explains why the record there fails its check
+    (its value and check intact: the check is the record's crc32c XOR its key's,
+    ``schema.keyed``), the key it was written at; else None. 8 crc32c calls per key
+    byte, made only for a record that failed."""
+    at = _check_at(db)
+    if len(value) < at + 4:
+        return None
+    want = int.from_bytes(value[at : at + 4], "big") ^ crc32c(bytes(value[at + 4 :]))
+    kb = bytearray(key)
+    for i in range(len(kb)):
+        for bit in range(8):
+            kb[i] ^= 1 << bit
+            if crc32c(bytes(kb)) == want:
+                return bytes(kb)
+            kb[i] ^= 1 << bit
+    return None
+
+
+def _move_back(txn: Any, s: Store, db: int, stray: bytes, home: bytes) -> str:
+    """Put the record found at ``stray`` back at ``home`` (unless a good record is
+    there already: then the stray is a duplicate) and delete ``stray``; what was done."""
+    d = s.dbs[db]
+    value = txn.get(stray, db=d)
+    if value is None:
+        return "gone"
+    there = txn.get(home, db=d)
+    done = "dropped (a good copy is at its key)"
+    if there is None or not _holds(db, home, bytes(there)):
+        txn.put(home, bytes(value), db=d)
+        done = "moved back"
+        s.integrity.bad.discard((db, home))
+    txn.delete(stray, db=d)
+    s.integrity.bad.discard((db, stray))
+    s.integrity.repairs += 1
+    log.warning(
+        "the record at %s key %s failed its check because one bit of its key flipped: %s to key %s",
+        sc.DB_NAMES[db],
+        stray.hex(),
+        done,
+        home.hex(),
+    )
+    return done
+
+
+class _MoveBack(Write):
+    __slots__ = ("db", "home", "stray")
+
+    def __init__(self, db: int, stray: bytes, home: bytes) -> None:
+        self.db, self.stray, self.home = db, stray, home
+
+    def apply(self, txn: Any, s: Store) -> None:
+        _move_back(txn, s, self.db, self.stray, self.home)
+
+
+def _next_prefix(prefix: bytes) -> bytes | None:
+    n = int.from_bytes(prefix, "big") + 1
+    return None if n >> (8 * len(prefix)) else n.to_bytes(len(prefix), "big")
+
+
 def _checked_rows(
     s: Store, db: int, items: Iterable[tuple[int, bytes, bytes]], stop_at_corrupt: bool
 ) -> LogRead:
@@ -922,7 +1096,7 @@ def _checked_rows(
     crc_of = sc.crc_of_value
     rows, crcs = out.rows, out.crcs
     for seq, key, value in items:
-        c = crc_of(value)[0]
+        c = crc_of(value)[0] ^ crc32c(key)  # the record's own crc32c (sc.keyed)
         rec = bytes(value[4:])
         if crc32c(rec) != c:
             s.integrity.saw_bad(db, key)
@@ -948,7 +1122,8 @@ class MessageLog:
 
     def rewrite(self, topic_id: int, seq: int, record: bytes, crc: int) -> Write:
         """A good copy in place of a stored record that failed its checksum."""
-        return _put(sc.MSGS, sc.seq_key(topic_id, seq), sc.pack_record(crc, record))
+        key = sc.seq_key(topic_id, seq)
+        return _put(sc.MSGS, key, sc.pack_record(key, crc, record))
 
     def mark_missing(self, topic_id: int, seqs: list[int]) -> list[int]:
         """Seqs a read expected and the log no longer has (no failed append explains
@@ -1017,17 +1192,23 @@ class MessageLog:
         return None
 
     def seq_range(self, topic_id: int) -> tuple[int | None, int | None]:
-        """(lowest, highest) seq held for the topic (None, None when it holds nothing)."""
+        """(lowest, highest) seq of a good record held for the topic (None, None when
+        it holds none). A record failing its check at either end is passed over (and
+        counted): a flipped bit in a key must not move the topic's head (the stored
+        check covers the key, ``schema.keyed``)."""
         s = self._s
         prefix = sc.id_prefix(topic_id)
         first = last = None
         with s.env.begin() as txn:
             cur = txn.cursor(db=s.dbs[sc.MSGS])
-            if cur.set_range(prefix) and bytes(cur.key()[:4]) == prefix:
-                first = sc.unpack_seq_key(bytes(cur.key()))[1]
+            ok = cur.set_range(prefix)
+            key = _good_edge(s, sc.MSGS, cur, ok, prefix, forward=True)
+            if key is not None:
+                first = sc.unpack_seq_key(key)[1]
             ok = cur.prev() if cur.set_range(sc.id_prefix(topic_id + 1)) else cur.last()
-            if ok and bytes(cur.key()[:4]) == prefix:
-                last = sc.unpack_seq_key(bytes(cur.key()))[1]
+            key = _good_edge(s, sc.MSGS, cur, ok, prefix, forward=False)
+            if key is not None:
+                last = sc.unpack_seq_key(key)[1]
         return first, last
 
     def known_ids(self, ids: list[bytes]) -> set[bytes]:
@@ -1219,13 +1400,18 @@ class DeadLetters:
 
     def put(self, channel_id: int, seq: int, attempts: int, record: bytes) -> Write:
         return _put(
-            sc.DLQ, sc.seq_key(channel_id, seq), sc.pack_dlq(attempts, crc32c(record), record)
+            sc.DLQ,
+            sc.seq_key(channel_id, seq),
+            sc.pack_dlq(sc.seq_key(channel_id, seq), attempts, crc32c(record), record),
         )
 
     def put_many(self, channel_id: int, items: Iterable[tuple[int, int, bytes]]) -> Write:
         """(seq, attempts, record) of several dead letters."""
         return _Puts(
-            [(sc.DLQ, sc.seq_key(channel_id, q), sc.pack_dlq(a, crc32c(r), r)) for q, a, r in items]
+            [
+                (sc.DLQ, k, sc.pack_dlq(k, a, crc32c(r), r))
+                for k, a, r in ((sc.seq_key(channel_id, q), a, r) for q, a, r in items)
+            ]
         )
 
     def delete(self, channel_id: int, seq: int) -> Write:
@@ -1239,7 +1425,7 @@ class DeadLetters:
         for k, v in self._s._scan(sc.DLQ, sc.id_prefix(channel_id)):
             attempts, c, rec = sc.unpack_dlq(v)
             seq = sc.unpack_seq_key(k)[1]
-            if crc32c(rec) != c:
+            if crc32c(rec) != sc.keyed(c, k):
                 self._s.integrity.saw_bad(sc.DLQ, k)
                 bad.append(seq)
                 continue
@@ -1303,7 +1489,8 @@ class StandbyCopies:
 
     def rewrite(self, topic: str, seq: int, record: bytes, crc: int) -> Write:
         """A good copy in place of a standby copy that failed its checksum."""
-        return _put(sc.SB_MSGS, sc.sb_msg_key(topic, seq), sc.pack_record(crc, record))
+        key = sc.sb_msg_key(topic, seq)
+        return _put(sc.SB_MSGS, key, sc.pack_record(key, crc, record))
 
     def quarantine(self, topic: str, seq: int) -> Write:
         """Move a standby copy with no good copy anywhere aside."""
@@ -1397,17 +1584,23 @@ class StandbyCopies:
         for k, v in s._scan(sc.SB_META, sc.TAKEN):
             img.taken[k[len(sc.TAKEN) :].decode()] = sc.unpack_q(v)
         with s.env.begin() as txn:
+            # Per topic, the first and last copies whose check holds (a flipped bit in a
+            # key fails it: such a copy neither names a topic nor moves one's range).
             cur = txn.cursor(db=s.dbs[sc.SB_MSGS])
             ok = cur.first()
             while ok:
                 k = bytes(cur.key())
-                name, first = sc.split_sb_msg_key(k)
-                if cur.set_range(k[:-8] + b"\xff" * 8):
-                    ok = cur.prev()
-                else:
-                    ok = cur.last()
-                last = sc.split_sb_msg_key(bytes(cur.key()))[1]
-                img.held[name] = (first, last)
+                base = k[:-8]  # topic + NUL
+                good = _good_edge(s, sc.SB_MSGS, cur, ok, base, forward=True)
+                if good is not None:
+                    name, first = sc.split_sb_msg_key(good)
+                    if cur.set_range(base + b"\xff" * 8):
+                        ok = cur.prev()
+                    else:
+                        ok = cur.last()
+                    end = _good_edge(s, sc.SB_MSGS, cur, ok, base, forward=False)
+                    assert end is not None  # at worst ``good`` itself
+                    img.held[name] = (first, sc.split_sb_msg_key(end)[1])
                 ok = cur.set_range(k[:-9] + b"\x01")
         for k, v in s._scan(sc.SB_FLOORS, b""):
             img.floors[sc.split_sb_channel_key(k)] = sc.unpack_q(v)

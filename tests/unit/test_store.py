@@ -204,7 +204,7 @@ async def test_a_record_failing_its_checksum_is_never_returned(tmp_path: Path) -
         assert len(s.quarantined()) == 1
         # The scrub finds what reads have not met.
         _flip_live = s.scrub_chunk(schema.MSGS, None, 100)
-        assert _flip_live[0] == 6 and _flip_live[2] == []
+        assert _flip_live[0] == 6 and _flip_live[2] == [] and _flip_live[4] == []
     finally:
         s.close()
 
@@ -225,6 +225,101 @@ async def test_a_format_1_store_is_upgraded_on_open(tmp_path: Path) -> None:
     try:
         got = s.log.read(1, 0, 10, 10)
         assert [r for _, r in got.rows] == recs and got.corrupt == []
+    finally:
+        s.close()
+
+
+def _move_key(path: Path, db: str, key: bytes, to: bytes) -> None:
+    """A stored record found at another key, value unchanged: a flipped bit in a key."""
+    env = lmdb.open(str(path), max_dbs=32)
+    with env.begin(write=True) as txn:
+        d = env.open_db(db.encode(), txn=txn)
+        v = txn.get(key, db=d)
+        txn.delete(key, db=d)
+        txn.put(to, v, db=d)
+    env.close()
+
+
+async def test_a_record_whose_key_lost_a_bit_is_put_back_and_never_moves_a_range(
+    tmp_path: Path,
+) -> None:
+    """make chaos (bitflip, seeds 3 and 4, session 8): the top bit of a record's seq
+    flipped in the file; the record still passed its crc32c (which covered only the
+    value), became the topic's last record, and the topic's next seq jumped past 2^63:
+    nothing published after the next restart reached a channel. The stored check now
+    covers the key: a record whose key lost one bit is put back at its key (at the
+    ends of a range when the store opens, anywhere by the scrub), and one that cannot
+    be explained fails its check and moves no range."""
+    path = tmp_path / "s"
+    s = Store(path, max_bytes=256 * MiB, reserve_bytes=MiB)
+    s.open()
+    s.start(asyncio.get_running_loop())
+    recs = _records(12, 100)
+    await s.commit(
+        _append(s, 1, 0, recs[:4]),
+        _append(s, 1, 8, recs[8:]),
+        s.standby.append("t", 0, recs, crcs(recs), index=True),
+    )
+    s.close()
+    top = 1 << 63
+    big = top | 3 << 40
+    _move_key(path, "msgs", schema.seq_key(1, 11), schema.seq_key(1, top | 11))  # 1 bit
+    _move_key(path, "msgs", schema.seq_key(1, 1), schema.seq_key(1, 5))  # 1 bit, inside
+    _move_key(path, "msgs", schema.seq_key(1, 10), schema.seq_key(1, big))  # 3 bits
+    _move_key(path, "sb_msgs", schema.sb_msg_key("t", 11), schema.sb_msg_key("t", top | 11))
+    _move_key(path, "sb_msgs", schema.sb_msg_key("t", 0), schema.sb_msg_key("u", 0))
+    s = Store(path, max_bytes=256 * MiB, reserve_bytes=MiB)
+    s.open()  # puts the strays at the ends back
+    s.start(asyncio.get_running_loop())
+    try:
+        assert s.log.seq_range(1) == (0, 11)
+        assert s.standby.load().held == {"t": (0, 11)}
+        assert [r for _, r in s.standby.read("t", 0, 12).rows] == recs
+        got = s.log.read(1, 0, big + 1, 100, stop_at_corrupt=False)
+        assert [q for q, _ in got.rows] == [0, 2, 3, 8, 9, 11]
+        assert got.corrupt == [5, big]  # 5: seq 1's record, misplaced
+        _checked, _size, bad, _last, misplaced = s.scrub_chunk(schema.MSGS, None, 100)
+        assert bad == [schema.seq_key(1, big)]
+        assert misplaced == [(schema.seq_key(1, 5), schema.seq_key(1, 1))]
+        await s.commit(s.move_back(schema.MSGS, *misplaced[0]))
+        assert s.log.get(1, 1) == (recs[1], crcs([recs[1]])[0]) and s.log.get(1, 5) is None
+        assert s.integrity.repairs == 4
+    finally:
+        s.close()
+
+
+async def test_a_format_2_store_is_upgraded_on_open_and_its_bad_records_stay_bad(
+    tmp_path: Path,
+) -> None:
+    from pairq.broker.checksum import crc
+
+    path = tmp_path / "s"
+    recs = _records(4, 50)
+    env = lmdb.open(str(path), max_dbs=32, map_size=64 * MiB)
+    with env.begin(write=True) as txn:
+        meta = env.open_db(b"meta", txn=txn)
+        msgs = env.open_db(b"msgs", txn=txn)
+        sb = env.open_db(b"sb_msgs", txn=txn)
+        dlq = env.open_db(b"dlq", txn=txn)
+        txn.put(b"format", b"2", db=meta)
+        for i, r in enumerate(recs):  # format 2: the crc32c of the value alone
+            c = crc(r) ^ (1 if i == 2 else 0)  # record 2 already failed its checksum
+            txn.put(schema.seq_key(1, i), c.to_bytes(4, "big") + r, db=msgs)
+            txn.put(schema.sb_msg_key("t", i), crc(r).to_bytes(4, "big") + r, db=sb)
+        txn.put(
+            schema.seq_key(7, 0),
+            (3).to_bytes(4, "big") + crc(recs[0]).to_bytes(4, "big") + recs[0],
+            db=dlq,
+        )
+    env.close()
+    s = Store(path, max_bytes=256 * MiB, reserve_bytes=MiB)
+    s.open()
+    try:
+        got = s.log.read(1, 0, 10, 10, stop_at_corrupt=False)
+        assert [q for q, _ in got.rows] == [0, 1, 3] and got.corrupt == [2]
+        assert got.crcs == [crc(recs[i]) for i in (0, 1, 3)]  # the record's own crc32c
+        assert [r for _, r in s.standby.read("t", 0, 10).rows] == recs
+        assert s.dead.scan(7) == ([(0, 3, recs[0])], [])
     finally:
         s.close()
 
