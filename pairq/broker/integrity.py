@@ -224,19 +224,14 @@ class Integrity:
                 for db in order:
                     after: bytes | None = None
                     while True:
-                        checked, size, bad, after, misplaced = await asyncio.to_thread(
+                        checked, size, bad, after = await asyncio.to_thread(
                             self.store.scrub_chunk, db, after, SCRUB_CHUNK
                         )
                         self.scrub_checked += checked
                         size_total += size
-                        bad_total += len(bad) + len(misplaced)
+                        bad_total += len(bad)
                         for key in bad:
                             self._route(db, key)
-                        if misplaced:  # a flipped bit in the key: the record is intact
-                            await self.store.commit(
-                                *(self.store.move_back(db, k, home) for k, home in misplaced)
-                            )
-                            self._moved_back(db, [home for _k, home in misplaced])
                         yield pb.ScrubProgress(
                             checked=self.scrub_checked, bytes=size_total, bad=bad_total
                         )
@@ -261,15 +256,6 @@ class Integrity:
                 )
             finally:
                 self.scrub_running = False
-
-    def _moved_back(self, db: int, homes: list[bytes]) -> None:
-        """Records put back at their keys: channels that waited on them read on."""
-        if db != sc.MSGS:
-            return
-        for tid in {sc.unpack_seq_key(h)[0] for h in homes}:
-            name = self._topic_name(tid)
-            if name is not None:
-                self._repaired(name)
 
     def _route(self, db: int, key: bytes) -> None:
         try:

@@ -61,6 +61,7 @@ from pairq.broker import schema as sc
 from pairq.broker.checksum import crc as crc32c
 from pairq.broker.schema import ChannelMeta, TopicMeta
 from pairq.errors import StoreFullError
+from pairq.names import is_valid_name
 
 __all__ = ["ChannelMeta", "Store", "StoreFullError", "TopicMeta", "Write"]
 
@@ -447,55 +448,7 @@ class Store:
                     "move the data dir aside and let the partner re-fill this broker"
                 )
             self.integrity.quarantined = txn.stat(self.dbs[sc.QUARANTINE])["entries"]
-            self._heal_edges(txn)
         self._refresh_usage()
-
-    def _heal_edges(self, txn: Any) -> None:
-        """Put records whose key lost a bit back at their key, where start-up reads:
-        the first and last record of each topic's log and of each standby topic (a
-        stray there moves a range: ``MessageLog.seq_range``, ``StandbyLog.load``).
-        The scrub does the same for the rest (``scrub_chunk``)."""
-
-        def topic_of(k: bytes) -> bytes:
-            return k[:4]
-
-        def standby_topic_of(k: bytes) -> bytes:
-            return k[:-8]
-
-        groups = ((sc.MSGS, topic_of), (sc.SB_MSGS, standby_topic_of))
-        for _ in range(8):  # a moved record can uncover another edge: bounded passes
-            moved = 0
-            for db, group in groups:
-                cur = txn.cursor(db=self.dbs[db])
-                moves: list[tuple[bytes, bytes]] = []
-                ok = cur.first()
-                while ok:
-                    prefix = group(bytes(cur.key()))
-                    nxt = _next_prefix(prefix) if prefix else None
-                    for forward in (True, False):
-                        if forward:
-                            ok = cur.set_range(prefix)
-                        else:
-                            ok = (
-                                cur.prev() if nxt is not None and cur.set_range(nxt) else cur.last()
-                            )
-                        # Inward from this end, past every record failing its check.
-                        for _ in range(_EDGE_SCAN):
-                            if not ok or not bytes(cur.key()).startswith(prefix):
-                                break
-                            k, v = bytes(cur.key()), bytes(cur.value())
-                            if _holds(db, k, v):
-                                break
-                            home = original_key(db, k, v)
-                            if home is not None:
-                                moves.append((k, home))
-                            ok = cur.next() if forward else cur.prev()
-                    ok = cur.set_range(nxt) if nxt is not None else False
-                for k, home in dict.fromkeys(moves):
-                    _move_back(txn, self, db, k, home)
-                    moved += 1
-            if not moved:
-                return
 
     def _upgrade_from_1(self, txn: Any) -> int:
         """Give every record of a format-1 store its check (one transaction)."""
@@ -529,17 +482,15 @@ class Store:
 
     def scrub_chunk(
         self, db: int, after: bytes | None, limit: int
-    ) -> tuple[int, int, list[bytes], bytes | None, list[tuple[bytes, bytes]]]:
+    ) -> tuple[int, int, list[bytes], bytes | None]:
         """Check up to ``limit`` records of ``db`` after key ``after`` (None: from the
-        start): (records checked, bytes read, keys that failed their checksum, the
-        last key walked or None at the end, (key, original key) of records that fail
-        only because a bit of their key flipped: ``move_back`` them). Records of ``msgs``, ``sb_msgs`` and ``dlq`` are
+        start): (records checked, bytes read, keys that failed their check, the last
+        key walked or None at the end). Records of ``msgs``, ``sb_msgs`` and ``dlq`` are
         checked against their crc32c; every other database's entries are only walked,
         so LMDB meets every page of every B-tree. LMDB structure damage met on the way
         is the store's end (``on_fatal``, as in the writer): ``CorruptStoreError``."""
         checked = walked = size = 0
         bad: list[bytes] = []
-        misplaced: list[tuple[bytes, bytes]] = []
         last: bytes | None = None
         records = db in (sc.MSGS, sc.SB_MSGS, sc.DLQ)
         try:
@@ -557,11 +508,7 @@ class Store:
                             c, rec = sc.split_record(v)
                         if crc32c(rec) != sc.keyed(c, k):
                             self.integrity.saw_bad(db, k)
-                            home = original_key(db, k, v)
-                            if home is not None:
-                                misplaced.append((k, home))
-                            else:
-                                bad.append(k)
+                            bad.append(k)
                         checked += 1
                     walked += 1
                     size += len(k) + len(v)
@@ -578,16 +525,12 @@ class Store:
             if self.on_fatal is not None:
                 self.on_fatal(exc)
             raise CorruptStoreError(f"{sc.DB_NAMES[db]}: {type(exc).__name__}: {exc}") from exc
-        return checked, size, bad, last, misplaced
+        return checked, size, bad, last
 
     def quarantine_raw(self, db: int, key: bytes) -> Write:
         """Move aside a record whose key no longer decodes (kind b"x", then the
         database's name and the key)."""
         return _Quarantine(db, key, b"x" + sc.DB_NAMES[db].encode() + b"\0" + key)
-
-    def move_back(self, db: int, stray: bytes, home: bytes) -> Write:
-        """The record at ``stray`` back at ``home`` (``original_key``)."""
-        return _MoveBack(db, stray, home)
 
     def quarantined(self, limit: int = 1000) -> list[tuple[bytes, bytes]]:
         """(key, stored value) of quarantined records (``schema.quarantine_key``)."""
@@ -1006,12 +949,21 @@ def _good_edge(
         if not key.startswith(prefix):
             return None
         decode(key)
-        value = cur.value()
-        if len(value) >= 4 and crc32c(bytes(value[4:])) == sc.keyed(sc.crc_of_value(value)[0], key):
+        if _holds(db, key, bytes(cur.value())):
             return key
         s.integrity.saw_bad(db, key)
         ok = cur.next() if forward else cur.prev()
     return None
+
+
+def _stored_name(raw: bytes) -> str:
+    """A topic or channel name read back from the store; ``ValueError`` (``MALFORMED``:
+    at start-up a corrupt store) when a flipped bit made it one no client could have
+    created, which the partner would refuse in every batch naming it."""
+    name = raw.decode()
+    if not is_valid_name(name):
+        raise ValueError(f"the store holds an invalid topic or channel name {name[:80]!r}")
+    return name
 
 
 def _check_at(db: int) -> int:
@@ -1026,66 +978,6 @@ def _holds(db: int, key: bytes, value: bytes) -> bool:
         return False
     stored = int.from_bytes(value[at : at + 4], "big")
     return bool(crc32c(bytes(value[at + 4 :])) == sc.keyed(stored, key))
-
-
-def original_key(db: int, key: bytes, value: bytes) -> bytes | None:
-    """If one flipped bit in ``key`` explains why the record there fails its check
-    (its value and check intact: the check is the record's crc32c XOR its key's,
-    ``schema.keyed``), the key it was written at; else None. 8 crc32c calls per key
-    byte, made only for a record that failed."""
-    at = _check_at(db)
-    if len(value) < at + 4:
-        return None
-    want = int.from_bytes(value[at : at + 4], "big") ^ crc32c(bytes(value[at + 4 :]))
-    kb = bytearray(key)
-    for i in range(len(kb)):
-        for bit in range(8):
-            kb[i] ^= 1 << bit
-            if crc32c(bytes(kb)) == want:
-                return bytes(kb)
-            kb[i] ^= 1 << bit
-    return None
-
-
-def _move_back(txn: Any, s: Store, db: int, stray: bytes, home: bytes) -> str:
-    """Put the record found at ``stray`` back at ``home`` (unless a good record is
-    there already: then the stray is a duplicate) and delete ``stray``; what was done."""
-    d = s.dbs[db]
-    value = txn.get(stray, db=d)
-    if value is None:
-        return "gone"
-    there = txn.get(home, db=d)
-    done = "dropped (a good copy is at its key)"
-    if there is None or not _holds(db, home, bytes(there)):
-        txn.put(home, bytes(value), db=d)
-        done = "moved back"
-        s.integrity.bad.discard((db, home))
-    txn.delete(stray, db=d)
-    s.integrity.bad.discard((db, stray))
-    s.integrity.repairs += 1
-    log.warning(
-        "the record at %s key %s failed its check because one bit of its key flipped: %s to key %s",
-        sc.DB_NAMES[db],
-        stray.hex(),
-        done,
-        home.hex(),
-    )
-    return done
-
-
-class _MoveBack(Write):
-    __slots__ = ("db", "home", "stray")
-
-    def __init__(self, db: int, stray: bytes, home: bytes) -> None:
-        self.db, self.stray, self.home = db, stray, home
-
-    def apply(self, txn: Any, s: Store) -> None:
-        _move_back(txn, s, self.db, self.stray, self.home)
-
-
-def _next_prefix(prefix: bytes) -> bytes | None:
-    n = int.from_bytes(prefix, "big") + 1
-    return None if n >> (8 * len(prefix)) else n.to_bytes(len(prefix), "big")
 
 
 def _checked_rows(
@@ -1289,11 +1181,12 @@ class Catalog:
         by_id: dict[int, TopicMeta] = {}
         for k, v in s._scan(sc.CATALOG, b"T"):
             tid, paused = sc.unpack_catalog(v)
-            t = TopicMeta(id=tid, name=k[1:].decode(), paused=paused)
+            t = TopicMeta(id=tid, name=_stored_name(k[1:]), paused=paused)
             topics[t.name] = t
             by_id[tid] = t
         for k, v in s._scan(sc.CATALOG, b"C"):
             tid, name = sc.split_catalog_channel_key(k)
+            _stored_name(name.encode())
             cid, paused, created_ns = sc.unpack_channel(v)
             t2 = by_id.get(tid)
             if t2 is None:
@@ -1594,6 +1487,7 @@ class StandbyCopies:
                 good = _good_edge(s, sc.SB_MSGS, cur, ok, base, forward=True)
                 if good is not None:
                     name, first = sc.split_sb_msg_key(good)
+                    _stored_name(name.encode())
                     if cur.set_range(base + b"\xff" * 8):
                         ok = cur.prev()
                     else:
@@ -1603,7 +1497,10 @@ class StandbyCopies:
                     img.held[name] = (first, sc.split_sb_msg_key(end)[1])
                 ok = cur.set_range(k[:-9] + b"\x01")
         for k, v in s._scan(sc.SB_FLOORS, b""):
-            img.floors[sc.split_sb_channel_key(k)] = sc.unpack_q(v)
+            t, c = sc.split_sb_channel_key(k)
+            _stored_name(t.encode())
+            _stored_name(c.encode())
+            img.floors[(t, c)] = sc.unpack_q(v)
         for k, _v in s._scan(sc.SB_FINS, b""):
             img.finished.append(sc.split_sb_fin_key(k))
         for k, v in s._scan(sc.SB_STATES, b""):
