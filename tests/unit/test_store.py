@@ -416,3 +416,52 @@ async def test_close_commits_what_a_loop_turn_left_pending(tmp_path: Path) -> No
         )
     finally:
         again.close()
+
+
+async def test_a_name_no_client_could_have_created_is_malformed_store_data(
+    tmp_path: Path,
+) -> None:
+    """make chaos (bitflip, seed 2, session 8): a standby topic named 'ch`os' (one bit
+    from 'chaos') became a topic of the owner, which then replicated it in every
+    batch and the partner refused every one of them: a wedged pair. A name read back
+    from the store that is not a valid name is malformed data (at start-up a corrupt
+    store, re-silvered from the partner), never a topic."""
+    from pairq.broker.store import MALFORMED
+
+    path = tmp_path / "s"
+    s = Store(path, max_bytes=256 * MiB, reserve_bytes=MiB)
+    s.open()
+    s.start(asyncio.get_running_loop())
+    recs = _records(2, 50)
+    await s.commit(
+        s.catalog.put_topic("chaos", 1, False),
+        _append(s, 1, 0, recs),
+        s.standby.append("chaos", 0, recs, crcs(recs), index=True),
+    )
+    s.close()
+    for db, key, bad in (
+        ("catalog", schema.catalog_topic_key("chaos"), schema.catalog_topic_key("ch`os")),
+        ("sb_msgs", schema.sb_msg_key("chaos", 0), None),
+    ):
+        env = lmdb.open(str(path), max_dbs=32)
+        with env.begin(write=True) as txn:
+            d = env.open_db(db.encode(), txn=txn)
+            if bad is None:  # a valid copy, re-checked at its new key: only the name is wrong
+                from pairq.broker.checksum import crc
+
+                bad = schema.sb_msg_key("ch`os", 0)
+                txn.put(bad, schema.pack_record(bad, crc(recs[0]), recs[0]), db=d)
+            else:
+                txn.put(bad, txn.get(key, db=d), db=d)
+            txn.delete(key, db=d)
+        env.close()
+        s = Store(path, max_bytes=256 * MiB, reserve_bytes=MiB)
+        s.open()
+        try:
+            with pytest.raises(MALFORMED, match="invalid topic or channel name 'ch`os'"):
+                if db == "catalog":
+                    s.catalog.load()
+                else:
+                    s.standby.load()
+        finally:
+            s.close()

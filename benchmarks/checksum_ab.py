@@ -1,0 +1,157 @@
+"""What record checksums cost (issue 15: at least 0.95x of without), measured in one run.
+
+    .venv/bin/python benchmarks/checksum_ab.py [--slices N] [--quick]
+
+Starts, side by side, a single broker and a pair with checksums on (this tree as it
+is) and the same with checksums off: their processes run under ``NOCRC`` below,
+which replaces ``pairq.broker.checksum.crc`` with ``len`` (a C builtin, the cheapest
+stand-in that still returns an int per record) before anything imports it, so every
+stored check, every verify on read and the partner's check of each replicated
+record cost next to nothing. Then it alternates slices (off, on, on, off, ...) of
+the same workload on each, so a shared machine's drift hits both alike, and prints
+each mode's msg/s over its slices, broker CPU per message and the on/off ratio:
+
+- ``publish_batch``: batches of 100 200-byte messages, 64 in flight, one broker;
+- ``publish_single``: lone publishes, 2,000 in flight, one broker;
+- ``pair_batch`` / ``pair_single``: the same to a pair (acked after both fsyncs).
+
+The last line is JSON. Exit 0 unless a run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pair_bench
+import run as R
+
+from pairq.testing import BrokerProcess
+
+# Runs ``python -m pairq.cli ...`` (argv after it) with checksums stubbed out.
+NOCRC = (
+    "import runpy, sys; import pairq.broker.checksum as c; "
+    "c.crc = len; c.crcs = lambda records: list(map(len, records)); "
+    "sys.argv = ['pairq', *sys.argv[4:]]; runpy.run_module('pairq.cli', run_name='__main__')"
+)
+
+
+def _patched(bp: BrokerProcess) -> BrokerProcess:
+    """The same broker run under ``NOCRC``: BrokerProcess runs ``[*prefix,
+    sys.executable, "-m", "pairq.cli", "broker", ...]``, which ``python -c NOCRC``
+    sees as its argv[1:]."""
+    return BrokerProcess(
+        bp.data_dir,
+        port=bp.port,
+        args=bp.args,
+        log_path=bp.log_path,
+        prefix=[sys.executable, "-c", NOCRC],
+    )
+
+
+@contextlib.contextmanager
+def single(tmp: Path, name: str, crc: bool) -> Iterator[BrokerProcess]:
+    bp = BrokerProcess(
+        tmp / name,
+        args=["--sync", "always", "--log-level", "warning"],
+        log_path=str(tmp / f"{name}.log"),
+    )
+    if not crc:
+        bp = _patched(bp)
+    bp.start()
+    try:
+        yield bp
+    finally:
+        bp.kill()
+
+
+@contextlib.asynccontextmanager
+async def pair(tmp: Path, name: str, crc: bool) -> AsyncIterator[pair_bench.Pair]:
+    p = pair_bench.Pair(tmp, name)
+    if not crc:
+        p.a, p.b = _patched(p.a), _patched(p.b)
+    try:
+        await p.start()
+        yield p
+    finally:
+        p.stop()
+
+
+async def _slices(
+    kind: str, targets: dict[bool, tuple[str, int]], sz: R.Sizes, slices: int
+) -> dict[bool, dict[str, Any]]:
+    """Alternating slices of one workload on the two targets (address, broker pid)."""
+    out: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    for k in range(slices):
+        order = [False, True] if k % 2 == 0 else [True, False]
+        for on in order:
+            address, pid = targets[on]
+            R.CPU.broker_pid = pid
+            label = f"{kind} crc {'on ' if on else 'off'} {k + 1}/{slices}"
+            topic = f"ab_{kind}_{'on' if on else 'off'}"
+            if kind.endswith("batch"):
+                r = await R.publish_batches(address, sz, topic, sz.batch_n, label)
+            else:
+                r = await R.publish_single(address, sz, topic=topic, label=label)
+            out[on].append(r)
+    return {on: R._combine(rs) for on, rs in out.items()}
+
+
+async def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--slices", type=int, default=6, help="slices per mode and workload")
+    ap.add_argument("--quick", action="store_true", help="smaller slices")
+    args = ap.parse_args(argv)
+    base = R.QUICK
+    per = 1 if args.quick else 2
+    sz = dataclasses.replace(
+        base,
+        batch_n=base.batch_n * per // args.slices,
+        single_n=base.single_n * per // args.slices,
+        time_cap=base.time_cap * per / args.slices,
+    )
+    results: dict[str, dict[bool, dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="pairq-crc-ab-") as d:
+        tmp = Path(d)
+        R.log(f"checksums on vs off, {args.slices} alternating slices each, data in {tmp}")
+        with single(tmp, "on", True) as on, single(tmp, "off", False) as off:
+            assert on.proc is not None and off.proc is not None
+            targets = {True: (on.address, on.proc.pid), False: (off.address, off.proc.pid)}
+            for kind in ("publish_batch", "publish_single"):
+                results[kind] = await _slices(kind, targets, sz, args.slices)
+        async with pair(tmp, "pon", True) as pon, pair(tmp, "poff", False) as poff:
+            targets = {
+                True: (pon.a.address, pon.pids()[0]),
+                False: (poff.a.address, poff.pids()[0]),
+            }
+            for kind in ("pair_batch", "pair_single"):
+                results[kind] = await _slices(kind, targets, sz, args.slices)
+    summary: dict[str, Any] = {}
+    print(
+        f"\n{'workload':<16}{'off msg/s':>12}{'on msg/s':>12}{'on/off':>8}{'off us':>8}{'on us':>8}"
+    )
+    for kind, r in results.items():
+        off, on = r[False], r[True]
+        ratio = on["msgs_per_s"] / off["msgs_per_s"]
+        summary[f"{kind}_on_vs_off"] = round(ratio, 3)
+        print(
+            f"{kind:<16}{off['msgs_per_s']:>12,.0f}{on['msgs_per_s']:>12,.0f}{ratio:>8.3f}"
+            f"{off['broker_us']:>8.1f}{on['broker_us']:>8.1f}"
+        )
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))
