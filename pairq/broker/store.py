@@ -938,7 +938,9 @@ def _good_edge(
 ) -> bytes | None:
     """From the cursor's record on (``ok``: it is on one), the key of the first record
     under ``prefix`` whose check holds, moving forward or back; records failing it are
-    counted (``saw_bad``) and passed over. None: no good record under ``prefix``.
+    logged and passed over (not marked bad here: the seq may be written again, and a
+    read or the scrub that meets a bad record reports it). None: no good record
+    under ``prefix``.
     A key that does not even decode raises (``MALFORMED``: at start-up, a corrupt
     store, re-silvered from the partner): the copy it held cannot be named."""
     decode = sc.unpack_seq_key if db == sc.MSGS else sc.split_sb_msg_key
@@ -951,7 +953,11 @@ def _good_edge(
         decode(key)
         if _holds(db, key, bytes(cur.value())):
             return key
-        s.integrity.saw_bad(db, key)
+        log.warning(
+            "passed over the record at %s key %s at the end of a range: it fails its check",
+            sc.DB_NAMES[db],
+            key.hex(),
+        )
         ok = cur.next() if forward else cur.prev()
     return None
 
