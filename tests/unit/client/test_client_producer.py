@@ -112,6 +112,28 @@ async def test_a_failover_moves_the_route_a_refresh_made_during_the_attempt() ->
         assert p._penalized([a, b, c, d]) == {2, 3}
 
 
+async def test_a_failover_leaves_the_partner_a_refresh_moved_to_while_the_attempt_hung() -> None:
+    """make chaos (mixed, seed 1, session 8; isolate-broker p0b): while the publish to
+    the isolated p0b waited out its RPC timeout, a placement refresh no longer listed
+    p0b (gossip had declared it dead) and, the broker in use gone, moved the route to
+    the placement's first broker: p0b's partner p0a. The failover then penalized
+    p0a and p0b but left the route on p0a, because it was not the broker that failed,
+    and p0a waited out its own ack timeout before refusing: 3.69 s without an ack. The
+    route must leave any penalized broker, not only the one that failed."""
+    from pairq.client.producer import _Route
+
+    async with Producer(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]) as p:
+        a, b, c, d = (p._conn(f"127.0.0.1:{i}") for i in (1, 2, 3, 4))
+        used = _Route([a, b, c, d], groups=["p0", "p0", "p1", "p1"])
+        used.current = 1  # the attempt went to b (p0b)
+        refreshed = _Route([a, c, d], groups=["p0", "p1", "p1"])  # b no longer listed
+        refreshed.current = 0  # the refresh moved to a (p0a), b's partner
+        p._routes["t"] = refreshed
+        p._fail_over("t", used, b, UnavailableError("b did not answer"))
+        assert refreshed.conns[refreshed.current] is c  # the other pair, not p0a
+        assert p._penalized([a, b, c, d]) == {0, 1}
+
+
 async def test_gives_up_after_retry_timeout() -> None:
     dead = f"127.0.0.1:{free_port()}"
     async with Producer([dead], retry_timeout=0.3, retry_backoff=0.01) as p:
