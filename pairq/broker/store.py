@@ -802,7 +802,12 @@ class Store:
         ):
             return
         self._last_space_check = now
-        self._refresh_usage()
+        try:
+            self._refresh_usage()
+        except STRUCTURE_ERRORS as exc:  # from the writer thread: the store's end
+            log.critical("LMDB reports its structure corrupt: %s", exc)
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
 
     def _refresh_usage(self) -> None:
         with self.env.begin() as txn:
@@ -813,8 +818,16 @@ class Store:
         main = self.env.stat()
         psize = main["psize"]
         pages += main["branch_pages"] + main["leaf_pages"] + main["overflow_pages"]
-        self.used_bytes = pages * psize
         file_pages = self.env.info()["last_pgno"] + 1
+        if pages > file_pages:
+            # LMDB keeps these counts in each tree's record and checks none of them: a
+            # flipped bit there (make chaos, bitflip seed 2: 2^60 pages) made the store
+            # look full for good, refusing every publish and the partner's batches.
+            raise lmdb.CorruptedError(
+                f"the trees' page counts add up to {pages} pages, more than the "
+                f"{file_pages} of the data file"
+            )
+        self.used_bytes = pages * psize
         try:
             st = os.statvfs(self.path)
             disk_free: int | None = st.f_bavail * st.f_frsize

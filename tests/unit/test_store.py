@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -467,3 +468,34 @@ async def test_a_name_no_client_could_have_created_is_malformed_store_data(
                     s.standby.load()
         finally:
             s.close()
+
+
+async def test_page_counts_larger_than_the_file_are_a_corrupt_store(tmp_path: Path) -> None:
+    """make chaos (bitflip, seed 2, session 8): a flipped bit in the page count LMDB
+    keeps in a tree's record (2^60 pages) made the store look full for good: every
+    publish and every batch from the partner refused, GetStats failing. LMDB checks
+    no such count, so the store does: more pages than the file holds is a corrupt
+    structure (at start-up: re-silvered from the partner)."""
+    path = tmp_path / "s"
+    s = Store(path, max_bytes=256 * MiB, reserve_bytes=MiB)
+    s.open()
+    s.start(asyncio.get_running_loop())
+    await s.commit(_append(s, 1, 0, _records(50, 100)))
+    s.close()
+    env = lmdb.open(str(path), max_dbs=32, readonly=True, lock=False)
+    with env.begin() as txn:
+        record = bytes(txn.get(b"msgs"))  # its MDB_db: leaf pages at bytes 16..24
+    env.close()
+    raw = bytearray((path / "data.mdb").read_bytes())
+    damaged = record[:23] + bytes([record[23] ^ 0x10]) + record[24:]
+    at = raw.find(record)
+    assert at >= 0
+    while at >= 0:
+        raw[at : at + len(record)] = damaged
+        at = raw.find(record, at + 1)
+    (path / "data.mdb").write_bytes(bytes(raw))
+    s = Store(path, max_bytes=256 * MiB, reserve_bytes=MiB)
+    with pytest.raises(lmdb.CorruptedError, match="page counts add up to"):
+        s.open()
+    with contextlib.suppress(Exception):
+        s.close()
