@@ -151,6 +151,10 @@ STRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     lmdb.VersionMismatchError,
     lmdb.PanicError,
     lmdb.BadTxnError,
+    # Every database is opened with the flags it was created with, so a tree whose
+    # stored flags no longer match (a flipped bit in its record: make chaos, bitflip
+    # seed 3, session 8, where every cleanup then failed) is damage too.
+    lmdb.IncompatibleError,
     TruncatedStoreError,
     CrashedStoreError,
 )

@@ -499,3 +499,32 @@ async def test_page_counts_larger_than_the_file_are_a_corrupt_store(tmp_path: Pa
         s.open()
     with contextlib.suppress(Exception):
         s.close()
+
+
+async def test_a_tree_whose_flags_changed_is_a_corrupt_structure(tmp_path: Path) -> None:
+    """make chaos (bitflip, seed 3, session 8): after a flipped bit in a tree's record,
+    every cleanup failed with MDB_INCOMPATIBLE ("Operation and DB incompatible, or DB
+    flags changed"), an error the writer did not count as damage: it failed each
+    batch, the takeover retried for ever and 1,680 acknowledged messages were never
+    delivered. That damage cannot be aimed at from here (which page LMDB reads the
+    flags from depends on the file), so a real store's write raises what LMDB raised
+    there; the writer must report it as the store's end (``on_fatal``)."""
+    from pairq.broker.store import Write
+
+    class Incompatible(Write):
+        def apply(self, txn: object, s: Store) -> None:
+            raise lmdb.IncompatibleError(
+                "mdb_cursor_del: MDB_INCOMPATIBLE: Operation and DB incompatible, or DB flags changed"
+            )
+
+    s = Store(tmp_path / "s", max_bytes=256 * MiB, reserve_bytes=MiB)
+    s.open()
+    fatal: list[BaseException] = []
+    s.on_fatal = fatal.append
+    s.start(asyncio.get_running_loop())
+    try:
+        with pytest.raises(StoreFullError, match="store is corrupt"):
+            await s.commit(Incompatible())
+        assert len(fatal) == 1 and isinstance(fatal[0], lmdb.IncompatibleError)
+    finally:
+        s.close()
