@@ -968,7 +968,7 @@ def _good_edge(
         if not key.startswith(prefix):
             return None
         decode(key)
-        if _holds(db, key, bytes(cur.value())):
+        if _holds(key, bytes(cur.value())):
             return key
         log.warning(
             "passed over the record at %s key %s at the end of a range: it fails its check",
@@ -989,18 +989,12 @@ def _stored_name(raw: bytes) -> str:
     return name
 
 
-def _check_at(db: int) -> int:
-    """Where a stored value's check starts (a dead letter's follows its attempts)."""
-    return 4 if db == sc.DLQ else 0
-
-
-def _holds(db: int, key: bytes, value: bytes) -> bool:
-    """Whether ``value`` passes its check at ``key``."""
-    at = _check_at(db)
-    if len(value) < at + 4:
+def _holds(key: bytes, value: bytes) -> bool:
+    """Whether a stored record (``msgs``, ``sb_msgs``) passes its check at ``key``."""
+    if len(value) < 4:
         return False
-    stored = int.from_bytes(value[at : at + 4], "big")
-    return bool(crc32c(bytes(value[at + 4 :])) == sc.keyed(stored, key))
+    c, rec = sc.split_record(value)
+    return bool(crc32c(rec) == sc.keyed(c, key))
 
 
 def _checked_rows(
@@ -1108,9 +1102,9 @@ class MessageLog:
 
     def seq_range(self, topic_id: int) -> tuple[int | None, int | None]:
         """(lowest, highest) seq of a good record held for the topic (None, None when
-        it holds none). A record failing its check at either end is passed over (and
-        counted): a flipped bit in a key must not move the topic's head (the stored
-        check covers the key, ``schema.keyed``)."""
+        it holds none). A record failing its check at either end is passed over
+        (``_good_edge``): a flipped bit in a key must not move the topic's head (the
+        stored check covers the key, ``schema.keyed``)."""
         s = self._s
         prefix = sc.id_prefix(topic_id)
         first = last = None

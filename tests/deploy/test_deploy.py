@@ -160,6 +160,18 @@ def console_serves(d: Deployment) -> None:
         time.sleep(0.2)  # polling a condition with a deadline
 
 
+def roundtrip(deployment: Deployment, topic: str, n: int) -> None:
+    """At least ``n`` messages published and consumed through the deployed lookups,
+    every acknowledged one handled once."""
+
+    async def run() -> None:
+        async with Load(deployment.lookup_addresses, tls_ca=deployment.tls_ca, topic=topic) as load:
+            await load.flowing(n)
+        load.check(at_least=n)
+
+    asyncio.run(run())
+
+
 def test_site_deploys_a_cluster_that_serves(deployment: Deployment) -> None:
     out = deployment.playbook("site.yml")
     assert "pairq_admin : Wait for the console to listen" in out.stdout
@@ -176,14 +188,7 @@ def test_site_deploys_a_cluster_that_serves(deployment: Deployment) -> None:
         text = (deployment.host_root(h) / "etc" / f"pairq-broker-{h}.toml").read_text()
         assert "partner = " in text and "min_copies = 2" in text
 
-    async def roundtrip() -> None:
-        async with Load(
-            deployment.lookup_addresses, tls_ca=deployment.tls_ca, topic="deploy-smoke"
-        ) as load:
-            await load.flowing(200)
-        load.check(at_least=200)
-
-    asyncio.run(roundtrip())
+    roundtrip(deployment, "deploy-smoke", 200)
 
 
 def test_second_site_run_changes_nothing(deployment: Deployment) -> None:
@@ -233,14 +238,7 @@ def test_new_tls_files_are_reloaded_without_a_restart(deployment: Deployment) ->
             time.sleep(0.2)  # polling a condition with a deadline
     assert {h: deployment.starts(h) for h in ALL} == before, "a TLS reload restarted a service"
 
-    async def roundtrip() -> None:
-        async with Load(
-            deployment.lookup_addresses, tls_ca=deployment.tls_ca, topic="deploy-tls"
-        ) as load:
-            await load.flowing(100)
-        load.check(at_least=100)
-
-    asyncio.run(roundtrip())
+    roundtrip(deployment, "deploy-tls", 100)
 
 
 def test_rolling_restart_under_load_loses_nothing(deployment: Deployment) -> None:

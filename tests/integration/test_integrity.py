@@ -179,13 +179,7 @@ async def test_scrub_finds_and_repairs_what_no_read_met(tmp_path: Path) -> None:
         victims = rng.sample(sorted(acked.values()), 8)
         flipped = _flip_bodies(Path(b.data_dir) / "store" / "data.mdb", victims, rng)
         assert flipped >= 6
-        out = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "pairq", "scrub", "--broker", b.address],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = await _pairq_scrub(b.address)
         assert out.returncode == 0, out.stderr
         assert "bad" in out.stdout
         deadline = asyncio.get_running_loop().time() + 20
@@ -203,6 +197,17 @@ async def test_scrub_finds_and_repairs_what_no_read_met(tmp_path: Path) -> None:
     finally:
         a.stop()
         b.stop()
+
+
+async def _pairq_scrub(address: str) -> subprocess.CompletedProcess[str]:
+    """``pairq scrub --broker ADDRESS``, as an operator runs it."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "pairq", "scrub", "--broker", address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _text(path: str) -> str:
@@ -482,13 +487,7 @@ async def test_a_scrub_that_meets_a_broken_tree_page_resilvers_the_store(tmp_pat
     try:
         acked = await _start_and_publish(a, b, rng)
         _break_tree_root(Path(b.data_dir) / "store", "sb_msgs")
-        out = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "pairq", "scrub", "--broker", b.address],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = await _pairq_scrub(b.address)
         assert out.returncode != 0, out.stdout
         assert "DATA_LOSS" in out.stderr or "corrupt" in out.stderr, out.stderr
         assert b.proc is not None

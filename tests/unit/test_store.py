@@ -174,14 +174,21 @@ async def test_at_the_cap_appends_fail_and_other_writes_commit(tmp_path: Path) -
         s2.close()
 
 
-async def test_a_record_failing_its_checksum_is_never_returned(tmp_path: Path) -> None:
-    path = tmp_path / "s"
+async def _six_records_owned_and_standby(path: Path) -> list[bytes]:
+    """A closed store at ``path`` holding six records in topic 1's log and the same as
+    standby copies of topic "t"; the records."""
     s = Store(path, max_bytes=256 * MiB, reserve_bytes=MiB)
     s.open()
     s.start(asyncio.get_running_loop())
     recs = _records(6, 100)
     await s.commit(_append(s, 1, 0, recs), s.standby.append("t", 0, recs, crcs(recs), index=True))
     s.close()
+    return recs
+
+
+async def test_a_record_failing_its_checksum_is_never_returned(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    recs = await _six_records_owned_and_standby(path)
     _flip(path, "msgs", schema.seq_key(1, 3))
     _flip(path, "sb_msgs", schema.sb_msg_key("t", 4))
     s = Store(path, max_bytes=256 * MiB, reserve_bytes=MiB)
@@ -252,12 +259,7 @@ async def test_a_record_whose_key_flipped_fails_its_check_and_moves_no_range(
     range nor a standby topic's range counts it (the seq it left is missing, and a
     missing seq is fetched from the partner, Channel._explained)."""
     path = tmp_path / "s"
-    s = Store(path, max_bytes=256 * MiB, reserve_bytes=MiB)
-    s.open()
-    s.start(asyncio.get_running_loop())
-    recs = _records(6, 100)
-    await s.commit(_append(s, 1, 0, recs), s.standby.append("t", 0, recs, crcs(recs), index=True))
-    s.close()
+    await _six_records_owned_and_standby(path)
     huge = (1 << 63) | 5
     _move_key(path, "msgs", schema.seq_key(1, 5), schema.seq_key(1, huge))
     _move_key(path, "msgs", schema.seq_key(1, 1), schema.seq_key(1, 9))

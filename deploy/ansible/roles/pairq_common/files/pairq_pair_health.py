@@ -66,18 +66,11 @@ def _channel(address: str, tls: dict[str, str] | None) -> Any:
 
     if tls is None:
         return grpc.insecure_channel(address)
+    from pairq.security.client import ClientSecurity  # the clients' own TLS files rules
 
-    def read(path: str) -> bytes | None:
-        if not path:
-            return None
-        with open(path, "rb") as f:
-            return f.read()
-
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=read(tls.get("ca", "")),
-        private_key=read(tls.get("key", "")),
-        certificate_chain=read(tls.get("cert", "")),
-    )
+    creds = ClientSecurity(
+        tls_cert=tls.get("cert", ""), tls_key=tls.get("key", ""), tls_ca=tls.get("ca", "")
+    ).credentials()
     return grpc.secure_channel(address, creds)
 
 
