@@ -1,13 +1,14 @@
 """What record checksums cost (issue 15: at least 0.95x of without), measured in one run.
 
-    .venv/bin/python benchmarks/checksum_ab.py [--slices N] [--quick]
+    .venv/bin/python benchmarks/checksum_ab.py [--slices N] [--quick | --scale K]
 
 Starts, side by side, a single broker and a pair with checksums on (this tree as it
 is) and the same with checksums off: their processes run under ``NOCRC`` below,
-which replaces ``pairq.broker.checksum.crc`` with ``len`` (a C builtin, the cheapest
-stand-in that still returns an int per record) before anything imports it, so every
-stored check, every verify on read and the partner's check of each replicated
-record cost next to nothing. Then it alternates slices (off, on, on, off, ...) of
+which replaces ``pairq.broker.checksum``'s functions before anything imports them:
+every CRC32C is 0, a batch's are ``[0] * n`` and its stored checks are the crcs as
+they are (consistent with each other, so nothing reads as corrupt), so every stored
+check, every verify on read and the partner's check of each replicated record cost
+next to nothing. Then it alternates slices (off, on, on, off, ...) of
 the same workload on each, so a shared machine's drift hits both alike, and prints
 each mode's msg/s over its slices, broker CPU per message and the on/off ratio:
 
@@ -37,12 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pair_bench
 import run as R
 
+from pairq.broker import checksum
 from pairq.testing import BrokerProcess
 
 # Runs ``python -m pairq.cli ...`` (argv after it) with checksums stubbed out.
 NOCRC = (
     "import runpy, sys; import pairq.broker.checksum as c; "
-    "c.crc = len; c.crcs = lambda records: list(map(len, records)); "
+    "c.crc = lambda data: 0; c.crcs = lambda records: [0] * len(records); "
+    "c.keyed_many = lambda crcs, keys: crcs; "
     "sys.argv = ['pairq', *sys.argv[4:]]; runpy.run_module('pairq.cli', run_name='__main__')"
 )
 
@@ -120,9 +123,10 @@ async def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--slices", type=int, default=6, help="slices per mode and workload")
     ap.add_argument("--quick", action="store_true", help="smaller slices")
+    ap.add_argument("--scale", type=int, default=2, help="messages per slice, x the quick size")
     args = ap.parse_args(argv)
     base = R.QUICK
-    per = 1 if args.quick else 2
+    per = 1 if args.quick else args.scale
     sz = dataclasses.replace(
         base,
         batch_n=base.batch_n * per // args.slices,
@@ -132,7 +136,10 @@ async def main(argv: list[str]) -> int:
     results: dict[str, dict[bool, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="pairq-crc-ab-") as d:
         tmp = Path(d)
-        R.log(f"checksums on vs off, {args.slices} alternating slices each, data in {tmp}")
+        R.log(
+            f"checksums on vs off, {args.slices} alternating slices each, data in {tmp}; "
+            f"CRC32C by {checksum.IMPLEMENTATION}"
+        )
         with single(tmp, "on", True) as on, single(tmp, "off", False) as off:
             assert on.proc is not None and off.proc is not None
             targets = {True: (on.address, on.proc.pid), False: (off.address, off.proc.pid)}
@@ -157,6 +164,7 @@ async def main(argv: list[str]) -> int:
             f"{kind:<16}{off['msgs_per_s']:>12,.0f}{on['msgs_per_s']:>12,.0f}{ratio:>8.3f}"
             f"{off['broker_us']:>8.1f}{on['broker_us']:>8.1f}"
         )
+    summary["implementation"] = checksum.IMPLEMENTATION
     print(json.dumps(summary))
     return 0
 

@@ -57,6 +57,7 @@ from typing import Any, ClassVar
 
 import lmdb
 
+from pairq.broker import checksum
 from pairq.broker import schema as sc
 from pairq.broker.checksum import crc as crc32c
 from pairq.broker.schema import ChannelMeta, TopicMeta
@@ -206,11 +207,9 @@ class _Append(Write):
         prefix = sc.crc_prefix
         tid = self.topic_id
         keys = [key(tid, q) for q in range(self.seq, self.seq + len(self.records))]
+        checks = checksum.keyed_many(self.crcs, keys)  # schema.keyed, the batch in one call
         txn.cursor(db=s.dbs[sc.MSGS]).putmulti(
-            [
-                (k, prefix(c ^ crc32c(k)) + rec)
-                for k, rec, c in zip(keys, self.records, self.crcs, strict=True)
-            ]
+            [(k, prefix(c) + rec) for k, rec, c in zip(keys, self.records, checks, strict=True)]
         )
         if s.index_ids:
             txn.cursor(db=s.dbs[sc.IDS0 + s.ids_gen]).putmulti(
@@ -234,11 +233,9 @@ class _StandbyAppend(Write):
         pack = sc.pack_q
         prefix = sc.crc_prefix
         keys = [base + pack(q) for q in range(self.seq, self.seq + len(self.records))]
+        checks = checksum.keyed_many(self.crcs, keys)
         txn.cursor(db=s.dbs[sc.SB_MSGS]).putmulti(
-            [
-                (k, prefix(c ^ crc32c(k)) + rec)
-                for k, rec, c in zip(keys, self.records, self.crcs, strict=True)
-            ]
+            [(k, prefix(c) + rec) for k, rec, c in zip(keys, self.records, checks, strict=True)]
         )
         if s.index_ids and self.index:
             txn.cursor(db=s.dbs[sc.IDS0 + s.ids_gen]).putmulti(
@@ -998,23 +995,33 @@ def _holds(key: bytes, value: bytes) -> bool:
 
 
 def _checked_rows(
-    s: Store, db: int, items: Iterable[tuple[int, bytes, bytes]], stop_at_corrupt: bool
+    s: Store, db: int, items: list[tuple[int, bytes, bytes]], stop_at_corrupt: bool
 ) -> LogRead:
-    """(seq, key, stored value) -> LogRead, verifying every value's crc32c."""
+    """(seq, key, stored value) -> LogRead, verifying every value's crc32c (the
+    batch's checks in two calls: ``checksum``)."""
     out = LogRead()
+    if not items:
+        return out
     crc_of = sc.crc_of_value
-    rows, crcs = out.rows, out.crcs
-    for seq, key, value in items:
-        c = crc_of(value)[0] ^ crc32c(key)  # the record's own crc32c (sc.keyed)
-        rec = bytes(value[4:])
-        if crc32c(rec) != c:
+    # A value too short to hold its check fails it (-1, never a crc32c).
+    stored = [crc_of(v)[0] if len(v) >= 4 else -1 for _, _, v in items]
+    recs = [bytes(v[4:]) for _, _, v in items]
+    own = checksum.keyed_many([c & 0xFFFFFFFF for c in stored], [k for _, k, _ in items])
+    got = checksum.crcs(recs)
+    if own == got and -1 not in stored:  # the common case: all good
+        out.rows = [(q, r) for (q, _, _), r in zip(items, recs, strict=True)]
+        out.crcs = got
+        return out
+    rows, checks = out.rows, out.crcs
+    for (seq, key, _), rec, c, g, raw in zip(items, recs, own, got, stored, strict=True):
+        if raw < 0 or g != c:
             s.integrity.saw_bad(db, key)
             out.corrupt.append(seq)
             if stop_at_corrupt:
                 break
             continue
         rows.append((seq, rec))
-        crcs.append(c)
+        checks.append(c)
     return out
 
 

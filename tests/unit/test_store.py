@@ -530,3 +530,21 @@ async def test_a_tree_whose_flags_changed_is_a_corrupt_structure(tmp_path: Path)
         assert len(fatal) == 1 and isinstance(fatal[0], lmdb.IncompatibleError)
     finally:
         s.close()
+
+
+async def test_a_value_too_short_to_hold_its_check_reads_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    await _six_records_owned_and_standby(path)
+    env = lmdb.open(str(path), max_dbs=32)
+    with env.begin(write=True) as txn:
+        txn.put(schema.seq_key(1, 2), b"\x01\x02", db=env.open_db(b"msgs", txn=txn))
+    env.close()
+    s = Store(path, max_bytes=256 * MiB, reserve_bytes=MiB)
+    s.open()
+    s.start(asyncio.get_running_loop())
+    try:
+        got = s.log.read(1, 0, 10, 100, stop_at_corrupt=False)
+        assert [q for q, _ in got.rows] == [0, 1, 3, 4, 5] and got.corrupt == [2]
+        assert len(got.crcs) == 5 and s.integrity.failures == 1
+    finally:
+        s.close()
