@@ -122,6 +122,17 @@ def add_worktree(tmp: Path, label: str, rev: str) -> Rev:
         raise SystemExit(f"bench-compare: {label}={rev} is not a commit") from None
     path = tmp / label.lower()
     git("worktree", "add", "--detach", str(path), commit)
+    if (path / "setup.py").exists():
+        # A revision with compiled parts (pairq/broker/_crc32c.c): built in place, as
+        # `pip install -e` builds them in a checkout; without them it would measure
+        # the pure-Python fallback instead of the revision as installed.
+        log(f"bench-compare: building {label}'s extension modules")
+        subprocess.run(
+            [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+            cwd=path,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return Rev(label, rev, commit, path, worktree=True)
 
 
