@@ -73,6 +73,31 @@ class Penalties:
         return set(self._until)
 
 
+class RateLimit:
+    """At most one event per key per ``period`` (for logs an operator reads).
+
+    ``allow(key, now)`` is None while ``key`` had an allowed event less than ``period``
+    before ``now`` (the event is counted), else the number of events counted since
+    the last allowed one (0 the first time), and ``now`` starts a new period.
+    """
+
+    __slots__ = ("_last", "period")
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def allow(self, key: str, now: float) -> int | None:
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.period:
+            self._last[key] = (last[0], last[1] + 1)
+            return None
+        if len(self._last) > 1024:  # forget keys quiet for a period
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.period}
+        self._last[key] = (now, 0)
+        return last[1] if last is not None else 0
+
+
 def pick_broker(count: int, start: int, avoid: Collection[int]) -> int:
     """Which of a route's ``count`` brokers to use: the first index from ``start`` on,
     in route order and wrapping around, that is not in ``avoid``; ``start`` itself

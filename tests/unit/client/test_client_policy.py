@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pairq.client._ids import IdGenerator
 from pairq.client._policy import (
     Penalties,
+    RateLimit,
     cut_batch,
     pick_broker,
     rdy_per_connection,
@@ -144,3 +145,14 @@ def test_penalties_expire_and_a_success_clears_them() -> None:
     assert p.active(118.0) == set()
     p.clear("nobody")
     assert p.active(200.0) == set()
+
+
+def test_rate_limit_allows_one_event_per_key_per_period_and_counts_the_rest() -> None:
+    r = RateLimit(10.0)
+    assert r.allow("a", 100.0) == 0  # the first one
+    assert r.allow("b", 101.0) == 0  # another key has its own period
+    assert r.allow("a", 105.0) is None
+    assert r.allow("a", 109.9) is None
+    assert r.allow("a", 110.0) == 2  # a new period, with what was held back
+    assert r.allow("a", 111.0) is None
+    assert r.allow("a", 130.0) == 1

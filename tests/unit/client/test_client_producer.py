@@ -8,6 +8,7 @@ tests/integration/test_client.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import grpc
 import pytest
@@ -132,6 +133,37 @@ async def test_a_failover_leaves_the_partner_a_refresh_moved_to_while_the_attemp
         p._fail_over("t", used, b, UnavailableError("b did not answer"))
         assert refreshed.conns[refreshed.current] is c  # the other pair, not p0a
         assert p._penalized([a, b, c, d]) == {0, 1}
+
+
+async def test_a_failover_is_logged_with_what_failed_and_where_the_route_goes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An operator sees each broker going bad once (WARNING: the broker, the error, how
+    long the attempt took, the brokers penalized, the broker the route moves to); the
+    failovers from it that follow within ``FAILOVER_LOG_S`` go to DEBUG, counted in the
+    next WARNING."""
+    from pairq.client.producer import _Route
+
+    caplog.set_level(logging.DEBUG, logger="pairq.client.producer")
+    async with Producer(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]) as p:
+        a, b, c, d = (p._conn(f"127.0.0.1:{i}") for i in (1, 2, 3, 4))
+        route = _Route([a, b, c, d], groups=["p0", "p0", "p1", "p1"])
+        p._routes["t"] = route
+        p._fail_over("t", route, a, UnavailableError("no copy", partner="127.0.0.1:2"), 1.61)
+        (rec,) = caplog.records
+        assert rec.levelno == logging.WARNING
+        msg = rec.getMessage()
+        for part in (
+            "'t' to 127.0.0.1:1 failed after 1.61s (UnavailableError: no copy)",
+            "penalized for 10s: 127.0.0.1:1, 127.0.0.1:2",
+            "route moves to 127.0.0.1:3 (pair p1)",
+        ):
+            assert part in msg, msg
+        caplog.clear()
+        route.current = 0
+        p._fail_over("t", route, a, UnavailableError("again"), 0.01)
+        (rec,) = caplog.records
+        assert rec.levelno == logging.DEBUG and "failed after 0.01s" in rec.getMessage()
 
 
 async def test_gives_up_after_retry_timeout() -> None:
