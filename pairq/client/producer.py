@@ -42,10 +42,11 @@ another pair at once instead of to the silent partner and its RPC timeout. The
 failover moves the route in use when the attempt ends, also when a placement
 refresh replaced it meanwhile (the refresh keeps the broker in use, which would
 otherwise be tried again). A penalty never excludes a broker: with all of them
-penalized, they are tried in route order. Each failover is logged (WARNING,
-once per failing broker per ``FAILOVER_LOG_S``; every one at DEBUG): the broker,
-the error, how long the attempt took, the brokers penalized and where the route
-goes.
+penalized, the one that failed longest ago goes first (not the next in route
+order: that is usually the partner of the broker that just failed, penalized with
+it). Each failover is logged (WARNING, once per failing broker per
+``FAILOVER_LOG_S``; every one at DEBUG): the broker, the error, how long the
+attempt took, the brokers penalized and where the route goes.
 
 A transparent batch that the broker rejects as invalid is split and re-sent, so
 one bad publish cannot fail the publishes that happened to share its RPC: the
@@ -345,7 +346,8 @@ class Producer:
             # Stay on the broker in use while it is still listed.
             route.current = conns.index(cur)
         else:
-            route.current = pick_broker(len(conns), 0, self._penalized(conns))
+            ends = self._penalty_ends(conns)
+            route.current = pick_broker(len(conns), 0, set(ends), ends)
         if log.isEnabledFor(logging.DEBUG) and (
             old is None or old.conns != conns or cur is not conns[route.current]
         ):
@@ -718,8 +720,14 @@ class Producer:
 
     def _penalized(self, conns: list[BrokerConn]) -> set[int]:
         """Indexes of ``conns`` whose brokers are penalized now (``_policy.Penalties``)."""
-        bad = self._penalties.active(asyncio.get_running_loop().time())
-        return {i for i, c in enumerate(conns) if c.address in bad} if bad else set()
+        return set(self._penalty_ends(conns))
+
+    def _penalty_ends(self, conns: list[BrokerConn]) -> dict[int, float]:
+        """Index of each of ``conns`` penalized now -> when its penalty ends."""
+        ends = self._penalties.ends(asyncio.get_running_loop().time())
+        if not ends:
+            return {}
+        return {i: ends[c.address] for i, c in enumerate(conns) if c.address in ends}
 
     def _fail_over(
         self, topic: str, used: _Route, conn: BrokerConn, err: PairqError, elapsed: float = 0.0
@@ -757,9 +765,12 @@ class Producer:
         # may have moved the route to ``conn``'s partner (make chaos, mixed, seed 1:
         # the refresh no longer listed the silent p0b and went to p0a, which then
         # waited out its own ack timeout: 2 s + 1.7 s without an ack).
+        # With every broker penalized, the one that failed longest ago, not simply the
+        # next: that is usually this pair's other broker (``pick_broker``).
         if n > 1 and conns[route.current % n].address in bad:
-            avoid = self._penalized(conns)
-            route.current = pick_broker(n, route.current % n + 1, avoid | {route.current % n})
+            ends = self._penalty_ends(conns)
+            cur = route.current % n
+            route.current = pick_broker(n, cur + 1, set(ends) | {cur}, ends)
         self._log_failover(topic, route, conn, err, elapsed, bad, now, moved=route.current != was)
 
     def _log_failover(

@@ -134,6 +134,37 @@ def test_pick_broker_is_the_first_good_one_in_route_order(
     assert i == (good[0] if good else start % count)
 
 
+def test_pick_broker_with_every_one_penalized_takes_the_one_that_failed_longest_ago() -> None:
+    # make chaos (mixed, seed 1): p1 (2, 3) penalized by a fault 7 s ago, p0 (0, 1) just now
+    # as 0 refused for want of its partner's copy: the other pair, not the silent partner 1
+    ends = {0: 110.0, 1: 110.0, 2: 103.0, 3: 103.0}
+    assert pick_broker(4, 1, {0, 1, 2, 3}, ends) == 2
+    assert pick_broker(4, 3, {0, 1, 2, 3}, ends) == 3  # the first of equals from start
+    assert pick_broker(4, 1, {0, 1, 2, 3}, {0: 110.0, 1: 104.0, 2: 103.0}) == 2
+    # an avoided broker without a penalty (the one that just failed) counts as last
+    assert pick_broker(3, 1, {0, 1, 2}, {1: 105.0, 2: 104.0}) == 2
+    assert pick_broker(4, 1, {0}, ends) == 1  # one not avoided: route order, as before
+    assert pick_broker(4, 1, {0, 1, 2, 3}, {}) == 1
+
+
+@given(
+    st.integers(1, 8),
+    st.integers(0, 20),
+    st.dictionaries(st.integers(0, 7), st.integers(0, 3)),
+)
+def test_pick_broker_all_avoided_is_the_first_earliest_end_from_start(
+    count: int, start: int, ends: dict[int, int]
+) -> None:
+    ends_f = {i: float(t) for i, t in ends.items() if i < count}
+    i = pick_broker(count, start, set(range(count)), ends_f)
+    order = [(start + k) % count for k in range(count)]
+    if not ends_f:
+        assert i == start % count
+        return
+    key = [ends_f.get(j, float("inf")) for j in order]
+    assert i == order[key.index(min(key))]
+
+
 def test_penalties_expire_and_a_success_clears_them() -> None:
     p = Penalties(period=10.0)
     p.add(["a", "b"], now=100.0)
