@@ -42,11 +42,16 @@ another pair at once instead of to the silent partner and its RPC timeout. The
 failover moves the route in use when the attempt ends, also when a placement
 refresh replaced it meanwhile (the refresh keeps the broker in use, which would
 otherwise be tried again). A penalty never excludes a broker: with all of them
-penalized, they are tried in route order. A transparent batch that
-the broker rejects as invalid is split and re-sent, so one bad publish
-cannot fail the publishes that happened to share its RPC: the batch is re-sent
-in halves down to single units (a ``publish_batch`` call or part is one unit, so
-it fails only if its own messages are invalid).
+penalized, the one that failed longest ago goes first (not the next in route
+order: that is usually the partner of the broker that just failed, penalized with
+it). Each failover is logged (WARNING, once per failing broker per
+``FAILOVER_LOG_S``; every one at DEBUG): the broker, the error, how long the
+attempt took, the brokers penalized and where the route goes.
+
+A transparent batch that the broker rejects as invalid is split and re-sent, so
+one bad publish cannot fail the publishes that happened to share its RPC: the
+batch is re-sent in halves down to single units (a ``publish_batch`` call or
+part is one unit, so it fails only if its own messages are invalid).
 """
 
 from __future__ import annotations
@@ -64,7 +69,14 @@ from opentelemetry import context as otel_context
 
 from pairq.client._channel import DEFAULT_BROKER, BrokerConn, normalize_address
 from pairq.client._ids import ID_BYTES, IdGenerator
-from pairq.client._policy import Penalties, check_topic, cut_batch, pick_broker, retry_backoff
+from pairq.client._policy import (
+    Penalties,
+    RateLimit,
+    check_topic,
+    cut_batch,
+    pick_broker,
+    retry_backoff,
+)
 from pairq.client._tracing import inject, send_span
 from pairq.client.discovery import Discovery
 from pairq.errors import InvalidError, PairqError, UnavailableError
@@ -83,6 +95,9 @@ _MiB = 1024 * 1024
 # Bytes of protobuf framing per batch item beyond id and body (tags, lengths).
 _ITEM_OVERHEAD = 8
 _MAX_DEFER_MS = 0xFFFFFFFF
+# Failovers away from one broker logged at WARNING at most once per this many seconds
+# (the penalty's length: one report per broker going bad; the rest at DEBUG).
+FAILOVER_LOG_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +237,7 @@ class Producer:
         self._lookup_poll_interval = lookup_poll_interval
         self._routes: dict[str, _Route] = {}
         self._penalties = Penalties()
+        self._failover_log = RateLimit(FAILOVER_LOG_S)
         self._refreshing: dict[str, asyncio.Task[_Route]] = {}
         self._max_batch_size = max_batch_size
         self._max_batch_bytes = max_batch_bytes
@@ -330,7 +346,18 @@ class Producer:
             # Stay on the broker in use while it is still listed.
             route.current = conns.index(cur)
         else:
-            route.current = pick_broker(len(conns), 0, self._penalized(conns))
+            ends = self._penalty_ends(conns)
+            route.current = pick_broker(len(conns), 0, set(ends), ends)
+        if log.isEnabledFor(logging.DEBUG) and (
+            old is None or old.conns != conns or cur is not conns[route.current]
+        ):
+            log.debug(
+                "placement of %r: %s; publishing to %s (was %s)",
+                topic,
+                ", ".join(f"{c.address} ({g or '-'})" for c, g in zip(conns, groups, strict=True)),
+                conns[route.current].address,
+                cur.address if cur is not None else "none",
+            )
         self._routes[topic] = route
         return route
 
@@ -623,7 +650,8 @@ class Producer:
 
     async def _call(self, request: broker_pb2.PublishStreamRequest, topic: str) -> Any:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._retry_timeout
+        first = loop.time()
+        deadline = first + self._retry_timeout
         attempt = 0
         tried: list[str] = []
         full: set[str] = set()  # brokers that refused because their store is full
@@ -640,12 +668,21 @@ class Producer:
                 self.rpc_count += 1
                 if attempt:
                     request.new_ids = False  # an earlier attempt may have been stored
+                started = loop.time()
                 try:
                     resp = await conn.publish(request, self._rpc_timeout)
                 except PairqError as exc:
                     err = exc
                 else:
                     self._penalties.clear(conn.address)
+                    if attempt:
+                        log.debug(
+                            "publish of %r acked by %s at attempt %d, %.3fs after the first",
+                            topic,
+                            conn.address,
+                            attempt + 1,
+                            loop.time() - first,
+                        )
                     return resp
                 if err.code == broker_pb2.ERROR_CODE_STORE_FULL:
                     # Nothing was stored there: another broker of the placement (another
@@ -657,7 +694,7 @@ class Producer:
                     raise err
                 if conn.address not in tried:
                     tried.append(conn.address)
-                self._fail_over(topic, route, conn, err)
+                self._fail_over(topic, route, conn, err, loop.time() - started)
                 if (attempt + 1) % n == 0:
                     route.expires = 0.0  # tried them all: ask the lookups again
             attempt += 1
@@ -683,10 +720,18 @@ class Producer:
 
     def _penalized(self, conns: list[BrokerConn]) -> set[int]:
         """Indexes of ``conns`` whose brokers are penalized now (``_policy.Penalties``)."""
-        bad = self._penalties.active(asyncio.get_running_loop().time())
-        return {i for i, c in enumerate(conns) if c.address in bad} if bad else set()
+        return set(self._penalty_ends(conns))
 
-    def _fail_over(self, topic: str, used: _Route, conn: BrokerConn, err: PairqError) -> None:
+    def _penalty_ends(self, conns: list[BrokerConn]) -> dict[int, float]:
+        """Index of each of ``conns`` penalized now -> when its penalty ends."""
+        ends = self._penalties.ends(asyncio.get_running_loop().time())
+        if not ends:
+            return {}
+        return {i: ends[c.address] for i, c in enumerate(conns) if c.address in ends}
+
+    def _fail_over(
+        self, topic: str, used: _Route, conn: BrokerConn, err: PairqError, elapsed: float = 0.0
+    ) -> None:
         """``conn`` failed a publish of ``topic`` (over route ``used``): penalize it and
         its whole pair (every publish needs both brokers of a pair: one that does not
         answer, or refuses, leaves its partner unable to make the second copy too),
@@ -712,15 +757,59 @@ class Producer:
                     bad.update(
                         c.address for c, g in zip(r.conns, r.groups, strict=True) if g == pair
                     )
-        self._penalties.add(bad, asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        self._penalties.add(bad, now)
         n = len(conns)
+        was = route.current
         # Off any broker just penalized, not only ``conn``: a refresh during the attempt
         # may have moved the route to ``conn``'s partner (make chaos, mixed, seed 1:
         # the refresh no longer listed the silent p0b and went to p0a, which then
         # waited out its own ack timeout: 2 s + 1.7 s without an ack).
+        # With every broker penalized, the one that failed longest ago, not simply the
+        # next: that is usually this pair's other broker (``pick_broker``).
         if n > 1 and conns[route.current % n].address in bad:
-            avoid = self._penalized(conns)
-            route.current = pick_broker(n, route.current % n + 1, avoid | {route.current % n})
+            ends = self._penalty_ends(conns)
+            cur = route.current % n
+            route.current = pick_broker(n, cur + 1, set(ends) | {cur}, ends)
+        self._log_failover(topic, route, conn, err, elapsed, bad, now, moved=route.current != was)
+
+    def _log_failover(
+        self,
+        topic: str,
+        route: _Route,
+        conn: BrokerConn,
+        err: PairqError,
+        elapsed: float,
+        bad: set[str],
+        now: float,
+        *,
+        moved: bool,
+    ) -> None:
+        """A failover is an event an operator wants to see: WARNING, at most once per
+        failing broker per ``FAILOVER_LOG_S`` (the rest, with every detail, at DEBUG)."""
+        n = len(route.conns)
+        to = route.conns[route.current % n] if n else None
+        pair = route.groups[route.current % n] if n else ""
+        where = f"{to.address}" + (f" (pair {pair})" if pair else "") if to else "no broker"
+        suppressed = self._failover_log.allow(conn.address, now)
+        level = logging.WARNING if suppressed is not None else logging.DEBUG
+        if not log.isEnabledFor(level):
+            return
+        more = f"; {suppressed} more failover(s) from it not logged" if suppressed else ""
+        log.log(
+            level,
+            "publish of %r to %s failed after %.2fs (%s: %s); penalized for %gs: %s; route %s %s%s",
+            topic,
+            conn.address,
+            elapsed,
+            type(err).__name__,
+            err.message,
+            self._penalties.period,
+            ", ".join(sorted(bad)),
+            "moves to" if moved else "stays on",
+            where,
+            more,
+        )
 
     # -- lifecycle ----------------------------------------------------------------
 

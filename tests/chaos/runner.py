@@ -28,6 +28,7 @@ from .workload import (
     Monitor,
     Producers,
     body_of,
+    log_producers,
     probe_publish,
 )
 
@@ -359,6 +360,7 @@ class Runner:
         logging.getLogger("pairq").addHandler(handler)
         logging.getLogger("pairq").setLevel(logging.INFO)
         logging.getLogger("pairq").propagate = False
+        producer_log = log_producers(self.run_dir / "logs" / "producers.log", self.clock)
         try:
             await asyncio.to_thread(c.setup)
             self.monitor = Monitor(c, self.clock)
@@ -459,6 +461,8 @@ class Runner:
             return result
         finally:
             logging.getLogger("pairq").removeHandler(handler)
+            logging.getLogger("pairq.client.producer").removeHandler(producer_log)
+            producer_log.close()
             with contextlib.suppress(Exception):
                 await c.close_channels()
             await asyncio.to_thread(c.close)

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
+import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from pairq.client import Consumer, Producer
@@ -47,6 +50,41 @@ class Clock:
         return time.monotonic() - self.t0
 
 
+# Which workload producer a log record comes from: set in each producer's task, and
+# inherited by the tasks its Producer makes (senders, placement refreshes).
+_PRODUCER: contextvars.ContextVar[str] = contextvars.ContextVar("chaos_producer", default="-")
+
+
+class _Stamp(logging.Filter):
+    """Adds the run's clock (``t``, as in the report) and the workload producer (``producer``)."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.t = self.clock()
+        record.producer = _PRODUCER.get()
+        return True
+
+
+def log_producers(path: Path, clock: Clock) -> logging.Handler:
+    """Every record of ``pairq.client.producer``, DEBUG included (each failed attempt,
+    failover, penalty and placement change), into ``path``, stamped with the run's
+    clock and the workload producer (P0, P1; probes and others "-"). Returns the
+    handler, for the caller to remove."""
+    handler = logging.FileHandler(path)
+    handler.addFilter(_Stamp(clock))
+    handler.setFormatter(
+        logging.Formatter("t=%(t)8.3f %(producer)s %(levelname)s %(name)s: %(message)s")
+    )
+    handler.setLevel(logging.DEBUG)
+    logger = logging.getLogger("pairq.client.producer")
+    logger.setLevel(logging.DEBUG)  # the harness's own log keeps INFO and above
+    logger.addHandler(handler)
+    return handler
+
+
 class Producers:
     def __init__(
         self, lookups: list[str], clock: Clock, *, n: int = 2, batch: int = 10, every: float = 0.05
@@ -67,6 +105,7 @@ class Producers:
         await asyncio.gather(*self._tasks)
 
     async def _run(self, k: int) -> None:
+        _PRODUCER.set(f"P{k}")
         seq = 0
         async with Producer(
             lookups=self.lookups,

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pairq.client._ids import IdGenerator
 from pairq.client._policy import (
     Penalties,
+    RateLimit,
     cut_batch,
     pick_broker,
     rdy_per_connection,
@@ -133,6 +134,37 @@ def test_pick_broker_is_the_first_good_one_in_route_order(
     assert i == (good[0] if good else start % count)
 
 
+def test_pick_broker_with_every_one_penalized_takes_the_one_that_failed_longest_ago() -> None:
+    # make chaos (mixed, seed 1): p1 (2, 3) penalized by a fault 7 s ago, p0 (0, 1) just now
+    # as 0 refused for want of its partner's copy: the other pair, not the silent partner 1
+    ends = {0: 110.0, 1: 110.0, 2: 103.0, 3: 103.0}
+    assert pick_broker(4, 1, {0, 1, 2, 3}, ends) == 2
+    assert pick_broker(4, 3, {0, 1, 2, 3}, ends) == 3  # the first of equals from start
+    assert pick_broker(4, 1, {0, 1, 2, 3}, {0: 110.0, 1: 104.0, 2: 103.0}) == 2
+    # an avoided broker without a penalty (the one that just failed) counts as last
+    assert pick_broker(3, 1, {0, 1, 2}, {1: 105.0, 2: 104.0}) == 2
+    assert pick_broker(4, 1, {0}, ends) == 1  # one not avoided: route order, as before
+    assert pick_broker(4, 1, {0, 1, 2, 3}, {}) == 1
+
+
+@given(
+    st.integers(1, 8),
+    st.integers(0, 20),
+    st.dictionaries(st.integers(0, 7), st.integers(0, 3)),
+)
+def test_pick_broker_all_avoided_is_the_first_earliest_end_from_start(
+    count: int, start: int, ends: dict[int, int]
+) -> None:
+    ends_f = {i: float(t) for i, t in ends.items() if i < count}
+    i = pick_broker(count, start, set(range(count)), ends_f)
+    order = [(start + k) % count for k in range(count)]
+    if not ends_f:
+        assert i == start % count
+        return
+    key = [ends_f.get(j, float("inf")) for j in order]
+    assert i == order[key.index(min(key))]
+
+
 def test_penalties_expire_and_a_success_clears_them() -> None:
     p = Penalties(period=10.0)
     p.add(["a", "b"], now=100.0)
@@ -144,3 +176,14 @@ def test_penalties_expire_and_a_success_clears_them() -> None:
     assert p.active(118.0) == set()
     p.clear("nobody")
     assert p.active(200.0) == set()
+
+
+def test_rate_limit_allows_one_event_per_key_per_period_and_counts_the_rest() -> None:
+    r = RateLimit(10.0)
+    assert r.allow("a", 100.0) == 0  # the first one
+    assert r.allow("b", 101.0) == 0  # another key has its own period
+    assert r.allow("a", 105.0) is None
+    assert r.allow("a", 109.9) is None
+    assert r.allow("a", 110.0) == 2  # a new period, with what was held back
+    assert r.allow("a", 111.0) is None
+    assert r.allow("a", 130.0) == 1

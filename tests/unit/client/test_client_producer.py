@@ -8,6 +8,7 @@ tests/integration/test_client.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import grpc
 import pytest
@@ -132,6 +133,90 @@ async def test_a_failover_leaves_the_partner_a_refresh_moved_to_while_the_attemp
         p._fail_over("t", used, b, UnavailableError("b did not answer"))
         assert refreshed.conns[refreshed.current] is c  # the other pair, not p0a
         assert p._penalized([a, b, c, d]) == {0, 1}
+
+
+async def test_with_every_broker_penalized_the_failover_takes_the_oldest_penalty() -> None:
+    """make chaos (mixed, seed 1, 90 s; logs/producers.log): a resilver-loss of p1b at
+    t=76.3 s penalized p1 for 10 s; p1 healed, and the producers stayed on p0a. At
+    t=81.9 s isolate-broker cut p0b off: p0a refused after its ack timeout (1.63 s,
+    naming p0b), which penalized p0 too, so every broker was penalized, and the route
+    went on in route order to p0b, the isolated partner: a 2 s RPC timeout, then p1a
+    at once, 3.70 s without an ack. With every broker penalized, the route must go to
+    the one that failed longest ago (p1), never to the partner just penalized."""
+    from pairq.client.producer import _Route
+
+    async with Producer(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]) as p:
+        a, b, c, d = (p._conn(f"127.0.0.1:{i}") for i in (1, 2, 3, 4))
+        route = _Route([a, b, c, d], groups=["p0", "p0", "p1", "p1"])
+        p._routes["t"] = route
+        now = asyncio.get_running_loop().time()
+        p._penalties.add([c.address, d.address], now - 7.0)  # p1's fault, 7 s ago
+        p._fail_over("t", route, a, UnavailableError("no copy", partner="127.0.0.1:2"), 1.63)
+        assert p._penalized([a, b, c, d]) == {0, 1, 2, 3}
+        assert route.conns[route.current] is c  # not b, the silent partner
+
+
+async def test_a_new_placement_with_every_broker_penalized_starts_at_the_oldest_penalty() -> None:
+    """A placement refresh that no longer lists the broker in use picks the route's
+    first broker that is not penalized; with all of them penalized, the one that failed
+    longest ago, not the placement's first (here p0a, the partner of a broker that just
+    failed)."""
+    from pairq.client.discovery import BrokerState, PairState
+    from pairq.client.producer import _Route
+
+    class Placement:
+        async def placement(self, topic: str) -> list[PairState]:
+            return [
+                PairState("p0", [BrokerState("127.0.0.1:1", True, False)]),
+                PairState("p1", [BrokerState(f"127.0.0.1:{i}", True, False) for i in (3, 4)]),
+            ]
+
+        async def close(self) -> None:
+            pass
+
+    async with Producer(lookups=["127.0.0.1:9"]) as p:
+        await p._discovery.close()  # type: ignore[union-attr]
+        p._discovery = Placement()  # type: ignore[assignment]
+        a, b, c, d = (p._conn(f"127.0.0.1:{i}") for i in (1, 2, 3, 4))
+        now = asyncio.get_running_loop().time()
+        p._penalties.add([c.address, d.address], now - 7.0)
+        p._penalties.add([a.address, b.address], now)
+        old = _Route([a, b], groups=["p0", "p0"])
+        old.current = 1  # on b, which the placement no longer lists
+        route = await p._refresh_route("t", old)
+        assert route.conns == [a, c, d]
+        assert route.conns[route.current] is c
+
+
+async def test_a_failover_is_logged_with_what_failed_and_where_the_route_goes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An operator sees each broker going bad once (WARNING: the broker, the error, how
+    long the attempt took, the brokers penalized, the broker the route moves to); the
+    failovers from it that follow within ``FAILOVER_LOG_S`` go to DEBUG, counted in the
+    next WARNING."""
+    from pairq.client.producer import _Route
+
+    caplog.set_level(logging.DEBUG, logger="pairq.client.producer")
+    async with Producer(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]) as p:
+        a, b, c, d = (p._conn(f"127.0.0.1:{i}") for i in (1, 2, 3, 4))
+        route = _Route([a, b, c, d], groups=["p0", "p0", "p1", "p1"])
+        p._routes["t"] = route
+        p._fail_over("t", route, a, UnavailableError("no copy", partner="127.0.0.1:2"), 1.61)
+        (rec,) = caplog.records
+        assert rec.levelno == logging.WARNING
+        msg = rec.getMessage()
+        for part in (
+            "'t' to 127.0.0.1:1 failed after 1.61s (UnavailableError: no copy)",
+            "penalized for 10s: 127.0.0.1:1, 127.0.0.1:2",
+            "route moves to 127.0.0.1:3 (pair p1)",
+        ):
+            assert part in msg, msg
+        caplog.clear()
+        route.current = 0
+        p._fail_over("t", route, a, UnavailableError("again"), 0.01)
+        (rec,) = caplog.records
+        assert rec.levelno == logging.DEBUG and "failed after 0.01s" in rec.getMessage()
 
 
 async def test_gives_up_after_retry_timeout() -> None:
