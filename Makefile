@@ -67,6 +67,7 @@ proto-check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py $(if $(QUICK),--quick,)
+	$(BIN)/python benchmarks/checksum_ab.py $(if $(QUICK),--quick,)
 
 # Same driver (this tree's benchmarks/run.py) against two revisions, alternating runs:
 #   make bench-compare BASE=<rev> [HEAD=<rev>, default the working tree] [QUICK=1] [ROUNDS=3]

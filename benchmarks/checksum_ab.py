@@ -8,9 +8,13 @@ which replaces ``pairq.broker.checksum``'s functions before anything imports the
 every CRC32C is 0, a batch's are ``[0] * n`` and its stored checks are the crcs as
 they are (consistent with each other, so nothing reads as corrupt), so every stored
 check, every verify on read and the partner's check of each replicated record cost
-next to nothing. Then it alternates slices (off, on, on, off, ...) of
-the same workload on each, so a shared machine's drift hits both alike, and prints
-each mode's msg/s over its slices, broker CPU per message and the on/off ratio:
+next to nothing. A third broker (and pair), checksums on like the first, is the
+control. Then it runs slices of the same workload on each, the three in rotating
+orders (every mode in every position equally often), so a shared machine's drift
+hits all alike, and prints each mode's msg/s over its slices, broker CPU per message,
+the on/off ratio (issue 15's figure) and the control's ratio to "on": two identical
+brokers, so how far noise alone moves a ratio in the same run (on this 2-core VM,
+3-5 % for batches):
 
 - ``publish_batch``: batches of 100 200-byte messages, 64 in flight, one broker;
 - ``publish_single``: lone publishes, 2,000 in flight, one broker;
@@ -91,24 +95,43 @@ async def pair(tmp: Path, name: str, crc: bool) -> AsyncIterator[pair_bench.Pair
         p.stop()
 
 
+MODES = ("off", "on", "ctl")
+# Each slice runs the three modes in another of these orders, so none is always first
+# or last after the machine's other work: every mode takes every position equally
+# often over 6 slices.
+ORDERS = [
+    ("off", "on", "ctl"),
+    ("ctl", "on", "off"),
+    ("on", "ctl", "off"),
+    ("off", "ctl", "on"),
+    ("ctl", "off", "on"),
+    ("on", "off", "ctl"),
+]
+
+
 async def _slices(
-    kind: str, targets: dict[bool, tuple[str, int]], sz: R.Sizes, slices: int
-) -> dict[bool, dict[str, Any]]:
-    """Alternating slices of one workload on the two targets (address, broker pid)."""
-    out: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    kind: str, targets: dict[str, tuple[str, int]], sz: R.Sizes, slices: int
+) -> dict[str, dict[str, Any]]:
+    """Slices of one workload on the three targets (address, broker pid), in rotating
+    orders."""
+    out: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     for k in range(slices):
-        order = [False, True] if k % 2 == 0 else [True, False]
-        for on in order:
-            address, pid = targets[on]
+        for mode in ORDERS[k % len(ORDERS)]:
+            address, pid = targets[mode]
             R.CPU.broker_pid = pid
-            label = f"{kind} crc {'on ' if on else 'off'} {k + 1}/{slices}"
-            topic = f"ab_{kind}_{'on' if on else 'off'}"
+            label = f"{kind} crc {mode:<3} {k + 1}/{slices}"
+            topic = f"ab_{kind}_{mode}"
             if kind.endswith("batch"):
                 r = await R.publish_batches(address, sz, topic, sz.batch_n, label)
             else:
                 r = await R.publish_single(address, sz, topic=topic, label=label)
-            out[on].append(r)
-    return {on: _combine(rs) for on, rs in out.items()}
+            out[mode].append(r)
+    return {m: _combine(rs) for m, rs in out.items()}
+
+
+def _pid(bp: BrokerProcess) -> int:
+    assert bp.proc is not None
+    return bp.proc.pid
 
 
 def _combine(slices: list[dict[str, Any]]) -> dict[str, Any]:
@@ -121,7 +144,7 @@ def _combine(slices: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--slices", type=int, default=6, help="slices per mode and workload")
+    ap.add_argument("--slices", type=int, default=12, help="slices per mode and workload")
     ap.add_argument("--quick", action="store_true", help="smaller slices")
     ap.add_argument("--scale", type=int, default=2, help="messages per slice, x the quick size")
     args = ap.parse_args(argv)
@@ -133,37 +156,53 @@ async def main(argv: list[str]) -> int:
         single_n=base.single_n * per // args.slices,
         time_cap=base.time_cap * per / args.slices,
     )
-    results: dict[str, dict[bool, dict[str, Any]]] = {}
+    results: dict[str, dict[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="pairq-crc-ab-") as d:
         tmp = Path(d)
         R.log(
-            f"checksums on vs off, {args.slices} alternating slices each, data in {tmp}; "
-            f"CRC32C by {checksum.IMPLEMENTATION}"
+            f"checksums on vs off (and a second 'on' as the control), {args.slices} slices "
+            f"each, data in {tmp}; CRC32C by {checksum.IMPLEMENTATION}"
         )
-        with single(tmp, "on", True) as on, single(tmp, "off", False) as off:
-            assert on.proc is not None and off.proc is not None
-            targets = {True: (on.address, on.proc.pid), False: (off.address, off.proc.pid)}
+        with (
+            single(tmp, "on", True) as on,
+            single(tmp, "off", False) as off,
+            single(tmp, "ctl", True) as ctl,
+        ):
+            targets = {
+                m: (bp.address, _pid(bp)) for m, bp in (("on", on), ("off", off), ("ctl", ctl))
+            }
             for kind in ("publish_batch", "publish_single"):
                 results[kind] = await _slices(kind, targets, sz, args.slices)
-        async with pair(tmp, "pon", True) as pon, pair(tmp, "poff", False) as poff:
+        async with (
+            pair(tmp, "pon", True) as pon,
+            pair(tmp, "poff", False) as poff,
+            pair(tmp, "pctl", True) as pctl,
+        ):
             targets = {
-                True: (pon.a.address, pon.pids()[0]),
-                False: (poff.a.address, poff.pids()[0]),
+                m: (p.a.address, p.pids()[0])
+                for m, p in (("on", pon), ("off", poff), ("ctl", pctl))
             }
             for kind in ("pair_batch", "pair_single"):
                 results[kind] = await _slices(kind, targets, sz, args.slices)
     summary: dict[str, Any] = {}
     print(
-        f"\n{'workload':<16}{'off msg/s':>12}{'on msg/s':>12}{'on/off':>8}{'off us':>8}{'on us':>8}"
+        f"\n{'workload':<16}{'off msg/s':>12}{'on msg/s':>12}{'on/off':>8}{'ctl/on':>8}"
+        f"{'off us':>8}{'on us':>8}{'ctl us':>8}"
     )
     for kind, r in results.items():
-        off, on = r[False], r[True]
-        ratio = on["msgs_per_s"] / off["msgs_per_s"]
+        ratio = r["on"]["msgs_per_s"] / r["off"]["msgs_per_s"]
+        control = r["ctl"]["msgs_per_s"] / r["on"]["msgs_per_s"]
         summary[f"{kind}_on_vs_off"] = round(ratio, 3)
+        summary[f"{kind}_control_vs_on"] = round(control, 3)
         print(
-            f"{kind:<16}{off['msgs_per_s']:>12,.0f}{on['msgs_per_s']:>12,.0f}{ratio:>8.3f}"
-            f"{off['broker_us']:>8.1f}{on['broker_us']:>8.1f}"
+            f"{kind:<16}{r['off']['msgs_per_s']:>12,.0f}{r['on']['msgs_per_s']:>12,.0f}"
+            f"{ratio:>8.3f}{control:>8.3f}{r['off']['broker_us']:>8.2f}"
+            f"{r['on']['broker_us']:>8.2f}{r['ctl']['broker_us']:>8.2f}"
         )
+    print(
+        "ctl/on: two identical brokers with checksums on, in the same slices: how far "
+        "noise alone moves a ratio in this run"
+    )
     summary["implementation"] = checksum.IMPLEMENTATION
     print(json.dumps(summary))
     return 0
