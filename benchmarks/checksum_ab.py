@@ -95,6 +95,7 @@ async def pair(tmp: Path, name: str, crc: bool) -> AsyncIterator[pair_bench.Pair
         p.stop()
 
 
+TARGET = 0.95  # issue 15: throughput with checksums at least 0.95x of without
 MODES = ("off", "on", "ctl")
 # Each slice runs the three modes in another of these orders, so none is always first
 # or last after the machine's other work: every mode takes every position equally
@@ -203,6 +204,10 @@ async def main(argv: list[str]) -> int:
         "ctl/on: two identical brokers with checksums on, in the same slices: how far "
         "noise alone moves a ratio in this run"
     )
+    for kind in results:
+        ratio = summary[f"{kind}_on_vs_off"]
+        verdict = "ok" if ratio >= TARGET else "MISSED"
+        print(f"  {kind}_on_vs_off {ratio:>8.3f}   target >= {TARGET}   {verdict}")
     summary["implementation"] = checksum.IMPLEMENTATION
     print(json.dumps(summary))
     return 0
