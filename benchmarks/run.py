@@ -756,34 +756,44 @@ def _combine(slices: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+# Each slice runs the three brokers of the traced measurement in another of these
+# orders, so that none is always first or last: every one takes every position
+# equally often over 6 slices.
+TRACED_ORDERS = [(0, 1, 2), (2, 1, 0), (1, 2, 0), (0, 2, 1), (2, 0, 1), (1, 0, 2)]
+
+
 async def traced_pair(tmp: Path, run: int, sz: Sizes) -> dict[str, dict[str, Any]]:
     """``publish_traced`` and ``publish_traced_telemetry`` of one run, measured in
-    :data:`TRACED_SLICES` alternating slices each (off, on, on, off, off, on, ...;
-    each slice half the messages and time cap of ``publish_single``) against two brokers
-    started side by side, one without and one with telemetry: their ratio is the
-    cost of tracing, and a shared machine's drift (other processes, the disk's
-    fsync time, which here varies several-fold within a minute) hits both alike
-    instead of whichever ran second."""
+    :data:`TRACED_SLICES` slices each (each half the messages and time cap of
+    ``publish_single``) against brokers started side by side: one without
+    telemetry, one with it, and a second one with it, the control
+    (``publish_traced_control``): their order rotates over the slices
+    (:data:`TRACED_ORDERS`), so a shared machine's drift (other processes, the
+    disk's fsync time, which here varies several-fold within a minute) hits all
+    alike instead of whichever ran second. on / off is the cost of tracing;
+    control / on is the same code twice, so how far noise alone moves the ratio."""
     part = dataclasses.replace(sz, single_n=sz.single_n // 2, time_cap=sz.time_cap / 2)
-    slices: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    names = ("publish_traced", "publish_traced_telemetry", "publish_traced_control")
+    slices: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     with (
         broker_process(tmp, f"publish_traced-{run}") as off,
         broker_process(tmp, f"publish_traced_telemetry-{run}", telemetry=True) as on,
+        broker_process(tmp, f"publish_traced_control-{run}", telemetry=True) as ctl,
     ):
+        brokers = (off, on, ctl)
+        labels = ("off", "on ", "ctl")
         for k in range(TRACED_SLICES):
-            order = [(False, off), (True, on)] if k % 2 == 0 else [(True, on), (False, off)]
-            for telemetry, bp in order:
+            for i in TRACED_ORDERS[k % len(TRACED_ORDERS)]:
+                bp = brokers[i]
                 assert bp.proc is not None
                 CPU.broker_pid = bp.proc.pid
-                label = f"traced, telem. {'on ' if telemetry else 'off'} {k + 1}/{TRACED_SLICES}"
-                topic = "bench_traced_telemetry" if telemetry else "bench_traced"
-                slices[telemetry].append(
-                    await publish_single(bp.address, part, topic=topic, headers=TRACED, label=label)
+                label = f"traced, telem. {labels[i]} {k + 1}/{TRACED_SLICES}"
+                slices[names[i]].append(
+                    await publish_single(
+                        bp.address, part, topic=f"bench_{names[i]}", headers=TRACED, label=label
+                    )
                 )
-    return {
-        "publish_traced": _combine(slices[False]),
-        "publish_traced_telemetry": _combine(slices[True]),
-    }
+    return {name: _combine(rs) for name, rs in slices.items()}
 
 
 MEASUREMENTS: list[tuple[str, Measure]] = [
@@ -834,7 +844,9 @@ async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
             f"pairq benchmark ({'quick, 1 run' if quick else f'full, median of {sz.runs} runs'}); "
             f"200-byte messages, broker --sync=always in its own process, data in {tmp}"
         )
-        results: dict[str, list[dict[str, Any]]] = {name: [] for name in ALL_MEASUREMENTS}
+        results: dict[str, list[dict[str, Any]]] = {
+            name: [] for name in [*ALL_MEASUREMENTS, "publish_traced_control"]
+        }
         baselines: list[dict[str, float]] = []
         for run in range(sz.runs):
             log(f"run {run + 1}/{sz.runs}")
@@ -897,6 +909,13 @@ async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
         "telemetry_traced_on_vs_off_publish_ratio": _num(
             median(results["publish_traced_telemetry"], "msgs_per_s")
             / median(results["publish_traced"], "msgs_per_s"),
+            3,
+        ),
+        # Two identical brokers with telemetry on, in the same slices: how far noise
+        # alone moves the traced ratio in this run.
+        "telemetry_traced_control_vs_on_publish_ratio": _num(
+            median(results["publish_traced_control"], "msgs_per_s")
+            / median(results["publish_traced_telemetry"], "msgs_per_s"),
             3,
         ),
         # The same in broker CPU per message (1.0: telemetry costs nothing); steadier

@@ -60,15 +60,19 @@ def test_the_parent_is_the_first_sampled_context_and_unsampled_ones_are_not_link
 
 def test_links_are_capped_and_the_rest_counted() -> None:
     values = [tp(i, i) for i in range(1, 302)]
-    values += values[:10]  # repeated contexts count once
-    values += [tp(900 + i, 1, "00") for i in range(50)]  # unsampled: neither linked nor counted
+    head = [tp(1, 1), "junk", tp(1, 1), tp(900, 1, "00")]  # before the cap: not links
+    values = head + values
+    values += values[:10]  # past the cap every value is counted, unread
+    values += [tp(900 + i, 1, "00") for i in range(50)]
     parent, links, dropped = batch_contexts(values, max_links=128)
     assert parent is not None and parent.trace_id == 1
     assert [lk.context.trace_id for lk in links] == list(range(2, 130))
-    assert dropped == 301 - 1 - 128
+    # the 129th sampled context is values[4 + 128]; everything after it is counted
+    assert dropped == len(values) - (len(head) + 129)
     # no links at all: the parent only
     parent, links, dropped = batch_contexts(values, max_links=0)
-    assert parent is not None and parent.trace_id == 1 and links == [] and dropped == 300
+    assert parent is not None and parent.trace_id == 1 and links == []
+    assert dropped == len(values) - 1
 
 
 def recorder() -> tuple[Any, InMemorySpanExporter]:
