@@ -785,13 +785,17 @@ class Producer:
         *,
         moved: bool,
     ) -> None:
-        """A failover is an event an operator wants to see: WARNING, at most once per
-        failing broker per ``FAILOVER_LOG_S`` (the rest, with every detail, at DEBUG)."""
+        """A failover is an event an operator wants to see: WARNING when the route
+        moves to another broker, at most once per failing broker per
+        ``FAILOVER_LOG_S`` (the rest, with every detail, at DEBUG)."""
         n = len(route.conns)
         to = route.conns[route.current % n] if n else None
         pair = route.groups[route.current % n] if n else ""
         where = f"{to.address}" + (f" (pair {pair})" if pair else "") if to else "no broker"
-        suppressed = self._failover_log.allow(conn.address, now)
+        # A retry on the same broker (the only one, or the route was elsewhere) is no
+        # failover: the caller gets the error if every attempt fails (`pairq pub` prints
+        # it as its one line), so only DEBUG.
+        suppressed = self._failover_log.allow(conn.address, now) if moved else None
         level = logging.WARNING if suppressed is not None else logging.DEBUG
         if not log.isEnabledFor(level):
             return

@@ -219,6 +219,24 @@ async def test_a_failover_is_logged_with_what_failed_and_where_the_route_goes(
         assert rec.levelno == logging.DEBUG and "failed after 0.01s" in rec.getMessage()
 
 
+async def test_a_retry_on_the_same_broker_is_no_failover_and_logs_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With one broker the route cannot move: the caller gets the error if every
+    attempt fails (`pairq pub` prints it as its one line), so nothing at WARNING."""
+    from pairq.client.producer import _Route
+
+    caplog.set_level(logging.DEBUG, logger="pairq.client.producer")
+    async with Producer(["127.0.0.1:1"]) as p:
+        a = p._conn("127.0.0.1:1")
+        route = _Route([a], groups=[""])
+        p._routes["t"] = route
+        for _ in range(2):
+            p._fail_over("t", route, a, UnavailableError("refused"), 0.0)
+        assert [r.levelno for r in caplog.records] == [logging.DEBUG, logging.DEBUG]
+        assert "route stays on 127.0.0.1:1" in caplog.records[0].getMessage()
+
+
 async def test_gives_up_after_retry_timeout() -> None:
     dead = f"127.0.0.1:{free_port()}"
     async with Producer([dead], retry_timeout=0.3, retry_backoff=0.01) as p:
