@@ -185,6 +185,17 @@ def test_between_equal_start_times_the_one_learned_last_is_newer() -> None:
     assert v.on_event(ev(EventKind.DEAD, a, "lk1")).about == pv.EARLIER_PARTNER
 
 
+def test_a_node_id_started_again_counts_from_its_latest_start() -> None:
+    """P1 was replaced by P2, which died; P1's node id comes back (its store restored):
+    it is the partner again, its start is the one its new run carries."""
+    v = view()
+    feed(v, ev(EventKind.JOIN, P1), ev(EventKind.JOIN, P2), ev(EventKind.DEAD, P2, "lk1"))
+    again = member(P1.name, started=3000)
+    assert v.on_event(ev(EventKind.ALIVE, again)) == Seen(pv.PARTNER, dead=False, partner=P1.name)
+    assert v.on_event(ev(EventKind.DEAD, P2, "lk1")) == Seen(pv.EARLIER_PARTNER, partner=P1.name)
+    assert v.verdict() == (False, False)
+
+
 def test_an_unwitnessed_death_is_a_verdict_in_this_view_only() -> None:
     v = view()
     feed(v, ev(EventKind.JOIN, P1))

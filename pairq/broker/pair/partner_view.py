@@ -20,7 +20,8 @@ The rules (``PartnerView.on_event``; tests/unit/test_partner_view*.py check each
 - **The newest incarnation is the partner.** Every other broker of my pair is an
   incarnation of the partner (a pair has two brokers); the partner is the one
   that started last (``NodeMeta.start_epoch_ms``, which gossip carries to tell a
-  restart from a refute; between equal start times, the one learned last). An
+  restart from a refute, the latest seen for a node id; between equal start times,
+  the one learned last). An
   older incarnation's events say nothing about the partner: its death is not the
   partner's death, its return not the partner's.
 - **The verdict is the current partner's state.** The pair is told (``Seen.dead``)
@@ -144,10 +145,14 @@ class PartnerView:
             return Seen(ME, partner=self.partner)
         node_id = event.member.meta.node_id
         inc = self._incarnations.get(node_id)
+        started = event.member.meta.start_epoch_ms
         if inc is None:
             self._learned += 1
-            inc = _Incarnation(node_id, event.member.meta.start_epoch_ms, self._learned)
+            inc = _Incarnation(node_id, started, self._learned)
             self._incarnations[node_id] = inc
+        # The same node id started again (a restart, or a store brought back): its
+        # latest start is what counts.
+        inc.start_ms = max(inc.start_ms, started)
         if kind == EventKind.DEAD:
             inc.state, inc.witnessed = DEAD, bool(event.witnesses)
         elif kind in (EventKind.JOIN, EventKind.ALIVE):
