@@ -4,7 +4,9 @@ what it learns about the partner into the pair.
 Takeover stays fenced by the lease (pairq.broker.pair); once gossip knows members besides
 the pair, it also needs gossip's verdict that the partner is dead on the
 evidence of another member (witnessed takeover, see pair/core.py). The verdict is
-also what lookups use for liveness.
+also what lookups use for liveness. Which member is the partner (never this broker
+nor an earlier run of it; the partner's newest incarnation, not one its wiped disk
+left behind) is ``pair/partner_view.py``'s pure rule; this module only carries it out.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Protocol
 
 from pairq.broker.options import BrokerOptions
 from pairq.broker.pair import Pair
+from pairq.broker.pair import partner_view as pv
 from pairq.gossip import EventKind, Gossip, MemberEvent, NodeMeta
 
 
@@ -39,6 +42,7 @@ class Membership:
         self.broker = broker
         self.config = broker.options.gossip_config()
         self.gossip: Gossip | None = None
+        self.view: pv.PartnerView | None = None
 
     async def start(self) -> None:
         b = self.broker
@@ -51,6 +55,11 @@ class Membership:
         )
         self.gossip = Gossip(self.config, meta)
         await self.gossip.start()
+        # An earlier run of this broker advertised the same addresses (under another
+        # node id, if its store was new since): those members are never the partner.
+        self.view = pv.PartnerView(
+            pair=b.options.pair, node_id=b.node_id, addresses=(self.gossip.address, b.address)
+        )
         self.gossip.subscribe(self._on_event)
         if b.options.join:
             n = await self.gossip.join(list(b.options.join))
@@ -65,15 +74,26 @@ class Membership:
             self.gossip = None
 
     def _on_event(self, event: MemberEvent) -> None:
-        pair = self.broker.pair
+        pair, view = self.broker.pair, self.view
+        if pair is None or view is None:
+            return
+        seen = view.on_event(event)
+        if seen.witnesses_exist:
+            pair.gossip_has_witnesses()
         m = event.member
-        if pair is None or m.meta.node_id == self.broker.node_id:
+        if event.kind == EventKind.DEAD and seen.about in (pv.ME, pv.EARLIER_PARTNER):
+            log.info(
+                "gossip: %s (%s), %s, is dead: not a verdict on partner %s",
+                m.meta.node_id,
+                m.meta.grpc_address,
+                "an earlier run of this broker"
+                if seen.about == pv.ME
+                else "an earlier incarnation of the partner",
+                seen.partner or "(none known yet)",
+            )
+        if seen.dead is None:
             return
-        if m.meta.role != "broker" or m.meta.pair != pair.name:
-            if event.kind in (EventKind.JOIN, EventKind.ALIVE):
-                pair.gossip_has_witnesses()
-            return
-        if event.kind == EventKind.DEAD:
+        if seen.dead:
             log.warning(
                 "gossip: partner %s (%s) is dead%s",
                 m.meta.node_id,
@@ -82,9 +102,7 @@ class Membership:
                 if event.witnesses
                 else " (in this broker's view only)",
             )
-            pair.gossip_partner_dead(True, witnessed=bool(event.witnesses))
-        elif event.kind in (EventKind.ALIVE, EventKind.JOIN):
-            pair.gossip_partner_dead(False)
+        pair.gossip_partner_dead(seen.dead, witnessed=seen.witnessed)
 
     @property
     def address(self) -> str:

@@ -54,6 +54,8 @@ The modules, and what each owns:
 - ``takeover.py``: promoting the standby copies, and fencing the partner's
   sessions meanwhile.
 - ``refill.py``: the log lines of a re-fill.
+- ``partner_view.py``: which gossip member is the partner and which of gossip's
+  events are a verdict on it, pure (``pairq.broker.membership`` carries it out).
 - here, ``Pair``: the parts put together, their lifecycle, the clock that
   drives the core (``_monitor``), and the interface the broker uses.
 """
