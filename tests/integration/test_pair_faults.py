@@ -235,6 +235,21 @@ class Harness:
         self.procs += [a, b]
         return a, b
 
+    def network(self) -> PairNet:
+        """The test's network namespaces (removed on exit); the test fails saying why
+        when the tools are missing or the network cannot be built."""
+        try:
+            require_tools()
+        except NetnsError as exc:
+            pytest.fail(str(exc))
+        net = PairNet()
+        self.net = net
+        try:
+            net.setup()
+        except NetnsError as exc:
+            pytest.fail(f"cannot build the test network: {exc}")
+        return net
+
     def ns_pair(self, net: PairNet, *extra: str) -> tuple[NsBrokerProcess, NsBrokerProcess]:
         a, b = make_ns_pair(self.tmp, net, *extra)
         self.procs += [a, b]
@@ -913,18 +928,9 @@ async def test_both_paused_3s_no_message_delivered_by_both(tmp_path: Path) -> No
 
 # ----------------------------------------------------------------------------- 3. partition
 async def test_pair_link_partition_10s_then_heal(tmp_path: Path) -> None:
-    try:
-        require_tools()
-    except NetnsError as exc:
-        pytest.fail(str(exc))
     f = Findings()
     async with Harness(tmp_path) as h:
-        net = PairNet()
-        h.net = net
-        try:
-            net.setup()
-        except NetnsError as exc:
-            pytest.fail(f"cannot build the test network: {exc}")
+        net = h.network()
         print(f"partition method: {net.partition_method}; stale removed: {net.stale_removed}")
         a, b = h.ns_pair(net)
         brokers: dict[str, BrokerProcess] = {"a": a, "b": b}

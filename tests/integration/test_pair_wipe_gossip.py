@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from netns import NetnsError, PairNet, require_tools
+from netns import PairNet
 from test_pair_faults import (
     HEAL_BOUND_S,
     START_BOUND_S,
@@ -49,7 +49,6 @@ from test_pair_faults import (
     create_channels,
     get_stats,
     heal_check,
-    pair_problems,
     wait_for,
     wait_healthy,
 )
@@ -60,6 +59,7 @@ from test_pair_witness import (
     WitnessHarness,
     gossip_view,
     print_gossip_lines,
+    watch_takeovers,
 )
 
 from pairq.gossip import MemberState
@@ -143,16 +143,7 @@ def sig(proc: subprocess.Popen[bytes] | None, signum: int) -> None:
 async def start_topology(h: WitnessHarness, tmp: Path) -> Topology:
     """Network, lookup, then B and A (no --node-name, store-made node ids) gossiping;
     returns once the pair is healthy and gossip converged."""
-    try:
-        require_tools()
-    except NetnsError as exc:
-        pytest.fail(str(exc))
-    net = PairNet()
-    h.net = net
-    try:
-        net.setup()
-    except NetnsError as exc:
-        pytest.fail(f"cannot build the test network: {exc}")
+    net = h.network()
     lookup = BridgeLookup(tmp, net.ip_bridge)
     h.closers.append(lookup.kill)
     await asyncio.to_thread(lookup.start)
@@ -240,27 +231,8 @@ async def partition_takes_nobody_over(
     before = await takeovers(h, procs)
     t_cut = time.monotonic()
     t.net.partition()
-    took: dict[str, str] = {}
-    unhealthy: set[str] = set()
     try:
-        while (left := t_cut + FAULT_S - time.monotonic()) > 0:
-            got = await asyncio.gather(
-                *(
-                    get_stats(h, p.address, timeout=max(0.05, min(1.0, left)))
-                    for p in procs.values()
-                )
-            )
-            for label, s in zip(procs, got, strict=True):
-                if s is None:
-                    continue
-                if pair_problems(s):
-                    unhealthy.add(label)
-                if s.pair.takeovers != before[label] and label not in took:
-                    took[label] = (
-                        f"takeovers {before[label]} -> {s.pair.takeovers} "
-                        f"{time.monotonic() - t_cut:.2f} s into the partition"
-                    )
-            await asyncio.sleep(max(0.0, min(0.1, t_cut + FAULT_S - time.monotonic())))
+        took, unhealthy, _ = await watch_takeovers(h, procs, before, t_cut + FAULT_S)
     finally:
         t.net.heal()
     t_heal = time.monotonic()
@@ -280,33 +252,37 @@ async def partition_takes_nobody_over(
     print_gossip_lines(h.tmp)
 
 
-async def test_a_wiped_broker_seeing_its_own_earlier_run_die_takes_no_live_partner_over(
-    tmp_path: Path,
+# Who is stopped during A's wipe decides who sees the old incarnation die after the new
+# one is known: the lookup (then A sees its own earlier run die) or B (then B sees its
+# partner's earlier incarnation die); the case's text, and what that broker must log.
+WIPE_CASES = {
+    "own-earlier-run": (
+        "lookup",
+        "A saw its own earlier run die",
+        "a",
+        "an earlier run of this broker, is dead",
+    ),
+    "partners-earlier-incarnation": (
+        "b",
+        "B saw its partner's earlier incarnation die",
+        "b",
+        "an earlier incarnation of the partner, is dead",
+    ),
+}
+
+
+@pytest.mark.parametrize("which", list(WIPE_CASES))
+async def test_an_earlier_incarnation_dying_takes_no_live_partner_over(
+    tmp_path: Path, which: str
 ) -> None:
+    stopped, case, logger, line = WIPE_CASES[which]
     f = Findings()
     async with WitnessHarness(tmp_path) as h:
         t = await start_topology(h, tmp_path)
-        old = await wipe_a(h, t, t.lookup.proc)
-        case = "A saw its own earlier run die"
+        old = await wipe_a(h, t, t.lookup.proc if stopped == "lookup" else t.b.proc)
         await partition_takes_nobody_over(h, t, f, old, case)
         f.check(
-            "an earlier run of this broker, is dead" in log_text(t.a),
-            "A never logged its earlier run's death as its own",
-        )
-        f.assert_none()
-
-
-async def test_a_partner_seeing_its_partners_earlier_incarnation_die_takes_no_live_partner_over(
-    tmp_path: Path,
-) -> None:
-    f = Findings()
-    async with WitnessHarness(tmp_path) as h:
-        t = await start_topology(h, tmp_path)
-        old = await wipe_a(h, t, t.b.proc)
-        case = "B saw its partner's earlier incarnation die"
-        await partition_takes_nobody_over(h, t, f, old, case)
-        f.check(
-            "an earlier incarnation of the partner, is dead" in log_text(t.b),
-            "B never logged the old incarnation's death as an earlier one's",
+            line in log_text(t.a if logger == "a" else t.b),
+            f"{logger.upper()} never logged {line!r}",
         )
         f.assert_none()

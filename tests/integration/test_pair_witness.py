@@ -22,13 +22,13 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import grpc
-import pytest
-from netns import NetnsError, PairNet, require_tools
+from netns import PairNet
 from test_lookup_procs import LookupProcess
 from test_pair_faults import (
     DRAIN_BOUND_S,
@@ -165,16 +165,7 @@ async def start_topology(h: Harness, tmp: Path) -> Topology:
     """Network, lookup, pair with gossip; returns once the pair is healthy and gossip
     has converged (every member alive in A's, B's and the lookup's view, and both
     brokers logged that takeover now needs a witness)."""
-    try:
-        require_tools()
-    except NetnsError as exc:
-        pytest.fail(str(exc))
-    net = PairNet()
-    h.net = net
-    try:
-        net.setup()
-    except NetnsError as exc:
-        pytest.fail(f"cannot build the test network: {exc}")
+    net = h.network()
     print(f"drop method: {net.partition_method}; stale removed: {net.stale_removed}")
     lookup = BridgeLookup(tmp, net.ip_bridge)
     h.closers.append(lookup.kill)  # SIGKILL of the pid we started, if it still runs
@@ -266,6 +257,35 @@ async def finish(
     )
 
 
+async def watch_takeovers(
+    h: Harness, brokers: Mapping[str, BrokerProcess], before: Mapping[str, int | None], until: float
+) -> tuple[dict[str, str], set[str], dict[str, int]]:
+    """Every broker's stats, polled until ``until`` (a ``time.monotonic()``): the first
+    takeover each made (its counts and when, after ``before``), the brokers whose stats
+    showed the pair unhealthy, and the polls each left unanswered."""
+    t0 = time.monotonic()
+    took: dict[str, str] = {}
+    unhealthy: set[str] = set()
+    unanswered = dict.fromkeys(brokers, 0)
+    while (left := until - time.monotonic()) > 0:
+        got = await asyncio.gather(
+            *(get_stats(h, p.address, timeout=max(0.05, min(1.0, left))) for p in brokers.values())
+        )
+        for label, s in zip(brokers, got, strict=True):
+            if s is None:
+                unanswered[label] += 1
+                continue
+            if pair_problems(s):
+                unhealthy.add(label)
+            if s.pair.takeovers != before[label] and label not in took:
+                took[label] = (
+                    f"takeovers {before[label]} -> {s.pair.takeovers} "
+                    f"{time.monotonic() - t0:.2f} s into the fault"
+                )
+        await asyncio.sleep(max(0.0, min(0.1, until - time.monotonic())))
+    return took, unhealthy, unanswered
+
+
 def print_gossip_lines(tmp: Path) -> None:
     pat = re.compile(r"gossip|took over|takeover|witness", re.IGNORECASE)
     for name in ("a.log", "b.log"):
@@ -300,29 +320,10 @@ async def test_pair_link_partition_with_witness_no_takeover(tmp_path: Path) -> N
                 ("b->lookup", "b", net.ip_bridge, t.lookup.port),
             )
         }
-        took: dict[str, str] = {}  # the first takeover seen, per broker
-        unanswered = {"a": 0, "b": 0}
-        unhealthy_seen: set[str] = set()
         try:
-            while (left := t_cut + FAULT_S - time.monotonic()) > 0:
-                got = await asyncio.gather(
-                    *(
-                        get_stats(h, p.address, timeout=max(0.05, min(1.0, left)))
-                        for p in brokers.values()
-                    )
-                )
-                for label, s in zip(brokers, got, strict=True):
-                    if s is None:
-                        unanswered[label] += 1
-                        continue
-                    if pair_problems(s):
-                        unhealthy_seen.add(label)
-                    if s.pair.takeovers != before[label] and label not in took:
-                        took[label] = (
-                            f"takeovers {before[label]} -> {s.pair.takeovers} "
-                            f"{time.monotonic() - t_cut:.2f} s into the partition"
-                        )
-                await asyncio.sleep(max(0.0, min(0.1, t_cut + FAULT_S - time.monotonic())))
+            took, unhealthy_seen, unanswered = await watch_takeovers(
+                h, brokers, before, t_cut + FAULT_S
+            )
         finally:
             net.heal()
         t_heal = time.monotonic()

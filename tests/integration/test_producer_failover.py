@@ -101,6 +101,16 @@ class Publisher:
         return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
+async def acks_resume(pub: Publisher) -> None:
+    """At least 5 acks within the last half second, within 10 s."""
+    await until(
+        lambda: len([t for t in pub.acks if t > time.monotonic() - 0.5]),
+        lambda k: k >= 5,
+        10,
+        "acks after healing",
+    )
+
+
 async def heal(c: Cluster) -> None:
     """Both pairs healthy at the lookups and every broker acking with 2 copies."""
     await pairs_healthy(c.lookup_addresses, {"p1", "p2"}, timeout=20)
@@ -159,12 +169,7 @@ async def test_a_stopped_broker_costs_a_producer_at_most_one_rpc_timeout(
                 finally:
                     stopped.signal(signal.SIGCONT)
                 await heal(c)
-                await until(
-                    lambda: len([t for t in pub.acks if t > time.monotonic() - 0.5]),
-                    lambda k: k >= 5,
-                    10,
-                    "acks after healing",
-                )
+                await acks_resume(pub)
             finally:
                 await pub.stop()
             gap = pub.longest_gap(t0 - 1)
@@ -237,12 +242,7 @@ async def test_a_pair_failure_soon_after_the_other_pairs_goes_to_the_other_pair(
             nxt = route.conns[(route.current + 1) % len(route.conns)].address
             assert nxt in {n.address for n in c.pair(second.pair)}, "the partner is next"
             t_second, _ = await stop_partner_of_the_broker_in_use()
-            await until(
-                lambda: len([t for t in pub.acks if t > time.monotonic() - 0.5]),
-                lambda k: k >= 5,
-                10,
-                "acks after healing",
-            )
+            await acks_resume(pub)
         finally:
             await pub.stop()
         gaps = (pub.longest_gap(t_first - 1, t_second), pub.longest_gap(t_second - 1))
