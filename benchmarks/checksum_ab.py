@@ -97,17 +97,9 @@ async def pair(tmp: Path, name: str, crc: bool) -> AsyncIterator[pair_bench.Pair
 
 TARGET = 0.95  # issue 15: throughput with checksums at least 0.95x of without
 MODES = ("off", "on", "ctl")
-# Each slice runs the three modes in another of these orders, so none is always first
-# or last after the machine's other work: every mode takes every position equally
-# often over 6 slices.
-ORDERS = [
-    ("off", "on", "ctl"),
-    ("ctl", "on", "off"),
-    ("on", "ctl", "off"),
-    ("off", "ctl", "on"),
-    ("ctl", "off", "on"),
-    ("on", "off", "ctl"),
-]
+# Each slice runs the three modes in another order (run.ROTATIONS: every mode in every
+# position equally often over 6 slices).
+ORDERS = [tuple(MODES[i] for i in order) for order in R.ROTATIONS]
 
 
 async def _slices(

@@ -756,10 +756,10 @@ def _combine(slices: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-# Each slice runs the three brokers of the traced measurement in another of these
-# orders, so that none is always first or last: every one takes every position
-# equally often over 6 slices.
-TRACED_ORDERS = [(0, 1, 2), (2, 1, 0), (1, 2, 0), (0, 2, 1), (2, 0, 1), (1, 0, 2)]
+# Each slice runs three brokers side by side (the traced measurement here, checksum_ab.py's
+# checksums off / on / control) in another of these orders, so that none is always first
+# or last: every one takes every position equally often over 6 slices.
+ROTATIONS = [(0, 1, 2), (2, 1, 0), (1, 2, 0), (0, 2, 1), (2, 0, 1), (1, 0, 2)]
 
 
 async def traced_pair(tmp: Path, run: int, sz: Sizes) -> dict[str, dict[str, Any]]:
@@ -768,7 +768,7 @@ async def traced_pair(tmp: Path, run: int, sz: Sizes) -> dict[str, dict[str, Any
     ``publish_single``) against brokers started side by side: one without
     telemetry, one with it, and a second one with it, the control
     (``publish_traced_control``): their order rotates over the slices
-    (:data:`TRACED_ORDERS`), so a shared machine's drift (other processes, the
+    (:data:`ROTATIONS`), so a shared machine's drift (other processes, the
     disk's fsync time, which here varies several-fold within a minute) hits all
     alike instead of whichever ran second. on / off is the cost of tracing;
     control / on is the same code twice, so how far noise alone moves the ratio."""
@@ -783,7 +783,7 @@ async def traced_pair(tmp: Path, run: int, sz: Sizes) -> dict[str, dict[str, Any
         brokers = (off, on, ctl)
         labels = ("off", "on ", "ctl")
         for k in range(TRACED_SLICES):
-            for i in TRACED_ORDERS[k % len(TRACED_ORDERS)]:
+            for i in ROTATIONS[k % len(ROTATIONS)]:
                 bp = brokers[i]
                 assert bp.proc is not None
                 CPU.broker_pid = bp.proc.pid
