@@ -139,7 +139,7 @@ async def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--slices", type=int, default=12, help="slices per mode and workload")
     ap.add_argument("--quick", action="store_true", help="smaller slices")
-    ap.add_argument("--scale", type=int, default=2, help="messages per slice, x the quick size")
+    ap.add_argument("--scale", type=int, default=3, help="messages per slice, x the quick size")
     args = ap.parse_args(argv)
     base = R.QUICK
     per = 1 if args.quick else args.scale
