@@ -153,6 +153,17 @@ def _span(s: Any) -> bytes:
     parts.append(_uint(b"\x60", s.dropped_events))
     for link in s.links:
         lc = link.context
+        if not link.attributes and not link.dropped_attributes:
+            # The common link (a traced message's context): 33 bytes, written at once.
+            parts += (
+                b"\x6a\x21\x0a\x10",
+                lc.trace_id.to_bytes(16, "big"),
+                b"\x12\x08",
+                lc.span_id.to_bytes(8, "big"),
+                b"\x35",
+                _FLAGS_REMOTE if lc.is_remote else _FLAGS_LOCAL,
+            )
+            continue
         lk = [
             b"\x0a\x10",
             lc.trace_id.to_bytes(16, "big"),

@@ -132,6 +132,28 @@ def test_every_attribute_value_and_what_cannot_be_encoded() -> None:
     assert kv == set(attributes) - {"huge", "set", "surrogate"}
 
 
+def test_links_with_and_without_attributes_and_with_attributes_all_dropped() -> None:
+    """A link with no attributes takes the encoder's short path; one whose
+    attributes were all dropped (a link attribute limit of 0) must not."""
+    provider, exporter = recorded(SpanLimits(max_link_attributes=0))
+    tracer = provider.get_tracer("links")
+    links = [
+        Link(remote(1, 2)),
+        Link(SpanContext(3, 4, is_remote=False)),
+        Link(remote(5, 6), {"dropped": "yes"}),
+        Link(remote(7, 8, sampled=False)),
+    ]
+    tracer.start_span("s", links=links).end()
+    (finished,) = exporter.get_finished_spans()
+    pb = same([finished]).resource_spans[0].scope_spans[0].spans[0]
+    assert [(lk.trace_id[-1], lk.flags, lk.dropped_attributes_count) for lk in pb.links] == [
+        (1, 0x300, 0),
+        (3, 0x100, 0),
+        (5, 0x300, 1),
+        (7, 0x300, 0),
+    ]
+
+
 def test_dropped_counts_unset_times_and_a_span_without_scope() -> None:
     provider, exporter = recorded(
         SpanLimits(max_attributes=2, max_events=1, max_links=1, max_event_attributes=1)

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.propagators.textmap import CarrierT, Getter, Setter, TextMapPropagator
@@ -172,3 +174,22 @@ def test_extract_reads_what_the_configured_propagator_reads(textmap: Any) -> Non
     textmap(Custom())
     got = parent_of(_tracing.extract({"traceparent": GOOD[0], "x-trace": "5:6"}))
     assert (got.trace_id, got.span_id) == (5, 6)
+
+
+_HEXISH = "0123456789abcdefABF-x_ +"
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(GOOD[:4]),
+    st.lists(st.tuples(st.integers(0, 54), st.sampled_from(_HEXISH)), max_size=3),
+)
+def test_the_version_00_shortcut_agrees_with_the_propagator(value: str, edits: Any) -> None:
+    """Any one-to-three character change of a version 00 value (the length kept:
+    the form the shortcut takes): parsed as the propagator reads it, or refused
+    as it refuses it."""
+    chars = list(value)
+    for at, ch in edits:
+        chars[at] = ch
+    mutated = "".join(chars)
+    assert parse_traceparent(mutated) == propagator_context(mutated), mutated
