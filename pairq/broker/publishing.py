@@ -150,8 +150,23 @@ class Publisher:
             due_ns = now_ns + defer_ms * 1_000_000
         headers = b""
         traceparent = ""
-        if item.headers:
-            h = dict(item.headers)
+        hs = item.headers
+        n_headers = len(hs)
+        if n_headers == 1:
+            # One header (most often a producer's traceparent): read without
+            # copying the protobuf map into a dict, whose iteration runs in
+            # Python (about 2.5 us of the 7 a header cost before).
+            for k in hs:
+                v = hs[k]
+            if not k:
+                raise _invalid("header names must not be empty")
+            if len(k) + len(v) > MAX_HEADER_BYTES:
+                raise _invalid(f"headers exceed {MAX_HEADER_BYTES} bytes")
+            if k == TRACEPARENT:
+                traceparent = v
+            headers = wire.encode_header(k, v)
+        elif n_headers:
+            h = dict(hs)
             traceparent = h.get(TRACEPARENT, "")
             if sum(len(k) + len(v) for k, v in h.items()) > MAX_HEADER_BYTES:
                 raise _invalid(f"headers exceed {MAX_HEADER_BYTES} bytes")

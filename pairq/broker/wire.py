@@ -43,14 +43,16 @@ def _ld(tag: int, data: bytes) -> bytes:
     return bytes((tag,)) + _v(len(data)) + data
 
 
+def encode_header(key: str, value: str) -> bytes:
+    """One ``Message.headers`` map entry: what :func:`encode_headers` writes for it."""
+    kb = key.encode()
+    vb = value.encode()
+    entry = b"\x0a" + _v(len(kb)) + kb + b"\x12" + _v(len(vb)) + vb
+    return b"\x1a" + _v(len(entry)) + entry
+
+
 def encode_headers(headers: Mapping[str, str]) -> bytes:
-    out = []
-    for k, v in headers.items():
-        kb = k.encode()
-        vb = v.encode()
-        entry = b"\x0a" + _v(len(kb)) + kb + b"\x12" + _v(len(vb)) + vb
-        out.append(b"\x1a" + _v(len(entry)) + entry)
-    return b"".join(out)
+    return b"".join([encode_header(k, v) for k, v in headers.items()])
 
 
 def timestamp_field(timestamp_ns: int) -> bytes:

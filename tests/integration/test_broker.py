@@ -596,3 +596,42 @@ async def test_a_range_that_never_settles_is_reported_not_silent(
             )
             topic.settle(stuck, 1, None)  # the range fails: the head moves on
             assert topic.committed_seq == stuck + 2 and topic.stalled(time.monotonic()) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("headers", "refusal"),
+    [
+        ({"k": "v"}, None),
+        ({"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, None),
+        ({"a": "1", "b": "ü", "traceparent": "x"}, None),
+        ({"": "v"}, "header names must not be empty"),
+        ({"a": "1", "": "v"}, "header names must not be empty"),
+        ({"k": "x" * (64 * 1024)}, "headers exceed 65536 bytes"),
+        ({"a": "1", "k": "x" * (64 * 1024 - 2)}, "headers exceed 65536 bytes"),
+    ],
+    ids=["one", "traceparent", "three", "empty-name", "empty-name-of-two", "big", "big-of-two"],
+)
+async def test_headers_are_stored_as_sent_or_refused_with_a_reason(
+    tmp_path, headers: dict[str, str], refusal: str | None
+) -> None:
+    """One header takes a shorter path than several (publishing.Publisher.record):
+    both store the headers as sent and refuse the same bad ones."""
+    async with run_broker(tmp_path) as b:
+        stub = stub_for(b)
+        item = pb.PublishItem(body=b"m", headers=headers)
+        if refusal is not None:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Publish(pb.PublishRequest(topic="t", message=item))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert refusal in (err.value.details() or "")
+            resp = await stub.PublishStream(  # the same refusal inside a stream
+                iter([pb.PublishStreamRequest(request_id=1, topic="t", messages=[item])])
+            ).read()
+            assert refusal in resp.error.message
+            return
+        await stub.Publish(pb.PublishRequest(topic="t", message=item))
+        sub = RawSub(stub, "t", "c")
+        sub.rdy(1)
+        await eventually(lambda: len(sub.messages) == 1)
+        assert dict(sub.messages[0].headers) == headers
+        await sub.cancel()
