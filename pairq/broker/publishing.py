@@ -151,7 +151,7 @@ class Publisher:
         headers = b""
         traceparent = ""
         hs = item.headers
-        n_headers = len(hs)
+        n_headers = len(hs) if hs else 0  # None from the NSQ protocol's messages
         if n_headers == 1:
             # One header (most often a producer's traceparent): read without
             # copying the protobuf map into a dict, whose iteration runs in
