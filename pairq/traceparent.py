@@ -32,29 +32,23 @@ def parse_traceparent(traceparent: str) -> SpanContext | None:
     producer writes, takes a shorter path (a traced broker parses up to 33 a
     request): one match of the whole value, no groups."""
     if len(traceparent) == 55 and _VERSION_00(traceparent) is not None:
-        trace_id, span_id = int(traceparent[3:35], 16), int(traceparent[36:52], 16)
-        if not trace_id or not span_id:
+        trace_hex, span_hex, flags = traceparent[3:35], traceparent[36:52], traceparent[53:]
+    else:
+        if len(traceparent) > MAX_LENGTH:
             return None
-        flags = traceparent[53:]
-        trace_flags = _FLAGS.get(flags)
-        if trace_flags is None:
-            trace_flags = _FLAGS[flags] = TraceFlags(int(flags, 16))
-        return SpanContext(trace_id, span_id, True, trace_flags)
-    if len(traceparent) > MAX_LENGTH:
-        return None
-    m = _TRACEPARENT.fullmatch(traceparent)
-    if m is None:
-        return None
-    version, trace_hex, span_hex, flags, rest = m.groups()
-    if version == "ff" or (version == "00" and rest):
-        return None
+        m = _TRACEPARENT.fullmatch(traceparent)
+        if m is None:
+            return None
+        version, trace_hex, span_hex, flags, rest = m.groups()
+        if version == "ff" or (version == "00" and rest):
+            return None
     trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
     if not trace_id or not span_id:
         return None
     trace_flags = _FLAGS.get(flags)
     if trace_flags is None:
         trace_flags = _FLAGS[flags] = TraceFlags(int(flags, 16))
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace_flags)
+    return SpanContext(trace_id, span_id, True, trace_flags)
 
 
 def format_traceparent(sc: SpanContext) -> str:
