@@ -150,29 +150,26 @@ class Publisher:
             due_ns = now_ns + defer_ms * 1_000_000
         headers = b""
         traceparent = ""
-        hs = item.headers
-        n_headers = len(hs) if hs else 0  # None from the NSQ protocol's messages
-        if n_headers == 1:
-            # One header (most often a producer's traceparent): read without
-            # copying the protobuf map into a dict, whose iteration runs in
-            # Python (about 2.5 us of the 7 a header cost before).
+        hs = item.headers  # None from the NSQ protocol's messages
+        if hs:
+            # Read straight from the protobuf map, one pass: a dict() of it and
+            # generator scans over that iterate in Python (about 2.5 us of the 7 a
+            # header cost). The size refusal goes before the empty-name one.
+            size = 0
+            empty_name = False
+            entries = []
             for k in hs:
                 v = hs[k]
-            if not k:
-                raise _invalid("header names must not be empty")
-            if len(k) + len(v) > MAX_HEADER_BYTES:
+                size += len(k) + len(v)
+                empty_name = empty_name or not k
+                if k == TRACEPARENT:
+                    traceparent = v
+                entries.append(wire.encode_header(k, v))
+            if size > MAX_HEADER_BYTES:
                 raise _invalid(f"headers exceed {MAX_HEADER_BYTES} bytes")
-            if k == TRACEPARENT:
-                traceparent = v
-            headers = wire.encode_header(k, v)
-        elif n_headers:
-            h = dict(hs)
-            traceparent = h.get(TRACEPARENT, "")
-            if sum(len(k) + len(v) for k, v in h.items()) > MAX_HEADER_BYTES:
-                raise _invalid(f"headers exceed {MAX_HEADER_BYTES} bytes")
-            if any(not k for k in h):
+            if empty_name:
                 raise _invalid("header names must not be empty")
-            headers = wire.encode_headers(h)
+            headers = b"".join(entries)
         rec = wire.encode_record(msg_id, body, now_ns, due_ns, headers, ts_field=ts_field)
         return msg_id, rec, traceparent
 
