@@ -347,8 +347,14 @@ class Broker:
         self._watcher = asyncio.create_task(self._watch_commits())
         assert self.integrity is not None
         self.integrity.start()
+        loop = asyncio.get_running_loop()
         log.info(
-            "broker %s listening on %s (data %s)", self.node_id, self.address, self.options.data_dir
+            "broker %s listening on %s (data %s, event loop %s.%s)",
+            self.node_id,
+            self.address,
+            self.options.data_dir,
+            type(loop).__module__,
+            type(loop).__name__,
         )
 
     def reload(self) -> None:

@@ -217,6 +217,11 @@ class BrokerOptions(GossipOptions, SecurityOptions):
     # --- security: the fields of SecurityOptions (pairq.security.options), shared with the lookup ---
 
     # --- process ---
+    event_loop: str = _o(
+        "uvloop",
+        "the asyncio event loop: uvloop (libuv: about 10 percent less CPU per publish) or asyncio (the standard library's)",
+        choices=["uvloop", "asyncio"],
+    )
     shutdown_grace_s: float = _o(
         10.0, "on SIGTERM: time to let in-flight work finish before exiting", min=0.0
     )

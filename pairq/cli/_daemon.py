@@ -17,7 +17,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from pairq.cli._flags import add_flags
@@ -104,10 +104,21 @@ def run_daemon(
         return 0
     setup_logging(opts.log_level, getattr(opts, "log_format", "text"))
     try:
-        return asyncio.run(_serve(start, opts))
+        return _run(_serve(start, opts), getattr(opts, "event_loop", "asyncio"))
     except OSError as exc:
         print(f"pairq {name}: {exc}", file=sys.stderr)
         return 1
+
+
+def _run(main: Coroutine[Any, Any, int], event_loop: str) -> int:
+    """``asyncio.run(main)`` on the chosen loop: ``uvloop`` runs the same asyncio code
+    on libuv (its loop, transports and timers are C), which took about 10% off the
+    brokers' CPU per lone pair publish (benchmarks/README.md)."""
+    if event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 async def _serve(start: Callable[[Any], Awaitable[Stoppable]], opts: Any) -> int:
