@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import common
+import floor
 import grpc
 from common import proc_cpu
 
@@ -104,6 +105,8 @@ PAIR_TARGETS: dict[str, tuple[str, float]] = {
     "takeover_p50_s": ("<=", 1.0),
     "takeover_p99_s": ("<=", 2.0),
     "pair_secure_ratio": (">=", 0.8),
+    # issue 12: both brokers' CPU per lone publish at 1,000/s (the floor is printed beside it)
+    "pair_lone_cpu_us_both_brokers": ("<=", 400),
 }
 
 PAIR_MEASUREMENTS = [
@@ -113,6 +116,7 @@ PAIR_MEASUREMENTS = [
     "takeover",
     "resilver",
     "pair_secure",
+    "lone_floor",
 ]
 
 
@@ -405,17 +409,19 @@ async def pair_latency(pair: Pair, sz: PairSizes, log: Log) -> dict[str, Any]:
         cpu.stop(len(lats))
     ms = [x * 1000 for x in lats]
     not2 = sum(v for k, v in copies.items() if k != 2)
+    both = cpu.per_msg["A_us"] + cpu.per_msg["B_us"]
     log(
         f"  pair latency @{sz.latency_rate}/s: p50 {pct(ms, 50):.3f} ms  p90 {pct(ms, 90):.3f} ms  "
         f"p99 {pct(ms, 99):.3f} ms  max {max(ms, default=0):.2f} ms  ({len(ms):,} publishes in "
         f"{elapsed:.2f} s, open loop; schedule lag p99 {pct(lags, 99) * 1000:.2f} ms; acks by copies "
-        f"{dict(sorted(copies.items()))}; {cpu.text})"
+        f"{dict(sorted(copies.items()))}; {cpu.text}; both brokers {both:.0f} us/msg)"
     )
     return {
         "p50_ms": pct(ms, 50),
         "p99_ms": pct(ms, 99),
         "n": len(ms),
         "copies_not_2": not2,
+        "both_us": both,
         **cpu.per_msg,
     }
 
@@ -736,6 +742,10 @@ async def run_pair_benchmarks(
         results["takeover"].append(await takeover(tmp, sz, log))
     if "resilver" in want:
         results["resilver"].append(await resilver(tmp, sz, log))
+    if "lone_floor" in want:
+        f = await floor.measure(tmp, sz.latency_rate, min(sz.latency_seconds, 3.0))
+        log("  " + floor.describe(f))
+        results["lone_floor"].append(f)
     secure_ratio = float("nan")
     if "pair_secure" in want:
         secure_ratio = await pair_secure(tmp, sz, log)
@@ -760,6 +770,12 @@ async def run_pair_benchmarks(
         "takeover_trials": tk.get("trials"),
         "takeover_problems": len(tk["problems"]) if tk else None,
         "pair_secure_ratio": num(secure_ratio, 3),
+        "pair_lone_cpu_us_both_brokers": num(_med(results["pair_latency"], "both_us")),
+        "pair_lone_floor_us": num(_med(results["lone_floor"], "pair_floor_us")),
+        "pair_lone_floor": {
+            k: num(_med(results["lone_floor"], k), 1)
+            for k in ("commit_cpu_us", "commit_wall_us", "stream_cpu_us")
+        },
         "pair_cpu_us_per_msg": {
             side: {name: num(_med(results[name], f"{side}_us"), 1) for name, _ in _THROUGHPUT}
             for side in ("A", "B", "client")

@@ -983,6 +983,8 @@ async def main_async(sz: Sizes, quick: bool) -> dict[str, Any]:
         note = ""
         if key == "consume_msgs_per_s" and not summary["consume_complete"]:
             ok, note = False, " (not every message was finished: see the consume line)"
+        if key == "pair_lone_cpu_us_both_brokers" and summary.get("pair_lone_floor_us"):
+            note = f" (floor measured here: {summary['pair_lone_floor_us']:,} us, see benchmarks/floor.py)"
         log(f"  {key:<28} {value:>12,}   target {op} {target:,}   {'ok' if ok else 'MISSED'}{note}")
     return summary
 
