@@ -40,29 +40,45 @@ async def _session(
     address: str, hello: rpb.ReplicaHello | None, batch: rpb.ReplicaBatch, *, prove: bool
 ) -> str:
     """Open a Replicate stream, say ``hello`` (answering a challenge with a made-up
-    proof if ``prove``), send ``batch``; the status the broker ended it with."""
+    proof if ``prove``), send ``batch``; the status the broker ended it with.
+
+    The broker's answer to the hello (and to the proof) is read before anything more
+    is sent, as a real partner does: a refusal is then read as the status it is,
+    instead of racing the next write against the broker's abort. Only a broker that
+    answered with something else (a welcome: it took the forgery for its partner)
+    gets the batch, and its answer to that is returned ("ACKED" if it stored it)."""
     async with grpc.aio.insecure_channel(address) as ch:
         call = rpbg.ReplicationServiceStub(ch).Replicate()
+
+        async def ended() -> str:
+            return (await call.code()).name
+
         try:
             if hello is not None:
                 await call.write(rpb.ReplicateRequest(hello=hello))
                 resp = await asyncio.wait_for(call.read(), 10)
-                if resp is not grpc.aio.EOF and resp.WhichOneof("kind") == "challenge" and prove:
+                if resp is grpc.aio.EOF:
+                    return await ended()
+                if resp.WhichOneof("kind") == "challenge" and prove:
                     await call.write(
                         rpb.ReplicateRequest(proof=rpb.ReplicaProof(proof=os.urandom(32)))
                     )
+                    resp = await asyncio.wait_for(call.read(), 10)
+                    if resp is grpc.aio.EOF:
+                        return await ended()
             await call.write(rpb.ReplicateRequest(batch=batch))
             while True:
                 r = await asyncio.wait_for(call.read(), 10)
                 if r is grpc.aio.EOF:
-                    return "EOF"
+                    return await ended()
                 if r.WhichOneof("kind") == "ack":
                     return "ACKED"  # the forgery was accepted
         except grpc.aio.AioRpcError as exc:
             return exc.code().name
         except (asyncio.InvalidStateError, ConnectionError) as exc:
-            return f"ended ({exc})"
-    return "?"
+            # A write after the broker ended the call; what it ended it with.
+            code = await asyncio.wait_for(call.code(), 10)
+            return code.name if code != grpc.StatusCode.OK else f"ended ({exc})"
 
 
 def _hello(node_id: str, pair: str, *, nonce: bool) -> rpb.ReplicaHello:

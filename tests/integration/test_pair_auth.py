@@ -98,6 +98,19 @@ async def test_every_forgery_without_the_pair_secret_is_refused_and_changes_noth
                 await consumer.stop()
 
 
+async def test_the_forgeries_succeed_against_a_pair_without_the_secret(tmp_path: Path) -> None:
+    """The forger is real: where nothing checks a pair secret, a made-up partner's
+    records are stored and acknowledged. So the refusals above come from the secret,
+    not from a forger that could not have succeeded anyway."""
+    async with run_pair(tmp_path / "pair") as (a, b):
+        assert a.pair is not None and b.pair is not None
+        await eventually(lambda: a.pair.stats().link == "tcp" and b.pair.stats().link == "tcp")
+        ids = [os.urandom(16) for _ in range(3)]
+        answer = await pair_forgery.forge_next_ids(b.address, "p1", b.pair.standby.partner_id, ids)
+        assert answer == "ACKED"
+        assert b.pair.stats().auth_failures == 0
+
+
 async def _broker(tmp: Path, name: str, port: int, partner: int, **extra: Any) -> Broker:
     broker = Broker(
         BrokerOptions(
