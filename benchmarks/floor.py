@@ -10,8 +10,8 @@ pair publish beside its floor:
   transaction, ``sync=True`` (what ``--sync=always`` opens), on a thread of its own;
   CPU from ``RUSAGE_THREAD``. LMDB flushes twice per commit (the data pages, then
   the meta page through its O_DSYNC descriptor); most of the cost is the kernel's.
-- **grpc.aio stream message**: a server process with one bidirectional stream
-  whose handler reads a message and writes it back (``context.read`` /
+- **grpc.aio stream message**: ``benchmarks/echo.py``'s server process, whose
+  bidirectional stream reads a message and writes it back (``context.read`` /
   ``context.write``, as ``PublishStream`` does), on the brokers' default loop
   (uvloop); the client sends one 220-byte message at a time, paced, open loop.
   The server process's CPU per message, its gRPC threads included.
@@ -26,21 +26,17 @@ import asyncio
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
+import echo
 import grpc
 import lmdb
 from common import pct, proc_cpu
 
-from pairq.testing import free_port, wait_for_port
-
-METHOD = "/floor.Echo/Stream"
 RECORD = bytes(260)  # a 200-byte body's record, about
 MESSAGE = bytes(220)  # a one-message PublishStreamRequest, about
 
@@ -72,44 +68,11 @@ def lmdb_commit(directory: str, n: int = 1000) -> dict[str, float]:
     return out
 
 
-# -- the echo server (a process of its own, so its CPU is its own) ----------------------
-
-
-async def _echo(request_iterator: Any, context: Any) -> None:
-    while True:
-        msg = await context.read()
-        if msg is grpc.aio.EOF:
-            return
-        await context.write(msg)
-
-
-async def _serve(port: int) -> None:
-    server = grpc.aio.server()
-    handler = grpc.stream_stream_rpc_method_handler(_echo)
-    server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler("floor.Echo", {"Stream": handler})]
-    )
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await server.wait_for_termination()
-
-
-def _spawn_echo(port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, __file__, "--echo-server", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 async def grpc_stream(rate: int, seconds: float) -> dict[str, float]:
     """Server CPU microseconds per lone message on a grpc.aio stream, and the round trip."""
-    port = free_port()
-    proc = _spawn_echo(port)
-    try:
-        await asyncio.to_thread(wait_for_port, port, 20.0)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            call = ch.stream_stream(METHOD)()
+    with echo.echo_process("uvloop") as (address, pid):
+        async with grpc.aio.insecure_channel(address) as ch:
+            call = ch.stream_stream(echo.STREAM)()
             for _ in range(200):  # warm up
                 await call.write(MESSAGE)
                 await call.read()
@@ -122,7 +85,7 @@ async def grpc_stream(rate: int, seconds: float) -> dict[str, float]:
                     lats.append(time.perf_counter() - sent.get_nowait())
 
             total = int(rate * seconds)
-            c0 = proc_cpu(proc.pid)
+            c0 = proc_cpu(pid)
             t0 = time.perf_counter()
             rd = asyncio.create_task(reader(total))
             for i in range(total):
@@ -132,17 +95,14 @@ async def grpc_stream(rate: int, seconds: float) -> dict[str, float]:
                 sent.put_nowait(time.perf_counter())
                 await call.write(MESSAGE)
             await asyncio.wait_for(rd, timeout=seconds + 30)
-            used = proc_cpu(proc.pid) - c0
+            used = proc_cpu(pid) - c0
             await call.done_writing()
-        ms = [x * 1000 for x in lats]
-        return {
-            "stream_cpu_us": used / total * 1e6,
-            "stream_rtt_p50_ms": pct(ms, 50),
-            "stream_rtt_p99_ms": pct(ms, 99),
-        }
-    finally:
-        proc.kill()
-        proc.wait()
+    ms = [x * 1000 for x in lats]
+    return {
+        "stream_cpu_us": used / total * 1e6,
+        "stream_rtt_p50_ms": pct(ms, 50),
+        "stream_rtt_p99_ms": pct(ms, 99),
+    }
 
 
 async def measure(tmp: Path, rate: int = 1000, seconds: float = 3.0) -> dict[str, float]:
@@ -167,13 +127,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.echo_server:
-        import uvloop
-
-        uvloop.run(_serve(args.echo_server))
-        return 0
     with tempfile.TemporaryDirectory(prefix="pairq-floor-", dir=os.environ.get("TMPDIR")) as t:
         f = asyncio.run(measure(Path(t), args.rate, args.seconds))
     print(describe(f))

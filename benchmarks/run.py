@@ -25,7 +25,7 @@ process is the client. Measured:
 Baselines measured in the same run (absolute numbers on a shared 2-core
 machine are noisy): fsync'd LMDB commits/s on this disk, and raw unary gRPC
 round trips (sequential latency and pipelined calls/s) against a trivial
-echo server in another process.
+echo server in another process (``benchmarks/echo.py``).
 
 Then the redundant-pair measurements of ``benchmarks/pair_bench.py`` (two
 ``pairq broker --pair p --sync=always`` processes partnered on loopback):
@@ -68,6 +68,7 @@ from pairq.v1 import broker_pb2 as pb
 from pairq.v1 import broker_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import echo
 from common import pct, proc_cpu
 from pair_bench import (
     PAIR_FULL,
@@ -79,8 +80,6 @@ from pair_bench import (
 
 BODY = bytes(range(200))  # 200-byte messages
 assert len(BODY) == 200
-
-_ECHO_METHOD = "/pairq.bench.Echo/Call"
 
 
 @dataclass(frozen=True)
@@ -176,7 +175,6 @@ def broker_process(
     ``telemetry``: with a Prometheus endpoint and OTLP metrics and traces on (to a
     loopback port nothing listens on: every export is attempted and fails fast),
     for the on-vs-off comparison."""
-    from pairq.testing import free_port
 
     data = tmp / name
     extra = ["--metrics-address", f"127.0.0.1:{free_port()}"] if telemetry else []
@@ -213,41 +211,6 @@ def broker_process(
         shutil.rmtree(data, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def echo_process() -> Iterator[str]:
-    """A trivial unary gRPC echo server in a child process (the gRPC baseline)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--echo-server", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, timeout=20)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-async def serve_echo(port: int) -> None:
-    async def echo(request: bytes, context: Any) -> bytes:
-        return request
-
-    handler = grpc.method_handlers_generic_handler(
-        "pairq.bench.Echo", {"Call": grpc.unary_unary_rpc_method_handler(echo)}
-    )
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await server.wait_for_termination()
-
-
 # -- baselines -----------------------------------------------------------------
 
 
@@ -270,7 +233,7 @@ def baseline_lmdb(path: Path, seconds: float) -> float:
 async def baseline_grpc(address: str, seconds: float) -> tuple[float, float]:
     """(sequential round-trip p50 in ms, pipelined calls/s with 64 in flight) of a 200-byte echo."""
     async with grpc.aio.insecure_channel(address) as ch:
-        call = ch.unary_unary(_ECHO_METHOD)
+        call = ch.unary_unary(echo.UNARY)
         for _ in range(200):
             await call(BODY)
         rtts: list[float] = []
@@ -296,8 +259,8 @@ async def baseline_grpc(address: str, seconds: float) -> tuple[float, float]:
 async def baseline(lmdb_dir: Path, seconds: float) -> dict[str, float]:
     """Both baselines, logged: the disk's fsync'd commit rate and raw unary gRPC."""
     fsyncs = baseline_lmdb(lmdb_dir, seconds)
-    with echo_process() as echo:
-        rtt_ms, grpc_calls = await baseline_grpc(echo, seconds)
+    with echo.echo_process() as (address, _pid):
+        rtt_ms, grpc_calls = await baseline_grpc(address, seconds)
     log(
         f"  baseline        : LMDB fsync'd commits {fsyncs:,.0f}/s ({1000 / fsyncs:.3f} ms each); "
         f"unary gRPC echo round trip p50 {rtt_ms:.3f} ms, pipelined {grpc_calls:,.0f} calls/s"
@@ -994,7 +957,6 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="one smaller run (about a minute)")
-    ap.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument(
         "--only",
         help="comma-separated measurement names (for profiling); pair ones: "
@@ -1016,9 +978,6 @@ def main() -> int:
     if args.address:
         EXTERNAL_BROKER[:] = [args.address]
         CPU.broker_pid = args.broker_pid
-    if args.echo_server:
-        asyncio.run(serve_echo(args.echo_server))
-        return 0
     sz = QUICK if args.quick else FULL
     if args.consume_max_in_flight:
         sz = dataclasses.replace(sz, consume_max_in_flight=args.consume_max_in_flight)

@@ -51,7 +51,8 @@ async def _session(
         call = rpbg.ReplicationServiceStub(ch).Replicate()
 
         async def ended() -> str:
-            return (await call.code()).name
+            """The status the broker ended the call with."""
+            return (await asyncio.wait_for(call.code(), 10)).name
 
         try:
             if hello is not None:
@@ -77,8 +78,8 @@ async def _session(
             return exc.code().name
         except (asyncio.InvalidStateError, ConnectionError) as exc:
             # A write after the broker ended the call; what it ended it with.
-            code = await asyncio.wait_for(call.code(), 10)
-            return code.name if code != grpc.StatusCode.OK else f"ended ({exc})"
+            status = await ended()
+            return status if status != "OK" else f"ended ({exc})"
 
 
 def _hello(node_id: str, pair: str, *, nonce: bool) -> rpb.ReplicaHello:
