@@ -15,6 +15,14 @@ pair publish beside its floor:
   ``context.write``, as ``PublishStream`` does), on the brokers' default loop
   (uvloop); the client sends one 220-byte message at a time, paced, open loop.
   The server process's CPU per message, its gRPC threads included.
+- **Two brokers' commits on one disk** (what a pair costs where, as here, both
+  brokers share the machine's only disk): two processes, each with its own LMDB
+  environment, commit one put per round, started together by a barrier, either at
+  the same instant or the second ``OFFSET_US`` later (about when a partner starts
+  its commit, a replication hop after the owner). The figure is the wall time from
+  the first commit's start to the last one's end, p50 over the rounds, beside one
+  commit alone measured the same way: on separate hosts the two would overlap at
+  no cost, on one virtio disk their four flushes queue.
 
 Run alone: ``.venv/bin/python benchmarks/floor.py [--rate 1000] [--seconds 3]``.
 """
@@ -24,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import resource
 import sys
@@ -31,6 +40,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import echo
 import grpc
@@ -39,6 +49,7 @@ from common import pct, proc_cpu
 
 RECORD = bytes(260)  # a 200-byte body's record, about
 MESSAGE = bytes(220)  # a one-message PublishStreamRequest, about
+OFFSET_US = 200  # the partner's commit starts about this much after the owner's
 
 
 def lmdb_commit(directory: str, n: int = 1000) -> dict[str, float]:
@@ -65,6 +76,65 @@ def lmdb_commit(directory: str, n: int = 1000) -> dict[str, float]:
     t = threading.Thread(target=run, name="floor-lmdb")
     t.start()
     t.join()
+    return out
+
+
+def _committer(directory: str, rounds: int, offset_s: float, barrier: Any, out: Any) -> None:
+    """One process of ``commits_on_one_disk``: per round, wait at the barrier, wait
+    ``offset_s`` more (a busy wait: a sleep would be late by more than the offset),
+    commit one put, and send (start, end) on ``out``."""
+    env = lmdb.open(directory, map_size=1 << 28, sync=True, metasync=True)
+    spans = []
+    try:
+        for i in range(rounds):
+            barrier.wait(timeout=30)
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < offset_s:
+                pass
+            start = time.perf_counter()
+            with env.begin(write=True) as txn:
+                txn.put(i.to_bytes(8, "big"), RECORD)
+            spans.append((start, time.perf_counter()))
+    finally:
+        env.close()
+    out.send(spans)
+
+
+def commits_on_one_disk(directory: str, rounds: int = 400) -> dict[str, float]:
+    """Wall microseconds (p50) from the first commit's start to the last one's end,
+    for one commit alone and for two processes committing together on this disk
+    (at once, and the second ``OFFSET_US`` later). ``perf_counter`` is
+    CLOCK_MONOTONIC, one clock for every process of the machine."""
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process running gRPC
+    out: dict[str, float] = {}
+    for key, offsets in (
+        ("one_commit_wall_us", [0.0]),
+        ("two_commits_at_once_wall_us", [0.0, 0.0]),
+        ("two_commits_offset_wall_us", [0.0, OFFSET_US / 1e6]),
+    ):
+        barrier = ctx.Barrier(len(offsets))
+        pipes = [ctx.Pipe(duplex=False) for _ in offsets]
+        procs = [
+            ctx.Process(
+                target=_committer,
+                args=(tempfile.mkdtemp(prefix="c", dir=directory), rounds, off, barrier, w),
+            )
+            for off, (_, w) in zip(offsets, pipes, strict=True)
+        ]
+        for p in procs:
+            p.start()
+        try:
+            spans = [r.recv() for r, _ in pipes]
+        finally:
+            for p in procs:
+                p.join(30)
+                if p.is_alive():
+                    p.kill()
+        walls = [
+            (max(e for _, e in rnd) - min(s for s, _ in rnd)) * 1e6
+            for rnd in zip(*spans, strict=True)
+        ]
+        out[key] = pct(walls, 50)
     return out
 
 
@@ -109,6 +179,7 @@ async def measure(tmp: Path, rate: int = 1000, seconds: float = 3.0) -> dict[str
     """Both floors; ``pair_floor_us``: two commits and one stream message."""
     d = tempfile.mkdtemp(prefix="floor-lmdb-", dir=tmp)
     res = lmdb_commit(d)
+    res.update(commits_on_one_disk(d))
     res.update(await grpc_stream(rate, seconds))
     res["pair_floor_us"] = 2 * res["commit_cpu_us"] + res["stream_cpu_us"]
     return res
@@ -119,7 +190,10 @@ def describe(f: dict[str, float]) -> str:
         f"floor of a lone pair publish: 2 x durable LMDB commit ({f['commit_cpu_us']:.0f} us CPU, "
         f"{f['commit_sys_us']:.0f} of it in the kernel; {f['commit_wall_us']:.0f} us wall) + one "
         f"grpc.aio stream message served ({f['stream_cpu_us']:.0f} us CPU; round trip p50 "
-        f"{f['stream_rtt_p50_ms']:.2f} ms) = {f['pair_floor_us']:.0f} us before any pairq code"
+        f"{f['stream_rtt_p50_ms']:.2f} ms) = {f['pair_floor_us']:.0f} us before any pairq code; "
+        f"on this one disk, two brokers' commits take {f['two_commits_at_once_wall_us']:.0f} us "
+        f"wall when started at once and {f['two_commits_offset_wall_us']:.0f} us when the "
+        f"second starts {OFFSET_US} us later, against {f['one_commit_wall_us']:.0f} us for one"
     )
 
 

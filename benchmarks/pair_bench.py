@@ -774,7 +774,14 @@ async def run_pair_benchmarks(
         "pair_lone_floor_us": num(_med(results["lone_floor"], "pair_floor_us")),
         "pair_lone_floor": {
             k: num(_med(results["lone_floor"], k), 1)
-            for k in ("commit_cpu_us", "commit_wall_us", "stream_cpu_us")
+            for k in (
+                "commit_cpu_us",
+                "commit_wall_us",
+                "stream_cpu_us",
+                "one_commit_wall_us",
+                "two_commits_at_once_wall_us",
+                "two_commits_offset_wall_us",
+            )
         },
         "pair_cpu_us_per_msg": {
             side: {name: num(_med(results[name], f"{side}_us"), 1) for name, _ in _THROUGHPUT}

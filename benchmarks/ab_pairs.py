@@ -1,0 +1,126 @@
+"""Lone pair latency of two broker configurations, A/B in alternating slices of one run.
+
+This machine's fsync time drifts several-fold within minutes, so two runs of
+``lone_threads.py`` one after the other cannot tell a 5 % change from the drift.
+This starts two fresh pairs side by side, ``a`` and ``b``, which differ only in
+the broker flags (``--a-arg`` / ``--b-arg``) or environment (``--a-env`` /
+``--b-env``, e.g. an experiment switch read by the brokers) they are started
+with, and sends lone publishes paced at ``--rate`` to one pair at a time, in
+``--slices`` slices of ``--seconds`` each, ordered a b b a a b ... so a drift hits
+both alike. Every ack must have ``copies == 2``. It prints each side's p50 and
+p99 over all its slices, each slice's p50, and the b/a ratios. With no
+difference between the two (the default), the ratios say how far noise alone
+moves them in that run.
+
+    .venv/bin/python benchmarks/ab_pairs.py [--b-env NAME=VALUE] [--b-arg=--flag=value]
+        [--slices 6] [--seconds 1.5] [--rate 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from common import pct
+from pair_bench import BODY, running_pair
+
+from pairq.client import Producer
+
+
+@contextlib.contextmanager
+def environment(pairs: list[str]) -> Iterator[None]:
+    """``NAME=VALUE`` pairs set while the block runs (the brokers inherit them)."""
+    old = {}
+    for item in pairs:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--a-env/--b-env wants NAME=VALUE, not {item!r}")
+        old[name] = os.environ.get(name)
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+async def lone_slice(p: Producer, rate: int, seconds: float) -> list[float]:
+    """Latencies (ms) of lone publishes paced at ``rate`` for ``seconds``, open loop."""
+    loop = asyncio.get_running_loop()
+    out: list[float] = []
+    bad = 0
+
+    async def one() -> None:
+        nonlocal bad
+        t = time.perf_counter()
+        ack = await p.publish("lone", BODY)
+        out.append((time.perf_counter() - t) * 1000)
+        bad += ack.copies != 2
+
+    tasks = []
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(loop.create_task(one()))
+    await asyncio.gather(*tasks)
+    if bad:
+        raise SystemExit(f"{bad} publish(es) acknowledged with fewer than 2 copies")
+    return out
+
+
+async def main(a: argparse.Namespace) -> int:
+    lat: dict[str, list[float]] = {"a": [], "b": []}
+    per: dict[str, list[float]] = {"a": [], "b": []}
+    with tempfile.TemporaryDirectory(prefix="pairq-ab-") as tmp:
+        async with contextlib.AsyncExitStack() as stack:
+            producers = {}
+            for side, args, env in (("a", a.a_arg, a.a_env), ("b", a.b_arg, a.b_env)):
+                with environment(env):
+                    pair = await stack.enter_async_context(
+                        running_pair(Path(tmp), side, args or None)
+                    )
+                producers[side] = await stack.enter_async_context(Producer(brokers=pair.addresses))
+            for p in producers.values():  # warm up: topic, channels, streams
+                for _ in range(300):
+                    await p.publish("lone", BODY)
+            order = ("a", "b", "b", "a")
+            for i in range(2 * a.slices):
+                side = order[i % 4]
+                got = await lone_slice(producers[side], a.rate, a.seconds)
+                lat[side] += got
+                per[side].append(pct(got, 50))
+    for side in ("a", "b"):
+        slices = " ".join(f"{x:.2f}" for x in per[side])
+        print(
+            f"{side}: {len(lat[side])} publishes, p50 {pct(lat[side], 50):.2f} ms, "
+            f"p99 {pct(lat[side], 99):.2f} ms; slice p50s {slices}"
+        )
+    print(
+        f"b/a: p50 {pct(lat['b'], 50) / pct(lat['a'], 50):.3f}, "
+        f"p99 {pct(lat['b'], 99) / pct(lat['a'], 99):.3f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--a-arg", action="append", default=[], help="extra broker flag of pair a")
+    ap.add_argument("--b-arg", action="append", default=[], help="extra broker flag of pair b")
+    ap.add_argument("--a-env", action="append", default=[], help="NAME=VALUE for pair a")
+    ap.add_argument("--b-env", action="append", default=[], help="NAME=VALUE for pair b")
+    ap.add_argument("--slices", type=int, default=6, help="slices per side")
+    ap.add_argument("--seconds", type=float, default=1.5, help="length of a slice")
+    ap.add_argument("--rate", type=int, default=1000, help="lone publishes per second")
+    sys.exit(asyncio.run(main(ap.parse_args())))
