@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from common import pct
+from common import open_loop, pct
 from pair_bench import BODY, running_pair
 
 from pairq.client import Producer
@@ -56,25 +56,17 @@ def environment(pairs: list[str]) -> Iterator[None]:
 
 async def lone_slice(p: Producer, rate: int, seconds: float) -> list[float]:
     """Latencies (ms) of lone publishes paced at ``rate`` for ``seconds``, open loop."""
-    loop = asyncio.get_running_loop()
     out: list[float] = []
     bad = 0
 
-    async def one() -> None:
+    async def one(_due: float) -> None:
         nonlocal bad
         t = time.perf_counter()
         ack = await p.publish("lone", BODY)
         out.append((time.perf_counter() - t) * 1000)
         bad += ack.copies != 2
 
-    tasks = []
-    start = time.perf_counter()
-    for i in range(int(rate * seconds)):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(loop.create_task(one()))
-    await asyncio.gather(*tasks)
+    await open_loop(rate, int(rate * seconds), one)
     if bad:
         raise SystemExit(f"{bad} publish(es) acknowledged with fewer than 2 copies")
     return out

@@ -1,8 +1,11 @@
-"""Helpers shared by the benchmark scripts (run.py, pair_bench.py, gossip_bench.py)."""
+"""Helpers shared by the benchmark scripts (run.py, pair_bench.py, gossip_bench.py, ...)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 
@@ -22,3 +25,22 @@ def proc_cpu(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return float("nan")
+
+
+async def open_loop(rate: float, total: int, one: Callable[[float], Awaitable[None]]) -> float:
+    """Call ``one(due)`` at each of ``total`` due times ``rate`` per second apart (the
+    first 10 ms from now), each in a task of its own, so a slow call never delays
+    the next one (an open loop, as real publishers are); wait for all of them.
+    Returns the seconds from the first due time to the last call's end."""
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Future[None]] = []
+    interval = 1.0 / rate
+    start = time.perf_counter() + 0.01
+    for i in range(total):
+        due = start + i * interval
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(due), loop=loop))
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - start

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import pct, proc_cpu
+from common import open_loop, pct, proc_cpu
 from pair_bench import BODY, running_pair
 
 from pairq.client import Producer
@@ -69,25 +69,16 @@ async def main(rate: int, seconds: float, broker_args: list[str]) -> None:
                 lats: list[float] = []
                 bad = 0
 
-                async def one() -> None:
+                async def one(_due: float) -> None:
                     nonlocal bad
                     t = time.perf_counter()
                     ack = await p.publish("lone", BODY)
                     lats.append(time.perf_counter() - t)
                     bad += ack.copies != 2
 
-                loop = asyncio.get_running_loop()
-                total = int(rate * seconds)
                 before = {pid: threads(pid) for pid in pids}
                 c0 = [proc_cpu(q) for q in pids]
-                start = time.perf_counter() + 0.01
-                tasks = []
-                for i in range(total):
-                    delay = start + i / rate - time.perf_counter()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    tasks.append(loop.create_task(one()))
-                await asyncio.gather(*tasks)
+                await open_loop(rate, int(rate * seconds), one)
                 used = [proc_cpu(q) - c for q, c in zip(pids, c0, strict=True)]
                 after = {pid: threads(pid) for pid in pids}
     n = len(lats)

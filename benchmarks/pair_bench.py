@@ -38,7 +38,7 @@ from typing import Any
 import common
 import floor
 import grpc
-from common import proc_cpu
+from common import open_loop, proc_cpu
 
 from pairq.client import Producer
 from pairq.security.client import ClientSecurity
@@ -380,13 +380,9 @@ async def pair_latency(pair: Pair, sz: PairSizes, log: Log) -> dict[str, Any]:
     lats: list[float] = []
     lags: list[float] = []
     copies: dict[int, int] = {}
-    loop = asyncio.get_running_loop()
     async with Producer(brokers=pair.addresses) as p:
         for _ in range(300):
             await p.publish(topic, BODY)
-        total = int(sz.latency_rate * sz.latency_seconds)
-        interval = 1.0 / sz.latency_rate
-        tasks: list[asyncio.Task[None]] = []
 
         async def one(scheduled: float) -> None:
             t = time.perf_counter()
@@ -397,15 +393,7 @@ async def pair_latency(pair: Pair, sz: PairSizes, log: Log) -> dict[str, Any]:
 
         cpu = CpuPair(pair.pids())
         cpu.start()
-        start = time.perf_counter() + 0.01
-        for i in range(total):
-            due = start + i * interval
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(loop.create_task(one(due)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
+        elapsed = await open_loop(sz.latency_rate, int(sz.latency_rate * sz.latency_seconds), one)
         cpu.stop(len(lats))
     ms = [x * 1000 for x in lats]
     not2 = sum(v for k, v in copies.items() if k != 2)

@@ -50,7 +50,7 @@ from types import FrameType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import pct
+from common import open_loop, pct
 from pair_bench import Pair
 from peer_clients import NatsSystem, PairqSystem, RabbitSystem, System
 from peer_procs import NatsCluster, RabbitCluster
@@ -145,10 +145,9 @@ async def lone(s: System, sz: Sizes, tag: str, check: Check) -> dict[str, Any]:
     credited = sum([await s.publish(BODY) for _ in range(200)])  # warm-up, same destination
     lats: list[float] = []
     errors: list[BaseException] = []
-    loop = asyncio.get_running_loop()
     clock = time.perf_counter
 
-    async def one() -> None:
+    async def one(_due: float) -> None:
         nonlocal credited
         t = clock()
         try:
@@ -159,17 +158,7 @@ async def lone(s: System, sz: Sizes, tag: str, check: Check) -> dict[str, Any]:
         lats.append(clock() - t)
         credited += ok
 
-    total = int(sz.lone_rate * sz.lone_seconds)
-    interval = 1.0 / sz.lone_rate
-    tasks: list[asyncio.Task[None]] = []
-    start = clock() + 0.01
-    for i in range(total):
-        delay = start + i * interval - clock()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(loop.create_task(one()))
-    await asyncio.gather(*tasks)
-    elapsed = clock() - start
+    elapsed = await open_loop(sz.lone_rate, int(sz.lone_rate * sz.lone_seconds), one)
     check.equal(f"{s.name} lone", credited, await s.stored())
     ms = [x * 1000 for x in lats]
     r = {"lone_p50_ms": pct(ms, 50), "lone_p99_ms": pct(ms, 99), "lone_errors": len(errors)}

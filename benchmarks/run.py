@@ -69,7 +69,7 @@ from pairq.v1 import broker_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import echo
-from common import pct, proc_cpu
+from common import open_loop, pct, proc_cpu
 from pair_bench import (
     PAIR_FULL,
     PAIR_MEASUREMENTS,
@@ -515,16 +515,12 @@ async def consume(address: str, sz: Sizes) -> dict[str, Any]:
 async def publish_latency(address: str, sz: Sizes, topic: str = "bench_latency") -> dict[str, Any]:
     lats: list[float] = []
     lags: list[float] = []
-    loop = asyncio.get_running_loop()
     with tempfile.TemporaryDirectory(prefix="pairq-bench-lmdb-") as d:
         # The disk is shared and its fsync time drifts: sample it right before.
         fsync_ms = 1000 / baseline_lmdb(Path(d), min(1.0, sz.baseline_seconds))
     async with Producer(brokers=[address]) as p:
         for _ in range(300):
             await p.publish(topic, BODY)
-        total = int(sz.latency_rate * sz.latency_seconds)
-        interval = 1.0 / sz.latency_rate
-        tasks: list[asyncio.Task[None]] = []
 
         async def one(scheduled: float) -> None:
             t = time.perf_counter()
@@ -533,15 +529,7 @@ async def publish_latency(address: str, sz: Sizes, topic: str = "bench_latency")
             lats.append(time.perf_counter() - t)
 
         CPU.start()
-        start = time.perf_counter() + 0.01
-        for i in range(total):
-            due = start + i * interval
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(loop.create_task(one(due)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
+        elapsed = await open_loop(sz.latency_rate, int(sz.latency_rate * sz.latency_seconds), one)
         CPU.stop()
     cpu = CPU.per_msg(len(lats))
     ms = [x * 1000 for x in lats]
