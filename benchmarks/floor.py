@@ -123,6 +123,8 @@ def commits_on_one_disk(directory: str, rounds: int = 400) -> dict[str, float]:
         ]
         for p in procs:
             p.start()
+        for _, w in pipes:
+            w.close()  # the children hold them: recv() then ends (EOFError) if one dies
         try:
             spans = [r.recv() for r, _ in pipes]
         finally:
