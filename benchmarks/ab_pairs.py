@@ -21,11 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from common import open_loop, pct
@@ -34,24 +32,15 @@ from pair_bench import BODY, running_pair
 from pairq.client import Producer
 
 
-@contextlib.contextmanager
-def environment(pairs: list[str]) -> Iterator[None]:
-    """``NAME=VALUE`` pairs set while the block runs (the brokers inherit them)."""
-    old = {}
+def environment(pairs: list[str]) -> dict[str, str]:
+    """``NAME=VALUE`` pairs as the brokers' extra environment."""
+    env = {}
     for item in pairs:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise SystemExit(f"--a-env/--b-env wants NAME=VALUE, not {item!r}")
-        old[name] = os.environ.get(name)
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        for name, value in old.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        env[name] = value
+    return env
 
 
 async def lone_slice(p: Producer, rate: int, seconds: float) -> list[float]:
@@ -79,10 +68,9 @@ async def main(a: argparse.Namespace) -> int:
         async with contextlib.AsyncExitStack() as stack:
             producers = {}
             for side, args, env in (("a", a.a_arg, a.a_env), ("b", a.b_arg, a.b_env)):
-                with environment(env):
-                    pair = await stack.enter_async_context(
-                        running_pair(Path(tmp), side, args or None)
-                    )
+                pair = await stack.enter_async_context(
+                    running_pair(Path(tmp), side, args or None, env=environment(env))
+                )
                 producers[side] = await stack.enter_async_context(Producer(brokers=pair.addresses))
             for p in producers.values():  # warm up: topic, channels, streams
                 for _ in range(300):

@@ -137,6 +137,7 @@ class Pair:
         name: str,
         extra: list[str] | None = None,
         client: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.client = client or {}  # Producer keyword arguments (token, TLS files)
         self.security = ClientSecurity(**self.client)
@@ -147,12 +148,14 @@ class Pair:
             port=pa,
             log_path=str(tmp / f"{name}-a.log"),
             args=[*common, "--partner", f"127.0.0.1:{pb_}"],
+            env=env,
         )
         self.b = BrokerProcess(
             tmp / f"{name}-b",
             port=pb_,
             log_path=str(tmp / f"{name}-b.log"),
             args=[*common, "--partner", f"127.0.0.1:{pa}"],
+            env=env,
         )
 
     @property
@@ -178,9 +181,13 @@ class Pair:
 
 @contextlib.asynccontextmanager
 async def running_pair(
-    tmp: Path, name: str, extra: list[str] | None = None, client: dict[str, str] | None = None
+    tmp: Path,
+    name: str,
+    extra: list[str] | None = None,
+    client: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Pair]:
-    pair = Pair(tmp, name, extra, client)
+    pair = Pair(tmp, name, extra, client, env)
     try:
         await pair.start()
         yield pair

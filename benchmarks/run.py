@@ -181,20 +181,21 @@ def broker_process(
     nsq_address = f"127.0.0.1:{free_port()}" if nsq else ""
     if nsq:
         extra += ["--nsq-tcp-address", nsq_address]
+    otlp = (
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+            "OTEL_TRACES_EXPORTER": "otlp",
+        }
+        if telemetry
+        else None
+    )
     bp = BrokerProcess(
         data,
         args=["--sync", "always", "--log-level", "warning", *extra, *BROKER_ARGS],
         log_path=str(tmp / f"{name}.log"),
+        env=otlp,
     )
-    saved = dict(os.environ)
-    if telemetry:
-        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
-        os.environ["OTEL_TRACES_EXPORTER"] = "otlp"
-    try:
-        bp.start()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    bp.start()
     if nsq:
         NSQ_ADDRESSES[bp.address] = nsq_address
         wait_for_port(int(nsq_address.rpartition(":")[2]))

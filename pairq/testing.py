@@ -228,7 +228,8 @@ class BrokerProcess:
     """``pairq broker`` as a child process; ``kill()`` is a real SIGKILL.
 
     ``host``: the address it binds (loopback by default); ``prefix``: a command
-    to run it under, e.g. ``["ip", "netns", "exec", NAME]`` for a network namespace.
+    to run it under, e.g. ``["ip", "netns", "exec", NAME]`` for a network namespace;
+    ``env``: variables set for the broker on top of this process's environment.
     """
 
     def __init__(
@@ -240,10 +241,12 @@ class BrokerProcess:
         log_path: str | None = None,
         host: str = "127.0.0.1",
         prefix: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.data_dir = str(data_dir)
         self.host = host
         self.prefix = list(prefix or [])
+        self.env = dict(env or {})
         self.port = port or free_port()
         self.args = args or []
         self.log_path = log_path or str(Path(self.data_dir).with_suffix(".log"))
@@ -267,7 +270,12 @@ class BrokerProcess:
             *self.args,
         ]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env} if self.env else None,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
