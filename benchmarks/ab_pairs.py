@@ -23,11 +23,10 @@ import asyncio
 import contextlib
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import open_loop, pct
-from pair_bench import BODY, running_pair
+from common import pct
+from pair_bench import BODY, lone_publishes, running_pair
 
 from pairq.client import Producer
 
@@ -45,17 +44,7 @@ def environment(pairs: list[str]) -> dict[str, str]:
 
 async def lone_slice(p: Producer, rate: int, seconds: float) -> list[float]:
     """Latencies (ms) of lone publishes paced at ``rate`` for ``seconds``, open loop."""
-    out: list[float] = []
-    bad = 0
-
-    async def one(_due: float) -> None:
-        nonlocal bad
-        t = time.perf_counter()
-        ack = await p.publish("lone", BODY)
-        out.append((time.perf_counter() - t) * 1000)
-        bad += ack.copies != 2
-
-    await open_loop(rate, int(rate * seconds), one)
+    out, bad = await lone_publishes(p, "lone", rate, int(rate * seconds))
     if bad:
         raise SystemExit(f"{bad} publish(es) acknowledged with fewer than 2 copies")
     return out

@@ -32,7 +32,6 @@ async def open_loop(rate: float, total: int, one: Callable[[float], Awaitable[No
     first 10 ms from now), each in a task of its own, so a slow call never delays
     the next one (an open loop, as real publishers are); wait for all of them.
     Returns the seconds from the first due time to the last call's end."""
-    loop = asyncio.get_running_loop()
     tasks: list[asyncio.Future[None]] = []
     interval = 1.0 / rate
     start = time.perf_counter() + 0.01
@@ -41,6 +40,6 @@ async def open_loop(rate: float, total: int, one: Callable[[float], Awaitable[No
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(due), loop=loop))
+        tasks.append(asyncio.ensure_future(one(due)))
     await asyncio.gather(*tasks)
     return time.perf_counter() - start

@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import open_loop, pct, proc_cpu
-from pair_bench import BODY, running_pair
+from common import pct, proc_cpu
+from pair_bench import BODY, lone_publishes, running_pair
 
 from pairq.client import Producer
 
@@ -66,23 +66,12 @@ async def main(rate: int, seconds: float, broker_args: list[str]) -> None:
             async with Producer(brokers=pair.addresses) as p:
                 for _ in range(300):
                     await p.publish("lone", BODY)
-                lats: list[float] = []
-                bad = 0
-
-                async def one(_due: float) -> None:
-                    nonlocal bad
-                    t = time.perf_counter()
-                    ack = await p.publish("lone", BODY)
-                    lats.append(time.perf_counter() - t)
-                    bad += ack.copies != 2
-
                 before = {pid: threads(pid) for pid in pids}
                 c0 = [proc_cpu(q) for q in pids]
-                await open_loop(rate, int(rate * seconds), one)
+                ms, bad = await lone_publishes(p, "lone", rate, int(rate * seconds))
                 used = [proc_cpu(q) - c for q, c in zip(pids, c0, strict=True)]
                 after = {pid: threads(pid) for pid in pids}
-    n = len(lats)
-    ms = [x * 1000 for x in lats]
+    n = len(ms)
     print(
         f"lone @{rate}/s: {n} publishes (copies != 2: {bad}), p50 {pct(ms, 50):.2f} ms, "
         f"p99 {pct(ms, 99):.2f} ms; CPU per publish: A {used[0] / n * 1e6:.0f} us, "

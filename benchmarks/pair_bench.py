@@ -382,6 +382,23 @@ async def pair_publish_batch(pair: Pair, sz: PairSizes, log: Log) -> dict[str, A
     return {"msgs_per_s": rate, "n": n, "copies_not_2": not2, **cpu.per_msg}
 
 
+async def lone_publishes(p: Producer, topic: str, rate: int, total: int) -> tuple[list[float], int]:
+    """Latencies (ms) of ``total`` lone publishes paced at ``rate``, open loop, and how
+    many were acknowledged with fewer than 2 copies."""
+    out: list[float] = []
+    bad = 0
+
+    async def one(_due: float) -> None:
+        nonlocal bad
+        t = time.perf_counter()
+        ack = await p.publish(topic, BODY)
+        out.append((time.perf_counter() - t) * 1000)
+        bad += ack.copies != 2
+
+    await open_loop(rate, total, one)
+    return out, bad
+
+
 async def pair_latency(pair: Pair, sz: PairSizes, log: Log) -> dict[str, Any]:
     topic = "pair_latency"
     lats: list[float] = []
