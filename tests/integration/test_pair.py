@@ -544,6 +544,47 @@ async def test_uncommitted_copies_count_as_stored_only_once_the_owner_confirms(
         call.cancel()
 
 
+async def test_confirmations_ride_on_later_batches_not_on_frames_of_their_own(
+    tmp_path: Path,
+) -> None:
+    """The owner confirms its own commit of a live publish on the next batch, at the
+    latest the next heartbeat. Paced at 40 publishes a second (25 ms apart, far
+    longer than a commit here), each publish costs the partner one commit: sent
+    alone after 5 ms, each confirmation had cost a second frame each way and a
+    second fsync'd commit. The last publish is still confirmed (its id indexed on the
+    partner, so a retry there is answered "stored") within about a heartbeat."""
+    async with run_pair(tmp_path) as (a, b):
+        assert a.pair is not None and b.pair is not None
+        standby = b.pair.standby
+        sa = pbg.BrokerServiceStub(grpc.aio.insecure_channel(a.address))
+        await sa.Publish(pb.PublishRequest(topic="conf", message=pb.PublishItem(body=b"warm")))
+        await eventually(lambda: not standby.unconfirmed_ids)
+        n = 40
+        commits0 = b.store.commits
+        last = b""
+        for i in range(n):
+            t = time.monotonic()
+            r = await sa.Publish(
+                pb.PublishRequest(topic="conf", message=pb.PublishItem(body=b"%d" % i))
+            )
+            assert r.copies == 2
+            last = r.id
+            await asyncio.sleep(max(0.0, 0.025 - (time.monotonic() - t)))  # pacing, not a wait
+        t_last = time.monotonic()
+        await eventually(lambda: last not in standby.unconfirmed_ids, timeout=5)
+        confirmed_after = time.monotonic() - t_last
+        used = b.store.commits - commits0
+        # n standby commits, the last confirmation's and a heartbeat or two; with a
+        # frame per confirmation it was about 2n.
+        assert used <= n + 6, f"the partner committed {used} times for {n} paced publishes"
+        assert confirmed_after < 1.0 + b.pair.state.heartbeat
+        r = await pbg.BrokerServiceStub(grpc.aio.insecure_channel(b.address)).Publish(
+            pb.PublishRequest(topic="conf", message=pb.PublishItem(id=last, body=b"retry"))
+        )
+        assert r.id == last and r.copies == 2
+        assert "conf" not in b.topics or b.topics["conf"].message_count == 0
+
+
 async def test_replication_runs_over_the_tcp_link_and_survives_garbage_on_its_port(
     tmp_path: Path,
 ) -> None:

@@ -61,9 +61,6 @@ MAX_BATCHES_IN_FLIGHT = 16
 # link's frame limit (grpcopts.frame_limit), and a slow partner acknowledges
 # each in turn (back-pressure through the in-flight window, not a takeover).
 MAX_BATCH_BYTES = 8 * 1024 * 1024
-# Longest a confirmation of a parallel-replicated publish waits for a batch to
-# ride on before it is sent alone (see Sender.committed).
-CONFIRM_DELAY = 0.005
 
 
 @dataclass
@@ -193,7 +190,6 @@ class Sender:
         # Trace context of traced publishes among _appends (ports.publish_traces).
         self._traces: list[rpb.ReplicaTrace] = []
         self._confirms: list[tuple[str, int, int]] = []  # committed here since sent uncommitted
-        self._confirm_timer: asyncio.TimerHandle | None = None
         self._hb_timer: asyncio.TimerHandle | None = None  # see _heartbeat_due
         self._last_send = 0.0  # loop time the last batch went out
         self.link: ReplicaLink | None = None  # the session's gRPC call or FramedLink
@@ -244,15 +240,19 @@ class Sender:
 
     def committed(self, topic: str, seq0: int, n: int) -> None:
         """Records sent ``uncommitted`` are now durable here. The confirmation
-        rides on the next batch; only if none goes out within CONFIRM_DELAY does
-        it get a batch of its own (a steady publisher pays nothing for it)."""
+        rides on the next batch, at the latest the next heartbeat: it never costs
+        a frame, a partner commit or a lease round trip of its own.
+
+        What waits for it is rare and can wait a heartbeat: only the partner's
+        idempotency index (a retry of these ids published to the partner waits for
+        the confirmation, ``StandbyStore.wait_confirmed``); the copies themselves
+        are kept and taken over without it. Sent alone after 5 ms of silence, as
+        until session 14, it cost every publish slower than about 200/s a second
+        frame each way and a second fsync'd commit on the partner (2,244 us of CPU
+        per publish for both brokers at 200/s, against about 950 at 1,000/s)."""
         if not self.connected:
             return  # that stream is gone; the partner forgot what it was waiting for
         self._confirms.append((topic, seq0, n))
-        if self._confirm_timer is None:
-            self._confirm_timer = asyncio.get_running_loop().call_later(
-                CONFIRM_DELAY, self._confirm_due
-            )
 
     def _heartbeat_due(self) -> None:
         """The heartbeat timer: one per idle heartbeat interval, not one per batch (a
@@ -267,11 +267,6 @@ class Sender:
             self._wake.set()
         else:
             self._hb_timer = loop.call_at(due, self._heartbeat_due)
-
-    def _confirm_due(self) -> None:
-        self._confirm_timer = None
-        if self._confirms:
-            self._wake.set()
 
     async def wait_replicated(self) -> None:
         """Wait (at most an ack timeout) until the partner acknowledged everything
@@ -706,9 +701,6 @@ class Sender:
                 self._traces = []
             self._appends, self._progress, self._deleted, self._futures = [], {}, [], []
             self._confirms = []
-            if self._confirm_timer is not None:  # they ride on this batch
-                self._confirm_timer.cancel()
-                self._confirm_timer = None
             frames = _split_appends(pending) if pending else [[]]
             # Everything but the appends rides on the last frame, whose ack (acks are
             # cumulative) resolves every future of this round. Until that frame is
