@@ -101,6 +101,8 @@ QUICK = Sizes(
     time_cap=60.0,
 )
 
+WARMUP_RUN = 99  # the warm-up's run number (its destinations' and data dirs' suffix)
+
 PAIR, SINGLE = "pairq pair", "pairq single broker"
 NATS, RABBIT = NatsSystem.name, RabbitSystem.name
 METRICS = [
@@ -313,16 +315,20 @@ def _median(rs: list[dict[str, Any]], key: str) -> float | None:
 
 
 async def main_async(
-    sz: Sizes, tmp: Path, nats: NatsCluster | None, rabbit: RabbitCluster | None
+    sz: Sizes,
+    tmp: Path,
+    nats: NatsCluster | None,
+    rabbit: RabbitCluster | None,
+    warmup: bool = False,
 ) -> dict[str, dict[str, Any]]:
     # SIGTERM cancels the run like Ctrl-C does (asyncio.run's own SIGINT handling): every
     # `finally` below stops the pairq processes, then main()'s ExitStack stops the peers.
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    runners: list[tuple[str, Callable[[int], Awaitable[dict[str, Any]]]]] = [
-        (PAIR, lambda run: run_pair(tmp, sz, run)),
-        (SINGLE, lambda run: run_single(tmp, sz, run)),
+    runners: list[tuple[str, Callable[[Sizes, int], Awaitable[dict[str, Any]]]]] = [
+        (PAIR, lambda sz, run: run_pair(tmp, sz, run)),
+        (SINGLE, lambda sz, run: run_single(tmp, sz, run)),
     ]
     if nats is not None:
         ns = NatsSystem(nats.urls)
@@ -331,14 +337,30 @@ async def main_async(
             await ns.wait_ready(60)
         finally:
             await ns.close()
-        runners.append((NATS, lambda run: measure(NatsSystem(nats.urls), sz, run)))
+        runners.append((NATS, lambda sz, run: measure(NatsSystem(nats.urls), sz, run)))
     if rabbit is not None:
-        runners.append((RABBIT, lambda run: measure(RabbitSystem(rabbit.urls), sz, run)))
+        runners.append((RABBIT, lambda sz, run: measure(RabbitSystem(rabbit.urls), sz, run)))
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in runners}
+    if warmup:
+        # One short pass over every system, not counted: on this VM the first
+        # minutes after the peers start are slow for whichever system runs then (in
+        # two runs of 2026-12-03 without it, the first system measured had p99s of
+        # 0.3-1.2 s and the systems after it 0.14-0.34 s, against 7-40 ms later).
+        log("warm-up (not counted): every system once, quick sizes")
+        for _name, fn in runners:
+            await asyncio.to_thread(os.sync)
+            await fn(QUICK, WARMUP_RUN)
     for run in range(sz.runs):
-        log(f"run {run + 1}/{sz.runs}")
-        for name, fn in runners:
-            results[name].append(await fn(run))
+        # Each run starts with another system (a b c d, b c d a, ...): whatever the
+        # machine does after the peers' start-up or a system's big writes does not
+        # always fall on the same one. Dirty pages are written back first (sync), so
+        # no system's fsyncs wait behind the previous one's page cache.
+        k = run % len(runners)
+        order = runners[k:] + runners[:k]
+        log(f"run {run + 1}/{sz.runs}: {', '.join(name for name, _ in order)}")
+        for name, fn in order:
+            await asyncio.to_thread(os.sync)
+            results[name].append(await fn(sz, run))
             if name == RABBIT and run == 0 and rabbit is not None:
                 members = await asyncio.to_thread(rabbit.quorum_members, f"peers_consume_{run}")
                 log(f"  {RABBIT}: replicas of the last queue: {members}")
@@ -413,6 +435,12 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=None, help="runs to take the median of (default 3)")
     ap.add_argument("--no-nats", action="store_true")
     ap.add_argument("--no-rabbitmq", action="store_true")
+    ap.add_argument(
+        "--warmup",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a short uncounted pass over every system first (default: on, off with --quick)",
+    )
     args = ap.parse_args()
     sz = QUICK if args.quick else FULL
     if args.runs:
@@ -446,7 +474,8 @@ def main() -> int:
                 failed[RABBIT] = f"{type(exc).__name__}: {exc}"
                 log(f"** RabbitMQ did not start: {failed[RABBIT]}")
         try:
-            summary = asyncio.run(main_async(sz, tmp, nats, rabbit))
+            warmup = not args.quick if args.warmup is None else args.warmup
+            summary = asyncio.run(main_async(sz, tmp, nats, rabbit, warmup))
         except (KeyboardInterrupt, asyncio.CancelledError):
             log("** interrupted: stopping every process this benchmark started")
             return 130
