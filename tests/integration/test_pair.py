@@ -574,9 +574,10 @@ async def test_confirmations_ride_on_later_batches_not_on_frames_of_their_own(
         await eventually(lambda: last not in standby.unconfirmed_ids, timeout=5)
         confirmed_after = time.monotonic() - t_last
         used = b.store.commits - commits0
-        # n standby commits, the last confirmation's and a heartbeat or two; with a
-        # frame per confirmation it was about 2n.
-        assert used <= n + 6, f"the partner committed {used} times for {n} paced publishes"
+        # n standby commits, the last confirmation's, and an empty one per heartbeat
+        # (sent when a round trip stalls over 100 ms on a loaded machine); with a
+        # frame per confirmation it was 2n (80 here).
+        assert used <= n + n // 4, f"the partner committed {used} times for {n} paced publishes"
         assert confirmed_after < 1.0 + b.pair.state.heartbeat
         r = await pbg.BrokerServiceStub(grpc.aio.insecure_channel(b.address)).Publish(
             pb.PublishRequest(topic="conf", message=pb.PublishItem(id=last, body=b"retry"))
