@@ -37,6 +37,15 @@ class MembershipHost(Protocol):
 log = logging.getLogger("pairq.membership")
 
 
+# Whom a death in the pair is about when it is no verdict on the partner (for the log).
+_NOT_THE_PARTNER = {
+    pv.ME: "an earlier run of this broker",
+    pv.EARLIER_PARTNER: "an earlier incarnation of the partner",
+    pv.ELSEWHERE: "a broker of this pair at neither this broker's address nor --partner "
+    "(an earlier run of this broker on another host)",
+}
+
+
 class Membership:
     def __init__(self, broker: MembershipHost) -> None:
         self.broker = broker
@@ -56,9 +65,13 @@ class Membership:
         self.gossip = Gossip(self.config, meta)
         await self.gossip.start()
         # An earlier run of this broker advertised the same addresses (under another
-        # node id, if its store was new since): those members are never the partner.
+        # node id, if its store was new since), or, on another host, an IP that is not
+        # the partner's: those members are never the partner.
         self.view = pv.PartnerView(
-            pair=b.options.pair, node_id=b.node_id, addresses=(self.gossip.address, b.address)
+            pair=b.options.pair,
+            node_id=b.node_id,
+            addresses=(self.gossip.address, b.address),
+            partner_address=b.options.partner,
         )
         self.gossip.subscribe(self._on_event)
         if b.options.join:
@@ -81,14 +94,12 @@ class Membership:
         if seen.witnesses_exist:
             pair.gossip_has_witnesses()
         m = event.member
-        if event.kind == EventKind.DEAD and seen.about in (pv.ME, pv.EARLIER_PARTNER):
+        if event.kind == EventKind.DEAD and seen.about in _NOT_THE_PARTNER:
             log.info(
                 "gossip: %s (%s), %s, is dead: not a verdict on partner %s",
                 m.meta.node_id,
                 m.meta.grpc_address,
-                "an earlier run of this broker"
-                if seen.about == pv.ME
-                else "an earlier incarnation of the partner",
+                _NOT_THE_PARTNER[seen.about],
                 seen.partner or "(none known yet)",
             )
         if seen.dead is None:

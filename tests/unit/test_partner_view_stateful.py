@@ -2,8 +2,9 @@
 
 The world: one broker (``me``) and its partner, each a run of processes. A wipe of
 either (or a store moved aside) ends its process and starts a new one under a new
-node id at the same addresses; a kill ends the partner's process for good (until a
-later start). Gossip is truthful but late and unordered across members: every
+node id at the same addresses; ``me`` may also come back wiped at new addresses (a
+host replaced: its partner's address, which it is configured with, stays); a kill
+ends the partner's process for good (until a later start). Gossip is truthful but late and unordered across members: every
 process's events reach this broker's view in their own order (JOIN, then DEAD once
 it stopped; SUSPECT and UPDATE at any time in between), interleaved with the other
 processes' events in any order. A wipe of ``me`` starts a new view (this broker's new
@@ -15,7 +16,8 @@ not None is handed to the pair (``told``). The properties:
 
 - **Safety** (after every step): the pair is never told "dead" while the partner
   process the view names is running, nor is the view's partner ever a run of
-  ``me``: an earlier incarnation's death, or my own, is never a partner-dead verdict.
+  ``me``, moved or not: an earlier incarnation's death, or my own, is never a
+  partner-dead verdict.
 - **The partner is the newest.** The view's partner is the latest-started partner
   process whose events reached it.
 - **Liveness** (once every event is delivered): the pair's verdict is the newest
@@ -50,9 +52,10 @@ class Proc:
     started: int  # start_epoch_ms
     running: bool = True
     witnessed: bool = True  # whether gossip's verdict on its death names witnesses
+    addr: tuple[tuple[str, int], str] | None = None  # (gossip, grpc); None: ADDR[who]
 
     def member(self) -> MemberView:
-        gossip, grpc = ADDR[self.who]
+        gossip, grpc = self.addr or ADDR[self.who]
         meta = NodeMeta(
             role="broker",
             node_id=self.node_id,
@@ -84,10 +87,10 @@ class PartnerViewModel(RuleBasedStateMachine):
         self.new_view()
 
     # ------------------------------------------------------------ the world
-    def start(self, who: str) -> Proc:
+    def start(self, who: str, addr: tuple[tuple[str, int], str] | None = None) -> Proc:
         self.k += 1
         self.clock += 1000  # a restart takes far more than 1 ms
-        p = Proc(f"{who}-{self.k:04d}", who, self.clock)
+        p = Proc(f"{who}-{self.k:04d}", who, self.clock, addr=addr)
         self.procs.append(p)
         if hasattr(self, "streams"):
             self.streams[p.node_id] = Stream(p, [EventKind.JOIN])
@@ -102,8 +105,13 @@ class PartnerViewModel(RuleBasedStateMachine):
 
     def new_view(self) -> None:
         """This broker's (new) run: a fresh view that learns everything again."""
-        gossip, grpc = ADDR["me"]
-        self.view = PartnerView(pair=PAIR, node_id=self.me.node_id, addresses=(gossip, grpc))
+        gossip, grpc = self.me.addr or ADDR["me"]
+        self.view = PartnerView(
+            pair=PAIR,
+            node_id=self.me.node_id,
+            addresses=(gossip, grpc),
+            partner_address=ADDR["partner"][1],
+        )
         self.told: tuple[bool, bool] | None = None
         self.streams: dict[str, Stream] = {}
         for p in self.procs:
@@ -151,10 +159,14 @@ class PartnerViewModel(RuleBasedStateMachine):
     def start_partner(self) -> None:
         self.partner = self.start("partner")
 
-    @rule(witnessed=st.booleans())
-    def wipe_me(self, witnessed: bool) -> None:
+    @rule(witnessed=st.booleans(), move=st.booleans())
+    def wipe_me(self, witnessed: bool, move: bool) -> None:
         self.me.running, self.me.witnessed = False, witnessed
-        self.me = self.start("me")
+        addr = self.me.addr
+        if move:  # a new host: new gossip and gRPC addresses
+            host = f"10.0.1.{self.k % 250}"
+            addr = ((host, 7946), f"{host}:4150")
+        self.me = self.start("me", addr)
         self.new_view()
 
     @rule(data=st.data())

@@ -17,6 +17,16 @@ The rules (``PartnerView.on_event``; tests/unit/test_partner_view*.py check each
   tells nothing and is not compared). Nothing about it is about the partner: my
   own earlier run's death is the most common stale verdict of all (a wiped
   broker learns its old incarnation from the others' views, then sees it die).
+- **Not at the partner's address.** A member of my pair whose gRPC address and
+  the partner address I am configured with (``--partner``) are both IP literals,
+  and differ, is no incarnation of the partner: it is an earlier run of me on
+  another host (a broker replaced by a wiped one at a new address: its old
+  incarnation matches none of my addresses), or a partner my configuration no
+  longer names. Nothing about it is about the partner (ELSEWHERE). Before this
+  rule the moved broker took its own old incarnation for its partner until the
+  real partner's JOIN reached it, and its death for the partner's
+  (tests/unit/test_partner_view_stateful.py found it). A host name on either
+  side cannot be compared, and the next rule decides alone.
 - **The newest incarnation is the partner.** Every other broker of my pair is an
   incarnation of the partner (a pair has two brokers); the partner is the one
   that started last (``NodeMeta.start_epoch_ms``, which gossip carries to tell a
@@ -42,6 +52,7 @@ the question in every case the link could, and before it.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from pairq.gossip.events import EventKind, MemberEvent
@@ -55,11 +66,22 @@ LEFT = "left"
 PARTNER = "partner"  # the current partner incarnation
 EARLIER_PARTNER = "earlier-partner"  # an older incarnation of the partner
 ME = "me"  # this broker, or an earlier run of it
+ELSEWHERE = "elsewhere"  # in my pair, at an IP that is neither mine nor the partner's
 OTHER = "other"  # a member besides the pair
 
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
 # Incarnations remembered (the oldest dead ones are forgotten beyond this).
 MAX_INCARNATIONS = 16
+
+
+def _ip_literal(host_port: str) -> bool:
+    """Whether "host:port" names its host by an IP address (comparable as text)."""
+    host = host_port.rpartition(":")[0].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _host_port(addr: object) -> str:
@@ -105,12 +127,22 @@ class PartnerView:
     """Gossip's members as incarnations of this broker's partner (see the module
     rules). Events in (``on_event``), what they mean out (``Seen``); no I/O."""
 
-    def __init__(self, *, pair: str, node_id: str, addresses: tuple[object, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        pair: str,
+        node_id: str,
+        addresses: tuple[object, ...] = (),
+        partner_address: str = "",
+    ) -> None:
         """``addresses``: this broker's gossip and gRPC addresses (what an earlier
-        run of it advertised too)."""
+        run of it advertised too); ``partner_address``: the partner's gRPC address as
+        this broker is configured (``--partner``; "" none)."""
         self.pair = pair
         self.node_id = node_id
         self.my_addresses = frozenset(a for a in (_host_port(x) for x in addresses) if a)
+        self.partner_address = _host_port(partner_address) if partner_address else ""
+        self._partner_ip = bool(self.partner_address) and _ip_literal(self.partner_address)
         self._incarnations: dict[str, _Incarnation] = {}
         self._learned = 0
         self.partner = ""  # node id of the current partner incarnation ("" none known)
@@ -123,6 +155,14 @@ class PartnerView:
             return True
         theirs = {_host_port(m.addr), _host_port(m.meta.grpc_address)} - {""}
         return bool(theirs & self.my_addresses)
+
+    def is_elsewhere(self, event: MemberEvent) -> bool:
+        """The member is in my pair at an IP address that is not my partner's (see the
+        module rules): comparable only when both addresses are IP literals."""
+        if not self._partner_ip:
+            return False
+        theirs = _host_port(event.member.meta.grpc_address)
+        return bool(theirs) and _ip_literal(theirs) and theirs != self.partner_address
 
     def _in_pair(self, event: MemberEvent) -> bool:
         meta = event.member.meta
@@ -143,6 +183,8 @@ class PartnerView:
             return Seen(OTHER, witnesses_exist=alive, partner=self.partner)
         if self.is_me(event):
             return Seen(ME, partner=self.partner)
+        if self.is_elsewhere(event) and event.member.meta.node_id not in self._incarnations:
+            return Seen(ELSEWHERE, partner=self.partner)
         node_id = event.member.meta.node_id
         inc = self._incarnations.get(node_id)
         started = event.member.meta.start_epoch_ms
