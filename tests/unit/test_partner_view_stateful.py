@@ -4,12 +4,12 @@ The world: one broker (``me``) and its partner, each a run of processes. A wipe 
 either (or a store moved aside) ends its process and starts a new one under a new
 node id at the same addresses; ``me`` may also come back wiped at new addresses (a
 host replaced: its partner's address, which it is configured with, stays); a kill
-ends the partner's process for good (until a later start). Gossip is truthful but late and unordered across members: every
-process's events reach this broker's view in their own order (JOIN, then DEAD once
-it stopped; SUSPECT and UPDATE at any time in between), interleaved with the other
-processes' events in any order. A wipe of ``me`` starts a new view (this broker's new
-run), which learns every process gossip still holds from scratch: its own earlier
-runs included.
+ends the partner's process for good (until a later start). Gossip is truthful but
+late and unordered across members: every process's events reach this broker's view
+in their own order (JOIN, then DEAD once it stopped; SUSPECT and UPDATE at any time
+in between), interleaved with the other processes' events in any order. A wipe of
+``me`` starts a new view (this broker's new run), which learns every process gossip
+still holds from scratch: its own earlier runs included.
 
 The edge is played as ``Membership._on_event`` plays it: every ``Seen.dead`` that is
 not None is handed to the pair (``told``). The properties:

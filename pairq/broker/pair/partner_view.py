@@ -141,8 +141,8 @@ class PartnerView:
         self.pair = pair
         self.node_id = node_id
         self.my_addresses = frozenset(a for a in (_host_port(x) for x in addresses) if a)
-        self.partner_address = _host_port(partner_address) if partner_address else ""
-        self._partner_ip = bool(self.partner_address) and _ip_literal(self.partner_address)
+        self.partner_address = _host_port(partner_address)  # "" for none or a wildcard
+        self._partner_ip = _ip_literal(self.partner_address)
         self._incarnations: dict[str, _Incarnation] = {}
         self._learned = 0
         self.partner = ""  # node id of the current partner incarnation ("" none known)
