@@ -11,7 +11,7 @@ from typing import Any
 
 from .checker import FaultRecord
 
-__all__ = ["fault_dict", "fault_line", "summary", "write"]
+__all__ = ["fault_dict", "fault_line", "partner_lines", "summary", "write"]
 
 
 def fault_dict(f: FaultRecord) -> dict[str, Any]:
@@ -36,6 +36,19 @@ def fault_line(f: FaultRecord) -> str:
         f"t={f.start:7.2f}s {f.kind:<16} {f.target:<4} lasted {f.end - f.start:5.2f}s, "
         f"{heal}{notes}"
     )
+
+
+# What a broker logs about its partner's fate: the lines that explain a takeover.
+_PARTNER_LINES = ("took over", "is dead", "lease", "new identity", "resumed", "suspect")
+
+
+def partner_lines(log: Path, limit: int = 40) -> list[str]:
+    """The last ``limit`` lines of a broker's log that say why it took over."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError as e:
+        return [f"(no log: {e})"]
+    return [ln for ln in text.splitlines() if any(k in ln for k in _PARTNER_LINES)][-limit:]
 
 
 def summary(result: dict[str, Any], faults: list[FaultRecord]) -> str:
@@ -66,6 +79,15 @@ def summary(result: dict[str, Any], faults: list[FaultRecord]) -> str:
         f"{result['publish_latency_p99_s']} s, failed publish calls "
         f"{result['publish_failures']}",
     ]
+    for tk in result["takeovers"]:
+        lines.append(
+            f"  t={tk['t']:7.2f}s {tk['by']} took over {tk['of']} ({tk['count']}), "
+            f"fault {tk['fault']}, after {tk['takeover_s']} s"
+            + (" FALSE: its partner was not down" if tk["false"] else "")
+        )
+    for node, why in result.get("false_takeover_logs", {}).items():
+        lines.append(f"  {node}'s log on its partner (a false takeover):")
+        lines.extend(f"    {line}" for line in why)
     if result["unsupported"]:
         lines.append(f"not run on this host: {'; '.join(result['unsupported'])}")
     verdict = "OK" if result["ok"] else "VIOLATIONS: " + "; ".join(result["violations"])
@@ -119,6 +141,10 @@ def write(
     run_dir: Path, result: dict[str, Any], producers: Any, consumers: Any, faults: list[FaultRecord]
 ) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
+    result["false_takeover_logs"] = {
+        node: partner_lines(run_dir / "logs" / f"{node}.log")
+        for node in sorted({tk["by"] for tk in result["takeovers"] if tk["false"]})
+    }
     result["timeline_png"] = (
         str(run_dir / "timeline.png")
         if timeline(run_dir / "timeline.png", result, producers.latencies, faults)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tests.chaos.checker import FaultRecord, check
 from tests.chaos.nemesis import KINDS, SCENARIOS, schedule
+from tests.chaos.report import partner_lines, summary
 from tests.chaos.workload import Run, Sample
 
 
@@ -94,10 +95,21 @@ def test_a_long_publish_outage_fails() -> None:
     assert r["longest_unavailability_s"] == 3.5 and not r["ok"]
 
 
-def test_takeover_of_a_live_partner_is_false() -> None:
+def test_takeover_of_a_live_partner_is_false(tmp_path: Path) -> None:
     f = [FaultRecord("partition-pair", "p0a", 2.0, 3.0, healed_at=4.0, down=())]
     r = check(**history(faults=f))  # type: ignore[arg-type]
     assert r["false_takeovers"] == 1 and not r["ok"]
+    # The summary says who took over whom, and quotes why from the taker's log.
+    (tmp_path / "p0b.log").write_text(
+        "01:18:14 INFO pairq.pair: connected\n"
+        "01:18:19 WARNING pairq.membership: gossip: partner a2 is dead (witnesses: lk1)\n"
+        "01:18:19 WARNING pairq.pair: took over 0 message(s) from partner a2 in 0.000 s\n"
+    )
+    r.update(scenario="smoke", seed=1, duration_s=6.0, expect_fail=False, publish_failures=0)
+    r["false_takeover_logs"] = {"p0b": partner_lines(tmp_path / "p0b.log")}
+    text = summary(r, f)
+    assert "p0b took over p0a (1), fault partition-pair" in text and "FALSE" in text
+    assert "gossip: partner a2 is dead" in text and "connected" not in text
 
 
 def test_takeover_of_a_partner_that_crashed_by_itself_is_not_false() -> None:

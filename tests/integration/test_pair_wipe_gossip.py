@@ -192,7 +192,19 @@ WIPE_ATTEMPTS = 4  # a wipe whose premise did not arise is redone, at most this 
 MISSED_S = 3.0  # B's verdict on the old run, and A still unaware this long after: missed
 
 
-async def wipe_a(h: WitnessHarness, t: Topology, stopped: subprocess.Popen[bytes] | None) -> str:
+def b_knew_the_new_run_first(b: NsBrokerProcess, old: str) -> bool:
+    """B learned A's new run before it processed the old one's death: it logged that
+    death as an earlier incarnation's, not as its partner's."""
+    return re.search(rf"gossip: partner {old} \(", log_text(b)) is None
+
+
+async def wipe_a(
+    h: WitnessHarness,
+    t: Topology,
+    stopped: subprocess.Popen[bytes] | None,
+    *,
+    b_knows_new_first: bool = False,
+) -> str:
     """kill -9 A, delete its data dir, start it again (a new node id) while ``stopped``
     is SIGSTOPped; resume it once A's new run logged its old incarnation's death, and
     return once B logged it too. The old node id.
@@ -201,7 +213,13 @@ async def wipe_a(h: WitnessHarness, t: Topology, stopped: subprocess.Popen[bytes
     incarnation (from B, as alive or suspect) before B declares it dead, since gossip
     never learns a member from a death. About one wipe in three loses it (B's verdict
     comes first and A never hears of the old run): such a wipe proves nothing either
-    way, so it is redone, on a healthy pair, up to WIPE_ATTEMPTS times."""
+    way, so it is redone, on a healthy pair, up to WIPE_ATTEMPTS times.
+
+    ``b_knows_new_first``: B (stopped meanwhile) must also meet A's new run before the
+    old one's death once it resumes. Both reach it in the same burst of queued
+    packets, in an order the test cannot set either; when the death comes first, B
+    takes it for its partner's (it knows no newer incarnation yet) until the new
+    run's JOIN a moment later replaces the verdict, so that wipe is redone too."""
     a, b = t.a, t.b
     for attempt in range(1, WIPE_ATTEMPTS + 1):
         old = (await stats_ids(h, t.procs))["a"]
@@ -225,15 +243,24 @@ async def wipe_a(h: WitnessHarness, t: Topology, stopped: subprocess.Popen[bytes
         finally:
             sig(stopped, signal.SIGCONT)
         if died(a, old):
-            break
-        print(f"wipe {attempt}: A's new run never heard of {old} before B's verdict; again")
+            if not b_knows_new_first:
+                break
+            assert await wait_for(lambda old=old: died(b, old), DEATH_BOUND_S), (
+                f"B did not see A's old incarnation {old} die within {DEATH_BOUND_S} s"
+            )
+            if b_knew_the_new_run_first(b, old):
+                break
+            print(f"wipe {attempt}: B met {old}'s death before A's new run; again")
+        else:
+            print(f"wipe {attempt}: A's new run never heard of {old} before B's verdict; again")
         problem = await wait_healthy(h, t.procs, time.monotonic() + START_BOUND_S, "re-wipe")
         assert problem is None, problem
         await converge(h, t.net, t.procs, t.gossip)
     else:
         raise AssertionError(
             f"in {WIPE_ATTEMPTS} wipes A's new run never saw its old incarnation die within "
-            f"{DEATH_BOUND_S} s of its restart: the test's premise failed"
+            f"{DEATH_BOUND_S} s of its restart (or B always met that death before the new "
+            "run): the test's premise failed"
         )
     assert await wait_for(lambda: died(b, old), DEATH_BOUND_S), (
         f"B did not see A's old incarnation {old} die within {DEATH_BOUND_S} s: "
@@ -307,7 +334,12 @@ async def test_an_earlier_incarnation_dying_takes_no_live_partner_over(
     f = Findings()
     async with WitnessHarness(tmp_path) as h:
         t = await start_topology(h, tmp_path)
-        old = await wipe_a(h, t, t.lookup.proc if stopped == "lookup" else t.b.proc)
+        old = await wipe_a(
+            h,
+            t,
+            t.lookup.proc if stopped == "lookup" else t.b.proc,
+            b_knows_new_first=logger == "b",
+        )
         await partition_takes_nobody_over(h, t, f, old, case)
         f.check(
             line in log_text(t.a if logger == "a" else t.b),

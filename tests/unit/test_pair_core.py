@@ -22,6 +22,7 @@ from pairq.broker.pair.core import (
     RESET_LINK,
     RESUMED,
     SOLO,
+    STALE_VERDICT,
     TAKE_OVER,
     TAKING_OVER,
     Action,
@@ -900,6 +901,46 @@ def test_alive_again_withdraws_the_verdict() -> None:
     core.on_gossip(True, witnessed=True)
     core.on_gossip(False)
     assert TAKE_OVER not in silent_ticks(core, D0, 3.0)
+
+
+def test_an_ack_of_a_batch_sent_after_the_verdict_voids_it() -> None:
+    """smoke seed 1 in CI (session 15): a verdict from before the partner came back
+    must not arm a takeover of the live partner at its next silence."""
+    core = dyadic()
+    core.heard_ever = True
+    core.witnesses_exist = True
+    core.on_gossip(True, witnessed=True, now=D0)
+    # An ack of a batch sent before the verdict proves nothing about after it.
+    assert STALE_VERDICT not in kinds(core.on_ack(D0 - DSTEP, DLEASE, D0 + DSTEP))
+    assert core.gossip_dead and core.gossip_witnessed
+    # One sent after it does: the partner was alive after gossip's verdict.
+    assert STALE_VERDICT in kinds(core.on_ack(D0 + DSTEP, DLEASE, D0 + 2 * DSTEP))
+    assert not core.gossip_dead and not core.gossip_witnessed
+    core.check_invariants()
+    start = D0 + 2 * DSTEP
+    # Gossip revives the partner within the grace: its word replaces the verdict.
+    core.on_gossip(False, now=start)
+    assert TAKE_OVER not in silent_ticks(core, start, 5.0)
+    assert core.mode == PAIRED and not core.may_deliver(start + 5.0)
+    # A new verdict arms it again.
+    core.on_gossip(True, witnessed=True, now=start + 5.0)
+    assert kinds(core.tick(start + 5.0 + DSTEP)) == [TAKE_OVER]
+
+
+def test_a_verdict_set_aside_stands_again_if_gossip_never_revives_the_partner() -> None:
+    """The partner acked after the verdict, then died before gossip saw it alive:
+    gossip still holds it dead and says nothing new, so after ``stale_grace`` the
+    verdict stands again (its messages wait that long, not forever)."""
+    core = dyadic(stale_grace=2.0)
+    core.heard_ever = True
+    core.witnesses_exist = True
+    core.on_gossip(True, witnessed=True, now=D0)
+    assert STALE_VERDICT in kinds(core.on_ack(D0 + DSTEP, DLEASE, D0 + DSTEP))
+    out = silent_ticks(core, D0 + DSTEP, 2.0 - 2 * DSTEP)
+    assert TAKE_OVER not in out, "took over on a verdict set aside"
+    assert kinds(core.tick(D0 + 2.0 + DSTEP)) == [TAKE_OVER]
+    assert core.gossip_dead and core.gossip_witnessed
+    core.check_invariants()
 
 
 def test_without_witnesses_the_lease_alone_decides() -> None:

@@ -100,6 +100,7 @@ class Broker:
     took: set[int] = field(default_factory=set)  # segments it took from the partner
     paused_until: float | None = None
     paused_at: float = 0.0
+    resumed_at: float = 0.0
     gossip_dead: bool = False  # what the witness told this broker about its partner
     inbox: list[Msg] = field(default_factory=list)  # queued in its sockets while paused
     resets: int = 0
@@ -254,6 +255,7 @@ class PairModelBase(RuleBasedStateMachine):
             if now < b.paused_until:
                 return
             b.paused_until = None
+            b.resumed_at = now
             self.note(now, f"{b.name} resumes; {len(b.inbox)} queued messages")
             queued, b.inbox = b.inbox, []
             for m in queued:  # from its sockets, before its first tick
@@ -271,16 +273,27 @@ class PairModelBase(RuleBasedStateMachine):
 
     # A witness (a lookup, gossiping with both brokers) that a partition of the pair's
     # own link does not reach: it sees a broker dead once it has been stopped for
-    # WITNESS_DEAD_AFTER, alive again when it resumes, and tells the partner.
+    # WITNESS_DEAD_AFTER, alive again ``alive_lag`` after it resumes (gossip can be
+    # slower than the pair link: the partner acks while the verdict still stands),
+    # and tells the partner.
     witnessed = False
+    alive_lag = 0.0
+
+    @rule(lag=st.sampled_from([0.0, 0.3, 1.0, 3.0]))
+    def gossip_lag(self, lag: float) -> None:
+        self.alive_lag = lag
+        self.note(self.t, f"gossip's alive verdicts now lag {lag} s behind a resume")
 
     def witness(self, now: float) -> None:
         for n in NAMES:
             b, o = self.brokers[n], self.brokers[other(n)]
-            dead = not o.running and now - o.paused_at >= WITNESS_DEAD_AFTER
+            if not o.running:
+                dead = now - o.paused_at >= WITNESS_DEAD_AFTER
+            else:
+                dead = b.gossip_dead and now - o.resumed_at < self.alive_lag
             if b.running and dead != b.gossip_dead:
                 b.gossip_dead = dead
-                b.core.on_gossip(dead, witnessed=dead)
+                b.core.on_gossip(dead, witnessed=dead, now=now)
                 self.note(now, f"witness tells {n}: {other(n)} {'dead' if dead else 'alive'}")
 
     def run(self, seconds: float) -> None:

@@ -369,7 +369,7 @@ class Pair:
     def gossip_partner_dead(self, dead: bool, *, witnessed: bool = False) -> None:
         """Gossip's view of the partner (with other members, takeover needs a witnessed
         verdict on top of the lapsed lease, see core.py)."""
-        self.core.on_gossip(dead, witnessed=witnessed)
+        self.core.on_gossip(dead, witnessed=witnessed, now=time.monotonic())
 
     def gossip_has_witnesses(self) -> None:
         """Gossip knows a member besides the pair: from now on takeover is witnessed."""

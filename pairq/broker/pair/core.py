@@ -20,7 +20,7 @@ Interface::
     core.on_takeover_failed(now)
     core.on_new_identity(now) -> list[Action]   # the partner returned with a new store id
     core.on_catalog(now)                        # the pair's catalog is here (see below)
-    core.on_gossip(dead, witnessed=False)       # gossip's verdict on the partner
+    core.on_gossip(dead, witnessed=False, now=t)  # gossip's verdict on the partner
     core.witnesses_exist = True                 # gossip knows members besides the pair
 
     core.may_deliver(now) -> bool               # the delivery fence
@@ -85,6 +85,17 @@ Rules (tests/unit/test_pair_core*.py check each one):
     neither take over (both stay fenced, publishes fail with UNAVAILABLE,
     until it heals). The price: with every other member unreachable too, a
     dead partner's messages wait.
+  - A verdict is about the silence it was given in: once the partner acks a
+    batch we sent after gossip declared it dead, it was alive after the
+    verdict, and the verdict is set aside (``gossip_dead`` false,
+    STALE_VERDICT) until gossip speaks again, or for ``stale_grace`` at most.
+    Otherwise a verdict from before a return (the partner killed or paused,
+    taken over, back on the link before gossip's ALIVE reaches us) would arm a
+    takeover of the live partner at its next pause or partition (chaos smoke
+    seed 1, in CI). The grace is bounded because gossip revives a returned
+    partner within a second or so, and a partner that died again before it did
+    gets no new verdict (gossip still holds it dead): after the grace the
+    verdict stands again, so its messages wait ``stale_grace``, not forever.
   - Start-up grace: a partner never heard from in this run must have been
     silent for ``startup_grace`` (not one lease): the second broker of a
     pair often starts a moment after the first. A
@@ -118,6 +129,7 @@ EPOCH = "epoch"  # a new ownership epoch: persist it, stamp it on deliveries
 LEFT_SOLO = "left_solo"  # the partner is back and acknowledging
 RESUMED = "resumed"  # this process was stopped for ``gap`` seconds
 RESET_LINK = "reset_link"  # drop the outbound session and reconnect
+STALE_VERDICT = "stale_verdict"  # the partner acked after gossip's dead verdict: void
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,7 @@ class PairCore:
         catalog_ready: bool = True,
         max_gap: float | None = None,
         startup_grace: float = 0.0,
+        stale_grace: float | None = None,
     ) -> None:
         if lease <= 0 or ack_timeout <= 0:
             raise ValueError("lease and ack_timeout must be > 0")
@@ -151,6 +164,11 @@ class PairCore:
         self.takeovers = 0
         self.gossip_dead = False
         self.gossip_witnessed = False
+        self.verdict_at = 0.0  # real clock: when gossip's standing dead verdict came
+        # A verdict set aside by a later ack (see "A verdict"): (witnessed, until when,
+        # real clock), or None.
+        self.stale_grace = 3 * lease if stale_grace is None else stale_grace
+        self.set_aside: tuple[bool, float] | None = None
         self.witnesses_exist = False
         self.startup_grace = startup_grace
         self.heard_ever = False
@@ -192,6 +210,10 @@ class PairCore:
         self._advance(now)
         now = self._last
         out: list[Action] = []
+        if self.set_aside is not None and now >= self.set_aside[1]:
+            # Gossip never revived the partner: its verdict stands again.
+            self.gossip_dead, self.gossip_witnessed = True, self.set_aside[0]
+            self.verdict_at, self.set_aside = now, None
         resumed = self._gap > 0
         if resumed:
             out.append(Action(RESUMED, gap=self._gap))
@@ -252,6 +274,12 @@ class PairCore:
         had = self.lease_until
         self.lease_until = max(self.lease_until, sent_at + lease)
         out: list[Action] = []
+        if self.gossip_dead and sent_at > self.verdict_at:
+            # Alive after gossip's verdict: the verdict is stale (see "A verdict").
+            self.set_aside = (self.gossip_witnessed, self._last + self.stale_grace)
+            self.gossip_dead = self.gossip_witnessed = False
+            self.verdict_at = 0.0
+            out.append(Action(STALE_VERDICT))
         if had and had <= self._last < self.lease_until and self.mode != SOLO:
             out.append(Action(EPOCH))  # a new term: the lapsed one's deliveries are over
         if self.mode == SOLO:  # the partner is back (a stale ack too: it is alive)
@@ -289,11 +317,15 @@ class PairCore:
         self._advance(now)
         self.catalog_ready = True
 
-    def on_gossip(self, dead: bool, *, witnessed: bool = False) -> None:
+    def on_gossip(self, dead: bool, *, witnessed: bool = False, now: float | None = None) -> None:
         """Gossip's verdict: the partner is dead (``witnessed``: on the evidence of
-        another member), or alive again."""
+        another member), or alive again; given at ``now`` (None: the latest call's)."""
+        if now is not None:
+            self._advance(now)
         self.gossip_dead = dead
         self.gossip_witnessed = dead and witnessed
+        self.verdict_at = self._last if dead else 0.0
+        self.set_aside = None  # gossip spoke again: its word is the latest
 
     # ------------------------------------------------------------ queries
     def may_deliver(self, now: float) -> bool:
@@ -312,3 +344,6 @@ class PairCore:
         assert self.heard_run <= self._run + 1e-9, "heard in the future"
         assert self._run >= 0 and self.takeovers >= 0
         assert self.granted_until <= self._last + self.lease + 1e-9, "promise beyond one lease"
+        assert self.gossip_dead or not self.gossip_witnessed, "witnessed but not dead"
+        assert self.gossip_dead or self.verdict_at == 0.0, "a verdict time without a verdict"
+        assert not (self.gossip_dead and self.set_aside), "a verdict both standing and set aside"

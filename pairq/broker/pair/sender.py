@@ -816,5 +816,11 @@ class Sender:
                         )
                     elif action.kind == pc.EPOCH:
                         self._s.new_epoch()
+                    elif action.kind == pc.STALE_VERDICT:
+                        log.info(
+                            "partner %s acknowledged after gossip declared it dead: "
+                            "that verdict is stale, a takeover waits for a new one",
+                            self._s.partner_address,
+                        )
             self.broker.on_lease_renewed()
             self._s.kick_fence_waiters()
