@@ -129,7 +129,7 @@ EPOCH = "epoch"  # a new ownership epoch: persist it, stamp it on deliveries
 LEFT_SOLO = "left_solo"  # the partner is back and acknowledging
 RESUMED = "resumed"  # this process was stopped for ``gap`` seconds
 RESET_LINK = "reset_link"  # drop the outbound session and reconnect
-STALE_VERDICT = "stale_verdict"  # the partner acked after gossip's dead verdict: void
+STALE_VERDICT = "stale_verdict"  # the partner acked after gossip's dead verdict: set aside
 
 
 @dataclass(frozen=True)
