@@ -903,7 +903,7 @@ def test_alive_again_withdraws_the_verdict() -> None:
     assert TAKE_OVER not in silent_ticks(core, D0, 3.0)
 
 
-def test_an_ack_of_a_batch_sent_after_the_verdict_voids_it() -> None:
+def test_an_ack_of_a_batch_sent_after_the_verdict_sets_it_aside() -> None:
     """smoke seed 1 in CI (session 15): a verdict from before the partner came back
     must not arm a takeover of the live partner at its next silence."""
     core = dyadic()

@@ -279,11 +279,6 @@ class PairModelBase(RuleBasedStateMachine):
     witnessed = False
     alive_lag = 0.0
 
-    @rule(lag=st.sampled_from([0.0, 0.3, 1.0, 3.0]))
-    def gossip_lag(self, lag: float) -> None:
-        self.alive_lag = lag
-        self.note(self.t, f"gossip's alive verdicts now lag {lag} s behind a resume")
-
     def witness(self, now: float) -> None:
         for n in NAMES:
             b, o = self.brokers[n], self.brokers[other(n)]
@@ -452,6 +447,11 @@ class PairModelWitnessed(PairModel):
 
     witnessed = True
     solo_split_allowed = False
+
+    @rule(lag=st.sampled_from([0.0, 0.3, 1.0, 3.0]))
+    def gossip_lag(self, lag: float) -> None:
+        self.alive_lag = lag
+        self.note(self.t, f"gossip's alive verdicts now lag {lag} s behind a resume")
 
 
 class PairModelOneWay(PairModelBase):

@@ -819,8 +819,10 @@ class Sender:
                     elif action.kind == pc.STALE_VERDICT:
                         log.info(
                             "partner %s acknowledged after gossip declared it dead: "
-                            "that verdict is stale, a takeover waits for a new one",
+                            "that verdict is set aside until gossip speaks again "
+                            "(%.1f s at most)",
                             self._s.partner_address,
+                            self._s.core.stale_grace,
                         )
             self.broker.on_lease_renewed()
             self._s.kick_fence_waiters()
