@@ -110,6 +110,8 @@ class Broker:
             max_bytes=o.max_store_bytes,
             reserve_bytes=o.store_reserve_bytes,
             max_commit_batch=o.max_commit_batch,
+            commit_log_bytes=o.commit_log_bytes,
+            checkpoint_interval_ms=o.checkpoint_interval_ms,
         )
 
     def arm_crash_record(self) -> None:

@@ -26,6 +26,11 @@ def _nonempty(value: str) -> None:
         raise ValueError("must not be empty")
 
 
+def _commit_log_bytes(value: int) -> None:
+    if 0 < value < 65536:
+        raise ValueError("must be 0 (no commit log) or at least 65536")
+
+
 def _replication_address(value: str) -> None:
     if value not in ("auto", "off"):
         try:
@@ -73,6 +78,20 @@ class BrokerOptions(GossipOptions, SecurityOptions):
         choices=["always", "periodic"],
     )
     sync_interval_ms: int = _o(100, "fsync interval with --sync=periodic", min=1)
+    commit_log_bytes: int = _o(
+        32 * 1024**2,
+        "with --sync=always, each commit is made durable by one O_DSYNC write to a commit log "
+        "beside the store, and LMDB is synced at a checkpoint once this many bytes were logged "
+        "(or --checkpoint-interval-ms passed); 0: no log, LMDB flushes twice per commit",
+        min=0,
+        check=_commit_log_bytes,
+    )
+    checkpoint_interval_ms: int = _o(
+        50,
+        "longest time between checkpoints of the store while commits are logged (a short one keeps "
+        "each checkpoint's flush small, so the log's writes never wait long behind it)",
+        min=10,
+    )
     max_store_bytes: int = _o(
         64 * 1024**3,
         "cap on the LMDB store size; publishes get RESOURCE_EXHAUSTED beyond it (deliveries continue)",

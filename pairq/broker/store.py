@@ -60,6 +60,15 @@ import lmdb
 from pairq.broker import checksum
 from pairq.broker import schema as sc
 from pairq.broker.checksum import crc as crc32c
+from pairq.broker.commitlog import (
+    COMMIT,
+    CommitLog,
+    CommitLogError,
+    Recorder,
+    apply_record,
+    meta_txnid,
+    plan_recovery,
+)
 from pairq.broker.schema import ChannelMeta, TopicMeta
 from pairq.errors import StoreFullError
 from pairq.names import is_valid_name
@@ -350,9 +359,29 @@ class Store:
         reserve_bytes: int = 64 * 1024**2,
         max_commit_batch: int = 20000,
         initial_map_bytes: int = 1024**3,
+        commit_log_bytes: int = 32 * 1024**2,
+        checkpoint_interval_ms: int = 50,
     ) -> None:
         self.path = Path(path)
         self.sync_mode = sync
+        # With sync="always" and a commit log (commitlog.py), each commit is made
+        # durable by one O_DSYNC write to the log and LMDB is synced at checkpoints:
+        # every ``checkpoint_interval_ms`` or ``commit_log_bytes`` of log.
+        self.checkpoint_bytes = commit_log_bytes
+        self.checkpoint_interval = checkpoint_interval_ms / 1000.0
+        self.clog: CommitLog | None = None
+        self._wlock = threading.Lock()  # one write transaction and its record at a time
+        self._db_index: dict[int, int] = {}
+        self._data_fd = -1
+        self._psize = 4096
+        self._pins: list[Any] = []  # read transactions that keep checkpoint bases intact
+        self._ckpt_q: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._ckpt_thread: threading.Thread | None = None
+        self._ckpt_idle = threading.Event()
+        self._ckpt_idle.set()
+        self._seg_started = 0.0
+        self.checkpoints = 0
+        self.replayed = 0  # commits redone from the log at the last open
         self.sync_interval = sync_interval_ms / 1000.0
         self.max_bytes = max_bytes
         self.reserve_bytes = reserve_bytes
@@ -396,15 +425,32 @@ class Store:
         self.path.mkdir(parents=True, exist_ok=True)
         data = self.path / "data.mdb"
         existed = data.exists()
+        use_log = self.checkpoint_bytes > 0 and self.sync_mode == "always"
+        clog = CommitLog(self.path)
+        try:
+            plan = plan_recovery(clog.read())
+        except CommitLogError as exc:
+            raise CorruptStoreError(f"{self.path}: {exc}") from exc
+        if plan.start is not None and not existed:
+            if plan.replay:
+                raise CorruptStoreError(
+                    f"{self.path}: the commit log holds {len(plan.replay)} commit(s) but "
+                    "data.mdb is missing"
+                )
+            plan.start = None  # a log left behind by a store that is gone: begin anew
+        if plan.start is not None:
+            self._check_log_matches(data, plan.start.meta, bool(plan.replay))
+            if plan.replay:  # back to the base exactly (commitlog.py, rule 3)
+                _write_meta(data, plan.start.meta)
         if existed:  # never map less than the file already holds
-            size = data.stat().st_size
+            size = data.stat().st_size + 2 * sum(len(p) for _l, p in plan.replay)
             while self.map_bytes < size and self.map_bytes < self.max_bytes:
                 self.map_bytes = min(self.max_bytes, self.map_bytes * 2)
         self.env = lmdb.open(
             str(self.path),
             map_size=self.map_bytes,
             max_dbs=len(sc.DB_NAMES) + 2,
-            sync=self.sync_mode == "always",
+            sync=self.sync_mode == "always" and not use_log,
             metasync=True,
             writemap=False,
             readahead=False,
@@ -413,8 +459,9 @@ class Store:
         )
         info = self.env.info()
         self.map_bytes = int(info["map_size"])
+        self._psize = int(self.env.stat()["psize"])
         if existed:
-            need = (int(info["last_pgno"]) + 1) * int(self.env.stat()["psize"])
+            need = (int(info["last_pgno"]) + 1) * self._psize
             have = data.stat().st_size
             if have < need:
                 self.env.close()
@@ -423,33 +470,104 @@ class Store:
                     f"{data} is {have} bytes but its last page ends at byte {need} (truncated)"
                 )
         self.env.reader_check()
-        with self.env.begin(write=True) as txn:
-            self.dbs = [self.env.open_db(n.encode(), txn=txn) for n in sc.DB_NAMES]
-            gen = txn.get(sc.IDS_GEN, db=self.dbs[sc.META])
-            self.ids_gen = gen[0] & 1 if gen else 0
-            version = txn.get(sc.FORMAT, db=self.dbs[sc.META])
-            if version is None:
-                txn.put(sc.FORMAT, sc.FORMAT_VERSION, db=self.dbs[sc.META])
-            elif bytes(version) in (b"1", b"2"):
-                old = bytes(version).decode()
-                n = self._upgrade_from_1(txn) if old == "1" else self._upgrade_from_2(txn)
-                txn.put(sc.FORMAT, sc.FORMAT_VERSION, db=self.dbs[sc.META])
-                log.warning(
-                    "%s: upgraded the store from format %s to %s: %d record(s) now carry a "
-                    "crc32c check that covers their key",
-                    self.path,
-                    old,
-                    sc.FORMAT_VERSION.decode(),
-                    n,
-                )
-            elif version != sc.FORMAT_VERSION:
-                raise RuntimeError(
-                    f"{self.path}: store format {bytes(version)!r} is not supported by this "
-                    f"pairq (expects {sc.FORMAT_VERSION!r}); start a pairq that wrote it, or "
-                    "move the data dir aside and let the partner re-fill this broker"
-                )
-            self.integrity.quarantined = txn.stat(self.dbs[sc.QUARANTINE])["entries"]
+        pin = self.env.begin()  # the base stays intact until the new segment is begun
+        try:
+            with self.env.begin(write=True) as txn:
+                self.dbs = [self.env.open_db(n.encode(), txn=txn) for n in sc.DB_NAMES]
+                self._check_format(txn)
+            self._db_index = {id(h): i for i, h in enumerate(self.dbs)}
+            if plan.replay:
+                self._replay(plan.replay)
+            with self.env.begin() as txn:
+                gen = txn.get(sc.IDS_GEN, db=self.dbs[sc.META])
+                self.ids_gen = gen[0] & 1 if gen else 0
+                self.integrity.quarantined = txn.stat(self.dbs[sc.QUARANTINE])["entries"]
+            self.env.sync(True)
+            self._data_fd = os.open(data, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            if use_log:
+                clog.open(plan.last_lsn, plan.next_gen)
+                file = 1 - plan.start.file if plan.start is not None else 0
+                clog.begin_segment(file, self._read_meta(), durable=True)
+                self.clog = clog
+                self._pins = [self.env.begin()]
+                self._seg_started = time.monotonic()
+            elif plan.start is not None:  # replayed (or nothing to): the log is done with
+                for p in clog.paths():
+                    p.unlink(missing_ok=True)
+        finally:
+            pin.abort()
         self._refresh_usage()
+
+    def _check_format(self, txn: Any) -> None:
+        version = txn.get(sc.FORMAT, db=self.dbs[sc.META])
+        if version is None:
+            txn.put(sc.FORMAT, sc.FORMAT_VERSION, db=self.dbs[sc.META])
+        elif bytes(version) in (b"1", b"2"):
+            old = bytes(version).decode()
+            n = self._upgrade_from_1(txn) if old == "1" else self._upgrade_from_2(txn)
+            txn.put(sc.FORMAT, sc.FORMAT_VERSION, db=self.dbs[sc.META])
+            log.warning(
+                "%s: upgraded the store from format %s to %s: %d record(s) now carry a "
+                "crc32c check that covers their key",
+                self.path,
+                old,
+                sc.FORMAT_VERSION.decode(),
+                n,
+            )
+        elif version != sc.FORMAT_VERSION:
+            raise RuntimeError(
+                f"{self.path}: store format {bytes(version)!r} is not supported by this "
+                f"pairq (expects {sc.FORMAT_VERSION!r}); start a pairq that wrote it, or "
+                "move the data dir aside and let the partner re-fill this broker"
+            )
+
+    def _check_log_matches(self, data: Path, base_meta: bytes, replay: bool) -> None:
+        """The log's base must be this data file's: a data file older than the base
+        (restored from a backup, say) is not the one the log was written against."""
+        psize = _meta_psize(base_meta)
+        with data.open("rb") as fh:
+            on_disk = fh.read(2 * psize)
+        base_txn, disk_txn = meta_txnid(base_meta, psize), meta_txnid(on_disk, psize)
+        if disk_txn < base_txn:
+            raise CorruptStoreError(
+                f"{self.path}: the commit log's checkpoint is transaction {base_txn} but "
+                f"data.mdb's newest is {disk_txn}: data.mdb is older than its log (was it "
+                "replaced?)"
+            )
+        if not replay and disk_txn != base_txn:
+            log.warning(
+                "%s: data.mdb is at transaction %d, its log's checkpoint at %d with nothing "
+                "logged after it; opening data.mdb as it is",
+                self.path,
+                disk_txn,
+                base_txn,
+            )
+
+    def _replay(self, records: list[tuple[int, bytes]]) -> None:
+        """Redo the log's commits after the restored base, in one transaction."""
+        ops = 0
+        try:
+            with self.env.begin(write=True) as txn:
+                for _lsn, payload in records:
+                    ops += apply_record(txn, self.dbs, payload)
+        except CommitLogError as exc:
+            raise CorruptStoreError(f"{self.path}: {exc}") from exc
+        except lmdb.MapFullError as exc:
+            raise RuntimeError(
+                f"{self.path}: redoing {len(records)} logged commit(s) needs more room than "
+                f"--max-store-bytes ({self.max_bytes}) allows: {exc}; restart with a larger "
+                "--max-store-bytes"
+            ) from exc
+        self.replayed = len(records)
+        log.warning(
+            "%s: redid %d commit(s) (%d ops) from the commit log after an unclean stop",
+            self.path,
+            len(records),
+            ops,
+        )
+
+    def _read_meta(self) -> bytes:
+        return os.pread(self._data_fd, 2 * self._psize, 0)
 
     def _upgrade_from_1(self, txn: Any) -> int:
         """Give every record of a format-1 store its check (one transaction)."""
@@ -541,6 +659,11 @@ class Store:
         self._loop = loop
         self._thread = threading.Thread(target=self._run, name="pairq-store-writer", daemon=True)
         self._thread.start()
+        if self.clog is not None:
+            self._ckpt_thread = threading.Thread(
+                target=self._checkpointer, name="pairq-store-checkpoint", daemon=True
+            )
+            self._ckpt_thread.start()
 
     def close(self) -> None:
         """Drain every queued write, commit, stop the writer and close the environment."""
@@ -549,8 +672,24 @@ class Store:
             self._q.put(_STOP)
             self._thread.join()
             self._thread = None
+        if self._ckpt_thread is not None:
+            self._ckpt_q.put(None)
+            self._ckpt_thread.join()
+            self._ckpt_thread = None
         if self.env is not None:
-            self.env.sync(True)
+            if self.clog is not None:
+                # A last checkpoint with nothing after it: the next open is as-is.
+                self._checkpoint_now()
+                for pin in self._pins:
+                    pin.abort()
+                self._pins = []
+                self.clog.close()
+                self.clog = None
+            else:
+                self.env.sync(True)
+            if self._data_fd >= 0:
+                os.close(self._data_fd)
+                self._data_fd = -1
             self.env.close()
             self.env = None
 
@@ -597,9 +736,110 @@ class Store:
 
     def write_now(self, *writes: Write) -> None:
         """Apply writes synchronously (start-up and tests only: blocks on fsync)."""
-        with self.env.begin(write=True) as txn:
-            for w in writes:
-                w.apply(txn, self)
+        self._apply_commit([(w, None) for w in writes], False, [])
+
+    def _apply_commit(
+        self,
+        batch: list[tuple[Write, asyncio.Future[None] | None]],
+        refuse_appends: bool,
+        failed: list[tuple[asyncio.Future[None] | None, BaseException]],
+    ) -> None:
+        """Apply ``batch`` in one write transaction and commit it; with a commit log,
+        its record is written (and durable) before LMDB commits (commitlog.py, rule 1).
+        Writes refused while full go to ``failed``. Raises what LMDB or the log raise."""
+        clog = self.clog
+        with self._wlock:
+            txn = self.env.begin(write=True)
+            lsn = 0
+            try:
+                t = Recorder(txn, self._db_index) if clog is not None else txn
+                for w, fut in batch:
+                    if refuse_appends and w.refused_when_full():
+                        failed.append((fut, StoreFullError(self._full_message())))
+                        continue
+                    w.apply(t, self)
+                if clog is not None and t.parts:
+                    lsn = clog.append_parts(COMMIT, t.parts)
+            except BaseException:
+                txn.abort()
+                raise
+            try:
+                txn.commit()
+            except BaseException:
+                if lsn:
+                    assert clog is not None
+                    try:
+                        clog.void(lsn)
+                    except OSError as exc:  # pragma: no cover - the log's disk failed too
+                        log.critical("cannot void logged commit %d: %s", lsn, exc)
+                        if self.on_fatal is not None:
+                            self.on_fatal(exc)
+                raise
+
+    # ----------------------------------------------------------- checkpoints
+    def _checkpoint_due(self, now: float) -> float | None:
+        """Seconds until the next checkpoint is due (0: now); None: none pending."""
+        c = self.clog
+        if c is None or c.commits == 0 or not self._ckpt_idle.is_set():
+            return None
+        if c.seg_bytes >= self.checkpoint_bytes:
+            return 0.0
+        return max(0.0, self.checkpoint_interval - (now - self._seg_started))
+
+    def _start_checkpoint(self) -> None:
+        """On the writer thread, between commits: pin the last commit, begin the next
+        segment at it and have the checkpointer sync the data file (rule 2)."""
+        c = self.clog
+        assert c is not None
+        with self._wlock:
+            self._pins.append(self.env.begin())
+            c.begin_segment(1 - c.file, self._read_meta(), durable=False)
+            self._ckpt_idle.clear()
+            self._seg_started = time.monotonic()
+            base = c.base
+        self._ckpt_q.put(base)
+
+    def _checkpointer(self) -> None:
+        while True:
+            base = self._ckpt_q.get()
+            if base is None:
+                return
+            t0 = time.perf_counter()
+            try:
+                os.fdatasync(self._data_fd)
+                with self._wlock:
+                    assert self.clog is not None
+                    self.clog.durable(base)
+                    for pin in self._pins[:-1]:
+                        pin.abort()
+                    del self._pins[:-1]
+            except (OSError, lmdb.Error) as exc:
+                # The data file's pages may not be on disk: the log must keep the
+                # segment before (never set idle, so no segment file is reused).
+                log.critical("checkpoint of the store failed (%s): it stops taking writes", exc)
+                if self.on_fatal is not None:
+                    self.on_fatal(exc)
+                return
+            self.checkpoints += 1
+            if self.on_fsync is not None:
+                self.on_fsync(time.perf_counter() - t0)
+            self._ckpt_idle.set()
+            self._q.put([])  # wake the writer: another checkpoint may be due
+
+    def _checkpoint_now(self) -> None:
+        """A checkpoint made on the calling thread (close, before the map grows): sync,
+        begin a segment durable from the start, keep one pin at it."""
+        c = self.clog
+        assert c is not None
+        self._ckpt_idle.wait()
+        with self._wlock:
+            os.fdatasync(self._data_fd)
+            c.begin_segment(1 - c.file, self._read_meta(), durable=True)
+            for pin in self._pins:
+                pin.abort()
+            self._pins = [self.env.begin()]
+            self._seg_started = time.monotonic()
+            self.checkpoints += 1
 
     # ---------------------------------------------------------------- reads
     def _get(self, db: int, key: bytes) -> bytes | None:
@@ -630,7 +870,7 @@ class Store:
         stop = False
         while not stop:
             try:
-                timeout = self.sync_interval if periodic else None
+                timeout = self.sync_interval if periodic else self._checkpoint_due(time.monotonic())
                 first = q.get(timeout=timeout)
             except queue.Empty:
                 first = None
@@ -653,6 +893,8 @@ class Store:
                 self._commit(batch)
                 if self.on_commit is not None:
                     self.on_commit(time.perf_counter() - t0, len(batch))
+            if not stop and self._checkpoint_due(time.monotonic()) == 0.0:
+                self._start_checkpoint()
             if periodic and (stop or time.monotonic() - last_sync >= self.sync_interval):
                 try:
                     t0 = time.perf_counter()
@@ -669,12 +911,7 @@ class Store:
         while True:
             failed: list[tuple[asyncio.Future[None] | None, BaseException]] = []
             try:
-                with self.env.begin(write=True) as txn:
-                    for w, fut in batch:
-                        if refuse_appends and w.refused_when_full():
-                            failed.append((fut, StoreFullError(self._full_message())))
-                            continue
-                        w.apply(txn, self)
+                self._apply_commit(batch, refuse_appends, failed)
             except _FATAL_OR_WRAPPED as exc:
                 # py-lmdb sometimes wraps an LMDB error from a cursor call in a
                 # SystemError ("returned a result with an exception set"): the same.
@@ -772,11 +1009,21 @@ class Store:
 
         if loop is None or loop.is_closed():
             return False
+        if self.clog is not None:
+            # No transaction may be open while LMDB remaps: checkpoint, so the pins
+            # can go (no commit happens until the map has grown), and pin again after.
+            self._checkpoint_now()
+            for pin in self._pins:
+                pin.abort()
+            self._pins = []
         try:
             loop.call_soon_threadsafe(resize)
         except RuntimeError:  # loop closed during shutdown
             return False
-        if not done.wait(_RESIZE_WAIT) or outcome[0] is not None:
+        ok = done.wait(_RESIZE_WAIT)
+        if self.clog is not None:
+            self._pins = [self.env.begin()]
+        if not ok or outcome[0] is not None:
             log.error("cannot grow the store's map to %d bytes: %s", new, outcome or "timeout")
             return False
         log.info("store map grown from %d to %d bytes", self.map_bytes, new)
@@ -852,6 +1099,21 @@ class Store:
         elif not reason and self.full_reason:
             log.info("store has room again; accepting publishes")
         self.full_reason = reason
+
+
+def _meta_psize(meta: bytes) -> int:
+    return len(meta) // 2
+
+
+def _write_meta(data: Path, meta: bytes) -> None:
+    """Write a checkpoint's copy of LMDB's two meta pages back (durably)."""
+    fd = os.open(data, os.O_WRONLY)
+    try:
+        if os.pwrite(fd, meta, 0) != len(meta):  # pragma: no cover - a regular file
+            raise OSError(f"short write of the meta pages to {data}")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def reusable_bytes(file_pages: int, used_pages: int, page_size: int) -> int:
@@ -1542,11 +1804,10 @@ class NodeMeta:
     def node_id(self) -> str:
         """This node's stable id, created at first start and kept in the store."""
         s = self._s
-        with s.env.begin(write=True) as txn:
-            value = txn.get(sc.NODE_ID, db=s.dbs[sc.META])
-            if value is None:
-                value = uuid.uuid4().hex[:16].encode()
-                txn.put(sc.NODE_ID, value, db=s.dbs[sc.META])
+        value = s._get(sc.META, sc.NODE_ID)
+        if value is None:
+            value = uuid.uuid4().hex[:16].encode()
+            s.write_now(_put(sc.META, sc.NODE_ID, value))
         return bytes(value).decode()
 
     def epoch(self) -> int:

@@ -107,7 +107,21 @@ async def _start_and_publish(
     b.start()
     await wait_healthy(a, b)
     await _make_channel(a)
-    return await _publish(a, b, rng)
+    acked = await _publish(a, b, rng)
+    await checkpointed(a, b)
+    return acked
+
+
+async def checkpointed(*brokers: BrokerProcess) -> None:
+    """Wait until every commit of each broker's store is checkpointed (its commit log
+    holds nothing after the last checkpoint). The tests here damage data.mdb while the
+    broker is stopped; commits redone from the log at the next start would write over
+    the damage (pages written since the last checkpoint are rewritten by the redo)."""
+    from pairq.broker.commitlog import CommitLog, plan_recovery
+
+    for p in brokers:
+        log = CommitLog(Path(p.data_dir) / "store")
+        await eventually(lambda log=log: not plan_recovery(log.read()).replay, timeout=15)
 
 
 async def _make_channel(a: BrokerProcess) -> None:
@@ -253,6 +267,7 @@ async def test_corrupt_meta_pages_with_on_corruption_exit_refuse_to_start(tmp_pa
         b.start()
         await wait_healthy(a, b)
         acked = await _publish(a, b, rng)
+        await checkpointed(a)
         a.stop()
         data = Path(a.data_dir) / "store" / "data.mdb"
         _corrupt_meta(data)
