@@ -10,10 +10,11 @@ with, and sends lone publishes paced at ``--rate`` to one pair at a time, in
 both alike. Every ack must have ``copies == 2``. It prints each side's p50 and
 p99 over all its slices, each slice's p50, and the b/a ratios. With no
 difference between the two (the default), the ratios say how far noise alone
-moves them in that run.
+moves them in that run. ``--workload batch`` measures throughput instead: batches
+of 100 from 16 callers (``make bench-peers``'s batch), msg/s per slice.
 
     .venv/bin/python benchmarks/ab_pairs.py [--b-env NAME=VALUE] [--b-arg=--flag=value]
-        [--slices 6] [--seconds 1.5] [--rate 1000]
+        [--slices 6] [--seconds 1.5] [--rate 1000] [--workload lone|batch]
 """
 
 from __future__ import annotations
@@ -50,6 +51,39 @@ async def lone_slice(p: Producer, rate: int, seconds: float) -> list[float]:
     return out
 
 
+async def batch_slice(p: Producer, seconds: float, callers: int = 16, size: int = 100) -> float:
+    """msg/s of batches of ``size`` from ``callers`` callers for ``seconds``."""
+    loop = asyncio.get_running_loop()
+    bodies = [BODY] * size
+    end = loop.time() + seconds
+    done = 0
+
+    async def caller() -> None:
+        nonlocal done
+        while loop.time() < end:
+            acks = await p.publish_batch("batch", bodies)
+            if any(x.copies < 2 for x in acks):
+                raise SystemExit("a batch acknowledged with fewer than 2 copies")
+            done += len(acks)
+
+    t0 = loop.time()
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    return done / (loop.time() - t0)
+
+
+async def throughput(a: argparse.Namespace, producers: dict[str, Producer]) -> int:
+    per: dict[str, list[float]] = {"a": [], "b": []}
+    order = ("a", "b", "b", "a")
+    for i in range(2 * a.slices):
+        side = order[i % 4]
+        per[side].append(await batch_slice(producers[side], a.seconds))
+    for side in ("a", "b"):
+        slices = " ".join(f"{x:,.0f}" for x in per[side])
+        print(f"{side}: batch median {pct(per[side], 50):,.0f} msg/s; slices {slices}")
+    print(f"b/a: batch {pct(per['b'], 50) / pct(per['a'], 50):.3f}")
+    return 0
+
+
 async def main(a: argparse.Namespace) -> int:
     lat: dict[str, list[float]] = {"a": [], "b": []}
     per: dict[str, list[float]] = {"a": [], "b": []}
@@ -64,6 +98,8 @@ async def main(a: argparse.Namespace) -> int:
             for p in producers.values():  # warm up: topic, channels, streams
                 for _ in range(300):
                     await p.publish("lone", BODY)
+            if a.workload == "batch":
+                return await throughput(a, producers)
             order = ("a", "b", "b", "a")
             for i in range(2 * a.slices):
                 side = order[i % 4]
@@ -92,4 +128,5 @@ if __name__ == "__main__":
     ap.add_argument("--slices", type=int, default=6, help="slices per side")
     ap.add_argument("--seconds", type=float, default=1.5, help="length of a slice")
     ap.add_argument("--rate", type=int, default=1000, help="lone publishes per second")
+    ap.add_argument("--workload", choices=["lone", "batch"], default="lone")
     sys.exit(asyncio.run(main(ap.parse_args())))

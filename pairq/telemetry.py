@@ -378,13 +378,16 @@ def _histograms(meter: Any, broker: Any) -> None:
     commit = meter.create_histogram(
         "pairq.store.commit.duration",
         unit="s",
-        description="one group commit (with sync=always, its fsync included)",
+        description="one group commit (with sync=always, its commit log write or fsync included)",
     )
     size = meter.create_histogram(
         "pairq.store.commit.size", unit="{write}", description="writes per group commit"
     )
     fsync = meter.create_histogram(
-        "pairq.store.fsync.duration", unit="s", description="one periodic fsync (sync=periodic)"
+        "pairq.store.fsync.duration",
+        unit="s",
+        description="one fsync of the data file: a checkpoint (sync=always with a commit log) "
+        "or a periodic fsync (sync=periodic)",
     )
     replicate = meter.create_histogram(
         "pairq.replication.duration",

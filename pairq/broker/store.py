@@ -380,6 +380,7 @@ class Store:
         self._ckpt_idle = threading.Event()
         self._ckpt_idle.set()
         self._seg_started = 0.0
+        self._ckpt_failed: BaseException | None = None  # no checkpoint after this one
         self.checkpoints = 0
         self.replayed = 0  # commits redone from the log at the last open
         self.sync_interval = sync_interval_ms / 1000.0
@@ -679,7 +680,10 @@ class Store:
         if self.env is not None:
             if self.clog is not None:
                 # A last checkpoint with nothing after it: the next open is as-is.
-                self._checkpoint_now()
+                try:
+                    self._checkpoint_now()
+                except OSError as exc:  # the log stays: the next start redoes it
+                    log.error("store close: no last checkpoint (%s)", exc)
                 for pin in self._pins:
                     pin.abort()
                 self._pins = []
@@ -780,7 +784,7 @@ class Store:
     def _checkpoint_due(self, now: float) -> float | None:
         """Seconds until the next checkpoint is due (0: now); None: none pending."""
         c = self.clog
-        if c is None or c.commits == 0 or not self._ckpt_idle.is_set():
+        if c is None or c.commits == 0 or not self._ckpt_idle.is_set() or self._ckpt_failed:
             return None
         if c.seg_bytes >= self.checkpoint_bytes:
             return 0.0
@@ -815,7 +819,10 @@ class Store:
                     del self._pins[:-1]
             except (OSError, lmdb.Error) as exc:
                 # The data file's pages may not be on disk: the log must keep the
-                # segment before (never set idle, so no segment file is reused).
+                # segment before, so no checkpoint follows (and no segment file is
+                # reused); the next start redoes the log.
+                self._ckpt_failed = exc
+                self._ckpt_idle.set()
                 log.critical("checkpoint of the store failed (%s): it stops taking writes", exc)
                 if self.on_fatal is not None:
                     self.on_fatal(exc)
@@ -832,6 +839,8 @@ class Store:
         c = self.clog
         assert c is not None
         self._ckpt_idle.wait()
+        if self._ckpt_failed is not None:
+            raise OSError(f"an earlier checkpoint failed: {self._ckpt_failed}")
         with self._wlock:
             os.fdatasync(self._data_fd)
             c.begin_segment(1 - c.file, self._read_meta(), durable=True)
@@ -1012,7 +1021,11 @@ class Store:
         if self.clog is not None:
             # No transaction may be open while LMDB remaps: checkpoint, so the pins
             # can go (no commit happens until the map has grown), and pin again after.
-            self._checkpoint_now()
+            try:
+                self._checkpoint_now()
+            except OSError as exc:
+                log.error("cannot grow the store's map: no checkpoint before it (%s)", exc)
+                return False
             for pin in self._pins:
                 pin.abort()
             self._pins = []

@@ -192,3 +192,20 @@ class SwitchOptions:
     """A tiny options class with a bool, for the bool-parsing rules."""
 
     flag: bool = dataclasses.field(default=False, metadata={"help": "a switch"})
+
+
+def test_the_commit_log_size_is_off_or_at_least_64_kib_from_every_source(tmp_path: Path) -> None:
+    from pairq.options import OptionsError
+
+    msg = re.escape("must be 0 (no commit log) or at least 65536")
+    with pytest.raises(OptionsError, match=r"--commit-log-bytes='?100'?: " + msg):
+        resolve(BrokerOptions, parse(["--commit-log-bytes", "100"]), env={})
+    with pytest.raises(OptionsError, match="PAIRQ_COMMIT_LOG_BYTES='?4096'?: " + msg):
+        resolve(BrokerOptions, parse([]), env={"PAIRQ_COMMIT_LOG_BYTES": "4096"})
+    cfg = tmp_path / "b.toml"
+    cfg.write_text("commit_log_bytes = 1\n")
+    with pytest.raises(OptionsError, match="commit_log_bytes = 1: " + msg):
+        resolve(BrokerOptions, parse(["--config", str(cfg)]), env={})
+    assert resolve(BrokerOptions, parse(["--commit-log-bytes", "0"]), env={}).commit_log_bytes == 0
+    with pytest.raises(OptionsError, match=r"--checkpoint-interval-ms='?5'?: must be >= 10"):
+        resolve(BrokerOptions, parse(["--checkpoint-interval-ms", "5"]), env={})
