@@ -333,6 +333,11 @@ class CommitLog:
         self.lsn = 0  # the last LSN written
         self.seg_bytes = 0  # record bytes in the current segment
         self.commits = 0  # COMMIT records in the current segment
+        # Written with the next record (begin_segment(defer=True), and the base of the
+        # current segment once the checkpointer has synced it).
+        self.pending_header: bytes | None = None
+        self.pending_durable: int | None = None
+        self.durable_written = False  # the last write carried the DURABLE record
 
     def paths(self) -> list[Path]:
         return [self.dir / f for f in FILES]
@@ -364,13 +369,28 @@ class CommitLog:
             os.close(fd)
         self.fds = []
 
-    def begin_segment(self, file: int, meta: bytes, durable: bool) -> None:
-        """Start a new segment in ``file`` whose base is the last LSN written."""
+    def begin_segment(self, file: int, meta: bytes, durable: bool, defer: bool = False) -> None:
+        """Start a new segment in ``file`` whose base is the last LSN written. With
+        ``defer`` its header is written with the segment's first record, in the same
+        ``pwritev`` (the header ends where the records begin), so a checkpoint adds no
+        flush to the writer's path; a torn write of the two loses only that record,
+        whose commit nobody heard of."""
         self.gen += 1
         hdr = encode_header(self.gen, self.lsn, FLAG_DURABLE if durable else 0, meta)
-        os.pwrite(self.fds[file], hdr, 0)
         self.file, self.base, self.offset = file, self.lsn, len(hdr)
         self.seg_bytes = self.commits = 0
+        if defer:
+            self.pending_header = hdr
+        else:
+            self.pending_header = None
+            os.pwrite(self.fds[file], hdr, 0)
+
+    def trim(self, file: int, keep: int) -> None:
+        """Cut a dead segment's file back to ``keep`` bytes if it is more than twice
+        that (its first ``keep`` bytes stay written: appends there need no metadata)."""
+        fd = self.fds[file]
+        if os.fstat(fd).st_size > 2 * keep:
+            os.ftruncate(fd, keep)
 
     def append(self, kind: int, payload: bytes) -> int:
         """Write one record (durable when this returns); its LSN."""
@@ -378,34 +398,57 @@ class CommitLog:
 
     def append_parts(self, kind: int, parts: list[bytes]) -> int:
         """Write one record whose payload is ``parts`` joined, in one ``pwritev``
-        (durable when this returns: the descriptor is ``O_DSYNC``); its LSN. The parts
+        (durable when this returns: the descriptor is ``O_DSYNC``); its LSN. A deferred
+        header and a pending DURABLE record go in the same write, before it. The parts
         are not copied (a 60 MiB batch's bodies go to the kernel as they are) unless
         there are more than the kernel takes in one call."""
-        lsn = self.lsn + 1
         if len(parts) > _MAX_IOV:
             parts = [b"".join(parts)]
+        bufs = self._pending_bufs()
+        lsn = self.lsn + len(bufs) - (self.pending_header is not None) + 1
         crc = crc32c(_REC_CRC.pack(lsn, kind))
         length = 0
         for part in parts:
             crc = _extend(crc, part)
             length += len(part)
-        bufs = [_REC.pack(length, crc, lsn, kind), *parts]
-        size = _REC.size + length
-        n = os.pwritev(self.fds[self.file], bufs, self.offset)
-        if n != size:  # pragma: no cover - a short write on a regular file: no room
-            raise OSError(28, f"short write to the commit log ({n} of {size} bytes)")
-        self.lsn = lsn
-        self.offset += size
-        self.seg_bytes += size
+        bufs.append(_REC.pack(length, crc, lsn, kind))
+        bufs.extend(parts)
+        self._write(bufs, lsn)
         if kind == COMMIT:
             self.commits += 1
         return lsn
 
+    def flush_pending(self) -> bool:
+        """Write a deferred header and a pending DURABLE record on their own (nothing
+        to carry them came); True when a DURABLE record was written."""
+        bufs = self._pending_bufs()
+        if not bufs:
+            return False
+        self._write(bufs, self.lsn + (self.pending_durable is not None))
+        return self.durable_written
+
+    def _pending_bufs(self) -> list[bytes]:
+        bufs = []
+        if self.pending_header is not None:
+            bufs.append(self.pending_header)
+        if self.pending_durable is not None:
+            bufs.append(encode_record(self.lsn + 1, DURABLE, _Q.pack(self.pending_durable)))
+        return bufs
+
+    def _write(self, bufs: list[bytes], lsn: int) -> None:
+        start = 0 if self.pending_header is not None else self.offset
+        total = sum(len(b) for b in bufs)
+        n = os.pwritev(self.fds[self.file], bufs, start)
+        if n != total:  # pragma: no cover - a short write on a regular file: no room
+            raise OSError(28, f"short write to the commit log ({n} of {total} bytes)")
+        self.durable_written = self.pending_durable is not None
+        self.pending_header = self.pending_durable = None
+        self.lsn = lsn
+        self.offset = start + total
+        self.seg_bytes += total
+
     def void(self, lsn: int) -> None:
         self.append(VOID, _Q.pack(lsn))
-
-    def durable(self, base: int) -> None:
-        self.append(DURABLE, _Q.pack(base))
 
 
 def _fsync_dir(path: Path) -> None:

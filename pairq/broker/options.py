@@ -79,7 +79,7 @@ class BrokerOptions(GossipOptions, SecurityOptions):
     )
     sync_interval_ms: int = _o(100, "fsync interval with --sync=periodic", min=1)
     commit_log_bytes: int = _o(
-        32 * 1024**2,
+        4 * 1024**2,
         "with --sync=always, each commit is made durable by one O_DSYNC write to a commit log "
         "beside the store, and LMDB is synced at a checkpoint once this many bytes were logged "
         "(or --checkpoint-interval-ms passed); 0: no log, LMDB flushes twice per commit",

@@ -359,7 +359,7 @@ class Store:
         reserve_bytes: int = 64 * 1024**2,
         max_commit_batch: int = 20000,
         initial_map_bytes: int = 1024**3,
-        commit_log_bytes: int = 32 * 1024**2,
+        commit_log_bytes: int = 4 * 1024**2,
         checkpoint_interval_ms: int = 50,
     ) -> None:
         self.path = Path(path)
@@ -377,8 +377,10 @@ class Store:
         self._pins: list[Any] = []  # read transactions that keep checkpoint bases intact
         self._ckpt_q: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._ckpt_thread: threading.Thread | None = None
-        self._ckpt_idle = threading.Event()
+        self._ckpt_idle = threading.Event()  # no checkpoint in flight
         self._ckpt_idle.set()
+        self._ckpt_synced = threading.Event()  # the checkpointer is not syncing
+        self._ckpt_synced.set()
         self._seg_started = 0.0
         self._ckpt_failed: BaseException | None = None  # no checkpoint after this one
         self.checkpoints = 0
@@ -764,6 +766,7 @@ class Store:
                     w.apply(t, self)
                 if clog is not None and t.parts:
                     lsn = clog.append_parts(COMMIT, t.parts)
+                    self._after_write()
             except BaseException:
                 txn.abort()
                 raise
@@ -792,13 +795,18 @@ class Store:
 
     def _start_checkpoint(self) -> None:
         """On the writer thread, between commits: pin the last commit, begin the next
-        segment at it and have the checkpointer sync the data file (rule 2)."""
+        segment at it (its header goes with its first record) and have the
+        checkpointer sync the data file (rule 2)."""
         c = self.clog
         assert c is not None
         with self._wlock:
             self._pins.append(self.env.begin())
-            c.begin_segment(1 - c.file, self._read_meta(), durable=False)
+            # The file about to be reused holds a dead segment; one that a burst grew
+            # far beyond a checkpoint's worth gives the room back (a small disk).
+            c.trim(1 - c.file, self.checkpoint_bytes)
+            c.begin_segment(1 - c.file, self._read_meta(), durable=False, defer=True)
             self._ckpt_idle.clear()
+            self._ckpt_synced.clear()
             self._seg_started = time.monotonic()
             base = c.base
         self._ckpt_q.put(base)
@@ -811,37 +819,66 @@ class Store:
             t0 = time.perf_counter()
             try:
                 os.fdatasync(self._data_fd)
-                with self._wlock:
-                    assert self.clog is not None
-                    self.clog.durable(base)
-                    for pin in self._pins[:-1]:
-                        pin.abort()
-                    del self._pins[:-1]
-            except (OSError, lmdb.Error) as exc:
+            except OSError as exc:
                 # The data file's pages may not be on disk: the log must keep the
                 # segment before, so no checkpoint follows (and no segment file is
                 # reused); the next start redoes the log.
                 self._ckpt_failed = exc
+                self._ckpt_synced.set()
                 self._ckpt_idle.set()
                 log.critical("checkpoint of the store failed (%s): it stops taking writes", exc)
                 if self.on_fatal is not None:
                     self.on_fatal(exc)
                 return
-            self.checkpoints += 1
             if self.on_fsync is not None:
                 self.on_fsync(time.perf_counter() - t0)
+            with self._wlock:
+                assert self.clog is not None
+                self.clog.pending_durable = base  # written with the writer's next record
+                self._ckpt_synced.set()
+            self._q.put([])  # wake the writer: it writes the DURABLE record if idle
+
+    def _after_write(self) -> None:
+        """After a log write (holding the write lock): once the checkpoint's DURABLE
+        record is on disk, the pins of older bases go and the next checkpoint may
+        start."""
+        c = self.clog
+        if c is not None and c.durable_written:
+            c.durable_written = False
+            for pin in self._pins[:-1]:
+                pin.abort()
+            del self._pins[:-1]
+            self.checkpoints += 1
             self._ckpt_idle.set()
-            self._q.put([])  # wake the writer: another checkpoint may be due
+
+    def _flush_pending(self) -> None:
+        """Write what waits for a record that did not come (the writer is idle)."""
+        c = self.clog
+        if c is None or (c.pending_durable is None and c.pending_header is None):
+            return
+        with self._wlock:
+            try:
+                c.flush_pending()
+            except OSError as exc:  # pragma: no cover - the log's disk failed
+                log.critical("cannot write to the commit log: %s", exc)
+                if self.on_fatal is not None:
+                    self.on_fatal(exc)
+                return
+            self._after_write()
 
     def _checkpoint_now(self) -> None:
         """A checkpoint made on the calling thread (close, before the map grows): sync,
         begin a segment durable from the start, keep one pin at it."""
         c = self.clog
         assert c is not None
-        self._ckpt_idle.wait()
+        self._ckpt_synced.wait()
         if self._ckpt_failed is not None:
             raise OSError(f"an earlier checkpoint failed: {self._ckpt_failed}")
         with self._wlock:
+            # First what the last checkpoint left pending (its header, its DURABLE
+            # record): the segment begun below overwrites the other file.
+            c.flush_pending()
+            self._after_write()
             os.fdatasync(self._data_fd)
             c.begin_segment(1 - c.file, self._read_meta(), durable=True)
             for pin in self._pins:
@@ -902,6 +939,7 @@ class Store:
                 self._commit(batch)
                 if self.on_commit is not None:
                     self.on_commit(time.perf_counter() - t0, len(batch))
+            self._flush_pending()
             if not stop and self._checkpoint_due(time.monotonic()) == 0.0:
                 self._start_checkpoint()
             if periodic and (stop or time.monotonic() - last_sync >= self.sync_interval):

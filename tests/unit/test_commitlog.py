@@ -312,3 +312,32 @@ def test_without_a_log_the_store_still_redoes_one_left_behind(tmp_path: Path) ->
     assert not any((tmp_path / "s" / f).exists() for f in FILES)
     assert s2._get(sc.META, b"key00009") == b"value9"
     s2.close()
+
+
+def test_a_deferred_header_and_a_durable_record_ride_with_the_next_record(tmp_path: Path) -> None:
+    c = CommitLog(tmp_path)
+    c.open(0, 1)
+    c.begin_segment(0, META, durable=True)
+    assert c.append(COMMIT, b"one") == 1
+    c.begin_segment(1, META, durable=False, defer=True)  # a checkpoint at LSN 1
+    assert (tmp_path / FILES[1]).stat().st_size == 0  # nothing written yet
+    assert c.append(COMMIT, b"two") == 2  # the header went with it
+    c.pending_durable = 1  # the checkpointer synced the data file at LSN 1
+    assert c.append(COMMIT, b"three") == 4 and c.durable_written
+    segs = {s.gen: s for s in c.read()}
+    assert segs[2].base == 1 and [(r[0], r[1]) for r in segs[2].records] == [
+        (2, COMMIT),
+        (3, DURABLE),
+        (4, COMMIT),
+    ]
+    plan = plan_recovery(list(segs.values()))
+    assert plan.start is not None and plan.start.gen == 2
+    assert [lsn for lsn, _ in plan.replay] == [2, 4]
+    # Idle: a header and a DURABLE record with nothing to carry them are written alone.
+    c.begin_segment(0, META, durable=False, defer=True)
+    c.pending_durable = 4
+    assert c.flush_pending() and c.lsn == 5
+    seg = next(s for s in c.read() if s.gen == 3)
+    assert seg.base == 4 and seg.durable_base() and [r[0] for r in seg.records] == [5]
+    assert not c.flush_pending()  # nothing left
+    c.close()
