@@ -701,3 +701,28 @@ async def test_a_publish_cancelled_while_the_partner_is_stopped_does_not_stall_t
                 os.kill(p.proc.pid, signal.SIGCONT)
         a.stop()
         b.stop()
+
+
+async def test_a_fresh_pairs_first_session_is_not_ended_by_its_own_tcp_link(tmp_path: Path) -> None:
+    """make test (test_cluster, session 16): a receiver closed "older" inbound links
+    after writing the welcome; by then the partner, which connects as soon as it
+    reads the welcome, could have brought this session's own TCP link, so the new
+    session ended at once ("partner closed the replication stream") and the first
+    publishes failed with min-copies. Fresh pairs, started again and again: no
+    session is lost."""
+    for i in range(8):
+        (tmp_path / str(i)).mkdir()
+        a, b = make_pair(tmp_path / str(i))
+        try:
+            a.start()
+            b.start()
+            await wait_healthy(a, b)
+            async with Producer(brokers=[a.address], retry_timeout=10) as p:
+                for _ in range(20):
+                    assert (await p.publish("t", b"x")).copies == 2
+        finally:
+            a.stop()
+            b.stop()
+        for p_ in (a, b):
+            log = await asyncio.to_thread(Path(p_.log_path).read_text)
+            assert " lost: " not in log, log[-2000:]

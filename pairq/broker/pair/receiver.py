@@ -136,6 +136,13 @@ class Receiver:
             await self._reset_standby(h.node_id)
         elif not self._s.standby.partner_id:
             await self._reset_standby(h.node_id)
+        # The partner has one outbound session at a time: a hello means any older
+        # inbound link is dead (a partition, a reset its side saw first). Closed
+        # before the welcome goes out: after it, this session's own TCP link may
+        # already be among them (the partner connects as soon as it reads the
+        # welcome), and closing it ended the session it had just begun.
+        for old in list(self.links):
+            old.close()
         token = b""
         tcp_fut: asyncio.Future[FramedLink] | None = None
         if h.tcp and self._tcp_server is not None:
@@ -155,10 +162,6 @@ class Receiver:
         # Whatever the last stream left unconfirmed is of unknown fate (the partner
         # may have crashed before committing it): never count it as stored.
         self._s.standby.forget_unconfirmed()
-        # The partner has one outbound session at a time: a hello means any older
-        # inbound link is dead (a partition, a reset its side saw first).
-        for old in list(self.links):
-            old.close()
         self.live += 1
         self._s.core.on_heard(time.monotonic())
         # The link: the partner's TCP connection if it makes one (link.py), else
