@@ -57,6 +57,19 @@ STALL_REPORT_S = 20.0  # a committed head waiting this long is logged
 log = logging.getLogger("pairq.broker")
 
 
+def aside_name(path: Path) -> Path:
+    """Where a corrupt store directory is moved: ``<name>.corrupt-<UTC time>``, with a
+    counter when that name is taken (a store found corrupt while running is moved, and
+    the restart may find the next one corrupt within the same second)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    return aside
+
+
 class Broker:
     def __init__(self, options: BrokerOptions) -> None:
         self.options = options.validate()
@@ -142,7 +155,7 @@ class Broker:
                     "partner re-fills the empty store (--on-corruption=resilver does this "
                     "for you), a single broker must be restored from a backup"
                 ) from exc
-            aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+            aside = aside_name(path)
             log.error("the store %s is corrupt (%s: %s)", path, type(exc).__name__, exc)
             path.rename(aside)
             log.warning(
@@ -615,7 +628,7 @@ class Broker:
         path = self.store.path
         log.critical("the store %s is corrupt (%s: %s): stopping", path, type(exc).__name__, exc)
         if self.options.on_corruption == "resilver" and self.options.partner:
-            aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+            aside = aside_name(path)
             try:
                 path.rename(aside)
                 log.warning(

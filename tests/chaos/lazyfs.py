@@ -294,9 +294,13 @@ def serve(backing: str, mountpoint: str, control: str) -> None:  # pragma: no co
         def rename(self, old: str, new: str) -> None:
             with lock:
                 powered()
-                if real(old) in pending:
-                    pending[real(new)] = pending.pop(real(old))
-                os.rename(real(old), real(new))
+                # a file's pending writes follow it, and so do those of every file
+                # under a renamed directory (a broker moves a corrupt store aside and
+                # starts a new one at the old path, which must not see them)
+                src, dst = real(old), real(new)
+                for p in [p for p in pending if p == src or p.startswith(src + "/")]:
+                    pending[dst + p[len(src) :]] = pending.pop(p)
+                os.rename(src, dst)
 
         def chmod(self, path: str, mode: int) -> None:
             os.chmod(real(path), mode)

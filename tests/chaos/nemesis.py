@@ -21,7 +21,8 @@ the name says otherwise:
 - ``netem``: 50 ms delay and 5 % loss on the pair link (needs ``sch_netem``).
 - ``disk-full``: the broker's data-dir filesystem filled to ENOSPC, then freed.
 - ``rolling-restart``: SIGTERM and restart of every broker in turn, healthy in between.
-- ``power-loss``: kill -9 and every write not fsynced dropped (``storage="lazyfs"``).
+- ``power-loss``: kill -9, then half the unsynced pages written back (each in any of
+  its states) and the rest dropped (``storage="lazyfs"``, ``power_cut(keep=0.5)``).
 - ``power-loss-pair``: the same for both brokers of a pair at once.
 - ``bitflip-live``: both channels paused for ``duration`` (a backlog), then one bit
   flipped in each of 50 bodies acked meanwhile, under the running broker (where its

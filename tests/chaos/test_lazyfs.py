@@ -324,3 +324,39 @@ def test_write_back_replays_up_to_the_chosen_write_then_the_durable_ones(
     f.write_bytes(b"e" * 10)
     assert write_back(str(f), [(0, b"e" * 10, True)], 1.0, _Script([])) == (0, 0)
     assert f.read_bytes() == b"e" * 10
+
+
+def test_a_renamed_directory_takes_its_files_pending_writes_along(tmp_path: Path) -> None:
+    """A broker moves a corrupt store directory aside and starts a new one at the same
+    path: the new file must not read the old one's unsynced pages, and the moved file
+    must still show them (until a power cut drops them)."""
+    from tests.chaos.lazyfs import LazyFS
+
+    mp = tmp_path / "pqc-1-r"
+    mp.mkdir()
+    fs = LazyFS.mount(mp, tmp_path / "lazyfs.log")
+    try:
+        (mp / "store").mkdir()
+        old = mp / "store" / "data"
+        fd = os.open(old, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(fd, b"x" * PAGE, 0)  # unsynced
+        finally:
+            os.close(fd)
+        (mp / "store").rename(mp / "store.aside")
+        (mp / "store").mkdir()
+        new = mp / "store" / "data"
+        fd = os.open(new, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            assert os.fstat(fd).st_size == 0
+            assert os.pread(fd, PAGE, 0) == b""
+            os.pwrite(fd, b"y" * 10, 0)
+        finally:
+            os.close(fd)
+        assert new.read_bytes() == b"y" * 10
+        assert (mp / "store.aside" / "data").read_bytes() == b"x" * PAGE
+        fs.power_cut()
+        assert (mp / "store.aside" / "data").read_bytes() == b""
+        assert new.read_bytes() == b""
+    finally:
+        fs.unmount()

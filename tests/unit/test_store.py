@@ -548,3 +548,20 @@ async def test_a_value_too_short_to_hold_its_check_reads_as_corrupt(tmp_path: Pa
         assert len(got.crcs) == 5 and s.integrity.failures == 1
     finally:
         s.close()
+
+
+def test_a_corrupt_store_is_moved_to_a_name_not_taken(tmp_path: Path) -> None:
+    """A store found corrupt while running is moved aside; the restart may find the
+    next one corrupt within the same second: the second move must not collide."""
+    from pairq.broker.broker import aside_name
+
+    store = tmp_path / "store"
+    store.mkdir()
+    first = aside_name(store)
+    assert first.parent == tmp_path and first.name.startswith("store.corrupt-")
+    store.rename(first)
+    store.mkdir()
+    second = aside_name(store)
+    assert second != first and not second.exists()
+    store.rename(second)
+    assert first.is_dir() and second.is_dir()
