@@ -320,6 +320,15 @@ def start_metrics(address: str, broker: Any) -> MetricsHandle:
         "pairq_store_bytes", [store_bytes], unit="By", description="store size"
     )
     meter.create_observable_counter("pairq_store_commits", [commits], description="group commits")
+
+    def inline_commits(_: CallbackOptions) -> list[Observation]:
+        return [Observation(broker.store.inline_commits)]
+
+    meter.create_observable_counter(
+        "pairq_store_inline_commits",
+        [inline_commits],
+        description="commits made on the event loop, the writer thread idle (--inline-commit-us)",
+    )
     return MetricsHandle(provider, server)
 
 

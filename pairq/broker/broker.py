@@ -125,6 +125,7 @@ class Broker:
             max_commit_batch=o.max_commit_batch,
             commit_log_bytes=o.commit_log_bytes,
             checkpoint_interval_ms=o.checkpoint_interval_ms,
+            inline_commit_us=o.inline_commit_us,
         )
 
     def arm_crash_record(self) -> None:

@@ -45,6 +45,9 @@ _NOT_THE_PARTNER = {
     "(an earlier run of this broker on another host)",
 }
 
+# Member events logged for every member, not only the partner.
+_LOGGED = frozenset({EventKind.SUSPECT, EventKind.ALIVE, EventKind.DEAD, EventKind.LEFT})
+
 
 class Membership:
     def __init__(self, broker: MembershipHost) -> None:
@@ -87,13 +90,25 @@ class Membership:
             self.gossip = None
 
     def _on_event(self, event: MemberEvent) -> None:
+        m = event.member
+        if event.kind in _LOGGED:
+            # Every member's suspicion, death and return (rare: faults only), so that a
+            # verdict on the partner can be traced back to who suspected whom.
+            log.info(
+                "gossip: member %s (%s, %s) %s at incarnation %d%s",
+                m.name,
+                m.meta.node_id or m.meta.role or "?",
+                m.meta.grpc_address or f"{m.addr[0]}:{m.addr[1]}",
+                event.kind.value,
+                m.incarnation,
+                f" (witnesses: {', '.join(sorted(event.witnesses))})" if event.witnesses else "",
+            )
         pair, view = self.broker.pair, self.view
         if pair is None or view is None:
             return
         seen = view.on_event(event)
         if seen.witnesses_exist:
             pair.gossip_has_witnesses()
-        m = event.member
         if event.kind == EventKind.DEAD and seen.about in _NOT_THE_PARTNER:
             log.info(
                 "gossip: %s (%s), %s, is dead: not a verdict on partner %s",

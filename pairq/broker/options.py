@@ -92,6 +92,14 @@ class BrokerOptions(GossipOptions, SecurityOptions):
         "each checkpoint's flush small, so the log's writes never wait long behind it)",
         min=10,
     )
+    inline_commit_us: int = _o(
+        20000,
+        "with a commit log, a loop turn's small writes (the partner's copies, progress; not the "
+        "owner's own appends) that find the store's writer thread idle are committed on the event "
+        "loop (no thread hand-offs); one such commit slower than this (a slow disk) sends every "
+        "commit to the writer thread for a second; 0: always the thread",
+        min=0,
+    )
     max_store_bytes: int = _o(
         64 * 1024**3,
         "cap on the LMDB store size; publishes get RESOURCE_EXHAUSTED beyond it (deliveries continue)",

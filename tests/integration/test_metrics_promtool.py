@@ -46,6 +46,7 @@ DOCUMENTED = (
     "pairq_replication_duration_seconds_bucket",
     "pairq_store_bytes",
     "pairq_store_commits_total",
+    "pairq_store_inline_commits_total",
     "pairq_integrity_checksum_failures_total",
     "pairq_integrity_missing_records_total",
     "pairq_integrity_repairs_total",
@@ -191,9 +192,14 @@ def test_every_broker_metrics_endpoint_passes_promtool(tmp_path: Path) -> None:
                     "pairq_topic_published_total",
                     "pairq_channel_requeued_total",
                     "pairq_channel_finished_total",
+                    "pairq_store_commits_total",
+                    "pairq_store_inline_commits_total",
                 )
             )
         }
+        # An idle pair's commits mostly find the writer thread idle: made inline.
+        commits = live["pairq_store_commits_total"]
+        assert 0 < live["pairq_store_inline_commits_total"] <= commits
         assert live['pairq_topic_published_total{topic="orders"}'] == 5
         assert live['pairq_channel_finished_total{channel="billing",topic="orders"}'] == 1
         assert live['pairq_channel_requeued_total{channel="billing",topic="orders"}'] >= 1
