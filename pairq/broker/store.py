@@ -32,10 +32,11 @@ whose commit the loop should not wait out: it has the partner's ack and the next
 requests to serve) that find the writer idle (everything handed to it committed,
 no checkpoint holding the write lock) are committed on the loop's thread at the
 end of the turn ("inline": one ``O_DSYNC`` log write, about 0.1 ms here), which
-spares the partner's part of a lone publish two thread hand-offs. An inline commit slower than
-``inline_commit_us`` (a slow or stalled disk) sends every write to the writer
-thread for the next second, so a sick disk stalls the loop at most once a second,
-never for long; one that fails is redone by the writer, which handles every error.
+spares the partner's part of a lone publish two thread hand-offs. An inline commit
+slower than ``inline_commit_us`` (a slow or stalled disk) sends every write to the
+writer thread for the next second, so a sick disk stalls the loop at most once a
+second, never for long; one that fails is redone by the writer, which handles every
+error.
 Reads use short read transactions on the caller's thread, and every read
 returns materialised values (no transaction outlives a call).
 
@@ -197,10 +198,10 @@ _CLOSE_MARGIN = 64 * 1024**2
 
 # How long the writer waits for the loop to resize the map before giving up.
 _RESIZE_WAIT = 5.0
-# Inline commits (module docstring): at most this many writes (a loop turn's), each
-# of at most this many records (a batch is left to the writer: the loop parses the
-# next requests meanwhile), and off for this many seconds after one slower than
-# inline_commit_us.
+# Inline commits (module docstring): at most this many writes (a loop turn's, or the
+# parts of one), each of at most this many records (a batch is left to the writer:
+# the loop parses the next requests meanwhile), and off for this many seconds after
+# one slower than inline_commit_us.
 _INLINE_MAX_WRITES = 16
 _INLINE_MAX_RECORDS = 16
 _INLINE_PAUSE = 1.0
@@ -365,7 +366,7 @@ class _Many(Write):
         return any(w.refused_when_full() for w in self.writes)
 
     def small(self) -> bool:
-        return len(self.writes) <= _INLINE_MAX_RECORDS and all(w.small() for w in self.writes)
+        return len(self.writes) <= _INLINE_MAX_WRITES and all(w.small() for w in self.writes)
 
     def apply(self, txn: Any, s: Store) -> None:
         for w in self.writes:
